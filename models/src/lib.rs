@@ -1,0 +1,2 @@
+//! Synthetic plant scenes and the defect model.
+pub mod synth;

@@ -1,0 +1,145 @@
+//! Defects drawn onto a scene: where they are, when they appear and how they grow.
+
+use defectflow_schemas::{BoundingBox, DefectClass};
+use serde::{Deserialize, Serialize};
+
+use super::raster::{Canvas, hash, lattice, shade, value_noise};
+
+/// One defect of a synthetic camera, as recorded in the ground truth.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DefectSpec {
+    /// `<camera_id>-d<n>`: unique within a footage set.
+    pub defect_id: String,
+    pub class: DefectClass,
+    /// Seconds after the start of the stream at which the defect appears.
+    pub onset_s: f64,
+    /// Characteristic size (crack length, blob diameter, ...) at onset, in pixels.
+    pub initial_size_px: f32,
+    /// Growth of the characteristic size, pixels per second.
+    pub growth_px_per_s: f32,
+    /// The size stops growing here.
+    pub max_size_px: f32,
+    /// Centre of the defect in the un-jittered frame.
+    pub center: [f32; 2],
+    /// Shape seed: the same seed draws the same crack path or blob outline.
+    pub shape_seed: u64,
+}
+
+impl DefectSpec {
+    /// Characteristic size at time `t_s`, or `None` before onset.
+    pub fn size_at(&self, t_s: f64) -> Option<f32> {
+        (t_s >= self.onset_s).then(|| {
+            let grown = self.initial_size_px + self.growth_px_per_s * (t_s - self.onset_s) as f32;
+            grown.min(self.max_size_px)
+        })
+    }
+}
+
+/// Draws the defect at size `size` offset by `(dx, dy)`; returns its bounding box.
+pub fn draw_defect(canvas: &mut Canvas, spec: &DefectSpec, size: f32, dx: f32, dy: f32) -> BoundingBox {
+    let (cx, cy) = (spec.center[0] + dx, spec.center[1] + dy);
+    let seed = spec.shape_seed;
+    match spec.class {
+        DefectClass::Crack => draw_crack(canvas, cx, cy, size, seed),
+        DefectClass::Corrosion => draw_blob(canvas, cx, cy, size, seed, |x, y, n| {
+            let speck = lattice(seed, x, y) > 0.85;
+            let base = if speck { [92, 40, 14] } else { [176, 86, 30] };
+            (shade(base, 0.75 + 0.5 * n), 0.95)
+        }),
+        DefectClass::Contamination => draw_blob(canvas, cx, cy, size, seed ^ 0x0111, |_, _, n| {
+            let sheen = n > 0.72;
+            (if sheen { [96, 92, 104] } else { [22, 18, 14] }, 0.9)
+        }),
+        DefectClass::Wear => draw_blob(canvas, cx, cy, size, seed ^ 0x3EA2, |_, y, n| {
+            let streak = (y as u64).wrapping_mul(2_654_435_761) % 5 == 0;
+            (if streak { [255, 250, 236] } else { shade([222, 216, 200], 0.9 + 0.15 * n) }, 0.85)
+        }),
+        DefectClass::Misalignment => draw_misalignment(canvas, cx, cy, size),
+        DefectClass::MissingComponent => draw_missing_bolt(canvas, cx, cy, size),
+    }
+}
+
+fn draw_crack(canvas: &mut Canvas, cx: f32, cy: f32, length: f32, seed: u64) -> BoundingBox {
+    // A jagged polyline that grows from its centre outwards in both directions.
+    let angle = (hash(seed) % 628) as f32 / 100.0;
+    let (ux, uy) = (angle.cos(), angle.sin());
+    let segments = 8;
+    let mut points = Vec::with_capacity(segments + 1);
+    for i in 0..=segments {
+        let t = i as f32 / segments as f32 - 0.5;
+        let jitter = (lattice(seed, i as i32, 7) - 0.5) * length * 0.18;
+        points.push((cx + ux * t * length - uy * jitter, cy + uy * t * length + ux * jitter));
+    }
+    let thickness = (2.0 + length / 40.0).min(4.0);
+    for pair in points.windows(2) {
+        canvas.line(pair[0], pair[1], thickness, [12, 10, 10]);
+    }
+    bounds(&points, thickness / 2.0 + 1.0)
+}
+
+fn draw_blob(
+    canvas: &mut Canvas,
+    cx: f32,
+    cy: f32,
+    diameter: f32,
+    seed: u64,
+    color: impl Fn(i32, i32, f32) -> ([u8; 3], f32),
+) -> BoundingBox {
+    let r = diameter / 2.0;
+    let mut hit = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+    canvas.paint((cx - r - 2.0) as i32, (cy - r - 2.0) as i32, (cx + r + 3.0) as i32, (cy + r + 3.0) as i32, |x, y| {
+        let (dx, dy) = (x as f32 - cx, y as f32 - cy);
+        let a = dy.atan2(dx);
+        // The outline wobbles with angle so blobs are not perfect discs.
+        let wobble = 0.8 + 0.2 * (value_noise(seed, a * 6.0 + 10.0, 0.0, 1.0) * 2.0);
+        if (dx * dx + dy * dy).sqrt() > r * wobble.min(1.0) {
+            return None;
+        }
+        hit = (hit.0.min(x as f32), hit.1.min(y as f32), hit.2.max(x as f32 + 1.0), hit.3.max(y as f32 + 1.0));
+        let (c, alpha) = color(x, y, value_noise(seed, x as f32, y as f32, 4.0));
+        Some((c, alpha))
+    });
+    box_of(hit)
+}
+
+fn draw_misalignment(canvas: &mut Canvas, cx: f32, cy: f32, offset: f32) -> BoundingBox {
+    // Two coupling halves whose faces no longer line up: the step grows with `offset`.
+    let (bw, bh) = (26.0, 30.0);
+    let step = offset.min(bh * 0.9);
+    let left = (cx - bw, cy - bh / 2.0);
+    let right = (cx + 3.0, cy - bh / 2.0 + step);
+    canvas.fill_rect(left.0 as i32, left.1 as i32, bw as i32, bh as i32, [196, 198, 202]);
+    canvas.fill_rect(right.0 as i32, right.1 as i32, bw as i32, bh as i32, [196, 198, 202]);
+    canvas.fill_rect(cx as i32, (cy - bh / 2.0) as i32, 3, (bh + step) as i32, [10, 10, 12]);
+    box_of((left.0, left.1, right.0 + bw, right.1 + bh))
+}
+
+fn draw_missing_bolt(canvas: &mut Canvas, cx: f32, cy: f32, size: f32) -> BoundingBox {
+    // An empty threaded hole with a bright seat ring where a bolt head used to be.
+    let r = (size / 2.0).max(4.0);
+    canvas.fill_circle(cx, cy, r, [214, 210, 200]);
+    canvas.fill_circle(cx, cy, r * 0.7, [8, 8, 8]);
+    box_of((cx - r, cy - r, cx + r, cy + r))
+}
+
+/// Draws the bolt that is present before a missing-component defect's onset.
+pub fn draw_bolt(canvas: &mut Canvas, cx: f32, cy: f32, size: f32) {
+    let r = (size / 2.0).max(4.0);
+    canvas.fill_circle(cx, cy, r, shade([120, 120, 126], 0.9));
+    canvas.fill_circle(cx, cy, r * 0.45, [150, 150, 156]);
+}
+
+fn bounds(points: &[(f32, f32)], pad: f32) -> BoundingBox {
+    let mut hit = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+    for &(x, y) in points {
+        hit = (hit.0.min(x), hit.1.min(y), hit.2.max(x), hit.3.max(y));
+    }
+    box_of((hit.0 - pad, hit.1 - pad, hit.2 + pad, hit.3 + pad))
+}
+
+fn box_of((x0, y0, x1, y1): (f32, f32, f32, f32)) -> BoundingBox {
+    if x1 < x0 {
+        return BoundingBox { x: 0.0, y: 0.0, width: 0.0, height: 0.0 };
+    }
+    BoundingBox { x: x0, y: y0, width: x1 - x0, height: y1 - y0 }
+}

@@ -1,0 +1,1 @@
+//! defectflow: camera frames to maintenance work orders.

@@ -1,0 +1,159 @@
+//! Defect classes, per-frame detections and defect tracks.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::EpochMillis;
+
+/// The kinds of defect the model recognises. The order is the model's class order
+/// (class id = index + 1; 0 is background) and the YOLO label order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefectClass {
+    Crack,
+    Corrosion,
+    Misalignment,
+    Wear,
+    Contamination,
+    MissingComponent,
+}
+
+impl DefectClass {
+    /// Every class, in model order.
+    pub const ALL: [DefectClass; 6] = [
+        DefectClass::Crack,
+        DefectClass::Corrosion,
+        DefectClass::Misalignment,
+        DefectClass::Wear,
+        DefectClass::Contamination,
+        DefectClass::MissingComponent,
+    ];
+
+    /// The snake_case name used in configs, labels and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DefectClass::Crack => "crack",
+            DefectClass::Corrosion => "corrosion",
+            DefectClass::Misalignment => "misalignment",
+            DefectClass::Wear => "wear",
+            DefectClass::Contamination => "contamination",
+            DefectClass::MissingComponent => "missing_component",
+        }
+    }
+
+    /// Zero-based YOLO class id.
+    pub fn yolo_id(self) -> usize {
+        Self::ALL.iter().position(|c| *c == self).unwrap_or(0)
+    }
+
+    /// The class with the given zero-based YOLO id.
+    pub fn from_yolo_id(id: usize) -> Option<DefectClass> {
+        Self::ALL.get(id).copied()
+    }
+}
+
+impl fmt::Display for DefectClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not one of the six defect classes.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown defect class `{0}` (expected one of crack, corrosion, misalignment, wear, contamination, missing_component)")]
+pub struct UnknownDefectClass(pub String);
+
+impl FromStr for DefectClass {
+    type Err = UnknownDefectClass;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| UnknownDefectClass(s.to_owned()))
+    }
+}
+
+/// An axis-aligned box in frame pixels, origin top-left.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BoundingBox {
+    pub x: f32,
+    pub y: f32,
+    pub width: f32,
+    pub height: f32,
+}
+
+impl BoundingBox {
+    /// Area in square pixels.
+    pub fn area(&self) -> f32 {
+        self.width.max(0.0) * self.height.max(0.0)
+    }
+
+    /// Intersection over union with another box, 0 when they do not touch.
+    pub fn iou(&self, other: &BoundingBox) -> f32 {
+        let x0 = self.x.max(other.x);
+        let y0 = self.y.max(other.y);
+        let x1 = (self.x + self.width).min(other.x + other.width);
+        let y1 = (self.y + self.height).min(other.y + other.height);
+        let inter = (x1 - x0).max(0.0) * (y1 - y0).max(0.0);
+        let union = self.area() + other.area() - inter;
+        if union <= 0.0 { 0.0 } else { inter / union }
+    }
+}
+
+/// One defect found by the model in one frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Detection {
+    pub camera_id: String,
+    pub frame_index: u64,
+    pub capture_ms: EpochMillis,
+    pub class: DefectClass,
+    /// Model confidence in `[0, 1]`.
+    pub confidence: f32,
+    pub bbox: BoundingBox,
+    /// Pixels classified as this defect (cells × cell area).
+    pub area_px: f32,
+    /// Version of the model that produced the detection (weights SHA-256 prefix).
+    pub model_version: String,
+    /// Produced in shadow mode: recorded for validation, never sent to the CMMS.
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+/// Life-cycle of a defect track.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackState {
+    /// Seen, but not yet in enough frames to be trusted.
+    Tentative,
+    /// Seen in N of the last M frames: a physical defect.
+    Confirmed,
+    /// No longer seen while its region was visible.
+    Resolved,
+}
+
+/// One physical defect followed across frames.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DefectTrack {
+    /// Stable id derived from camera, asset, class and the anchor detection.
+    pub track_id: String,
+    pub camera_id: String,
+    pub asset_id: String,
+    pub class: DefectClass,
+    pub state: TrackState,
+    pub first_seen_ms: EpochMillis,
+    pub last_seen_ms: EpochMillis,
+    /// Frames in which the defect was detected.
+    pub hits: u64,
+    /// Latest box of the defect.
+    pub bbox: BoundingBox,
+    pub area_px: f32,
+    /// Largest dimension in millimetres, where the camera ROI has a scale.
+    pub size_mm: Option<f64>,
+    /// Area growth over the sliding window, square pixels per minute.
+    pub growth_px_per_min: f64,
+    /// Frame with the highest-confidence detection: the evidence image.
+    pub best_frame_index: u64,
+}

@@ -1,0 +1,25 @@
+//! Record types shared by every stage of defectflow, the Arrow schemas of the audit
+//! tables and the work-order JSON Schema.
+
+pub mod audit;
+pub mod defect;
+pub mod frame;
+pub mod reference;
+pub mod work_order;
+
+pub use defect::{BoundingBox, DefectClass, DefectTrack, Detection, TrackState};
+pub use frame::FrameMeta;
+pub use reference::{
+    Asset, Camera, FailureRecord, InventoryItem, PartRequirement, Procedure, Roi, Shift,
+    Technician,
+};
+pub use work_order::{
+    Evidence, PartLine, Priority, ProcedureRef, RevisionKind, Severity, SeverityComponents,
+    WoEvent, WoEventKind, WorkOrder, WorkOrderStatus, SCHEMA_VERSION,
+};
+
+/// The work-order JSON Schema (2020-12) as shipped in `schemas/work-order.schema.json`.
+pub const WORK_ORDER_JSON_SCHEMA: &str = include_str!("../work-order.schema.json");
+
+/// Milliseconds since the Unix epoch: every event time in defectflow uses this unit.
+pub type EpochMillis = u64;

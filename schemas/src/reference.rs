@@ -1,0 +1,136 @@
+//! Reference data of the plant: assets, cameras and their regions of interest, failure
+//! history, repair procedures, technicians and spare-parts inventory.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DefectClass, EpochMillis};
+
+/// A maintainable piece of equipment.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Asset {
+    /// Plant-unique asset id, as in the CMMS (for example `CV-101-PUL`).
+    pub asset_id: String,
+    /// Human-readable name.
+    pub name: String,
+    /// Asset class (`conveyor_pulley`, `motor_housing`, ...): selects procedures.
+    pub asset_class: String,
+    /// 1 (run to failure) to 5 (safety or production critical).
+    pub criticality: u8,
+    /// Plant zone: used to prefer technicians nearby.
+    pub zone: String,
+}
+
+/// A rectangular image region of a camera that shows one asset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Roi {
+    pub asset_id: String,
+    /// Left edge in frame pixels.
+    pub x: u32,
+    /// Top edge in frame pixels.
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+    /// Millimetres per pixel at the asset's surface, where the camera is calibrated.
+    #[serde(default)]
+    pub mm_per_px: Option<f64>,
+}
+
+impl Roi {
+    /// Whether the point lies inside the region.
+    pub fn contains(&self, px: f32, py: f32) -> bool {
+        px >= self.x as f32
+            && py >= self.y as f32
+            && px < (self.x + self.width) as f32
+            && py < (self.y + self.height) as f32
+    }
+}
+
+/// A camera and the assets it sees.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Camera {
+    pub camera_id: String,
+    pub rois: Vec<Roi>,
+}
+
+/// A past failure of an asset, from the CMMS history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailureRecord {
+    pub asset_id: String,
+    pub failed_at_ms: EpochMillis,
+    /// The defect class that caused it, when known.
+    #[serde(default)]
+    pub defect_class: Option<DefectClass>,
+    /// Production downtime caused, in hours.
+    #[serde(default)]
+    pub downtime_hours: f64,
+}
+
+/// A part and the quantity a procedure consumes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartRequirement {
+    pub part_id: String,
+    pub quantity: u32,
+}
+
+/// How to repair one defect class on one asset class.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Procedure {
+    pub procedure_id: String,
+    pub asset_class: String,
+    pub defect_class: DefectClass,
+    pub title: String,
+    /// Skill a technician must hold (`mechanical`, `electrical`, `welding`, ...).
+    pub required_skill: String,
+    pub estimated_hours: f64,
+    pub steps: Vec<String>,
+    #[serde(default)]
+    pub parts: Vec<PartRequirement>,
+}
+
+/// Daily working hours, local plant time; `end_hour < start_hour` spans midnight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shift {
+    pub start_hour: u8,
+    pub end_hour: u8,
+}
+
+impl Shift {
+    /// Whether the given hour of day (0–23) falls inside the shift.
+    pub fn covers(&self, hour: u8) -> bool {
+        if self.start_hour <= self.end_hour {
+            hour >= self.start_hour && hour < self.end_hour
+        } else {
+            hour >= self.start_hour || hour < self.end_hour
+        }
+    }
+}
+
+/// A maintenance technician.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Technician {
+    pub technician_id: String,
+    pub name: String,
+    pub skills: Vec<String>,
+    pub zone: String,
+    pub shift: Shift,
+}
+
+/// Stock of one spare part.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryItem {
+    pub part_id: String,
+    pub description: String,
+    pub on_hand: i64,
+    /// At or below this available quantity a reorder event is raised.
+    #[serde(default)]
+    pub reorder_point: i64,
+}
