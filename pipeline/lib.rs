@@ -1,1 +1,7 @@
-//! defectflow: camera frames to maintenance work orders.
+//! defectflow: camera frames in, maintenance work orders out. This crate assembles the
+//! pipeline: configuration, camera sources, the dataflow graph and synthetic footage.
+
+pub mod config;
+pub mod footage;
+pub mod graph;
+pub mod sources;

@@ -227,6 +227,39 @@ fn random_defect(
     }
 }
 
+/// A scene with chosen defects: classes and onsets are given, placement, size and
+/// growth are drawn from `seed` exactly as for a random plant.
+#[allow(clippy::too_many_arguments)]
+pub fn planned_scene(
+    camera_id: &str,
+    asset_id: &str,
+    asset_kind: AssetKind,
+    (width, height): (u32, u32),
+    fps: u32,
+    seed: u64,
+    defects: &[(DefectClass, f64)],
+) -> SceneSpec {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut spec = SceneSpec {
+        camera_id: camera_id.to_owned(),
+        asset_id: asset_id.to_owned(),
+        asset_kind,
+        width,
+        height,
+        fps,
+        seed,
+        defects: Vec::new(),
+    };
+    let region = Scene::new(spec.clone()).asset_region();
+    let options = PlantOptions { seed, cameras: 1, defect_free_cameras: 0, duration_s: 1.0, fps, width, height };
+    for (index, &(class, onset_s)) in defects.iter().enumerate() {
+        let mut defect = random_defect(&mut rng, camera_id, index, defects.len(), class, region, &options);
+        defect.onset_s = onset_s;
+        spec.defects.push(defect);
+    }
+    spec
+}
+
 /// The ground truth of a footage set, written as `ground_truth.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GroundTruth {

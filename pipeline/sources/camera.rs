@@ -1,0 +1,395 @@
+//! The camera supervisor: runs one camera's pipeline on its own thread, hands decoded
+//! frames to the dataflow, and reconnects with backoff when the stream fails or stalls.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+
+use super::{CameraPipeline, SourceError, TimeBase};
+use crate::config::CameraConfig;
+
+/// RGB bytes of one decoded frame, shared without copying.
+#[derive(Clone, Debug)]
+pub struct FramePixels(Arc<gst::MappedBuffer<gst::buffer::Readable>>);
+
+impl AsRef<[u8]> for FramePixels {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+/// A frame as it leaves the camera pipeline, before it enters the dataflow.
+#[derive(Clone, Debug)]
+pub struct RawFrame {
+    /// Counted per camera from 0 across reconnections.
+    pub frame_index: u64,
+    /// Capture time, milliseconds since the Unix epoch.
+    pub capture_ms: u64,
+    pub pts_ns: Option<u64>,
+    pub width: u32,
+    pub height: u32,
+    pub stride: usize,
+    pub pixels: FramePixels,
+}
+
+/// Where a camera is in its life-cycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CameraState {
+    Connecting,
+    Playing,
+    /// Waiting before the next reconnection attempt.
+    Backoff,
+    /// The stream ended normally (end of a file).
+    Ended,
+    /// Given up: a broken file, or too many failed attempts.
+    Failed,
+    Stopped,
+}
+
+/// Counters of one camera, shared between its supervisor and the dataflow.
+#[derive(Debug)]
+pub struct CameraStats {
+    pub camera_id: String,
+    /// Frames decoded by the pipeline.
+    pub received: AtomicU64,
+    /// Frames lost because the dataflow queue was full.
+    pub dropped: AtomicU64,
+    /// Frames that arrived behind the event-time frontier and were re-timed to it.
+    pub late: AtomicU64,
+    /// Successful connections after the first.
+    pub reconnects: AtomicU64,
+    /// Failed connection attempts and broken streams.
+    pub errors: AtomicU64,
+    state: Mutex<CameraState>,
+    last_error: Mutex<Option<String>>,
+    /// Wall clock when the camera was started, ms since the epoch.
+    pub started_wall_ms: u64,
+    /// Wall clock of the last frame, ms since the epoch (0: none yet).
+    pub last_frame_wall_ms: AtomicU64,
+    /// Capture time of the first frame, ms since the epoch (0: none yet).
+    pub first_capture_ms: AtomicU64,
+    pub last_capture_ms: AtomicU64,
+}
+
+impl CameraStats {
+    fn new(camera_id: &str) -> CameraStats {
+        CameraStats {
+            camera_id: camera_id.to_owned(),
+            received: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            state: Mutex::new(CameraState::Connecting),
+            last_error: Mutex::new(None),
+            started_wall_ms: now_ms(),
+            last_frame_wall_ms: AtomicU64::new(0),
+            first_capture_ms: AtomicU64::new(0),
+            last_capture_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn state(&self) -> CameraState {
+        self.state.lock().map(|s| s.clone()).unwrap_or(CameraState::Failed)
+    }
+
+    fn set_state(&self, state: CameraState) {
+        if let Ok(mut s) = self.state.lock() {
+            *s = state;
+        }
+    }
+
+    /// The most recent error of this camera, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    fn record_error(&self, message: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(camera = %self.camera_id, error = %message, "camera error");
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(message);
+        }
+    }
+
+    /// Whether the camera will never send another frame.
+    pub fn finished(&self) -> bool {
+        matches!(self.state(), CameraState::Ended | CameraState::Failed | CameraState::Stopped)
+    }
+}
+
+/// A running camera: its frames and its counters. Dropping it stops the camera.
+#[derive(Debug)]
+pub struct CameraHandle {
+    pub frames: Receiver<RawFrame>,
+    pub stats: Arc<CameraStats>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CameraHandle {
+    /// Asks the camera to stop and waits for its pipeline to shut down.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            // Unblock a file pipeline waiting on a full queue.
+            while !thread.is_finished() {
+                while self.frames.try_recv().is_ok() {}
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for CameraHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts a camera on its own supervisor thread.
+pub fn spawn(camera: CameraConfig) -> CameraHandle {
+    let (sender, frames) = bounded(camera.queue_frames);
+    let stats = Arc::new(CameraStats::new(&camera.id));
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let (stats, stop) = (Arc::clone(&stats), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name(format!("camera-{}", camera.id))
+            .spawn(move || supervise(&camera, &sender, &stats, &stop))
+    };
+    let thread = match thread {
+        Ok(thread) => Some(thread),
+        Err(e) => {
+            stats.record_error(format!("cannot start camera thread: {e}"));
+            stats.set_state(CameraState::Failed);
+            None
+        }
+    };
+    CameraHandle { frames, stats, stop, thread }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// How one connection ended.
+enum Outcome {
+    Ended,
+    Stopped,
+    Broken(String),
+}
+
+fn supervise(camera: &CameraConfig, sender: &Sender<RawFrame>, stats: &Arc<CameraStats>, stop: &AtomicBool) {
+    let retry = &camera.reconnect;
+    let is_file = camera.url.starts_with("file://");
+    let mut backoff = Duration::from_millis(retry.initial_backoff_ms);
+    let mut failures = 0u32;
+    let next_index = Arc::new(AtomicU64::new(0));
+    let mut connections = 0u64;
+    loop {
+        stats.set_state(CameraState::Connecting);
+        let received_before = stats.received.load(Ordering::Relaxed);
+        let outcome = match super::build(camera) {
+            Ok(pipeline) => run_once(camera, pipeline, sender, stats, stop, &next_index),
+            Err(e @ SourceError::MissingElement { .. }) => {
+                stats.record_error(format!("camera {}: {e}", camera.id));
+                stats.set_state(CameraState::Failed);
+                return;
+            }
+            Err(e) => Outcome::Broken(e.to_string()),
+        };
+        if stats.received.load(Ordering::Relaxed) > received_before {
+            connections += 1;
+            if connections > 1 {
+                stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            failures = 0;
+            backoff = Duration::from_millis(retry.initial_backoff_ms);
+        }
+        match outcome {
+            Outcome::Ended => {
+                tracing::info!(camera = %camera.id, frames = stats.received.load(Ordering::Relaxed), "stream ended");
+                stats.set_state(CameraState::Ended);
+                return;
+            }
+            Outcome::Stopped => {
+                stats.set_state(CameraState::Stopped);
+                return;
+            }
+            Outcome::Broken(message) => {
+                stats.record_error(format!("camera {}: {message}", camera.id));
+                failures += 1;
+                if is_file || retry.max_attempts.is_some_and(|max| failures >= max) {
+                    stats.set_state(CameraState::Failed);
+                    return;
+                }
+            }
+        }
+        stats.set_state(CameraState::Backoff);
+        tracing::info!(camera = %camera.id, attempt = failures, backoff_ms = backoff.as_millis() as u64, "reconnecting");
+        let wake = Instant::now() + backoff;
+        while Instant::now() < wake {
+            if stop.load(Ordering::Relaxed) {
+                stats.set_state(CameraState::Stopped);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        backoff = (backoff * 2).min(Duration::from_millis(retry.max_backoff_ms));
+    }
+}
+
+/// Plays one connection of the camera until it ends, breaks, stalls or is stopped.
+fn run_once(
+    camera: &CameraConfig,
+    built: CameraPipeline,
+    sender: &Sender<RawFrame>,
+    stats: &Arc<CameraStats>,
+    stop: &AtomicBool,
+    next_index: &Arc<AtomicU64>,
+) -> Outcome {
+    let CameraPipeline { pipeline, sink, live, time_base, feeder } = built;
+    let started = Instant::now();
+    let base_ms = now_ms();
+    let last_frame = Arc::new(Mutex::new(started));
+    let halted = Arc::new(AtomicBool::new(false));
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample({
+                let (sender, stats, next_index) = (sender.clone(), Arc::clone(stats), Arc::clone(next_index));
+                let (last_frame, halted) = (Arc::clone(&last_frame), Arc::clone(&halted));
+                move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let frame = raw_frame(&sample, time_base, base_ms, &next_index)?;
+                    stats.received.fetch_add(1, Ordering::Relaxed);
+                    stats.last_frame_wall_ms.store(now_ms(), Ordering::Relaxed);
+                    let _ = stats.first_capture_ms.compare_exchange(0, frame.capture_ms, Ordering::Relaxed, Ordering::Relaxed);
+                    stats.last_capture_ms.store(frame.capture_ms, Ordering::Relaxed);
+                    if let Ok(mut t) = last_frame.lock() {
+                        *t = Instant::now();
+                    }
+                    deliver(frame, &sender, live, &stats, &halted)
+                }
+            })
+            .build(),
+    );
+    if let Err(e) = pipeline.set_state(gst::State::Playing) {
+        let detail = first_bus_error(&pipeline).unwrap_or_else(|| e.to_string());
+        let _ = pipeline.set_state(gst::State::Null);
+        return Outcome::Broken(detail);
+    }
+    stats.set_state(CameraState::Playing);
+    let bus = pipeline.bus();
+    let stall = Duration::from_millis(camera.reconnect.stall_timeout_ms);
+    let outcome = loop {
+        if stop.load(Ordering::Relaxed) {
+            break Outcome::Stopped;
+        }
+        let message = bus.as_ref().and_then(|bus| {
+            bus.timed_pop_filtered(gst::ClockTime::from_mseconds(50), &[gst::MessageType::Eos, gst::MessageType::Error])
+        });
+        if let Some(message) = message {
+            match message.view() {
+                gst::MessageView::Eos(_) if !live => break Outcome::Ended,
+                gst::MessageView::Eos(_) => break Outcome::Broken("stream ended".into()),
+                gst::MessageView::Error(err) => break Outcome::Broken(describe_error(&err)),
+                _ => {}
+            }
+        }
+        // A file that is merely slow to be consumed (the queue is full) is not stalled.
+        let silent = last_frame.lock().map(|t| t.elapsed()).unwrap_or_default();
+        if silent > stall && (live || sender.is_empty()) {
+            break Outcome::Broken(format!("no frame for {} ms", silent.as_millis()));
+        }
+    };
+    halted.store(true, Ordering::Relaxed);
+    drop(feeder);
+    let _ = pipeline.set_state(gst::State::Null);
+    outcome
+}
+
+/// Hands a frame to the dataflow: a live camera drops it when the queue is full, a
+/// file waits for room (until the camera is stopped).
+fn deliver(
+    frame: RawFrame,
+    sender: &Sender<RawFrame>,
+    live: bool,
+    stats: &CameraStats,
+    halted: &AtomicBool,
+) -> Result<gst::FlowSuccess, gst::FlowError> {
+    if live {
+        return match sender.try_send(frame) {
+            Ok(()) => Ok(gst::FlowSuccess::Ok),
+            Err(TrySendError::Full(_)) => {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(gst::FlowSuccess::Ok)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(gst::FlowError::Flushing),
+        };
+    }
+    let mut frame = frame;
+    loop {
+        match sender.send_timeout(frame, Duration::from_millis(50)) {
+            Ok(()) => return Ok(gst::FlowSuccess::Ok),
+            Err(crossbeam_channel::SendTimeoutError::Timeout(back)) if !halted.load(Ordering::Relaxed) => frame = back,
+            Err(_) => return Err(gst::FlowError::Flushing),
+        }
+    }
+}
+
+fn raw_frame(
+    sample: &gst::Sample,
+    time_base: TimeBase,
+    base_ms: u64,
+    next_index: &AtomicU64,
+) -> Result<RawFrame, gst::FlowError> {
+    let caps = sample.caps().ok_or(gst::FlowError::NotNegotiated)?;
+    let info = gst_video::VideoInfo::from_caps(caps).map_err(|_| gst::FlowError::NotNegotiated)?;
+    let buffer = sample.buffer_owned().ok_or(gst::FlowError::Error)?;
+    let pts_ns = buffer.pts().map(|t| t.nseconds());
+    let capture_ms = match (time_base, pts_ns) {
+        (TimeBase::Pts, Some(pts)) => base_ms + pts / 1_000_000,
+        _ => now_ms(),
+    };
+    let pixels = buffer.into_mapped_buffer_readable().map_err(|_| gst::FlowError::Error)?;
+    Ok(RawFrame {
+        frame_index: next_index.fetch_add(1, Ordering::Relaxed),
+        capture_ms,
+        pts_ns,
+        width: info.width(),
+        height: info.height(),
+        stride: info.stride()[0] as usize,
+        pixels: FramePixels(Arc::new(pixels)),
+    })
+}
+
+fn describe_error(err: &gst::message::Error) -> String {
+    let element = err.src().map(|s| s.name().to_string()).unwrap_or_else(|| "pipeline".into());
+    match err.debug() {
+        Some(debug) => format!("{element}: {} ({})", err.error(), debug_tail(&debug)),
+        None => format!("{element}: {}", err.error()),
+    }
+}
+
+/// The last line of GStreamer's debug text: the most specific part.
+fn debug_tail(text: &str) -> &str {
+    text.lines().last().unwrap_or(text)
+}
+
+fn first_bus_error(pipeline: &gst::Pipeline) -> Option<String> {
+    let bus = pipeline.bus()?;
+    let message = bus.timed_pop_filtered(gst::ClockTime::from_mseconds(200), &[gst::MessageType::Error])?;
+    match message.view() {
+        gst::MessageView::Error(err) => Some(describe_error(&err)),
+        _ => None,
+    }
+}
