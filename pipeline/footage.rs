@@ -93,7 +93,9 @@ fn encode(scene: &Scene, frames: u64, path: &PathBuf, options: &FootageOptions) 
         .build();
     let src = gst_app::AppSrc::builder().caps(&caps).format(gst::Format::Time).block(true).max_buffers(8).build();
     let make = |factory: &str, package: &str| {
-        gst::ElementFactory::make(factory).build().with_context(|| format!("GStreamer element `{factory}` missing ({package})"))
+        gst::ElementFactory::make(factory)
+            .build()
+            .with_context(|| format!("GStreamer element `{factory}` missing ({package})"))
     };
     let convert = make("videoconvert", "gstreamer1.0-plugins-base")?;
     let (encoder, parser) = match options.codec {
@@ -132,9 +134,13 @@ fn encode(scene: &Scene, frames: u64, path: &PathBuf, options: &FootageOptions) 
     }
     src.end_of_stream().map_err(|e| anyhow::anyhow!("cannot end stream: {e:?}"))?;
     let bus = pipeline.bus().context("pipeline has no bus")?;
-    let result = match bus.timed_pop_filtered(gst::ClockTime::from_seconds(120), &[gst::MessageType::Eos, gst::MessageType::Error]) {
+    let result = match bus
+        .timed_pop_filtered(gst::ClockTime::from_seconds(120), &[gst::MessageType::Eos, gst::MessageType::Error])
+    {
         Some(message) => match message.view() {
-            gst::MessageView::Error(err) => Err(anyhow::anyhow!("encoding failed: {} ({:?})", err.error(), err.debug())),
+            gst::MessageView::Error(err) => {
+                Err(anyhow::anyhow!("encoding failed: {} ({:?})", err.error(), err.debug()))
+            }
             _ => Ok(()),
         },
         None => Err(anyhow::anyhow!("encoding did not finish within 120 s")),

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use defectflow_operators::decode::{CameraSample, Decode, DecodeOutcome, FrameTensor};
 use defectflow_schemas::FrameMeta;
 use timely::dataflow::ProbeHandle;
+use timely::dataflow::operators::Inspect;
 use timely::dataflow::operators::core::Probe;
 use timely::dataflow::operators::vec::UnorderedInput;
-use timely::dataflow::operators::Inspect;
 
 use crate::config::RunConfig;
 use crate::sources::camera::{self, CameraHandle, CameraStats, FramePixels, now_ms};
@@ -53,13 +53,31 @@ pub struct CameraReport {
 
 /// Called on each worker for every frame tensor that leaves decode.
 pub type FrameObserver = Arc<dyn Fn(usize, &FrameTensor) + Send + Sync>;
+/// Called with a worker's index and its new input frontier (ms) when it advances.
+pub type FrontierObserver = Arc<dyn Fn(usize, u64) + Send + Sync>;
+
+/// Optional observers of a run, for tests, benches and metrics.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    pub on_frame: Option<FrameObserver>,
+    pub on_frontier: Option<FrontierObserver>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("on_frame", &self.on_frame.is_some())
+            .field("on_frontier", &self.on_frontier.is_some())
+            .finish()
+    }
+}
 
 /// Runs the ingest dataflow to the end and reports per camera.
 pub fn run(
     config: &RunConfig,
     timely_config: timely::Config,
     stop: StopWhen,
-    observer: Option<FrameObserver>,
+    hooks: Hooks,
 ) -> anyhow::Result<Vec<CameraReport>> {
     crate::sources::init()?;
     let config = config.clone();
@@ -71,14 +89,13 @@ pub fn run(
         let peers = worker.peers();
         let mine: Vec<_> =
             config.cameras.iter().enumerate().filter(|(i, _)| i % peers == index).map(|(_, c)| c.clone()).collect();
-        let max_fps: HashMap<String, f64> =
-            mine.iter().filter_map(|c| c.max_fps.map(|f| (c.id.clone(), f))).collect();
+        let max_fps: HashMap<String, f64> = mine.iter().filter_map(|c| c.max_fps.map(|f| (c.id.clone(), f))).collect();
         let kept: Arc<Mutex<HashMap<String, (u64, u64)>>> = Arc::default();
         let probe = ProbeHandle::new();
         let (mut input, mut capability) = worker.dataflow::<u64, _, _>(|scope| {
             let ((input, capability), samples) = scope.new_unordered_input::<CameraSample<FramePixels>>();
             let counts = Arc::clone(&kept);
-            let observer = observer.clone();
+            let on_frame = hooks.on_frame.clone();
             samples
                 .decode(max_fps, move |meta: &FrameMeta, outcome| {
                     let Ok(mut counts) = counts.lock() else { return };
@@ -90,8 +107,8 @@ pub fn run(
                     }
                 })
                 .inspect(move |tensor| {
-                    if let Some(observer) = &observer {
-                        observer(index, tensor);
+                    if let Some(on_frame) = &on_frame {
+                        on_frame(index, tensor);
                     }
                 })
                 .probe_with(&probe);
@@ -99,47 +116,22 @@ pub fn run(
         });
 
         let mut cameras: Vec<CameraHandle> = mine.iter().cloned().map(camera::spawn).collect();
-        let ids: Vec<Arc<str>> = mine.iter().map(|c| Arc::from(c.id.as_str())).collect();
+        let mut ingest = Ingest {
+            ids: mine.iter().map(|c| Arc::from(c.id.as_str())).collect(),
+            last_sent: vec![None; cameras.len()],
+            frontier: 0,
+        };
         let started = Instant::now();
-        // Per camera: last capture time sent.
-        let mut last_sent: Vec<Option<u64>> = vec![None; cameras.len()];
         let idle = Duration::from_millis(config.runtime.idle_timeout_ms);
-        let mut frontier = 0u64;
         loop {
-            let mut delivered = false;
-            for (c, cam) in cameras.iter().enumerate() {
-                while let Ok(raw) = cam.frames.try_recv() {
-                    delivered = true;
-                    let mut time = raw.capture_ms;
-                    if time < frontier {
-                        cam.stats.late.fetch_add(1, Ordering::Relaxed);
-                        time = frontier;
-                    }
-                    last_sent[c] = Some(last_sent[c].map_or(time, |t| t.max(time)));
-                    let meta = FrameMeta {
-                        camera_id: ids[c].to_string(),
-                        frame_index: raw.frame_index,
-                        capture_ms: time,
-                        pts_ns: raw.pts_ns,
-                        width: raw.width,
-                        height: raw.height,
-                    };
-                    let sample = CameraSample { meta, stride: raw.stride, pixels: raw.pixels };
-                    input.activate().session(&capability.delayed(&time)).give(sample);
-                }
-            }
-            let now = now_ms();
-            let next = cameras
-                .iter()
-                .zip(&last_sent)
-                .filter(|(cam, _)| !cam.stats.finished() && !is_idle(&cam.stats, now, idle))
-                .map(|(_, sent)| sent.map_or(frontier, |t| t))
-                .min()
-                .unwrap_or(now)
-                .max(frontier);
-            if next > frontier {
-                frontier = next;
+            let delivered = ingest.drain(&cameras, |time, sample| {
+                input.activate().session(&capability.delayed(&time)).give(sample);
+            });
+            if let Some(frontier) = ingest.advance(&cameras, idle) {
                 capability.downgrade(&frontier);
+                if let Some(on_frontier) = &hooks.on_frontier {
+                    on_frontier(index, frontier);
+                }
             }
             let interrupted = stop.interrupted.load(Ordering::Relaxed);
             let timed_out = stop.after.is_some_and(|d| started.elapsed() >= d);
@@ -147,20 +139,31 @@ pub fn run(
             if interrupted || timed_out || all_done {
                 break;
             }
-            worker.step_or_park(if delivered { Some(Duration::ZERO) } else { Some(Duration::from_millis(5)) });
+            worker.step_or_park(Some(if delivered { Duration::ZERO } else { Duration::from_millis(5) }));
         }
-        for cam in &mut cameras {
-            cam.stop();
+        // Stop the cameras but keep taking what they already decoded: nothing received is lost.
+        cameras.iter().for_each(CameraHandle::request_stop);
+        loop {
+            let shut_down = cameras.iter().all(CameraHandle::is_shut_down);
+            ingest.drain(&cameras, |time, sample| {
+                input.activate().session(&capability.delayed(&time)).give(sample);
+            });
+            if shut_down {
+                break;
+            }
+            worker.step_or_park(Some(Duration::from_millis(2)));
         }
+        cameras.iter_mut().for_each(CameraHandle::stop);
         drop(capability);
         drop(input);
         while !probe.done() {
             worker.step();
         }
         let kept = kept.lock().map(|k| k.clone()).unwrap_or_default();
-        let mut out = sink.lock().expect("report lock");
-        for cam in &cameras {
-            out.push(report(index, &cam.stats, kept.get(&cam.stats.camera_id).copied().unwrap_or_default()));
+        if let Ok(mut out) = sink.lock() {
+            for cam in &cameras {
+                out.push(report(index, &cam.stats, kept.get(&cam.stats.camera_id).copied().unwrap_or_default()));
+            }
         }
     })
     .map_err(|e| anyhow::anyhow!("timely: {e}"))?;
@@ -170,6 +173,62 @@ pub fn run(
     let mut reports = reports.lock().map(|r| r.clone()).unwrap_or_default();
     reports.sort_by_key(|r| config_order.iter().position(|id| *id == r.camera_id));
     Ok(reports)
+}
+
+/// A worker's side of ingest: moves frames from its cameras into the dataflow and keeps
+/// the event-time frontier.
+struct Ingest {
+    ids: Vec<Arc<str>>,
+    /// Per camera: the latest capture time sent.
+    last_sent: Vec<Option<u64>>,
+    frontier: u64,
+}
+
+impl Ingest {
+    /// Sends every queued frame at its capture time (a frame behind the frontier is
+    /// re-timed to it and counted late). Returns whether anything was sent.
+    fn drain(&mut self, cameras: &[CameraHandle], mut send: impl FnMut(u64, CameraSample<FramePixels>)) -> bool {
+        let mut delivered = false;
+        for (c, cam) in cameras.iter().enumerate() {
+            while let Ok(raw) = cam.frames.try_recv() {
+                delivered = true;
+                let mut time = raw.capture_ms;
+                if time < self.frontier {
+                    cam.stats.late.fetch_add(1, Ordering::Relaxed);
+                    time = self.frontier;
+                }
+                self.last_sent[c] = Some(self.last_sent[c].map_or(time, |t| t.max(time)));
+                let meta = FrameMeta {
+                    camera_id: self.ids[c].to_string(),
+                    frame_index: raw.frame_index,
+                    capture_ms: time,
+                    pts_ns: raw.pts_ns,
+                    width: raw.width,
+                    height: raw.height,
+                };
+                send(time, CameraSample { meta, stride: raw.stride, pixels: raw.pixels });
+            }
+        }
+        delivered
+    }
+
+    /// The new frontier, if it moved: the least latest capture time of the cameras still
+    /// active; with none active, the wall clock.
+    fn advance(&mut self, cameras: &[CameraHandle], idle: Duration) -> Option<u64> {
+        let now = now_ms();
+        let next = cameras
+            .iter()
+            .zip(&self.last_sent)
+            .filter(|(cam, _)| !cam.stats.finished() && !is_idle(&cam.stats, now, idle))
+            .map(|(_, sent)| sent.unwrap_or(self.frontier))
+            .min()
+            .unwrap_or(now)
+            .max(self.frontier);
+        (next > self.frontier).then(|| {
+            self.frontier = next;
+            next
+        })
+    }
 }
 
 fn is_idle(stats: &CameraStats, now: u64, idle: Duration) -> bool {

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use defectflow::config::RunConfig;
 use defectflow::footage::{Codec, Container, FootageOptions, write_plant};
-use defectflow::graph::{self, CameraReport, StopWhen};
+use defectflow::graph::{self, CameraReport, Hooks, StopWhen};
 use defectflow_models::synth::PlantOptions;
 
 #[derive(Debug, Parser)]
@@ -74,12 +74,23 @@ struct SynthArgs {
     container: Container,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "defectflow=info,warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Run(args) => run(args),
@@ -104,12 +115,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let interrupted = Arc::clone(&interrupted);
-        ctrlc::set_handler(move || interrupted.store(true, Ordering::Relaxed)).context("cannot install Ctrl-C handler")?;
+        ctrlc::set_handler(move || interrupted.store(true, Ordering::Relaxed))
+            .context("cannot install Ctrl-C handler")?;
     }
     let stop = StopWhen { after: config.runtime.duration_s.map(Duration::from_secs_f64), interrupted };
     let timely_config = timely::Config::process(config.runtime.workers);
     tracing::info!(cameras = config.cameras.len(), workers = config.runtime.workers, "starting");
-    let reports = graph::run(&config, timely_config, stop, None)?;
+    let reports = graph::run(&config, timely_config, stop, Hooks::default())?;
     print_reports(&reports);
     if args.json {
         let json: Vec<_> = reports.iter().map(report_json).collect();
@@ -164,7 +176,13 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
             .iter()
             .map(|d| format!("{} at {:.1}s (+{:.1} px/s)", d.class, d.onset_s, d.growth_px_per_s))
             .collect();
-        println!("{} {} {} frames: {}", camera.video, camera.scene.asset_kind, camera.frames, if defects.is_empty() { "no defects".into() } else { defects.join(", ") });
+        println!(
+            "{} {} {} frames: {}",
+            camera.video,
+            camera.scene.asset_kind,
+            camera.frames,
+            if defects.is_empty() { "no defects".into() } else { defects.join(", ") }
+        );
     }
     println!("wrote {}", args.out.join("ground_truth.json").display());
     Ok(())

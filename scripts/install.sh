@@ -29,3 +29,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   # shellcheck disable=SC1091
   source "$HOME/.cargo/env"
 fi
+
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    rustup component add "$component"
+  fi
+done

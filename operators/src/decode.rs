@@ -36,7 +36,9 @@ impl FrameTensor {
 /// Why a sample could not become a tensor.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("camera {camera}: frame {frame_index} has {got} bytes, {width}x{height} RGB with stride {stride} needs {need}")]
+    #[error(
+        "camera {camera}: frame {frame_index} has {got} bytes, {width}x{height} RGB with stride {stride} needs {need}"
+    )]
     ShortBuffer { camera: String, frame_index: u64, width: u32, height: u32, stride: usize, got: usize, need: usize },
 }
 
@@ -64,7 +66,8 @@ pub fn rgb_to_tensor<P: AsRef<[u8]>>(sample: &CameraSample<P>) -> Result<FrameTe
     for y in 0..h {
         let row = &bytes[y * sample.stride..y * sample.stride + 3 * w];
         let out = y * w..(y + 1) * w;
-        for (((px, r), g), b) in row.chunks_exact(3).zip(&mut r[out.clone()]).zip(&mut g[out.clone()]).zip(&mut b[out]) {
+        for (((px, r), g), b) in row.chunks_exact(3).zip(&mut r[out.clone()]).zip(&mut g[out.clone()]).zip(&mut b[out])
+        {
             *r = px[0] as f32 * SCALE;
             *g = px[1] as f32 * SCALE;
             *b = px[2] as f32 * SCALE;

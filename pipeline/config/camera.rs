@@ -124,7 +124,10 @@ impl CameraConfig {
         } else if let Some(rest) = self.url.strip_prefix("rtsp://") {
             let authority = rest.split('/').next().unwrap_or_default();
             if authority.contains('@') {
-                return Err("credentials in an RTSP URL would end up in logs; use `credentials` with environment variables".into());
+                return Err(
+                    "credentials in an RTSP URL would end up in logs; use `credentials` with environment variables"
+                        .into(),
+                );
             }
             if authority.is_empty() {
                 return Err(format!("`{}` has no host", self.url));
@@ -160,7 +163,9 @@ impl CameraConfig {
             return field("queue_frames", "must be at least 1".into());
         }
         if let Some(c) = &self.credentials {
-            for (name, var) in [("credentials.username_env", &c.username_env), ("credentials.password_env", &c.password_env)] {
+            for (name, var) in
+                [("credentials.username_env", &c.username_env), ("credentials.password_env", &c.password_env)]
+            {
                 if var.is_empty() || !var.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
                     return field(name, format!("`{var}` is not an environment variable name"));
                 }
@@ -168,7 +173,10 @@ impl CameraConfig {
         }
         let r = &self.reconnect;
         if r.initial_backoff_ms == 0 || r.max_backoff_ms < r.initial_backoff_ms {
-            return field("reconnect.max_backoff_ms", "must be at least reconnect.initial_backoff_ms, which must be positive".into());
+            return field(
+                "reconnect.max_backoff_ms",
+                "must be at least reconnect.initial_backoff_ms, which must be positive".into(),
+            );
         }
         if r.stall_timeout_ms < 100 {
             return field("reconnect.stall_timeout_ms", "must be at least 100".into());

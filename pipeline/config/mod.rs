@@ -73,9 +73,13 @@ impl RunConfig {
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<RunConfig, ConfigError> {
-        let config: RunConfig = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: origin.to_owned(), message: e.to_string() })?;
-        config.validate().map_err(|(field, message)| ConfigError::Invalid { path: origin.to_owned(), field, message })?;
+        let config: RunConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_owned(), message: e.to_string() })?;
+        config.validate().map_err(|(field, message)| ConfigError::Invalid {
+            path: origin.to_owned(),
+            field,
+            message,
+        })?;
         Ok(config)
     }
 
@@ -132,15 +136,16 @@ mod tests {
 
     #[test]
     fn semantic_errors_name_the_field() {
-        let two = "[[cameras]]\nid = \"c1\"\nurl = \"file:///a.mp4\"\n[[cameras]]\nid = \"c1\"\nurl = \"file:///b.mp4\"\n";
+        let two =
+            "[[cameras]]\nid = \"c1\"\nurl = \"file:///a.mp4\"\n[[cameras]]\nid = \"c1\"\nurl = \"file:///b.mp4\"\n";
         assert_eq!(field_of(two), "cameras[1].id");
         assert_eq!(field_of("[[cameras]]\nid = \"c1\"\nurl = \"http://x/a.mp4\"\n"), "cameras[0].url");
         assert_eq!(field_of("[[cameras]]\nid = \"c1\"\nurl = \"file:///a.mp4\"\nmax_fps = 0\n"), "cameras[0].max_fps");
         assert_eq!(field_of("[[cameras]]\nid = \"c 1\"\nurl = \"file:///a.mp4\"\n"), "cameras[0].id");
-        assert_eq!(field_of("[runtime]\nworkers = 0\n[[cameras]]\nid = \"c\"\nurl = \"file:///a\"\n"), "runtime.workers");
         assert_eq!(
-            field_of("[[cameras]]\nid = \"c1\"\nurl = \"rtsp://admin:hunter2@10.0.0.5/s\"\n"),
-            "cameras[0].url"
+            field_of("[runtime]\nworkers = 0\n[[cameras]]\nid = \"c\"\nurl = \"file:///a\"\n"),
+            "runtime.workers"
         );
+        assert_eq!(field_of("[[cameras]]\nid = \"c1\"\nurl = \"rtsp://admin:hunter2@10.0.0.5/s\"\n"), "cameras[0].url");
     }
 }

@@ -135,7 +135,18 @@ pub struct CameraHandle {
 }
 
 impl CameraHandle {
-    /// Asks the camera to stop and waits for its pipeline to shut down.
+    /// Asks the camera to stop without waiting; frames already queued stay readable.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the supervisor thread has finished (after a stop, an end or a failure).
+    pub fn is_shut_down(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Asks the camera to stop and waits for its pipeline to shut down, discarding
+    /// frames still queued.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
@@ -272,7 +283,12 @@ fn run_once(
                     let frame = raw_frame(&sample, time_base, base_ms, &next_index)?;
                     stats.received.fetch_add(1, Ordering::Relaxed);
                     stats.last_frame_wall_ms.store(now_ms(), Ordering::Relaxed);
-                    let _ = stats.first_capture_ms.compare_exchange(0, frame.capture_ms, Ordering::Relaxed, Ordering::Relaxed);
+                    let _ = stats.first_capture_ms.compare_exchange(
+                        0,
+                        frame.capture_ms,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
                     stats.last_capture_ms.store(frame.capture_ms, Ordering::Relaxed);
                     if let Ok(mut t) = last_frame.lock() {
                         *t = Instant::now();

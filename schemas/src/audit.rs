@@ -130,11 +130,7 @@ fn utf8(name: &str) -> Field {
 }
 
 fn time(name: &str) -> Field {
-    Field::new(
-        name,
-        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-        false,
-    )
+    Field::new(name, DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false)
 }
 
 #[cfg(test)]
@@ -150,10 +146,7 @@ mod tests {
         for table in AuditTable::ALL {
             let schema = table.schema();
             assert!(
-                schema
-                    .fields()
-                    .iter()
-                    .any(|f| matches!(f.data_type(), DataType::Timestamp(..))),
+                schema.fields().iter().any(|f| matches!(f.data_type(), DataType::Timestamp(..))),
                 "{} has no event-time column",
                 table.name()
             );

@@ -62,17 +62,16 @@ impl fmt::Display for DefectClass {
 
 /// A name that is not one of the six defect classes.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown defect class `{0}` (expected one of crack, corrosion, misalignment, wear, contamination, missing_component)")]
+#[error(
+    "unknown defect class `{0}` (expected one of crack, corrosion, misalignment, wear, contamination, missing_component)"
+)]
 pub struct UnknownDefectClass(pub String);
 
 impl FromStr for DefectClass {
     type Err = UnknownDefectClass;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| UnknownDefectClass(s.to_owned()))
+        Self::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| UnknownDefectClass(s.to_owned()))
     }
 }
 

@@ -9,13 +9,10 @@ pub mod work_order;
 
 pub use defect::{BoundingBox, DefectClass, DefectTrack, Detection, TrackState};
 pub use frame::FrameMeta;
-pub use reference::{
-    Asset, Camera, FailureRecord, InventoryItem, PartRequirement, Procedure, Roi, Shift,
-    Technician,
-};
+pub use reference::{Asset, Camera, FailureRecord, InventoryItem, PartRequirement, Procedure, Roi, Shift, Technician};
 pub use work_order::{
-    Evidence, PartLine, Priority, ProcedureRef, RevisionKind, Severity, SeverityComponents,
-    WoEvent, WoEventKind, WorkOrder, WorkOrderStatus, SCHEMA_VERSION,
+    Evidence, PartLine, Priority, ProcedureRef, RevisionKind, SCHEMA_VERSION, Severity, SeverityComponents, WoEvent,
+    WoEventKind, WorkOrder, WorkOrderStatus,
 };
 
 /// The work-order JSON Schema (2020-12) as shipped in `schemas/work-order.schema.json`.

@@ -1,15 +1,13 @@
 //! Work orders as serialised by defectflow validate against the shipped JSON Schema.
 
 use defectflow_schemas::{
-    BoundingBox, DefectClass, Evidence, PartLine, Priority, ProcedureRef, RevisionKind,
-    SCHEMA_VERSION, Severity, SeverityComponents, WORK_ORDER_JSON_SCHEMA, WorkOrder,
-    WorkOrderStatus,
+    BoundingBox, DefectClass, Evidence, PartLine, Priority, ProcedureRef, RevisionKind, SCHEMA_VERSION, Severity,
+    SeverityComponents, WORK_ORDER_JSON_SCHEMA, WorkOrder, WorkOrderStatus,
 };
 use serde_json::Value;
 
 fn validator() -> jsonschema::Validator {
-    let schema: Value =
-        serde_json::from_str(WORK_ORDER_JSON_SCHEMA).expect("work-order.schema.json is JSON");
+    let schema: Value = serde_json::from_str(WORK_ORDER_JSON_SCHEMA).expect("work-order.schema.json is JSON");
     jsonschema::draft202012::new(&schema).expect("work-order.schema.json is a valid 2020-12 schema")
 }
 

@@ -49,17 +49,16 @@ impl fmt::Display for AssetKind {
 
 /// A name that is not one of the generator's asset kinds.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown asset kind `{0}` (expected conveyor_pulley, motor_housing, bolted_flange, pipe_section, gearbox or belt)")]
+#[error(
+    "unknown asset kind `{0}` (expected conveyor_pulley, motor_housing, bolted_flange, pipe_section, gearbox or belt)"
+)]
 pub struct UnknownAssetKind(pub String);
 
 impl FromStr for AssetKind {
     type Err = UnknownAssetKind;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownAssetKind(s.to_owned()))
+        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| UnknownAssetKind(s.to_owned()))
     }
 }
 
@@ -79,8 +78,8 @@ pub fn draw_scene(kind: AssetKind, width: u32, height: u32, seed: u64) -> (Canva
     // Concrete wall above a darker floor, both with low-frequency blotches.
     let floor_y = (h * 0.78) as i32;
     canvas.paint(0, 0, width as i32, height as i32, |x, y| {
-        let n = value_noise(seed, x as f32, y as f32, 23.0) * 0.6
-            + value_noise(seed ^ 0xA5, x as f32, y as f32, 5.0) * 0.4;
+        let n =
+            value_noise(seed, x as f32, y as f32, 23.0) * 0.6 + value_noise(seed ^ 0xA5, x as f32, y as f32, 5.0) * 0.4;
         let base: Rgb = if y < floor_y { [128, 126, 120] } else { [88, 90, 92] };
         Some((shade(base, 0.8 + 0.35 * n), 1.0))
     });
@@ -114,8 +113,20 @@ pub fn draw_scene(kind: AssetKind, width: u32, height: u32, seed: u64) -> (Canva
                 Some((shade(if fin { shade(body, 0.7) } else { body }, k), 1.0))
             });
             // Terminal box and feet.
-            canvas.fill_rect((x0 + mw * 0.35) as i32, (y0 - h * 0.08) as i32, (mw * 0.3) as i32, (h * 0.08) as i32, [40, 72, 120]);
-            canvas.fill_rect((x0 + mw * 0.05) as i32, (y0 + mh) as i32, (mw * 0.9) as i32, (h * 0.06) as i32, [50, 50, 55]);
+            canvas.fill_rect(
+                (x0 + mw * 0.35) as i32,
+                (y0 - h * 0.08) as i32,
+                (mw * 0.3) as i32,
+                (h * 0.08) as i32,
+                [40, 72, 120],
+            );
+            canvas.fill_rect(
+                (x0 + mw * 0.05) as i32,
+                (y0 + mh) as i32,
+                (mw * 0.9) as i32,
+                (h * 0.06) as i32,
+                [50, 50, 55],
+            );
             AssetRegion { x: x0, y: y0, width: mw, height: mh }
         }
         AssetKind::BoltedFlange => {
@@ -145,8 +156,20 @@ pub fn draw_scene(kind: AssetKind, width: u32, height: u32, seed: u64) -> (Canva
                 let rib = ((x as f32 - x0) % 24.0) < 4.0;
                 Some((if rib { [170, 140, 30] } else { [214, 176, 44] }, 1.0))
             });
-            canvas.fill_rect((x0 - w * 0.1) as i32, (y0 + gh * 0.45) as i32, (w * 0.1) as i32, (gh * 0.12) as i32, [90, 90, 95]);
-            canvas.fill_rect((x0 + gw) as i32, (y0 + gh * 0.3) as i32, (w * 0.1) as i32, (gh * 0.12) as i32, [90, 90, 95]);
+            canvas.fill_rect(
+                (x0 - w * 0.1) as i32,
+                (y0 + gh * 0.45) as i32,
+                (w * 0.1) as i32,
+                (gh * 0.12) as i32,
+                [90, 90, 95],
+            );
+            canvas.fill_rect(
+                (x0 + gw) as i32,
+                (y0 + gh * 0.3) as i32,
+                (w * 0.1) as i32,
+                (gh * 0.12) as i32,
+                [90, 90, 95],
+            );
             AssetRegion { x: x0, y: y0, width: gw, height: gh }
         }
         AssetKind::Belt => {

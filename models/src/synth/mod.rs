@@ -114,7 +114,8 @@ impl Scene {
 
     fn shifted_base(&self, jx: i32, jy: i32) -> Canvas {
         let (w, h) = (self.base.width as i32, self.base.height as i32);
-        let mut out = Canvas { width: self.base.width, height: self.base.height, pixels: vec![0; self.base.pixels.len()] };
+        let mut out =
+            Canvas { width: self.base.width, height: self.base.height, pixels: vec![0; self.base.pixels.len()] };
         for y in 0..h {
             let sy = (y - jy).clamp(0, h - 1);
             for x in 0..w {
@@ -293,7 +294,15 @@ mod tests {
     use super::*;
 
     fn options() -> PlantOptions {
-        PlantOptions { seed: 11, cameras: 7, defect_free_cameras: 1, duration_s: 20.0, fps: 10, width: 320, height: 180 }
+        PlantOptions {
+            seed: 11,
+            cameras: 7,
+            defect_free_cameras: 1,
+            duration_s: 20.0,
+            fps: 10,
+            width: 320,
+            height: 180,
+        }
     }
 
     #[test]

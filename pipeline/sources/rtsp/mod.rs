@@ -20,9 +20,8 @@ pub fn pipeline(camera: &CameraConfig, location: &str) -> Result<CameraPipeline,
     src.set_property_from_str("protocols", "tcp");
     if let Some(credentials) = &camera.credentials {
         let read = |var: &str| {
-            std::env::var(var).map_err(|_| {
-                SourceError::Stream(format!("environment variable {var} (camera credentials) is not set"))
-            })
+            std::env::var(var)
+                .map_err(|_| SourceError::Stream(format!("environment variable {var} (camera credentials) is not set")))
         };
         src.set_property("user-id", read(&credentials.username_env)?);
         src.set_property("user-pw", read(&credentials.password_env)?);

@@ -44,15 +44,19 @@ impl SynthParams {
             match key {
                 "seed" => params.seed = value.parse().map_err(|_| bad("expected an integer"))?,
                 "fps" => {
-                    params.fps = value.parse().ok().filter(|f| (1..=120).contains(f)).ok_or_else(|| bad("expected 1 to 120"))?
+                    params.fps =
+                        value.parse().ok().filter(|f| (1..=120).contains(f)).ok_or_else(|| bad("expected 1 to 120"))?
                 }
                 "asset_id" => params.asset_id = value.to_owned(),
                 "defects" => {
                     for item in value.split(',').filter(|i| !i.is_empty()) {
                         let (class, onset) = item.split_once('@').ok_or_else(|| bad("expected class@onset_seconds"))?;
                         let class: DefectClass = class.parse().map_err(|e| bad(&format!("{e}")))?;
-                        let onset: f64 =
-                            onset.parse().ok().filter(|o: &f64| *o >= 0.0).ok_or_else(|| bad("onset must be seconds >= 0"))?;
+                        let onset: f64 = onset
+                            .parse()
+                            .ok()
+                            .filter(|o: &f64| *o >= 0.0)
+                            .ok_or_else(|| bad("onset must be seconds >= 0"))?;
                         params.defects.push((class, onset));
                     }
                 }
@@ -154,7 +158,8 @@ mod tests {
 
     #[test]
     fn parses_every_parameter() {
-        let p = SynthParams::parse("synth://gearbox?seed=9&fps=10&asset_id=GB-2&defects=crack@5,wear@12.5").expect("valid");
+        let p =
+            SynthParams::parse("synth://gearbox?seed=9&fps=10&asset_id=GB-2&defects=crack@5,wear@12.5").expect("valid");
         assert_eq!(p.asset_kind, AssetKind::Gearbox);
         assert_eq!((p.seed, p.fps, p.asset_id.as_str()), (9, 10, "GB-2"));
         assert_eq!(p.defects, vec![(DefectClass::Crack, 5.0), (DefectClass::Wear, 12.5)]);
