@@ -105,6 +105,8 @@ fn encode(scene: &Scene, frames: u64, path: &PathBuf, options: &FootageOptions) 
             enc.set_property("key-int-max", spec.fps * 2);
             enc.set_property("bitrate", 2500u32);
             enc.set_property("threads", 2u32);
+            // Like most IP cameras: no B-frames, so presentation order is decode order.
+            enc.set_property("bframes", 0u32);
             (enc, make("h264parse", "gstreamer1.0-plugins-bad")?)
         }
         Codec::H265 => {

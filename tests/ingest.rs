@@ -1,0 +1,183 @@
+//! Ingest from real encoded footage through real GStreamer pipelines into timely.
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::Command;
+use std::time::Duration;
+
+use support::{camera_toml, file_url, free_port, mkv_h265_footage, mp4_footage, run};
+
+const FRAME_NS: u64 = 1_000_000_000 / 15;
+
+#[test]
+fn mp4_frames_all_arrive_in_order_with_their_size_and_timestamps() {
+    let footage = mp4_footage();
+    let config = camera_toml("cam-a", &file_url(&footage.video(0)), "")
+        + &camera_toml("cam-b", &file_url(&footage.video(1)), "")
+            .replace("width = 320\nheight = 180", "width = 160\nheight = 90");
+    let outcome = run(&config, 1, None);
+    let by_camera = outcome.seen_by_camera();
+    for (camera, (width, height), source) in [("cam-a", (320, 180), 0), ("cam-b", (160, 90), 1)] {
+        let seen = &by_camera[camera];
+        let indices: Vec<u64> = seen.iter().map(|s| s.frame_index).collect();
+        let expected: Vec<u64> = (0..footage.frames(source)).collect();
+        assert_eq!(indices, expected, "{camera}: every frame once, in order");
+        let first = seen[0].capture_ms;
+        for s in seen {
+            assert_eq!((s.width, s.height), (width, height), "{camera} frame {}", s.frame_index);
+            assert_eq!(s.tensor_len, 3 * width as usize * height as usize);
+            let pts = s.pts_ns.expect("files carry timestamps");
+            assert!(pts.abs_diff(s.frame_index * FRAME_NS) < 1_000_000, "{camera} frame {} pts {pts}", s.frame_index);
+            assert!(
+                (s.capture_ms - first).abs_diff(pts / 1_000_000) <= 1,
+                "{camera} frame {}: capture time {} ms after the first, pts {} ms",
+                s.frame_index,
+                s.capture_ms - first,
+                pts / 1_000_000
+            );
+            assert!(s.mean > 0.1 && s.mean < 0.9, "{camera} frame {} looks blank: mean {}", s.frame_index, s.mean);
+        }
+        let report = outcome.report(camera);
+        assert_eq!(
+            (report.state.as_str(), report.received, report.kept, report.dropped),
+            ("ended", footage.frames(source), footage.frames(source), 0)
+        );
+        assert!((report.fps - 15.0).abs() < 0.2, "{camera} fps {}", report.fps);
+    }
+}
+
+#[test]
+fn h265_in_matroska_is_ingested() {
+    let footage = mkv_h265_footage();
+    let outcome = run(&camera_toml("cam-h265", &file_url(&footage.video(0)), ""), 1, None);
+    let indices: Vec<u64> = outcome.seen.iter().map(|s| s.frame_index).collect();
+    assert_eq!(indices, (0..footage.frames(0)).collect::<Vec<_>>());
+    assert_eq!(outcome.report("cam-h265").state, "ended");
+}
+
+#[test]
+fn max_fps_keeps_the_configured_rate() {
+    let footage = mp4_footage();
+    let outcome = run(&camera_toml("cam-slow", &file_url(&footage.video(0)), "max_fps = 5.0"), 1, None);
+    let report = outcome.report("cam-slow");
+    // 4 s of 15 fps footage at 5 fps: 20 frames, give or take the slot the run starts in.
+    assert!((19..=21).contains(&report.kept), "kept {}", report.kept);
+    assert_eq!(report.kept + report.sampled_out, report.received);
+    assert_eq!(outcome.seen.len() as u64, report.kept);
+}
+
+#[test]
+fn broken_files_fail_their_own_camera_and_the_others_keep_flowing() {
+    let footage = mp4_footage();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let corrupt = dir.path().join("corrupt.mp4");
+    std::fs::write(&corrupt, (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect::<Vec<_>>())
+        .expect("write");
+    let truncated = dir.path().join("truncated.mp4");
+    let bytes = std::fs::read(footage.video(0)).expect("read footage");
+    std::fs::write(&truncated, &bytes[..bytes.len() * 2 / 5]).expect("write");
+    let config = camera_toml("cam-good", &file_url(&footage.video(1)), "")
+        + &camera_toml("cam-corrupt", &file_url(&corrupt), "")
+        + &camera_toml("cam-truncated", &file_url(&truncated), "")
+        + &camera_toml("cam-missing", &file_url(&dir.path().join("gone.mp4")), "");
+    let outcome = run(&config, 1, Some(Duration::from_secs(30)));
+    for camera in ["cam-corrupt", "cam-truncated", "cam-missing"] {
+        let report = outcome.report(camera);
+        assert_eq!(report.state, "failed", "{camera}: {report:?}");
+        let error = report.last_error.as_deref().unwrap_or_default();
+        assert!(error.contains(camera), "{camera}: error does not name the camera: {error}");
+        assert_eq!(report.errors, 1, "{camera}: a broken file is not retried");
+    }
+    assert!(outcome.report("cam-missing").last_error.as_deref().unwrap_or_default().contains("no such video file"));
+    let good = outcome.report("cam-good");
+    assert_eq!((good.state.as_str(), good.kept), ("ended", footage.frames(1)));
+}
+
+#[test]
+fn an_unreachable_rtsp_camera_is_retried_while_a_file_camera_flows() {
+    let footage = mp4_footage();
+    let port = free_port();
+    let retry = "[cameras.reconnect]\ninitial_backoff_ms = 100\nmax_backoff_ms = 400\n";
+    let config = camera_toml("cam-file", &file_url(&footage.video(0)), "realtime = true")
+        + &camera_toml("cam-dead", &format!("rtsp://127.0.0.1:{port}/stream"), retry)
+        + &camera_toml(
+            "cam-nologin",
+            &format!("rtsp://127.0.0.1:{port}/stream"),
+            "[cameras.credentials]\nusername_env = \"DEFECTFLOW_TEST_UNSET_USER\"\npassword_env = \"DEFECTFLOW_TEST_UNSET_PW\"\n",
+        );
+    let outcome = run(&config, 1, Some(Duration::from_secs(5)));
+    let dead = outcome.report("cam-dead");
+    assert!(dead.errors >= 3, "retried with backoff: {dead:?}");
+    assert_eq!(dead.received, 0);
+    let error = dead.last_error.as_deref().unwrap_or_default();
+    assert!(error.contains("cam-dead") && error.contains("Could not open resource"), "{error}");
+    let nologin = outcome.report("cam-nologin");
+    assert!(
+        nologin.last_error.as_deref().unwrap_or_default().contains("DEFECTFLOW_TEST_UNSET_USER"),
+        "the missing variable is named: {nologin:?}"
+    );
+    let file = outcome.report("cam-file");
+    assert_eq!((file.received, file.kept), (footage.frames(0), footage.frames(0)));
+}
+
+#[test]
+fn a_silent_camera_does_not_hold_the_frontier_back() {
+    let footage = mp4_footage();
+    let config = format!(
+        "[runtime]\nidle_timeout_ms = 300\n{}{}",
+        camera_toml("cam-file", &file_url(&footage.video(0)), "realtime = true"),
+        camera_toml("cam-dead", &format!("rtsp://127.0.0.1:{}/stream", free_port()), "")
+    );
+    let outcome = run(&config, 1, Some(Duration::from_secs(6)));
+    let last_capture = outcome.seen.iter().map(|s| s.capture_ms).max().expect("file frames");
+    let frontier = outcome.frontiers.iter().map(|(_, t)| *t).max().expect("the frontier moved");
+    // The frontier passes the file camera's last frame although cam-dead never sent one.
+    assert!(frontier >= last_capture, "frontier {frontier} stuck behind last frame {last_capture}");
+}
+
+#[test]
+fn two_workers_receive_each_cameras_frames_exactly_once() {
+    let footage = mp4_footage();
+    let config: String =
+        (0..4).map(|i| camera_toml(&format!("cam-{i}"), &file_url(&footage.video(i % 2)), "")).collect();
+    let outcome = run(&config, 2, None);
+    let mut seen = HashSet::new();
+    let mut per_camera: BTreeMap<String, u64> = BTreeMap::new();
+    let mut workers: BTreeMap<String, HashSet<usize>> = BTreeMap::new();
+    for s in &outcome.seen {
+        assert!(seen.insert((s.camera.clone(), s.frame_index)), "{} frame {} seen twice", s.camera, s.frame_index);
+        *per_camera.entry(s.camera.clone()).or_default() += 1;
+        workers.entry(s.camera.clone()).or_default().insert(s.worker);
+    }
+    for i in 0..4 {
+        let camera = format!("cam-{i}");
+        assert_eq!(per_camera.get(&camera).copied(), Some(footage.frames(i % 2)), "{camera}");
+        assert_eq!(workers[&camera], HashSet::from([i % 2]), "{camera} belongs to worker {}", i % 2);
+        assert_eq!(outcome.report(&camera).worker, i % 2);
+    }
+}
+
+#[test]
+fn check_config_names_the_bad_field_and_run_reports_json() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, camera_toml("cam-1", "file:///tmp/x.mp4", "max_fps = -2.0")).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_defectflow")).arg("check-config").arg(&bad).output().expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`cameras[0].max_fps`"), "{stderr}");
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, camera_toml("cam-1", &file_url(&mp4_footage().video(0)), "")).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+        .args(["run", "--json", "--config"])
+        .arg(&good)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(&stdout[stdout.find('[').expect("json array")..]).expect("json");
+    assert_eq!(json[0]["camera_id"], "cam-1");
+    assert_eq!(json[0]["frames"], mp4_footage().frames(0));
+}

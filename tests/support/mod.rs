@@ -1,0 +1,152 @@
+//! Shared helpers of the end-to-end tests: generated footage, configs and runs.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use defectflow::config::RunConfig;
+use defectflow::footage::{Codec, Container, FootageOptions, write_plant};
+use defectflow::graph::{self, CameraReport, Hooks, StopWhen};
+use defectflow_models::synth::{GroundTruth, PlantOptions};
+
+/// Footage written once per test binary and shared by its tests.
+pub struct Footage {
+    pub dir: PathBuf,
+    pub truth: GroundTruth,
+    _keep: tempfile::TempDir,
+}
+
+impl Footage {
+    pub fn video(&self, camera: usize) -> PathBuf {
+        self.dir.join(&self.truth.cameras[camera].video)
+    }
+
+    pub fn frames(&self, camera: usize) -> u64 {
+        self.truth.cameras[camera].frames
+    }
+}
+
+fn write(codec: Codec, container: Container, cameras: usize, seconds: f64) -> Footage {
+    let keep = tempfile::tempdir().expect("temp dir");
+    let options = FootageOptions {
+        plant: PlantOptions {
+            seed: 3,
+            cameras,
+            defect_free_cameras: 0,
+            duration_s: seconds,
+            fps: 15,
+            width: 320,
+            height: 180,
+        },
+        codec,
+        container,
+    };
+    let truth = write_plant(keep.path(), &options).expect("footage is written");
+    Footage { dir: keep.path().to_path_buf(), truth, _keep: keep }
+}
+
+/// Two H.264 MP4 cameras, 4 s at 15 fps, 320x180.
+pub fn mp4_footage() -> &'static Footage {
+    static FOOTAGE: OnceLock<Footage> = OnceLock::new();
+    FOOTAGE.get_or_init(|| write(Codec::H264, Container::Mp4, 2, 4.0))
+}
+
+/// One H.265 MKV camera, 2 s at 15 fps, 320x180.
+pub fn mkv_h265_footage() -> &'static Footage {
+    static FOOTAGE: OnceLock<Footage> = OnceLock::new();
+    FOOTAGE.get_or_init(|| write(Codec::H265, Container::Mkv, 1, 2.0))
+}
+
+/// A camera entry of a TOML config.
+pub fn camera_toml(id: &str, url: &str, extra: &str) -> String {
+    format!("[[cameras]]\nid = \"{id}\"\nurl = \"{url}\"\nwidth = 320\nheight = 180\n{extra}\n")
+}
+
+pub fn file_url(path: &Path) -> String {
+    format!("file://{}", path.display())
+}
+
+/// An address on 127.0.0.1 where nothing listens (the port was just free).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// One frame seen after decode.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub worker: usize,
+    pub camera: String,
+    pub frame_index: u64,
+    pub capture_ms: u64,
+    pub pts_ns: Option<u64>,
+    pub width: u32,
+    pub height: u32,
+    pub tensor_len: usize,
+    pub mean: f32,
+    pub at: Instant,
+}
+
+/// What a run produced.
+pub struct Outcome {
+    pub reports: Vec<CameraReport>,
+    pub seen: Vec<Seen>,
+    pub frontiers: Vec<(usize, u64)>,
+}
+
+impl Outcome {
+    pub fn report(&self, camera: &str) -> &CameraReport {
+        self.reports.iter().find(|r| r.camera_id == camera).unwrap_or_else(|| panic!("no report for {camera}"))
+    }
+
+    pub fn seen_by_camera(&self) -> BTreeMap<String, Vec<Seen>> {
+        let mut by: BTreeMap<String, Vec<Seen>> = BTreeMap::new();
+        for s in &self.seen {
+            by.entry(s.camera.clone()).or_default().push(s.clone());
+        }
+        by
+    }
+}
+
+/// Runs the dataflow on a config text with `workers` threads.
+pub fn run(config_text: &str, workers: usize, after: Option<Duration>) -> Outcome {
+    let config = RunConfig::parse(config_text, "test config").expect("config is valid");
+    run_config(&config, workers, after)
+}
+
+pub fn run_config(config: &RunConfig, workers: usize, after: Option<Duration>) -> Outcome {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let frontiers = Arc::new(Mutex::new(Vec::new()));
+    let hooks = Hooks {
+        on_frame: Some({
+            let seen = Arc::clone(&seen);
+            Arc::new(move |worker, tensor| {
+                let mean = tensor.data.iter().sum::<f32>() / tensor.data.len().max(1) as f32;
+                seen.lock().expect("lock").push(Seen {
+                    worker,
+                    camera: tensor.meta.camera_id.clone(),
+                    frame_index: tensor.meta.frame_index,
+                    capture_ms: tensor.meta.capture_ms,
+                    pts_ns: tensor.meta.pts_ns,
+                    width: tensor.meta.width,
+                    height: tensor.meta.height,
+                    tensor_len: tensor.data.len(),
+                    mean,
+                    at: Instant::now(),
+                })
+            })
+        }),
+        on_frontier: Some({
+            let frontiers = Arc::clone(&frontiers);
+            Arc::new(move |worker, t| frontiers.lock().expect("lock").push((worker, t)))
+        }),
+    };
+    let stop = StopWhen { after, interrupted: Arc::new(AtomicBool::new(false)) };
+    let reports = graph::run(config, timely::Config::process(workers), stop, hooks).expect("run completes");
+    let seen = seen.lock().expect("lock").clone();
+    let frontiers = frontiers.lock().expect("lock").clone();
+    Outcome { reports, seen, frontiers }
+}
