@@ -151,7 +151,7 @@ impl CameraConfig {
         if let Err(message) = self.source_url() {
             return field("url", message);
         }
-        if self.width < 16 || self.height < 16 || self.width % 2 != 0 || self.height % 2 != 0 {
+        if self.width < 16 || self.height < 16 || !self.width.is_multiple_of(2) || !self.height.is_multiple_of(2) {
             return field("width", format!("{}x{}: both must be even and at least 16", self.width, self.height));
         }
         if let Some(fps) = self.max_fps

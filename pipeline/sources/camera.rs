@@ -317,7 +317,7 @@ fn run_once(
             match message.view() {
                 gst::MessageView::Eos(_) if !live => break Outcome::Ended,
                 gst::MessageView::Eos(_) => break Outcome::Broken("stream ended".into()),
-                gst::MessageView::Error(err) => break Outcome::Broken(describe_error(&err)),
+                gst::MessageView::Error(err) => break Outcome::Broken(describe_error(err)),
                 _ => {}
             }
         }
@@ -405,7 +405,7 @@ fn first_bus_error(pipeline: &gst::Pipeline) -> Option<String> {
     let bus = pipeline.bus()?;
     let message = bus.timed_pop_filtered(gst::ClockTime::from_mseconds(200), &[gst::MessageType::Error])?;
     match message.view() {
-        gst::MessageView::Error(err) => Some(describe_error(&err)),
+        gst::MessageView::Error(err) => Some(describe_error(err)),
         _ => None,
     }
 }

@@ -51,7 +51,7 @@ pub fn draw_defect(canvas: &mut Canvas, spec: &DefectSpec, size: f32, dx: f32, d
             (if sheen { [96, 92, 104] } else { [22, 18, 14] }, 0.9)
         }),
         DefectClass::Wear => draw_blob(canvas, cx, cy, size, seed ^ 0x3EA2, |_, y, n| {
-            let streak = (y as u64).wrapping_mul(2_654_435_761) % 5 == 0;
+            let streak = (y as u64).wrapping_mul(2_654_435_761).is_multiple_of(5);
             (if streak { [255, 250, 236] } else { shade([222, 216, 200], 0.9 + 0.15 * n) }, 0.85)
         }),
         DefectClass::Misalignment => draw_misalignment(canvas, cx, cy, size),

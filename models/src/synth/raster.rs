@@ -32,9 +32,9 @@ impl Canvas {
     pub fn blend(&mut self, x: i32, y: i32, color: Rgb, alpha: f32) {
         if let Some(i) = self.index(x, y) {
             let a = alpha.clamp(0.0, 1.0);
-            for c in 0..3 {
-                let old = self.pixels[i + c] as f32;
-                self.pixels[i + c] = (old + (color[c] as f32 - old) * a).round() as u8;
+            for (px, &target) in self.pixels[i..i + 3].iter_mut().zip(&color) {
+                let old = *px as f32;
+                *px = (old + (target as f32 - old) * a).round() as u8;
             }
         }
     }
