@@ -115,7 +115,9 @@ pub fn run(
             (input, capability)
         });
 
-        let mut cameras: Vec<CameraHandle> = mine.iter().cloned().map(camera::spawn).collect();
+        let worker_thread = std::thread::current();
+        let mut cameras: Vec<CameraHandle> =
+            mine.iter().cloned().map(|c| camera::spawn(c, worker_thread.clone())).collect();
         let mut ingest = Ingest {
             ids: mine.iter().map(|c| Arc::from(c.id.as_str())).collect(),
             last_sent: vec![None; cameras.len()],
@@ -139,7 +141,9 @@ pub fn run(
             if interrupted || timed_out || all_done {
                 break;
             }
-            worker.step_or_park(Some(if delivered { Duration::ZERO } else { Duration::from_millis(5) }));
+            // Cameras unpark this thread when they queue a frame; the timeout only paces the
+            // wall-clock frontier of idle cameras.
+            worker.step_or_park(Some(if delivered { Duration::ZERO } else { Duration::from_millis(20) }));
         }
         // Stop the cameras but keep taking what they already decoded: nothing received is lost.
         cameras.iter().for_each(CameraHandle::request_stop);
@@ -206,7 +210,7 @@ impl Ingest {
                     width: raw.width,
                     height: raw.height,
                 };
-                send(time, CameraSample { meta, stride: raw.stride, pixels: raw.pixels });
+                send(time, CameraSample { meta, planes: raw.planes, pixels: raw.pixels });
             }
         }
         delivered

@@ -181,3 +181,39 @@ fn check_config_names_the_bad_field_and_run_reports_json() {
     assert_eq!(json[0]["camera_id"], "cam-1");
     assert_eq!(json[0]["frames"], mp4_footage().frames(0));
 }
+
+#[test]
+fn synth_writes_labels_that_match_its_ground_truth() {
+    let footage = mp4_footage();
+    let classes = std::fs::read_to_string(footage.dir.join("classes.txt")).expect("classes.txt");
+    assert_eq!(
+        classes.lines().collect::<Vec<_>>(),
+        ["crack", "corrosion", "misalignment", "wear", "contamination", "missing_component"]
+    );
+    let truth: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(footage.dir.join("ground_truth.json")).expect("ground truth"))
+            .expect("json");
+    assert_eq!(truth["cameras"].as_array().map(Vec::len), Some(2));
+    for camera in &footage.truth.cameras {
+        assert!(!camera.scene.defects.is_empty());
+        for defect in &camera.scene.defects {
+            let onset = defectflow_models::synth::GroundTruth::onset_frame(defect, footage.truth.fps);
+            let class_id = defect.class.yolo_id().to_string();
+            let has_class = |frame: u64| {
+                let path = footage.dir.join("labels").join(format!("{}_{frame:06}.txt", camera.scene.camera_id));
+                let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                text.lines().any(|line| {
+                    let fields: Vec<&str> = line.split(' ').collect();
+                    assert_eq!(fields.len(), 5, "{}: `{line}`", path.display());
+                    assert!(fields[1..].iter().all(|f| f.parse::<f32>().is_ok_and(|v| (0.0..=1.0).contains(&v))));
+                    fields[0] == class_id
+                })
+            };
+            if onset > 0 {
+                assert!(!has_class(onset - 1), "{} labelled before its onset", defect.defect_id);
+            }
+            assert!(has_class(onset), "{} not labelled at its onset frame {onset}", defect.defect_id);
+            assert!(has_class(camera.frames - 1), "{} not labelled at the end", defect.defect_id);
+        }
+    }
+}

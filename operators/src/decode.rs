@@ -9,24 +9,55 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::Operator;
 
-/// A decoded RGB frame as it leaves its camera pipeline.
+/// Where one colour plane lies in a sample's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plane {
+    /// Byte offset of the plane's first row.
+    pub offset: usize,
+    /// Bytes from one row to the next (at least the width).
+    pub stride: usize,
+}
+
+/// A decoded planar-RGB frame (GStreamer's `RGBP`) as it leaves its camera pipeline.
 #[derive(Clone, Debug)]
 pub struct CameraSample<P> {
     pub meta: FrameMeta,
-    /// Bytes from one row to the next (at least `3 × width`).
-    pub stride: usize,
-    /// Packed RGB8 rows, `stride × height` bytes.
+    /// The R, G and B planes.
+    pub planes: [Plane; 3],
     pub pixels: P,
 }
 
-/// A frame ready for the model: `[3, height, width]` planar RGB, values in `[0, 1]`.
-#[derive(Clone, Debug)]
+impl<P> CameraSample<P> {
+    /// The layout of a tightly packed planar frame: planes one after another, no padding.
+    pub fn packed_planes(width: u32, height: u32) -> [Plane; 3] {
+        let plane = width as usize * height as usize;
+        [0, 1, 2].map(|i| Plane { offset: i * plane, stride: width as usize })
+    }
+}
+
+/// A frame ready for the model: `[3, height, width]` planar RGB, one byte per value.
+///
+/// Values stay 0–255: the model scales them by 1/255 as its first step, which keeps
+/// frames four times smaller than `f32` between decode and inference. When the decoder
+/// already wrote the planes back to back, the tensor shares its buffer: no copy.
+#[derive(Clone)]
 pub struct FrameTensor {
     pub meta: FrameMeta,
-    pub data: Arc<[f32]>,
+    pub data: Arc<dyn AsRef<[u8]> + Send + Sync>,
+}
+
+impl std::fmt::Debug for FrameTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameTensor").field("meta", &self.meta).field("len", &self.bytes().len()).finish()
+    }
 }
 
 impl FrameTensor {
+    /// The `[3, h, w]` values.
+    pub fn bytes(&self) -> &[u8] {
+        (*self.data).as_ref()
+    }
+
     /// `[channels, height, width]`.
     pub fn shape(&self) -> [usize; 3] {
         [3, self.meta.height as usize, self.meta.width as usize]
@@ -36,44 +67,46 @@ impl FrameTensor {
 /// Why a sample could not become a tensor.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error(
-        "camera {camera}: frame {frame_index} has {got} bytes, {width}x{height} RGB with stride {stride} needs {need}"
-    )]
-    ShortBuffer { camera: String, frame_index: u64, width: u32, height: u32, stride: usize, got: usize, need: usize },
+    #[error("camera {camera}: frame {frame_index} has {got} bytes, its {width}x{height} planes need {need}")]
+    ShortBuffer { camera: String, frame_index: u64, width: u32, height: u32, got: usize, need: usize },
 }
 
-/// Converts packed RGB rows into a planar `[3, h, w]` tensor scaled to `[0, 1]`.
-pub fn rgb_to_tensor<P: AsRef<[u8]>>(sample: &CameraSample<P>) -> Result<FrameTensor, DecodeError> {
+/// Copies the three planes of a sample into one `[3, h, w]` tensor, dropping row padding.
+pub fn planar_tensor<P>(sample: &CameraSample<P>) -> Result<FrameTensor, DecodeError>
+where
+    P: AsRef<[u8]> + Clone + Send + Sync + 'static,
+{
     let (w, h) = (sample.meta.width as usize, sample.meta.height as usize);
     let bytes = sample.pixels.as_ref();
-    let need = if h == 0 { 0 } else { sample.stride * (h - 1) + 3 * w };
-    if bytes.len() < need || sample.stride < 3 * w {
+    let need = sample
+        .planes
+        .iter()
+        .map(|p| if h == 0 || p.stride < w { usize::MAX } else { p.offset + p.stride * (h - 1) + w })
+        .max()
+        .unwrap_or(0);
+    if bytes.len() < need {
         return Err(DecodeError::ShortBuffer {
             camera: sample.meta.camera_id.clone(),
             frame_index: sample.meta.frame_index,
             width: sample.meta.width,
             height: sample.meta.height,
-            stride: sample.stride,
             got: bytes.len(),
             need,
         });
     }
-    let plane = w * h;
-    let mut data = vec![0f32; 3 * plane];
-    let (r, rest) = data.split_at_mut(plane);
-    let (g, b) = rest.split_at_mut(plane);
-    const SCALE: f32 = 1.0 / 255.0;
-    for y in 0..h {
-        let row = &bytes[y * sample.stride..y * sample.stride + 3 * w];
-        let out = y * w..(y + 1) * w;
-        for (((px, r), g), b) in row.chunks_exact(3).zip(&mut r[out.clone()]).zip(&mut g[out.clone()]).zip(&mut b[out])
-        {
-            *r = px[0] as f32 * SCALE;
-            *g = px[1] as f32 * SCALE;
-            *b = px[2] as f32 * SCALE;
+    if sample.planes == CameraSample::<P>::packed_planes(sample.meta.width, sample.meta.height)
+        && bytes.len() == 3 * w * h
+    {
+        return Ok(FrameTensor { meta: sample.meta.clone(), data: Arc::new(sample.pixels.clone()) });
+    }
+    let mut data = vec![0u8; 3 * w * h];
+    for (plane, out) in sample.planes.iter().zip(data.chunks_exact_mut(w * h)) {
+        for (y, row) in out.chunks_exact_mut(w).enumerate() {
+            let start = plane.offset + y * plane.stride;
+            row.copy_from_slice(&bytes[start..start + w]);
         }
     }
-    Ok(FrameTensor { meta: sample.meta.clone(), data: data.into() })
+    Ok(FrameTensor { meta: sample.meta.clone(), data: Arc::new(data) })
 }
 
 /// Keeps at most `max_fps` frames a second of one camera, by event time.
@@ -129,10 +162,10 @@ pub trait Decode<'scope, P> {
     /// let frames = timely::example(|scope| {
     ///     let meta = |i: u64| FrameMeta { camera_id: "cam".into(), frame_index: i, capture_ms: i * 100, pts_ns: None, width: 1, height: 1 };
     ///     (0..10u64)
-    ///         .map(move |i| CameraSample { meta: meta(i), stride: 3, pixels: vec![255u8, 0, 0] })
+    ///         .map(move |i| CameraSample { meta: meta(i), planes: CameraSample::<()>::packed_planes(1, 1), pixels: vec![255u8, 0, 0] })
     ///         .to_stream(scope)
     ///         .decode(HashMap::from([("cam".to_string(), 5.0)]), |_, _| {})
-    ///         .map(|t| (t.meta.frame_index, (t.data[0] * 255.0) as u8))
+    ///         .map(|t| (t.meta.frame_index, t.bytes()[0]))
     ///         .capture()
     /// });
     /// let kept: Vec<_> = frames.extract().into_iter().flat_map(|(_, v)| v).collect();
@@ -145,7 +178,9 @@ pub trait Decode<'scope, P> {
     ) -> StreamVec<'scope, u64, FrameTensor>;
 }
 
-impl<'scope, P: AsRef<[u8]> + 'static> Decode<'scope, P> for StreamVec<'scope, u64, CameraSample<P>> {
+impl<'scope, P: AsRef<[u8]> + Clone + Send + Sync + 'static> Decode<'scope, P>
+    for StreamVec<'scope, u64, CameraSample<P>>
+{
     fn decode(
         self,
         max_fps: HashMap<String, f64>,
@@ -161,7 +196,7 @@ impl<'scope, P: AsRef<[u8]> + 'static> Decode<'scope, P> for StreamVec<'scope, u
                         let outcome = if !limiter.admit(&sample.meta, limit) {
                             DecodeOutcome::Sampled
                         } else {
-                            match rgb_to_tensor(&sample) {
+                            match planar_tensor(&sample) {
                                 Ok(tensor) => {
                                     session.give(tensor);
                                     DecodeOutcome::Kept
@@ -186,19 +221,41 @@ mod tests {
     }
 
     #[test]
-    fn tensor_is_planar_and_skips_row_padding() {
-        // 2x2 frame, stride 8: two bytes of padding per row that must be ignored.
-        let pixels = vec![255, 0, 0, 0, 255, 0, 9, 9, 0, 0, 255, 255, 255, 255, 9, 9];
-        let tensor = rgb_to_tensor(&CameraSample { meta: meta("c", 0, 0, 2, 2), stride: 8, pixels }).expect("decodes");
+    fn planes_are_copied_without_their_row_padding() {
+        // 2x2 frame, each plane's rows padded to 4 bytes with 9s that must not appear.
+        let pixels = vec![1, 2, 9, 9, 3, 4, 9, 9, 5, 6, 9, 9, 7, 8, 9, 9, 10, 11, 9, 9, 12, 13, 9, 9];
+        let planes = [0, 8, 16].map(|offset| Plane { offset, stride: 4 });
+        let tensor = planar_tensor(&CameraSample { meta: meta("c", 0, 0, 2, 2), planes, pixels }).expect("decodes");
         assert_eq!(tensor.shape(), [3, 2, 2]);
-        assert_eq!(&tensor.data[0..4], &[1.0, 0.0, 0.0, 1.0]);
-        assert_eq!(&tensor.data[4..8], &[0.0, 1.0, 0.0, 1.0]);
-        assert_eq!(&tensor.data[8..12], &[0.0, 0.0, 1.0, 1.0]);
+        assert_eq!(tensor.bytes(), &[1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13]);
+    }
+
+    #[test]
+    fn packed_planes_are_shared_not_copied() {
+        let pixels: Arc<Vec<u8>> = Arc::new((0..12).collect());
+        let sample = CameraSample {
+            meta: meta("c", 0, 0, 2, 2),
+            planes: CameraSample::<()>::packed_planes(2, 2),
+            pixels: ArcBytes(Arc::clone(&pixels)),
+        };
+        let tensor = planar_tensor(&sample).expect("decodes");
+        assert_eq!(tensor.bytes(), &pixels[..]);
+        assert_eq!(tensor.bytes().as_ptr(), pixels.as_ptr());
+    }
+
+    #[derive(Clone)]
+    struct ArcBytes(Arc<Vec<u8>>);
+
+    impl AsRef<[u8]> for ArcBytes {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
     }
 
     #[test]
     fn short_buffer_names_camera_and_frame() {
-        let err = rgb_to_tensor(&CameraSample { meta: meta("cam-7", 41, 0, 4, 4), stride: 12, pixels: vec![0u8; 20] })
+        let planes = CameraSample::<()>::packed_planes(4, 4);
+        let err = planar_tensor(&CameraSample { meta: meta("cam-7", 41, 0, 4, 4), planes, pixels: vec![0u8; 20] })
             .expect_err("too short");
         assert!(err.to_string().contains("cam-7") && err.to_string().contains("frame 41"), "{err}");
     }

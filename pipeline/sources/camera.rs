@@ -12,10 +12,12 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
+use defectflow_operators::decode::Plane;
+
 use super::{CameraPipeline, SourceError, TimeBase};
 use crate::config::CameraConfig;
 
-/// RGB bytes of one decoded frame, shared without copying.
+/// Planar RGB bytes of one decoded frame, shared without copying.
 #[derive(Clone, Debug)]
 pub struct FramePixels(Arc<gst::MappedBuffer<gst::buffer::Readable>>);
 
@@ -35,7 +37,8 @@ pub struct RawFrame {
     pub pts_ns: Option<u64>,
     pub width: u32,
     pub height: u32,
-    pub stride: usize,
+    /// Offsets and strides of the R, G and B planes.
+    pub planes: [Plane; 3],
     pub pixels: FramePixels,
 }
 
@@ -166,8 +169,9 @@ impl Drop for CameraHandle {
     }
 }
 
-/// Starts a camera on its own supervisor thread.
-pub fn spawn(camera: CameraConfig) -> CameraHandle {
+/// Starts a camera on its own supervisor thread; `consumer` is unparked whenever a
+/// frame is queued, so the dataflow worker can sleep between frames.
+pub fn spawn(camera: CameraConfig, consumer: std::thread::Thread) -> CameraHandle {
     let (sender, frames) = bounded(camera.queue_frames);
     let stats = Arc::new(CameraStats::new(&camera.id));
     let stop = Arc::new(AtomicBool::new(false));
@@ -175,7 +179,7 @@ pub fn spawn(camera: CameraConfig) -> CameraHandle {
         let (stats, stop) = (Arc::clone(&stats), Arc::clone(&stop));
         std::thread::Builder::new()
             .name(format!("camera-{}", camera.id))
-            .spawn(move || supervise(&camera, &sender, &stats, &stop))
+            .spawn(move || supervise(&camera, &sender, &stats, &stop, &consumer))
     };
     let thread = match thread {
         Ok(thread) => Some(thread),
@@ -199,7 +203,13 @@ enum Outcome {
     Broken(String),
 }
 
-fn supervise(camera: &CameraConfig, sender: &Sender<RawFrame>, stats: &Arc<CameraStats>, stop: &AtomicBool) {
+fn supervise(
+    camera: &CameraConfig,
+    sender: &Sender<RawFrame>,
+    stats: &Arc<CameraStats>,
+    stop: &AtomicBool,
+    consumer: &std::thread::Thread,
+) {
     let retry = &camera.reconnect;
     let is_file = camera.url.starts_with("file://");
     let mut backoff = Duration::from_millis(retry.initial_backoff_ms);
@@ -210,7 +220,7 @@ fn supervise(camera: &CameraConfig, sender: &Sender<RawFrame>, stats: &Arc<Camer
         stats.set_state(CameraState::Connecting);
         let received_before = stats.received.load(Ordering::Relaxed);
         let outcome = match super::build(camera) {
-            Ok(pipeline) => run_once(camera, pipeline, sender, stats, stop, &next_index),
+            Ok(pipeline) => run_once(camera, pipeline, sender, stats, stop, &next_index, consumer),
             Err(e @ SourceError::MissingElement { .. }) => {
                 stats.record_error(format!("camera {}: {e}", camera.id));
                 stats.set_state(CameraState::Failed);
@@ -267,6 +277,7 @@ fn run_once(
     stats: &Arc<CameraStats>,
     stop: &AtomicBool,
     next_index: &Arc<AtomicU64>,
+    consumer: &std::thread::Thread,
 ) -> Outcome {
     let CameraPipeline { pipeline, sink, live, time_base, feeder } = built;
     let started = Instant::now();
@@ -277,7 +288,7 @@ fn run_once(
         gst_app::AppSinkCallbacks::builder()
             .new_sample({
                 let (sender, stats, next_index) = (sender.clone(), Arc::clone(stats), Arc::clone(next_index));
-                let (last_frame, halted) = (Arc::clone(&last_frame), Arc::clone(&halted));
+                let (last_frame, halted, consumer) = (Arc::clone(&last_frame), Arc::clone(&halted), consumer.clone());
                 move |sink| {
                     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                     let frame = raw_frame(&sample, time_base, base_ms, &next_index)?;
@@ -293,7 +304,9 @@ fn run_once(
                     if let Ok(mut t) = last_frame.lock() {
                         *t = Instant::now();
                     }
-                    deliver(frame, &sender, live, &stats, &halted)
+                    let delivered = deliver(frame, &sender, live, &stats, &halted);
+                    consumer.unpark();
+                    delivered
                 }
             })
             .build(),
@@ -383,7 +396,7 @@ fn raw_frame(
         pts_ns,
         width: info.width(),
         height: info.height(),
-        stride: info.stride()[0] as usize,
+        planes: [0, 1, 2].map(|p| Plane { offset: info.offset()[p], stride: info.stride()[p] as usize }),
         pixels: FramePixels(Arc::new(pixels)),
     })
 }

@@ -64,7 +64,8 @@ pub(crate) fn element(factory: &'static str, hint: &'static str) -> Result<gst::
 }
 
 /// The common end of every camera pipeline:
-/// `videoconvert ! videoscale ! video/x-raw,format=RGB,width=W,height=H ! appsink`.
+/// `videoconvert ! videoscale ! video/x-raw,format=RGBP,width=W,height=H ! appsink`.
+/// Planar RGB is what the model reads, so decode only copies planes.
 /// Returns the first element (to link the decoder to) and the sink.
 pub(crate) fn add_raw_tail(
     pipeline: &gst::Pipeline,
@@ -75,7 +76,7 @@ pub(crate) fn add_raw_tail(
     let convert = element("videoconvert", base)?;
     let scale = element("videoscale", base)?;
     let caps = gst::Caps::builder("video/x-raw")
-        .field("format", "RGB")
+        .field("format", "RGBP")
         .field("width", camera.width as i32)
         .field("height", camera.height as i32)
         .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))

@@ -124,7 +124,8 @@ pub fn run_config(config: &RunConfig, workers: usize, after: Option<Duration>) -
         on_frame: Some({
             let seen = Arc::clone(&seen);
             Arc::new(move |worker, tensor| {
-                let mean = tensor.data.iter().sum::<f32>() / tensor.data.len().max(1) as f32;
+                let bytes = tensor.bytes();
+                let mean = bytes.iter().map(|&v| v as f32).sum::<f32>() / bytes.len().max(1) as f32 / 255.0;
                 seen.lock().expect("lock").push(Seen {
                     worker,
                     camera: tensor.meta.camera_id.clone(),
@@ -133,7 +134,7 @@ pub fn run_config(config: &RunConfig, workers: usize, after: Option<Duration>) -
                     pts_ns: tensor.meta.pts_ns,
                     width: tensor.meta.width,
                     height: tensor.meta.height,
-                    tensor_len: tensor.data.len(),
+                    tensor_len: bytes.len(),
                     mean,
                     at: Instant::now(),
                 })

@@ -8,7 +8,7 @@ use gstreamer::prelude::*;
 use super::{CameraPipeline, SourceError, TimeBase, add_raw_tail, element, link_video_pad_when_added};
 use crate::config::CameraConfig;
 
-/// `filesrc location=PATH ! decodebin ! videoconvert ! videoscale ! RGB caps ! appsink`
+/// `filesrc location=PATH ! decodebin ! videoconvert ! videoscale ! RGBP caps ! appsink`
 pub fn pipeline(camera: &CameraConfig, path: &Path) -> Result<CameraPipeline, SourceError> {
     if !path.is_file() {
         return Err(SourceError::Stream(format!("no such video file: {}", path.display())));

@@ -9,7 +9,7 @@ use crate::config::CameraConfig;
 /// Latency budget of the RTP jitter buffer.
 const JITTER_LATENCY_MS: u32 = 200;
 
-/// `rtspsrc location=URL protocols=tcp ! decodebin ! videoconvert ! videoscale ! RGB caps ! appsink`
+/// `rtspsrc location=URL protocols=tcp ! decodebin ! videoconvert ! videoscale ! RGBP caps ! appsink`
 ///
 /// TCP is used so a server that goes away is noticed at once, not after a UDP timeout.
 pub fn pipeline(camera: &CameraConfig, location: &str) -> Result<CameraPipeline, SourceError> {

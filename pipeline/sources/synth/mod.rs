@@ -83,7 +83,7 @@ impl Drop for Feeder {
     }
 }
 
-/// `appsrc (RGB, live) ! videoconvert ! videoscale ! RGB caps ! appsink`
+/// `appsrc (RGB, live) ! videoconvert ! videoscale ! RGBP caps ! appsink`
 pub fn pipeline(camera: &CameraConfig, params: &SynthParams) -> Result<CameraPipeline, SourceError> {
     let spec = planned_scene(
         &camera.id,
