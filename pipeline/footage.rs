@@ -85,12 +85,7 @@ pub fn write_scenes(out: &Path, scenes: &[SceneSpec], options: &FootageOptions) 
 /// `appsrc ! videoconvert ! x264enc|x265enc ! h264parse|h265parse ! mp4mux|matroskamux ! filesink`
 fn encode(scene: &Scene, frames: u64, path: &PathBuf, options: &FootageOptions) -> anyhow::Result<()> {
     let spec = scene.spec();
-    let caps = gst::Caps::builder("video/x-raw")
-        .field("format", "RGB")
-        .field("width", spec.width as i32)
-        .field("height", spec.height as i32)
-        .field("framerate", gst::Fraction::new(spec.fps as i32, 1))
-        .build();
+    let caps = crate::sources::synth::rendered_frame_caps(spec.width, spec.height, spec.fps);
     let src = gst_app::AppSrc::builder().caps(&caps).format(gst::Format::Time).block(true).max_buffers(8).build();
     let make = |factory: &str, package: &str| {
         gst::ElementFactory::make(factory)

@@ -83,6 +83,16 @@ impl Drop for Feeder {
     }
 }
 
+/// Caps of the generator's frames: packed RGB at a fixed rate.
+pub(crate) fn rendered_frame_caps(width: u32, height: u32, fps: u32) -> gst::Caps {
+    gst::Caps::builder("video/x-raw")
+        .field("format", "RGB")
+        .field("width", width as i32)
+        .field("height", height as i32)
+        .field("framerate", gst::Fraction::new(fps as i32, 1))
+        .build()
+}
+
 /// `appsrc (RGB, live) ! videoconvert ! videoscale ! RGBP caps ! appsink`
 pub fn pipeline(camera: &CameraConfig, params: &SynthParams) -> Result<CameraPipeline, SourceError> {
     let spec = planned_scene(
@@ -95,12 +105,7 @@ pub fn pipeline(camera: &CameraConfig, params: &SynthParams) -> Result<CameraPip
         &params.defects,
     );
     let pipeline = gst::Pipeline::with_name(&format!("camera-{}", camera.id));
-    let caps = gst::Caps::builder("video/x-raw")
-        .field("format", "RGB")
-        .field("width", camera.width as i32)
-        .field("height", camera.height as i32)
-        .field("framerate", gst::Fraction::new(params.fps as i32, 1))
-        .build();
+    let caps = rendered_frame_caps(camera.width, camera.height, params.fps);
     let src = gst_app::AppSrc::builder()
         .caps(&caps)
         .format(gst::Format::Time)
