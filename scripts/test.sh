@@ -6,5 +6,9 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 # The RTSP test server needs Debian's python3 with PyGObject, not another python on PATH.
 export DEFECTFLOW_PYTHON="${DEFECTFLOW_PYTHON:-/usr/bin/python3}"
-cargo test --workspace --all-targets "$@"
-cargo test --workspace --doc
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --doc 2>&1 | tee "$log"
+cargo test --workspace --all-targets "$@" 2>&1 | tee -a "$log"
+# One closing line for the whole suite.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' "$log"
