@@ -99,7 +99,11 @@ pub fn run(
             samples
                 .decode(max_fps, move |meta: &FrameMeta, outcome| {
                     let Ok(mut counts) = counts.lock() else { return };
-                    let entry = counts.entry(meta.camera_id.clone()).or_default();
+                    // Allocate the camera's key once, not on every frame.
+                    if !counts.contains_key(&meta.camera_id) {
+                        counts.insert(meta.camera_id.clone(), (0, 0));
+                    }
+                    let Some(entry) = counts.get_mut(&meta.camera_id) else { return };
                     match outcome {
                         DecodeOutcome::Kept => entry.0 += 1,
                         DecodeOutcome::Sampled => entry.1 += 1,

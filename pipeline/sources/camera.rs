@@ -289,9 +289,17 @@ fn run_once(
             .new_sample({
                 let (sender, stats, next_index) = (sender.clone(), Arc::clone(stats), Arc::clone(next_index));
                 let (last_frame, halted, consumer) = (Arc::clone(&last_frame), Arc::clone(&halted), consumer.clone());
+                // Caps change at most on renegotiation: parse them once, not per frame.
+                let mut layout: Option<(gst::Caps, gst_video::VideoInfo)> = None;
                 move |sink| {
                     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let frame = raw_frame(&sample, time_base, base_ms, &next_index)?;
+                    let caps = sample.caps().ok_or(gst::FlowError::NotNegotiated)?;
+                    if layout.as_ref().is_none_or(|(known, _)| known.as_ref() != caps) {
+                        let info = gst_video::VideoInfo::from_caps(caps).map_err(|_| gst::FlowError::NotNegotiated)?;
+                        layout = Some((caps.to_owned(), info));
+                    }
+                    let info = layout.as_ref().map(|(_, info)| info).ok_or(gst::FlowError::NotNegotiated)?;
+                    let frame = raw_frame(&sample, info, time_base, base_ms, &next_index)?;
                     stats.received.fetch_add(1, Ordering::Relaxed);
                     stats.last_frame_wall_ms.store(now_ms(), Ordering::Relaxed);
                     let _ = stats.first_capture_ms.compare_exchange(
@@ -377,12 +385,11 @@ fn deliver(
 
 fn raw_frame(
     sample: &gst::Sample,
+    info: &gst_video::VideoInfo,
     time_base: TimeBase,
     base_ms: u64,
     next_index: &AtomicU64,
 ) -> Result<RawFrame, gst::FlowError> {
-    let caps = sample.caps().ok_or(gst::FlowError::NotNegotiated)?;
-    let info = gst_video::VideoInfo::from_caps(caps).map_err(|_| gst::FlowError::NotNegotiated)?;
     let buffer = sample.buffer_owned().ok_or(gst::FlowError::Error)?;
     let pts_ns = buffer.pts().map(|t| t.nseconds());
     let capture_ms = match (time_base, pts_ns) {
