@@ -76,7 +76,10 @@ impl FromStr for DefectClass {
 }
 
 /// An axis-aligned box in frame pixels, origin top-left.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Equality and order compare the bit patterns of the coordinates, so boxes can be
+/// keys and values of differential collections.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct BoundingBox {
     pub x: f32,
     pub y: f32,
@@ -90,6 +93,15 @@ impl BoundingBox {
         self.width.max(0.0) * self.height.max(0.0)
     }
 
+    /// Centre point.
+    pub fn center(&self) -> (f32, f32) {
+        (self.x + self.width / 2.0, self.y + self.height / 2.0)
+    }
+
+    fn bits(&self) -> [u32; 4] {
+        [self.x, self.y, self.width, self.height].map(f32::to_bits)
+    }
+
     /// Intersection over union with another box, 0 when they do not touch.
     pub fn iou(&self, other: &BoundingBox) -> f32 {
         let x0 = self.x.max(other.x);
@@ -99,6 +111,32 @@ impl BoundingBox {
         let inter = (x1 - x0).max(0.0) * (y1 - y0).max(0.0);
         let union = self.area() + other.area() - inter;
         if union <= 0.0 { 0.0 } else { inter / union }
+    }
+}
+
+impl PartialEq for BoundingBox {
+    fn eq(&self, other: &Self) -> bool {
+        self.bits() == other.bits()
+    }
+}
+
+impl Eq for BoundingBox {}
+
+impl PartialOrd for BoundingBox {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for BoundingBox {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.bits().cmp(&other.bits())
+    }
+}
+
+impl std::hash::Hash for BoundingBox {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bits().hash(state);
     }
 }
 
@@ -121,6 +159,18 @@ pub struct Detection {
     pub shadow: bool,
 }
 
+/// What the model saw in one frame of one camera: its detections, or none ("clear").
+///
+/// A clear frame matters: it tells the tracker that the camera was looking and the
+/// defect was not there, which is how a track is resolved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FrameObservation {
+    pub camera_id: String,
+    pub frame_index: u64,
+    pub capture_ms: EpochMillis,
+    pub detections: Vec<Detection>,
+}
+
 /// Life-cycle of a defect track.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -134,7 +184,10 @@ pub enum TrackState {
 }
 
 /// One physical defect followed across frames.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Equality and order are total (floating-point fields compare by bit pattern), so
+/// tracks can be values of differential collections.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DefectTrack {
     /// Stable id derived from camera, asset, class and the anchor detection.
     pub track_id: String,
@@ -155,4 +208,64 @@ pub struct DefectTrack {
     pub growth_px_per_min: f64,
     /// Frame with the highest-confidence detection: the evidence image.
     pub best_frame_index: u64,
+    /// Box of the defect in the evidence frame.
+    pub best_bbox: BoundingBox,
+    /// Capture time of the evidence frame.
+    pub best_capture_ms: EpochMillis,
+    /// Model version of the latest detection.
+    pub model_version: String,
+    /// Made from shadow-mode detections.
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+impl DefectTrack {
+    #[allow(clippy::type_complexity)]
+    fn total_key(
+        &self,
+    ) -> (&str, &str, &str, DefectClass, TrackState, [u64; 4], BoundingBox, [u64; 3], BoundingBox, &str, bool) {
+        (
+            &self.track_id,
+            &self.camera_id,
+            &self.asset_id,
+            self.class,
+            self.state,
+            [self.first_seen_ms, self.last_seen_ms, self.hits, self.best_frame_index],
+            self.bbox,
+            [
+                self.area_px.to_bits() as u64,
+                self.size_mm.map_or(u64::MAX, f64::to_bits),
+                self.growth_px_per_min.to_bits(),
+            ],
+            self.best_bbox,
+            &self.model_version,
+            self.shadow,
+        )
+    }
+}
+
+impl PartialEq for DefectTrack {
+    fn eq(&self, other: &Self) -> bool {
+        self.total_key() == other.total_key() && self.best_capture_ms == other.best_capture_ms
+    }
+}
+
+impl Eq for DefectTrack {}
+
+impl PartialOrd for DefectTrack {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for DefectTrack {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.total_key().cmp(&other.total_key()).then(self.best_capture_ms.cmp(&other.best_capture_ms))
+    }
+}
+
+impl std::hash::Hash for DefectTrack {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.total_key().hash(state);
+    }
 }

@@ -22,7 +22,7 @@ pub struct Asset {
 }
 
 /// A rectangular image region of a camera that shows one asset.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Roi {
     pub asset_id: String,
@@ -48,7 +48,7 @@ impl Roi {
 }
 
 /// A camera and the assets it sees.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Camera {
     pub camera_id: String,
@@ -56,7 +56,7 @@ pub struct Camera {
 }
 
 /// A past failure of an asset, from the CMMS history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailureRecord {
     pub asset_id: String,
@@ -78,7 +78,7 @@ pub struct PartRequirement {
 }
 
 /// How to repair one defect class on one asset class.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Procedure {
     pub procedure_id: String,
@@ -134,3 +134,57 @@ pub struct InventoryItem {
     #[serde(default)]
     pub reorder_point: i64,
 }
+
+/// Equality, order and hash by a key in which floating-point fields appear as bit
+/// patterns, so reference records can live in differential collections.
+macro_rules! total_order_by_key {
+    ($type:ty, |$this:ident| $key:expr) => {
+        impl PartialEq for $type {
+            fn eq(&self, other: &Self) -> bool {
+                let key = |$this: &$type| $key;
+                key(self) == key(other)
+            }
+        }
+        impl Eq for $type {}
+        impl PartialOrd for $type {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        impl Ord for $type {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                let key = |$this: &$type| $key;
+                key(self).cmp(&key(other))
+            }
+        }
+        impl std::hash::Hash for $type {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                let key = |$this: &$type| $key;
+                key(self).hash(state)
+            }
+        }
+    };
+}
+pub(crate) use total_order_by_key;
+
+total_order_by_key!(Roi, |r| (
+    r.asset_id.clone(),
+    [r.x, r.y, r.width, r.height],
+    r.mm_per_px.map(f64::to_bits)
+));
+total_order_by_key!(FailureRecord, |f| (
+    f.asset_id.clone(),
+    f.failed_at_ms,
+    f.defect_class,
+    f.downtime_hours.to_bits()
+));
+total_order_by_key!(Procedure, |p| (
+    p.procedure_id.clone(),
+    p.asset_class.clone(),
+    p.defect_class,
+    p.title.clone(),
+    p.required_skill.clone(),
+    p.estimated_hours.to_bits(),
+    p.steps.clone(),
+    p.parts.clone()
+));

@@ -18,7 +18,7 @@ pub enum Priority {
 }
 
 /// The parts of a severity score, each already weighted, summing to `score`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct SeverityComponents {
     pub size: f64,
     pub growth: f64,
@@ -27,7 +27,7 @@ pub struct SeverityComponents {
 }
 
 /// How bad a defect is, and why.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Severity {
     /// 0 to 100.
     pub score: f64,
@@ -140,3 +140,7 @@ pub struct WoEvent {
     #[serde(default)]
     pub note: Option<String>,
 }
+
+crate::reference::total_order_by_key!(SeverityComponents, |c| [c.size, c.growth, c.criticality, c.history]
+    .map(f64::to_bits));
+crate::reference::total_order_by_key!(Severity, |s| (s.score.to_bits(), s.priority, s.components));

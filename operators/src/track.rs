@@ -1,0 +1,361 @@
+//! The `track` operator: per-frame detections in, one defect track per physical defect
+//! out (a differential collection keyed by asset id), confirmed after N of M frames and
+//! resolved when the camera keeps looking and no longer sees it.
+
+use std::collections::{HashMap, VecDeque};
+
+use defectflow_schemas::{BoundingBox, Camera, DefectTrack, Detection, FrameObservation, Roi, TrackState};
+use differential_dataflow::{AsCollection, VecCollection};
+use serde::{Deserialize, Serialize};
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::Concat;
+
+use crate::ids::{route, stable_hash};
+use crate::in_order::InOrder;
+
+/// How detections become tracks. `[track]` in the config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackConfig {
+    /// A track is confirmed once seen in this many of the last `confirm_window_frames` frames.
+    pub confirm_hits: u32,
+    /// Frames (of the camera) over which `confirm_hits` are counted; at most 64.
+    pub confirm_window_frames: u32,
+    /// Least intersection-over-union for a detection to continue a track.
+    pub min_iou: f32,
+    /// A confirmed track not seen for this long while its camera sends frames is resolved.
+    pub resolve_after_ms: u64,
+    /// Window over which the growth rate is measured.
+    pub growth_window_ms: u64,
+    /// A confirmed track is re-emitted when its area has grown by this factor since the last emission.
+    pub area_step: f32,
+    /// A confirmed track still being seen is re-emitted at least this often.
+    pub refresh_ms: u64,
+}
+
+impl Default for TrackConfig {
+    fn default() -> Self {
+        TrackConfig {
+            confirm_hits: 5,
+            confirm_window_frames: 8,
+            min_iou: 0.1,
+            resolve_after_ms: 30_000,
+            growth_window_ms: 300_000,
+            area_step: 1.2,
+            refresh_ms: 60_000,
+        }
+    }
+}
+
+/// What the tracker reads: camera ROI updates and per-frame observations.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum TrackInput {
+    /// A camera's ROIs with the update's own time (differential records may be later
+    /// than the message that carries them) and diff.
+    Camera(Camera, u64, isize),
+    Frame(FrameObservation),
+}
+
+impl TrackInput {
+    fn camera_id(&self) -> &str {
+        match self {
+            TrackInput::Camera(camera, ..) => &camera.camera_id,
+            TrackInput::Frame(frame) => &frame.camera_id,
+        }
+    }
+}
+
+/// Extension trait: `frames.track(cameras, config)`.
+pub trait Track<'scope> {
+    /// Follows defects across frames. The output holds the latest snapshot of every
+    /// confirmed or resolved track, keyed by asset id; a new snapshot retracts the old.
+    /// Snapshots change on confirmation, resolution, growth by `area_step`, and every
+    /// `refresh_ms` while the defect is seen.
+    ///
+    /// # Examples
+    /// ```
+    /// use defectflow_operators::track::{Track, TrackConfig};
+    /// use defectflow_schemas::*;
+    /// use differential_dataflow::AsCollection;
+    /// use timely::dataflow::operators::{ToStream, Capture, capture::Extract};
+    ///
+    /// let camera = Camera { camera_id: "cam".into(), rois: vec![Roi {
+    ///     asset_id: "PUMP-1".into(), x: 0, y: 0, width: 100, height: 100, mm_per_px: Some(0.5) }] };
+    /// let frames: Vec<FrameObservation> = (0..3).map(|i| FrameObservation {
+    ///     camera_id: "cam".into(), frame_index: i, capture_ms: 1000 + i * 100,
+    ///     detections: vec![Detection { camera_id: "cam".into(), frame_index: i, capture_ms: 1000 + i * 100,
+    ///         class: DefectClass::Crack, confidence: 0.9,
+    ///         bbox: BoundingBox { x: 10.0, y: 10.0, width: 20.0, height: 4.0 }, area_px: 80.0,
+    ///         model_version: "m1".into(), shadow: false }] }).collect();
+    /// let config = TrackConfig { confirm_hits: 2, confirm_window_frames: 3, ..TrackConfig::default() };
+    /// let out = timely::example(move |scope| {
+    ///     let cameras = vec![(camera, 0u64, 1isize)].to_stream(scope).as_collection();
+    ///     let frames = frames.into_iter().map(|f| (f.capture_ms, f)).collect::<Vec<_>>();
+    ///     let frames = timely::dataflow::operators::vec::ToStream::to_stream(frames.into_iter(), scope);
+    ///     use timely::dataflow::operators::vec::Delay;
+    ///     let frames = frames.delay(|(t, _), _| *t);
+    ///     use timely::dataflow::operators::vec::Map;
+    ///     frames.map(|(_, f)| f).track(cameras, config).inner.capture()
+    /// });
+    /// let tracks: Vec<_> = out.extract().into_iter().flat_map(|(_, v)| v).collect();
+    /// // Confirmed at the second frame: one snapshot, with size 20 px × 0.5 mm = 10 mm.
+    /// assert_eq!(tracks.len(), 1);
+    /// let ((asset, track), time, diff) = &tracks[0];
+    /// assert_eq!((asset.as_str(), *time, *diff, track.state), ("PUMP-1", 1100, 1, TrackState::Confirmed));
+    /// assert_eq!(track.size_mm, Some(10.0));
+    /// ```
+    fn track(
+        self,
+        cameras: VecCollection<'scope, u64, Camera>,
+        config: TrackConfig,
+    ) -> VecCollection<'scope, u64, (String, DefectTrack)>;
+}
+
+impl<'scope> Track<'scope> for StreamVec<'scope, u64, FrameObservation> {
+    fn track(
+        self,
+        cameras: VecCollection<'scope, u64, Camera>,
+        config: TrackConfig,
+    ) -> VecCollection<'scope, u64, (String, DefectTrack)> {
+        let window = config.confirm_window_frames.clamp(1, 64);
+        let inputs = self
+            .map(TrackInput::Frame)
+            .concat(cameras.inner.map(|(camera, time, diff)| TrackInput::Camera(camera, time, diff)));
+        inputs
+            .unary_frontier(
+                Exchange::new(|input: &TrackInput| route(input.camera_id())),
+                "Track",
+                move |capability, _info| {
+                    let mut in_order = InOrder::new(capability);
+                    let mut cameras: HashMap<String, CameraTracks> = HashMap::new();
+                    move |(input, frontier), output| {
+                        input.for_each(|time, data| {
+                            let Some(&message_time) = time.least() else { return };
+                            for item in data.drain(..) {
+                                let time = match &item {
+                                    TrackInput::Camera(_, time, _) => *time,
+                                    TrackInput::Frame(_) => message_time,
+                                };
+                                in_order.stash(time, [item]);
+                            }
+                        });
+                        for (capability, mut batch) in in_order.ready(frontier) {
+                            let time = *capability.time();
+                            // Reference changes first, then frames in camera and index order.
+                            batch.sort_by(|a, b| match (a, b) {
+                                (TrackInput::Camera(..), TrackInput::Frame(_)) => std::cmp::Ordering::Less,
+                                (TrackInput::Frame(_), TrackInput::Camera(..)) => std::cmp::Ordering::Greater,
+                                (TrackInput::Camera(a, _, da), TrackInput::Camera(b, _, db)) => (da, a).cmp(&(db, b)),
+                                (TrackInput::Frame(a), TrackInput::Frame(b)) => {
+                                    (&a.camera_id, a.frame_index).cmp(&(&b.camera_id, b.frame_index))
+                                }
+                            });
+                            let mut session = output.session(&capability);
+                            for item in batch {
+                                match item {
+                                    TrackInput::Camera(camera, _, diff) => {
+                                        let entry = cameras.entry(camera.camera_id.clone()).or_default();
+                                        if diff > 0 {
+                                            entry.rois = camera.rois;
+                                        } else if entry.rois == camera.rois {
+                                            entry.rois.clear();
+                                        }
+                                    }
+                                    TrackInput::Frame(frame) => {
+                                        let entry = cameras.entry(frame.camera_id.clone()).or_default();
+                                        for (snapshot, diff) in entry.observe(&frame, &config, window) {
+                                            session.give(((snapshot.asset_id.clone(), snapshot), time, diff));
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                },
+            )
+            .as_collection()
+    }
+}
+
+/// The live tracks of one camera.
+#[derive(Debug, Default)]
+struct CameraTracks {
+    rois: Vec<Roi>,
+    tracks: Vec<LiveTrack>,
+}
+
+#[derive(Debug)]
+struct LiveTrack {
+    track: DefectTrack,
+    /// Bit i set: seen in the frame i frames ago.
+    seen: u64,
+    best_confidence: f32,
+    /// (capture time, area) of recent sightings, for the growth rate.
+    history: VecDeque<(u64, f32)>,
+    mm_per_px: Option<f64>,
+    emitted: Option<DefectTrack>,
+}
+
+impl CameraTracks {
+    /// Applies one frame; returns the snapshot changes it causes.
+    fn observe(&mut self, frame: &FrameObservation, config: &TrackConfig, window: u32) -> Vec<(DefectTrack, isize)> {
+        let mask = if window == 64 { u64::MAX } else { (1u64 << window) - 1 };
+        for live in &mut self.tracks {
+            live.seen = (live.seen << 1) & mask;
+        }
+        let mut detections: Vec<&Detection> = frame.detections.iter().collect();
+        detections.sort_by(|a, b| b.confidence.total_cmp(&a.confidence).then(a.bbox.cmp(&b.bbox)));
+        for detection in detections {
+            let (cx, cy) = detection.bbox.center();
+            // A detection outside every region of interest is on no known asset.
+            let Some(roi) = self.rois.iter().find(|roi| roi.contains(cx, cy)) else { continue };
+            let matched = self
+                .tracks
+                .iter_mut()
+                .filter(|live| {
+                    live.seen & 1 == 0
+                        && live.track.state != TrackState::Resolved
+                        && live.track.asset_id == roi.asset_id
+                        && live.track.class == detection.class
+                })
+                .map(|live| (live.track.bbox.iou(&detection.bbox), live))
+                .filter(|(iou, _)| *iou >= config.min_iou)
+                .max_by(|(a, _), (b, _)| a.total_cmp(b));
+            match matched {
+                Some((_, live)) => live.sighting(detection, config),
+                None => self.tracks.push(LiveTrack::anchor(detection, roi)),
+            }
+        }
+
+        let mut changes = Vec::new();
+        for live in &mut self.tracks {
+            let track = &mut live.track;
+            if track.state == TrackState::Tentative && live.seen.count_ones() >= config.confirm_hits {
+                track.state = TrackState::Confirmed;
+            }
+            if track.state == TrackState::Confirmed
+                && frame.capture_ms.saturating_sub(track.last_seen_ms) >= config.resolve_after_ms
+            {
+                track.state = TrackState::Resolved;
+            }
+            if track.state == TrackState::Tentative {
+                continue;
+            }
+            let emit = match &live.emitted {
+                None => true,
+                Some(last) => {
+                    last.state != track.state
+                        || track.area_px >= last.area_px * config.area_step
+                        || (track.last_seen_ms > last.last_seen_ms
+                            && track.last_seen_ms >= last.last_seen_ms + config.refresh_ms)
+                }
+            };
+            if emit {
+                if let Some(last) = live.emitted.take() {
+                    changes.push((last, -1));
+                }
+                changes.push((track.clone(), 1));
+                live.emitted = Some(track.clone());
+            }
+        }
+        // Tentative tracks that fell out of the window were flicker; resolved ones are done.
+        self.tracks.retain(|live| match live.track.state {
+            TrackState::Tentative => live.seen != 0,
+            TrackState::Confirmed => true,
+            TrackState::Resolved => false,
+        });
+        changes
+    }
+}
+
+impl LiveTrack {
+    fn anchor(detection: &Detection, roi: &Roi) -> LiveTrack {
+        let (cx, cy) = detection.bbox.center();
+        let id = stable_hash(&[
+            detection.camera_id.as_bytes(),
+            roi.asset_id.as_bytes(),
+            detection.class.as_str().as_bytes(),
+            &detection.capture_ms.to_le_bytes(),
+            &(cx.round() as i64).to_le_bytes(),
+            &(cy.round() as i64).to_le_bytes(),
+        ]);
+        let track = DefectTrack {
+            track_id: format!("TR-{id:016x}"),
+            camera_id: detection.camera_id.clone(),
+            asset_id: roi.asset_id.clone(),
+            class: detection.class,
+            state: TrackState::Tentative,
+            first_seen_ms: detection.capture_ms,
+            last_seen_ms: detection.capture_ms,
+            hits: 1,
+            bbox: detection.bbox,
+            area_px: detection.area_px,
+            size_mm: roi.mm_per_px.map(|scale| size_mm(&detection.bbox, scale)),
+            growth_px_per_min: 0.0,
+            best_frame_index: detection.frame_index,
+            best_bbox: detection.bbox,
+            best_capture_ms: detection.capture_ms,
+            model_version: detection.model_version.clone(),
+            shadow: detection.shadow,
+        };
+        LiveTrack {
+            track,
+            seen: 1,
+            best_confidence: detection.confidence,
+            history: VecDeque::from([(detection.capture_ms, detection.area_px)]),
+            mm_per_px: roi.mm_per_px,
+            emitted: None,
+        }
+    }
+
+    fn sighting(&mut self, detection: &Detection, config: &TrackConfig) {
+        self.seen |= 1;
+        let track = &mut self.track;
+        track.hits += 1;
+        track.last_seen_ms = detection.capture_ms;
+        track.bbox = detection.bbox;
+        track.area_px = detection.area_px;
+        track.size_mm = self.mm_per_px.map(|scale| size_mm(&detection.bbox, scale));
+        track.model_version.clone_from(&detection.model_version);
+        track.shadow = detection.shadow;
+        if detection.confidence > self.best_confidence {
+            self.best_confidence = detection.confidence;
+            track.best_frame_index = detection.frame_index;
+            track.best_bbox = detection.bbox;
+            track.best_capture_ms = detection.capture_ms;
+        }
+        self.history.push_back((detection.capture_ms, detection.area_px));
+        while self.history.front().is_some_and(|(t, _)| t + config.growth_window_ms < detection.capture_ms) {
+            self.history.pop_front();
+        }
+        track.growth_px_per_min = growth_per_min(&self.history);
+    }
+}
+
+/// Largest box dimension in millimetres, rounded to 0.1 mm.
+fn size_mm(bbox: &BoundingBox, mm_per_px: f64) -> f64 {
+    (f64::from(bbox.width.max(bbox.height)) * mm_per_px * 10.0).round() / 10.0
+}
+
+/// Least-squares slope of area over time, in square pixels per minute, rounded to 0.1;
+/// 0 until the window spans a second.
+fn growth_per_min(history: &VecDeque<(u64, f32)>) -> f64 {
+    let (Some(first), Some(last)) = (history.front(), history.back()) else { return 0.0 };
+    if last.0.saturating_sub(first.0) < 1000 {
+        return 0.0;
+    }
+    let n = history.len() as f64;
+    let mean_t = history.iter().map(|(t, _)| (t - first.0) as f64).sum::<f64>() / n;
+    let mean_a = history.iter().map(|(_, a)| f64::from(*a)).sum::<f64>() / n;
+    let (mut cov, mut var) = (0.0, 0.0);
+    for (t, a) in history {
+        let dt = (t - first.0) as f64 - mean_t;
+        cov += dt * (f64::from(*a) - mean_a);
+        var += dt * dt;
+    }
+    let per_ms = if var > 0.0 { cov / var } else { 0.0 };
+    (per_ms * 60_000.0 * 10.0).round() / 10.0
+}

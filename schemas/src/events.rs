@@ -1,0 +1,82 @@
+//! What defectflow emits beside work orders — assignments, supervisor alerts, parts
+//! staging, dead letters — and the stock movements it reads and writes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{EpochMillis, Priority};
+
+/// A change of stock of one part: goods received, a count correction, parts consumed by
+/// a completed work order. Messages on `defectflow.inventory` carry these; the stock on
+/// hand is the sum of a part's movements.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StockMovement {
+    pub part_id: String,
+    /// Positive for stock in, negative for stock out.
+    pub delta: i64,
+    pub at_ms: EpochMillis,
+    /// Why the stock moved (`initial`, `received`, `count`, `consumed:WO-…`).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A technician put on (or taken off) a work order; a row of the `assignments` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub work_order_id: String,
+    /// The work-order revision that carries this assignment.
+    pub revision: u32,
+    /// `None` when nobody eligible is on shift.
+    pub technician_id: Option<String>,
+    pub estimated_hours: f64,
+    pub assigned_at_ms: EpochMillis,
+    /// `least_workload`, `off_shift_reassignment`, `manual`, `no_eligible_technician`.
+    pub reason: String,
+}
+
+/// A notification for supervisors on `defectflow.alerts`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub work_order_id: String,
+    pub asset_id: String,
+    pub priority: Priority,
+    pub severity_score: f64,
+    pub at_ms: EpochMillis,
+    pub message: String,
+}
+
+/// Why parts are to be moved or bought.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StagingKind {
+    /// Stock covers the work order: pick the parts to the job.
+    Stage,
+    /// Stock does not cover the work order.
+    Shortage,
+    /// Available stock fell to or below the part's reorder point.
+    Reorder,
+}
+
+/// A message on `defectflow.parts-staging`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartsStaging {
+    pub kind: StagingKind,
+    pub part_id: String,
+    /// The work order that needs the parts (none for a reorder).
+    pub work_order_id: Option<String>,
+    pub quantity: i64,
+    /// On hand minus reserved by open work orders, after this reservation.
+    pub available: i64,
+    pub at_ms: EpochMillis,
+}
+
+/// An input that could not be used, on `defectflow.dead-letter`, with the reason.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The input it came from (`wo-events`, `inventory`, ...).
+    pub source: String,
+    /// The input as received.
+    pub payload: String,
+    pub reason: String,
+    pub at_ms: EpochMillis,
+}
