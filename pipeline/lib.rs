@@ -1,7 +1,11 @@
 //! defectflow: camera frames in, maintenance work orders out. This crate assembles the
 //! pipeline: configuration, camera sources, the dataflow graph and synthetic footage.
 
+pub mod cluster;
 pub mod config;
 pub mod footage;
 pub mod graph;
+pub mod reference;
+pub mod scenario;
+pub mod workflow;
 pub mod sources;

@@ -7,14 +7,24 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use defectflow::cluster::ClusterArgs;
 use defectflow::config::RunConfig;
+use defectflow::scenario::Scenario;
 use defectflow::footage::{Codec, Container, FootageOptions, write_plant};
 use defectflow::graph::{self, CameraReport, Hooks, StopWhen};
 use defectflow_models::synth::PlantOptions;
 
 #[derive(Debug, Parser)]
-#[command(name = "defectflow", version, about = "Plant camera frames in, maintenance work orders out")]
+#[command(
+    name = "defectflow",
+    version,
+    about = "Plant camera frames in, maintenance work orders out",
+    disable_help_flag = true
+)]
 struct Cli {
+    /// Print help (`-h` is timely's hostfile).
+    #[arg(long, action = clap::ArgAction::Help, global = true)]
+    help: Option<bool>,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,6 +40,19 @@ enum Command {
     },
     /// Writes synthetic plant footage with YOLO labels and ground truth.
     Synth(SynthArgs),
+    /// Replays a work-order scenario and prints the work-order stream as JSON lines.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// The scenario file (TOML; see `tests/scenarios/`).
+    scenario: PathBuf,
+    /// Write the JSON lines here instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +123,7 @@ fn run_cli() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Synth(args) => synth(args),
+        Command::Replay(args) => replay(args),
     }
 }
 
@@ -185,5 +209,20 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
         );
     }
     println!("wrote {}", args.out.join("ground_truth.json").display());
+    Ok(())
+}
+
+fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let (scenario, reference) = Scenario::load(&args.scenario)?;
+    let timely_config = args.cluster.timely_config(1)?;
+    let Some(lines) = defectflow::scenario::replay(&scenario, &reference, timely_config)? else {
+        return Ok(());
+    };
+    let mut text = lines.join("\n");
+    text.push('\n');
+    match &args.out {
+        Some(path) => std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?,
+        None => print!("{text}"),
+    }
     Ok(())
 }

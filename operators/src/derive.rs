@@ -155,8 +155,11 @@ impl<'scope> Derive<'scope> for VecCollection<'scope, u64, ScoredTrack> {
                     }
                 });
                 // Hour boundaries the frontier passed with no input: shift changes.
-                if let (Some(last), Some(lower)) = (last_time, InOrder::<LedgerInput>::lower(frontier)) {
-                    let mut boundary = (last / HOUR_MS + 1) * HOUR_MS;
+                let earliest = in_order.earliest();
+                if let (Some(last), Some(lower), Some(earliest)) =
+                    (last_time, InOrder::<LedgerInput>::lower(frontier), earliest)
+                {
+                    let mut boundary = (last.max(earliest.saturating_sub(1)) / HOUR_MS + 1) * HOUR_MS;
                     let mut ticks = 0;
                     while boundary < lower && ticks < 48 {
                         in_order.stash(boundary, []);

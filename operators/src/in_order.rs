@@ -22,6 +22,11 @@ impl<D> InOrder<D> {
         self.pending.entry(time).or_default().extend(data);
     }
 
+    /// The earliest time the operator can still emit at.
+    pub(crate) fn earliest(&self) -> Option<u64> {
+        self.capability.as_ref().map(|c| *c.time())
+    }
+
     /// The lowest time the input may still deliver, `None` once it is closed.
     pub(crate) fn lower(frontier: &MutableAntichain<u64>) -> Option<u64> {
         frontier.frontier().iter().min().copied()

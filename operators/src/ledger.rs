@@ -480,8 +480,10 @@ impl Ledger {
             model_version: track.model_version.clone(),
             shadow: track.shadow,
         };
+        // The revision goes first; what follows from it comes after.
+        let mut follow = Vec::new();
         if technician_changed && order.is_open() {
-            out.push(LedgerOutput::Assignment(Assignment {
+            follow.push(LedgerOutput::Assignment(Assignment {
                 work_order_id: id.to_owned(),
                 revision,
                 technician_id: order.technician.clone(),
@@ -492,7 +494,7 @@ impl Ledger {
         }
         let alert = order.is_open() && severity.priority == Priority::P1 && !order.alerted;
         if alert {
-            out.push(LedgerOutput::Alert(Alert {
+            follow.push(LedgerOutput::Alert(Alert {
                 work_order_id: id.to_owned(),
                 asset_id: track.asset_id.clone(),
                 priority: severity.priority,
@@ -507,7 +509,7 @@ impl Ledger {
         if newly_reserved {
             for line in &parts {
                 let level = self.stock.level(&line.part_id);
-                out.push(LedgerOutput::Staging(PartsStaging {
+                follow.push(LedgerOutput::Staging(PartsStaging {
                     kind: if line.available { StagingKind::Stage } else { StagingKind::Shortage },
                     part_id: line.part_id.clone(),
                     work_order_id: Some(id.to_owned()),
@@ -521,7 +523,7 @@ impl Ledger {
             let level = self.stock.level(&line.part_id);
             let below = level.available <= self.stock.reorder_point(&line.part_id);
             if below && self.below_reorder.insert(line.part_id.clone()) {
-                out.push(LedgerOutput::Staging(PartsStaging {
+                follow.push(LedgerOutput::Staging(PartsStaging {
                     kind: StagingKind::Reorder,
                     part_id: line.part_id.clone(),
                     work_order_id: None,
@@ -539,5 +541,6 @@ impl Ledger {
             order.published = Some(work_order.clone());
         }
         out.push(LedgerOutput::Revision(work_order));
+        out.extend(follow);
     }
 }

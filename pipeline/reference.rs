@@ -1,0 +1,91 @@
+//! Plant reference data from a folder of JSON files, one array per table:
+//! `assets.json`, `cameras.json`, `failures.json`, `procedures.json`,
+//! `technicians.json`, `inventory.json`. Each is loaded at start as the initial
+//! contents of a differential input; a missing file is an empty table.
+
+use std::path::{Path, PathBuf};
+
+use defectflow_schemas::{Asset, Camera, FailureRecord, InventoryItem, Procedure, Technician};
+use serde::de::DeserializeOwned;
+
+/// A reference file that could not be used; names the file and what is wrong in it.
+#[derive(Debug, thiserror::Error)]
+pub enum ReferenceError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: {what}")]
+    Invalid { path: PathBuf, what: String },
+}
+
+/// Everything the work-order dataflow knows about the plant.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PlantReference {
+    pub assets: Vec<Asset>,
+    pub cameras: Vec<Camera>,
+    pub failures: Vec<FailureRecord>,
+    pub procedures: Vec<Procedure>,
+    pub technicians: Vec<Technician>,
+    pub inventory: Vec<InventoryItem>,
+}
+
+impl PlantReference {
+    /// Loads and checks the folder.
+    pub fn load(dir: &Path) -> Result<PlantReference, ReferenceError> {
+        let reference = PlantReference {
+            assets: table(dir, "assets.json")?,
+            cameras: table(dir, "cameras.json")?,
+            failures: table(dir, "failures.json")?,
+            procedures: table(dir, "procedures.json")?,
+            technicians: table(dir, "technicians.json")?,
+            inventory: table(dir, "inventory.json")?,
+        };
+        reference.check(dir)?;
+        Ok(reference)
+    }
+
+    fn check(&self, dir: &Path) -> Result<(), ReferenceError> {
+        let invalid = |file: &str, what: String| ReferenceError::Invalid { path: dir.join(file), what };
+        for (i, asset) in self.assets.iter().enumerate() {
+            if !(1..=5).contains(&asset.criticality) {
+                return Err(invalid(
+                    "assets.json",
+                    format!("[{i}].criticality: {} is not between 1 and 5", asset.criticality),
+                ));
+            }
+        }
+        for (i, camera) in self.cameras.iter().enumerate() {
+            for (j, roi) in camera.rois.iter().enumerate() {
+                if !self.assets.iter().any(|a| a.asset_id == roi.asset_id) {
+                    return Err(invalid(
+                        "cameras.json",
+                        format!("[{i}].rois[{j}].asset_id: `{}` is not in assets.json", roi.asset_id),
+                    ));
+                }
+            }
+        }
+        for (i, technician) in self.technicians.iter().enumerate() {
+            let shift = technician.shift;
+            if shift.start_hour > 23 || shift.end_hour > 24 {
+                return Err(invalid("technicians.json", format!("[{i}].shift: hours must be 0–24")));
+            }
+        }
+        for (i, procedure) in self.procedures.iter().enumerate() {
+            if !(procedure.estimated_hours.is_finite() && procedure.estimated_hours >= 0.0) {
+                return Err(invalid("procedures.json", format!("[{i}].estimated_hours must be a non-negative number")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn table<T: DeserializeOwned>(dir: &Path, file: &str) -> Result<Vec<T>, ReferenceError> {
+    let path = dir.join(file);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(ReferenceError::Read { path, source }),
+    };
+    serde_json::from_str(&text).map_err(|source| ReferenceError::Parse { path, source })
+}

@@ -1,0 +1,200 @@
+//! The work-order half of the dataflow: observations → tracks → severity → work
+//! orders, assignments and stock, with the workload and stock views; and its inputs.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use defectflow_operators::assign::Workload;
+use defectflow_operators::derive::{Derive, LedgerInputs, LedgerOutput, WorkOrderConfig};
+use defectflow_operators::inventory::{StockLevel, StockLevels};
+use defectflow_operators::severity::{Score, SeverityConfig};
+use defectflow_operators::track::{Track, TrackConfig};
+use defectflow_schemas::{
+    Alert, Asset, Assignment, Camera, DeadLetter, FailureRecord, FrameObservation, InventoryItem, PartsStaging,
+    Procedure, StockMovement, Technician, WoEvent, WorkOrder,
+};
+use differential_dataflow::input::{Input, InputSession};
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::vec::Input as TimelyInput;
+use timely::dataflow::operators::{Inspect, Probe};
+use timely::dataflow::{InputHandleVec as InputHandle, ProbeHandle, Scope};
+
+use crate::reference::PlantReference;
+
+/// Settings of the work-order stages: `[track]`, `[severity]` and `[work_orders]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowConfig {
+    #[serde(default)]
+    pub track: TrackConfig,
+    #[serde(default)]
+    pub severity: SeverityConfig,
+    #[serde(default)]
+    pub work_orders: WorkOrderConfig,
+}
+
+/// One message of the work-order dataflow's output, as written to JSON lines: the
+/// variant names are the keys (`{"work_order": {…}}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Emitted {
+    WorkOrder(WorkOrder),
+    Assignment(Assignment),
+    Alert(Alert),
+    PartsStaging(PartsStaging),
+    DeadLetter(DeadLetter),
+}
+
+/// The inputs of the work-order dataflow on one worker.
+#[allow(missing_debug_implementations)]
+pub struct WorkflowInputs {
+    pub observations: InputHandle<u64, FrameObservation>,
+    pub events: InputHandle<u64, WoEvent>,
+    pub assets: InputSession<u64, Asset, isize>,
+    pub cameras: InputSession<u64, Camera, isize>,
+    pub failures: InputSession<u64, FailureRecord, isize>,
+    pub procedures: InputSession<u64, Procedure, isize>,
+    pub technicians: InputSession<u64, Technician, isize>,
+    pub inventory: InputSession<u64, InventoryItem, isize>,
+    pub movements: InputSession<u64, StockMovement, isize>,
+}
+
+impl WorkflowInputs {
+    /// Inserts the plant's reference data: initial stock becomes a movement per part.
+    pub fn load(&mut self, reference: &PlantReference, at_ms: u64) {
+        reference.assets.iter().for_each(|r| self.assets.insert(r.clone()));
+        reference.cameras.iter().for_each(|r| self.cameras.insert(r.clone()));
+        reference.failures.iter().for_each(|r| self.failures.insert(r.clone()));
+        reference.procedures.iter().for_each(|r| self.procedures.insert(r.clone()));
+        reference.technicians.iter().for_each(|r| self.technicians.insert(r.clone()));
+        for item in &reference.inventory {
+            self.inventory.insert(item.clone());
+            self.movements.insert(StockMovement {
+                part_id: item.part_id.clone(),
+                delta: item.on_hand,
+                at_ms,
+                reason: "initial".into(),
+            });
+        }
+    }
+
+    pub fn time(&self) -> u64 {
+        *self.observations.time()
+    }
+
+    pub fn advance_to(&mut self, time: u64) {
+        self.observations.advance_to(time);
+        self.events.advance_to(time);
+        self.assets.advance_to(time);
+        self.cameras.advance_to(time);
+        self.failures.advance_to(time);
+        self.procedures.advance_to(time);
+        self.technicians.advance_to(time);
+        self.inventory.advance_to(time);
+        self.movements.advance_to(time);
+        self.assets.flush();
+        self.cameras.flush();
+        self.failures.flush();
+        self.procedures.flush();
+        self.technicians.flush();
+        self.inventory.flush();
+        self.movements.flush();
+    }
+}
+
+/// What worker 0 collects: the output messages in order and the final views.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub messages: Vec<Emitted>,
+    /// technician → open hundredths of hours, as accumulated from the view's updates.
+    pub workload: BTreeMap<(String, i64), isize>,
+    pub stock: BTreeMap<(String, StockLevel), isize>,
+}
+
+/// Builds the work-order dataflow in `scope`; everything it emits is gathered on
+/// worker 0 into `collected`.
+pub fn build<'scope>(
+    scope: Scope<'scope, u64>,
+    config: WorkflowConfig,
+    collected: Rc<RefCell<Collected>>,
+) -> (WorkflowInputs, ProbeHandle<u64>) {
+    let (observations_handle, observations) = TimelyInput::new_input::<FrameObservation>(&scope);
+    let (events_handle, events) = TimelyInput::new_input::<WoEvent>(&scope);
+    let (assets_handle, assets) = scope.new_collection::<Asset, isize>();
+    let (cameras_handle, cameras) = scope.new_collection::<Camera, isize>();
+    let (failures_handle, failures) = scope.new_collection::<FailureRecord, isize>();
+    let (procedures_handle, procedures) = scope.new_collection::<Procedure, isize>();
+    let (technicians_handle, technicians) = scope.new_collection::<Technician, isize>();
+    let (inventory_handle, inventory) = scope.new_collection::<InventoryItem, isize>();
+    let (movements_handle, movements) = scope.new_collection::<StockMovement, isize>();
+
+    let scored = observations.track(cameras, config.track).severity(assets, failures, config.severity);
+    let streams = scored.work_orders(
+        LedgerInputs { events, technicians, procedures, inventory, movements: movements.clone() },
+        config.work_orders,
+    );
+    let workload = streams.open_assignments().workload();
+    let consumed = differential_dataflow::AsCollection::as_collection(
+        streams.consumed().map(|m| {
+            let at = m.at_ms;
+            (m, at, 1isize)
+        }),
+    );
+    let stock = streams
+        .reservations()
+        .stock_levels(movements.concat(consumed).map(|m| (m.part_id, m.delta)));
+
+    let probe = ProbeHandle::new();
+    let sink = collected.clone();
+    streams
+        .outputs
+        .inspect(move |output| {
+            let message = match output.clone() {
+                LedgerOutput::Revision(w) => Emitted::WorkOrder(w),
+                LedgerOutput::Assignment(a) => Emitted::Assignment(a),
+                LedgerOutput::Alert(a) => Emitted::Alert(a),
+                LedgerOutput::Staging(s) => Emitted::PartsStaging(s),
+                LedgerOutput::DeadLetter(d) => Emitted::DeadLetter(d),
+                _ => return,
+            };
+            sink.borrow_mut().messages.push(message);
+        })
+        .probe_with(&probe);
+    let sink = collected.clone();
+    gather(workload.inner, "GatherWorkload")
+        .inspect(move |(row, _, diff)| *sink.borrow_mut().workload.entry(row.clone()).or_default() += diff)
+        .probe_with(&probe);
+    let sink = collected;
+    gather(stock.inner, "GatherStock")
+        .inspect(move |(row, _, diff)| *sink.borrow_mut().stock.entry(row.clone()).or_default() += diff)
+        .probe_with(&probe);
+
+    let inputs = WorkflowInputs {
+        observations: observations_handle,
+        events: events_handle,
+        assets: assets_handle,
+        cameras: cameras_handle,
+        failures: failures_handle,
+        procedures: procedures_handle,
+        technicians: technicians_handle,
+        inventory: inventory_handle,
+        movements: movements_handle,
+    };
+    (inputs, probe)
+}
+
+/// Moves every update of a view to worker 0.
+fn gather<'scope, D: timely::ExchangeData>(
+    stream: timely::dataflow::StreamVec<'scope, u64, D>,
+    name: &str,
+) -> timely::dataflow::StreamVec<'scope, u64, D> {
+    stream.unary(Exchange::new(|_: &D| 0), name, |_, _| {
+        |input, output| {
+            input.for_each(|time, data| output.session(&time).give_container(data));
+        }
+    })
+}
