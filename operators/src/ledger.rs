@@ -209,14 +209,14 @@ impl Ledger {
             return reject(format!("unknown work order `{}`", event.work_order_id), out);
         };
         if !order.is_open() {
-            let status = serde_json::to_string(&order.status).unwrap_or_default();
+            let status = status_name(order.status);
             return reject(format!("work order `{}` is already closed ({status})", event.work_order_id), out);
         }
         let technician_known = |id: &Option<String>| id.as_deref().is_some_and(|id| self.dispatcher.technician(id).is_some());
         match event.event {
             WoEventKind::Acknowledged if order.status == WorkOrderStatus::Open => order.status = WorkOrderStatus::Acknowledged,
             WoEventKind::Acknowledged => {
-                let status = serde_json::to_string(&order.status).unwrap_or_default();
+                let status = status_name(order.status);
                 return reject(format!("work order `{}` is already {status}", event.work_order_id), out);
             }
             WoEventKind::Started => {
@@ -301,6 +301,22 @@ impl Ledger {
             }
             None => {
                 if track.state != TrackState::Confirmed || scored.severity.score < self.config.open_score {
+                    return;
+                }
+                // The same defect seen again after its track lapsed (the camera looked
+                // away, the light changed) belongs to the work order already open for it.
+                let same_defect = self.orders.values_mut().find(|o| {
+                    let open = &o.scored.track;
+                    o.is_open()
+                        && open.asset_id == track.asset_id
+                        && open.camera_id == track.camera_id
+                        && open.class == track.class
+                        && open.bbox.iou(&track.bbox) > 0.0
+                });
+                if let Some(order) = same_defect {
+                    entry.work_order = Some(order.work_order_id.clone());
+                    order.scored = scored;
+                    touched.insert(order.work_order_id.clone());
                     return;
                 }
                 self.last_completed.get(&(track.asset_id.clone(), track.class)).cloned()
@@ -439,6 +455,7 @@ impl Ledger {
                     || last.procedure.as_ref().map(|p| &p.procedure_id)
                         != order.procedure.as_ref().map(|p| &p.procedure_id)
                     || last.parts != parts
+                    || last.track_id != track.track_id
             }
         };
         if !material {
@@ -542,5 +559,15 @@ impl Ledger {
         }
         out.push(LedgerOutput::Revision(work_order));
         out.extend(follow);
+    }
+}
+
+fn status_name(status: WorkOrderStatus) -> &'static str {
+    match status {
+        WorkOrderStatus::Open => "open",
+        WorkOrderStatus::Acknowledged => "acknowledged",
+        WorkOrderStatus::InProgress => "in_progress",
+        WorkOrderStatus::Completed => "completed",
+        WorkOrderStatus::FalsePositive => "false_positive",
     }
 }
