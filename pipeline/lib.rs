@@ -7,5 +7,5 @@ pub mod footage;
 pub mod graph;
 pub mod reference;
 pub mod scenario;
-pub mod workflow;
 pub mod sources;
+pub mod workflow;

@@ -9,9 +9,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use defectflow::cluster::ClusterArgs;
 use defectflow::config::RunConfig;
-use defectflow::scenario::Scenario;
 use defectflow::footage::{Codec, Container, FootageOptions, write_plant};
 use defectflow::graph::{self, CameraReport, Hooks, StopWhen};
+use defectflow::scenario::Scenario;
 use defectflow_models::synth::PlantOptions;
 
 #[derive(Debug, Parser)]

@@ -203,7 +203,8 @@ pub fn replay(
         let collected = Rc::new(RefCell::new(Collected::default()));
         let config = scenario.config.clone();
         let sink = collected.clone();
-        let (mut inputs, probe) = worker.dataflow::<u64, _, _>(move |scope| workflow::build(scope.clone(), config, sink));
+        let (mut inputs, probe) =
+            worker.dataflow::<u64, _, _>(move |scope| workflow::build(scope.clone(), config, sink));
         if worker.index() == 0 {
             let timeline = scenario.timeline();
             inputs.load(&reference, 0);
@@ -262,12 +263,7 @@ fn lines(collected: &Collected) -> Vec<String> {
     }
     for ((part_id, level), count) in &collected.stock {
         if *count > 0 {
-            push(Line::Stock {
-                part_id,
-                on_hand: level.on_hand,
-                reserved: level.reserved,
-                available: level.available,
-            });
+            push(Line::Stock { part_id, on_hand: level.on_hand, reserved: level.reserved, available: level.available });
         }
     }
     out

@@ -18,8 +18,8 @@ use differential_dataflow::input::{Input, InputSession};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::vec::Input as TimelyInput;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Inspect, Probe};
 use timely::dataflow::{InputHandleVec as InputHandle, ProbeHandle, Scope};
 
@@ -138,15 +138,11 @@ pub fn build<'scope>(
         config.work_orders,
     );
     let workload = streams.open_assignments().workload();
-    let consumed = differential_dataflow::AsCollection::as_collection(
-        streams.consumed().map(|m| {
-            let at = m.at_ms;
-            (m, at, 1isize)
-        }),
-    );
-    let stock = streams
-        .reservations()
-        .stock_levels(movements.concat(consumed).map(|m| (m.part_id, m.delta)));
+    let consumed = differential_dataflow::AsCollection::as_collection(streams.consumed().map(|m| {
+        let at = m.at_ms;
+        (m, at, 1isize)
+    }));
+    let stock = streams.reservations().stock_levels(movements.concat(consumed).map(|m| (m.part_id, m.delta)));
 
     let probe = ProbeHandle::new();
     let sink = collected.clone();

@@ -72,13 +72,16 @@ fn workload_and_stock_views_agree_with_the_open_work_orders() {
                 latest.insert(wo["work_order_id"].as_str().expect("id").to_owned(), wo.clone());
             }
         }
-        let open: Vec<&Value> =
-            latest.values().filter(|wo| !matches!(wo["status"].as_str(), Some("completed" | "false_positive"))).collect();
+        let open: Vec<&Value> = latest
+            .values()
+            .filter(|wo| !matches!(wo["status"].as_str(), Some("completed" | "false_positive")))
+            .collect();
         let mut hours: BTreeMap<String, f64> = BTreeMap::new();
         let mut reserved: BTreeMap<String, i64> = BTreeMap::new();
         for wo in &open {
             if let Some(technician) = wo["technician_id"].as_str() {
-                *hours.entry(technician.to_owned()).or_default() += wo["procedure"]["estimated_hours"].as_f64().unwrap_or(0.0);
+                *hours.entry(technician.to_owned()).or_default() +=
+                    wo["procedure"]["estimated_hours"].as_f64().unwrap_or(0.0);
             }
             for part in wo["parts"].as_array().into_iter().flatten() {
                 *reserved.entry(part["part_id"].as_str().expect("part id").to_owned()).or_default() +=

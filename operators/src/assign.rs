@@ -68,9 +68,7 @@ impl Dispatcher {
     /// Whether the technician exists, holds the skill and is on shift at `at_ms`.
     pub fn can_work(&self, technician_id: &str, skill: &str, at_ms: EpochMillis) -> bool {
         let hour = hour_of_day(at_ms, self.utc_offset_minutes);
-        self.technicians
-            .get(technician_id)
-            .is_some_and(|t| t.shift.covers(hour) && t.skills.iter().any(|s| s == skill))
+        self.technicians.get(technician_id).is_some_and(|t| t.shift.covers(hour) && t.skills.iter().any(|s| s == skill))
     }
 
     /// The technician to give work needing `skill` on an asset in `zone`, if anyone

@@ -43,7 +43,10 @@ impl Stock {
     }
 
     pub fn reserve(&mut self, part_id: &str, opened_at: EpochMillis, work_order_id: &str, quantity: i64) {
-        self.reservations.entry(part_id.to_owned()).or_default().insert((opened_at, work_order_id.to_owned()), quantity);
+        self.reservations
+            .entry(part_id.to_owned())
+            .or_default()
+            .insert((opened_at, work_order_id.to_owned()), quantity);
     }
 
     pub fn release(&mut self, part_id: &str, opened_at: EpochMillis, work_order_id: &str) {

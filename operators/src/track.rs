@@ -9,9 +9,9 @@ use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::Concat;
 
 use crate::ids::{route, stable_hash};
 use crate::in_order::InOrder;

@@ -167,11 +167,7 @@ macro_rules! total_order_by_key {
 }
 pub(crate) use total_order_by_key;
 
-total_order_by_key!(Roi, |r| (
-    r.asset_id.clone(),
-    [r.x, r.y, r.width, r.height],
-    r.mm_per_px.map(f64::to_bits)
-));
+total_order_by_key!(Roi, |r| (r.asset_id.clone(), [r.x, r.y, r.width, r.height], r.mm_per_px.map(f64::to_bits)));
 total_order_by_key!(FailureRecord, |f| (
     f.asset_id.clone(),
     f.failed_at_ms,

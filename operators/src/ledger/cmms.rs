@@ -1,0 +1,100 @@
+//! CMMS status events: acknowledge, start, reassign, complete, false positive.
+
+use super::*;
+
+impl Ledger {
+    pub(super) fn apply_event(
+        &mut self,
+        time: EpochMillis,
+        event: WoEvent,
+        touched: &mut BTreeSet<String>,
+        out: &mut Vec<LedgerOutput>,
+    ) {
+        let reject = |reason: String, out: &mut Vec<LedgerOutput>| {
+            out.push(LedgerOutput::DeadLetter(DeadLetter {
+                source: "wo-events".into(),
+                payload: serde_json::to_string(&event).unwrap_or_default(),
+                reason,
+                at_ms: time,
+            }));
+        };
+        let Some(order) = self.orders.get_mut(&event.work_order_id) else {
+            return reject(format!("unknown work order `{}`", event.work_order_id), out);
+        };
+        if !order.is_open() {
+            let status = status_name(order.status);
+            return reject(format!("work order `{}` is already closed ({status})", event.work_order_id), out);
+        }
+        let technician_known =
+            |id: &Option<String>| id.as_deref().is_some_and(|id| self.dispatcher.technician(id).is_some());
+        match event.event {
+            WoEventKind::Acknowledged if order.status == WorkOrderStatus::Open => {
+                order.status = WorkOrderStatus::Acknowledged
+            }
+            WoEventKind::Acknowledged => {
+                let status = status_name(order.status);
+                return reject(format!("work order `{}` is already {status}", event.work_order_id), out);
+            }
+            WoEventKind::Started => {
+                order.status = WorkOrderStatus::InProgress;
+                if technician_known(&event.technician_id) {
+                    self.set_technician(&event.work_order_id, event.technician_id.clone(), "started", out);
+                }
+            }
+            WoEventKind::Reassigned if technician_known(&event.technician_id) => {
+                self.set_technician(&event.work_order_id, event.technician_id.clone(), "manual", out);
+            }
+            WoEventKind::Reassigned => {
+                return reject(format!("`reassigned` needs a known technician_id, got {:?}", event.technician_id), out);
+            }
+            WoEventKind::Completed | WoEventKind::FalsePositive => {
+                self.close(time, &event.work_order_id, event.event, out);
+            }
+        }
+        touched.insert(event.work_order_id);
+    }
+
+    pub(super) fn close(&mut self, time: EpochMillis, id: &str, kind: WoEventKind, out: &mut Vec<LedgerOutput>) {
+        let Some(order) = self.orders.get_mut(id) else { return };
+        // The closed revision still names its technician and procedure; only the hours
+        // and the reservations are released.
+        let hours = order.hours();
+        if let Some(technician) = &order.technician {
+            self.dispatcher.add_workload(technician, -hours);
+            out.push(LedgerOutput::Workload(technician.clone(), id.to_owned(), hours, -1));
+        }
+        for part in order.procedure.iter().flat_map(|p| &p.parts) {
+            self.stock.release(&part.part_id, order.opened_at, id);
+            out.push(LedgerOutput::Reservation(part.part_id.clone(), id.to_owned(), i64::from(part.quantity), -1));
+        }
+        let track = &order.scored.track;
+        if kind == WoEventKind::Completed {
+            order.status = WorkOrderStatus::Completed;
+            order.completed_at = Some(time);
+            self.last_completed.insert((track.asset_id.clone(), track.class), id.to_owned());
+            for part in order.procedure.iter().flat_map(|p| &p.parts) {
+                let movement = StockMovement {
+                    part_id: part.part_id.clone(),
+                    delta: -i64::from(part.quantity),
+                    at_ms: time,
+                    reason: format!("consumed:{id}"),
+                };
+                self.stock.add_on_hand(&part.part_id, movement.delta);
+                out.push(LedgerOutput::Consumed(movement));
+            }
+        } else {
+            order.status = WorkOrderStatus::FalsePositive;
+            self.tracks.entry(track.track_id.clone()).or_default().suppressed = true;
+        }
+    }
+}
+
+fn status_name(status: WorkOrderStatus) -> &'static str {
+    match status {
+        WorkOrderStatus::Open => "open",
+        WorkOrderStatus::Acknowledged => "acknowledged",
+        WorkOrderStatus::InProgress => "in_progress",
+        WorkOrderStatus::Completed => "completed",
+        WorkOrderStatus::FalsePositive => "false_positive",
+    }
+}

@@ -1,0 +1,279 @@
+//! The work-order ledger: the sequential heart of `derive`. Fed one timestamp at a
+//! time (reference changes, then CMMS events, then scored tracks, each sorted), it opens,
+//! revises and closes work orders and decides assignments and part reservations.
+//! Everything it decides is a function of its inputs, so a replay gives the same ids,
+//! revisions and bytes.
+
+mod cmms;
+mod plan;
+mod revision;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use defectflow_schemas::{
+    Alert, Assignment, DeadLetter, DefectClass, EpochMillis, InventoryItem, PartLine, PartsStaging, Priority,
+    Procedure, ProcedureRef, RevisionKind, SCHEMA_VERSION, StagingKind, StockMovement, Technician, WoEvent,
+    WoEventKind, WorkOrder, WorkOrderStatus,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::assign::{CentiHours, Dispatcher, centi_hours};
+use crate::ids::stable_hash;
+use crate::inventory::Stock;
+use crate::severity::ScoredTrack;
+
+/// When work orders open and revise. `[work_orders]` in the config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkOrderConfig {
+    /// Least severity score at which a confirmed track opens a work order.
+    pub open_score: f64,
+    /// A revision is made when the defect's area has grown by this factor since the last one.
+    pub size_step: f64,
+    /// A defect still seen this long after its repair was completed opens a new work order.
+    pub recheck_after_ms: u64,
+    /// Plant local time minus UTC, in minutes: technician shifts are in local hours.
+    pub utc_offset_minutes: i32,
+}
+
+impl Default for WorkOrderConfig {
+    fn default() -> Self {
+        WorkOrderConfig { open_score: 20.0, size_step: 1.5, recheck_after_ms: 120_000, utc_offset_minutes: 0 }
+    }
+}
+
+/// One input of the ledger at one time. The variant order is the processing order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LedgerInput {
+    Technician(Technician, isize),
+    Procedure(Procedure, isize),
+    Item(InventoryItem, isize),
+    Movement(StockMovement, isize),
+    Event(WoEvent),
+    Track(ScoredTrack),
+}
+
+/// Everything the ledger decides.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LedgerOutput {
+    Revision(WorkOrder),
+    Assignment(Assignment),
+    Alert(Alert),
+    Staging(PartsStaging),
+    DeadLetter(DeadLetter),
+    /// An open assignment `(technician, work order, hours)` appears (+1) or goes (−1).
+    Workload(String, String, CentiHours, isize),
+    /// An open reservation `(part, work order, quantity)` appears (+1) or goes (−1).
+    Reservation(String, String, i64, isize),
+    /// Parts consumed by a completed work order.
+    Consumed(StockMovement),
+}
+
+#[derive(Debug)]
+struct Order {
+    work_order_id: String,
+    scored: ScoredTrack,
+    status: WorkOrderStatus,
+    opened_at: EpochMillis,
+    reopens: Option<String>,
+    procedure: Option<Procedure>,
+    technician: Option<String>,
+    /// Set by a `reassigned` or `started` event: the choice is the CMMS's, not ours.
+    pinned: bool,
+    assign_reason: String,
+    published: Option<WorkOrder>,
+    /// Area at the last revision, for the size step.
+    revision_area: f32,
+    completed_at: Option<EpochMillis>,
+    alerted: bool,
+}
+
+impl Order {
+    fn is_open(&self) -> bool {
+        !matches!(self.status, WorkOrderStatus::Completed | WorkOrderStatus::FalsePositive)
+    }
+
+    fn hours(&self) -> CentiHours {
+        self.procedure.as_ref().map_or(0, |p| centi_hours(p.estimated_hours))
+    }
+}
+
+#[derive(Debug, Default)]
+struct TrackEntry {
+    work_order: Option<String>,
+    generation: u32,
+    suppressed: bool,
+}
+
+/// The state of every work order and what it holds.
+#[derive(Debug)]
+pub struct Ledger {
+    config: WorkOrderConfig,
+    pub dispatcher: Dispatcher,
+    pub stock: Stock,
+    tracks: HashMap<String, TrackEntry>,
+    orders: BTreeMap<String, Order>,
+    last_completed: HashMap<(String, DefectClass), String>,
+    below_reorder: BTreeSet<String>,
+    last_time: Option<EpochMillis>,
+}
+
+impl Ledger {
+    pub fn new(config: WorkOrderConfig) -> Self {
+        Ledger {
+            dispatcher: Dispatcher::new(config.utc_offset_minutes),
+            config,
+            stock: Stock::default(),
+            tracks: HashMap::new(),
+            orders: BTreeMap::new(),
+            last_completed: HashMap::new(),
+            below_reorder: BTreeSet::new(),
+            last_time: None,
+        }
+    }
+
+    /// Applies everything that happened at `time`; `inputs` may be empty (a clock tick,
+    /// for shift changes).
+    pub fn step(&mut self, time: EpochMillis, mut inputs: Vec<LedgerInput>) -> Vec<LedgerOutput> {
+        inputs.sort();
+        let mut out = Vec::new();
+        let mut touched = BTreeSet::new();
+        let mut reconsider_all = self.last_time.is_none_or(|last| last / 3_600_000 != time / 3_600_000);
+        self.last_time = Some(time);
+        for input in inputs {
+            match input {
+                LedgerInput::Technician(technician, diff) => {
+                    self.dispatcher.apply_technician(&technician, diff);
+                    reconsider_all = true;
+                }
+                LedgerInput::Procedure(procedure, diff) => {
+                    self.dispatcher.apply_procedure(&procedure, diff);
+                    reconsider_all = true;
+                }
+                LedgerInput::Item(item, diff) => {
+                    self.stock.set_reorder_point(&item.part_id, (diff > 0).then_some(item.reorder_point));
+                }
+                LedgerInput::Movement(movement, diff) => {
+                    self.stock.add_on_hand(&movement.part_id, movement.delta * diff as i64);
+                    touched.extend(self.orders_needing(&movement.part_id));
+                }
+                LedgerInput::Event(event) => self.apply_event(time, event, &mut touched, &mut out),
+                LedgerInput::Track(scored) => self.apply_track(scored, &mut touched),
+            }
+        }
+        if reconsider_all {
+            touched.extend(self.orders.values().filter(|o| o.is_open()).map(|o| o.work_order_id.clone()));
+        }
+        // Most urgent first: they get first pick of technicians and parts.
+        let mut queue: Vec<_> = touched
+            .into_iter()
+            .filter_map(|id| self.orders.get(&id))
+            .map(|o| (o.scored.severity.priority, o.opened_at, o.work_order_id.clone()))
+            .collect();
+        queue.sort();
+        for (_, _, id) in &queue {
+            self.plan(time, id, &mut out);
+        }
+        // Availability of other work orders may have changed with these reservations.
+        let mut again = BTreeSet::new();
+        for (_, _, id) in &queue {
+            if let Some(order) = self.orders.get(id) {
+                for part in order.procedure.iter().flat_map(|p| &p.parts) {
+                    again.extend(self.orders_needing(&part.part_id));
+                }
+            }
+        }
+        for id in again {
+            self.publish(time, &id, &mut out);
+        }
+        for (_, _, id) in &queue {
+            self.publish(time, id, &mut out);
+        }
+        out
+    }
+
+    fn orders_needing(&self, part_id: &str) -> Vec<String> {
+        self.orders
+            .values()
+            .filter(|o| o.is_open() && o.procedure.iter().flat_map(|p| &p.parts).any(|p| p.part_id == part_id))
+            .map(|o| o.work_order_id.clone())
+            .collect()
+    }
+
+    fn apply_track(&mut self, scored: ScoredTrack, touched: &mut BTreeSet<String>) {
+        use defectflow_schemas::TrackState;
+        let track = &scored.track;
+        let entry = self.tracks.entry(track.track_id.clone()).or_default();
+        if entry.suppressed {
+            return;
+        }
+        let current = entry.work_order.as_ref().and_then(|id| self.orders.get_mut(id));
+        let reopens = match current {
+            Some(order) if order.is_open() => {
+                order.scored = scored;
+                touched.insert(order.work_order_id.clone());
+                return;
+            }
+            Some(order) => {
+                let recheck = order.completed_at.unwrap_or(0) + self.config.recheck_after_ms;
+                if order.status != WorkOrderStatus::Completed
+                    || track.state != TrackState::Confirmed
+                    || track.last_seen_ms < recheck
+                {
+                    return;
+                }
+                Some(order.work_order_id.clone())
+            }
+            None => {
+                if track.state != TrackState::Confirmed || scored.severity.score < self.config.open_score {
+                    return;
+                }
+                // The same defect seen again after its track lapsed (the camera looked
+                // away, the light changed) belongs to the work order already open for it.
+                let same_defect = self.orders.values_mut().find(|o| {
+                    let open = &o.scored.track;
+                    o.is_open()
+                        && open.asset_id == track.asset_id
+                        && open.camera_id == track.camera_id
+                        && open.class == track.class
+                        && open.bbox.iou(&track.bbox) > 0.0
+                });
+                if let Some(order) = same_defect {
+                    entry.work_order = Some(order.work_order_id.clone());
+                    order.scored = scored;
+                    touched.insert(order.work_order_id.clone());
+                    return;
+                }
+                self.last_completed.get(&(track.asset_id.clone(), track.class)).cloned()
+            }
+        };
+        entry.generation += 1;
+        let id = stable_hash(&[
+            track.asset_id.as_bytes(),
+            track.class.as_str().as_bytes(),
+            track.track_id.as_bytes(),
+            &entry.generation.to_le_bytes(),
+        ]);
+        let work_order_id = format!("WO-{id:016x}");
+        entry.work_order = Some(work_order_id.clone());
+        touched.insert(work_order_id.clone());
+        self.orders.insert(
+            work_order_id.clone(),
+            Order {
+                work_order_id,
+                opened_at: track.last_seen_ms,
+                revision_area: track.area_px,
+                scored,
+                status: WorkOrderStatus::Open,
+                reopens,
+                procedure: None,
+                technician: None,
+                pinned: false,
+                assign_reason: String::new(),
+                published: None,
+                completed_at: None,
+                alerted: false,
+            },
+        );
+    }
+}

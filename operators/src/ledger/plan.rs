@@ -1,0 +1,79 @@
+//! Planning an open work order: its procedure, reservations and technician.
+
+use super::*;
+
+impl Ledger {
+    /// Procedure, reservations and technician of an open work order.
+    pub(super) fn plan(&mut self, time: EpochMillis, id: &str, out: &mut Vec<LedgerOutput>) {
+        let Some(order) = self.orders.get(id) else { return };
+        if !order.is_open() {
+            return;
+        }
+        let procedure = self.dispatcher.procedure(&order.scored.asset.asset_class, order.scored.track.class).cloned();
+        if procedure != order.procedure {
+            self.set_procedure(id, procedure, out);
+        }
+        let Some(order) = self.orders.get(id) else { return };
+        let Some(skill) = order.procedure.as_ref().map(|p| p.required_skill.clone()) else {
+            if order.technician.is_some() {
+                self.set_technician(id, None, "no_procedure", out);
+            }
+            return;
+        };
+        let keep = match &order.technician {
+            Some(technician) if order.pinned => self.dispatcher.technician(technician).is_some(),
+            Some(technician) => {
+                order.status == WorkOrderStatus::InProgress || self.dispatcher.can_work(technician, &skill, time)
+            }
+            None => false,
+        };
+        if keep {
+            return;
+        }
+        let reason = if order.technician.is_some() { "off_shift_reassignment" } else { "least_workload" };
+        // This order's own hours leave its technician before workloads are compared.
+        self.set_technician(id, None, reason, out);
+        let zone = self.orders.get(id).map(|o| o.scored.asset.zone.clone()).unwrap_or_default();
+        let chosen = self.dispatcher.choose(&skill, &zone, time).map(|t| t.technician_id.clone());
+        let reason = if chosen.is_none() { "no_eligible_technician" } else { reason };
+        self.set_technician(id, chosen, reason, out);
+    }
+
+    pub(super) fn set_technician(&mut self, id: &str, technician: Option<String>, reason: &str, out: &mut Vec<LedgerOutput>) {
+        let Some(order) = self.orders.get_mut(id) else { return };
+        let hours = order.hours();
+        if let Some(old) = order.technician.take() {
+            self.dispatcher.add_workload(&old, -hours);
+            out.push(LedgerOutput::Workload(old, id.to_owned(), hours, -1));
+        }
+        if let Some(new) = &technician {
+            self.dispatcher.add_workload(new, hours);
+            out.push(LedgerOutput::Workload(new.clone(), id.to_owned(), hours, 1));
+        }
+        order.pinned = matches!(reason, "manual" | "started");
+        order.technician = technician;
+        order.assign_reason = reason.to_owned();
+    }
+
+    pub(super) fn set_procedure(&mut self, id: &str, procedure: Option<Procedure>, out: &mut Vec<LedgerOutput>) {
+        let technician = self.orders.get(id).and_then(|o| o.technician.clone());
+        // Hours follow the procedure: move the technician's load with it.
+        if technician.is_some() {
+            self.set_technician(id, None, "procedure_changed", out);
+        }
+        let Some(order) = self.orders.get_mut(id) else { return };
+        for part in order.procedure.iter().flat_map(|p| &p.parts) {
+            self.stock.release(&part.part_id, order.opened_at, id);
+            out.push(LedgerOutput::Reservation(part.part_id.clone(), id.to_owned(), i64::from(part.quantity), -1));
+        }
+        for part in procedure.iter().flat_map(|p| &p.parts) {
+            self.stock.reserve(&part.part_id, order.opened_at, id, i64::from(part.quantity));
+            out.push(LedgerOutput::Reservation(part.part_id.clone(), id.to_owned(), i64::from(part.quantity), 1));
+        }
+        order.procedure = procedure;
+        if technician.is_some() {
+            let reason = order.assign_reason.clone();
+            self.set_technician(id, technician, &reason, out);
+        }
+    }
+}
