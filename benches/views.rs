@@ -5,7 +5,7 @@
 //! `cargo bench --bench views` (sizes: `DEFECTFLOW_BENCH_ORDERS`, default 1,000,000).
 //! Without `--bench` (as under `cargo test`) it runs once on 10,000 work orders.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -54,12 +54,11 @@ fn main() {
     } else {
         10_000
     };
-    let criterion = Arc::new(Mutex::new(
-        Criterion::default().sample_size(20).measurement_time(Duration::from_secs(8)).configure_from_args(),
-    ));
-    polars_recompute(&mut criterion.lock().expect("criterion"), orders);
-    differential_views(Arc::clone(&criterion), orders);
-    criterion.lock().expect("criterion").final_summary();
+    let mut criterion =
+        Criterion::default().sample_size(20).measurement_time(Duration::from_secs(8)).configure_from_args();
+    polars_recompute(&mut criterion, orders);
+    differential_views(&mut criterion, orders);
+    criterion.final_summary();
 }
 
 /// The same views computed from scratch: group-by sums over assignments and part lines,
@@ -107,10 +106,34 @@ fn polars_recompute(c: &mut Criterion, orders: u64) {
     group.finish();
 }
 
+/// Changes sent to the dataflow: close the open work orders in the first range, open
+/// those in the second; the reply comes once both views reflect them.
+struct Changes {
+    close: std::ops::Range<u64>,
+    open: std::ops::Range<u64>,
+}
+
+type Rows = differential_dataflow::input::InputSession<u64, (String, String, i64), isize>;
+
+fn apply(i: u64, diff: isize, assignments: &mut Rows, lines: &mut Rows) {
+    let o = order(i);
+    assignments.update((tech(o.technician), wo(i), o.hours), diff);
+    for (p, q) in o.parts {
+        lines.update((part(p), wo(i), q), diff);
+    }
+}
+
 /// The differential views on 2 workers: loads every open work order, then measures
-/// single changes and batches of 10k changes (a change closes one work order or opens one).
-fn differential_views(criterion: Arc<Mutex<Criterion>>, orders: u64) {
-    timely::execute(timely::Config::process(2), move |worker| {
+/// single changes and batches of 10k changes (a change closes one work order or opens
+/// one). Criterion drives from this thread; worker 0 applies each change set, steps until
+/// both views are up to date, and replies.
+fn differential_views(c: &mut Criterion, orders: u64) {
+    let (to_worker, from_bench) = mpsc::channel::<Changes>();
+    let (to_bench, from_worker) = mpsc::channel::<()>();
+    let from_bench = Arc::new(Mutex::new(Some(from_bench)));
+    let to_bench = Mutex::new(to_bench);
+    let load = Instant::now();
+    let guards = timely::execute(timely::Config::process(2), move |worker| {
         let (mut assignments, mut lines, mut movements, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (assignments_in, assignments) = scope.new_collection::<(String, String, i64), isize>();
             let (lines_in, lines) = scope.new_collection::<(String, String, i64), isize>();
@@ -120,96 +143,76 @@ fn differential_views(criterion: Arc<Mutex<Criterion>>, orders: u64) {
             lines.stock_levels(movements).inner.probe_with(&probe);
             (assignments_in, lines_in, movements_in, probe)
         });
-        if worker.index() != 0 {
+        let commands = if worker.index() == 0 { from_bench.lock().expect("channel").take() } else { None };
+        let Some(commands) = commands else {
             drop((assignments, lines, movements));
             while !probe.done() {
                 worker.step_or_park(None);
             }
             return;
-        }
-        let change =
-            |i: u64,
-             diff: isize,
-             a: &mut differential_dataflow::input::InputSession<u64, (String, String, i64), isize>,
-             l: &mut differential_dataflow::input::InputSession<u64, (String, String, i64), isize>| {
-                let o = order(i);
-                a.update((tech(o.technician), wo(i), o.hours), diff);
-                for (p, q) in o.parts {
-                    l.update((part(p), wo(i), q), diff);
-                }
-            };
-        let load = Instant::now();
+        };
+        let reply = to_bench.lock().expect("channel").clone();
         for p in 0..PARTS {
             movements.insert((part(p), 10 + (p % 7) as i64));
         }
         for i in 0..orders {
-            change(i, 1, &mut assignments, &mut lines);
+            apply(i, 1, &mut assignments, &mut lines);
         }
-        let mut time = 1u64;
-        let mut settle = |time: u64,
-                          a: &mut differential_dataflow::input::InputSession<u64, (String, String, i64), isize>,
-                          l: &mut differential_dataflow::input::InputSession<u64, (String, String, i64), isize>,
-                          m: &mut differential_dataflow::input::InputSession<u64, (String, i64), isize>,
-                          worker: &mut timely::worker::Worker<_>| {
-            a.advance_to(time);
-            l.advance_to(time);
-            m.advance_to(time);
-            a.flush();
-            l.flush();
-            m.flush();
+        let mut time = 0u64;
+        let mut settle = |assignments: &mut Rows, lines: &mut Rows, worker: &mut timely::worker::Worker| {
+            time += 1;
+            assignments.advance_to(time);
+            lines.advance_to(time);
+            movements.advance_to(time);
+            assignments.flush();
+            lines.flush();
+            movements.flush();
             while probe.less_than(&time) {
                 worker.step();
             }
         };
-        settle(time, &mut assignments, &mut lines, &mut movements, worker);
-        println!("loaded {orders} open work orders into the differential views in {:.2?}", load.elapsed());
-
-        // Work order `next_new` is the next to open; `next_close` the next open one to close.
-        let mut next_new = orders;
-        let mut next_close = 0u64;
-        let mut c = criterion.lock().expect("criterion");
-        let mut group = c.benchmark_group("views_differential_2_workers");
-        group.throughput(Throughput::Elements(1));
-        group.bench_function(BenchmarkId::new("single_change", orders), |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                for k in 0..iters {
-                    if k % 2 == 0 {
-                        change(next_close, -1, &mut assignments, &mut lines);
-                        next_close += 1;
-                    } else {
-                        change(next_new, 1, &mut assignments, &mut lines);
-                        next_new += 1;
-                    }
-                    time += 1;
-                    settle(time, &mut assignments, &mut lines, &mut movements, worker);
-                }
-                start.elapsed()
-            })
-        });
-        group.throughput(Throughput::Elements(BATCH));
-        group.bench_function(BenchmarkId::new("batch_10k_changes", orders), |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    for _ in 0..BATCH / 2 {
-                        change(next_close, -1, &mut assignments, &mut lines);
-                        next_close += 1;
-                        change(next_new, 1, &mut assignments, &mut lines);
-                        next_new += 1;
-                    }
-                    time += 1;
-                    settle(time, &mut assignments, &mut lines, &mut movements, worker);
-                }
-                start.elapsed()
-            })
-        });
-        group.finish();
-        drop(c);
-        drop((assignments, lines, movements));
-        while !probe.done() {
-            worker.step();
+        settle(&mut assignments, &mut lines, worker);
+        reply.send(()).expect("bench listens");
+        while let Ok(changes) = commands.recv() {
+            for i in changes.close {
+                apply(i, -1, &mut assignments, &mut lines);
+            }
+            for i in changes.open {
+                apply(i, 1, &mut assignments, &mut lines);
+            }
+            settle(&mut assignments, &mut lines, worker);
+            reply.send(()).expect("bench listens");
         }
     })
     .expect("timely starts");
+    from_worker.recv().expect("views loaded");
+    println!("loaded {orders} open work orders into the differential views in {:.2?}", load.elapsed());
+
+    // Work order `next_open` is the next to open; `next_close` the oldest still open.
+    let mut next_open = orders;
+    let mut next_close = 0u64;
+    let mut round = |close: u64, open: u64| {
+        to_worker
+            .send(Changes { close: next_close..next_close + close, open: next_open..next_open + open })
+            .expect("worker listens");
+        next_close += close;
+        next_open += open;
+        from_worker.recv().expect("worker replies");
+    };
+    let mut group = c.benchmark_group("views_differential_2_workers");
+    group.throughput(Throughput::Elements(1));
+    let mut flip = false;
+    group.bench_function(BenchmarkId::new("single_change", orders), |b| {
+        b.iter(|| {
+            flip = !flip;
+            if flip { round(1, 0) } else { round(0, 1) }
+        })
+    });
+    group.throughput(Throughput::Elements(BATCH));
+    group.bench_function(BenchmarkId::new("batch_10k_changes", orders), |b| b.iter(|| round(BATCH / 2, BATCH / 2)));
+    group.finish();
+    drop(to_worker);
+    for result in guards.join() {
+        result.expect("worker finished");
+    }
 }

@@ -129,7 +129,7 @@ impl Scenario {
                     .defects
                     .iter()
                     .filter(|d| d.camera == run.camera && seconds >= d.from_s && seconds < d.until_s)
-                    .filter(|d| ((seconds - d.from_s) * run.fps).round() as u64 % d.seen_every.max(1) == 0)
+                    .filter(|d| (((seconds - d.from_s) * run.fps).round() as u64).is_multiple_of(d.seen_every.max(1)))
                     .map(|d| {
                         let progress = ((seconds - d.from_s) / (d.until_s - d.from_s)) as f32;
                         let lerp = |i: usize| d.box_from[i] + (d.box_until[i] - d.box_from[i]) * progress;
@@ -203,8 +203,7 @@ pub fn replay(
         let collected = Rc::new(RefCell::new(Collected::default()));
         let config = scenario.config.clone();
         let sink = collected.clone();
-        let (mut inputs, probe) =
-            worker.dataflow::<u64, _, _>(move |scope| workflow::build(scope.clone(), config, sink));
+        let (mut inputs, probe) = worker.dataflow::<u64, _, _>(move |scope| workflow::build(scope, config, sink));
         if worker.index() == 0 {
             let timeline = scenario.timeline();
             inputs.load(&reference, 0);

@@ -42,7 +42,7 @@ pub struct WorkflowConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Emitted {
-    WorkOrder(WorkOrder),
+    WorkOrder(Box<WorkOrder>),
     Assignment(Assignment),
     Alert(Alert),
     PartsStaging(PartsStaging),

@@ -46,7 +46,7 @@ pub struct WorkOrderStreams<'scope> {
 impl<'scope> WorkOrderStreams<'scope> {
     /// Work-order revisions, for `defectflow.work-orders`.
     pub fn revisions(&self) -> StreamVec<'scope, u64, WorkOrder> {
-        self.outputs.clone().flat_map(|o| if let LedgerOutput::Revision(w) = o { Some(w) } else { None })
+        self.outputs.clone().flat_map(|o| if let LedgerOutput::Revision(w) = o { Some(*w) } else { None })
     }
 
     pub fn assignments(&self) -> StreamVec<'scope, u64, Assignment> {
@@ -131,7 +131,7 @@ impl<'scope> Derive<'scope> for VecCollection<'scope, u64, ScoredTrack> {
         let timed = |stream: StreamVec<'scope, u64, (LedgerInput, u64)>| stream;
         let tracks = timed(self.inner.flat_map(|(scored, time, diff)| {
             // Only the latest snapshot matters: retractions of older ones are implied.
-            (diff > 0).then(|| (LedgerInput::Track(scored), time))
+            (diff > 0).then_some((LedgerInput::Track(scored), time))
         }));
         let events = inputs.events.map(|event| {
             let at = event.at_ms;

@@ -117,8 +117,8 @@ pub trait StockLevels<'scope> {
     ///     (("belt".to_string(), level(3, 0)), 0, 1),
     ///     (("belt".to_string(), level(3, 0)), 1, -1),
     ///     (("belt".to_string(), level(3, 2)), 1, 1),
-    ///     (("belt".to_string(), level(3, 0)), 4, 1),
     ///     (("belt".to_string(), level(3, 2)), 4, -1),
+    ///     (("belt".to_string(), level(3, 0)), 4, 1),
     /// ]);
     /// ```
     fn stock_levels(

@@ -1,5 +1,6 @@
 //! Timely and differential dataflow operators: decode, infer, track, severity, derive, assign, inventory.
 pub mod assign;
+pub mod at_time;
 pub mod decode;
 pub mod derive;
 pub mod ids;

@@ -80,7 +80,7 @@ pub trait Track<'scope> {
     /// use defectflow_operators::track::{Track, TrackConfig};
     /// use defectflow_schemas::*;
     /// use differential_dataflow::AsCollection;
-    /// use timely::dataflow::operators::{ToStream, Capture, capture::Extract};
+    /// use timely::dataflow::operators::{Capture, capture::Extract, vec::ToStream};
     ///
     /// let camera = Camera { camera_id: "cam".into(), rois: vec![Roi {
     ///     asset_id: "PUMP-1".into(), x: 0, y: 0, width: 100, height: 100, mm_per_px: Some(0.5) }] };
@@ -92,13 +92,10 @@ pub trait Track<'scope> {
     ///         model_version: "m1".into(), shadow: false }] }).collect();
     /// let config = TrackConfig { confirm_hits: 2, confirm_window_frames: 3, ..TrackConfig::default() };
     /// let out = timely::example(move |scope| {
+    ///     use defectflow_operators::at_time::AtTime;
     ///     let cameras = vec![(camera, 0u64, 1isize)].to_stream(scope).as_collection();
-    ///     let frames = frames.into_iter().map(|f| (f.capture_ms, f)).collect::<Vec<_>>();
-    ///     let frames = timely::dataflow::operators::vec::ToStream::to_stream(frames.into_iter(), scope);
-    ///     use timely::dataflow::operators::vec::Delay;
-    ///     let frames = frames.delay(|(t, _), _| *t);
-    ///     use timely::dataflow::operators::vec::Map;
-    ///     frames.map(|(_, f)| f).track(cameras, config).inner.capture()
+    ///     let frames = frames.to_stream(scope).at_time(|f| f.capture_ms);
+    ///     frames.track(cameras, config).inner.capture()
     /// });
     /// let tracks: Vec<_> = out.extract().into_iter().flat_map(|(_, v)| v).collect();
     /// // Confirmed at the second frame: one snapshot, with size 20 px × 0.5 mm = 10 mm.

@@ -1,14 +1,15 @@
 //! Small dataflows through `track`, `severity` and `derive` with the exact rows and diffs
 //! expected, retractions included.
 
+use defectflow_operators::at_time::AtTime;
 use defectflow_operators::derive::{Derive, LedgerInputs, LedgerOutput, WorkOrderConfig};
 use defectflow_operators::severity::{Score, ScoredTrack, SeverityConfig};
 use defectflow_operators::track::{Track, TrackConfig};
 use defectflow_schemas::*;
 use differential_dataflow::AsCollection;
-use timely::dataflow::operators::capture::Extract;
-use timely::dataflow::operators::vec::{Delay, Map, ToStream};
-use timely::dataflow::operators::{Capture, ToStream as CoreToStream};
+use timely::dataflow::operators::Capture;
+use timely::dataflow::operators::capture::{Event, Extract};
+use timely::dataflow::operators::vec::ToStream;
 
 const T0: u64 = 1_767_600_000_000; // 2026-01-05T08:00:00Z
 
@@ -45,8 +46,8 @@ fn frame(i: u64, boxes: &[(f32, f32, f32)]) -> FrameObservation {
 fn tracks_of(frames: Vec<FrameObservation>, config: TrackConfig) -> Vec<((String, DefectTrack), u64, isize)> {
     let out = timely::example(move |scope| {
         let cameras = vec![(camera(), 0u64, 1isize)].to_stream(scope).as_collection();
-        let frames = frames.into_iter().map(|f| (f.capture_ms, f)).to_stream(scope).delay(|(t, _), _| *t);
-        frames.map(|(_, f)| f).track(cameras, config).inner.capture()
+        let frames = frames.to_stream(scope).at_time(|f| f.capture_ms);
+        frames.track(cameras, config).inner.capture()
     });
     let mut rows: Vec<_> = out.extract().into_iter().flat_map(|(_, rows)| rows).collect();
     rows.sort_by_key(|((_, track), time, diff)| (*time, *diff, track.track_id.clone()));
@@ -150,7 +151,7 @@ fn severity_rescores_when_a_failure_is_recorded_and_retracts_the_old_score() {
         .flat_map(|(_, rows)| rows)
         .map(|(s, time, diff): (ScoredTrack, u64, isize)| (s.severity.score, time - T0, diff))
         .collect();
-    rows.sort_by(|a, b| (a.1, a.2).cmp(&(b.1, b.2)));
+    rows.sort_by_key(|row| (row.1, row.2));
     // 60 of 100 mm → 21 of 35; criticality 3 → 12.5 of 25; then one failure → +5 of 15.
     assert_eq!(rows, vec![(33.5, 1000, 1), (33.5, 5000, -1), (38.5, 5000, 1)]);
 }
@@ -205,7 +206,7 @@ fn a_completed_work_order_leaves_the_workload_and_releases_its_parts() {
                 vec![]
             };
             let inputs = LedgerInputs {
-                events: CoreToStream::to_stream(events, scope),
+                events: events.to_stream(scope).at_time(|e| e.at_ms),
                 technicians: vec![(technician, 0u64, 1isize)].to_stream(scope).as_collection(),
                 procedures: vec![(procedure, 0u64, 1isize)].to_stream(scope).as_collection(),
                 inventory: Vec::<(InventoryItem, u64, isize)>::new().to_stream(scope).as_collection(),
@@ -219,8 +220,14 @@ fn a_completed_work_order_leaves_the_workload_and_releases_its_parts() {
             };
             scored.work_orders(inputs, WorkOrderConfig::default()).outputs.capture()
         });
-        let outputs: Vec<(u64, LedgerOutput)> =
-            out.extract().into_iter().flat_map(|(t, rows)| rows.into_iter().map(move |r| (t - T0.min(t), r))).collect();
+        // In emission order (`extract` would sort, and outputs have no order).
+        let outputs: Vec<(u64, LedgerOutput)> = out
+            .try_iter()
+            .filter_map(|event| {
+                if let Event::Messages(t, rows) = event { Some((*t.least().expect("a time"), rows)) } else { None }
+            })
+            .flat_map(|(t, rows)| rows.into_iter().map(move |r| (t - T0.min(t), r)))
+            .collect();
         let revisions: Vec<_> = outputs
             .iter()
             .filter_map(|(_, o)| if let LedgerOutput::Revision(w) = o { Some(w) } else { None })
@@ -253,11 +260,11 @@ fn a_completed_work_order_leaves_the_workload_and_releases_its_parts() {
             vec![
                 (1000, format!("reserve ROD {id} 3 1")),
                 (1000, format!("workload T-1 {id} 250 1")),
-                (1000, format!("revision 1 Created Open")),
+                (1000, "revision 1 Created Open".to_string()),
                 (9000, format!("workload T-1 {id} 250 -1")),
                 (9000, format!("reserve ROD {id} 3 -1")),
                 (9000, "consumed ROD -3".to_string()),
-                (9000, format!("revision 2 Closed Completed")),
+                (9000, "revision 2 Closed Completed".to_string()),
             ]
         );
     }

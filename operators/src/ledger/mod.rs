@@ -56,7 +56,7 @@ pub enum LedgerInput {
 /// Everything the ledger decides.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum LedgerOutput {
-    Revision(WorkOrder),
+    Revision(Box<WorkOrder>),
     Assignment(Assignment),
     Alert(Alert),
     Staging(PartsStaging),

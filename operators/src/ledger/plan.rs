@@ -39,7 +39,13 @@ impl Ledger {
         self.set_technician(id, chosen, reason, out);
     }
 
-    pub(super) fn set_technician(&mut self, id: &str, technician: Option<String>, reason: &str, out: &mut Vec<LedgerOutput>) {
+    pub(super) fn set_technician(
+        &mut self,
+        id: &str,
+        technician: Option<String>,
+        reason: &str,
+        out: &mut Vec<LedgerOutput>,
+    ) {
         let Some(order) = self.orders.get_mut(id) else { return };
         let hours = order.hours();
         if let Some(old) = order.technician.take() {

@@ -135,7 +135,7 @@ impl Ledger {
             order.revision_area = order.scored.track.area_px;
             order.published = Some(work_order.clone());
         }
-        out.push(LedgerOutput::Revision(work_order));
+        out.push(LedgerOutput::Revision(Box::new(work_order)));
         out.extend(follow);
     }
 }
