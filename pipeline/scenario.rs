@@ -7,8 +7,15 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use anyhow::Context;
-use defectflow_schemas::{BoundingBox, DefectClass, Detection, FrameObservation, StockMovement, WoEvent, WoEventKind};
+use defectflow_schemas::{
+    Asset, BoundingBox, DefectClass, Detection, FailureRecord, FrameObservation, StockMovement, Technician, WoEvent,
+    WoEventKind,
+};
 use serde::{Deserialize, Serialize};
+
+use std::collections::BTreeMap;
+
+use defectflow_operators::inventory::{StockLevel, StockMeasure};
 
 use crate::reference::PlantReference;
 use crate::workflow::{self, Collected, Emitted, WorkflowConfig};
@@ -35,6 +42,25 @@ pub struct Scenario {
     pub events: Vec<ScenarioEvent>,
     #[serde(default)]
     pub movements: Vec<ScenarioMovement>,
+    /// Reference data changed while running.
+    #[serde(default)]
+    pub changes: Vec<ReferenceChange>,
+}
+
+/// A change of reference data at a time: a record replaced (matched by id) or added, or
+/// a technician removed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceChange {
+    pub at_s: f64,
+    #[serde(default)]
+    pub asset: Option<Asset>,
+    #[serde(default)]
+    pub technician: Option<Technician>,
+    #[serde(default)]
+    pub remove_technician: Option<String>,
+    #[serde(default)]
+    pub failure: Option<FailureRecord>,
 }
 
 /// A camera sending frames at `fps` from `from_s` until (not including) `until_s`.
@@ -207,6 +233,12 @@ pub fn replay(
         if worker.index() == 0 {
             let timeline = scenario.timeline();
             inputs.load(&reference, 0);
+            let mut assets = reference.assets.clone();
+            let mut technicians = reference.technicians.clone();
+            let mut changes: Vec<(u64, ReferenceChange)> =
+                scenario.changes.iter().map(|c| (scenario.at(c.at_s), c.clone())).collect();
+            changes.sort_by_key(|(at, _)| *at);
+            let mut changes = changes.into_iter().peekable();
             let mut events = timeline.events.into_iter().peekable();
             let mut movements = timeline.movements.into_iter().peekable();
             let mut observations = timeline.observations.into_iter().peekable();
@@ -215,6 +247,7 @@ pub fn replay(
                     observations.peek().map(|o| o.capture_ms),
                     events.peek().map(|e| e.at_ms),
                     movements.peek().map(|m| m.at_ms),
+                    changes.peek().map(|(at, _)| *at),
                 ]
                 .into_iter()
                 .flatten()
@@ -229,6 +262,22 @@ pub fn replay(
                 }
                 while let Some(m) = movements.next_if(|m| m.at_ms == time) {
                     inputs.movements.insert(m);
+                }
+                while let Some((_, change)) = changes.next_if(|(at, _)| *at == time) {
+                    if let Some(asset) = change.asset {
+                        upsert(&mut assets, asset, |a| &a.asset_id, &mut inputs.assets);
+                    }
+                    if let Some(technician) = change.technician {
+                        upsert(&mut technicians, technician, |t| &t.technician_id, &mut inputs.technicians);
+                    }
+                    if let Some(id) = change.remove_technician {
+                        for gone in technicians.extract_if(.., |t| t.technician_id == id) {
+                            inputs.technicians.remove(gone);
+                        }
+                    }
+                    if let Some(failure) = change.failure {
+                        inputs.failures.insert(failure);
+                    }
                 }
                 worker.step();
             }
@@ -249,6 +298,22 @@ pub fn replay(
     Ok(out)
 }
 
+/// Replaces the record with the same id (retracting the old one) or adds it.
+fn upsert<T: Clone + Ord + std::fmt::Debug + 'static>(
+    current: &mut Vec<T>,
+    record: T,
+    id: impl Fn(&T) -> &String,
+    input: &mut differential_dataflow::input::InputSession<u64, T, isize>,
+) {
+    if let Some(old) = current.iter_mut().find(|r| id(r) == id(&record)) {
+        input.remove(old.clone());
+        *old = record.clone();
+    } else {
+        current.push(record.clone());
+    }
+    input.insert(record);
+}
+
 fn lines(collected: &Collected) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut push = |line: Line| out.push(serde_json::to_string(&line).unwrap_or_default());
@@ -260,10 +325,19 @@ fn lines(collected: &Collected) -> Vec<String> {
             push(Line::Workload { technician_id, open_hours: *hours as f64 / 100.0 });
         }
     }
-    for ((part_id, level), count) in &collected.stock {
+    let mut levels: BTreeMap<&str, StockLevel> = BTreeMap::new();
+    for (((part_id, measure), value), count) in &collected.stock {
         if *count > 0 {
-            push(Line::Stock { part_id, on_hand: level.on_hand, reserved: level.reserved, available: level.available });
+            let level = levels.entry(part_id).or_default();
+            match measure {
+                StockMeasure::OnHand => level.on_hand = *value,
+                StockMeasure::Reserved => level.reserved = *value,
+                StockMeasure::Available => level.available = *value,
+            }
         }
+    }
+    for (part_id, level) in levels {
+        push(Line::Stock { part_id, on_hand: level.on_hand, reserved: level.reserved, available: level.available });
     }
     out
 }

@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use defectflow_operators::assign::Workload;
 use defectflow_operators::derive::{Derive, LedgerInputs, LedgerOutput, WorkOrderConfig};
-use defectflow_operators::inventory::{StockLevel, StockLevels};
+use defectflow_operators::inventory::{StockLevels, StockMeasure};
 use defectflow_operators::severity::{Score, SeverityConfig};
 use defectflow_operators::track::{Track, TrackConfig};
 use defectflow_schemas::{
@@ -112,7 +112,8 @@ pub struct Collected {
     pub messages: Vec<Emitted>,
     /// technician → open hundredths of hours, as accumulated from the view's updates.
     pub workload: BTreeMap<(String, i64), isize>,
-    pub stock: BTreeMap<(String, StockLevel), isize>,
+    /// (part, measure) → value, as accumulated from the stock view's updates.
+    pub stock: BTreeMap<((String, StockMeasure), i64), isize>,
 }
 
 /// Builds the work-order dataflow in `scope`; everything it emits is gathered on

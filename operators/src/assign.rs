@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use defectflow_schemas::{DefectClass, EpochMillis, Procedure, Technician};
 use differential_dataflow::VecCollection;
+use differential_dataflow::operators::CountTotal;
 
 /// Estimated hours in hundredths: workload sums stay exact integers.
 pub type CentiHours = i64;
@@ -138,8 +139,9 @@ pub trait Workload<'scope> {
 
 impl<'scope> Workload<'scope> for VecCollection<'scope, u64, (String, String, CentiHours)> {
     fn workload(self) -> VecCollection<'scope, u64, (String, CentiHours)> {
+        // Hours ride on the diff: one keyed running sum per technician, no per-row state.
         self.explode(|(technician, _work_order, hours)| Some((technician, hours as isize)))
-            .count()
+            .count_total()
             .map(|(technician, hours)| (technician, hours as CentiHours))
     }
 }

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use defectflow_schemas::EpochMillis;
 use differential_dataflow::VecCollection;
+use differential_dataflow::operators::CountTotal;
 use serde::{Deserialize, Serialize};
 
 /// On hand, reserved and available stock of one part.
@@ -85,16 +86,26 @@ impl Stock {
     }
 }
 
+/// One figure of a part's stock in the [`StockLevels`] view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StockMeasure {
+    OnHand,
+    Reserved,
+    Available,
+}
+
 /// Extension trait: the stock view over reservations and stock movements.
 pub trait StockLevels<'scope> {
     /// Reservations `(part_id, work_order_id, quantity)` of open work orders and stock
-    /// movements `(part_id, delta)` in; `(part_id, level)` out for every part with stock
-    /// or reservations. Closing a work order retracts its reservation rows upstream;
-    /// parts consumed on completion arrive as negative movements.
+    /// movements `(part_id, delta)` in; `((part_id, measure), value)` out: on hand,
+    /// reserved and available (on hand − reserved) per part, a figure of 0 being
+    /// absent. Closing a work order retracts its reservation rows upstream; parts
+    /// consumed on completion arrive as negative movements.
     ///
     /// # Examples
     /// ```
-    /// use defectflow_operators::inventory::{StockLevel, StockLevels};
+    /// use defectflow_operators::inventory::{StockLevels, StockMeasure::*};
     /// use differential_dataflow::AsCollection;
     /// use timely::dataflow::operators::{ToStream, Capture, capture::Extract};
     ///
@@ -111,43 +122,41 @@ pub trait StockLevels<'scope> {
     ///     .capture()
     /// });
     /// let mut rows: Vec<_> = out.extract().into_iter().flat_map(|(_, v)| v).collect();
-    /// rows.sort_by_key(|(_, time, diff)| (*time, *diff));
-    /// let level = |on_hand, reserved| StockLevel { on_hand, reserved, available: on_hand - reserved };
+    /// rows.sort_by_key(|((key, _), time, diff)| (*time, *diff, key.1));
+    /// let belt = |measure, value| (("belt".to_string(), measure), value);
     /// assert_eq!(rows, vec![
-    ///     (("belt".to_string(), level(3, 0)), 0, 1),
-    ///     (("belt".to_string(), level(3, 0)), 1, -1),
-    ///     (("belt".to_string(), level(3, 2)), 1, 1),
-    ///     (("belt".to_string(), level(3, 2)), 4, -1),
-    ///     (("belt".to_string(), level(3, 0)), 4, 1),
+    ///     (belt(OnHand, 3), 0, 1),
+    ///     (belt(Available, 3), 0, 1),
+    ///     (belt(Available, 3), 1, -1),
+    ///     (belt(Reserved, 2), 1, 1),
+    ///     (belt(Available, 1), 1, 1),
+    ///     (belt(Reserved, 2), 4, -1),
+    ///     (belt(Available, 1), 4, -1),
+    ///     (belt(Available, 3), 4, 1),
     /// ]);
     /// ```
     fn stock_levels(
         self,
         movements: VecCollection<'scope, u64, (String, i64)>,
-    ) -> VecCollection<'scope, u64, (String, StockLevel)>;
+    ) -> VecCollection<'scope, u64, ((String, StockMeasure), i64)>;
 }
 
 impl<'scope> StockLevels<'scope> for VecCollection<'scope, u64, (String, String, i64)> {
     fn stock_levels(
         self,
         movements: VecCollection<'scope, u64, (String, i64)>,
-    ) -> VecCollection<'scope, u64, (String, StockLevel)> {
-        // Tag 0: stock on hand, tag 1: reserved; the sums come from `count`, so one
-        // change costs one key's worth of work however many rows there are.
-        let on_hand = movements.explode(|(part, delta)| Some(((part, 0u8), delta as isize)));
-        let reserved = self.explode(|(part, _work_order, quantity)| Some(((part, 1u8), quantity as isize)));
-        on_hand.concat(reserved).count().map(|((part, tag), sum)| (part, (tag, sum as i64))).reduce(
-            |_part, sums, output| {
-                let mut level = StockLevel::default();
-                for ((tag, sum), _) in sums {
-                    match tag {
-                        0 => level.on_hand = *sum,
-                        _ => level.reserved = *sum,
-                    }
-                }
-                level.available = level.on_hand - level.reserved;
-                output.push((level, 1));
-            },
-        )
+    ) -> VecCollection<'scope, u64, ((String, StockMeasure), i64)> {
+        // Quantities ride on the diffs, so each figure is one keyed running sum: a change
+        // costs the work of its own keys however many rows there are.
+        let stock_in = movements.explode(|(part, delta)| {
+            [((part.clone(), StockMeasure::OnHand), delta as isize), ((part, StockMeasure::Available), delta as isize)]
+        });
+        let reserved = self.explode(|(part, _work_order, quantity)| {
+            [
+                ((part.clone(), StockMeasure::Reserved), quantity as isize),
+                ((part, StockMeasure::Available), -(quantity as isize)),
+            ]
+        });
+        stock_in.concat(reserved).count_total().map(|(key, value)| (key, value as i64))
     }
 }

@@ -30,7 +30,8 @@ pub struct Assignment {
     pub technician_id: Option<String>,
     pub estimated_hours: f64,
     pub assigned_at_ms: EpochMillis,
-    /// `least_workload`, `off_shift_reassignment`, `manual`, `no_eligible_technician`.
+    /// `least_workload`, `off_shift_reassignment`, `technician_removed`, `manual`,
+    /// `started`, `no_eligible_technician`.
     pub reason: String,
 }
 

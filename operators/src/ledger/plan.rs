@@ -30,7 +30,11 @@ impl Ledger {
         if keep {
             return;
         }
-        let reason = if order.technician.is_some() { "off_shift_reassignment" } else { "least_workload" };
+        let reason = match &order.technician {
+            Some(current) if self.dispatcher.technician(current).is_some() => "off_shift_reassignment",
+            Some(_) => "technician_removed",
+            None => "least_workload",
+        };
         // This order's own hours leave its technician before workloads are compared.
         self.set_technician(id, None, reason, out);
         let zone = self.orders.get(id).map(|o| o.scored.asset.zone.clone()).unwrap_or_default();
