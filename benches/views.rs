@@ -5,6 +5,7 @@
 //! `cargo bench --bench views` (sizes: `DEFECTFLOW_BENCH_ORDERS`, default 1,000,000).
 //! Without `--bench` (as under `cargo test`) it runs once on 10,000 work orders.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use defectflow_operators::assign::Workload;
 use defectflow_operators::inventory::StockLevels;
 use differential_dataflow::input::Input;
 use polars::prelude::*;
-use timely::dataflow::operators::Probe;
+use timely::dataflow::operators::{Inspect, Probe};
 
 const TECHNICIANS: u64 = 10_000;
 const PARTS: u64 = 50_000;
@@ -133,14 +134,31 @@ fn differential_views(c: &mut Criterion, orders: u64) {
     let from_bench = Arc::new(Mutex::new(Some(from_bench)));
     let to_bench = Mutex::new(to_bench);
     let load = Instant::now();
+    // Updates (row, time, diff) leaving the two views, counted to report view updates/s.
+    let view_updates = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&view_updates);
     let guards = timely::execute(timely::Config::process(2), move |worker| {
+        let view_updates = Arc::clone(&counted);
         let (mut assignments, mut lines, mut movements, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (assignments_in, assignments) = scope.new_collection::<(String, String, i64), isize>();
             let (lines_in, lines) = scope.new_collection::<(String, String, i64), isize>();
             let (movements_in, movements) = scope.new_collection::<(String, i64), isize>();
             let probe = timely::dataflow::ProbeHandle::new();
-            assignments.workload().inner.probe_with(&probe);
-            lines.stock_levels(movements).inner.probe_with(&probe);
+            let (w, s) = (Arc::clone(&view_updates), Arc::clone(&view_updates));
+            assignments
+                .workload()
+                .inner
+                .inspect(move |_| {
+                    w.fetch_add(1, Ordering::Relaxed);
+                })
+                .probe_with(&probe);
+            lines
+                .stock_levels(movements)
+                .inner
+                .inspect(move |_| {
+                    s.fetch_add(1, Ordering::Relaxed);
+                })
+                .probe_with(&probe);
             (assignments_in, lines_in, movements_in, probe)
         });
         let commands = if worker.index() == 0 { from_bench.lock().expect("channel").take() } else { None };
@@ -208,6 +226,15 @@ fn differential_views(c: &mut Criterion, orders: u64) {
             if flip { round(1, 0) } else { round(0, 1) }
         })
     });
+    let before = view_updates.load(Ordering::Relaxed);
+    let start = Instant::now();
+    round(BATCH / 2, BATCH / 2);
+    let elapsed = start.elapsed();
+    let updates = view_updates.load(Ordering::Relaxed) - before;
+    println!(
+        "one batch of {BATCH} changes: {updates} view updates in {elapsed:.2?} ({:.0} view updates/s)",
+        updates as f64 / elapsed.as_secs_f64()
+    );
     group.throughput(Throughput::Elements(BATCH));
     group.bench_function(BenchmarkId::new("batch_10k_changes", orders), |b| b.iter(|| round(BATCH / 2, BATCH / 2)));
     group.finish();
