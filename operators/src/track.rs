@@ -34,6 +34,9 @@ pub struct TrackConfig {
     pub area_step: f32,
     /// A confirmed track still being seen is re-emitted at least this often.
     pub refresh_ms: u64,
+    /// A resolved track leaves the collection this long after it was resolved, so a
+    /// long run does not keep every defect it ever saw.
+    pub forget_resolved_after_ms: u64,
 }
 
 impl Default for TrackConfig {
@@ -46,6 +49,7 @@ impl Default for TrackConfig {
             growth_window_ms: 300_000,
             area_step: 1.2,
             refresh_ms: 60_000,
+            forget_resolved_after_ms: 3_600_000,
         }
     }
 }
@@ -182,6 +186,8 @@ impl<'scope> Track<'scope> for StreamVec<'scope, u64, FrameObservation> {
 struct CameraTracks {
     rois: Vec<Roi>,
     tracks: Vec<LiveTrack>,
+    /// Resolved snapshots still in the collection, oldest first, with when they resolved.
+    resolved: VecDeque<(u64, DefectTrack)>,
 }
 
 #[derive(Debug)]
@@ -257,6 +263,14 @@ impl CameraTracks {
                 changes.push((track.clone(), 1));
                 live.emitted = Some(track.clone());
             }
+        }
+        while self.resolved.front().is_some_and(|(at, _)| at + config.forget_resolved_after_ms <= frame.capture_ms) {
+            if let Some((_, snapshot)) = self.resolved.pop_front() {
+                changes.push((snapshot, -1));
+            }
+        }
+        for live in self.tracks.iter().filter(|live| live.track.state == TrackState::Resolved) {
+            self.resolved.push_back((frame.capture_ms, live.track.clone()));
         }
         // Tentative tracks that fell out of the window were flicker; resolved ones are done.
         self.tracks.retain(|live| match live.track.state {

@@ -86,6 +86,30 @@ fn a_track_is_confirmed_grows_and_resolves_with_each_snapshot_retracting_the_las
 }
 
 #[test]
+fn a_resolved_track_is_forgotten_after_the_retention_time() {
+    let config = TrackConfig {
+        confirm_hits: 2,
+        confirm_window_frames: 3,
+        resolve_after_ms: 2000,
+        forget_resolved_after_ms: 3000,
+        ..TrackConfig::default()
+    };
+    let mut frames: Vec<_> = (0..2).map(|i| frame(i, &[(10.0, 10.0, 20.0)])).collect();
+    frames.extend((2..8).map(|i| frame(i, &[])));
+    let rows = tracks_of(frames, config);
+    let summary: Vec<_> = rows.iter().map(|((_, t), time, diff)| ((time - T0) / 1000, *diff, t.state)).collect();
+    assert_eq!(
+        summary,
+        vec![
+            (1, 1, TrackState::Confirmed),
+            (3, -1, TrackState::Confirmed),
+            (3, 1, TrackState::Resolved),  // unseen since 1 s, for 2 s
+            (6, -1, TrackState::Resolved), // 3 s after resolution: gone from the collection
+        ]
+    );
+}
+
+#[test]
 fn flicker_below_the_confirmation_threshold_makes_no_track() {
     // Seen in one frame of three; confirmation needs 2 of 3.
     let frames = (0..30).map(|i| if i % 3 == 0 { frame(i, &[(10.0, 10.0, 20.0)]) } else { frame(i, &[]) }).collect();
