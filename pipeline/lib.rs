@@ -7,5 +7,6 @@ pub mod footage;
 pub mod graph;
 pub mod reference;
 pub mod scenario;
+pub mod sinks;
 pub mod sources;
 pub mod workflow;

@@ -12,6 +12,8 @@ use defectflow::config::RunConfig;
 use defectflow::footage::{Codec, Container, FootageOptions, write_plant};
 use defectflow::graph::{self, CameraReport, Hooks, StopWhen};
 use defectflow::scenario::Scenario;
+use defectflow::sinks::audit::AuditLog;
+use defectflow::workflow::Emitted;
 use defectflow_models::synth::PlantOptions;
 
 #[derive(Debug, Parser)]
@@ -51,6 +53,9 @@ struct ReplayArgs {
     /// Write the JSON lines here instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also write the Parquet audit log (work_orders, assignments, wo_events) under this directory.
+    #[arg(long)]
+    audit: Option<PathBuf>,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -215,14 +220,35 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
 fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let (scenario, reference) = Scenario::load(&args.scenario)?;
     let timely_config = args.cluster.timely_config(1)?;
-    let Some(lines) = defectflow::scenario::replay(&scenario, &reference, timely_config)? else {
+    let Some(replayed) = defectflow::scenario::replay(&scenario, &reference, timely_config)? else {
         return Ok(());
     };
-    let mut text = lines.join("\n");
+    if let Some(dir) = &args.audit {
+        write_audit(dir, &replayed.messages, &scenario.wo_events())?;
+    }
+    let mut text = replayed.lines.join("\n");
     text.push('\n');
     match &args.out {
         Some(path) => std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?,
         None => print!("{text}"),
     }
+    Ok(())
+}
+
+fn write_audit(
+    dir: &std::path::Path,
+    messages: &[Emitted],
+    events: &[defectflow_schemas::WoEvent],
+) -> anyhow::Result<()> {
+    let audit = AuditLog::open(dir)?;
+    let work_orders: Vec<_> = messages
+        .iter()
+        .filter_map(|m| if let Emitted::WorkOrder(w) = m { Some((**w).clone()) } else { None })
+        .collect();
+    let assignments: Vec<_> =
+        messages.iter().filter_map(|m| if let Emitted::Assignment(a) = m { Some(a.clone()) } else { None }).collect();
+    audit.write_work_orders(&work_orders)?;
+    audit.write_assignments(&assignments)?;
+    audit.write_wo_events(events)?;
     Ok(())
 }

@@ -143,6 +143,24 @@ impl Scenario {
         self.start_ms + (seconds * 1000.0).round() as u64
     }
 
+    /// The CMMS events the scenario sends, at their times.
+    pub fn wo_events(&self) -> Vec<WoEvent> {
+        self.timeline_events()
+    }
+
+    fn timeline_events(&self) -> Vec<WoEvent> {
+        self.events
+            .iter()
+            .map(|e| WoEvent {
+                work_order_id: e.work_order_id.clone(),
+                event: e.event,
+                at_ms: self.at(e.at_s),
+                technician_id: e.technician_id.clone(),
+                note: None,
+            })
+            .collect()
+    }
+
     fn timeline(&self) -> Timeline {
         let mut timeline = Timeline::default();
         for run in &self.frames {
@@ -181,15 +199,7 @@ impl Scenario {
                 });
             }
         }
-        for e in &self.events {
-            timeline.events.push(WoEvent {
-                work_order_id: e.work_order_id.clone(),
-                event: e.event,
-                at_ms: self.at(e.at_s),
-                technician_id: e.technician_id.clone(),
-                note: None,
-            });
-        }
+        timeline.events = self.timeline_events();
         for m in &self.movements {
             timeline.movements.push(StockMovement {
                 part_id: m.part_id.clone(),
@@ -215,14 +225,22 @@ enum Line<'a> {
     Message(&'a Emitted),
 }
 
-/// Replays the scenario on the given timely configuration. Returns the output as JSON
-/// lines — every message in order, then the final workload and stock views — on the
+/// What a replay produced, on the process that hosts worker 0.
+#[derive(Debug)]
+pub struct Replayed {
+    /// Every message in order, then the final workload and stock views, as JSON lines.
+    pub lines: Vec<String>,
+    /// The messages themselves.
+    pub messages: Vec<Emitted>,
+}
+
+/// Replays the scenario on the given timely configuration. Returns what came out on the
 /// process that hosts worker 0, and `None` on the others.
 pub fn replay(
     scenario: &Scenario,
     reference: &PlantReference,
     timely_config: timely::Config,
-) -> anyhow::Result<Option<Vec<String>>> {
+) -> anyhow::Result<Option<Replayed>> {
     let scenario = scenario.clone();
     let reference = reference.clone();
     let guards = timely::execute(timely_config, move |worker| {
@@ -286,13 +304,16 @@ pub fn replay(
         while !probe.done() {
             worker.step();
         }
-        (worker.index() == 0).then(|| lines(&collected.borrow()))
+        (worker.index() == 0).then(|| {
+            let collected = collected.borrow();
+            Replayed { lines: lines(&collected), messages: collected.messages.clone() }
+        })
     })
     .map_err(|error| anyhow::anyhow!("cannot start the dataflow: {error}"))?;
     let mut out = None;
     for result in guards.join() {
-        if let Some(lines) = result.map_err(|error| anyhow::anyhow!("a worker failed: {error}"))? {
-            out = Some(lines);
+        if let Some(replayed) = result.map_err(|error| anyhow::anyhow!("a worker failed: {error}"))? {
+            out = Some(replayed);
         }
     }
     Ok(out)

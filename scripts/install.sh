@@ -35,3 +35,15 @@ for component in rustfmt clippy; do
     rustup component add "$component"
   fi
 done
+
+# A Python environment with polars: the independent reader of the Parquet audit log.
+VENV="${DEFECTFLOW_VENV:-$HOME/.cache/defectflow/venv}"
+if ! "$VENV/bin/python" -c "import polars" >/dev/null 2>&1; then
+  if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+    SUDO=""
+    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends python3-venv
+    /usr/bin/python3 -m venv "$VENV"
+  fi
+  "$VENV/bin/pip" install -q -r "$(dirname "$0")/requirements-analytics.txt"
+fi

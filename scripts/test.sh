@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 # The RTSP test server needs Debian's python3 with PyGObject, not another python on PATH.
 export DEFECTFLOW_PYTHON="${DEFECTFLOW_PYTHON:-/usr/bin/python3}"
+# The Parquet audit log is read back by polars from the environment install.sh made.
+export DEFECTFLOW_ANALYTICS_PYTHON="${DEFECTFLOW_ANALYTICS_PYTHON:-${DEFECTFLOW_VENV:-$HOME/.cache/defectflow/venv}/bin/python}"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --doc 2>&1 | tee "$log"

@@ -21,7 +21,7 @@ fn scenarios() -> Vec<PathBuf> {
 
 fn run(path: &Path, config: timely::Config) -> Vec<String> {
     let (scenario, reference) = Scenario::load(path).expect("scenario loads");
-    replay(&scenario, &reference, config).expect("replay runs").expect("this process hosts worker 0")
+    replay(&scenario, &reference, config).expect("replay runs").expect("this process hosts worker 0").lines
 }
 
 fn parse(lines: &[String]) -> Vec<Value> {

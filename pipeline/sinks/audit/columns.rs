@@ -1,0 +1,86 @@
+//! Rows to Arrow columns, in the order of the audit tables' schemas
+//! (`defectflow_schemas::audit`).
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, BooleanArray, Float64Array, StringArray, TimestampMillisecondArray, UInt32Array};
+use defectflow_schemas::{Assignment, WoEvent, WoEventKind, WorkOrder};
+
+fn text<T>(rows: &[&T], f: impl Fn(&T) -> &str) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| f(r))))
+}
+
+fn maybe_text<T>(rows: &[&T], f: impl Fn(&T) -> Option<&str>) -> ArrayRef {
+    Arc::new(rows.iter().map(|r| f(r)).collect::<StringArray>())
+}
+
+fn time<T>(rows: &[&T], f: impl Fn(&T) -> u64) -> ArrayRef {
+    Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| f(r) as i64)).with_timezone("UTC"))
+}
+
+fn float<T>(rows: &[&T], f: impl Fn(&T) -> f64) -> ArrayRef {
+    Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| f(r))))
+}
+
+fn maybe_float<T>(rows: &[&T], f: impl Fn(&T) -> Option<f64>) -> ArrayRef {
+    Arc::new(rows.iter().map(|r| f(r)).collect::<Float64Array>())
+}
+
+/// The snake_case name serde gives an enum value.
+fn name<E: serde::Serialize>(value: &E) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+pub(super) fn work_orders(rows: &[&WorkOrder]) -> Vec<ArrayRef> {
+    let names = |f: fn(&WorkOrder) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|w| f(w))))
+    };
+    vec![
+        text(rows, |w| &w.work_order_id),
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|w| w.revision))),
+        names(|w| name(&w.revision_kind)),
+        names(|w| name(&w.status)),
+        text(rows, |w| &w.asset_id),
+        text(rows, |w| &w.camera_id),
+        text(rows, |w| &w.track_id),
+        names(|w| w.defect_class.as_str().to_owned()),
+        float(rows, |w| w.severity.score),
+        names(|w| name(&w.severity.priority)),
+        float(rows, |w| w.severity.components.size),
+        float(rows, |w| w.severity.components.growth),
+        float(rows, |w| w.severity.components.criticality),
+        float(rows, |w| w.severity.components.history),
+        maybe_text(rows, |w| w.procedure.as_ref().map(|p| p.procedure_id.as_str())),
+        maybe_float(rows, |w| w.procedure.as_ref().map(|p| p.estimated_hours)),
+        maybe_text(rows, |w| w.technician_id.as_deref()),
+        maybe_text(rows, |w| w.evidence.as_ref().map(|e| e.uri.as_str())),
+        maybe_text(rows, |w| w.evidence.as_ref().map(|e| e.sha256.as_str())),
+        time(rows, |w| w.detected_at_ms),
+        time(rows, |w| w.revised_at_ms),
+        maybe_text(rows, |w| w.reopens.as_deref()),
+        text(rows, |w| &w.model_version),
+        Arc::new(rows.iter().map(|w| Some(w.shadow)).collect::<BooleanArray>()),
+    ]
+}
+
+pub(super) fn assignments(rows: &[&Assignment]) -> Vec<ArrayRef> {
+    vec![
+        text(rows, |a| &a.work_order_id),
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|a| a.revision))),
+        maybe_text(rows, |a| a.technician_id.as_deref()),
+        float(rows, |a| a.estimated_hours),
+        time(rows, |a| a.assigned_at_ms),
+        text(rows, |a| &a.reason),
+    ]
+}
+
+pub(super) fn wo_events(rows: &[&WoEvent]) -> Vec<ArrayRef> {
+    let event = |kind: WoEventKind| name(&kind);
+    vec![
+        text(rows, |e| &e.work_order_id),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|e| event(e.event)))),
+        time(rows, |e| e.at_ms),
+        maybe_text(rows, |e| e.technician_id.as_deref()),
+        maybe_text(rows, |e| e.note.as_deref()),
+    ]
+}
