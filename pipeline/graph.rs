@@ -11,7 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::AtomicU64;
+
+use defectflow_models::detector::{CpuBackend, Detector};
 use defectflow_operators::decode::{CameraSample, Decode, DecodeOutcome, FrameTensor};
+use defectflow_operators::infer::Infer;
 use defectflow_schemas::FrameMeta;
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::Inspect;
@@ -19,7 +25,9 @@ use timely::dataflow::operators::core::Probe;
 use timely::dataflow::operators::vec::UnorderedInput;
 
 use crate::config::RunConfig;
+use crate::reference::PlantReference;
 use crate::sources::camera::{self, CameraHandle, CameraStats, FramePixels, now_ms};
+use crate::workflow::{self, Collected, Emitted, WorkflowConfig};
 
 /// How the run should end.
 #[derive(Clone, Debug)]
@@ -72,15 +80,58 @@ impl std::fmt::Debug for Hooks {
     }
 }
 
-/// Runs the ingest dataflow to the end and reports per camera.
+/// What the stages after decode did in a run.
+#[derive(Debug, Default)]
+pub struct StageReport {
+    /// Version of the model that ran (`None`: no `[model]`).
+    pub model_version: Option<String>,
+    pub frames_inferred: u64,
+    pub batches: u64,
+    /// Total time spent in the network, in microseconds.
+    pub inference_us: u64,
+    pub detections: u64,
+    /// Work-order messages in the order the dataflow emitted them (worker 0).
+    pub messages: Vec<Emitted>,
+}
+
+/// Runs the dataflow to the end and reports per camera.
 pub fn run(
     config: &RunConfig,
     timely_config: timely::Config,
     stop: StopWhen,
     hooks: Hooks,
 ) -> anyhow::Result<Vec<CameraReport>> {
+    Ok(run_stages(config, timely_config, stop, hooks)?.0)
+}
+
+/// Runs the dataflow: decode, and with a `[model]` the model, and with `[plant]`
+/// reference data the work-order stages. Reports per camera and per stage.
+pub fn run_stages(
+    config: &RunConfig,
+    timely_config: timely::Config,
+    stop: StopWhen,
+    hooks: Hooks,
+) -> anyhow::Result<(Vec<CameraReport>, StageReport)> {
     crate::sources::init()?;
     let config = config.clone();
+    // Fail at start, naming the file, rather than inside a worker.
+    let model_dir = config.model.as_ref().map(|m| m.resolved_dir());
+    let model_version = match &model_dir {
+        Some(dir) => Some(Detector::<CpuBackend>::load(dir, Default::default())?.version().to_owned()),
+        None => None,
+    };
+    let reference = match &config.plant.reference {
+        Some(dir) => Some(PlantReference::load(dir)?),
+        None => None,
+    };
+    let workflow_config = WorkflowConfig {
+        track: config.track.clone(),
+        severity: config.severity.clone(),
+        work_orders: config.work_orders.clone(),
+    };
+    let counters = Arc::new(StageCounters::default());
+    let messages: Arc<Mutex<Vec<Emitted>>> = Arc::default();
+    let (stage_counters, stage_messages) = (Arc::clone(&counters), Arc::clone(&messages));
     let config_order: Vec<String> = config.cameras.iter().map(|c| c.id.clone()).collect();
     let reports = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&reports);
@@ -92,11 +143,12 @@ pub fn run(
         let max_fps: HashMap<String, f64> = mine.iter().filter_map(|c| c.max_fps.map(|f| (c.id.clone(), f))).collect();
         let kept: Arc<Mutex<HashMap<String, (u64, u64)>>> = Arc::default();
         let probe = ProbeHandle::new();
-        let (mut input, mut capability) = worker.dataflow::<u64, _, _>(|scope| {
+        let collected = Rc::new(RefCell::new(Collected::default()));
+        let (mut input, mut capability, mut plant) = worker.dataflow::<u64, _, _>(|scope| {
             let ((input, capability), samples) = scope.new_unordered_input::<CameraSample<FramePixels>>();
             let counts = Arc::clone(&kept);
             let on_frame = hooks.on_frame.clone();
-            samples
+            let frames = samples
                 .decode(max_fps, move |meta: &FrameMeta, outcome| {
                     let Ok(mut counts) = counts.lock() else { return };
                     // Allocate the camera's key once, not on every frame.
@@ -114,10 +166,38 @@ pub fn run(
                     if let Some(on_frame) = &on_frame {
                         on_frame(index, tensor);
                     }
+                });
+            let (Some(dir), Some(model)) = (&model_dir, &config.model) else {
+                frames.probe_with(&probe);
+                return (input, capability, None);
+            };
+            let mut detector = Detector::<CpuBackend>::load(dir, Default::default())
+                .unwrap_or_else(|e| panic!("model checked at start no longer loads: {e}"));
+            if let Some(c) = model.min_confidence {
+                detector.min_confidence = c;
+            }
+            let timing = Arc::clone(&stage_counters);
+            let seen = Arc::clone(&stage_counters);
+            let observations = frames
+                .infer(detector, model.infer_config(), move |frames, elapsed| {
+                    timing.frames.fetch_add(frames as u64, Ordering::Relaxed);
+                    timing.batches.fetch_add(1, Ordering::Relaxed);
+                    timing.inference_us.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
                 })
-                .probe_with(&probe);
-            (input, capability)
+                .inspect(move |o| {
+                    seen.detections.fetch_add(o.detections.len() as u64, Ordering::Relaxed);
+                });
+            if reference.is_none() {
+                observations.probe_with(&probe);
+                return (input, capability, None);
+            }
+            let (plant, _work_probe) =
+                workflow::build_on(scope.clone(), observations, workflow_config.clone(), Rc::clone(&collected));
+            (input, capability, Some(plant))
         });
+        if let (Some(plant), Some(reference), 0) = (&mut plant, &reference, index) {
+            plant.load(reference, 0);
+        }
 
         let worker_thread = std::thread::current();
         let mut cameras: Vec<CameraHandle> =
@@ -135,6 +215,9 @@ pub fn run(
             });
             if let Some(frontier) = ingest.advance(&cameras, idle) {
                 capability.downgrade(&frontier);
+                if let Some(plant) = &mut plant {
+                    plant.advance_to(frontier);
+                }
                 if let Some(on_frontier) = &hooks.on_frontier {
                     on_frontier(index, frontier);
                 }
@@ -164,8 +247,14 @@ pub fn run(
         cameras.iter_mut().for_each(CameraHandle::stop);
         drop(capability);
         drop(input);
-        while !probe.done() {
+        drop(plant);
+        while !probe.done() || worker.step_or_park(Some(Duration::ZERO)) {
             worker.step();
+        }
+        if index == 0
+            && let Ok(mut out) = stage_messages.lock()
+        {
+            out.append(&mut collected.borrow_mut().messages);
         }
         let kept = kept.lock().map(|k| k.clone()).unwrap_or_default();
         if let Ok(mut out) = sink.lock() {
@@ -180,7 +269,23 @@ pub fn run(
     }
     let mut reports = reports.lock().map(|r| r.clone()).unwrap_or_default();
     reports.sort_by_key(|r| config_order.iter().position(|id| *id == r.camera_id));
-    Ok(reports)
+    let stages = StageReport {
+        model_version,
+        frames_inferred: counters.frames.load(Ordering::Relaxed),
+        batches: counters.batches.load(Ordering::Relaxed),
+        inference_us: counters.inference_us.load(Ordering::Relaxed),
+        detections: counters.detections.load(Ordering::Relaxed),
+        messages: std::mem::take(&mut *messages.lock().map_err(|_| anyhow::anyhow!("a worker panicked"))?),
+    };
+    Ok((reports, stages))
+}
+
+#[derive(Debug, Default)]
+struct StageCounters {
+    frames: AtomicU64,
+    batches: AtomicU64,
+    inference_us: AtomicU64,
+    detections: AtomicU64,
 }
 
 /// A worker's side of ingest: moves frames from its cameras into the dataflow and keeps

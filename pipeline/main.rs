@@ -44,6 +44,50 @@ enum Command {
     Synth(SynthArgs),
     /// Replays a work-order scenario and prints the work-order stream as JSON lines.
     Replay(ReplayArgs),
+    /// Trains the defect model on a YOLO folder (images/, labels/, a classes file).
+    Train(TrainArgs),
+    /// Evaluates a model on a YOLO folder: per-class precision, recall, F1, confusion.
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, Args)]
+struct TrainArgs {
+    /// YOLO folder: images/ (.png, .jpg), labels/ (same names, .txt), classes.txt.
+    #[arg(long)]
+    data: PathBuf,
+    /// Where to write weights.bin and model.json.
+    #[arg(long, default_value = "models/weights")]
+    out: PathBuf,
+    /// Held-out YOLO folder to evaluate on after training; the result goes into the card.
+    #[arg(long)]
+    holdout: Option<PathBuf>,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    #[arg(long, default_value_t = 2400)]
+    steps: usize,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Side of the square training crops, in pixels (a multiple of 8).
+    #[arg(long, default_value_t = 128)]
+    crop_px: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    learning_rate: f64,
+}
+
+#[derive(Debug, Args)]
+struct EvalArgs {
+    /// YOLO folder to evaluate on.
+    #[arg(long)]
+    data: PathBuf,
+    /// Model directory (model.json + weights.bin).
+    #[arg(long, default_value = "models/weights")]
+    model: PathBuf,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also draw the per-class rates and the confusion matrix as a PNG here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +118,9 @@ struct RunArgs {
     /// Also print the per-camera report as JSON.
     #[arg(long)]
     json: bool,
+    /// Output folder (overrides `output.dir`): work-orders.jsonl and audit/.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +147,18 @@ struct SynthArgs {
     codec: Codec,
     #[arg(long, value_enum, default_value = "mp4")]
     container: Container,
+    /// `video`: one encoded video per camera; `yolo`: JPEG frames for training.
+    #[arg(long, value_enum, default_value = "video")]
+    format: SynthFormat,
+    /// With `--format yolo`: keep every n-th frame.
+    #[arg(long, default_value_t = 1)]
+    every: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SynthFormat {
+    Video,
+    Yolo,
 }
 
 fn main() -> std::process::ExitCode {
@@ -129,6 +188,8 @@ fn run_cli() -> anyhow::Result<()> {
         }
         Command::Synth(args) => synth(args),
         Command::Replay(args) => replay(args),
+        Command::Train(args) => train(args),
+        Command::Eval(args) => eval(args),
     }
 }
 
@@ -150,8 +211,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let stop = StopWhen { after: config.runtime.duration_s.map(Duration::from_secs_f64), interrupted };
     let timely_config = timely::Config::process(config.runtime.workers);
     tracing::info!(cameras = config.cameras.len(), workers = config.runtime.workers, "starting");
-    let reports = graph::run(&config, timely_config, stop, Hooks::default())?;
+    let (reports, stages) = graph::run_stages(&config, timely_config, stop, Hooks::default())?;
     print_reports(&reports);
+    print_stages(&stages);
+    let shadow = config.model.as_ref().is_some_and(|m| m.shadow);
+    if let Some(dir) = args.out.or(config.output.dir.clone()) {
+        write_outputs(&dir, &stages.messages, shadow)?;
+    }
     if args.json {
         let json: Vec<_> = reports.iter().map(report_json).collect();
         println!("{}", serde_json::to_string_pretty(&json)?);
@@ -173,6 +239,58 @@ fn print_reports(reports: &[CameraReport]) {
     for r in reports.iter().filter(|r| r.last_error.is_some()) {
         println!("{}: last error: {}", r.camera_id, r.last_error.as_deref().unwrap_or_default());
     }
+}
+
+fn print_stages(stages: &graph::StageReport) {
+    let Some(version) = &stages.model_version else { return };
+    let per_frame = stages.inference_us as f64 / 1000.0 / stages.frames_inferred.max(1) as f64;
+    println!(
+        "model {version}: {} frames in {} batches ({per_frame:.1} ms a frame), {} detections",
+        stages.frames_inferred, stages.batches, stages.detections
+    );
+    let mut by_priority = std::collections::BTreeMap::new();
+    let mut revisions = 0;
+    for message in &stages.messages {
+        if let Emitted::WorkOrder(w) = message {
+            revisions += 1;
+            by_priority.insert(w.work_order_id.clone(), w.severity.priority);
+        }
+    }
+    if stages.messages.is_empty() {
+        return;
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    for priority in by_priority.values() {
+        *counts.entry(format!("{priority:?}")).or_insert(0) += 1;
+    }
+    let count = |f: fn(&Emitted) -> bool| stages.messages.iter().filter(|m| f(m)).count();
+    println!(
+        "work orders: {} ({} revisions; latest priority {:?}), assignments: {}, alerts: {}, parts staging: {}, dead letters: {}",
+        by_priority.len(),
+        revisions,
+        counts,
+        count(|m| matches!(m, Emitted::Assignment(_))),
+        count(|m| matches!(m, Emitted::Alert(_))),
+        count(|m| matches!(m, Emitted::PartsStaging(_))),
+        count(|m| matches!(m, Emitted::DeadLetter(_))),
+    );
+}
+
+/// Writes `work-orders.jsonl` (not in shadow mode: nothing goes to the CMMS) and the audit log.
+fn write_outputs(dir: &std::path::Path, messages: &[Emitted], shadow: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if !shadow {
+        let mut text = String::new();
+        for message in messages {
+            text.push_str(&serde_json::to_string(message)?);
+            text.push('\n');
+        }
+        let path = dir.join("work-orders.jsonl");
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    write_audit(&dir.join("audit"), messages, &[])?;
+    println!("outputs in {}{}", dir.display(), if shadow { " (shadow mode: audit log only)" } else { "" });
+    Ok(())
 }
 
 fn report_json(r: &CameraReport) -> serde_json::Value {
@@ -197,7 +315,10 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
         codec: args.codec,
         container: args.container,
     };
-    let truth = write_plant(&args.out, &options)?;
+    let truth = match args.format {
+        SynthFormat::Video => write_plant(&args.out, &options)?,
+        SynthFormat::Yolo => defectflow::modelling::write_yolo_set(&args.out, &options.plant, args.every)?,
+    };
     for camera in &truth.cameras {
         let defects: Vec<String> = camera
             .scene
@@ -214,6 +335,44 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
         );
     }
     println!("wrote {}", args.out.join("ground_truth.json").display());
+    Ok(())
+}
+
+fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let config = defectflow_models::training::TrainConfig::new()
+        .with_seed(args.seed)
+        .with_steps(args.steps)
+        .with_batch_size(args.batch_size)
+        .with_crop_px(args.crop_px)
+        .with_learning_rate(args.learning_rate);
+    anyhow::ensure!(
+        args.crop_px >= 16 && args.crop_px.is_multiple_of(8),
+        "--crop-px must be a multiple of 8, at least 16"
+    );
+    anyhow::ensure!(args.steps > 0 && args.batch_size > 0, "--steps and --batch-size must be at least 1");
+    let options = defectflow::modelling::TrainOptions {
+        data: args.data,
+        out: args.out,
+        config,
+        architecture: defectflow_models::model::DefectNetConfig::new(),
+        holdout: args.holdout,
+        command: std::iter::once("defectflow".to_owned()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" "),
+    };
+    defectflow::modelling::train_model(&options)?;
+    Ok(())
+}
+
+fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    use defectflow_models::detector::{CpuBackend, Detector};
+    let detector = Detector::<CpuBackend>::load(&args.model, Default::default())?;
+    let report = defectflow::modelling::evaluate(&detector, &args.data)?;
+    defectflow::modelling::print_report(&report);
+    if let Some(path) = &args.json {
+        defectflow::modelling::write_json(path, &report)?;
+    }
+    if let Some(path) = &args.plot {
+        defectflow_models::plot::write_png(&report, path)?;
+    }
     Ok(())
 }
 

@@ -276,25 +276,25 @@ pub fn replay(
                     inputs.observations.send(o);
                 }
                 while let Some(e) = events.next_if(|e| e.at_ms == time) {
-                    inputs.events.send(e);
+                    inputs.plant.events.send(e);
                 }
                 while let Some(m) = movements.next_if(|m| m.at_ms == time) {
-                    inputs.movements.insert(m);
+                    inputs.plant.movements.insert(m);
                 }
                 while let Some((_, change)) = changes.next_if(|(at, _)| *at == time) {
                     if let Some(asset) = change.asset {
-                        upsert(&mut assets, asset, |a| &a.asset_id, &mut inputs.assets);
+                        upsert(&mut assets, asset, |a| &a.asset_id, &mut inputs.plant.assets);
                     }
                     if let Some(technician) = change.technician {
-                        upsert(&mut technicians, technician, |t| &t.technician_id, &mut inputs.technicians);
+                        upsert(&mut technicians, technician, |t| &t.technician_id, &mut inputs.plant.technicians);
                     }
                     if let Some(id) = change.remove_technician {
                         for gone in technicians.extract_if(.., |t| t.technician_id == id) {
-                            inputs.technicians.remove(gone);
+                            inputs.plant.technicians.remove(gone);
                         }
                     }
                     if let Some(failure) = change.failure {
-                        inputs.failures.insert(failure);
+                        inputs.plant.failures.insert(failure);
                     }
                 }
                 worker.step();

@@ -49,10 +49,33 @@ pub enum Emitted {
     DeadLetter(DeadLetter),
 }
 
-/// The inputs of the work-order dataflow on one worker.
+/// The inputs of the work-order dataflow on one worker, when observations are fed by hand
+/// (scenarios); `defectflow run` feeds them from the model instead.
 #[allow(missing_debug_implementations)]
 pub struct WorkflowInputs {
     pub observations: InputHandle<u64, FrameObservation>,
+    pub plant: PlantInputs,
+}
+
+impl WorkflowInputs {
+    /// Inserts the plant's reference data (see [`PlantInputs::load`]).
+    pub fn load(&mut self, reference: &PlantReference, at_ms: u64) {
+        self.plant.load(reference, at_ms);
+    }
+
+    pub fn time(&self) -> u64 {
+        *self.observations.time()
+    }
+
+    pub fn advance_to(&mut self, time: u64) {
+        self.observations.advance_to(time);
+        self.plant.advance_to(time);
+    }
+}
+
+/// The plant's side of the inputs: CMMS events, reference data and stock movements.
+#[allow(missing_debug_implementations)]
+pub struct PlantInputs {
     pub events: InputHandle<u64, WoEvent>,
     pub assets: InputSession<u64, Asset, isize>,
     pub cameras: InputSession<u64, Camera, isize>,
@@ -63,7 +86,7 @@ pub struct WorkflowInputs {
     pub movements: InputSession<u64, StockMovement, isize>,
 }
 
-impl WorkflowInputs {
+impl PlantInputs {
     /// Inserts the plant's reference data: initial stock becomes a movement per part.
     pub fn load(&mut self, reference: &PlantReference, at_ms: u64) {
         reference.assets.iter().for_each(|r| self.assets.insert(r.clone()));
@@ -82,12 +105,7 @@ impl WorkflowInputs {
         }
     }
 
-    pub fn time(&self) -> u64 {
-        *self.observations.time()
-    }
-
     pub fn advance_to(&mut self, time: u64) {
-        self.observations.advance_to(time);
         self.events.advance_to(time);
         self.assets.advance_to(time);
         self.cameras.advance_to(time);
@@ -116,14 +134,25 @@ pub struct Collected {
     pub stock: BTreeMap<((String, StockMeasure), i64), isize>,
 }
 
-/// Builds the work-order dataflow in `scope`; everything it emits is gathered on
-/// worker 0 into `collected`.
+/// Builds the work-order dataflow in `scope` with an input for observations; everything
+/// it emits is gathered on worker 0 into `collected`.
 pub fn build<'scope>(
     scope: Scope<'scope, u64>,
     config: WorkflowConfig,
     collected: Rc<RefCell<Collected>>,
 ) -> (WorkflowInputs, ProbeHandle<u64>) {
     let (observations_handle, observations) = TimelyInput::new_input::<FrameObservation>(&scope);
+    let (plant, probe) = build_on(scope, observations, config, collected);
+    (WorkflowInputs { observations: observations_handle, plant }, probe)
+}
+
+/// Builds the work-order dataflow on a stream of observations (the model's output).
+pub fn build_on<'scope>(
+    scope: Scope<'scope, u64>,
+    observations: timely::dataflow::StreamVec<'scope, u64, FrameObservation>,
+    config: WorkflowConfig,
+    collected: Rc<RefCell<Collected>>,
+) -> (PlantInputs, ProbeHandle<u64>) {
     let (events_handle, events) = TimelyInput::new_input::<WoEvent>(&scope);
     let (assets_handle, assets) = scope.new_collection::<Asset, isize>();
     let (cameras_handle, cameras) = scope.new_collection::<Camera, isize>();
@@ -170,8 +199,7 @@ pub fn build<'scope>(
         .inspect(move |(row, _, diff)| *sink.borrow_mut().stock.entry(row.clone()).or_default() += diff)
         .probe_with(&probe);
 
-    let inputs = WorkflowInputs {
-        observations: observations_handle,
+    let inputs = PlantInputs {
         events: events_handle,
         assets: assets_handle,
         cameras: cameras_handle,

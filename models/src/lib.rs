@@ -1,2 +1,11 @@
-//! Synthetic plant scenes and the defect model.
+//! Synthetic plant scenes and the defect model: network, data, training, inference,
+//! evaluation and the model card.
+pub mod card;
+pub mod data;
+pub mod detector;
+pub mod inference;
+pub mod metrics;
+pub mod model;
+pub mod plot;
 pub mod synth;
+pub mod training;

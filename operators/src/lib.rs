@@ -5,6 +5,7 @@ pub mod decode;
 pub mod derive;
 pub mod ids;
 mod in_order;
+pub mod infer;
 pub mod inventory;
 pub mod ledger;
 pub mod severity;

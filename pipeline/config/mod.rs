@@ -4,7 +4,7 @@
 mod camera;
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -19,6 +19,110 @@ pub struct RunConfig {
     pub runtime: RuntimeConfig,
     /// The cameras to ingest; each is one GStreamer pipeline.
     pub cameras: Vec<CameraConfig>,
+    /// The defect model and how frames are batched for it; absent: the run stops at
+    /// decoded frames (an ingest-only run).
+    #[serde(default)]
+    pub model: Option<ModelConfig>,
+    /// The plant's reference data; without it the run stops at detections.
+    #[serde(default)]
+    pub plant: PlantConfig,
+    /// Defect tracking (see docs/work-orders.md).
+    #[serde(default)]
+    pub track: defectflow_operators::track::TrackConfig,
+    /// Severity scoring.
+    #[serde(default)]
+    pub severity: defectflow_operators::severity::SeverityConfig,
+    /// Work-order derivation.
+    #[serde(default)]
+    pub work_orders: defectflow_operators::derive::WorkOrderConfig,
+    /// Where the run leaves its outputs.
+    #[serde(default)]
+    pub output: OutputConfig,
+}
+
+/// `[model]`: which weights, and how frames reach them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Model directory (`model.json` + `weights.bin`), relative to the config file;
+    /// absent: the shipped weights in `models/weights`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Frames run through the network together, across a worker's cameras.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// A frame waits at most this long for its batch to fill.
+    #[serde(default = "default_max_wait_ms")]
+    pub max_wait_ms: u64,
+    /// Shadow mode: detections and would-be work orders go to the audit log flagged as
+    /// shadow; nothing goes to the CMMS. How a plant validates the model before go-live.
+    #[serde(default)]
+    pub shadow: bool,
+    /// Lowest cell probability that counts as a defect; absent: the model card's.
+    #[serde(default)]
+    pub min_confidence: Option<f32>,
+}
+
+fn default_batch_size() -> usize {
+    8
+}
+
+fn default_max_wait_ms() -> u64 {
+    50
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            dir: None,
+            batch_size: default_batch_size(),
+            max_wait_ms: default_max_wait_ms(),
+            shadow: false,
+            min_confidence: None,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The model directory: the configured one, or the shipped weights.
+    pub fn resolved_dir(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| {
+            let local = PathBuf::from("models/weights");
+            if local.join("model.json").is_file() {
+                local
+            } else {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("models/weights")
+            }
+        })
+    }
+
+    pub fn infer_config(&self) -> defectflow_operators::infer::InferConfig {
+        defectflow_operators::infer::InferConfig {
+            batch_size: self.batch_size,
+            max_wait_ms: self.max_wait_ms,
+            shadow: self.shadow,
+        }
+    }
+}
+
+/// `[plant]`: the reference data the work orders are derived with.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlantConfig {
+    /// Folder of assets.json, cameras.json, failures.json, procedures.json,
+    /// technicians.json and inventory.json, relative to the config file.
+    #[serde(default)]
+    pub reference: Option<PathBuf>,
+}
+
+/// `[output]`: where a run leaves work orders and the audit log.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Folder for `work-orders.jsonl` and `audit/`, relative to the working directory
+    /// (overridden by `--out`); absent: nothing is written.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
 }
 
 /// Settings of the timely runtime.
@@ -73,8 +177,14 @@ impl RunConfig {
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<RunConfig, ConfigError> {
-        let config: RunConfig =
+        let mut config: RunConfig =
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_owned(), message: e.to_string() })?;
+        // Paths in the file are relative to the file.
+        let base = Path::new(origin).parent().unwrap_or(Path::new(""));
+        if let Some(model) = &mut config.model {
+            model.dir = model.dir.take().map(|d| base.join(d));
+        }
+        config.plant.reference = config.plant.reference.map(|d| base.join(d));
         config.validate().map_err(|(field, message)| ConfigError::Invalid {
             path: origin.to_owned(),
             field,
@@ -92,6 +202,19 @@ impl RunConfig {
             && !(d > 0.0 && d.is_finite())
         {
             return Err(("runtime.duration_s".into(), format!("must be a positive number of seconds, got {d}")));
+        }
+        if let Some(model) = &self.model {
+            if model.batch_size == 0 {
+                return Err(("model.batch_size".into(), "must be at least 1".into()));
+            }
+            if let Some(c) = model.min_confidence
+                && !(0.0..=1.0).contains(&c)
+            {
+                return Err(("model.min_confidence".into(), format!("must be within [0, 1], got {c}")));
+            }
+        }
+        if self.plant.reference.is_some() && self.model.is_none() {
+            return Err(("plant.reference".into(), "work orders need detections: add a `[model]` table".into()));
         }
         if self.cameras.is_empty() {
             return Err(("cameras".into(), "at least one camera is needed".into()));

@@ -1,0 +1,172 @@
+//! Running the network on frames: batching, resizing to the trained input size, and
+//! turning connected defect cells into detections.
+
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use defectflow_schemas::{BoundingBox, DefectClass};
+
+use crate::model::{CELL_PX, DefectNet, cells};
+
+/// A frame as the network reads it: planar RGB, `[3, height, width]` bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameView<'a> {
+    pub width: usize,
+    pub height: usize,
+    pub pixels: &'a [u8],
+}
+
+/// One defect found in a frame, in the frame's own pixels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Found {
+    pub class: DefectClass,
+    /// Highest class probability among the defect's cells.
+    pub confidence: f32,
+    pub bbox: BoundingBox,
+    /// Cells × cell area, in the frame's pixels.
+    pub area_px: f32,
+}
+
+/// Per-cell probabilities of one frame: `[classes, rows, cols]`, row-major.
+#[derive(Clone, Debug)]
+pub struct CellScores {
+    pub classes: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub probabilities: Vec<f32>,
+}
+
+impl CellScores {
+    pub fn probability(&self, class: usize, row: usize, col: usize) -> f32 {
+        self.probabilities[(class * self.rows + row) * self.cols + col]
+    }
+
+    /// The most likely class of each cell (0 = background), row-major.
+    pub fn argmax(&self) -> Vec<u8> {
+        let plane = self.rows * self.cols;
+        (0..plane)
+            .map(|i| {
+                let mut best = 0;
+                for k in 1..self.classes {
+                    if self.probabilities[k * plane + i] > self.probabilities[best * plane + i] {
+                        best = k;
+                    }
+                }
+                best as u8
+            })
+            .collect()
+    }
+}
+
+/// Scores a batch of frames of one size with the network: `[batch, classes, rows, cols]`
+/// probabilities, one [`CellScores`] per frame.
+pub fn score_batch<B: Backend>(net: &DefectNet<B>, frames: &[FrameView<'_>], device: &B::Device) -> Vec<CellScores> {
+    let Some(first) = frames.first() else { return Vec::new() };
+    let (width, height) = (first.width, first.height);
+    let mut input = Vec::with_capacity(frames.len() * 3 * width * height);
+    for frame in frames {
+        input.extend(frame.pixels.iter().map(|&p| f32::from(p)));
+    }
+    let pixels = Tensor::<B, 4>::from_data(TensorData::new(input, [frames.len(), 3, height, width]), device);
+    let probabilities = softmax(net.forward(pixels), 1); // [batch, classes, rows, cols]
+    let [_, classes, rows, cols] = probabilities.dims();
+    let values: Vec<f32> = probabilities.into_data().convert::<f32>().into_vec().unwrap_or_default();
+    let per_frame = classes * rows * cols;
+    values.chunks(per_frame).map(|chunk| CellScores { classes, rows, cols, probabilities: chunk.to_vec() }).collect()
+}
+
+/// Groups neighbouring defect cells (8-connected; any defect class) into detections.
+///
+/// A cell counts when its most likely class is a defect with probability at least
+/// `min_confidence`; a group takes the class with the largest summed probability over
+/// its cells, so one defect whose cells disagree on the class stays one detection.
+/// `scale` maps network pixels to frame pixels.
+pub fn group_cells(scores: &CellScores, min_confidence: f32, scale: (f32, f32), frame: (f32, f32)) -> Vec<Found> {
+    let (rows, cols) = (scores.rows, scores.cols);
+    let best = scores.argmax();
+    let active: Vec<bool> = (0..rows * cols)
+        .map(|i| best[i] != 0 && scores.probability(usize::from(best[i]), i / cols, i % cols) >= min_confidence)
+        .collect();
+    let mut seen = vec![false; rows * cols];
+    let mut found = Vec::new();
+    for start in 0..rows * cols {
+        if !active[start] || seen[start] {
+            continue;
+        }
+        seen[start] = true;
+        let mut stack = vec![start];
+        let mut sums = vec![0f32; scores.classes];
+        let mut peak = vec![0f32; scores.classes];
+        let (mut r0, mut c0, mut r1, mut c1, mut count) = (rows, cols, 0, 0, 0usize);
+        while let Some(i) = stack.pop() {
+            let (r, c) = (i / cols, i % cols);
+            count += 1;
+            (r0, c0, r1, c1) = (r0.min(r), c0.min(c), r1.max(r), c1.max(c));
+            for (k, (sum, top)) in sums.iter_mut().zip(peak.iter_mut()).enumerate().skip(1) {
+                let p = scores.probability(k, r, c);
+                *sum += p;
+                *top = top.max(p);
+            }
+            for dr in -1i64..=1 {
+                for dc in -1i64..=1 {
+                    let (nr, nc) = (r as i64 + dr, c as i64 + dc);
+                    if nr < 0 || nc < 0 || nr >= rows as i64 || nc >= cols as i64 {
+                        continue;
+                    }
+                    let j = nr as usize * cols + nc as usize;
+                    if active[j] && !seen[j] {
+                        seen[j] = true;
+                        stack.push(j);
+                    }
+                }
+            }
+        }
+        let class_index = (1..scores.classes).max_by(|&a, &b| sums[a].total_cmp(&sums[b])).unwrap_or(1);
+        let Some(class) = DefectClass::from_yolo_id(class_index - 1) else { continue };
+        let cell = CELL_PX as f32;
+        let (x0, y0) = (c0 as f32 * cell * scale.0, r0 as f32 * cell * scale.1);
+        let x1 = ((c1 + 1) as f32 * cell * scale.0).min(frame.0);
+        let y1 = ((r1 + 1) as f32 * cell * scale.1).min(frame.1);
+        found.push(Found {
+            class,
+            confidence: peak[class_index],
+            bbox: BoundingBox { x: x0, y: y0, width: x1 - x0, height: y1 - y0 },
+            area_px: count as f32 * cell * cell * scale.0 * scale.1,
+        });
+    }
+    found
+}
+
+/// Resizes a planar RGB frame to `width`×`height` (area average when shrinking,
+/// nearest when growing), so frames from any camera reach the network at the scale it
+/// was trained on.
+pub fn resize(frame: FrameView<'_>, width: usize, height: usize) -> Vec<u8> {
+    let mut out = vec![0u8; 3 * width * height];
+    let (sx, sy) = (frame.width as f32 / width as f32, frame.height as f32 / height as f32);
+    for ch in 0..3 {
+        let src = &frame.pixels[ch * frame.width * frame.height..(ch + 1) * frame.width * frame.height];
+        let dst = &mut out[ch * width * height..(ch + 1) * width * height];
+        for y in 0..height {
+            let (ya, yb) =
+                ((y as f32 * sy) as usize, (((y + 1) as f32 * sy) as usize).max((y as f32 * sy) as usize + 1));
+            for x in 0..width {
+                let xa = (x as f32 * sx) as usize;
+                let xb = (((x + 1) as f32 * sx) as usize).max(xa + 1);
+                let (mut sum, mut n) = (0u32, 0u32);
+                for yy in ya..yb.min(frame.height) {
+                    for xx in xa..xb.min(frame.width) {
+                        sum += u32::from(src[yy * frame.width + xx]);
+                        n += 1;
+                    }
+                }
+                dst[y * width + x] = if n == 0 { 0 } else { ((sum + n / 2) / n) as u8 };
+            }
+        }
+    }
+    out
+}
+
+/// Rows and columns of cells for a frame the network reads at `width`×`height`.
+pub fn cell_grid(width: usize, height: usize) -> (usize, usize) {
+    (cells(height), cells(width))
+}

@@ -1,0 +1,208 @@
+//! Training: aligned random crops of labelled frames, per-cell cross-entropy, Adam.
+//!
+//! Crops start on the cell grid, so a crop's cells are exactly the frame's cells and the
+//! fully convolutional network trained on crops reads whole frames unchanged. Half of
+//! the crops (by default) are centred near a defect, since defects cover a tiny share
+//! of a plant frame.
+
+use std::time::Instant;
+
+use burn::config::Config;
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::{IGNORE, Sample, cell_targets};
+use crate::model::{CELL_PX, DefectNet, DefectNetConfig};
+
+/// Training hyperparameters, recorded in the model card.
+#[derive(Config, Debug, PartialEq)]
+pub struct TrainConfig {
+    #[config(default = 7)]
+    pub seed: u64,
+    #[config(default = 2400)]
+    pub steps: usize,
+    #[config(default = 16)]
+    pub batch_size: usize,
+    /// Side of the square crops, in pixels (a multiple of 8).
+    #[config(default = 128)]
+    pub crop_px: usize,
+    #[config(default = 2e-3)]
+    pub learning_rate: f64,
+    /// Share of crops placed around a labelled defect.
+    #[config(default = 0.5)]
+    pub defect_crop_share: f64,
+    /// Loss weight of a defect cell relative to a background cell.
+    #[config(default = 3.0)]
+    pub defect_weight: f32,
+}
+
+/// Reported every few steps.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub step: usize,
+    pub steps: usize,
+    /// Mean loss since the previous report.
+    pub loss: f32,
+    pub images_per_s: f64,
+}
+
+/// A sample with its cell targets and the cells that hold a defect.
+struct Prepared<'a> {
+    sample: &'a Sample,
+    cols: usize,
+    targets: Vec<u8>,
+    defect_cells: Vec<(usize, usize)>,
+}
+
+/// Trains a new network on `samples`; returns it (without autodiff) and the loss of every step.
+pub fn train<B: AutodiffBackend>(
+    samples: &[Sample],
+    architecture: &DefectNetConfig,
+    config: &TrainConfig,
+    device: &B::Device,
+    mut progress: impl FnMut(&Progress),
+) -> (DefectNet<B::InnerBackend>, Vec<f32>) {
+    B::seed(device, config.seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let prepared: Vec<Prepared<'_>> = samples
+        .iter()
+        .map(|sample| {
+            let (cols, _, targets) = cell_targets(&sample.labels, sample.width, sample.height);
+            let defect_cells = targets
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| **t != 0 && **t != IGNORE)
+                .map(|(i, _)| (i / cols, i % cols))
+                .collect();
+            Prepared { sample, cols, targets, defect_cells }
+        })
+        .collect();
+    let with_defects: Vec<usize> = (0..prepared.len()).filter(|&i| !prepared[i].defect_cells.is_empty()).collect();
+    let crop_cells = (config.crop_px / CELL_PX).max(1);
+    let mut net = architecture.init::<B>(device);
+    let mut optimizer = AdamConfig::new().init();
+    let mut losses = Vec::with_capacity(config.steps);
+    let (mut since, mut window) = (Instant::now(), Vec::new());
+    for step in 0..config.steps {
+        let mut pixels = Vec::with_capacity(config.batch_size * 3 * crop_cells * crop_cells * CELL_PX * CELL_PX);
+        let mut targets = Vec::with_capacity(config.batch_size * crop_cells * crop_cells);
+        let mut weights = Vec::with_capacity(targets.capacity());
+        for _ in 0..config.batch_size {
+            let around_defect = !with_defects.is_empty() && rng.random_bool(config.defect_crop_share);
+            let item = if around_defect {
+                &prepared[with_defects[rng.random_range(0..with_defects.len())]]
+            } else {
+                &prepared[rng.random_range(0..prepared.len())]
+            };
+            let (row0, col0) = crop_origin(item, crop_cells, around_defect, &mut rng);
+            crop(item, row0, col0, crop_cells, config.defect_weight, &mut pixels, &mut targets, &mut weights);
+        }
+        let side = crop_cells * CELL_PX;
+        let batch = config.batch_size;
+        let input = Tensor::<B, 4>::from_data(TensorData::new(pixels, [batch, 3, side, side]), device);
+        let target =
+            Tensor::<B, 4, Int>::from_data(TensorData::new(targets, [batch, 1, crop_cells, crop_cells]), device);
+        let weight = Tensor::<B, 4>::from_data(TensorData::new(weights, [batch, 1, crop_cells, crop_cells]), device);
+        let logits = net.forward(input); // [batch, classes, cells, cells]
+        let picked = log_softmax(logits, 1).gather(1, target); // [batch, 1, cells, cells]
+        let loss = picked.mul(weight.clone()).sum().neg().div(weight.sum().clamp_min(1.0));
+        let value: f32 = loss.clone().into_scalar().elem();
+        losses.push(value);
+        window.push(value);
+        let gradients = GradientsParams::from_grads(loss.backward(), &net);
+        net = optimizer.step(learning_rate(config, step), net, gradients);
+        if (step + 1) % 20 == 0 || step + 1 == config.steps {
+            let elapsed = since.elapsed().as_secs_f64().max(1e-9);
+            progress(&Progress {
+                step: step + 1,
+                steps: config.steps,
+                loss: window.iter().sum::<f32>() / window.len() as f32,
+                images_per_s: (window.len() * batch) as f64 / elapsed,
+            });
+            window.clear();
+            since = Instant::now();
+        }
+    }
+    (net.valid(), losses)
+}
+
+/// Warm-up over the first 5% of steps, then cosine decay to 5% of the rate.
+fn learning_rate(config: &TrainConfig, step: usize) -> f64 {
+    let warmup = (config.steps / 20).max(1);
+    if step < warmup {
+        return config.learning_rate * (step + 1) as f64 / warmup as f64;
+    }
+    let t = (step - warmup) as f64 / (config.steps - warmup).max(1) as f64;
+    config.learning_rate * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
+}
+
+fn crop_origin(item: &Prepared<'_>, crop_cells: usize, around_defect: bool, rng: &mut ChaCha8Rng) -> (usize, usize) {
+    let rows_fit = (item.sample.height / CELL_PX).saturating_sub(crop_cells);
+    let cols_fit = (item.sample.width / CELL_PX).saturating_sub(crop_cells);
+    if around_defect {
+        let (r, c) = item.defect_cells[rng.random_range(0..item.defect_cells.len())];
+        // Anywhere that keeps the defect cell inside the crop, one cell from its edge.
+        let row0 = r.saturating_sub(rng.random_range(1..crop_cells.saturating_sub(1).max(2))).min(rows_fit);
+        let col0 = c.saturating_sub(rng.random_range(1..crop_cells.saturating_sub(1).max(2))).min(cols_fit);
+        (row0, col0)
+    } else {
+        (rng.random_range(0..=rows_fit), rng.random_range(0..=cols_fit))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn crop(
+    item: &Prepared<'_>,
+    row0: usize,
+    col0: usize,
+    crop_cells: usize,
+    defect_weight: f32,
+    pixels: &mut Vec<f32>,
+    targets: &mut Vec<i64>,
+    weights: &mut Vec<f32>,
+) {
+    let s = item.sample;
+    let side = crop_cells * CELL_PX;
+    let (y0, x0) = (row0 * CELL_PX, col0 * CELL_PX);
+    for ch in 0..3 {
+        let plane = &s.pixels[ch * s.width * s.height..(ch + 1) * s.width * s.height];
+        for y in y0..y0 + side {
+            for x in x0..x0 + side {
+                let inside = y < s.height && x < s.width;
+                pixels.push(if inside { f32::from(plane[y * s.width + x]) } else { 0.0 });
+            }
+        }
+    }
+    let rows = item.targets.len() / item.cols;
+    for r in row0..row0 + crop_cells {
+        for c in col0..col0 + crop_cells {
+            let t = if r < rows && c < item.cols { item.targets[r * item.cols + c] } else { 0 };
+            let (target, weight) = match t {
+                IGNORE => (0, 0.0),
+                0 => (0, 1.0),
+                k => (i64::from(k), defect_weight),
+            };
+            targets.push(target);
+            weights.push(weight);
+        }
+    }
+}
+
+/// Mean of the last 5% of the losses (at least one).
+pub fn final_loss(losses: &[f32]) -> f32 {
+    let n = (losses.len() / 20).max(1).min(losses.len());
+    if n == 0 {
+        return f32::NAN;
+    }
+    losses[losses.len() - n..].iter().sum::<f32>() / n as f32
+}
+
+/// Makes `Module` visible to callers that only import this module.
+pub fn parameter_count<B: burn::tensor::backend::Backend>(net: &DefectNet<B>) -> usize {
+    net.num_params()
+}

@@ -1,0 +1,251 @@
+//! `defectflow train` and `defectflow eval`, and the YOLO image sets `defectflow synth
+//! --format yolo` writes for them.
+
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use burn::backend::Autodiff;
+use defectflow_models::card::{DEFAULT_MIN_CONFIDENCE, ModelCard, TrainingRecord, digest_files, save_model};
+use defectflow_models::data::{Sample, YoloFolder, cell_targets};
+use defectflow_models::detector::{CpuBackend, Detector};
+use defectflow_models::inference::FrameView;
+use defectflow_models::metrics::{EvalReport, Evaluator};
+use defectflow_models::model::DefectNetConfig;
+use defectflow_models::synth::{CameraTruth, GroundTruth, PlantOptions, Scene, random_plant};
+use defectflow_models::training::{TrainConfig, final_loss, train};
+use defectflow_schemas::DefectClass;
+use image::codecs::jpeg::JpegEncoder;
+
+/// Renders every `every`-th frame of a random plant as JPEG with its YOLO labels:
+/// `images/<camera>_<frame>.jpg`, `labels/<camera>_<frame>.txt`, `classes.txt`,
+/// `ground_truth.json`.
+pub fn write_yolo_set(out: &Path, plant: &PlantOptions, every: u64) -> anyhow::Result<GroundTruth> {
+    let (images_dir, labels_dir) = (out.join("images"), out.join("labels"));
+    for dir in [&images_dir, &labels_dir] {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let classes: Vec<&str> = DefectClass::ALL.iter().map(|c| c.as_str()).collect();
+    fs::write(out.join("classes.txt"), classes.join("\n") + "\n")?;
+    let frames = (plant.duration_s * plant.fps as f64).round() as u64;
+    let mut cameras = Vec::new();
+    for spec in random_plant(plant) {
+        let scene = Scene::new(spec.clone());
+        for index in (0..frames).step_by(every.max(1) as usize) {
+            let rendered = scene.render(index);
+            let name = format!("{}_{index:06}", spec.camera_id);
+            let path = images_dir.join(format!("{name}.jpg"));
+            let file = fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+            JpegEncoder::new_with_quality(BufWriter::new(file), 90)
+                .encode(&rendered.image.pixels, spec.width, spec.height, image::ExtendedColorType::Rgb8)
+                .with_context(|| format!("cannot encode {}", path.display()))?;
+            let mut labels = String::new();
+            for label in &rendered.labels {
+                labels.push_str(&label.yolo_line(spec.width, spec.height));
+                labels.push('\n');
+            }
+            fs::write(labels_dir.join(format!("{name}.txt")), labels)?;
+        }
+        cameras.push(CameraTruth { scene: spec, video: String::new(), frames });
+    }
+    let truth = GroundTruth {
+        seed: plant.seed,
+        fps: plant.fps,
+        width: plant.width,
+        height: plant.height,
+        duration_s: plant.duration_s,
+        cameras,
+    };
+    fs::write(out.join("ground_truth.json"), serde_json::to_vec_pretty(&truth)?)?;
+    Ok(truth)
+}
+
+/// Options of `defectflow train`.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub config: TrainConfig,
+    pub architecture: DefectNetConfig,
+    /// Held-out YOLO folder evaluated after training; the result goes into the card.
+    pub holdout: Option<PathBuf>,
+    /// The command line, recorded in the card.
+    pub command: String,
+}
+
+/// Trains, saves weights and card, and evaluates on the held-out set when given.
+pub fn train_model(options: &TrainOptions) -> anyhow::Result<ModelCard> {
+    let folder = YoloFolder::open(&options.data)?;
+    let boxes = folder.check_labels()?;
+    let started = Instant::now();
+    let samples = load_all(&folder)?;
+    eprintln!(
+        "{} images, {boxes} labelled objects from {} ({:.1} s to load)",
+        samples.len(),
+        options.data.display(),
+        started.elapsed().as_secs_f64()
+    );
+    let (input_width, input_height) = most_common_size(&samples);
+    let device = Default::default();
+    let started = Instant::now();
+    let (net, losses) = train::<Autodiff<CpuBackend>>(&samples, &options.architecture, &options.config, &device, |p| {
+        let done = p.step * 30 / p.steps.max(1);
+        let eta = started.elapsed().as_secs_f64() / p.step as f64 * (p.steps - p.step) as f64;
+        eprint!(
+            "\rstep {:>6}/{} [{}{}] loss {:.4}  {:>6.1} crops/s  eta {:>4.0} s ",
+            p.step,
+            p.steps,
+            "=".repeat(done),
+            " ".repeat(30 - done),
+            p.loss,
+            p.images_per_s,
+            eta
+        );
+        if p.step == p.steps {
+            eprintln!();
+        }
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let mut card = ModelCard {
+        name: "defectflow-defectnet".into(),
+        version: String::new(),
+        classes: ModelCard::classes_for_output(),
+        input_width,
+        input_height,
+        cell_px: 0,
+        architecture: options.architecture.clone(),
+        min_confidence: DEFAULT_MIN_CONFIDENCE,
+        training: TrainingRecord {
+            command: options.command.clone(),
+            data_digest: folder_digest(&folder)?,
+            images: samples.len(),
+            boxes,
+            seed: options.config.seed,
+            steps: options.config.steps,
+            batch_size: options.config.batch_size,
+            crop_px: options.config.crop_px,
+            learning_rate: options.config.learning_rate,
+            final_loss: final_loss(&losses),
+            seconds,
+        },
+        evaluation: None,
+        weights_file: String::new(),
+        weights_sha256: String::new(),
+    };
+    drop(samples);
+    save_model(&net, &mut card, &options.out)?;
+    if let Some(holdout) = &options.holdout {
+        let detector = Detector::<CpuBackend>::new(net, card.clone(), device);
+        let report = evaluate(&detector, holdout)?;
+        print_report(&report);
+        card.evaluation = Some(report);
+        card.save(&options.out)?;
+    }
+    eprintln!("saved {} (version {})", options.out.display(), card.version);
+    Ok(card)
+}
+
+/// Evaluates a detector on a YOLO folder, a batch of frames at a time.
+pub fn evaluate<B: burn::tensor::backend::Backend>(detector: &Detector<B>, data: &Path) -> anyhow::Result<EvalReport> {
+    let folder = YoloFolder::open(data)?;
+    folder.check_labels()?;
+    let mut evaluator = Evaluator::new(0.3);
+    let (w, h) = (detector.card().input_width, detector.card().input_height);
+    for start in (0..folder.items.len()).step_by(8) {
+        let batch: Vec<Sample> =
+            (start..(start + 8).min(folder.items.len())).map(|i| folder.load(i)).collect::<Result<_, _>>()?;
+        let views: Vec<FrameView<'_>> =
+            batch.iter().map(|s| FrameView { width: s.width, height: s.height, pixels: &s.pixels }).collect();
+        let scores = detector.score(&views);
+        let found = detector.detect(&views);
+        for ((sample, scores), found) in batch.iter().zip(&scores).zip(&found) {
+            // Cell targets are taken at the network's input size, where the cells are.
+            let (sx, sy) = (w as f32 / sample.width as f32, h as f32 / sample.height as f32);
+            let scaled: Vec<_> = sample
+                .labels
+                .iter()
+                .map(|l| {
+                    let mut l = l.clone();
+                    (l.bbox.x, l.bbox.y, l.bbox.width, l.bbox.height) =
+                        (l.bbox.x * sx, l.bbox.y * sy, l.bbox.width * sx, l.bbox.height * sy);
+                    l
+                })
+                .collect();
+            let (_, _, targets) = cell_targets(&scaled, w, h);
+            evaluator.add(&sample.labels, found, &targets, &scores.argmax());
+        }
+    }
+    Ok(evaluator.report(data.display().to_string(), folder_digest(&folder)?))
+}
+
+/// Prints the per-class table and the confusion matrix.
+pub fn print_report(report: &EvalReport) {
+    println!(
+        "{} frames ({} defect-free), {} labelled objects, IoU >= {}",
+        report.frames, report.defect_free_frames, report.objects, report.iou_threshold
+    );
+    println!(
+        "{:<18} {:>9} {:>7} {:>7} {:>7} {:>6} {:>6} | {:>9} {:>7} {:>7}",
+        "class", "objects", "prec", "recall", "f1", "fp", "fn", "cells", "prec", "recall"
+    );
+    for c in &report.classes {
+        let o = &c.objects;
+        println!(
+            "{:<18} {:>9} {:>7.4} {:>7.4} {:>7.4} {:>6} {:>6} | {:>9} {:>7.4} {:>7.4}",
+            c.class,
+            o.true_positives + o.false_negatives,
+            o.precision,
+            o.recall,
+            o.f1,
+            o.false_positives,
+            o.false_negatives,
+            c.cells.true_positives + c.cells.false_negatives,
+            c.cells.precision,
+            c.cells.recall
+        );
+    }
+    println!(
+        "false detections on defect-free frames: {} ({:.2} per 1,000 frames)",
+        report.false_detections_on_defect_free, report.false_detections_per_1000_defect_free_frames
+    );
+    println!("confusion (rows: labelled, columns: detected; 0 = background)");
+    for (label, row) in report.confusion_labels.iter().zip(&report.confusion) {
+        let cells: Vec<String> = row.iter().map(|n| format!("{n:>7}")).collect();
+        println!("{label:<18} {}", cells.join(""));
+    }
+    println!(
+        "goal (recall >= 0.97, precision >= 0.95, < 1 false per 1,000 clear frames): {}",
+        if report.meets_goal() { "met" } else { "NOT met" }
+    );
+}
+
+fn load_all(folder: &YoloFolder) -> anyhow::Result<Vec<Sample>> {
+    (0..folder.items.len()).map(|i| folder.load(i).map_err(anyhow::Error::from)).collect()
+}
+
+fn most_common_size(samples: &[Sample]) -> (usize, usize) {
+    let mut counts = std::collections::BTreeMap::new();
+    for s in samples {
+        *counts.entry((s.width, s.height)).or_insert(0usize) += 1;
+    }
+    counts.into_iter().max_by_key(|(_, n)| *n).map(|(size, _)| size).unwrap_or((640, 360))
+}
+
+fn folder_digest(folder: &YoloFolder) -> anyhow::Result<String> {
+    let mut files: Vec<&Path> = Vec::with_capacity(folder.items.len() * 2);
+    for (image, labels) in &folder.items {
+        files.push(image);
+        files.push(labels);
+    }
+    Ok(digest_files(&folder.dir, &files)?)
+}
+
+/// Writes the report as pretty JSON.
+pub fn write_json(path: &Path, report: &EvalReport) -> anyhow::Result<()> {
+    let mut file = fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    serde_json::to_writer_pretty(&mut file, report)?;
+    writeln!(file)?;
+    Ok(())
+}
