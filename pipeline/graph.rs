@@ -61,6 +61,8 @@ pub struct CameraReport {
 
 /// Called on each worker for every frame tensor that leaves decode.
 pub type FrameObserver = Arc<dyn Fn(usize, &FrameTensor) + Send + Sync>;
+/// Called on each worker for every observation the model makes (one per frame).
+pub type ObservationObserver = Arc<dyn Fn(usize, &defectflow_schemas::FrameObservation) + Send + Sync>;
 /// Called with a worker's index and its new input frontier (ms) when it advances.
 pub type FrontierObserver = Arc<dyn Fn(usize, u64) + Send + Sync>;
 
@@ -69,6 +71,7 @@ pub type FrontierObserver = Arc<dyn Fn(usize, u64) + Send + Sync>;
 pub struct Hooks {
     pub on_frame: Option<FrameObserver>,
     pub on_frontier: Option<FrontierObserver>,
+    pub on_observation: Option<ObservationObserver>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -76,6 +79,7 @@ impl std::fmt::Debug for Hooks {
         f.debug_struct("Hooks")
             .field("on_frame", &self.on_frame.is_some())
             .field("on_frontier", &self.on_frontier.is_some())
+            .field("on_observation", &self.on_observation.is_some())
             .finish()
     }
 }
@@ -178,6 +182,7 @@ pub fn run_stages(
             }
             let timing = Arc::clone(&stage_counters);
             let seen = Arc::clone(&stage_counters);
+            let on_observation = hooks.on_observation.clone();
             let observations = frames
                 .infer(detector, model.infer_config(), move |frames, elapsed| {
                     timing.frames.fetch_add(frames as u64, Ordering::Relaxed);
@@ -186,6 +191,9 @@ pub fn run_stages(
                 })
                 .inspect(move |o| {
                     seen.detections.fetch_add(o.detections.len() as u64, Ordering::Relaxed);
+                    if let Some(on_observation) = &on_observation {
+                        on_observation(index, o);
+                    }
                 });
             if reference.is_none() {
                 observations.probe_with(&probe);

@@ -1,0 +1,258 @@
+//! The defect model's own tests: YOLO folders (and their errors), cell targets,
+//! grouping cells into detections, training lowering the loss, and a saved model
+//! reloading to the same outputs.
+
+use std::fs;
+use std::path::Path;
+
+use burn::backend::Autodiff;
+use defectflow_models::card::{ModelCard, TrainingRecord, load_model, save_model};
+use defectflow_models::data::{DataError, IGNORE, LabelBox, Sample, YoloFolder, cell_targets};
+use defectflow_models::detector::CpuBackend;
+use defectflow_models::inference::{CellScores, FrameView, group_cells, score_batch};
+use defectflow_models::metrics::{Evaluator, iou};
+use defectflow_models::model::DefectNetConfig;
+use defectflow_models::synth::{PlantOptions, Scene, random_plant};
+use defectflow_models::training::{TrainConfig, train};
+use defectflow_schemas::{BoundingBox, DefectClass};
+
+fn write_image(path: &Path) {
+    image::save_buffer(path, &[128u8; 16 * 8 * 3], 16, 8, image::ExtendedColorType::Rgb8).expect("png");
+}
+
+fn folder(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::create_dir_all(dir.path().join("images")).expect("images");
+    fs::create_dir_all(dir.path().join("labels")).expect("labels");
+    fs::write(dir.path().join("classes.txt"), "crack\ncorrosion\n").expect("classes");
+    for (name, labels) in files {
+        write_image(&dir.path().join("images").join(format!("{name}.png")));
+        if !labels.is_empty() {
+            fs::write(dir.path().join("labels").join(format!("{name}.txt")), labels).expect("labels");
+        }
+    }
+    dir
+}
+
+#[test]
+fn a_yolo_folder_reads_boxes_in_pixels() {
+    let dir = folder(&[("a", "1 0.5 0.5 0.25 0.5\n"), ("b", "\n")]);
+    let yolo = YoloFolder::open(dir.path()).expect("opens");
+    assert_eq!(yolo.classes, vec![DefectClass::Crack, DefectClass::Corrosion]);
+    assert_eq!(yolo.check_labels().expect("labels"), 1);
+    let sample = yolo.load(0).expect("loads");
+    assert_eq!((sample.width, sample.height, sample.pixels.len()), (16, 8, 16 * 8 * 3));
+    assert_eq!(
+        sample.labels,
+        vec![LabelBox { class: DefectClass::Corrosion, bbox: BoundingBox { x: 6.0, y: 2.0, width: 4.0, height: 4.0 } }]
+    );
+    assert!(yolo.load(1).expect("loads").labels.is_empty());
+}
+
+#[test]
+fn yolo_errors_name_the_file_and_line() {
+    // A missing label file.
+    let dir = folder(&[("a", "0 0.5 0.5 0.1 0.1\n"), ("b", "")]);
+    let err = YoloFolder::open(dir.path()).expect_err("b has no labels").to_string();
+    assert!(err.contains("labels/b.txt") && err.contains("missing"), "{err}");
+
+    // A bad line: four fields.
+    let dir = folder(&[("a", "0 0.5 0.5 0.1 0.1\n0 0.5 0.5 0.1\n")]);
+    let err = YoloFolder::open(dir.path()).expect("opens").check_labels().expect_err("bad line");
+    assert!(matches!(err, DataError::BadLine { line: 2, .. }), "{err}");
+    assert!(err.to_string().contains("labels/a.txt:2"), "{err}");
+
+    // A coordinate out of range.
+    let dir = folder(&[("a", "0 1.5 0.5 0.1 0.1\n")]);
+    let err = YoloFolder::open(dir.path()).expect("opens").check_labels().expect_err("cx > 1").to_string();
+    assert!(err.contains("labels/a.txt:1") && err.contains("cx `1.5`"), "{err}");
+
+    // An unknown class id: the classes file has two.
+    let dir = folder(&[("a", "\n\n5 0.5 0.5 0.1 0.1\n")]);
+    let err = YoloFolder::open(dir.path()).expect("opens").check_labels().expect_err("id 5");
+    assert!(matches!(err, DataError::UnknownClassId { line: 3, id: 5, count: 2, .. }), "{err}");
+    assert!(err.to_string().contains("labels/a.txt:3"), "{err}");
+
+    // An unknown class name in the classes file.
+    let dir = folder(&[("a", "\n")]);
+    fs::write(dir.path().join("classes.txt"), "crack\nrust\n").expect("classes");
+    let err = YoloFolder::open(dir.path()).expect_err("rust").to_string();
+    assert!(err.contains("classes.txt:2") && err.contains("`rust`"), "{err}");
+}
+
+#[test]
+fn data_yaml_names_are_read() {
+    let dir = folder(&[("a", "\n")]);
+    fs::remove_file(dir.path().join("classes.txt")).expect("rm");
+    fs::write(dir.path().join("data.yaml"), "train: images\nnames:\n  0: wear\n  1: crack\nnc: 2\n").expect("yaml");
+    assert_eq!(YoloFolder::open(dir.path()).expect("opens").classes, vec![DefectClass::Wear, DefectClass::Crack]);
+    fs::write(dir.path().join("data.yaml"), "names: ['corrosion', 'wear']\n").expect("yaml");
+    assert_eq!(YoloFolder::open(dir.path()).expect("opens").classes, vec![DefectClass::Corrosion, DefectClass::Wear]);
+}
+
+#[test]
+fn cell_targets_mark_inside_cells_and_ignore_grazed_ones() {
+    // 32×16 pixels → 4×2 cells. A box over x 6..18, y 2..10: cell centres (12, 4) is inside;
+    // (4, 4) and (20, 4) and the cells below are grazed.
+    let label = LabelBox { class: DefectClass::Wear, bbox: BoundingBox { x: 6.0, y: 2.0, width: 12.0, height: 8.0 } };
+    let (cols, rows, targets) = cell_targets(&[label], 32, 16);
+    let wear = DefectClass::Wear.yolo_id() as u8 + 1;
+    assert_eq!((cols, rows), (4, 2));
+    assert_eq!(targets, vec![IGNORE, wear, IGNORE, 0, IGNORE, IGNORE, IGNORE, 0]);
+    // A box smaller than a cell still owns the cell under its centre.
+    let tiny = LabelBox { class: DefectClass::Crack, bbox: BoundingBox { x: 25.0, y: 9.0, width: 2.0, height: 2.0 } };
+    let (_, _, targets) = cell_targets(&[tiny], 32, 16);
+    assert_eq!(targets[7], 1);
+}
+
+#[test]
+fn neighbouring_cells_become_one_detection_with_the_majority_class() {
+    // 3 classes (background, crack, corrosion) over 2×4 cells.
+    let (rows, cols) = (2, 4);
+    let mut p = vec![0f32; 3 * rows * cols];
+    let set = |p: &mut Vec<f32>, r: usize, c: usize, probs: [f32; 3]| {
+        for (k, v) in probs.into_iter().enumerate() {
+            p[(k * rows + r) * cols + c] = v;
+        }
+    };
+    for r in 0..rows {
+        for c in 0..cols {
+            set(&mut p, r, c, [1.0, 0.0, 0.0]);
+        }
+    }
+    set(&mut p, 0, 0, [0.1, 0.8, 0.1]);
+    set(&mut p, 1, 1, [0.2, 0.3, 0.5]); // diagonal neighbour, other class
+    set(&mut p, 0, 3, [0.6, 0.4, 0.0]); // background wins: not a defect cell
+    let scores = CellScores { classes: 3, rows, cols, probabilities: p };
+    let found = group_cells(&scores, 0.5, (1.0, 1.0), (32.0, 16.0));
+    assert_eq!(found.len(), 1);
+    let f = &found[0];
+    // Summed: crack 0.8 + 0.3 = 1.1, corrosion 0.1 + 0.5 = 0.6.
+    assert_eq!(f.class, DefectClass::Crack);
+    assert_eq!(f.bbox, BoundingBox { x: 0.0, y: 0.0, width: 16.0, height: 16.0 });
+    assert_eq!(f.area_px, 128.0);
+    assert!((f.confidence - 0.8).abs() < 1e-6);
+}
+
+#[test]
+fn objects_match_by_iou_and_count_per_class() {
+    let b = |x: f32| BoundingBox { x, y: 0.0, width: 10.0, height: 10.0 };
+    assert!((iou(&b(0.0), &b(5.0)) - 50.0 / 150.0).abs() < 1e-6);
+    let found = |class, x| defectflow_models::inference::Found { class, confidence: 0.9, bbox: b(x), area_px: 100.0 };
+    let mut eval = Evaluator::new(0.3);
+    let labels = [LabelBox { class: DefectClass::Crack, bbox: b(0.0) }];
+    eval.add(&labels, &[found(DefectClass::Crack, 2.0), found(DefectClass::Wear, 50.0)], &[], &[]);
+    eval.add(&[], &[found(DefectClass::Crack, 0.0)], &[], &[]);
+    let report = eval.report("t".into(), String::new());
+    let crack = &report.classes[DefectClass::Crack.yolo_id()].objects;
+    assert_eq!((crack.true_positives, crack.false_positives, crack.false_negatives), (1, 1, 0));
+    assert_eq!(report.false_detections_on_defect_free, 1);
+    assert_eq!(report.defect_free_frames, 1);
+    // Row crack → column crack once; the wear and the later crack are detections of nothing.
+    let (crack_i, wear_i) = (DefectClass::Crack.yolo_id() + 1, DefectClass::Wear.yolo_id() + 1);
+    assert_eq!(report.confusion[crack_i][crack_i], 1);
+    assert_eq!(report.confusion[0][wear_i], 1);
+    assert_eq!(report.confusion[0][crack_i], 1);
+}
+
+/// Training seeds the backend's global generator: tests that train take turns.
+static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Frames of a small random plant, rendered in memory, as training samples.
+fn generated_samples(seed: u64, frames: &[u64]) -> Vec<Sample> {
+    let plant =
+        PlantOptions { seed, cameras: 3, defect_free_cameras: 0, duration_s: 10.0, fps: 10, width: 128, height: 96 };
+    let mut samples = Vec::new();
+    for spec in random_plant(&plant) {
+        let scene = Scene::new(spec.clone());
+        for &index in frames {
+            let rendered = scene.render(index);
+            let (w, h) = (spec.width as usize, spec.height as usize);
+            let mut planar = vec![0u8; 3 * w * h];
+            for (i, px) in rendered.image.pixels.chunks_exact(3).enumerate() {
+                for ch in 0..3 {
+                    planar[ch * w * h + i] = px[ch];
+                }
+            }
+            let labels = rendered.labels.iter().map(|l| LabelBox { class: l.class, bbox: l.bbox }).collect();
+            samples.push(Sample {
+                name: format!("{}_{index}", spec.camera_id),
+                width: w,
+                height: h,
+                pixels: planar,
+                labels,
+            });
+        }
+    }
+    samples
+}
+
+#[test]
+fn training_lowers_the_loss_and_a_saved_model_reloads_to_identical_outputs() {
+    let _turn = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
+    let samples = generated_samples(3, &[60, 80, 99]);
+    let architecture = DefectNetConfig::new().with_stem_channels(8).with_mid_channels(8).with_cell_channels(8);
+    let config = TrainConfig::new().with_steps(60).with_batch_size(4).with_crop_px(64).with_seed(5);
+    let device = Default::default();
+    let (net, losses) = train::<Autodiff<CpuBackend>>(&samples, &architecture, &config, &device, |_| {});
+    assert_eq!(losses.len(), 60);
+    let first: f32 = losses[..10].iter().sum::<f32>() / 10.0;
+    let last: f32 = losses[50..].iter().sum::<f32>() / 10.0;
+    assert!(last < first * 0.8, "loss did not fall: first 10 steps {first}, last 10 {last}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut card = ModelCard {
+        name: "test".into(),
+        version: String::new(),
+        classes: ModelCard::classes_for_output(),
+        input_width: 128,
+        input_height: 96,
+        cell_px: 0,
+        architecture: architecture.clone(),
+        min_confidence: 0.5,
+        training: TrainingRecord {
+            command: "test".into(),
+            data_digest: String::new(),
+            images: samples.len(),
+            boxes: 0,
+            seed: 5,
+            steps: 60,
+            batch_size: 4,
+            crop_px: 64,
+            learning_rate: config.learning_rate,
+            final_loss: last,
+            seconds: 0.0,
+        },
+        evaluation: None,
+        weights_file: String::new(),
+        weights_sha256: String::new(),
+    };
+    save_model(&net, &mut card, dir.path()).expect("saves");
+    assert_eq!(card.version, card.weights_sha256[..12]);
+    let (reloaded, reloaded_card) = load_model::<CpuBackend>(dir.path(), &device).expect("reloads");
+    assert_eq!(reloaded_card, card);
+    let views: Vec<FrameView<'_>> =
+        samples.iter().map(|s| FrameView { width: s.width, height: s.height, pixels: &s.pixels }).collect();
+    let before = score_batch(&net, &views, &device);
+    let after = score_batch(&reloaded, &views, &device);
+    for (a, b) in before.iter().zip(&after) {
+        assert_eq!(a.probabilities, b.probabilities, "reloaded model scores differently");
+    }
+
+    // Weights that do not match the card's digest are refused, naming the file.
+    fs::write(dir.path().join("weights.bin"), b"not weights").expect("overwrite");
+    let err = load_model::<CpuBackend>(dir.path(), &device).expect_err("digest").to_string();
+    assert!(err.contains("weights.bin") && err.contains("SHA-256"), "{err}");
+}
+
+#[test]
+fn training_is_deterministic_for_a_seed() {
+    let _turn = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
+    let samples = generated_samples(4, &[90]);
+    let architecture = DefectNetConfig::new().with_stem_channels(4).with_mid_channels(4).with_cell_channels(4);
+    let config = TrainConfig::new().with_steps(8).with_batch_size(2).with_crop_px(32).with_seed(9);
+    let device = Default::default();
+    let (_, a) = train::<Autodiff<CpuBackend>>(&samples, &architecture, &config, &device, |_| {});
+    let (_, b) = train::<Autodiff<CpuBackend>>(&samples, &architecture, &config, &device, |_| {});
+    assert_eq!(a, b);
+}
