@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 
-def defect_net(stem=16, mid=24, cell=32, dilation=2, classes=7):
+def defect_net(stem=16, mid=24, cell=40, dilation=2, wide=4, classes=7):
     # Same layers, strides, paddings and dilation as DefectNetConfig's defaults.
     return nn.Sequential(
         nn.Conv2d(3, stem, 3, stride=2, padding=1), nn.ReLU(),
@@ -22,6 +22,7 @@ def defect_net(stem=16, mid=24, cell=32, dilation=2, classes=7):
         nn.Conv2d(mid, cell, 3, stride=2, padding=1), nn.ReLU(),
         nn.Conv2d(cell, cell, 3, stride=1, padding=1), nn.ReLU(),
         nn.Conv2d(cell, cell, 3, stride=1, padding=dilation, dilation=dilation), nn.ReLU(),
+        nn.Conv2d(cell, cell, 3, stride=1, padding=wide, dilation=wide), nn.ReLU(),
         nn.Conv2d(cell, classes, 1),
     )
 

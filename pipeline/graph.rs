@@ -200,7 +200,7 @@ pub fn run_stages(
                 return (input, capability, None);
             }
             let (plant, _work_probe) =
-                workflow::build_on(scope.clone(), observations, workflow_config.clone(), Rc::clone(&collected));
+                workflow::build_on(scope, observations, workflow_config.clone(), Rc::clone(&collected));
             (input, capability, Some(plant))
         });
         if let (Some(plant), Some(reference), 0) = (&mut plant, &reference, index) {

@@ -63,7 +63,7 @@ struct TrainArgs {
     holdout: Option<PathBuf>,
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    #[arg(long, default_value_t = 2400)]
+    #[arg(long, default_value_t = 4000)]
     steps: usize,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,

@@ -4,7 +4,9 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -118,4 +120,125 @@ fn shipped_weights_find_every_defect_soon_after_onset_and_nothing_on_a_clear_cam
         let early: Vec<_> = frames.range(..first_onset.unwrap_or(u64::MAX)).flat_map(|(_, o)| &o.detections).collect();
         assert!(early.is_empty(), "{} before onset: {early:?}", camera.scene.camera_id);
     }
+}
+
+/// Footage of the demo plant's four cameras (ids and assets as in
+/// `examples/demo-plant/reference`), one defect each, written as H.264 files.
+fn demo_plant_footage(dir: &Path) -> GroundTruth {
+    let size = (640, 360);
+    let scenes = vec![
+        planned_scene(
+            "cam-pulley",
+            "CV-101-PUL",
+            AssetKind::ConveyorPulley,
+            size,
+            15,
+            9101,
+            &[(DefectClass::Crack, 1.5)],
+        ),
+        planned_scene("cam-motor", "MT-204", AssetKind::MotorHousing, size, 15, 9102, &[(DefectClass::Corrosion, 1.5)]),
+        planned_scene(
+            "cam-flange",
+            "FL-330",
+            AssetKind::BoltedFlange,
+            size,
+            15,
+            9103,
+            &[(DefectClass::MissingComponent, 1.5)],
+        ),
+        planned_scene("cam-gearbox", "GB-412", AssetKind::Gearbox, size, 15, 9104, &[(DefectClass::Wear, 1.5)]),
+    ];
+    let options = FootageOptions {
+        plant: PlantOptions {
+            seed: 9100,
+            cameras: 4,
+            defect_free_cameras: 0,
+            duration_s: 6.0,
+            fps: 15,
+            width: 640,
+            height: 360,
+        },
+        codec: Codec::H264,
+        container: Container::Mp4,
+    };
+    write_scenes(dir, &scenes, &options).expect("footage")
+}
+
+fn run_demo_plant(dir: &Path, truth: &GroundTruth, shadow: bool) -> std::path::PathBuf {
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
+    let mut toml = format!(
+        "[runtime]\nworkers = 2\n[model]\nbatch_size = 4\nshadow = {shadow}\n[plant]\nreference = \"{}\"\n",
+        reference.display()
+    );
+    for camera in &truth.cameras {
+        let url = support::file_url(&dir.join(&camera.video));
+        toml.push_str(&format!("[[cameras]]\nid = \"{}\"\nurl = \"{url}\"\n", camera.scene.camera_id));
+    }
+    let config = dir.join(format!("shadow-{shadow}.toml"));
+    std::fs::write(&config, toml).expect("config");
+    let out = dir.join(format!("out-shadow-{shadow}"));
+    let output = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+        .args(["run", "--config", config.to_str().expect("utf-8"), "--out", out.to_str().expect("utf-8")])
+        .output()
+        .expect("run defectflow");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "run failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("work orders:"), "summary printed: {stdout}");
+    out
+}
+
+/// (work-order id, asset, class, shadow) of every revision in the audit log, read by polars.
+fn audited_work_orders(audit: &Path) -> Vec<(String, String, String, bool)> {
+    let python = std::env::var("DEFECTFLOW_ANALYTICS_PYTHON")
+        .expect("DEFECTFLOW_ANALYTICS_PYTHON names a python with polars (scripts/install.sh makes one)");
+    let script = r#"
+import json, sys
+import polars as pl
+df = pl.scan_parquet(sys.argv[1] + "/work_orders/**/*.parquet", hive_partitioning=True).collect()
+print(json.dumps([[r["work_order_id"], r["asset_id"], r["defect_class"], r["shadow"]] for r in df.iter_rows(named=True)]))
+"#;
+    let output = Command::new(python).args(["-c", script, audit.to_str().expect("utf-8")]).output().expect("python");
+    assert!(output.status.success(), "polars: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("json")
+}
+
+#[test]
+fn a_run_makes_one_work_order_per_defect_and_shadow_mode_only_audits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let truth = demo_plant_footage(dir.path());
+    let expected: BTreeSet<(String, String)> = truth
+        .cameras
+        .iter()
+        .flat_map(|c| c.scene.defects.iter().map(|d| (c.scene.asset_id.clone(), d.class.to_string())))
+        .collect();
+
+    let out = run_demo_plant(dir.path(), &truth, false);
+    let lines = std::fs::read_to_string(out.join("work-orders.jsonl")).expect("work-orders.jsonl");
+    let mut opened = BTreeMap::new();
+    for line in lines.lines() {
+        let message: serde_json::Value = serde_json::from_str(line).expect("json line");
+        if let Some(w) = message.get("work_order") {
+            let id = w["work_order_id"].as_str().expect("id").to_owned();
+            let key = (
+                w["asset_id"].as_str().expect("asset").to_owned(),
+                w["defect_class"].as_str().expect("class").to_owned(),
+            );
+            assert_eq!(w["shadow"], false);
+            opened.insert(id, key);
+        }
+    }
+    let found: BTreeSet<(String, String)> = opened.values().cloned().collect();
+    assert_eq!(found, expected, "work orders by (asset, class)");
+    assert_eq!(opened.len(), expected.len(), "one work order per defect: {opened:?}");
+    let audited = audited_work_orders(&out.join("audit"));
+    assert!(audited.iter().all(|(_, _, _, shadow)| !shadow));
+    assert_eq!(audited.iter().map(|a| a.0.clone()).collect::<BTreeSet<_>>(), opened.keys().cloned().collect());
+
+    // Shadow mode: the same work orders, flagged, in the audit log only.
+    let out = run_demo_plant(dir.path(), &truth, true);
+    assert!(!out.join("work-orders.jsonl").exists(), "shadow mode sends nothing to the CMMS");
+    let audited = audited_work_orders(&out.join("audit"));
+    assert!(!audited.is_empty() && audited.iter().all(|(_, _, _, shadow)| *shadow), "{audited:?}");
+    let shadow_found: BTreeSet<(String, String)> = audited.iter().map(|(_, a, c, _)| (a.clone(), c.clone())).collect();
+    assert_eq!(shadow_found, expected);
 }

@@ -78,6 +78,36 @@ impl ModelCard {
             .collect()
     }
 
+    /// A card for a network that has not been trained (tests, benchmarks).
+    pub fn untrained(architecture: DefectNetConfig, input_width: usize, input_height: usize) -> ModelCard {
+        ModelCard {
+            name: "untrained".into(),
+            version: "untrained".into(),
+            classes: ModelCard::classes_for_output(),
+            input_width,
+            input_height,
+            cell_px: CELL_PX,
+            architecture,
+            min_confidence: DEFAULT_MIN_CONFIDENCE,
+            training: TrainingRecord {
+                command: String::new(),
+                data_digest: String::new(),
+                images: 0,
+                boxes: 0,
+                seed: 0,
+                steps: 0,
+                batch_size: 0,
+                crop_px: 0,
+                learning_rate: 0.0,
+                final_loss: f32::NAN,
+                seconds: 0.0,
+            },
+            evaluation: None,
+            weights_file: String::new(),
+            weights_sha256: String::new(),
+        }
+    }
+
     /// Reads the card of the model in `dir`.
     pub fn load(dir: &Path) -> Result<ModelCard, ModelError> {
         let path = dir.join(CARD_FILE);
@@ -157,8 +187,13 @@ impl DefectNetConfig {
     /// The card's architecture must be the code's: a saved model fails early otherwise.
     pub fn describe(&self) -> String {
         format!(
-            "cells of {CELL_PX} px; channels {}/{}/{}; context dilation {}; {} outputs",
-            self.stem_channels, self.mid_channels, self.cell_channels, self.context_dilation, self.classes
+            "cells of {CELL_PX} px; channels {}/{}/{}; dilations {} and {}; {} outputs",
+            self.stem_channels,
+            self.mid_channels,
+            self.cell_channels,
+            self.context_dilation,
+            self.wide_dilation,
+            self.classes
         )
     }
 }

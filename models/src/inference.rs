@@ -75,7 +75,8 @@ pub fn score_batch<B: Backend>(net: &DefectNet<B>, frames: &[FrameView<'_>], dev
     values.chunks(per_frame).map(|chunk| CellScores { classes, rows, cols, probabilities: chunk.to_vec() }).collect()
 }
 
-/// Groups neighbouring defect cells (8-connected; any defect class) into detections.
+/// Groups neighbouring defect cells (any defect class) into detections; cells up to
+/// two apart count as neighbours, so a thin crack whose middle cell is faint stays one.
 ///
 /// A cell counts when its most likely class is a defect with probability at least
 /// `min_confidence`; a group takes the class with the largest summed probability over
@@ -107,8 +108,8 @@ pub fn group_cells(scores: &CellScores, min_confidence: f32, scale: (f32, f32), 
                 *sum += p;
                 *top = top.max(p);
             }
-            for dr in -1i64..=1 {
-                for dc in -1i64..=1 {
+            for dr in -2i64..=2 {
+                for dc in -2i64..=2 {
                     let (nr, nc) = (r as i64 + dr, c as i64 + dc);
                     if nr < 0 || nc < 0 || nr >= rows as i64 || nc >= cols as i64 {
                         continue;
@@ -159,7 +160,7 @@ pub fn resize(frame: FrameView<'_>, width: usize, height: usize) -> Vec<u8> {
                         n += 1;
                     }
                 }
-                dst[y * width + x] = if n == 0 { 0 } else { ((sum + n / 2) / n) as u8 };
+                dst[y * width + x] = (sum + n / 2).checked_div(n).unwrap_or(0) as u8;
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The defect network: a small fully convolutional classifier of frame cells.
 //!
-//! Three stride-2 convolutions take a frame to one cell per 8×8 pixels; two more
-//! (the second dilated) widen each cell's view to about 60 pixels so a cell can tell a
+//! Three stride-2 convolutions take a frame to one cell per 8×8 pixels; three more (the
+//! last two dilated) widen each cell's view to about 120 pixels so a cell can tell a
 //! crack from the asset's own edges; a 1×1 head scores background and the six classes.
 
 use burn::config::Config;
@@ -28,11 +28,14 @@ pub struct DefectNetConfig {
     #[config(default = 24)]
     pub mid_channels: usize,
     /// Channels at cell resolution (1/8).
-    #[config(default = 32)]
+    #[config(default = 40)]
     pub cell_channels: usize,
-    /// Dilation of the last 3×3 convolution, which sets how much context a cell sees.
+    /// Dilation of the fifth 3×3 convolution.
     #[config(default = 2)]
     pub context_dilation: usize,
+    /// Dilation of the sixth and last 3×3 convolution, which sets how much context a cell sees.
+    #[config(default = 4)]
+    pub wide_dilation: usize,
 }
 
 /// The network; see the module documentation.
@@ -43,6 +46,7 @@ pub struct DefectNet<B: Backend> {
     cell: Conv2d<B>,
     local: Conv2d<B>,
     context: Conv2d<B>,
+    wide: Conv2d<B>,
     head: Conv2d<B>,
 }
 
@@ -62,6 +66,7 @@ impl DefectNetConfig {
             cell: conv([m, c], 2, 1),
             local: conv([c, c], 1, 1),
             context: conv([c, c], 1, self.context_dilation),
+            wide: conv([c, c], 1, self.wide_dilation),
             head: Conv2dConfig::new([c, self.classes], [1, 1]).init(device),
         }
     }
@@ -77,7 +82,7 @@ impl DefectNetConfig {
         layer(h2 * w2, 3, s, 9)
             + layer(h4 * w4, s, m, 9)
             + layer(h8 * w8, m, c, 9)
-            + 2 * layer(h8 * w8, c, c, 9)
+            + 3 * layer(h8 * w8, c, c, 9)
             + layer(h8 * w8, c, self.classes, 1)
     }
 }
@@ -92,6 +97,7 @@ impl<B: Backend> DefectNet<B> {
         let x = relu(self.cell.forward(x)); // [batch, cell, h/8, w/8]
         let x = relu(self.local.forward(x)); // [batch, cell, h/8, w/8]
         let x = relu(self.context.forward(x)); // [batch, cell, h/8, w/8]
+        let x = relu(self.wide.forward(x)); // [batch, cell, h/8, w/8]
         self.head.forward(x) // [batch, classes, h/8, w/8]
     }
 }

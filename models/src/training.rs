@@ -3,7 +3,8 @@
 //! Crops start on the cell grid, so a crop's cells are exactly the frame's cells and the
 //! fully convolutional network trained on crops reads whole frames unchanged. Half of
 //! the crops (by default) are centred near a defect, since defects cover a tiny share
-//! of a plant frame.
+//! of a plant frame; once the network has learnt the easy part, a quarter go to cells it
+//! still gets wrong (hard examples, mined from all training frames every 1,000 steps).
 
 use std::time::Instant;
 
@@ -17,6 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::{IGNORE, Sample, cell_targets};
+use crate::inference::{FrameView, score_batch};
 use crate::model::{CELL_PX, DefectNet, DefectNetConfig};
 
 /// Training hyperparameters, recorded in the model card.
@@ -24,7 +26,7 @@ use crate::model::{CELL_PX, DefectNet, DefectNetConfig};
 pub struct TrainConfig {
     #[config(default = 7)]
     pub seed: u64,
-    #[config(default = 2400)]
+    #[config(default = 4000)]
     pub steps: usize,
     #[config(default = 16)]
     pub batch_size: usize,
@@ -39,6 +41,13 @@ pub struct TrainConfig {
     /// Loss weight of a defect cell relative to a background cell.
     #[config(default = 3.0)]
     pub defect_weight: f32,
+    /// Every this many steps the network scores all training frames and remembers the
+    /// cells it gets wrong (hard examples); 0: never.
+    #[config(default = 1000)]
+    pub mine_every: usize,
+    /// Share of crops placed around a remembered hard example.
+    #[config(default = 0.25)]
+    pub hard_crop_share: f64,
 }
 
 /// Reported every few steps.
@@ -88,18 +97,28 @@ pub fn train<B: AutodiffBackend>(
     let mut optimizer = AdamConfig::new().init();
     let mut losses = Vec::with_capacity(config.steps);
     let (mut since, mut window) = (Instant::now(), Vec::new());
+    // (sample, row, col) of cells the network got wrong at the last mining.
+    let mut hard: Vec<(usize, usize, usize)> = Vec::new();
     for step in 0..config.steps {
+        if config.mine_every > 0 && step > 0 && step % config.mine_every == 0 {
+            hard = mine_hard_cells(&net.valid(), &prepared, device);
+            since = Instant::now();
+        }
         let mut pixels = Vec::with_capacity(config.batch_size * 3 * crop_cells * crop_cells * CELL_PX * CELL_PX);
         let mut targets = Vec::with_capacity(config.batch_size * crop_cells * crop_cells);
         let mut weights = Vec::with_capacity(targets.capacity());
         for _ in 0..config.batch_size {
-            let around_defect = !with_defects.is_empty() && rng.random_bool(config.defect_crop_share);
-            let item = if around_defect {
-                &prepared[with_defects[rng.random_range(0..with_defects.len())]]
+            let draw = rng.random_range(0.0..1.0);
+            let (item, around) = if !hard.is_empty() && draw < config.hard_crop_share {
+                let (i, r, c) = hard[rng.random_range(0..hard.len())];
+                (&prepared[i], Some((r, c)))
+            } else if !with_defects.is_empty() && draw < config.hard_crop_share + config.defect_crop_share {
+                let item = &prepared[with_defects[rng.random_range(0..with_defects.len())]];
+                (item, Some(item.defect_cells[rng.random_range(0..item.defect_cells.len())]))
             } else {
-                &prepared[rng.random_range(0..prepared.len())]
+                (&prepared[rng.random_range(0..prepared.len())], None)
             };
-            let (row0, col0) = crop_origin(item, crop_cells, around_defect, &mut rng);
+            let (row0, col0) = crop_origin(item, crop_cells, around, &mut rng);
             crop(item, row0, col0, crop_cells, config.defect_weight, &mut pixels, &mut targets, &mut weights);
         }
         let side = crop_cells * CELL_PX;
@@ -141,12 +160,46 @@ fn learning_rate(config: &TrainConfig, step: usize) -> f64 {
     config.learning_rate * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
 }
 
-fn crop_origin(item: &Prepared<'_>, crop_cells: usize, around_defect: bool, rng: &mut ChaCha8Rng) -> (usize, usize) {
+/// Scores every training frame and returns the cells whose predicted class is wrong
+/// (a defect where there is none, or the wrong defect), grazed cells left out.
+fn mine_hard_cells<B: burn::tensor::backend::Backend>(
+    net: &DefectNet<B>,
+    prepared: &[Prepared<'_>],
+    device: &B::Device,
+) -> Vec<(usize, usize, usize)> {
+    let mut hard = Vec::new();
+    for start in (0..prepared.len()).step_by(8) {
+        let end = (start + 8).min(prepared.len());
+        // One size per batch: frames of other sizes go alone.
+        let (w, h) = (prepared[start].sample.width, prepared[start].sample.height);
+        let end =
+            (start..end).find(|&i| prepared[i].sample.width != w || prepared[i].sample.height != h).unwrap_or(end);
+        let views: Vec<FrameView<'_>> = prepared[start..end]
+            .iter()
+            .map(|p| FrameView { width: p.sample.width, height: p.sample.height, pixels: &p.sample.pixels })
+            .collect();
+        for (offset, scores) in score_batch(net, &views, device).iter().enumerate() {
+            let item = &prepared[start + offset];
+            for (i, (&predicted, &target)) in scores.argmax().iter().zip(&item.targets).enumerate() {
+                if target != IGNORE && predicted != target && (predicted != 0 || target != 0) {
+                    hard.push((start + offset, i / item.cols, i % item.cols));
+                }
+            }
+        }
+    }
+    hard
+}
+
+fn crop_origin(
+    item: &Prepared<'_>,
+    crop_cells: usize,
+    around: Option<(usize, usize)>,
+    rng: &mut ChaCha8Rng,
+) -> (usize, usize) {
     let rows_fit = (item.sample.height / CELL_PX).saturating_sub(crop_cells);
     let cols_fit = (item.sample.width / CELL_PX).saturating_sub(crop_cells);
-    if around_defect {
-        let (r, c) = item.defect_cells[rng.random_range(0..item.defect_cells.len())];
-        // Anywhere that keeps the defect cell inside the crop, one cell from its edge.
+    if let Some((r, c)) = around {
+        // Anywhere that keeps the cell inside the crop, one cell from its edge.
         let row0 = r.saturating_sub(rng.random_range(1..crop_cells.saturating_sub(1).max(2))).min(rows_fit);
         let col0 = c.saturating_sub(rng.random_range(1..crop_cells.saturating_sub(1).max(2))).min(cols_fit);
         (row0, col0)

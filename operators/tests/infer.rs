@@ -1,0 +1,60 @@
+//! The `infer` operator: one observation per frame at the frame's time, frames batched
+//! across cameras up to the batch size, detections stamped with the model version.
+
+use std::sync::Arc;
+
+use defectflow_models::card::ModelCard;
+use defectflow_models::detector::{CpuBackend, Detector};
+use defectflow_models::model::DefectNetConfig;
+use defectflow_operators::decode::FrameTensor;
+use defectflow_operators::infer::{Infer, InferConfig};
+use defectflow_schemas::FrameMeta;
+use timely::dataflow::operators::capture::{Capture, Event};
+use timely::dataflow::operators::vec::ToStream;
+
+fn frame(camera: &str, index: u64, capture_ms: u64) -> FrameTensor {
+    let meta =
+        FrameMeta { camera_id: camera.into(), frame_index: index, capture_ms, pts_ns: None, width: 32, height: 16 };
+    FrameTensor { meta, data: Arc::new(vec![100u8; 3 * 32 * 16]) }
+}
+
+#[test]
+fn every_frame_gets_one_observation_at_its_time_in_batches() {
+    let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&batches);
+    let captured = timely::example(move |scope| {
+        let net = DefectNetConfig::new().with_stem_channels(2).with_mid_channels(2).with_cell_channels(2);
+        let device = Default::default();
+        let mut card = ModelCard::untrained(net.clone(), 32, 16);
+        card.version = "m-test".into();
+        // A minimum confidence above 1 keeps the untrained network from reporting anything.
+        let mut detector = Detector::<CpuBackend>::new(net.init(&device), card, device);
+        detector.min_confidence = 1.1;
+        let frames = vec![
+            frame("cam-a", 0, 1_000),
+            frame("cam-b", 0, 1_000),
+            frame("cam-a", 1, 1_000),
+            frame("cam-b", 1, 1_000),
+            frame("cam-a", 2, 1_000),
+        ];
+        let config = InferConfig { batch_size: 3, max_wait_ms: 10_000, shadow: false };
+        frames.to_stream(scope).infer(detector, config, move |size, _| seen.lock().expect("lock").push(size)).capture()
+    });
+    let mut observations = Vec::new();
+    for event in captured.try_iter() {
+        if let Event::Messages(time, data) = event {
+            let time = *time.least().expect("a time");
+            observations.extend(data.into_iter().map(|o| (time, o)));
+        }
+    }
+    observations.sort_by(|a, b| (&a.1.camera_id, a.1.frame_index).cmp(&(&b.1.camera_id, b.1.frame_index)));
+    let rows: Vec<(u64, &str, u64, usize)> =
+        observations.iter().map(|(t, o)| (*t, o.camera_id.as_str(), o.frame_index, o.detections.len())).collect();
+    assert_eq!(
+        rows,
+        vec![(0, "cam-a", 0, 0), (0, "cam-a", 1, 0), (0, "cam-a", 2, 0), (0, "cam-b", 0, 0), (0, "cam-b", 1, 0)]
+    );
+    assert!(observations.iter().all(|(_, o)| o.capture_ms == 1_000));
+    // Five frames, batch size three: a full batch, then the rest once the input closes.
+    assert_eq!(*batches.lock().expect("lock"), vec![3, 2]);
+}
