@@ -88,6 +88,9 @@ struct EvalArgs {
     /// Also draw the per-class rates and the confusion matrix as a PNG here.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Lowest cell probability that counts as a defect (default: the model card's).
+    #[arg(long)]
+    min_confidence: Option<f32>,
 }
 
 #[derive(Debug, Args)]
@@ -364,7 +367,11 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
     use defectflow_models::detector::{CpuBackend, Detector};
-    let detector = Detector::<CpuBackend>::load(&args.model, Default::default())?;
+    let mut detector = Detector::<CpuBackend>::load(&args.model, Default::default())?;
+    if let Some(c) = args.min_confidence {
+        anyhow::ensure!((0.0..=1.0).contains(&c), "--min-confidence must be within [0, 1]");
+        detector.min_confidence = c;
+    }
     let report = defectflow::modelling::evaluate(&detector, &args.data)?;
     defectflow::modelling::print_report(&report);
     if let Some(path) = &args.json {
