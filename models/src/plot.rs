@@ -45,7 +45,7 @@ pub fn draw(report: &EvalReport) -> Canvas {
             let bar = (clamped * h as f32) as i32;
             c.fill_rect(x0 + 8 + i as i32 * 72 + s as i32 * 20, y0 + h - bar, 18, bar.max(1), SERIES[s]);
         }
-        let short: String = class.class.to_uppercase().chars().take(9).collect();
+        let short: String = class.class.to_uppercase().chars().take(7).collect();
         text(&mut c, x0 + 4 + i as i32 * 72, y0 + h + 10, &short, 1, INK);
     }
     for (s, name) in ["PRECISION", "RECALL", "F1"].iter().enumerate() {
