@@ -91,6 +91,10 @@ struct EvalArgs {
     /// Lowest cell probability that counts as a defect (default: the model card's).
     #[arg(long)]
     min_confidence: Option<f32>,
+    /// Write this evaluation (and `--min-confidence`, if given) into the model card: how a
+    /// threshold chosen on a validation set is recorded with its held-out result.
+    #[arg(long)]
+    record_in_card: bool,
 }
 
 #[derive(Debug, Args)]
@@ -379,6 +383,13 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.plot {
         defectflow_models::plot::write_png(&report, path)?;
+    }
+    if args.record_in_card {
+        let mut card = detector.card().clone();
+        card.min_confidence = detector.min_confidence;
+        card.evaluation = Some(report);
+        card.save(&args.model)?;
+        println!("recorded in {}", args.model.join("model.json").display());
     }
     Ok(())
 }
