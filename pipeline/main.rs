@@ -1,5 +1,6 @@
 //! The `defectflow` command line.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,6 +96,10 @@ struct EvalArgs {
     /// threshold chosen on a validation set is recorded with its held-out result.
     #[arg(long)]
     record_in_card: bool,
+    /// Also write every missed object and false detection here, one JSON line each with
+    /// its image: the frames to look at (or relabel) first.
+    #[arg(long)]
+    mistakes: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -376,7 +381,24 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         anyhow::ensure!((0.0..=1.0).contains(&c), "--min-confidence must be within [0, 1]");
         detector.min_confidence = c;
     }
-    let report = defectflow::modelling::evaluate(&detector, &args.data)?;
+    let mut mistakes = match &args.mistakes {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let report = defectflow::modelling::evaluate_with(&detector, &args.data, |image, wrong| {
+        if let Some(out) = &mut mistakes {
+            for m in wrong {
+                let line = serde_json::json!({ "image": image, "mistake": m });
+                writeln!(out, "{line}")?;
+            }
+        }
+        Ok(())
+    })?;
+    if let Some(mut out) = mistakes {
+        out.flush()?;
+    }
     defectflow::modelling::print_report(&report);
     if let Some(path) = &args.json {
         defectflow::modelling::write_json(path, &report)?;

@@ -12,7 +12,7 @@ use defectflow_models::card::{DEFAULT_MIN_CONFIDENCE, ModelCard, TrainingRecord,
 use defectflow_models::data::{Sample, YoloFolder, cell_targets};
 use defectflow_models::detector::{CpuBackend, Detector};
 use defectflow_models::inference::FrameView;
-use defectflow_models::metrics::{EvalReport, Evaluator};
+use defectflow_models::metrics::{EvalReport, Evaluator, Mistake, mistakes};
 use defectflow_models::model::DefectNetConfig;
 use defectflow_models::synth::{CameraTruth, GroundTruth, PlantOptions, Scene, random_plant};
 use defectflow_models::training::{TrainConfig, final_loss, train};
@@ -149,6 +149,16 @@ pub fn train_model(options: &TrainOptions) -> anyhow::Result<ModelCard> {
 
 /// Evaluates a detector on a YOLO folder, a batch of frames at a time.
 pub fn evaluate<B: burn::tensor::backend::Backend>(detector: &Detector<B>, data: &Path) -> anyhow::Result<EvalReport> {
+    evaluate_with(detector, data, |_, _| Ok(()))
+}
+
+/// [`evaluate`], also handing each frame's mistakes (missed objects, false detections)
+/// with its image path to `review`.
+pub fn evaluate_with<B: burn::tensor::backend::Backend>(
+    detector: &Detector<B>,
+    data: &Path,
+    mut review: impl FnMut(&Path, Vec<Mistake>) -> anyhow::Result<()>,
+) -> anyhow::Result<EvalReport> {
     let folder = YoloFolder::open(data)?;
     folder.check_labels()?;
     let mut evaluator = Evaluator::new(0.3);
@@ -159,8 +169,8 @@ pub fn evaluate<B: burn::tensor::backend::Backend>(detector: &Detector<B>, data:
         let views: Vec<FrameView<'_>> =
             batch.iter().map(|s| FrameView { width: s.width, height: s.height, pixels: &s.pixels }).collect();
         let scores = detector.score(&views);
-        let found = detector.detect(&views);
-        for ((sample, scores), found) in batch.iter().zip(&scores).zip(&found) {
+        for (index, ((sample, scores), view)) in batch.iter().zip(&scores).zip(&views).enumerate() {
+            let found = &detector.found_in(scores, view);
             // Cell targets are taken at the network's input size, where the cells are.
             let (sx, sy) = (w as f32 / sample.width as f32, h as f32 / sample.height as f32);
             let scaled: Vec<_> = sample
@@ -175,6 +185,10 @@ pub fn evaluate<B: burn::tensor::backend::Backend>(detector: &Detector<B>, data:
                 .collect();
             let (_, _, targets) = cell_targets(&scaled, w, h);
             evaluator.add(&sample.labels, found, &targets, &scores.argmax());
+            let wrong = mistakes(&sample.labels, found, evaluator.iou_threshold());
+            if !wrong.is_empty() {
+                review(&folder.items[start + index].0, wrong)?;
+            }
         }
     }
     Ok(evaluator.report(data.display().to_string(), folder_digest(&folder)?))

@@ -62,14 +62,14 @@ impl<B: Backend> Detector<B> {
 
     /// Defects in each frame, in that frame's pixels.
     pub fn detect(&self, frames: &[FrameView<'_>]) -> Vec<Vec<Found>> {
+        let scores = self.score(frames);
+        scores.iter().zip(frames).map(|(scores, frame)| self.found_in(scores, frame)).collect()
+    }
+
+    /// Defects in one frame from its cell probabilities (as [`Detector::score`] gave them).
+    pub fn found_in(&self, scores: &CellScores, frame: &FrameView<'_>) -> Vec<Found> {
         let (w, h) = (self.card.input_width as f32, self.card.input_height as f32);
-        self.score(frames)
-            .iter()
-            .zip(frames)
-            .map(|(scores, frame)| {
-                let (fw, fh) = (frame.width as f32, frame.height as f32);
-                group_cells(scores, self.min_confidence, (fw / w, fh / h), (fw, fh))
-            })
-            .collect()
+        let (fw, fh) = (frame.width as f32, frame.height as f32);
+        group_cells(scores, self.min_confidence, (fw / w, fh / h), (fw, fh))
     }
 }

@@ -95,6 +95,10 @@ impl Evaluator {
         }
     }
 
+    pub fn iou_threshold(&self) -> f32 {
+        self.iou_threshold
+    }
+
     /// Adds one frame: its labels and detections (same pixel space), and its cell
     /// targets and predicted cell classes (0 background, 1 + class id).
     pub fn add(&mut self, labels: &[LabelBox], found: &[Found], cell_targets: &[u8], cell_predicted: &[u8]) {
@@ -177,6 +181,60 @@ impl Evaluator {
             false_detections_per_1000_defect_free_frames: per_1000,
         }
     }
+}
+
+/// What went wrong with one object of a frame, for reviewing errors one by one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Mistake {
+    /// `missed`: a labelled object no detection of its class matched; `false`: a
+    /// detection that matched no labelled object of its class.
+    pub kind: String,
+    pub class: String,
+    pub bbox: BoundingBox,
+    /// The detection's confidence (`false` only).
+    pub confidence: Option<f32>,
+    /// Best IoU with the other side of the same class: a loose box around a real defect
+    /// shows up as a missed object and a false detection with an IoU just under the
+    /// threshold; a defect not seen at all has none.
+    pub best_iou: f32,
+}
+
+/// The missed objects and false detections of one frame, by the same matching as
+/// [`Evaluator::add`].
+pub fn mistakes(labels: &[LabelBox], found: &[Found], iou_threshold: f32) -> Vec<Mistake> {
+    let mut out = Vec::new();
+    for class in DefectClass::ALL {
+        let truth: Vec<&BoundingBox> = labels.iter().filter(|l| l.class == class).map(|l| &l.bbox).collect();
+        let mut mine: Vec<&Found> = found.iter().filter(|f| f.class == class).collect();
+        mine.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+        let boxes: Vec<&BoundingBox> = mine.iter().map(|f| &f.bbox).collect();
+        let matched = greedy_match(&truth, &boxes, iou_threshold);
+        let best = |b: &BoundingBox, others: &[&BoundingBox]| others.iter().map(|o| iou(b, o)).fold(0.0, f32::max);
+        for (t, m) in truth.iter().zip(&matched) {
+            if m.is_none() {
+                let bbox = **t;
+                out.push(Mistake {
+                    kind: "missed".into(),
+                    class: class.as_str().into(),
+                    best_iou: best(&bbox, &boxes),
+                    bbox,
+                    confidence: None,
+                });
+            }
+        }
+        for (j, f) in mine.iter().enumerate() {
+            if !matched.contains(&Some(j)) {
+                out.push(Mistake {
+                    kind: "false".into(),
+                    class: class.as_str().into(),
+                    bbox: f.bbox,
+                    confidence: Some(f.confidence),
+                    best_iou: best(&f.bbox, &truth),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// For each truth box, the index of the detection it is matched to: detections in the
