@@ -1,5 +1,5 @@
 //! Defect network inference on the CPU backend: frames per second at batch 1 and 8 on a
-//! 640x360 frame, with random weights (the peer, `benches/torch_defectnet.py`, builds the
+//! 640x360 frame, with random weights (the shipped architecture, box head included) (the peer, `benches/torch_defectnet.py`, builds the
 //! same network in PyTorch). `benches/model_vs_torch.sh` runs both and prints the ratio.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -11,7 +11,7 @@ const WIDTH: usize = 640;
 const HEIGHT: usize = 360;
 
 fn inference(c: &mut Criterion) {
-    let config = DefectNetConfig::new();
+    let config = DefectNetConfig::new().with_box_head(true);
     let macs = config.macs(WIDTH, HEIGHT);
     eprintln!("defect network: {} MACs = {:.3} GFLOP per {WIDTH}x{HEIGHT} frame", macs, 2.0 * macs as f64 / 1e9);
     let device = Default::default();

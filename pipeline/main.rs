@@ -73,6 +73,17 @@ struct TrainArgs {
     crop_px: usize,
     #[arg(long, default_value_t = 2e-3)]
     learning_rate: f64,
+    /// Go on training the model in this directory (e.g. the shipped one, on your own
+    /// frames) instead of starting afresh.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Leave out the box head: boxes then follow the 8-pixel cell grid.
+    #[arg(long)]
+    no_box_head: bool,
+    /// With `--init`: train only the box head (adding one if the model has none) and
+    /// leave the cells' scores exactly as they were.
+    #[arg(long, requires = "init", conflicts_with = "no_box_head")]
+    box_head_only: bool,
 }
 
 #[derive(Debug, Args)]
@@ -356,7 +367,8 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         .with_steps(args.steps)
         .with_batch_size(args.batch_size)
         .with_crop_px(args.crop_px)
-        .with_learning_rate(args.learning_rate);
+        .with_learning_rate(args.learning_rate)
+        .with_box_head_only(args.box_head_only);
     anyhow::ensure!(
         args.crop_px >= 16 && args.crop_px.is_multiple_of(8),
         "--crop-px must be a multiple of 8, at least 16"
@@ -366,8 +378,9 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         data: args.data,
         out: args.out,
         config,
-        architecture: defectflow_models::model::DefectNetConfig::new(),
+        architecture: defectflow_models::model::DefectNetConfig::new().with_box_head(!args.no_box_head),
         holdout: args.holdout,
+        init: args.init,
         command: std::iter::once("defectflow".to_owned()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" "),
     };
     defectflow::modelling::train_model(&options)?;

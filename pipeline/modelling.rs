@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use burn::backend::Autodiff;
-use defectflow_models::card::{DEFAULT_MIN_CONFIDENCE, ModelCard, TrainingRecord, digest_files, save_model};
+use defectflow_models::card::{
+    DEFAULT_MIN_CONFIDENCE, EarlierModel, ModelCard, TrainingRecord, digest_files, load_model, save_model,
+};
 use defectflow_models::data::{Sample, YoloFolder, cell_targets};
 use defectflow_models::detector::{CpuBackend, Detector};
 use defectflow_models::inference::FrameView;
@@ -71,6 +73,8 @@ pub struct TrainOptions {
     pub architecture: DefectNetConfig,
     /// Held-out YOLO folder evaluated after training; the result goes into the card.
     pub holdout: Option<PathBuf>,
+    /// A model directory to go on training from instead of starting afresh.
+    pub init: Option<PathBuf>,
     /// The command line, recorded in the card.
     pub command: String,
 }
@@ -89,8 +93,18 @@ pub fn train_model(options: &TrainOptions) -> anyhow::Result<ModelCard> {
     );
     let (input_width, input_height) = most_common_size(&samples);
     let device = Default::default();
+    let (start, architecture, continued_from) = match &options.init {
+        Some(dir) => {
+            let (net, card) = load_model::<Autodiff<CpuBackend>>(dir, &device)?;
+            let architecture = card.architecture.clone().with_box_head(options.architecture.box_head);
+            eprintln!("going on from {} (version {})", dir.display(), card.version);
+            let earlier = EarlierModel { version: card.version, training: card.training };
+            (Some(net), architecture, Some(Box::new(earlier)))
+        }
+        None => (None, options.architecture.clone(), None),
+    };
     let started = Instant::now();
-    let (net, losses) = train::<Autodiff<CpuBackend>>(&samples, &options.architecture, &options.config, &device, |p| {
+    let (net, losses) = train::<Autodiff<CpuBackend>>(&samples, &architecture, start, &options.config, &device, |p| {
         let done = p.step * 30 / p.steps.max(1);
         let eta = started.elapsed().as_secs_f64() / p.step as f64 * (p.steps - p.step) as f64;
         eprint!(
@@ -115,7 +129,7 @@ pub fn train_model(options: &TrainOptions) -> anyhow::Result<ModelCard> {
         input_width,
         input_height,
         cell_px: 0,
-        architecture: options.architecture.clone(),
+        architecture,
         min_confidence: DEFAULT_MIN_CONFIDENCE,
         training: TrainingRecord {
             command: options.command.clone(),
@@ -129,6 +143,7 @@ pub fn train_model(options: &TrainOptions) -> anyhow::Result<ModelCard> {
             learning_rate: options.config.learning_rate,
             final_loss: final_loss(&losses),
             seconds,
+            continued_from,
         },
         evaluation: None,
         weights_file: String::new(),

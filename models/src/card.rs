@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::metrics::EvalReport;
-use crate::model::{CELL_PX, DefectNet, DefectNetConfig};
+use crate::model::{CELL_PX, DefectNet, DefectNetConfig, DefectNetRecord};
 
 /// File names inside a model directory.
 pub const CARD_FILE: &str = "model.json";
@@ -47,6 +47,17 @@ pub struct TrainingRecord {
     /// Mean loss over the last 5% of the steps.
     pub final_loss: f32,
     pub seconds: f64,
+    /// When training went on from an earlier model (`train --init`): that model's version
+    /// and its own training record, so the whole chain can be reproduced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continued_from: Option<Box<EarlierModel>>,
+}
+
+/// The model a training run started from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EarlierModel {
+    pub version: String,
+    pub training: TrainingRecord,
 }
 
 /// Everything needed to use and trust a set of weights.
@@ -101,6 +112,7 @@ impl ModelCard {
                 learning_rate: 0.0,
                 final_loss: f32::NAN,
                 seconds: 0.0,
+                continued_from: None,
             },
             evaluation: None,
             weights_file: String::new(),
@@ -112,7 +124,13 @@ impl ModelCard {
     pub fn load(dir: &Path) -> Result<ModelCard, ModelError> {
         let path = dir.join(CARD_FILE);
         let text = fs::read(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
-        serde_json::from_slice(&text).map_err(|source| ModelError::Card { path, source })
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|source| ModelError::Card { path: path.clone(), source })?;
+        // Cards written before the box head existed describe networks without one.
+        if let Some(architecture) = value.get_mut("architecture").and_then(|a| a.as_object_mut()) {
+            architecture.entry("box_head").or_insert(serde_json::Value::Bool(false));
+        }
+        serde_json::from_value(value).map_err(|source| ModelError::Card { path, source })
     }
 
     /// Writes the card into `dir` (pretty JSON, for people to read).
@@ -156,7 +174,14 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(DefectN
         return Err(ModelError::Digest { path, expected: card.weights_sha256.clone(), actual });
     }
     let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
-    let record =
+    let mut bytes = bytes;
+    if !card.architecture.box_head {
+        // Weights saved before the network had its optional box head end where the
+        // head's "none" marker (one zero byte) now goes; a trailing byte after a
+        // complete record is ignored.
+        bytes.push(0);
+    }
+    let record: DefectNetRecord<B> =
         recorder.load(bytes, device).map_err(|e| ModelError::Weights { path: path.clone(), reason: e.to_string() })?;
     let net = card.architecture.init::<B>(device).load_record(record);
     Ok((net, card))

@@ -252,8 +252,20 @@ pub const IGNORE: u8 = u8::MAX;
 /// for a cell a box only grazes. A cell is the box's when its centre is inside the box;
 /// the cell under the box's centre always is, so a small defect is never left without one.
 pub fn cell_targets(labels: &[LabelBox], width: usize, height: usize) -> (usize, usize, Vec<u8>) {
+    let (cw, ch, targets, _) = cell_targets_with_boxes(labels, width, height);
+    (cw, ch, targets)
+}
+
+/// [`cell_targets`], and for each cell a box covers (defect or grazed) the box it belongs to as the box head
+/// learns it: centre offset x, y from the cell's centre, log width, log height, in cells.
+pub fn cell_targets_with_boxes(
+    labels: &[LabelBox],
+    width: usize,
+    height: usize,
+) -> (usize, usize, Vec<u8>, Vec<Option<[f32; 4]>>) {
     let (cw, ch) = (cells(width), cells(height));
     let mut targets = vec![0u8; cw * ch];
+    let mut boxes = vec![None; cw * ch];
     // Larger boxes first, so a small defect inside a large one keeps its cells.
     let mut order: Vec<&LabelBox> = labels.iter().collect();
     order.sort_by(|a, b| b.bbox.area().total_cmp(&a.bbox.area()));
@@ -261,6 +273,15 @@ pub fn cell_targets(labels: &[LabelBox], width: usize, height: usize) -> (usize,
     for label in order {
         let b = &label.bbox;
         let id = label.class.yolo_id() as u8 + 1;
+        let target_box = |cx: usize, cy: usize| {
+            let (px, py) = ((cx as f32 + 0.5) * cell, (cy as f32 + 0.5) * cell);
+            [
+                (b.x + b.width / 2.0 - px) / cell,
+                (b.y + b.height / 2.0 - py) / cell,
+                (b.width / cell).max(1e-3).ln(),
+                (b.height / cell).max(1e-3).ln(),
+            ]
+        };
         let (x0, y0) = ((b.x / cell).floor().max(0.0) as usize, (b.y / cell).floor().max(0.0) as usize);
         let x1 = (((b.x + b.width) / cell).ceil() as usize).min(cw);
         let y1 = (((b.y + b.height) / cell).ceil() as usize).min(ch);
@@ -268,18 +289,25 @@ pub fn cell_targets(labels: &[LabelBox], width: usize, height: usize) -> (usize,
             for cx in x0..x1 {
                 let (px, py) = ((cx as f32 + 0.5) * cell, (cy as f32 + 0.5) * cell);
                 let inside = px >= b.x && px <= b.x + b.width && py >= b.y && py <= b.y + b.height;
-                let slot = &mut targets[cy * cw + cx];
+                let i = cy * cw + cx;
                 if inside {
-                    *slot = id;
-                } else if *slot == 0 {
-                    *slot = IGNORE;
+                    targets[i] = id;
+                    boxes[i] = Some(target_box(cx, cy));
+                } else if targets[i] == 0 {
+                    targets[i] = IGNORE;
+                }
+                // A grazed cell may still be found as part of the defect, so it learns
+                // the box as well.
+                if boxes[i].is_none() {
+                    boxes[i] = Some(target_box(cx, cy));
                 }
             }
         }
         let (mx, my) = (((b.x + b.width / 2.0) / cell) as usize, ((b.y + b.height / 2.0) / cell) as usize);
         if mx < cw && my < ch {
             targets[my * cw + mx] = id;
+            boxes[my * cw + mx] = Some(target_box(mx, my));
         }
     }
-    (cw, ch, targets)
+    (cw, ch, targets, boxes)
 }

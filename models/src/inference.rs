@@ -6,7 +6,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use defectflow_schemas::{BoundingBox, DefectClass};
 
-use crate::model::{CELL_PX, DefectNet, cells};
+use crate::model::{BOX_OUTPUTS, CELL_PX, DefectNet, cells};
 
 /// A frame as the network reads it: planar RGB, `[3, height, width]` bytes.
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +34,9 @@ pub struct CellScores {
     pub rows: usize,
     pub cols: usize,
     pub probabilities: Vec<f32>,
+    /// With the box head: `[4, rows, cols]`, each cell's object as centre offset x, y
+    /// from the cell's centre and log width, log height, in cells.
+    pub boxes: Option<Vec<f32>>,
 }
 
 impl CellScores {
@@ -68,11 +71,24 @@ pub fn score_batch<B: Backend>(net: &DefectNet<B>, frames: &[FrameView<'_>], dev
         input.extend(frame.pixels.iter().map(|&p| f32::from(p)));
     }
     let pixels = Tensor::<B, 4>::from_data(TensorData::new(input, [frames.len(), 3, height, width]), device);
-    let probabilities = softmax(net.forward(pixels), 1); // [batch, classes, rows, cols]
+    let (logits, boxes) = net.forward_with_boxes(pixels);
+    let probabilities = softmax(logits, 1); // [batch, classes, rows, cols]
     let [_, classes, rows, cols] = probabilities.dims();
     let values: Vec<f32> = probabilities.into_data().convert::<f32>().into_vec().unwrap_or_default();
+    let boxes: Option<Vec<f32>> = boxes.map(|b| b.into_data().convert::<f32>().into_vec().unwrap_or_default());
     let per_frame = classes * rows * cols;
-    values.chunks(per_frame).map(|chunk| CellScores { classes, rows, cols, probabilities: chunk.to_vec() }).collect()
+    let per_frame_boxes = BOX_OUTPUTS * rows * cols;
+    values
+        .chunks(per_frame)
+        .enumerate()
+        .map(|(i, chunk)| CellScores {
+            classes,
+            rows,
+            cols,
+            probabilities: chunk.to_vec(),
+            boxes: boxes.as_ref().map(|b| b[i * per_frame_boxes..(i + 1) * per_frame_boxes].to_vec()),
+        })
+        .collect()
 }
 
 /// Groups neighbouring defect cells (any defect class) into detections; cells up to
@@ -81,6 +97,8 @@ pub fn score_batch<B: Backend>(net: &DefectNet<B>, frames: &[FrameView<'_>], dev
 /// A cell counts when its most likely class is a defect with probability at least
 /// `min_confidence`; a group takes the class with the largest summed probability over
 /// its cells, so one defect whose cells disagree on the class stays one detection.
+/// The box is the probability-weighted mean of the box head's boxes over the group's
+/// cells when the network has the head, else the extent of the cells.
 /// `scale` maps network pixels to frame pixels.
 pub fn group_cells(scores: &CellScores, min_confidence: f32, scale: (f32, f32), frame: (f32, f32)) -> Vec<Found> {
     let (rows, cols) = (scores.rows, scores.cols);
@@ -96,11 +114,13 @@ pub fn group_cells(scores: &CellScores, min_confidence: f32, scale: (f32, f32), 
         }
         seen[start] = true;
         let mut stack = vec![start];
+        let mut members = Vec::new();
         let mut sums = vec![0f32; scores.classes];
         let mut peak = vec![0f32; scores.classes];
         let (mut r0, mut c0, mut r1, mut c1, mut count) = (rows, cols, 0, 0, 0usize);
         while let Some(i) = stack.pop() {
             let (r, c) = (i / cols, i % cols);
+            members.push(i);
             count += 1;
             (r0, c0, r1, c1) = (r0.min(r), c0.min(c), r1.max(r), c1.max(c));
             for (k, (sum, top)) in sums.iter_mut().zip(peak.iter_mut()).enumerate().skip(1) {
@@ -125,17 +145,43 @@ pub fn group_cells(scores: &CellScores, min_confidence: f32, scale: (f32, f32), 
         let class_index = (1..scores.classes).max_by(|&a, &b| sums[a].total_cmp(&sums[b])).unwrap_or(1);
         let Some(class) = DefectClass::from_yolo_id(class_index - 1) else { continue };
         let cell = CELL_PX as f32;
-        let (x0, y0) = (c0 as f32 * cell * scale.0, r0 as f32 * cell * scale.1);
-        let x1 = ((c1 + 1) as f32 * cell * scale.0).min(frame.0);
-        let y1 = ((r1 + 1) as f32 * cell * scale.1).min(frame.1);
+        // In network pixels.
+        let extent = [c0 as f32 * cell, r0 as f32 * cell, (c1 + 1) as f32 * cell, (r1 + 1) as f32 * cell];
+        let [x0, y0, x1, y1] = match &scores.boxes {
+            Some(boxes) => placed_box(scores, boxes, &members, class_index).unwrap_or(extent),
+            None => extent,
+        };
+        let (x0, y0) = ((x0 * scale.0).max(0.0), (y0 * scale.1).max(0.0));
+        let (x1, y1) = ((x1 * scale.0).min(frame.0), (y1 * scale.1).min(frame.1));
         found.push(Found {
             class,
             confidence: peak[class_index],
-            bbox: BoundingBox { x: x0, y: y0, width: x1 - x0, height: y1 - y0 },
+            bbox: BoundingBox { x: x0, y: y0, width: (x1 - x0).max(1.0), height: (y1 - y0).max(1.0) },
             area_px: count as f32 * cell * cell * scale.0 * scale.1,
         });
     }
     found
+}
+
+/// The box head's boxes of a group's cells, averaged with the cells' probability of the
+/// group's class as weights: `[x0, y0, x1, y1]` in network pixels.
+fn placed_box(scores: &CellScores, boxes: &[f32], members: &[usize], class: usize) -> Option<[f32; 4]> {
+    let plane = scores.rows * scores.cols;
+    let cell = CELL_PX as f32;
+    let (mut sum, mut total) = ([0f32; 4], 0f32);
+    for &i in members {
+        let (r, c) = (i / scores.cols, i % scores.cols);
+        let weight = scores.probability(class, r, c);
+        let centre_x = (c as f32 + 0.5 + boxes[i]) * cell;
+        let centre_y = (r as f32 + 0.5 + boxes[plane + i]) * cell;
+        let half_w = boxes[2 * plane + i].clamp(-8.0, 8.0).exp() * cell / 2.0;
+        let half_h = boxes[3 * plane + i].clamp(-8.0, 8.0).exp() * cell / 2.0;
+        for (s, v) in sum.iter_mut().zip([centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h]) {
+            *s += weight * v;
+        }
+        total += weight;
+    }
+    (total > 0.0).then(|| sum.map(|s| s / total))
 }
 
 /// Resizes a planar RGB frame to `width`×`height` (area average when shrinking,

@@ -17,9 +17,9 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::{IGNORE, Sample, cell_targets};
+use crate::data::{IGNORE, Sample, cell_targets_with_boxes};
 use crate::inference::{FrameView, score_batch};
-use crate::model::{CELL_PX, DefectNet, DefectNetConfig};
+use crate::model::{BOX_OUTPUTS, CELL_PX, DefectNet, DefectNetConfig};
 
 /// Training hyperparameters, recorded in the model card.
 #[derive(Config, Debug, PartialEq)]
@@ -48,6 +48,13 @@ pub struct TrainConfig {
     /// Share of crops placed around a remembered hard example.
     #[config(default = 0.25)]
     pub hard_crop_share: f64,
+    /// Weight of the box head's loss (mean absolute error of centre offset and log size
+    /// over defect cells) beside the cells' cross-entropy.
+    #[config(default = 0.1)]
+    pub box_weight: f32,
+    /// Train the box head alone, everything else frozen (going on from a trained model).
+    #[config(default = false)]
+    pub box_head_only: bool,
 }
 
 /// Reported every few steps.
@@ -65,13 +72,17 @@ struct Prepared<'a> {
     sample: &'a Sample,
     cols: usize,
     targets: Vec<u8>,
+    boxes: Vec<Option<[f32; 4]>>,
     defect_cells: Vec<(usize, usize)>,
 }
 
-/// Trains a new network on `samples`; returns it (without autodiff) and the loss of every step.
+/// Trains a network on `samples`, a new one or, given `start`, that one further (with a
+/// fresh box head if it has none and `architecture` asks for one); returns it (without
+/// autodiff) and the loss of every step.
 pub fn train<B: AutodiffBackend>(
     samples: &[Sample],
     architecture: &DefectNetConfig,
+    start: Option<DefectNet<B>>,
     config: &TrainConfig,
     device: &B::Device,
     mut progress: impl FnMut(&Progress),
@@ -81,32 +92,45 @@ pub fn train<B: AutodiffBackend>(
     let prepared: Vec<Prepared<'_>> = samples
         .iter()
         .map(|sample| {
-            let (cols, _, targets) = cell_targets(&sample.labels, sample.width, sample.height);
+            let (cols, _, targets, boxes) = cell_targets_with_boxes(&sample.labels, sample.width, sample.height);
             let defect_cells = targets
                 .iter()
                 .enumerate()
                 .filter(|(_, t)| **t != 0 && **t != IGNORE)
                 .map(|(i, _)| (i / cols, i % cols))
                 .collect();
-            Prepared { sample, cols, targets, defect_cells }
+            Prepared { sample, cols, targets, boxes, defect_cells }
         })
         .collect();
     let with_defects: Vec<usize> = (0..prepared.len()).filter(|&i| !prepared[i].defect_cells.is_empty()).collect();
     let crop_cells = (config.crop_px / CELL_PX).max(1);
-    let mut net = architecture.init::<B>(device);
+    let continuing = start.is_some();
+    let mut net = match start {
+        Some(net) if architecture.box_head && !net.has_box_head() => net.with_box_head(device),
+        Some(net) => net,
+        None => architecture.init::<B>(device),
+    };
+    if config.box_head_only {
+        net = net.freeze_all_but_box_head();
+    }
+    // With the cells frozen there is nothing for hard examples to teach.
+    let mine_every = if config.box_head_only { 0 } else { config.mine_every };
     let mut optimizer = AdamConfig::new().init();
     let mut losses = Vec::with_capacity(config.steps);
     let (mut since, mut window) = (Instant::now(), Vec::new());
     // (sample, row, col) of cells the network got wrong at the last mining.
     let mut hard: Vec<(usize, usize, usize)> = Vec::new();
     for step in 0..config.steps {
-        if config.mine_every > 0 && step > 0 && step % config.mine_every == 0 {
+        // A network trained before already knows enough to have its mistakes mined at once.
+        if mine_every > 0 && step % mine_every == 0 && (step > 0 || continuing) {
             hard = mine_hard_cells(&net.valid(), &prepared, device);
             since = Instant::now();
         }
         let mut pixels = Vec::with_capacity(config.batch_size * 3 * crop_cells * crop_cells * CELL_PX * CELL_PX);
         let mut targets = Vec::with_capacity(config.batch_size * crop_cells * crop_cells);
         let mut weights = Vec::with_capacity(targets.capacity());
+        let mut box_targets = Vec::with_capacity(4 * targets.capacity());
+        let mut box_mask = Vec::with_capacity(targets.capacity());
         for _ in 0..config.batch_size {
             let draw = rng.random_range(0.0..1.0);
             let (item, around) = if !hard.is_empty() && draw < config.hard_crop_share {
@@ -120,6 +144,7 @@ pub fn train<B: AutodiffBackend>(
             };
             let (row0, col0) = crop_origin(item, crop_cells, around, &mut rng);
             crop(item, row0, col0, crop_cells, config.defect_weight, &mut pixels, &mut targets, &mut weights);
+            crop_boxes(item, row0, col0, crop_cells, &mut box_targets, &mut box_mask);
         }
         let side = crop_cells * CELL_PX;
         let batch = config.batch_size;
@@ -127,9 +152,17 @@ pub fn train<B: AutodiffBackend>(
         let target =
             Tensor::<B, 4, Int>::from_data(TensorData::new(targets, [batch, 1, crop_cells, crop_cells]), device);
         let weight = Tensor::<B, 4>::from_data(TensorData::new(weights, [batch, 1, crop_cells, crop_cells]), device);
-        let logits = net.forward(input); // [batch, classes, cells, cells]
+        let (logits, boxes) = net.forward_with_boxes(input); // [batch, classes | 4, cells, cells]
         let picked = log_softmax(logits, 1).gather(1, target); // [batch, 1, cells, cells]
-        let loss = picked.mul(weight.clone()).sum().neg().div(weight.sum().clamp_min(1.0));
+        let mut loss = picked.mul(weight.clone()).sum().neg().div(weight.sum().clamp_min(1.0));
+        if let Some(boxes) = boxes {
+            let shape = [batch, BOX_OUTPUTS, crop_cells, crop_cells];
+            let wanted = Tensor::<B, 4>::from_data(TensorData::new(box_targets, shape), device);
+            let mask = Tensor::<B, 4>::from_data(TensorData::new(box_mask, [batch, 1, crop_cells, crop_cells]), device);
+            let error = boxes.sub(wanted).abs().mul(mask.clone()).sum();
+            let box_loss = error.div(mask.sum().mul_scalar(BOX_OUTPUTS as f32).clamp_min(1.0));
+            loss = loss.add(box_loss.mul_scalar(config.box_weight));
+        }
         let value: f32 = loss.clone().into_scalar().elem();
         losses.push(value);
         window.push(value);
@@ -242,6 +275,32 @@ fn crop(
             };
             targets.push(target);
             weights.push(weight);
+        }
+    }
+}
+
+/// The box targets of a crop in `[4, cells, cells]` planes, and a mask of the cells that
+/// have one.
+fn crop_boxes(
+    item: &Prepared<'_>,
+    row0: usize,
+    col0: usize,
+    crop_cells: usize,
+    box_targets: &mut Vec<f32>,
+    box_mask: &mut Vec<f32>,
+) {
+    let rows = item.targets.len() / item.cols;
+    let at = |r: usize, c: usize| if r < rows && c < item.cols { item.boxes[r * item.cols + c] } else { None };
+    for k in 0..BOX_OUTPUTS {
+        for r in row0..row0 + crop_cells {
+            for c in col0..col0 + crop_cells {
+                box_targets.push(at(r, c).map_or(0.0, |b| b[k]));
+            }
+        }
+    }
+    for r in row0..row0 + crop_cells {
+        for c in col0..col0 + crop_cells {
+            box_mask.push(if at(r, c).is_some() { 1.0 } else { 0.0 });
         }
     }
 }

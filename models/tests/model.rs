@@ -123,7 +123,7 @@ fn neighbouring_cells_become_one_detection_with_the_majority_class() {
     set(&mut p, 0, 0, [0.1, 0.8, 0.1]);
     set(&mut p, 1, 1, [0.2, 0.3, 0.5]); // diagonal neighbour, other class
     set(&mut p, 0, 3, [0.6, 0.4, 0.0]); // background wins: not a defect cell
-    let scores = CellScores { classes: 3, rows, cols, probabilities: p };
+    let scores = CellScores { classes: 3, rows, cols, probabilities: p, boxes: None };
     let found = group_cells(&scores, 0.5, (1.0, 1.0), (32.0, 16.0));
     assert_eq!(found.len(), 1);
     let f = &found[0];
@@ -132,6 +132,39 @@ fn neighbouring_cells_become_one_detection_with_the_majority_class() {
     assert_eq!(f.bbox, BoundingBox { x: 0.0, y: 0.0, width: 16.0, height: 16.0 });
     assert_eq!(f.area_px, 128.0);
     assert!((f.confidence - 0.8).abs() < 1e-6);
+}
+
+#[test]
+fn the_box_head_places_a_box_finer_than_the_cell_grid() {
+    // One class (crack) over 1×3 cells; cells 0 and 1 see a crack whose box is
+    // x 5..17, y 2..6 (12×4 px), each predicting it relative to its own centre.
+    let (rows, cols) = (1, 3);
+    let mut p = vec![0f32; 2 * rows * cols];
+    p[..3].copy_from_slice(&[0.1, 0.2, 1.0]); // background
+    p[3..].copy_from_slice(&[0.9, 0.8, 0.0]); // crack
+    let planes = |cell: usize| {
+        let centre_x = (cell as f32 + 0.5) * 8.0;
+        [(11.0 - centre_x) / 8.0, (4.0 - 4.0) / 8.0, (12.0f32 / 8.0).ln(), (4.0f32 / 8.0).ln()]
+    };
+    let mut boxes = vec![0f32; 4 * cols];
+    for cell in 0..2 {
+        for (k, v) in planes(cell).into_iter().enumerate() {
+            boxes[k * cols + cell] = v;
+        }
+    }
+    let scores = CellScores { classes: 2, rows, cols, probabilities: p, boxes: Some(boxes) };
+    let found = group_cells(&scores, 0.5, (1.0, 1.0), (24.0, 8.0));
+    assert_eq!(found.len(), 1);
+    let b = found[0].bbox;
+    for (got, want) in [(b.x, 5.0), (b.y, 2.0), (b.width, 12.0), (b.height, 4.0)] {
+        assert!((got - want).abs() < 1e-4, "{b:?}");
+    }
+    // The same cells without the head: the cells' extent.
+    let scores = CellScores { boxes: None, ..scores };
+    assert_eq!(
+        group_cells(&scores, 0.5, (1.0, 1.0), (24.0, 8.0))[0].bbox,
+        BoundingBox { x: 0.0, y: 0.0, width: 16.0, height: 8.0 }
+    );
 }
 
 #[test]
@@ -191,10 +224,11 @@ fn generated_samples(seed: u64, frames: &[u64]) -> Vec<Sample> {
 fn training_lowers_the_loss_and_a_saved_model_reloads_to_identical_outputs() {
     let _turn = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
     let samples = generated_samples(3, &[60, 80, 99]);
-    let architecture = DefectNetConfig::new().with_stem_channels(8).with_mid_channels(8).with_cell_channels(8);
+    let architecture =
+        DefectNetConfig::new().with_stem_channels(8).with_mid_channels(8).with_cell_channels(8).with_box_head(true);
     let config = TrainConfig::new().with_steps(60).with_batch_size(4).with_crop_px(64).with_seed(5);
     let device = Default::default();
-    let (net, losses) = train::<Autodiff<CpuBackend>>(&samples, &architecture, &config, &device, |_| {});
+    let (net, losses) = train::<Autodiff<CpuBackend>>(&samples, &architecture, None, &config, &device, |_| {});
     assert_eq!(losses.len(), 60);
     let first: f32 = losses[..10].iter().sum::<f32>() / 10.0;
     let last: f32 = losses[50..].iter().sum::<f32>() / 10.0;
@@ -222,6 +256,7 @@ fn training_lowers_the_loss_and_a_saved_model_reloads_to_identical_outputs() {
             learning_rate: config.learning_rate,
             final_loss: last,
             seconds: 0.0,
+            continued_from: None,
         },
         evaluation: None,
         weights_file: String::new(),
@@ -237,6 +272,8 @@ fn training_lowers_the_loss_and_a_saved_model_reloads_to_identical_outputs() {
     let after = score_batch(&reloaded, &views, &device);
     for (a, b) in before.iter().zip(&after) {
         assert_eq!(a.probabilities, b.probabilities, "reloaded model scores differently");
+        assert!(a.boxes.is_some(), "the box head is used");
+        assert_eq!(a.boxes, b.boxes, "reloaded model places boxes differently");
     }
 
     // Weights that do not match the card's digest are refused, naming the file.
@@ -252,7 +289,7 @@ fn training_is_deterministic_for_a_seed() {
     let architecture = DefectNetConfig::new().with_stem_channels(4).with_mid_channels(4).with_cell_channels(4);
     let config = TrainConfig::new().with_steps(8).with_batch_size(2).with_crop_px(32).with_seed(9);
     let device = Default::default();
-    let (_, a) = train::<Autodiff<CpuBackend>>(&samples, &architecture, &config, &device, |_| {});
-    let (_, b) = train::<Autodiff<CpuBackend>>(&samples, &architecture, &config, &device, |_| {});
+    let (_, a) = train::<Autodiff<CpuBackend>>(&samples, &architecture, None, &config, &device, |_| {});
+    let (_, b) = train::<Autodiff<CpuBackend>>(&samples, &architecture, None, &config, &device, |_| {});
     assert_eq!(a, b);
 }
