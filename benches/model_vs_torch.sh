@@ -18,7 +18,7 @@ python3 - <<'PY'
 import json, re
 text = open("/tmp/defectflow-inference-bench.txt").read()
 burn = {}
-for batch, unit_value, unit in re.findall(r"burn_flex/(\d+)\s+time:.*?\nthrpt:\s+\[[^ ]+ [^ ]+ ([0-9.]+) ([KM]?elem/s)", text):
+for batch, unit_value, unit in re.findall(r"burn_flex/(\d+)\s+time:.*?\n\s*thrpt:\s+\[\S+\s+\S+\s+([0-9.]+)\s+([KM]?elem/s)", text):
     scale = {"elem/s": 1, "Kelem/s": 1e3, "Melem/s": 1e6}[unit]
     burn[int(batch)] = float(unit_value) * scale
 flops = re.search(r"= ([0-9.]+) GFLOP per", text)
