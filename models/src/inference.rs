@@ -68,10 +68,31 @@ pub fn score_batch<B: Backend>(net: &DefectNet<B>, frames: &[FrameView<'_>], dev
     let (width, height) = (first.width, first.height);
     let mut input = Vec::with_capacity(frames.len() * 3 * width * height);
     for frame in frames {
+        input.extend_from_slice(frame.pixels);
+    }
+    let (logits, boxes) = net.forward_bytes(&input, [frames.len(), height, width], device);
+    cell_scores(logits, boxes)
+}
+
+/// [`score_batch`] through the network's tensor path only, as training computes it:
+/// hard-example mining uses it so a training run does not depend on the inference kernel.
+pub(crate) fn score_batch_as_trained<B: Backend>(
+    net: &DefectNet<B>,
+    frames: &[FrameView<'_>],
+    device: &B::Device,
+) -> Vec<CellScores> {
+    let Some(first) = frames.first() else { return Vec::new() };
+    let (width, height) = (first.width, first.height);
+    let mut input = Vec::with_capacity(frames.len() * 3 * width * height);
+    for frame in frames {
         input.extend(frame.pixels.iter().map(|&p| f32::from(p)));
     }
     let pixels = Tensor::<B, 4>::from_data(TensorData::new(input, [frames.len(), 3, height, width]), device);
     let (logits, boxes) = net.forward_with_boxes(pixels);
+    cell_scores(logits, boxes)
+}
+
+fn cell_scores<B: Backend>(logits: Tensor<B, 4>, boxes: Option<Tensor<B, 4>>) -> Vec<CellScores> {
     let probabilities = softmax(logits, 1); // [batch, classes, rows, cols]
     let [_, classes, rows, cols] = probabilities.dims();
     let values: Vec<f32> = probabilities.into_data().convert::<f32>().into_vec().unwrap_or_default();

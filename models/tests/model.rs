@@ -6,6 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use burn::backend::Autodiff;
+use burn::tensor::{Tensor, TensorData};
 use defectflow_models::card::{ModelCard, TrainingRecord, load_model, save_model};
 use defectflow_models::data::{DataError, IGNORE, LabelBox, Sample, YoloFolder, cell_targets};
 use defectflow_models::detector::CpuBackend;
@@ -165,6 +166,26 @@ fn the_box_head_places_a_box_finer_than_the_cell_grid() {
         group_cells(&scores, 0.5, (1.0, 1.0), (24.0, 8.0))[0].bbox,
         BoundingBox { x: 0.0, y: 0.0, width: 16.0, height: 8.0 }
     );
+}
+
+#[test]
+fn the_byte_stem_kernel_matches_the_network_on_tensors() {
+    // Odd sizes exercise the padding on every side; two frames the batch layout.
+    let (width, height) = (37, 29);
+    let device = Default::default();
+    let net = DefectNetConfig::new().with_box_head(true).init::<CpuBackend>(&device);
+    let pixels: Vec<u8> = (0..2 * 3 * width * height).map(|i| (i * 7919 % 251) as u8).collect();
+    let floats: Vec<f32> = pixels.iter().map(|&p| f32::from(p)).collect();
+    let tensor = Tensor::<CpuBackend, 4>::from_data(TensorData::new(floats, [2, 3, height, width]), &device);
+    let (logits, boxes) = net.forward_with_boxes(tensor);
+    let (fast_logits, fast_boxes) = net.forward_bytes(&pixels, [2, height, width], &device);
+    let values = |t: Tensor<CpuBackend, 4>| t.into_data().convert::<f32>().into_vec::<f32>().expect("f32");
+    for (slow, fast) in [(logits, fast_logits), (boxes.expect("box head"), fast_boxes.expect("box head"))] {
+        assert_eq!(slow.dims(), fast.dims());
+        for (a, b) in values(slow).iter().zip(values(fast)) {
+            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+        }
+    }
 }
 
 #[test]
