@@ -30,5 +30,29 @@ fn inference(c: &mut Criterion) {
     group.finish();
 }
 
+/// The same network on the GPU backend at batch 1, 8 and 64 (`--features cuda`).
+#[cfg(feature = "cuda")]
+fn inference_gpu(c: &mut Criterion) {
+    use defectflow_models::detector::GpuBackend;
+    let device = Default::default();
+    let net = DefectNetConfig::new().with_box_head(true).init::<GpuBackend>(&device);
+    let pixels: Vec<u8> = (0..3 * WIDTH * HEIGHT).map(|i| (i * 7919 % 251) as u8).collect();
+    let mut group = c.benchmark_group("defect_net_640x360");
+    group.sample_size(20);
+    for batch in [1usize, 8, 64] {
+        let frames: Vec<FrameView<'_>> =
+            (0..batch).map(|_| FrameView { width: WIDTH, height: HEIGHT, pixels: &pixels }).collect();
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(BenchmarkId::new("burn_cuda", batch), &frames, |b, frames| {
+            // Scores come back to the host, so each iteration includes the transfers.
+            b.iter(|| score_batch(&net, frames, &device))
+        });
+    }
+    group.finish();
+}
+
+#[cfg(not(feature = "cuda"))]
 criterion_group!(benches, inference);
+#[cfg(feature = "cuda")]
+criterion_group!(benches, inference, inference_gpu);
 criterion_main!(benches);

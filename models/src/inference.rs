@@ -63,7 +63,14 @@ impl CellScores {
 
 /// Scores a batch of frames of one size with the network: `[batch, classes, rows, cols]`
 /// probabilities, one [`CellScores`] per frame.
+///
+/// On the CPU backend the first convolution runs as a direct kernel on the bytes
+/// ([`DefectNet::forward_bytes`]); on any other backend (a GPU) the whole network runs
+/// on its tensors.
 pub fn score_batch<B: Backend>(net: &DefectNet<B>, frames: &[FrameView<'_>], device: &B::Device) -> Vec<CellScores> {
+    if std::any::TypeId::of::<B>() != std::any::TypeId::of::<crate::detector::CpuBackend>() {
+        return score_batch_as_trained(net, frames, device);
+    }
     let Some(first) = frames.first() else { return Vec::new() };
     let (width, height) = (first.width, first.height);
     let mut input = Vec::with_capacity(frames.len() * 3 * width * height);
@@ -76,7 +83,7 @@ pub fn score_batch<B: Backend>(net: &DefectNet<B>, frames: &[FrameView<'_>], dev
 
 /// [`score_batch`] through the network's tensor path only, as training computes it:
 /// hard-example mining uses it so a training run does not depend on the inference kernel.
-pub(crate) fn score_batch_as_trained<B: Backend>(
+pub fn score_batch_as_trained<B: Backend>(
     net: &DefectNet<B>,
     frames: &[FrameView<'_>],
     device: &B::Device,
