@@ -1,7 +1,10 @@
-//! Defect network inference on the CPU backend: frames per second at batch 1 and 8 on a
-//! 640x360 frame, with random weights (the shipped architecture, box head included) (the peer, `benches/torch_defectnet.py`, builds the
-//! same network in PyTorch). `benches/model_vs_torch.sh` runs both and prints the ratio.
+//! Defect network inference: frames per second at batch 1 and 8 on a 640x360 frame on
+//! the CPU backend, with random weights (the shipped architecture, box head included);
+//! the peer, `benches/torch_defectnet.py`, builds the same network in PyTorch, and
+//! `benches/model_vs_torch.sh` runs both and prints the ratio. With `--features cuda`
+//! also the GPU backend at batch 1, 8 and 64.
 
+use burn::tensor::backend::Backend;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use defectflow_models::detector::CpuBackend;
 use defectflow_models::inference::{FrameView, score_batch};
@@ -10,49 +13,32 @@ use defectflow_models::model::DefectNetConfig;
 const WIDTH: usize = 640;
 const HEIGHT: usize = 360;
 
+/// Times `score_batch` with a random network on backend `B` at each batch size.
+fn bench_backend<B: Backend>(c: &mut Criterion, name: &str, batches: &[usize]) {
+    let device = B::Device::default();
+    let net = DefectNetConfig::new().with_box_head(true).init::<B>(&device);
+    let pixels: Vec<u8> = (0..3 * WIDTH * HEIGHT).map(|i| (i * 7919 % 251) as u8).collect();
+    let mut group = c.benchmark_group("defect_net_640x360");
+    group.sample_size(20);
+    for &batch in batches {
+        let frames: Vec<FrameView<'_>> =
+            (0..batch).map(|_| FrameView { width: WIDTH, height: HEIGHT, pixels: &pixels }).collect();
+        group.throughput(Throughput::Elements(batch as u64));
+        // Scores come back to the host, so a GPU iteration includes the transfers.
+        group.bench_with_input(BenchmarkId::new(name, batch), &frames, |b, frames| {
+            b.iter(|| score_batch(&net, frames, &device))
+        });
+    }
+    group.finish();
+}
+
 fn inference(c: &mut Criterion) {
-    let config = DefectNetConfig::new().with_box_head(true);
-    let macs = config.macs(WIDTH, HEIGHT);
+    let macs = DefectNetConfig::new().with_box_head(true).macs(WIDTH, HEIGHT);
     eprintln!("defect network: {} MACs = {:.3} GFLOP per {WIDTH}x{HEIGHT} frame", macs, 2.0 * macs as f64 / 1e9);
-    let device = Default::default();
-    let net = config.init::<CpuBackend>(&device);
-    let pixels: Vec<u8> = (0..3 * WIDTH * HEIGHT).map(|i| (i * 7919 % 251) as u8).collect();
-    let mut group = c.benchmark_group("defect_net_640x360");
-    group.sample_size(20);
-    for batch in [1usize, 8] {
-        let frames: Vec<FrameView<'_>> =
-            (0..batch).map(|_| FrameView { width: WIDTH, height: HEIGHT, pixels: &pixels }).collect();
-        group.throughput(Throughput::Elements(batch as u64));
-        group.bench_with_input(BenchmarkId::new("burn_flex", batch), &frames, |b, frames| {
-            b.iter(|| score_batch(&net, frames, &device))
-        });
-    }
-    group.finish();
+    bench_backend::<CpuBackend>(c, "burn_flex", &[1, 8]);
+    #[cfg(feature = "cuda")]
+    bench_backend::<defectflow_models::detector::GpuBackend>(c, "burn_cuda", &[1, 8, 64]);
 }
 
-/// The same network on the GPU backend at batch 1, 8 and 64 (`--features cuda`).
-#[cfg(feature = "cuda")]
-fn inference_gpu(c: &mut Criterion) {
-    use defectflow_models::detector::GpuBackend;
-    let device = Default::default();
-    let net = DefectNetConfig::new().with_box_head(true).init::<GpuBackend>(&device);
-    let pixels: Vec<u8> = (0..3 * WIDTH * HEIGHT).map(|i| (i * 7919 % 251) as u8).collect();
-    let mut group = c.benchmark_group("defect_net_640x360");
-    group.sample_size(20);
-    for batch in [1usize, 8, 64] {
-        let frames: Vec<FrameView<'_>> =
-            (0..batch).map(|_| FrameView { width: WIDTH, height: HEIGHT, pixels: &pixels }).collect();
-        group.throughput(Throughput::Elements(batch as u64));
-        group.bench_with_input(BenchmarkId::new("burn_cuda", batch), &frames, |b, frames| {
-            // Scores come back to the host, so each iteration includes the transfers.
-            b.iter(|| score_batch(&net, frames, &device))
-        });
-    }
-    group.finish();
-}
-
-#[cfg(not(feature = "cuda"))]
 criterion_group!(benches, inference);
-#[cfg(feature = "cuda")]
-criterion_group!(benches, inference, inference_gpu);
 criterion_main!(benches);

@@ -72,12 +72,8 @@ pub fn score_batch<B: Backend>(net: &DefectNet<B>, frames: &[FrameView<'_>], dev
         return score_batch_as_trained(net, frames, device);
     }
     let Some(first) = frames.first() else { return Vec::new() };
-    let (width, height) = (first.width, first.height);
-    let mut input = Vec::with_capacity(frames.len() * 3 * width * height);
-    for frame in frames {
-        input.extend_from_slice(frame.pixels);
-    }
-    let (logits, boxes) = net.forward_bytes(&input, [frames.len(), height, width], device);
+    let input: Vec<u8> = frames.iter().flat_map(|f| f.pixels.iter().copied()).collect();
+    let (logits, boxes) = net.forward_bytes(&input, [frames.len(), first.height, first.width], device);
     cell_scores(logits, boxes)
 }
 
@@ -89,12 +85,9 @@ pub fn score_batch_as_trained<B: Backend>(
     device: &B::Device,
 ) -> Vec<CellScores> {
     let Some(first) = frames.first() else { return Vec::new() };
-    let (width, height) = (first.width, first.height);
-    let mut input = Vec::with_capacity(frames.len() * 3 * width * height);
-    for frame in frames {
-        input.extend(frame.pixels.iter().map(|&p| f32::from(p)));
-    }
-    let pixels = Tensor::<B, 4>::from_data(TensorData::new(input, [frames.len(), 3, height, width]), device);
+    let input: Vec<f32> = frames.iter().flat_map(|f| f.pixels.iter().map(|&p| f32::from(p))).collect();
+    let shape = [frames.len(), 3, first.height, first.width];
+    let pixels = Tensor::<B, 4>::from_data(TensorData::new(input, shape), device);
     let (logits, boxes) = net.forward_with_boxes(pixels);
     cell_scores(logits, boxes)
 }

@@ -110,10 +110,7 @@ impl Evaluator {
         }
         for class in DefectClass::ALL {
             let k = class.yolo_id();
-            let truth: Vec<&BoundingBox> = labels.iter().filter(|l| l.class == class).map(|l| &l.bbox).collect();
-            let mut mine: Vec<&Found> = found.iter().filter(|f| f.class == class).collect();
-            mine.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
-            let matched = greedy_match(&truth, &mine.iter().map(|f| &f.bbox).collect::<Vec<_>>(), self.iou_threshold);
+            let (truth, mine, matched) = match_class(labels, found, class, self.iou_threshold);
             let hits = matched.iter().filter(|m| m.is_some()).count() as u64;
             self.objects[k].true_positives += hits;
             self.objects[k].false_positives += mine.len() as u64 - hits;
@@ -204,11 +201,8 @@ pub struct Mistake {
 pub fn mistakes(labels: &[LabelBox], found: &[Found], iou_threshold: f32) -> Vec<Mistake> {
     let mut out = Vec::new();
     for class in DefectClass::ALL {
-        let truth: Vec<&BoundingBox> = labels.iter().filter(|l| l.class == class).map(|l| &l.bbox).collect();
-        let mut mine: Vec<&Found> = found.iter().filter(|f| f.class == class).collect();
-        mine.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+        let (truth, mine, matched) = match_class(labels, found, class, iou_threshold);
         let boxes: Vec<&BoundingBox> = mine.iter().map(|f| &f.bbox).collect();
-        let matched = greedy_match(&truth, &boxes, iou_threshold);
         let best = |b: &BoundingBox, others: &[&BoundingBox]| others.iter().map(|o| iou(b, o)).fold(0.0, f32::max);
         for (t, m) in truth.iter().zip(&matched) {
             if m.is_none() {
@@ -235,6 +229,21 @@ pub fn mistakes(labels: &[LabelBox], found: &[Found], iou_threshold: f32) -> Vec
         }
     }
     out
+}
+
+/// One class of a frame: its labelled boxes, its detections by falling confidence, and
+/// for each labelled box the detection matched to it.
+fn match_class<'a>(
+    labels: &'a [LabelBox],
+    found: &'a [Found],
+    class: DefectClass,
+    threshold: f32,
+) -> (Vec<&'a BoundingBox>, Vec<&'a Found>, Vec<Option<usize>>) {
+    let truth: Vec<&BoundingBox> = labels.iter().filter(|l| l.class == class).map(|l| &l.bbox).collect();
+    let mut mine: Vec<&Found> = found.iter().filter(|f| f.class == class).collect();
+    mine.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+    let matched = greedy_match(&truth, &mine.iter().map(|f| &f.bbox).collect::<Vec<_>>(), threshold);
+    (truth, mine, matched)
 }
 
 /// For each truth box, the index of the detection it is matched to: detections in the
