@@ -1,5 +1,7 @@
 //! Defect network inference: frames per second at batch 1 and 8 on a 640x360 frame on
-//! the CPU backend, with random weights (the shipped architecture, box head included);
+//! the CPU, with random weights (the shipped architecture, box head included), as the
+//! detector runs it (`burn_packed`, see `defectflow_models::packed`) and on burn's
+//! tensor ops (`burn_flex`);
 //! the peer, `benches/torch_defectnet.py`, builds the same network in PyTorch, and
 //! `benches/model_vs_torch.sh` runs both and prints the ratio. With `--features cuda`
 //! also the GPU backend at batch 1, 8 and 64.
@@ -9,6 +11,11 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use defectflow_models::detector::CpuBackend;
 use defectflow_models::inference::{FrameView, score_batch};
 use defectflow_models::model::DefectNetConfig;
+use defectflow_models::packed::PackedNet;
+
+/// As the `defectflow` binary runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const WIDTH: usize = 640;
 const HEIGHT: usize = 360;
@@ -32,9 +39,28 @@ fn bench_backend<B: Backend>(c: &mut Criterion, name: &str, batches: &[usize]) {
     group.finish();
 }
 
+/// Times the packed CPU network, the path `Detector` takes on the CPU backend.
+fn bench_packed(c: &mut Criterion, batches: &[usize]) {
+    let net = DefectNetConfig::new().with_box_head(true).init::<CpuBackend>(&Default::default());
+    let packed = PackedNet::new(&net);
+    let pixels: Vec<u8> = (0..3 * WIDTH * HEIGHT).map(|i| (i * 7919 % 251) as u8).collect();
+    let mut group = c.benchmark_group("defect_net_640x360");
+    group.sample_size(20);
+    for &batch in batches {
+        let frames: Vec<FrameView<'_>> =
+            (0..batch).map(|_| FrameView { width: WIDTH, height: HEIGHT, pixels: &pixels }).collect();
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(BenchmarkId::new("burn_packed", batch), &frames, |b, frames| {
+            b.iter(|| packed.score(frames))
+        });
+    }
+    group.finish();
+}
+
 fn inference(c: &mut Criterion) {
     let macs = DefectNetConfig::new().with_box_head(true).macs(WIDTH, HEIGHT);
     eprintln!("defect network: {} MACs = {:.3} GFLOP per {WIDTH}x{HEIGHT} frame", macs, 2.0 * macs as f64 / 1e9);
+    bench_packed(c, &[1, 8]);
     bench_backend::<CpuBackend>(c, "burn_flex", &[1, 8]);
     #[cfg(feature = "cuda")]
     bench_backend::<defectflow_models::detector::GpuBackend>(c, "burn_cuda", &[1, 8, 64]);

@@ -17,16 +17,18 @@ RAYON_NUM_THREADS="$threads" "$venv/bin/python" benches/torch_defectnet.py --thr
 python3 - <<'PY'
 import json, re
 text = open("/tmp/defectflow-inference-bench.txt").read()
-burn = {}
-for batch, unit_value, unit in re.findall(r"burn_flex/(\d+)\s+time:.*?\n\s*thrpt:\s+\[\S+\s+\S+\s+([0-9.]+)\s+([KM]?elem/s)", text):
+burn = {}  # (path, batch) -> frames/s
+for path, batch, unit_value, unit in re.findall(r"defect_net_640x360/(burn_\w+)/(\d+)\s+time:.*?\n\s*thrpt:\s+\[\S+\s+\S+\s+([0-9.]+)\s+([KM]?elem/s)", text):
     scale = {"elem/s": 1, "Kelem/s": 1e3, "Melem/s": 1e6}[unit]
-    burn[int(batch)] = float(unit_value) * scale
+    burn[(path, int(batch))] = float(unit_value) * scale
 flops = re.search(r"= ([0-9.]+) GFLOP per", text)
 for line in open("/tmp/defectflow-torch-bench.jsonl"):
     peer = json.loads(line)
     b = peer["batch"]
-    if b in burn:
-        gflops = burn[b] * float(flops.group(1)) if flops else float("nan")
-        print(f"batch {b}: burn {burn[b]:.1f} frames/s ({gflops:.1f} GFLOP/s), "
-              f"PyTorch {peer['frames_per_s']:.1f} frames/s, ratio burn/PyTorch {burn[b] / peer['frames_per_s']:.2f}")
+    for (path, batch), fps in sorted(burn.items()):
+        if batch != b or path == "burn_cuda":
+            continue
+        gflops = fps * float(flops.group(1)) if flops else float("nan")
+        print(f"batch {b}: {path} {fps:.1f} frames/s ({gflops:.1f} GFLOP/s), "
+              f"PyTorch {peer['frames_per_s']:.1f} frames/s, ratio {path}/PyTorch {fps / peer['frames_per_s']:.2f}")
 PY

@@ -18,7 +18,7 @@ class DefectNet(nn.Module):
     """Same layers, strides, paddings and dilations as DefectNetConfig's defaults with
     the box head: class scores and boxes per 8x8 cell."""
 
-    def __init__(self, stem=16, mid=24, cell=40, dilation=2, wide=4, classes=7, box_outputs=4):
+    def __init__(self, stem=16, mid=24, cell=40, dilation=2, wide=4, classes=7, box_hidden=24, box_outputs=4):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(3, stem, 3, stride=2, padding=1), nn.ReLU(),
@@ -29,7 +29,10 @@ class DefectNet(nn.Module):
             nn.Conv2d(cell, cell, 3, stride=1, padding=wide, dilation=wide), nn.ReLU(),
         )
         self.head = nn.Conv2d(cell, classes, 1)
-        self.boxes = nn.Conv2d(cell, box_outputs, 1)
+        self.boxes = nn.Sequential(
+            nn.Conv2d(cell, box_hidden, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(box_hidden, box_outputs, 1),
+        )
 
     def forward(self, pixels):
         x = self.features(pixels / 255.0 - 0.5)

@@ -17,6 +17,11 @@ use defectflow::sinks::audit::AuditLog;
 use defectflow::workflow::Emitted;
 use defectflow_models::synth::PlantOptions;
 
+/// Inference allocates and frees megabytes per layer and frame; mimalloc keeps them
+/// for reuse where the system allocator returns them to the kernel each time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "defectflow",

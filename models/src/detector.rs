@@ -7,6 +7,7 @@ use burn::tensor::backend::Backend;
 use crate::card::{ModelCard, ModelError, load_model};
 use crate::inference::{CellScores, Found, FrameView, group_cells, resize, score_batch};
 use crate::model::DefectNet;
+use crate::packed::PackedNet;
 
 /// The CPU backend defectflow runs on by default.
 pub type CpuBackend = burn::backend::Flex;
@@ -18,6 +19,8 @@ pub type GpuBackend = burn::backend::Cuda;
 #[derive(Debug)]
 pub struct Detector<B: Backend> {
     net: DefectNet<B>,
+    /// On the CPU backend, the network packed for inference ([`PackedNet`]).
+    packed: Option<PackedNet>,
     card: ModelCard,
     device: B::Device,
     /// Lowest cell probability that counts as a defect; from the card unless overridden.
@@ -33,7 +36,9 @@ impl<B: Backend> Detector<B> {
 
     pub fn new(net: DefectNet<B>, card: ModelCard, device: B::Device) -> Detector<B> {
         let min_confidence = card.min_confidence;
-        Detector { net, card, device, min_confidence }
+        let on_cpu = std::any::TypeId::of::<B>() == std::any::TypeId::of::<CpuBackend>();
+        let packed = on_cpu.then(|| PackedNet::new(&net));
+        Detector { net, packed, card, device, min_confidence }
     }
 
     pub fn card(&self) -> &ModelCard {
@@ -49,7 +54,7 @@ impl<B: Backend> Detector<B> {
     pub fn score(&self, frames: &[FrameView<'_>]) -> Vec<CellScores> {
         let (w, h) = (self.card.input_width, self.card.input_height);
         if frames.iter().all(|f| f.width == w && f.height == h) {
-            return score_batch(&self.net, frames, &self.device);
+            return self.score_at_input_size(frames);
         }
         let resized: Vec<Vec<u8>> = frames
             .iter()
@@ -57,7 +62,14 @@ impl<B: Backend> Detector<B> {
             .collect();
         let views: Vec<FrameView<'_>> =
             resized.iter().map(|pixels| FrameView { width: w, height: h, pixels }).collect();
-        score_batch(&self.net, &views, &self.device)
+        self.score_at_input_size(&views)
+    }
+
+    fn score_at_input_size(&self, frames: &[FrameView<'_>]) -> Vec<CellScores> {
+        match &self.packed {
+            Some(packed) => packed.score(frames),
+            None => score_batch(&self.net, frames, &self.device),
+        }
     }
 
     /// Defects in each frame, in that frame's pixels.

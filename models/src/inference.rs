@@ -61,29 +61,10 @@ impl CellScores {
     }
 }
 
-/// Scores a batch of frames of one size with the network: `[batch, classes, rows, cols]`
-/// probabilities, one [`CellScores`] per frame.
-///
-/// On the CPU backend the first convolution runs as a direct kernel on the bytes
-/// ([`DefectNet::forward_bytes`]); on any other backend (a GPU) the whole network runs
-/// on its tensors.
+/// Scores a batch of frames of one size with the network on its tensors (as training
+/// computes it): `[batch, classes, rows, cols]` probabilities, one [`CellScores`] per
+/// frame. On the CPU, [`crate::packed::PackedNet`] gives the same scores faster.
 pub fn score_batch<B: Backend>(net: &DefectNet<B>, frames: &[FrameView<'_>], device: &B::Device) -> Vec<CellScores> {
-    if std::any::TypeId::of::<B>() != std::any::TypeId::of::<crate::detector::CpuBackend>() {
-        return score_batch_as_trained(net, frames, device);
-    }
-    let Some(first) = frames.first() else { return Vec::new() };
-    let input: Vec<u8> = frames.iter().flat_map(|f| f.pixels.iter().copied()).collect();
-    let (logits, boxes) = net.forward_bytes(&input, [frames.len(), first.height, first.width], device);
-    cell_scores(logits, boxes)
-}
-
-/// [`score_batch`] through the network's tensor path only, as training computes it:
-/// hard-example mining uses it so a training run does not depend on the inference kernel.
-pub fn score_batch_as_trained<B: Backend>(
-    net: &DefectNet<B>,
-    frames: &[FrameView<'_>],
-    device: &B::Device,
-) -> Vec<CellScores> {
     let Some(first) = frames.first() else { return Vec::new() };
     let input: Vec<f32> = frames.iter().flat_map(|f| f.pixels.iter().map(|&p| f32::from(p))).collect();
     let shape = [frames.len(), 3, first.height, first.width];

@@ -6,6 +6,7 @@ pub mod detector;
 pub mod inference;
 pub mod metrics;
 pub mod model;
+pub mod packed;
 pub mod plot;
 pub mod synth;
 pub mod training;

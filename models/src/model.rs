@@ -12,9 +12,9 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
 
 /// Cells per pixel side: the network's output stride.
 pub const CELL_PX: usize = 8;
@@ -51,22 +51,22 @@ pub const BOX_OUTPUTS: usize = 4;
 /// The network; see the module documentation.
 #[derive(Module, Debug)]
 pub struct DefectNet<B: Backend> {
-    stem: Conv2d<B>,
-    mid: Conv2d<B>,
-    cell: Conv2d<B>,
-    local: Conv2d<B>,
-    context: Conv2d<B>,
-    wide: Conv2d<B>,
-    head: Conv2d<B>,
-    boxes: Option<BoxHead<B>>,
+    pub(crate) stem: Conv2d<B>,
+    pub(crate) mid: Conv2d<B>,
+    pub(crate) cell: Conv2d<B>,
+    pub(crate) local: Conv2d<B>,
+    pub(crate) context: Conv2d<B>,
+    pub(crate) wide: Conv2d<B>,
+    pub(crate) head: Conv2d<B>,
+    pub(crate) boxes: Option<BoxHead<B>>,
 }
 
 /// Places each cell's object: a 3×3 convolution over the cell features, then 1×1 to
 /// [`BOX_OUTPUTS`] values.
 #[derive(Module, Debug)]
 pub struct BoxHead<B: Backend> {
-    hidden: Conv2d<B>,
-    out: Conv2d<B>,
+    pub(crate) hidden: Conv2d<B>,
+    pub(crate) out: Conv2d<B>,
 }
 
 /// Channels of the box head's hidden layer.
@@ -175,105 +175,15 @@ impl<B: Backend> DefectNet<B> {
         self.boxes.is_some()
     }
 
-    /// [`DefectNet::forward_with_boxes`] on frames given as planar RGB bytes
-    /// (`[batch, 3, height, width]`), for inference: the first convolution, which has
-    /// only three input channels and reads the whole frame, runs as a direct kernel on
-    /// the bytes with the normalisation and ReLU fused into it, where the general
-    /// convolution spends a third of the network's time.
-    pub fn forward_bytes(
-        &self,
-        pixels: &[u8],
-        [batch, height, width]: [usize; 3],
-        device: &B::Device,
-    ) -> (Tensor<B, 4>, Option<Tensor<B, 4>>) {
-        let weight: Vec<f32> = self.stem.weight.val().into_data().convert::<f32>().into_vec().unwrap_or_default();
-        let bias: Vec<f32> = match &self.stem.bias {
-            Some(b) => b.val().into_data().convert::<f32>().into_vec().unwrap_or_default(),
-            None => Vec::new(),
-        };
-        let channels = self.stem.weight.dims()[0];
-        let (out, out_h, out_w) = stem_direct(pixels, [batch, height, width], &weight, &bias, channels);
-        let x = Tensor::<B, 4>::from_data(TensorData::new(out, [batch, channels, out_h, out_w]), device);
-        let x = self.after_stem(x);
-        let boxes = self.boxes.as_ref().map(|head| head.forward(x.clone()));
-        (self.head.forward(x), boxes)
-    }
-
     fn features(&self, pixels: Tensor<B, 4>) -> Tensor<B, 4> {
         let x = pixels.div_scalar(255.0).sub_scalar(0.5);
         let x = relu(self.stem.forward(x)); // [batch, stem, h/2, w/2]
-        self.after_stem(x)
-    }
-
-    fn after_stem(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let x = relu(self.mid.forward(x)); // [batch, mid, h/4, w/4]
         let x = relu(self.cell.forward(x)); // [batch, cell, h/8, w/8]
         let x = relu(self.local.forward(x)); // [batch, cell, h/8, w/8]
         let x = relu(self.context.forward(x)); // [batch, cell, h/8, w/8]
         relu(self.wide.forward(x)) // [batch, cell, h/8, w/8]
     }
-}
-
-/// The stem convolution (3×3, stride 2, padding 1, 3 input channels) with the input
-/// normalisation (`p / 255 − 0.5`, zero padding after it) and the ReLU fused, on planar
-/// RGB bytes: `[batch, channels, ⌈height/2⌉, ⌈width/2⌉]` and that height and width.
-///
-/// Each input row is split into its even and odd columns (with the left padding in
-/// front), so output column `x` reads `even[x]`, `odd[x]`, `even[x + 1]`: contiguous
-/// slices the compiler vectorises.
-fn stem_direct(
-    pixels: &[u8],
-    [batch, height, width]: [usize; 3],
-    weight: &[f32],
-    bias: &[f32],
-    channels: usize,
-) -> (Vec<f32>, usize, usize) {
-    use rayon::prelude::*;
-    let (out_h, out_w) = (height.div_ceil(2), width.div_ceil(2));
-    // Per frame, channel and row: even (out_w + 1) then odd (out_w) columns of the
-    // padded, normalised row.
-    let split = out_w * 2 + 1;
-    let mut rows = vec![0f32; batch * 3 * height * split];
-    rows.par_chunks_mut(split).enumerate().for_each(|(i, row)| {
-        let source = &pixels[i * width..(i + 1) * width];
-        let (even, odd) = row.split_at_mut(out_w + 1);
-        // Padded column c + 1 holds pixel c: even slots j hold padded 2j, odd ones 2j + 1.
-        for (c, &p) in source.iter().enumerate() {
-            let v = f32::from(p) / 255.0 - 0.5;
-            let padded = c + 1;
-            if padded % 2 == 0 {
-                even[padded / 2] = v;
-            } else {
-                odd[padded / 2] = v;
-            }
-        }
-    });
-    let plane = out_h * out_w;
-    let mut out = vec![0f32; batch * channels * plane];
-    out.par_chunks_mut(plane).enumerate().for_each(|(i, output)| {
-        let (b, k) = (i / channels, i % channels);
-        let frame_rows = &rows[b * 3 * height * split..(b + 1) * 3 * height * split];
-        let start = bias.get(k).copied().unwrap_or(0.0);
-        for (oy, acc) in output.chunks_mut(out_w).enumerate() {
-            acc.fill(start);
-            for ci in 0..3 {
-                for ky in 0..3 {
-                    let Some(iy) = (2 * oy + ky).checked_sub(1).filter(|&y| y < height) else { continue };
-                    let row = &frame_rows[(ci * height + iy) * split..(ci * height + iy + 1) * split];
-                    let (even, odd) = row.split_at(out_w + 1);
-                    let w = &weight[((k * 3 + ci) * 3 + ky) * 3..][..3];
-                    let (w0, w1, w2) = (w[0], w[1], w[2]);
-                    for (((a, &e0), &o), &e1) in acc.iter_mut().zip(&even[..out_w]).zip(odd).zip(&even[1..]) {
-                        *a += w0 * e0 + w1 * o + w2 * e1;
-                    }
-                }
-            }
-            for a in acc.iter_mut() {
-                *a = a.max(0.0);
-            }
-        }
-    });
-    (out, out_h, out_w)
 }
 
 /// Cells along one side of a frame side of `pixels`.

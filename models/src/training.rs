@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::{IGNORE, Sample, cell_targets_with_boxes};
-use crate::inference::{FrameView, score_batch_as_trained};
+use crate::inference::{FrameView, score_batch};
 use crate::model::{BOX_OUTPUTS, CELL_PX, DefectNet, DefectNetConfig};
 
 /// Training hyperparameters, recorded in the model card.
@@ -211,7 +211,7 @@ fn mine_hard_cells<B: burn::tensor::backend::Backend>(
             .iter()
             .map(|p| FrameView { width: p.sample.width, height: p.sample.height, pixels: &p.sample.pixels })
             .collect();
-        for (offset, scores) in score_batch_as_trained(net, &views, device).iter().enumerate() {
+        for (offset, scores) in score_batch(net, &views, device).iter().enumerate() {
             let item = &prepared[start + offset];
             for (i, (&predicted, &target)) in scores.argmax().iter().zip(&item.targets).enumerate() {
                 if target != IGNORE && predicted != target && (predicted != 0 || target != 0) {

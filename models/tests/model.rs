@@ -6,13 +6,13 @@ use std::fs;
 use std::path::Path;
 
 use burn::backend::Autodiff;
-use burn::tensor::{Tensor, TensorData};
 use defectflow_models::card::{ModelCard, TrainingRecord, load_model, save_model};
 use defectflow_models::data::{DataError, IGNORE, LabelBox, Sample, YoloFolder, cell_targets};
 use defectflow_models::detector::CpuBackend;
 use defectflow_models::inference::{CellScores, FrameView, group_cells, score_batch};
 use defectflow_models::metrics::{Evaluator, iou};
 use defectflow_models::model::DefectNetConfig;
+use defectflow_models::packed::PackedNet;
 use defectflow_models::synth::{PlantOptions, Scene, random_plant};
 use defectflow_models::training::{TrainConfig, train};
 use defectflow_schemas::{BoundingBox, DefectClass};
@@ -169,21 +169,26 @@ fn the_box_head_places_a_box_finer_than_the_cell_grid() {
 }
 
 #[test]
-fn the_byte_stem_kernel_matches_the_network_on_tensors() {
+fn the_packed_cpu_network_matches_the_network_on_tensors() {
     // Odd sizes exercise the padding on every side; two frames the batch layout.
     let (width, height) = (37, 29);
     let device = Default::default();
     let net = DefectNetConfig::new().with_box_head(true).init::<CpuBackend>(&device);
     let pixels: Vec<u8> = (0..2 * 3 * width * height).map(|i| (i * 7919 % 251) as u8).collect();
-    let floats: Vec<f32> = pixels.iter().map(|&p| f32::from(p)).collect();
-    let tensor = Tensor::<CpuBackend, 4>::from_data(TensorData::new(floats, [2, 3, height, width]), &device);
-    let (logits, boxes) = net.forward_with_boxes(tensor);
-    let (fast_logits, fast_boxes) = net.forward_bytes(&pixels, [2, height, width], &device);
-    let values = |t: Tensor<CpuBackend, 4>| t.into_data().convert::<f32>().into_vec::<f32>().expect("f32");
-    for (slow, fast) in [(logits, fast_logits), (boxes.expect("box head"), fast_boxes.expect("box head"))] {
-        assert_eq!(slow.dims(), fast.dims());
-        for (a, b) in values(slow).iter().zip(values(fast)) {
-            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+    let views: Vec<FrameView<'_>> =
+        pixels.chunks(3 * width * height).map(|pixels| FrameView { width, height, pixels }).collect();
+    let slow = score_batch(&net, &views, &device);
+    let fast = PackedNet::new(&net).score(&views);
+    assert_eq!(slow.len(), 2);
+    assert_eq!(fast.len(), 2);
+    for (slow, fast) in slow.iter().zip(&fast) {
+        assert_eq!((slow.classes, slow.rows, slow.cols), (fast.classes, fast.rows, fast.cols));
+        let (slow_boxes, fast_boxes) = (slow.boxes.as_ref().expect("box head"), fast.boxes.as_ref().expect("box head"));
+        for (values, fast_values) in [(&slow.probabilities, &fast.probabilities), (slow_boxes, fast_boxes)] {
+            assert_eq!(values.len(), fast_values.len());
+            for (a, b) in values.iter().zip(fast_values) {
+                assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+            }
         }
     }
 }
