@@ -26,6 +26,7 @@ use timely::dataflow::operators::vec::UnorderedInput;
 
 use crate::config::RunConfig;
 use crate::reference::PlantReference;
+use crate::sinks::kafka::KafkaSink;
 use crate::sources::camera::{self, CameraHandle, CameraStats, FramePixels, now_ms};
 use crate::workflow::{self, Collected, Emitted, WorkflowConfig};
 
@@ -96,6 +97,10 @@ pub struct StageReport {
     pub detections: u64,
     /// Work-order messages in the order the dataflow emitted them (worker 0).
     pub messages: Vec<Emitted>,
+    /// Messages this run sent to Kafka, and those it left out because an earlier run
+    /// had delivered them.
+    pub kafka_sent: u64,
+    pub kafka_skipped: u64,
 }
 
 /// Runs the dataflow to the end and reports per camera.
@@ -133,6 +138,21 @@ pub fn run_stages(
         severity: config.severity.clone(),
         work_orders: config.work_orders.clone(),
     };
+    // Shadow mode sends nothing to the CMMS.
+    let shadow = config.model.as_ref().is_some_and(|m| m.shadow);
+    let kafka = match &config.kafka {
+        Some(kafka) if !shadow => Some(KafkaSink::start(kafka)?),
+        Some(_) => {
+            tracing::info!("shadow mode: nothing goes to Kafka");
+            None
+        }
+        None => None,
+    };
+    let kafka = Arc::new(Mutex::new(kafka));
+    let kafka_result: Arc<Mutex<Option<KafkaSink>>> = Arc::default();
+    let (worker_kafka, kafka_back) = (Arc::clone(&kafka), Arc::clone(&kafka_result));
+    let sink_failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
+    let worker_failure = Arc::clone(&sink_failure);
     let counters = Arc::new(StageCounters::default());
     let messages: Arc<Mutex<Vec<Emitted>>> = Arc::default();
     let (stage_counters, stage_messages) = (Arc::clone(&counters), Arc::clone(&messages));
@@ -148,7 +168,9 @@ pub fn run_stages(
         let kept: Arc<Mutex<HashMap<String, (u64, u64)>>> = Arc::default();
         let probe = ProbeHandle::new();
         let collected = Rc::new(RefCell::new(Collected::default()));
-        let (mut input, mut capability, mut plant) = worker.dataflow::<u64, _, _>(|scope| {
+        // Worker 0 gathers the work-order messages and delivers them.
+        let mut kafka = if index == 0 { worker_kafka.lock().ok().and_then(|mut k| k.take()) } else { None };
+        let (mut input, mut capability, mut plant, work_probe) = worker.dataflow::<u64, _, _>(|scope| {
             let ((input, capability), samples) = scope.new_unordered_input::<CameraSample<FramePixels>>();
             let counts = Arc::clone(&kept);
             let on_frame = hooks.on_frame.clone();
@@ -173,7 +195,7 @@ pub fn run_stages(
                 });
             let (Some(dir), Some(model)) = (&model_dir, &config.model) else {
                 frames.probe_with(&probe);
-                return (input, capability, None);
+                return (input, capability, None, None);
             };
             let mut detector = Detector::<CpuBackend>::load(dir, Default::default())
                 .unwrap_or_else(|e| panic!("model checked at start no longer loads: {e}"));
@@ -197,11 +219,11 @@ pub fn run_stages(
                 });
             if reference.is_none() {
                 observations.probe_with(&probe);
-                return (input, capability, None);
+                return (input, capability, None, None);
             }
-            let (plant, _work_probe) =
+            let (plant, work_probe) =
                 workflow::build_on(scope, observations, workflow_config.clone(), Rc::clone(&collected));
-            (input, capability, Some(plant))
+            (input, capability, Some(plant), Some(work_probe))
         });
         if let (Some(plant), Some(reference), 0) = (&mut plant, &reference, index) {
             plant.load(reference, 0);
@@ -229,6 +251,17 @@ pub fn run_stages(
                 if let Some(on_frontier) = &hooks.on_frontier {
                     on_frontier(index, frontier);
                 }
+            }
+            if let Some(sink) = &mut kafka {
+                let closed_before = work_probe
+                    .as_ref()
+                    .map_or(u64::MAX, |p| p.with_frontier(|f| f.first().copied().unwrap_or(u64::MAX)));
+                if let Err(error) = deliver(sink, &collected, closed_before) {
+                    *worker_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.into());
+                    stop.interrupted.store(true, Ordering::Relaxed);
+                }
+            } else {
+                collected.borrow_mut().pending.clear();
             }
             let interrupted = stop.interrupted.load(Ordering::Relaxed);
             let timed_out = stop.after.is_some_and(|d| started.elapsed() >= d);
@@ -259,6 +292,16 @@ pub fn run_stages(
         while !probe.done() || worker.step_or_park(Some(Duration::ZERO)) {
             worker.step();
         }
+        if let Some(mut sink) = kafka.take() {
+            // Everything is complete: close up to the last input time, so a later run
+            // with later frames (a live camera) still delivers.
+            let last = collected.borrow().pending.iter().map(|(t, _)| t + 1).max().unwrap_or(0);
+            let failed = worker_failure.lock().map(|f| f.is_some()).unwrap_or(true);
+            if !failed && let Err(error) = deliver(&mut sink, &collected, last.max(ingest.frontier)) {
+                *worker_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.into());
+            }
+            *kafka_back.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+        }
         if index == 0
             && let Ok(mut out) = stage_messages.lock()
         {
@@ -275,6 +318,11 @@ pub fn run_stages(
     for result in guards.join() {
         result.map_err(|e| anyhow::anyhow!("a dataflow worker failed: {e}"))?;
     }
+    if let Some(error) = sink_failure.lock().map_err(|_| anyhow::anyhow!("a worker panicked"))?.take() {
+        return Err(error);
+    }
+    let (kafka_sent, kafka_skipped) =
+        kafka_result.lock().ok().and_then(|k| k.as_ref().map(|k| (k.sent, k.skipped))).unwrap_or_default();
     let mut reports = reports.lock().map(|r| r.clone()).unwrap_or_default();
     reports.sort_by_key(|r| config_order.iter().position(|id| *id == r.camera_id));
     let stages = StageReport {
@@ -284,8 +332,25 @@ pub fn run_stages(
         inference_us: counters.inference_us.load(Ordering::Relaxed),
         detections: counters.detections.load(Ordering::Relaxed),
         messages: std::mem::take(&mut *messages.lock().map_err(|_| anyhow::anyhow!("a worker panicked"))?),
+        kafka_sent,
+        kafka_skipped,
     };
     Ok((reports, stages))
+}
+
+/// Hands the messages of every time before `closed_before` to the Kafka sink.
+fn deliver(
+    sink: &mut KafkaSink,
+    collected: &RefCell<Collected>,
+    closed_before: u64,
+) -> Result<(), crate::sinks::kafka::SinkError> {
+    let ready: Vec<(u64, Emitted)> = {
+        let mut collected = collected.borrow_mut();
+        let (ready, later) = std::mem::take(&mut collected.pending).into_iter().partition(|(t, _)| *t < closed_before);
+        collected.pending = later;
+        ready
+    };
+    sink.deliver(closed_before, &ready)
 }
 
 #[derive(Debug, Default)]

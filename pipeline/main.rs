@@ -243,6 +243,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     print_reports(&reports);
     print_stages(&stages);
     let shadow = config.model.as_ref().is_some_and(|m| m.shadow);
+    if config.kafka.is_some() && !shadow {
+        println!("kafka: {} sent, {} delivered by an earlier run", stages.kafka_sent, stages.kafka_skipped);
+    }
     if let Some(dir) = args.out.or(config.output.dir.clone()) {
         write_outputs(&dir, &stages.messages, shadow)?;
     }

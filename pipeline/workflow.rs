@@ -128,6 +128,8 @@ impl PlantInputs {
 #[derive(Debug, Default)]
 pub struct Collected {
     pub messages: Vec<Emitted>,
+    /// The messages not yet taken by a sink, with their dataflow time.
+    pub pending: Vec<(u64, Emitted)>,
     /// technician → open hundredths of hours, as accumulated from the view's updates.
     pub workload: BTreeMap<(String, i64), isize>,
     /// (part, measure) → value, as accumulated from the stock view's updates.
@@ -178,16 +180,23 @@ pub fn build_on<'scope>(
     let sink = collected.clone();
     streams
         .outputs
-        .inspect(move |output| {
-            let message = match output.clone() {
-                LedgerOutput::Revision(w) => Emitted::WorkOrder(w),
-                LedgerOutput::Assignment(a) => Emitted::Assignment(a),
-                LedgerOutput::Alert(a) => Emitted::Alert(a),
-                LedgerOutput::Staging(s) => Emitted::PartsStaging(s),
-                LedgerOutput::DeadLetter(d) => Emitted::DeadLetter(d),
-                _ => return,
-            };
-            sink.borrow_mut().messages.push(message);
+        .inspect_core(move |event| {
+            let Ok((stamp, outputs)) = event else { return };
+            // A container stamped with several times is complete once the last is.
+            let time = stamp.iter().max().copied().unwrap_or_default();
+            let mut sink = sink.borrow_mut();
+            for output in outputs {
+                let message = match output.clone() {
+                    LedgerOutput::Revision(w) => Emitted::WorkOrder(w),
+                    LedgerOutput::Assignment(a) => Emitted::Assignment(a),
+                    LedgerOutput::Alert(a) => Emitted::Alert(a),
+                    LedgerOutput::Staging(s) => Emitted::PartsStaging(s),
+                    LedgerOutput::DeadLetter(d) => Emitted::DeadLetter(d),
+                    _ => continue,
+                };
+                sink.pending.push((time, message.clone()));
+                sink.messages.push(message);
+            }
         })
         .probe_with(&probe);
     let sink = collected.clone();

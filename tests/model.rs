@@ -122,48 +122,6 @@ fn shipped_weights_find_every_defect_soon_after_onset_and_nothing_on_a_clear_cam
     }
 }
 
-/// Footage of the demo plant's four cameras (ids and assets as in
-/// `examples/demo-plant/reference`), one defect each, written as H.264 files.
-fn demo_plant_footage(dir: &Path) -> GroundTruth {
-    let size = (640, 360);
-    let scenes = vec![
-        planned_scene(
-            "cam-pulley",
-            "CV-101-PUL",
-            AssetKind::ConveyorPulley,
-            size,
-            15,
-            9101,
-            &[(DefectClass::Crack, 1.5)],
-        ),
-        planned_scene("cam-motor", "MT-204", AssetKind::MotorHousing, size, 15, 9102, &[(DefectClass::Corrosion, 1.5)]),
-        planned_scene(
-            "cam-flange",
-            "FL-330",
-            AssetKind::BoltedFlange,
-            size,
-            15,
-            9103,
-            &[(DefectClass::MissingComponent, 1.5)],
-        ),
-        planned_scene("cam-gearbox", "GB-412", AssetKind::Gearbox, size, 15, 9104, &[(DefectClass::Wear, 1.5)]),
-    ];
-    let options = FootageOptions {
-        plant: PlantOptions {
-            seed: 9100,
-            cameras: 4,
-            defect_free_cameras: 0,
-            duration_s: 6.0,
-            fps: 15,
-            width: 640,
-            height: 360,
-        },
-        codec: Codec::H264,
-        container: Container::Mp4,
-    };
-    write_scenes(dir, &scenes, &options).expect("footage")
-}
-
 fn run_demo_plant(dir: &Path, truth: &GroundTruth, shadow: bool) -> std::path::PathBuf {
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
     let mut toml = format!(
@@ -205,7 +163,7 @@ print(json.dumps([[r["work_order_id"], r["asset_id"], r["defect_class"], r["shad
 #[test]
 fn a_run_makes_one_work_order_per_defect_and_shadow_mode_only_audits() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let truth = demo_plant_footage(dir.path());
+    let truth = support::demo_plant_footage(dir.path());
     let expected: BTreeSet<(String, String)> = truth
         .cameras
         .iter()

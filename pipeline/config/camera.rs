@@ -33,6 +33,12 @@ pub struct CameraConfig {
     /// Files only: play at the stream's own frame rate instead of as fast as possible.
     #[serde(default)]
     pub realtime: bool,
+    /// Files only: capture time of the first frame, ms since the epoch; absent: the
+    /// wall clock when the file starts playing. With it a replay of the same recording
+    /// reproduces the same work orders (ids, revisions, bytes), which is how a restarted
+    /// run knows what it already delivered.
+    #[serde(default)]
+    pub start_ms: Option<u64>,
     /// RTSP login, read from the environment at start; never logged.
     #[serde(default)]
     pub credentials: Option<CredentialsConfig>,
@@ -161,6 +167,9 @@ impl CameraConfig {
         }
         if self.queue_frames == 0 {
             return field("queue_frames", "must be at least 1".into());
+        }
+        if self.start_ms.is_some() && !matches!(self.source_url(), Ok(SourceUrl::File(_))) {
+            return field("start_ms", "only a file has capture times to set; a live stream has the clock's".into());
         }
         if let Some(c) = &self.credentials {
             for (name, var) in

@@ -38,6 +38,9 @@ pub struct RunConfig {
     /// Where the run leaves its outputs.
     #[serde(default)]
     pub output: OutputConfig,
+    /// The Kafka broker the CMMS topics are on; absent: no Kafka output.
+    #[serde(default)]
+    pub kafka: Option<crate::sinks::kafka::KafkaConfig>,
 }
 
 /// `[model]`: which weights, and how frames reach them.
@@ -215,6 +218,12 @@ impl RunConfig {
         }
         if self.plant.reference.is_some() && self.model.is_none() {
             return Err(("plant.reference".into(), "work orders need detections: add a `[model]` table".into()));
+        }
+        if let Some(kafka) = &self.kafka {
+            kafka.validate()?;
+            if self.plant.reference.is_none() {
+                return Err(("kafka".into(), "work orders need the plant: add `[plant] reference`".into()));
+            }
         }
         if self.cameras.is_empty() {
             return Err(("cameras".into(), "at least one camera is needed".into()));

@@ -281,7 +281,8 @@ fn run_once(
 ) -> Outcome {
     let CameraPipeline { pipeline, sink, live, time_base, feeder } = built;
     let started = Instant::now();
-    let base_ms = now_ms();
+    // A recording may be replayed with its own capture times (see `start_ms`).
+    let base_ms = camera.start_ms.filter(|_| !live).unwrap_or_else(now_ms);
     let last_frame = Arc::new(Mutex::new(started));
     let halted = Arc::new(AtomicBool::new(false));
     sink.set_callbacks(

@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use defectflow::config::RunConfig;
-use defectflow::footage::{Codec, Container, FootageOptions, write_plant};
+use defectflow::footage::{Codec, Container, FootageOptions, write_plant, write_scenes};
 use defectflow::graph::{self, CameraReport, Hooks, StopWhen};
-use defectflow_models::synth::{GroundTruth, PlantOptions};
+use defectflow_models::synth::{AssetKind, GroundTruth, PlantOptions, planned_scene};
+use defectflow_schemas::DefectClass;
 
 /// Footage written once per test binary and shared by its tests.
 pub struct Footage {
@@ -151,4 +152,46 @@ pub fn run_config(config: &RunConfig, workers: usize, after: Option<Duration>) -
     let seen = seen.lock().expect("lock").clone();
     let frontiers = frontiers.lock().expect("lock").clone();
     Outcome { reports, seen, frontiers }
+}
+
+/// Footage of the demo plant's four cameras (ids and assets as in
+/// `examples/demo-plant/reference`), one defect each, written as H.264 files.
+pub fn demo_plant_footage(dir: &Path) -> GroundTruth {
+    let size = (640, 360);
+    let scenes = vec![
+        planned_scene(
+            "cam-pulley",
+            "CV-101-PUL",
+            AssetKind::ConveyorPulley,
+            size,
+            15,
+            9101,
+            &[(DefectClass::Crack, 1.5)],
+        ),
+        planned_scene("cam-motor", "MT-204", AssetKind::MotorHousing, size, 15, 9102, &[(DefectClass::Corrosion, 1.5)]),
+        planned_scene(
+            "cam-flange",
+            "FL-330",
+            AssetKind::BoltedFlange,
+            size,
+            15,
+            9103,
+            &[(DefectClass::MissingComponent, 1.5)],
+        ),
+        planned_scene("cam-gearbox", "GB-412", AssetKind::Gearbox, size, 15, 9104, &[(DefectClass::Wear, 1.5)]),
+    ];
+    let options = FootageOptions {
+        plant: PlantOptions {
+            seed: 9100,
+            cameras: 4,
+            defect_free_cameras: 0,
+            duration_s: 6.0,
+            fps: 15,
+            width: 640,
+            height: 360,
+        },
+        codec: Codec::H264,
+        container: Container::Mp4,
+    };
+    write_scenes(dir, &scenes, &options).expect("footage")
 }

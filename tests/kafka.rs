@@ -1,0 +1,243 @@
+//! The Kafka sink against a real Kafka-protocol broker (tansu) on 127.0.0.1, read back
+//! by an independent client (Python confluent-kafka): every work-order revision lands
+//! on the topic exactly once, valid against the JSON Schema, one work order per defect,
+//! across crashes (between sending and recording progress, after recording it, and a
+//! kill -9 at an arbitrary moment) and a full replay.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use defectflow_models::synth::GroundTruth;
+use defectflow_schemas::WORK_ORDER_JSON_SCHEMA;
+use serde_json::Value;
+
+/// A tansu broker on a free port of 127.0.0.1, in memory, stopped (by its PID) on drop.
+struct Broker {
+    child: Child,
+    bootstrap: String,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let tansu = std::env::var("DEFECTFLOW_TANSU").map(PathBuf::from).unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/defectflow/bin/tansu")
+        });
+        assert!(tansu.is_file(), "{} missing: scripts/install.sh installs the test broker", tansu.display());
+        let port = support::free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&tansu)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { child, bootstrap: format!("127.0.0.1:{port}") }
+    }
+
+    fn client(&self, args: &[&str]) -> Output {
+        let python = std::env::var("DEFECTFLOW_ANALYTICS_PYTHON")
+            .expect("DEFECTFLOW_ANALYTICS_PYTHON names a python with confluent-kafka (scripts/install.sh makes one)");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/kafka_client.py");
+        let output = Command::new(python)
+            .arg(script)
+            .arg(args[0])
+            .arg(&self.bootstrap)
+            .args(&args[1..])
+            .output()
+            .expect("run the Kafka client");
+        assert!(output.status.success(), "kafka_client {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        output
+    }
+
+    fn create_topics(&self, specs: &[&str]) {
+        let mut args = vec!["create"];
+        args.extend_from_slice(specs);
+        self.client(&args);
+    }
+
+    fn messages(&self, topic: &str) -> Vec<Value> {
+        serde_json::from_slice(&self.client(&["dump", topic]).stdout).expect("json")
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const TOPICS: [&str; 5] = [
+    "defectflow.work-orders:3",
+    "defectflow.alerts:1",
+    "defectflow.parts-staging:1",
+    "defectflow.dead-letter:1",
+    "defectflow.progress:1",
+];
+
+/// A config for the demo plant's footage, played at its frame rate as cameras would
+/// deliver it, the recording's capture times fixed so that every run replays the same
+/// frames at the same times.
+fn write_config(dir: &Path, truth: &GroundTruth, bootstrap: &str) -> PathBuf {
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
+    let mut toml = format!(
+        "[runtime]\nworkers = 2\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
+         [kafka]\nbrokers = \"{bootstrap}\"\n[kafka.properties]\n\"message.timeout.ms\" = \"60000\"\n",
+        reference.display()
+    );
+    for camera in &truth.cameras {
+        let url = support::file_url(&dir.join(&camera.video));
+        toml.push_str(&format!(
+            "[[cameras]]\nid = \"{}\"\nurl = \"{url}\"\nstart_ms = 1790000000000\nrealtime = true\nmax_fps = 5\n",
+            camera.scene.camera_id
+        ));
+    }
+    let path = dir.join("kafka.toml");
+    std::fs::write(&path, toml).expect("config");
+    path
+}
+
+fn defectflow(config: &Path, out: Option<&Path>, failpoint: Option<&str>) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_defectflow"));
+    command.args(["run", "--config", config.to_str().expect("utf-8")]);
+    if let Some(out) = out {
+        command.args(["--out", out.to_str().expect("utf-8")]);
+    }
+    match failpoint {
+        Some(point) => command.env("DEFECTFLOW_FAILPOINT", point),
+        None => command.env_remove("DEFECTFLOW_FAILPOINT"),
+    };
+    command
+}
+
+fn run_to_end(config: &Path, out: Option<&Path>) -> String {
+    let output = defectflow(config, out, None).output().expect("run defectflow");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "run failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+fn crash_at(config: &Path, failpoint: &str) {
+    let output = defectflow(config, None, Some(failpoint)).output().expect("run defectflow");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the run passed the failpoint {failpoint} without stopping: {}\n{stderr}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(stderr.contains(&format!("failpoint {}", failpoint.split(':').next().unwrap_or(failpoint))), "{stderr}");
+}
+
+/// (idempotency key → count) of a topic's messages, checking the headers on the way.
+fn delivered(messages: &[Value]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for m in messages {
+        let headers = &m["headers"];
+        assert_eq!(headers["content-type"], "application/json", "{m}");
+        assert!(headers["schema_version"].is_string(), "{m}");
+        let key = headers["idempotency-key"].as_str().expect("idempotency key header").to_owned();
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[test]
+fn each_revision_reaches_the_topic_once_across_crashes_and_replays() {
+    let broker = Broker::start();
+    broker.create_topics(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let truth = support::demo_plant_footage(dir.path());
+    let config = write_config(dir.path(), &truth, &broker.bootstrap);
+
+    // Crash after sending the first messages, before their progress is recorded.
+    crash_at(&config, "after-send:1");
+    let after_crash = broker.messages("defectflow.work-orders");
+    assert!(!after_crash.is_empty(), "the crashed run had sent its first revisions");
+    // Crash again, after recording progress the second time.
+    crash_at(&config, "after-progress:2");
+    // kill -9 at an arbitrary moment: once more revisions are on the topic.
+    let before = broker.messages("defectflow.work-orders").len();
+    let mut child = defectflow(&config, None, None).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = broker.messages("defectflow.work-orders").len();
+        if now > before || child.try_wait().expect("wait").is_some() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+
+    // Then a run to the end, and a full replay, which sends nothing new.
+    let out = dir.path().join("out");
+    let stdout = run_to_end(&config, Some(&out));
+    assert!(stdout.contains("kafka:"), "{stdout}");
+    let first = broker.messages("defectflow.work-orders");
+    let stdout = run_to_end(&config, None);
+    assert!(stdout.contains("kafka: 0 sent"), "a replay sends nothing: {stdout}");
+    let messages = broker.messages("defectflow.work-orders");
+    assert_eq!(messages.len(), first.len(), "the replay added messages");
+
+    // Exactly once: every (work order, revision) once.
+    let counts = delivered(&messages);
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    // None missing: the topic holds what the complete run derived (its JSON lines).
+    let lines = std::fs::read_to_string(out.join("work-orders.jsonl")).expect("work-orders.jsonl");
+    let mut derived = BTreeSet::new();
+    for line in lines.lines() {
+        let message: Value = serde_json::from_str(line).expect("json line");
+        if let Some(w) = message.get("work_order") {
+            derived.insert(format!("{}:{}", w["work_order_id"].as_str().expect("id"), w["revision"]));
+        }
+    }
+    assert_eq!(counts.keys().cloned().collect::<BTreeSet<_>>(), derived, "topic against the derived revisions");
+
+    // Valid against the schema, keyed by work order, one work order per defect.
+    let schema: Value = serde_json::from_str(WORK_ORDER_JSON_SCHEMA).expect("schema");
+    let validator = jsonschema::draft202012::new(&schema).expect("valid schema");
+    let mut opened: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for m in &messages {
+        let value: Value = serde_json::from_str(m["value"].as_str().expect("value")).expect("json value");
+        let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?} in {value}");
+        let id = value["work_order_id"].as_str().expect("id").to_owned();
+        assert_eq!(m["key"].as_str(), Some(id.as_str()), "key = work-order id");
+        let what = (
+            value["asset_id"].as_str().expect("asset").to_owned(),
+            value["defect_class"].as_str().expect("class").to_owned(),
+        );
+        opened.insert(id, what);
+    }
+    let expected: BTreeSet<(String, String)> = truth
+        .cameras
+        .iter()
+        .flat_map(|c| c.scene.defects.iter().map(|d| (c.scene.asset_id.clone(), d.class.to_string())))
+        .collect();
+    assert_eq!(opened.values().cloned().collect::<BTreeSet<_>>(), expected, "work orders by (asset, class)");
+    assert_eq!(opened.len(), expected.len(), "one work order per defect: {opened:?}");
+
+    // Progress records are JSON naming the closed time and the output offsets.
+    let progress = broker.messages("defectflow.progress");
+    let last: Value = serde_json::from_str(progress.last().expect("progress")["value"].as_str().expect("value"))
+        .expect("progress json");
+    assert!(last["closed_before"].as_u64().is_some_and(|t| t >= 1_790_000_000_000), "{last}");
+    let recorded: i64 = last["offsets"]["defectflow.work-orders"]
+        .as_object()
+        .expect("offsets")
+        .values()
+        .map(|v| v.as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(recorded as usize, messages.len(), "the last record covers every message: {last}");
+}

@@ -1,0 +1,86 @@
+"""The tests' independent Kafka client (confluent-kafka, not defectflow's librdkafka
+binding): creates topics and dumps a topic as JSON.
+
+usage: kafka_client.py create BOOTSTRAP NAME:PARTITIONS...
+       kafka_client.py dump BOOTSTRAP TOPIC      -> [{partition, offset, key, value, headers}]
+       kafka_client.py count BOOTSTRAP TOPIC     -> number of messages
+"""
+
+import json
+import sys
+import time
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+def create(bootstrap, specs):
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topics = []
+    for spec in specs:
+        name, partitions = spec.split(":")
+        topics.append(NewTopic(name, num_partitions=int(partitions), replication_factor=1))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            for future in admin.create_topics(topics, request_timeout=10).values():
+                future.result(timeout=10)
+            return
+        except KafkaException as error:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"cannot create topics: {error}")
+            time.sleep(0.2)
+
+
+def messages(bootstrap, topic):
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": "defectflow-tests",
+        "enable.auto.commit": False,
+        "session.timeout.ms": 6000,
+        # Read to the end of each partition rather than to its high watermark, which
+        # tansu reports behind the last record of a batch.
+        "enable.partition.eof": True,
+    })
+    metadata = consumer.list_topics(topic, timeout=10)
+    if metadata.topics[topic].error is not None:
+        raise SystemExit(f"{topic}: {metadata.topics[topic].error}")
+    out = []
+    for partition in sorted(metadata.topics[topic].partitions):
+        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + 30
+        while True:
+            message = consumer.poll(1.0)
+            if message is None:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"timed out reading {topic}/{partition}")
+                continue
+            if message.error():
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    break
+                raise SystemExit(f"{topic}/{partition}: {message.error()}")
+            out.append({
+                "partition": partition,
+                "offset": message.offset(),
+                "key": message.key().decode() if message.key() is not None else None,
+                "value": message.value().decode() if message.value() is not None else None,
+                "headers": {k: (v.decode() if v is not None else None) for k, v in (message.headers() or [])},
+            })
+    consumer.close()
+    return out
+
+
+def main():
+    command, bootstrap, *rest = sys.argv[1:]
+    if command == "create":
+        create(bootstrap, rest)
+    elif command == "dump":
+        print(json.dumps(messages(bootstrap, rest[0])))
+    elif command == "count":
+        print(len(messages(bootstrap, rest[0])))
+    else:
+        raise SystemExit(f"unknown command {command}")
+
+
+if __name__ == "__main__":
+    main()
