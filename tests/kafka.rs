@@ -88,11 +88,11 @@ const TOPICS: [&str; 5] = [
 /// A config for the demo plant's footage, played at its frame rate as cameras would
 /// deliver it, the recording's capture times fixed so that every run replays the same
 /// frames at the same times.
-fn write_config(dir: &Path, truth: &GroundTruth, bootstrap: &str) -> PathBuf {
+fn write_config(dir: &Path, truth: &GroundTruth, bootstrap: &str, kafka_extra: &str) -> PathBuf {
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
     let mut toml = format!(
         "[runtime]\nworkers = 2\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
-         [kafka]\nbrokers = \"{bootstrap}\"\n[kafka.properties]\n\"message.timeout.ms\" = \"60000\"\n",
+         [kafka]\nbrokers = \"{bootstrap}\"\n{kafka_extra}[kafka.properties]\n\"message.timeout.ms\" = \"90000\"\n",
         reference.display()
     );
     for camera in &truth.cameras {
@@ -157,7 +157,7 @@ fn each_revision_reaches_the_topic_once_across_crashes_and_replays() {
     broker.create_topics(&TOPICS);
     let dir = tempfile::tempdir().expect("tempdir");
     let truth = support::demo_plant_footage(dir.path());
-    let config = write_config(dir.path(), &truth, &broker.bootstrap);
+    let config = write_config(dir.path(), &truth, &broker.bootstrap, "");
 
     // Crash after sending the first messages, before their progress is recorded.
     crash_at(&config, "after-send:1");
@@ -189,8 +189,26 @@ fn each_revision_reaches_the_topic_once_across_crashes_and_replays() {
     let messages = broker.messages("defectflow.work-orders");
     assert_eq!(messages.len(), first.len(), "the replay added messages");
 
+    check_exactly_once(&messages, &out, &truth);
+    // Progress records are JSON naming the closed time and the output offsets.
+    let progress = broker.messages("defectflow.progress");
+    let last: Value = serde_json::from_str(progress.last().expect("progress")["value"].as_str().expect("value"))
+        .expect("progress json");
+    assert!(last["closed_before"].as_u64().is_some_and(|t| t >= 1_790_000_000_000), "{last}");
+    let recorded: i64 = last["offsets"]["defectflow.work-orders"]
+        .as_object()
+        .expect("offsets")
+        .values()
+        .map(|v| v.as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(recorded as usize, messages.len(), "the last record covers every message: {last}");
+}
+
+/// Every (work order, revision) once, none missing against the complete run's JSON
+/// lines in `out`, valid against the schema, keyed by work order, one per defect.
+fn check_exactly_once(messages: &[Value], out: &Path, truth: &GroundTruth) {
     // Exactly once: every (work order, revision) once.
-    let counts = delivered(&messages);
+    let counts = delivered(messages);
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
     // None missing: the topic holds what the complete run derived (its JSON lines).
@@ -208,7 +226,7 @@ fn each_revision_reaches_the_topic_once_across_crashes_and_replays() {
     let schema: Value = serde_json::from_str(WORK_ORDER_JSON_SCHEMA).expect("schema");
     let validator = jsonschema::draft202012::new(&schema).expect("valid schema");
     let mut opened: BTreeMap<String, (String, String)> = BTreeMap::new();
-    for m in &messages {
+    for m in messages {
         let value: Value = serde_json::from_str(m["value"].as_str().expect("value")).expect("json value");
         let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{errors:?} in {value}");
@@ -227,17 +245,34 @@ fn each_revision_reaches_the_topic_once_across_crashes_and_replays() {
         .collect();
     assert_eq!(opened.values().cloned().collect::<BTreeSet<_>>(), expected, "work orders by (asset, class)");
     assert_eq!(opened.len(), expected.len(), "one work order per defect: {opened:?}");
+}
 
-    // Progress records are JSON naming the closed time and the output offsets.
-    let progress = broker.messages("defectflow.progress");
-    let last: Value = serde_json::from_str(progress.last().expect("progress")["value"].as_str().expect("value"))
-        .expect("progress json");
-    assert!(last["closed_before"].as_u64().is_some_and(|t| t >= 1_790_000_000_000), "{last}");
-    let recorded: i64 = last["offsets"]["defectflow.work-orders"]
-        .as_object()
-        .expect("offsets")
-        .values()
-        .map(|v| v.as_i64().unwrap_or(0))
-        .sum();
-    assert_eq!(recorded as usize, messages.len(), "the last record covers every message: {last}");
+#[test]
+fn transactions_and_a_broker_outage_lose_and_duplicate_nothing() {
+    let broker = Broker::start();
+    broker.create_topics(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let truth = support::demo_plant_footage(dir.path());
+    let config = write_config(dir.path(), &truth, &broker.bootstrap, "transactional = true\n");
+    let out = dir.path().join("out");
+    let mut child =
+        defectflow(&config, Some(&out), None).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run");
+    // Once the first revisions are out, the broker stops answering for 30 s (SIGSTOP:
+    // connections stay open, nothing is acknowledged), then comes back.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while broker.messages("defectflow.work-orders").is_empty() {
+        assert!(Instant::now() < deadline, "no revision reached the topic");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = broker.child.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
+    std::thread::sleep(Duration::from_secs(30));
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().expect("kill").success());
+    let output = child.wait_with_output().expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "run failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    check_exactly_once(&broker.messages("defectflow.work-orders"), &out, &truth);
+    // A replay after it sends nothing.
+    assert!(run_to_end(&config, None).contains("kafka: 0 sent"));
+    check_exactly_once(&broker.messages("defectflow.work-orders"), &out, &truth);
 }

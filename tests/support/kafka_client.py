@@ -41,6 +41,8 @@ def messages(bootstrap, topic):
         # Read to the end of each partition rather than to its high watermark, which
         # tansu reports behind the last record of a batch.
         "enable.partition.eof": True,
+        # The raw topic, aborted transactions included: exactly-once is checked on it.
+        "isolation.level": "read_uncommitted",
     })
     metadata = consumer.list_topics(topic, timeout=10)
     if metadata.topics[topic].error is not None:

@@ -337,7 +337,13 @@ const IDLE_PROGRESS: Duration = Duration::from_secs(1);
 impl KafkaSink {
     /// Connects, learns what earlier runs delivered, and (transactional) fences them.
     pub fn start(config: &KafkaConfig) -> Result<KafkaSink, SinkError> {
-        let mut client = config.client(&[("message.timeout.ms", "300000"), ("linger.ms", "5")])?;
+        // A message waits out a broker outage of up to five minutes; a transaction must
+        // be allowed at least as long (Apache Kafka's largest by default, 15 minutes).
+        let mut defaults = vec![("message.timeout.ms", "300000"), ("linger.ms", "5")];
+        if config.transactional {
+            defaults.push(("transaction.timeout.ms", "900000"));
+        }
+        let mut client = config.client(&defaults)?;
         client.set("enable.idempotence", "true").set("acks", "all");
         if config.transactional {
             client.set("transactional.id", &config.sink_id);
