@@ -255,7 +255,7 @@ fn transactions_and_a_broker_outage_lose_and_duplicate_nothing() {
     let truth = support::demo_plant_footage(dir.path());
     let config = write_config(dir.path(), &truth, &broker.bootstrap, "transactional = true\n");
     let out = dir.path().join("out");
-    let mut child =
+    let child =
         defectflow(&config, Some(&out), None).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run");
     // Once the first revisions are out, the broker stops answering for 30 s (SIGSTOP:
     // connections stay open, nothing is acknowledged), then comes back.
