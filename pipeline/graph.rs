@@ -28,6 +28,7 @@ use crate::config::RunConfig;
 use crate::reference::PlantReference;
 use crate::sinks::kafka::KafkaSink;
 use crate::sources::camera::{self, CameraHandle, CameraStats, FramePixels, now_ms};
+use crate::sources::kafka::KafkaInputs;
 use crate::workflow::{self, Collected, Emitted, WorkflowConfig};
 
 /// How the run should end.
@@ -148,7 +149,12 @@ pub fn run_stages(
         }
         None => None,
     };
+    let inputs = match (&config.kafka, &kafka, &reference) {
+        (Some(k), Some(_), Some(reference)) if k.inputs.enabled => Some(KafkaInputs::start(k, reference)?),
+        _ => None,
+    };
     let kafka = Arc::new(Mutex::new(kafka));
+    let worker_inputs = Arc::new(Mutex::new(inputs));
     let kafka_result: Arc<Mutex<Option<KafkaSink>>> = Arc::default();
     let (worker_kafka, kafka_back) = (Arc::clone(&kafka), Arc::clone(&kafka_result));
     let sink_failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
@@ -170,6 +176,7 @@ pub fn run_stages(
         let collected = Rc::new(RefCell::new(Collected::default()));
         // Worker 0 gathers the work-order messages and delivers them.
         let mut kafka = if index == 0 { worker_kafka.lock().ok().and_then(|mut k| k.take()) } else { None };
+        let mut inputs = if index == 0 { worker_inputs.lock().ok().and_then(|mut i| i.take()) } else { None };
         let (mut input, mut capability, mut plant, work_probe) = worker.dataflow::<u64, _, _>(|scope| {
             let ((input, capability), samples) = scope.new_unordered_input::<CameraSample<FramePixels>>();
             let counts = Arc::clone(&kept);
@@ -252,11 +259,21 @@ pub fn run_stages(
                     on_frontier(index, frontier);
                 }
             }
+            if let (Some(inputs), Some(plant)) = (&mut inputs, &mut plant) {
+                let time = *plant.events.time();
+                let mut collected = collected.borrow_mut();
+                let before = collected.pending.len();
+                inputs.poll(time, plant, &mut collected.pending, 256);
+                let dead: Vec<Emitted> = collected.pending[before..].iter().map(|(_, m)| m.clone()).collect();
+                collected.messages.extend(dead);
+            }
             if let Some(sink) = &mut kafka {
                 let closed_before = work_probe
                     .as_ref()
                     .map_or(u64::MAX, |p| p.with_frontier(|f| f.first().copied().unwrap_or(u64::MAX)));
-                if let Err(error) = deliver(sink, &collected, closed_before) {
+                let delivered = deliver(sink, &collected, closed_before)
+                    .and_then(|()| inputs.as_mut().map_or(Ok(()), |i| i.commit(closed_before)));
+                if let Err(error) = delivered {
                     *worker_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.into());
                     stop.interrupted.store(true, Ordering::Relaxed);
                 }
@@ -297,7 +314,11 @@ pub fn run_stages(
             // with later frames (a live camera) still delivers.
             let last = collected.borrow().pending.iter().map(|(t, _)| t + 1).max().unwrap_or(0);
             let failed = worker_failure.lock().map(|f| f.is_some()).unwrap_or(true);
-            if !failed && let Err(error) = deliver(&mut sink, &collected, last.max(ingest.frontier)) {
+            let closed_before = last.max(ingest.frontier);
+            if !failed
+                && let Err(error) = deliver(&mut sink, &collected, closed_before)
+                    .and_then(|()| inputs.as_mut().map_or(Ok(()), |i| i.commit(closed_before)))
+            {
                 *worker_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.into());
             }
             *kafka_back.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);

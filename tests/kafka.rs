@@ -65,6 +65,22 @@ impl Broker {
         self.client(&args);
     }
 
+    /// Sends messages (`{"value": text}` or `{"bytes": n}`) to a topic.
+    fn produce(&self, topic: &str, messages: &[Value]) {
+        let python = std::env::var("DEFECTFLOW_ANALYTICS_PYTHON").expect("DEFECTFLOW_ANALYTICS_PYTHON");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/kafka_client.py");
+        let mut child = Command::new(python)
+            .arg(script)
+            .args(["produce", &self.bootstrap, topic])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("run the Kafka client");
+        let lines: String = messages.iter().map(|m| format!("{m}\n")).collect();
+        std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), lines.as_bytes()).expect("write");
+        drop(child.stdin.take());
+        assert!(child.wait().expect("wait").success(), "producing to {topic}");
+    }
+
     fn messages(&self, topic: &str) -> Vec<Value> {
         serde_json::from_slice(&self.client(&["dump", topic]).stdout).expect("json")
     }
@@ -77,12 +93,16 @@ impl Drop for Broker {
     }
 }
 
-const TOPICS: [&str; 5] = [
+const TOPICS: [&str; 9] = [
     "defectflow.work-orders:3",
     "defectflow.alerts:1",
     "defectflow.parts-staging:1",
     "defectflow.dead-letter:1",
     "defectflow.progress:1",
+    "defectflow.wo-events:1",
+    "defectflow.inventory:1",
+    "defectflow.technicians:1",
+    "defectflow.assets:1",
 ];
 
 /// A config for the demo plant's footage, played at its frame rate as cameras would
@@ -275,4 +295,63 @@ fn transactions_and_a_broker_outage_lose_and_duplicate_nothing() {
     // A replay after it sends nothing.
     assert!(run_to_end(&config, None).contains("kafka: 0 sent"));
     check_exactly_once(&broker.messages("defectflow.work-orders"), &out, &truth);
+}
+
+#[test]
+fn bad_input_on_every_topic_goes_to_the_dead_letter_topic_and_the_run_goes_on() {
+    let broker = Broker::start();
+    broker.create_topics(&TOPICS);
+    let inputs = ["defectflow.wo-events", "defectflow.inventory", "defectflow.technicians", "defectflow.assets"];
+    let bad = [
+        serde_json::json!({"value": "not json {"}),
+        serde_json::json!({"value": "{\"work_order_id\": 7, \"part_id\": 7, \"technician_id\": 7, \"asset_id\": 7, \"delta\": 1}"}),
+        serde_json::json!({"bytes": 200_000}),
+    ];
+    for topic in inputs {
+        broker.produce(topic, &bad);
+    }
+    let unknown =
+        serde_json::json!({"work_order_id": "WO-0000000000000000", "event": "started", "at_ms": 1_790_000_000_500u64});
+    broker.produce("defectflow.wo-events", &[serde_json::json!({"value": unknown.to_string()})]);
+    let received =
+        serde_json::json!({"part_id": "BRG-22220", "delta": 4, "at_ms": 1_790_000_000_500u64, "reason": "received"});
+    broker.produce("defectflow.inventory", &[serde_json::json!({"value": received.to_string()})]);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let truth = support::demo_plant_footage(dir.path());
+    let config = write_config(dir.path(), &truth, &broker.bootstrap, "");
+    let out = dir.path().join("out");
+    let stdout = run_to_end(&config, Some(&out));
+    assert!(stdout.contains("dead letters: 13"), "{stdout}");
+
+    let letters: Vec<Value> = broker
+        .messages("defectflow.dead-letter")
+        .iter()
+        .map(|m| serde_json::from_str(m["value"].as_str().expect("value")).expect("json"))
+        .collect();
+    assert_eq!(letters.len(), 13, "{letters:#?}");
+    for topic in inputs {
+        let of_topic: Vec<&Value> = letters
+            .iter()
+            .filter(|l| l["source"].as_str().is_some_and(|s| s.starts_with(&format!("{topic}/"))))
+            .collect();
+        let reasons: Vec<&str> = of_topic.iter().filter_map(|l| l["reason"].as_str()).collect();
+        assert_eq!(reasons.len(), 3, "{topic}: {reasons:?}");
+        assert!(reasons[0].starts_with("not JSON"), "{reasons:?}");
+        assert!(reasons[1].starts_with("not a valid record"), "{reasons:?}");
+        assert!(reasons[2].contains("200000 bytes exceed"), "{reasons:?}");
+        assert_eq!(of_topic[0]["payload"], "not json {", "the original bytes");
+    }
+    assert!(
+        letters
+            .iter()
+            .any(|l| l["reason"].as_str().is_some_and(|r| r.contains("unknown work order `WO-0000000000000000`"))),
+        "{letters:#?}"
+    );
+    // The run went on: every work order delivered once.
+    check_exactly_once(&broker.messages("defectflow.work-orders"), &out, &truth);
+    // The inputs were committed: a second run reads none of them again.
+    let stdout = run_to_end(&config, None);
+    assert!(stdout.contains("kafka: 0 sent"), "{stdout}");
+    assert_eq!(broker.messages("defectflow.dead-letter").len(), 13);
 }

@@ -1,8 +1,9 @@
 //! Camera sources: each kind of camera URL, the GStreamer pipeline built for it, and the
-//! supervisor that keeps it running.
+//! supervisor that keeps it running; and the plant's Kafka input topics (`kafka/`).
 
 pub mod camera;
 pub mod file;
+pub mod kafka;
 pub mod rtsp;
 pub mod synth;
 

@@ -4,13 +4,14 @@ binding): creates topics and dumps a topic as JSON.
 usage: kafka_client.py create BOOTSTRAP NAME:PARTITIONS...
        kafka_client.py dump BOOTSTRAP TOPIC      -> [{partition, offset, key, value, headers}]
        kafka_client.py count BOOTSTRAP TOPIC     -> number of messages
+       kafka_client.py produce BOOTSTRAP TOPIC   <- JSON lines {"value": text} or {"bytes": n}
 """
 
 import json
 import sys
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
@@ -72,12 +73,24 @@ def messages(bootstrap, topic):
     return out
 
 
+def produce(bootstrap, topic):
+    producer = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 4_000_000})
+    for line in sys.stdin:
+        spec = json.loads(line)
+        value = spec["value"].encode() if "value" in spec else b"x" * spec["bytes"]
+        producer.produce(topic, value=value)
+    if producer.flush(30) != 0:
+        raise SystemExit(f"not all messages reached {topic}")
+
+
 def main():
     command, bootstrap, *rest = sys.argv[1:]
     if command == "create":
         create(bootstrap, rest)
     elif command == "dump":
         print(json.dumps(messages(bootstrap, rest[0])))
+    elif command == "produce":
+        produce(bootstrap, rest[0])
     elif command == "count":
         print(len(messages(bootstrap, rest[0])))
     else:

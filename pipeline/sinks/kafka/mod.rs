@@ -47,6 +47,9 @@ pub struct KafkaConfig {
     /// continue each other's delivery.
     #[serde(default = "default_sink_id")]
     pub sink_id: String,
+    /// The input topics the plant's systems write.
+    #[serde(default)]
+    pub inputs: crate::sources::kafka::InputsConfig,
     /// Any librdkafka property (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`,
     /// `message.timeout.ms`, ...), passed as given.
     #[serde(default)]
@@ -69,6 +72,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("topics", &self.topics)
             .field("transactional", &self.transactional)
             .field("sink_id", &self.sink_id)
+            .field("inputs", &self.inputs)
             .field("properties", &self.properties.keys().collect::<Vec<_>>())
             .field("secrets_from_env", &self.secrets_from_env)
             .finish()
@@ -134,18 +138,22 @@ impl KafkaConfig {
         if self.brokers.trim().is_empty() {
             return Err(("kafka.brokers".into(), "must name at least one host:port".into()));
         }
-        let t = &self.topics;
+        let (t, i) = (&self.topics, &self.inputs);
         for (field, name) in [
-            ("work_orders", &t.work_orders),
-            ("alerts", &t.alerts),
-            ("parts_staging", &t.parts_staging),
-            ("dead_letter", &t.dead_letter),
-            ("progress", &t.progress),
+            ("topics.work_orders", &t.work_orders),
+            ("topics.alerts", &t.alerts),
+            ("topics.parts_staging", &t.parts_staging),
+            ("topics.dead_letter", &t.dead_letter),
+            ("topics.progress", &t.progress),
+            ("inputs.wo_events", &i.wo_events),
+            ("inputs.inventory", &i.inventory),
+            ("inputs.technicians", &i.technicians),
+            ("inputs.assets", &i.assets),
         ] {
             let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
             if name.is_empty() || name.len() > 249 || !name.chars().all(legal) {
                 return Err((
-                    format!("kafka.topics.{field}"),
+                    format!("kafka.{field}"),
                     format!("`{name}` is not a Kafka topic name (1–249 of letters, digits, `.`, `_`, `-`)"),
                 ));
             }
@@ -163,7 +171,7 @@ impl KafkaConfig {
 
     /// The librdkafka settings common to the producer and the recovery consumer: the
     /// `defaults`, then the configured properties over them.
-    fn client(&self, defaults: &[(&str, &str)]) -> Result<ClientConfig, SinkError> {
+    pub(crate) fn client_config(&self, defaults: &[(&str, &str)]) -> Result<ClientConfig, SinkError> {
         let mut client = ClientConfig::new();
         client.set("bootstrap.servers", &self.brokers);
         for (name, value) in defaults {
@@ -343,7 +351,7 @@ impl KafkaSink {
         if config.transactional {
             defaults.push(("transaction.timeout.ms", "900000"));
         }
-        let mut client = config.client(&defaults)?;
+        let mut client = config.client_config(&defaults)?;
         client.set("enable.idempotence", "true").set("acks", "all");
         if config.transactional {
             client.set("transactional.id", &config.sink_id);
@@ -508,7 +516,7 @@ fn failpoint(name: &str) {
 
 /// Reads the last progress record and the output messages after it.
 fn recover(config: &KafkaConfig) -> Result<Recovered, SinkError> {
-    let mut client = config.client(&[])?;
+    let mut client = config.client_config(&[])?;
     // The end of a partition is found by reading to it (`enable.partition.eof`): some
     // brokers (tansu) report a high watermark behind the last record of a batch.
     client

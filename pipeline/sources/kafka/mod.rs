@@ -1,0 +1,337 @@
+//! Kafka inputs of the work-order dataflow: CMMS status events (`defectflow.wo-events`),
+//! stock movements (`defectflow.inventory`), technicians and assets (upserts by id).
+//!
+//! A message that is too large, is not JSON, or does not have the record's fields and
+//! types becomes a dead letter with the reason and its original bytes, and the input
+//! goes on. (A well-formed event that names an unknown or closed work order is turned
+//! into a dead letter by the ledger, with the same reach.) Offsets are committed to the
+//! consumer group once the outputs derived from the messages are delivered, so a
+//! restarted run reads every message not yet reflected on the output topics.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use defectflow_schemas::{Asset, DeadLetter, StockMovement, Technician, WoEvent};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::reference::PlantReference;
+use crate::sinks::kafka::{KafkaConfig, SinkError};
+use crate::sources::camera::now_ms;
+use crate::workflow::{Emitted, PlantInputs};
+
+/// `[kafka.inputs]`: the input topics and how their messages are read.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InputsConfig {
+    /// Read the input topics at all (a run can publish without consuming).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "topic::wo_events")]
+    pub wo_events: String,
+    #[serde(default = "topic::inventory")]
+    pub inventory: String,
+    #[serde(default = "topic::technicians")]
+    pub technicians: String,
+    #[serde(default = "topic::assets")]
+    pub assets: String,
+    /// Consumer group whose committed offsets say where a run resumes.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// A larger message is a dead letter (its first KiB kept), not parsed.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_group() -> String {
+    "defectflow".into()
+}
+
+fn default_max_message_bytes() -> usize {
+    64 * 1024
+}
+
+mod topic {
+    pub fn wo_events() -> String {
+        "defectflow.wo-events".into()
+    }
+    pub fn inventory() -> String {
+        "defectflow.inventory".into()
+    }
+    pub fn technicians() -> String {
+        "defectflow.technicians".into()
+    }
+    pub fn assets() -> String {
+        "defectflow.assets".into()
+    }
+}
+
+impl Default for InputsConfig {
+    fn default() -> Self {
+        InputsConfig {
+            enabled: true,
+            wo_events: topic::wo_events(),
+            inventory: topic::inventory(),
+            technicians: topic::technicians(),
+            assets: topic::assets(),
+            group: default_group(),
+            max_message_bytes: default_max_message_bytes(),
+        }
+    }
+}
+
+/// What an input topic carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    WoEvents,
+    Inventory,
+    Technicians,
+    Assets,
+}
+
+/// One usable input message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    Event(WoEvent),
+    Movement(StockMovement),
+    Technician(Technician),
+    Asset(Asset),
+}
+
+/// Parses one message of an input topic; the error is the reason for its dead letter.
+pub fn parse(kind: InputKind, bytes: &[u8], max_bytes: usize) -> Result<Input, String> {
+    if bytes.len() > max_bytes {
+        return Err(format!("{} bytes exceed max_message_bytes ({max_bytes})", bytes.len()));
+    }
+    fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+        let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+            let (path, inner) = (e.path().to_string(), e.inner());
+            match inner.classify() {
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => format!("not JSON: {inner}"),
+                _ if path == "." => format!("not a valid record: {inner}"),
+                _ => format!("not a valid record: `{path}`: {inner}"),
+            }
+        })?;
+        deserializer.end().map_err(|e| format!("not JSON: {e}"))?;
+        Ok(value)
+    }
+    let input = match kind {
+        InputKind::WoEvents => Input::Event(json(bytes)?),
+        InputKind::Inventory => Input::Movement(json(bytes)?),
+        InputKind::Technicians => Input::Technician(json(bytes)?),
+        InputKind::Assets => Input::Asset(json(bytes)?),
+    };
+    match &input {
+        Input::Event(e) if e.work_order_id.is_empty() => Err("`work_order_id` is empty".into()),
+        Input::Movement(m) if m.part_id.is_empty() => Err("`part_id` is empty".into()),
+        Input::Technician(t) if t.technician_id.is_empty() => Err("`technician_id` is empty".into()),
+        Input::Asset(a) if a.asset_id.is_empty() => Err("`asset_id` is empty".into()),
+        _ => Ok(input),
+    }
+}
+
+/// The dead letter of an unusable message: its bytes as text where they are UTF-8,
+/// else as hex; of a message over the size limit only the first KiB.
+pub fn dead_letter(source: String, bytes: &[u8], reason: String, at_ms: u64) -> DeadLetter {
+    let kept = &bytes[..bytes.len().min(if reason.contains("max_message_bytes") { 1024 } else { bytes.len() })];
+    let payload = match std::str::from_utf8(kept) {
+        Ok(text) => text.to_owned(),
+        Err(_) => format!("hex:{}", kept.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+    };
+    DeadLetter { source, payload, reason, at_ms }
+}
+
+/// The consumer of the input topics (on worker 0) and the current technicians and
+/// assets, so an update replaces the record it updates.
+pub struct KafkaInputs {
+    consumer: BaseConsumer,
+    topics: BTreeMap<String, InputKind>,
+    max_bytes: usize,
+    technicians: HashMap<String, Technician>,
+    assets: HashMap<String, Asset>,
+    /// (dataflow time, topic, partition, offset) of messages not yet committed.
+    consumed: Vec<(u64, String, i32, i64)>,
+    /// Messages used and dead-lettered by this run.
+    pub used: u64,
+    pub dead: u64,
+}
+
+impl std::fmt::Debug for KafkaInputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaInputs").field("topics", &self.topics).finish()
+    }
+}
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl KafkaInputs {
+    /// Connects and resumes each input partition at the group's committed offset.
+    pub fn start(config: &KafkaConfig, reference: &PlantReference) -> Result<KafkaInputs, SinkError> {
+        let inputs = &config.inputs;
+        let consumer: BaseConsumer = config
+            .client_config(&[("auto.offset.reset", "earliest")])?
+            .set("group.id", &inputs.group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|source| SinkError::Kafka { context: "creating the input consumer".into(), source })?;
+        let topics: BTreeMap<String, InputKind> = [
+            (inputs.wo_events.clone(), InputKind::WoEvents),
+            (inputs.inventory.clone(), InputKind::Inventory),
+            (inputs.technicians.clone(), InputKind::Technicians),
+            (inputs.assets.clone(), InputKind::Assets),
+        ]
+        .into();
+        let mut partitions = TopicPartitionList::new();
+        for topic in topics.keys() {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+                .map_err(|source| SinkError::Kafka { context: format!("reading the metadata of {topic}"), source })?;
+            for t in metadata.topics() {
+                if let Some(error) = t.error() {
+                    return Err(SinkError::Kafka {
+                        context: format!("input topic {topic}"),
+                        source: rdkafka::error::KafkaError::MetadataFetch(error.into()),
+                    });
+                }
+                for p in t.partitions() {
+                    partitions.add_partition(topic, p.id());
+                }
+            }
+        }
+        let committed = consumer
+            .committed_offsets(partitions, REQUEST_TIMEOUT)
+            .map_err(|source| SinkError::Kafka { context: "reading the committed input offsets".into(), source })?;
+        let mut assignment = TopicPartitionList::new();
+        for element in committed.elements() {
+            let offset = match element.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            assignment
+                .add_partition_offset(element.topic(), element.partition(), offset)
+                .map_err(|source| SinkError::Kafka { context: "assigning the inputs".into(), source })?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|source| SinkError::Kafka { context: "assigning the inputs".into(), source })?;
+        Ok(KafkaInputs {
+            consumer,
+            topics,
+            max_bytes: inputs.max_message_bytes,
+            technicians: reference.technicians.iter().map(|t| (t.technician_id.clone(), t.clone())).collect(),
+            assets: reference.assets.iter().map(|a| (a.asset_id.clone(), a.clone())).collect(),
+            consumed: Vec::new(),
+            used: 0,
+            dead: 0,
+        })
+    }
+
+    /// Feeds the messages that arrived (at most `limit`) into the plant's inputs at
+    /// `time`; unusable ones become dead letters in `dead`.
+    pub fn poll(&mut self, time: u64, plant: &mut PlantInputs, dead: &mut Vec<(u64, Emitted)>, limit: usize) {
+        for _ in 0..limit {
+            let Some(result) = self.consumer.poll(Duration::ZERO) else { return };
+            let message = match result {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, "kafka input");
+                    return;
+                }
+            };
+            let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
+            self.consumed.push((time, topic.clone(), partition, offset));
+            let Some(&kind) = self.topics.get(&topic) else { continue };
+            let bytes = message.payload().unwrap_or_default();
+            match parse(kind, bytes, self.max_bytes) {
+                Ok(input) => {
+                    self.used += 1;
+                    self.apply(input, plant);
+                }
+                Err(reason) => {
+                    self.dead += 1;
+                    tracing::warn!(topic, partition, offset, reason, "kafka input: dead letter");
+                    let letter = dead_letter(format!("{topic}/{partition}@{offset}"), bytes, reason, now_ms());
+                    dead.push((time, Emitted::DeadLetter(letter)));
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, input: Input, plant: &mut PlantInputs) {
+        match input {
+            Input::Event(event) => plant.events.send(event),
+            Input::Movement(movement) => plant.movements.insert(movement),
+            Input::Technician(technician) => {
+                if let Some(old) = self.technicians.insert(technician.technician_id.clone(), technician.clone()) {
+                    plant.technicians.remove(old);
+                }
+                plant.technicians.insert(technician);
+            }
+            Input::Asset(asset) => {
+                if let Some(old) = self.assets.insert(asset.asset_id.clone(), asset.clone()) {
+                    plant.assets.remove(old);
+                }
+                plant.assets.insert(asset);
+            }
+        }
+    }
+
+    /// Commits the offsets of the messages read at a time before `closed_before`: the
+    /// outputs they led to are delivered.
+    pub fn commit(&mut self, closed_before: u64) -> Result<(), SinkError> {
+        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        self.consumed.retain(|(time, topic, partition, offset)| {
+            if *time >= closed_before {
+                return true;
+            }
+            let at = next.entry((topic.clone(), *partition)).or_insert(0);
+            *at = (*at).max(offset + 1);
+            false
+        });
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            offsets
+                .add_partition_offset(&topic, partition, Offset::Offset(offset))
+                .map_err(|source| SinkError::Kafka { context: "committing input offsets".into(), source })?;
+        }
+        self.consumer
+            .commit(&offsets, CommitMode::Sync)
+            .map_err(|source| SinkError::Kafka { context: "committing input offsets".into(), source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusable_messages_say_why() {
+        let reason = |kind, bytes: &[u8]| parse(kind, bytes, 100).expect_err("unusable");
+        assert!(reason(InputKind::WoEvents, b"{not json").starts_with("not JSON"));
+        let wrong = reason(InputKind::WoEvents, br#"{"work_order_id": 7, "event": "started", "at_ms": 1}"#);
+        assert!(wrong.starts_with("not a valid record") && wrong.contains("work_order_id"), "{wrong}");
+        assert!(reason(InputKind::Inventory, br#"{"part_id": "B-1", "delta": "two", "at_ms": 1}"#).contains("delta"));
+        assert!(reason(InputKind::Assets, &[b' '; 101]).contains("101 bytes exceed"));
+        let ok = parse(InputKind::Inventory, br#"{"part_id": "B-1", "delta": 2, "at_ms": 1}"#, 100);
+        assert!(matches!(ok, Ok(Input::Movement(m)) if m.delta == 2));
+    }
+
+    #[test]
+    fn dead_letters_keep_the_bytes() {
+        let letter = dead_letter("t/0@3".into(), &[0xff, 0x00], "not JSON".into(), 5);
+        assert_eq!(letter.payload, "hex:ff00");
+        let big = dead_letter("t/0@4".into(), &[b'a'; 5000], "5000 bytes exceed max_message_bytes (100)".into(), 5);
+        assert_eq!(big.payload.len(), 1024);
+    }
+}
