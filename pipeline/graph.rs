@@ -25,6 +25,7 @@ use timely::dataflow::operators::core::Probe;
 use timely::dataflow::operators::vec::UnorderedInput;
 
 use crate::config::RunConfig;
+use crate::metrics::Metrics;
 use crate::reference::PlantReference;
 use crate::sinks::kafka::KafkaSink;
 use crate::sources::camera::{self, CameraHandle, CameraStats, FramePixels, now_ms};
@@ -159,6 +160,12 @@ pub fn run_stages(
     let (worker_kafka, kafka_back) = (Arc::clone(&kafka), Arc::clone(&kafka_result));
     let sink_failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
     let worker_failure = Arc::clone(&sink_failure);
+    let metrics = Metrics::new();
+    if let Some(m) = &config.metrics {
+        crate::metrics::serve(&m.address, Arc::clone(&metrics))
+            .map_err(|e| anyhow::anyhow!("config: `metrics.address`: cannot listen on {}: {e}", m.address))?;
+    }
+    let worker_metrics = Arc::clone(&metrics);
     let counters = Arc::new(StageCounters::default());
     let messages: Arc<Mutex<Vec<Emitted>>> = Arc::default();
     let (stage_counters, stage_messages) = (Arc::clone(&counters), Arc::clone(&messages));
@@ -210,6 +217,7 @@ pub fn run_stages(
                 detector.min_confidence = c;
             }
             let timing = Arc::clone(&stage_counters);
+            let inference_metrics = Arc::clone(&worker_metrics);
             let seen = Arc::clone(&stage_counters);
             let on_observation = hooks.on_observation.clone();
             let observations = frames
@@ -217,6 +225,8 @@ pub fn run_stages(
                     timing.frames.fetch_add(frames as u64, Ordering::Relaxed);
                     timing.batches.fetch_add(1, Ordering::Relaxed);
                     timing.inference_us.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+                    inference_metrics.frames_inferred.fetch_add(frames as u64, Ordering::Relaxed);
+                    inference_metrics.inference.observe(elapsed.as_secs_f64());
                 })
                 .inspect(move |o| {
                     seen.detections.fetch_add(o.detections.len() as u64, Ordering::Relaxed);
@@ -239,6 +249,8 @@ pub fn run_stages(
         let worker_thread = std::thread::current();
         let mut cameras: Vec<CameraHandle> =
             mine.iter().cloned().map(|c| camera::spawn(c, worker_thread.clone())).collect();
+        cameras.iter().for_each(|c| worker_metrics.add_camera(Arc::clone(&c.stats)));
+        let mut open_orders: HashMap<String, bool> = HashMap::new();
         let mut ingest = Ingest {
             ids: mine.iter().map(|c| Arc::from(c.id.as_str())).collect(),
             last_sent: vec![None; cameras.len()],
@@ -271,14 +283,17 @@ pub fn run_stages(
                 let closed_before = work_probe
                     .as_ref()
                     .map_or(u64::MAX, |p| p.with_frontier(|f| f.first().copied().unwrap_or(u64::MAX)));
-                let delivered = deliver(sink, &collected, closed_before)
+                let delivered = deliver(sink, &collected, closed_before, &worker_metrics, &mut open_orders)
                     .and_then(|()| inputs.as_mut().map_or(Ok(()), |i| i.commit(closed_before)));
                 if let Err(error) = delivered {
+                    worker_metrics.kafka_errors.fetch_add(1, Ordering::Relaxed);
+                    worker_metrics.healthy.store(false, Ordering::Relaxed);
                     *worker_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.into());
                     stop.interrupted.store(true, Ordering::Relaxed);
                 }
             } else {
-                collected.borrow_mut().pending.clear();
+                let emitted = std::mem::take(&mut collected.borrow_mut().pending);
+                observe(&emitted, &worker_metrics, &mut open_orders);
             }
             let interrupted = stop.interrupted.load(Ordering::Relaxed);
             let timed_out = stop.after.is_some_and(|d| started.elapsed() >= d);
@@ -316,7 +331,7 @@ pub fn run_stages(
             let failed = worker_failure.lock().map(|f| f.is_some()).unwrap_or(true);
             let closed_before = last.max(ingest.frontier);
             if !failed
-                && let Err(error) = deliver(&mut sink, &collected, closed_before)
+                && let Err(error) = deliver(&mut sink, &collected, closed_before, &worker_metrics, &mut open_orders)
                     .and_then(|()| inputs.as_mut().map_or(Ok(()), |i| i.commit(closed_before)))
             {
                 *worker_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.into());
@@ -364,6 +379,8 @@ fn deliver(
     sink: &mut KafkaSink,
     collected: &RefCell<Collected>,
     closed_before: u64,
+    metrics: &Metrics,
+    open_orders: &mut HashMap<String, bool>,
 ) -> Result<(), crate::sinks::kafka::SinkError> {
     let ready: Vec<(u64, Emitted)> = {
         let mut collected = collected.borrow_mut();
@@ -371,7 +388,41 @@ fn deliver(
         collected.pending = later;
         ready
     };
-    sink.deliver(closed_before, &ready)
+    let sent = sink.sent;
+    sink.deliver(closed_before, &ready)?;
+    metrics.kafka_sent.fetch_add(sink.sent - sent, Ordering::Relaxed);
+    observe(&ready, metrics, open_orders);
+    Ok(())
+}
+
+/// Metrics of messages leaving defectflow: latency from detection to a new work order,
+/// work orders open, dead letters.
+fn observe(messages: &[(u64, Emitted)], metrics: &Metrics, open_orders: &mut HashMap<String, bool>) {
+    // Only worker 0 sees messages; the others must not reset the gauge.
+    if messages.is_empty() {
+        return;
+    }
+    let now = now_ms();
+    for (_, message) in messages {
+        match message {
+            Emitted::WorkOrder(w) => {
+                if w.revision == 1 {
+                    metrics.detection_to_work_order.observe(now.saturating_sub(w.detected_at_ms) as f64 / 1000.0);
+                }
+                let open = !matches!(
+                    w.status,
+                    defectflow_schemas::WorkOrderStatus::Completed | defectflow_schemas::WorkOrderStatus::FalsePositive
+                );
+                open_orders.insert(w.work_order_id.clone(), open);
+            }
+            Emitted::DeadLetter(_) => {
+                metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+    let open = open_orders.values().filter(|o| **o).count() as u64;
+    metrics.work_orders_open.store(open, Ordering::Relaxed);
 }
 
 #[derive(Debug, Default)]

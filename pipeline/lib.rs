@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod config;
 pub mod footage;
 pub mod graph;
+pub mod metrics;
 pub mod modelling;
 pub mod reference;
 pub mod scenario;

@@ -355,3 +355,54 @@ fn bad_input_on_every_topic_goes_to_the_dead_letter_topic_and_the_run_goes_on() 
     assert!(stdout.contains("kafka: 0 sent"), "{stdout}");
     assert_eq!(broker.messages("defectflow.dead-letter").len(), 13);
 }
+
+/// `GET path` on 127.0.0.1:port: (status line, body), or `None` while nothing listens.
+fn http_get(port: u16, path: &str) -> Option<(String, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_owned(), body.to_owned()))
+}
+
+/// The value of one sample line (`name{labels} value`) of a Prometheus exposition.
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+#[test]
+fn metrics_and_health_are_served_while_it_runs() {
+    let broker = Broker::start();
+    broker.create_topics(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let truth = support::demo_plant_footage(dir.path());
+    let config = write_config(dir.path(), &truth, &broker.bootstrap, "");
+    let port = support::free_port();
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text = text.replacen("[[cameras]]", &format!("[metrics]\naddress = \"127.0.0.1:{port}\"\n[[cameras]]"), 1);
+    std::fs::write(&config, text).expect("config");
+    let mut child = defectflow(&config, None, None).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let body = loop {
+        assert!(Instant::now() < deadline, "no work order showed in the metrics");
+        assert!(child.try_wait().expect("wait").is_none(), "the run ended before its metrics showed a work order");
+        if let Some((status, body)) = http_get(port, "/metrics") {
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            if sample(&body, "defectflow_kafka_messages_sent_total").is_some_and(|n| n > 0.0) {
+                break body;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(sample(&body, "defectflow_frames_in_total{camera=\"cam-pulley\"}").is_some_and(|n| n > 0.0), "{body}");
+    assert_eq!(sample(&body, "defectflow_camera_state{camera=\"cam-pulley\",state=\"playing\"}"), Some(1.0), "{body}");
+    assert!(sample(&body, "defectflow_inference_seconds_count").is_some_and(|n| n > 0.0), "{body}");
+    assert!(sample(&body, "defectflow_detection_to_work_order_seconds_count").is_some_and(|n| n > 0.0), "{body}");
+    assert!(sample(&body, "defectflow_work_orders_open").is_some_and(|n| n >= 1.0), "{body}");
+    assert_eq!(sample(&body, "defectflow_kafka_delivery_errors_total"), Some(0.0), "{body}");
+    let (status, health) = http_get(port, "/healthz").expect("healthz");
+    assert_eq!((status.as_str(), health.as_str()), ("HTTP/1.1 200 OK", "ok\n"));
+    assert!(child.wait().expect("wait").success());
+}

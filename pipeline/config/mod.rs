@@ -41,6 +41,9 @@ pub struct RunConfig {
     /// The Kafka broker the CMMS topics are on; absent: no Kafka output.
     #[serde(default)]
     pub kafka: Option<crate::sinks::kafka::KafkaConfig>,
+    /// Prometheus metrics and `/healthz`; absent: not served.
+    #[serde(default)]
+    pub metrics: Option<crate::metrics::MetricsConfig>,
 }
 
 /// `[model]`: which weights, and how frames reach them.
@@ -218,6 +221,9 @@ impl RunConfig {
         }
         if self.plant.reference.is_some() && self.model.is_none() {
             return Err(("plant.reference".into(), "work orders need detections: add a `[model]` table".into()));
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.validate()?;
         }
         if let Some(kafka) = &self.kafka {
             kafka.validate()?;

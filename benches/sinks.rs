@@ -1,0 +1,155 @@
+//! The sinks' throughput: work-order revisions per second through the Kafka sink (sent,
+//! acknowledged, and a progress record per closed timestamp) against a real broker
+//! (tansu on 127.0.0.1, as the tests use), and audit-log rows per second written to
+//! zstd Parquet, committed aside and renamed.
+//!
+//! `cargo bench --bench sinks`. Without `--bench` (as under `cargo test`) it runs each
+//! case once on small batches.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use defectflow::sinks::audit::AuditLog;
+use defectflow::sinks::kafka::{KafkaConfig, KafkaSink};
+use defectflow::workflow::Emitted;
+use defectflow_schemas::WorkOrder;
+
+/// As the `defectflow` binary runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A revision as the demo plant derives it (about 1 KB of JSON).
+fn template() -> WorkOrder {
+    let line = include_str!("../tests/scenarios/crack_grows.expected.jsonl").lines().next().unwrap_or_default();
+    let message: Emitted = serde_json::from_str(line).unwrap_or_else(|e| panic!("scenario line: {e}"));
+    match message {
+        Emitted::WorkOrder(w) => *w,
+        other => panic!("the scenario starts with a work order, not {other:?}"),
+    }
+}
+
+/// `count` distinct revisions starting at sequence number `first`.
+fn revisions(template: &WorkOrder, first: u64, count: u64) -> Vec<WorkOrder> {
+    (first..first + count)
+        .map(|i| {
+            let mut w = template.clone();
+            w.work_order_id = format!("WO-{:016x}", i / 4);
+            w.revision = (i % 4) as u32 + 1;
+            w.revised_at_ms += i;
+            w
+        })
+        .collect()
+}
+
+struct Broker(Child, String);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn home() -> PathBuf {
+    PathBuf::from(std::env::var("HOME").unwrap_or_default())
+}
+
+/// tansu on a free port with the sink's topics, or `None` (with the reason printed)
+/// where scripts/install.sh has not installed it.
+fn broker() -> Option<Broker> {
+    let tansu =
+        std::env::var("DEFECTFLOW_TANSU").map(PathBuf::from).unwrap_or(home().join(".cache/defectflow/bin/tansu"));
+    let python = std::env::var("DEFECTFLOW_ANALYTICS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or(home().join(".cache/defectflow/venv/bin/python"));
+    if !tansu.is_file() || !python.is_file() {
+        eprintln!("kafka sink bench skipped: {} or {} missing (scripts/install.sh)", tansu.display(), python.display());
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(&tansu)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let broker = Broker(child, format!("127.0.0.1:{port}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/kafka_client.py");
+    let topics = [
+        "defectflow.work-orders:3",
+        "defectflow.alerts:1",
+        "defectflow.parts-staging:1",
+        "defectflow.dead-letter:1",
+        "defectflow.progress:1",
+    ];
+    let created = Command::new(python).arg(client).args(["create", &broker.1]).args(topics).status().ok()?;
+    created.success().then_some(broker)
+}
+
+fn kafka_sink(c: &mut Criterion, batch: u64) {
+    let Some(broker) = broker() else { return };
+    let config: KafkaConfig =
+        toml::from_str(&format!("brokers = \"{}\"\n", broker.1)).unwrap_or_else(|e| panic!("kafka config: {e}"));
+    let mut sink = KafkaSink::start(&config).unwrap_or_else(|e| panic!("{e}"));
+    let template = template();
+    let mut group = c.benchmark_group("kafka_sink");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(batch));
+    let mut next = 0u64;
+    group.bench_function(BenchmarkId::new("revisions_per_closed_timestamp", batch), |b| {
+        b.iter_batched(
+            || {
+                // A fresh closed timestamp of `batch` revisions, never seen before (made
+                // outside the timing).
+                let messages: Vec<(u64, Emitted)> = revisions(&template, next, batch)
+                    .into_iter()
+                    .map(|w| (next, Emitted::WorkOrder(Box::new(w))))
+                    .collect();
+                next += batch;
+                (next, messages)
+            },
+            |(closed_before, messages)| sink.deliver(closed_before, &messages).unwrap_or_else(|e| panic!("{e}")),
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+fn audit_log(c: &mut Criterion, rows: u64) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let audit = AuditLog::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let batch = revisions(&template(), 0, rows);
+    let mut group = c.benchmark_group("audit_log");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(rows));
+    group.bench_function(BenchmarkId::new("work_order_rows", rows), |b| {
+        b.iter(|| audit.write_work_orders(&batch).unwrap_or_else(|e| panic!("{e}")))
+    });
+    group.finish();
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let mut c = Criterion::default().configure_from_args();
+    kafka_sink(&mut c, if full { 10_000 } else { 100 });
+    audit_log(&mut c, if full { 100_000 } else { 1_000 });
+    c.final_summary();
+}

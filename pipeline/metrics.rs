@@ -1,0 +1,248 @@
+//! Prometheus metrics and a health check over HTTP (`[metrics]`): `GET /metrics` in the
+//! Prometheus text format, `GET /healthz` (200 while the run is healthy, 503 once a sink
+//! has failed). A small blocking server on its own thread; it binds 127.0.0.1 unless
+//! told otherwise.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::sources::camera::{CameraState, CameraStats};
+
+/// `[metrics]`: where the metrics are served.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` to listen on.
+    #[serde(default = "default_address")]
+    pub address: String,
+}
+
+fn default_address() -> String {
+    "127.0.0.1:9464".into()
+}
+
+impl MetricsConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.address
+            .parse::<SocketAddr>()
+            .map(|_| ())
+            .map_err(|e| ("metrics.address".into(), format!("`{}` is not host:port ({e})", self.address)))
+    }
+}
+
+/// Upper bounds (seconds) of the latency histograms' buckets.
+const BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// A Prometheus histogram of durations.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, seconds: f64) {
+        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
+            if seconds <= *bound {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add((seconds.max(0.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
+            out.push_str(&format!("{name}_bucket{{le=\"{bound}\"}} {}\n", count.load(Ordering::Relaxed)));
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
+        out.push_str(&format!("{name}_sum {}\n", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6));
+        out.push_str(&format!("{name}_count {count}\n"));
+    }
+}
+
+/// Everything the run reports; shared by the workers, the sinks and the server.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    cameras: Mutex<Vec<Arc<CameraStats>>>,
+    /// Frames the model scored.
+    pub frames_inferred: AtomicU64,
+    /// Time in the network per batch.
+    pub inference: Histogram,
+    /// Wall clock from a defect's first detection (capture time) to its work order
+    /// leaving defectflow.
+    pub detection_to_work_order: Histogram,
+    pub kafka_sent: AtomicU64,
+    pub kafka_errors: AtomicU64,
+    pub dead_letters: AtomicU64,
+    /// Work orders not closed, as of the last revision of each.
+    pub work_orders_open: AtomicU64,
+    /// Cleared when a sink fails: `/healthz` answers 503.
+    pub healthy: AtomicBool,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        Arc::new(Metrics { healthy: AtomicBool::new(true), ..Metrics::default() })
+    }
+
+    pub fn add_camera(&self, stats: Arc<CameraStats>) {
+        if let Ok(mut cameras) = self.cameras.lock() {
+            cameras.push(stats);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let cameras = self.cameras.lock().map(|c| c.clone()).unwrap_or_default();
+        let per_camera = |out: &mut String, name: &str, help: &str, kind: &str, value: &dyn Fn(&CameraStats) -> u64| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for camera in &cameras {
+                out.push_str(&format!("{name}{{camera=\"{}\"}} {}\n", camera.camera_id, value(camera)));
+            }
+        };
+        per_camera(&mut out, "defectflow_frames_in_total", "Frames decoded per camera.", "counter", &|c| {
+            c.received.load(Ordering::Relaxed)
+        });
+        per_camera(&mut out, "defectflow_frames_dropped_total", "Frames lost to a full queue.", "counter", &|c| {
+            c.dropped.load(Ordering::Relaxed)
+        });
+        per_camera(&mut out, "defectflow_camera_reconnects_total", "Reconnections after the first.", "counter", &|c| {
+            c.reconnects.load(Ordering::Relaxed)
+        });
+        per_camera(
+            &mut out,
+            "defectflow_camera_errors_total",
+            "Failed connections and broken streams.",
+            "counter",
+            &|c| c.errors.load(Ordering::Relaxed),
+        );
+        out.push_str("# HELP defectflow_camera_state 1 for the camera's current connection state.\n");
+        out.push_str("# TYPE defectflow_camera_state gauge\n");
+        for camera in &cameras {
+            let now = camera.state();
+            for state in ["connecting", "playing", "backoff", "ended", "failed", "stopped"] {
+                let on = u8::from(state_name(&now) == state);
+                out.push_str(&format!(
+                    "defectflow_camera_state{{camera=\"{}\",state=\"{state}\"}} {on}\n",
+                    camera.camera_id
+                ));
+            }
+        }
+        let counter = |out: &mut String, name: &str, help: &str, value: &AtomicU64| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                value.load(Ordering::Relaxed)
+            ));
+        };
+        counter(&mut out, "defectflow_frames_inferred_total", "Frames scored by the model.", &self.frames_inferred);
+        self.inference.render("defectflow_inference_seconds", "Time in the network per batch.", &mut out);
+        self.detection_to_work_order.render(
+            "defectflow_detection_to_work_order_seconds",
+            "From a defect's first detection to its work order leaving defectflow.",
+            &mut out,
+        );
+        counter(&mut out, "defectflow_kafka_messages_sent_total", "Messages acknowledged by Kafka.", &self.kafka_sent);
+        counter(&mut out, "defectflow_kafka_delivery_errors_total", "Failed Kafka deliveries.", &self.kafka_errors);
+        counter(&mut out, "defectflow_dead_letters_total", "Inputs sent to the dead-letter topic.", &self.dead_letters);
+        out.push_str(&format!(
+            "# HELP defectflow_work_orders_open Work orders not closed.\n# TYPE defectflow_work_orders_open gauge\n\
+             defectflow_work_orders_open {}\n",
+            self.work_orders_open.load(Ordering::Relaxed)
+        ));
+        out
+    }
+}
+
+fn state_name(state: &CameraState) -> &'static str {
+    match state {
+        CameraState::Connecting => "connecting",
+        CameraState::Playing => "playing",
+        CameraState::Backoff => "backoff",
+        CameraState::Ended => "ended",
+        CameraState::Failed => "failed",
+        CameraState::Stopped => "stopped",
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `address` from a background thread.
+pub fn serve(address: &str, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(address)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        for stream in listener.incoming().flatten() {
+            if let Err(error) = answer(stream, &metrics) {
+                tracing::debug!(%error, "metrics request");
+            }
+        }
+    })?;
+    tracing::info!(%bound, "metrics on /metrics, health on /healthz");
+    Ok(bound)
+}
+
+fn answer(stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request_line = String::new();
+    BufReader::new(&stream).read_line(&mut request_line)?;
+    let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+    let (status, body) = match path {
+        "/metrics" => ("200 OK", metrics.render()),
+        "/healthz" if metrics.healthy.load(Ordering::Relaxed) => ("200 OK", "ok\n".to_owned()),
+        "/healthz" => ("503 Service Unavailable", "a sink failed\n".to_owned()),
+        _ => ("404 Not Found", "try /metrics or /healthz\n".to_owned()),
+    };
+    let mut stream = stream;
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(0.07);
+        h.observe(3.0);
+        let mut out = String::new();
+        h.render("x", "help", &mut out);
+        assert!(out.contains("x_bucket{le=\"0.05\"} 0\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.1\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"5\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 2\nx_sum 3.07\nx_count 2\n"), "{out}");
+    }
+
+    #[test]
+    fn the_server_answers_metrics_and_health() {
+        let metrics = Metrics::new();
+        metrics.kafka_sent.fetch_add(3, Ordering::Relaxed);
+        let address = serve("127.0.0.1:0", Arc::clone(&metrics)).expect("bind");
+        let get = |path: &str| {
+            let mut stream = TcpStream::connect(address).expect("connect");
+            write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut stream, &mut text).expect("read");
+            text
+        };
+        let body = get("/metrics");
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.contains("defectflow_kafka_messages_sent_total 3\n"), "{body}");
+        assert!(get("/healthz").starts_with("HTTP/1.1 200"));
+        metrics.healthy.store(false, Ordering::Relaxed);
+        assert!(get("/healthz").starts_with("HTTP/1.1 503"));
+        assert!(get("/nope").starts_with("HTTP/1.1 404"));
+    }
+}
