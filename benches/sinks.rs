@@ -14,7 +14,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use defectflow::sinks::audit::AuditLog;
 use defectflow::sinks::kafka::{KafkaConfig, KafkaSink};
 use defectflow::workflow::Emitted;
-use defectflow_schemas::WorkOrder;
+use defectflow_schemas::{BoundingBox, DefectClass, Detection, WorkOrder};
 
 /// As the `defectflow` binary runs.
 #[global_allocator]
@@ -39,6 +39,23 @@ fn revisions(template: &WorkOrder, first: u64, count: u64) -> Vec<WorkOrder> {
             w.revision = (i % 4) as u32 + 1;
             w.revised_at_ms += i;
             w
+        })
+        .collect()
+}
+
+/// `count` detections of 16 cameras at 15 frames/s, as the model reports them.
+fn detections(count: u64) -> Vec<Detection> {
+    (0..count)
+        .map(|i| Detection {
+            camera_id: format!("cam-{:02}", i % 16),
+            frame_index: i / 16,
+            capture_ms: 1_790_000_000_000 + i / 16 * 66,
+            class: DefectClass::ALL[(i % 6) as usize],
+            confidence: 0.5 + (i % 50) as f32 / 100.0,
+            bbox: BoundingBox { x: (i % 600) as f32, y: (i % 340) as f32, width: 24.5, height: 8.25 },
+            area_px: 192.0,
+            model_version: "fd043778fd0c".into(),
+            shadow: false,
         })
         .collect()
 }
@@ -142,6 +159,10 @@ fn audit_log(c: &mut Criterion, rows: u64) {
     group.throughput(Throughput::Elements(rows));
     group.bench_function(BenchmarkId::new("work_order_rows", rows), |b| {
         b.iter(|| audit.write_work_orders(&batch).unwrap_or_else(|e| panic!("{e}")))
+    });
+    let detections = detections(rows);
+    group.bench_function(BenchmarkId::new("detection_rows", rows), |b| {
+        b.iter(|| audit.write_detections(&detections).unwrap_or_else(|e| panic!("{e}")))
     });
     group.finish();
 }

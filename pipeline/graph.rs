@@ -97,6 +97,8 @@ pub struct StageReport {
     /// Total time spent in the network, in microseconds.
     pub inference_us: u64,
     pub detections: u64,
+    /// Every detection, in no particular order (for the audit log).
+    pub detection_rows: Vec<defectflow_schemas::Detection>,
     /// Work-order messages in the order the dataflow emitted them (worker 0).
     pub messages: Vec<Emitted>,
     /// Messages this run sent to Kafka, and those it left out because an earlier run
@@ -230,6 +232,9 @@ pub fn run_stages(
                 })
                 .inspect(move |o| {
                     seen.detections.fetch_add(o.detections.len() as u64, Ordering::Relaxed);
+                    if !o.detections.is_empty() {
+                        seen.rows.lock().unwrap_or_else(|p| p.into_inner()).extend(o.detections.iter().cloned());
+                    }
                     if let Some(on_observation) = &on_observation {
                         on_observation(index, o);
                     }
@@ -367,6 +372,7 @@ pub fn run_stages(
         batches: counters.batches.load(Ordering::Relaxed),
         inference_us: counters.inference_us.load(Ordering::Relaxed),
         detections: counters.detections.load(Ordering::Relaxed),
+        detection_rows: std::mem::take(&mut *counters.rows.lock().unwrap_or_else(|p| p.into_inner())),
         messages: std::mem::take(&mut *messages.lock().map_err(|_| anyhow::anyhow!("a worker panicked"))?),
         kafka_sent,
         kafka_skipped,
@@ -431,6 +437,8 @@ struct StageCounters {
     batches: AtomicU64,
     inference_us: AtomicU64,
     detections: AtomicU64,
+    /// The detections themselves, for the audit log.
+    rows: Mutex<Vec<defectflow_schemas::Detection>>,
 }
 
 /// A worker's side of ingest: moves frames from its cameras into the dataflow and keeps

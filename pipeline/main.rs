@@ -33,6 +33,9 @@ struct Cli {
     /// Print help (`-h` is timely's hostfile).
     #[arg(long, action = clap::ArgAction::Help, global = true)]
     help: Option<bool>,
+    /// Log lines as JSON objects (one per line, for a log shipper) instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -200,14 +203,19 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run_cli() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "defectflow=info,warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let filter =
+        || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "defectflow=info,warn".into());
+    if cli.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter()).with_writer(std::io::stderr).init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+    match cli.command {
         Command::Run(args) => run(args),
         Command::CheckConfig { config } => {
             let config = RunConfig::load(&config)?;
@@ -247,7 +255,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         println!("kafka: {} sent, {} delivered by an earlier run", stages.kafka_sent, stages.kafka_skipped);
     }
     if let Some(dir) = args.out.or(config.output.dir.clone()) {
-        write_outputs(&dir, &stages.messages, shadow)?;
+        write_outputs(&dir, &stages, shadow)?;
     }
     if args.json {
         let json: Vec<_> = reports.iter().map(report_json).collect();
@@ -308,7 +316,8 @@ fn print_stages(stages: &graph::StageReport) {
 }
 
 /// Writes `work-orders.jsonl` (not in shadow mode: nothing goes to the CMMS) and the audit log.
-fn write_outputs(dir: &std::path::Path, messages: &[Emitted], shadow: bool) -> anyhow::Result<()> {
+fn write_outputs(dir: &std::path::Path, stages: &graph::StageReport, shadow: bool) -> anyhow::Result<()> {
+    let messages = &stages.messages;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     if !shadow {
         let mut text = String::new();
@@ -319,7 +328,7 @@ fn write_outputs(dir: &std::path::Path, messages: &[Emitted], shadow: bool) -> a
         let path = dir.join("work-orders.jsonl");
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    write_audit(&dir.join("audit"), messages, &[])?;
+    write_audit(&dir.join("audit"), &stages.messages, &[], &stages.detection_rows)?;
     println!("outputs in {}{}", dir.display(), if shadow { " (shadow mode: audit log only)" } else { "" });
     Ok(())
 }
@@ -444,7 +453,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     if let Some(dir) = &args.audit {
-        write_audit(dir, &replayed.messages, &scenario.wo_events())?;
+        write_audit(dir, &replayed.messages, &scenario.wo_events(), &[])?;
     }
     let mut text = replayed.lines.join("\n");
     text.push('\n');
@@ -459,8 +468,10 @@ fn write_audit(
     dir: &std::path::Path,
     messages: &[Emitted],
     events: &[defectflow_schemas::WoEvent],
+    detections: &[defectflow_schemas::Detection],
 ) -> anyhow::Result<()> {
     let audit = AuditLog::open(dir)?;
+    audit.write_detections(detections)?;
     let work_orders: Vec<_> = messages
         .iter()
         .filter_map(|m| if let Emitted::WorkOrder(w) = m { Some((**w).clone()) } else { None })

@@ -122,7 +122,7 @@ fn shipped_weights_find_every_defect_soon_after_onset_and_nothing_on_a_clear_cam
     }
 }
 
-fn run_demo_plant(dir: &Path, truth: &GroundTruth, shadow: bool) -> std::path::PathBuf {
+fn run_demo_plant(dir: &Path, truth: &GroundTruth, shadow: bool) -> (std::path::PathBuf, String) {
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
     let mut toml = format!(
         "[runtime]\nworkers = 2\n[model]\nbatch_size = 4\nshadow = {shadow}\n[plant]\nreference = \"{}\"\n",
@@ -142,7 +142,28 @@ fn run_demo_plant(dir: &Path, truth: &GroundTruth, shadow: bool) -> std::path::P
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "run failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("work orders:"), "summary printed: {stdout}");
-    out
+    (out, stdout.into_owned())
+}
+
+/// The detections the summary line counts (`model …: N frames …, M detections`).
+fn detections_in_summary(stdout: &str) -> usize {
+    let line = stdout.lines().find(|l| l.starts_with("model ")).expect("model summary line");
+    let before = line.trim_end().strip_suffix(" detections").expect("ends with detections");
+    before.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("a count")
+}
+
+/// (rows, rows flagged shadow, distinct model versions) of the detections table, by polars.
+fn audited_detections(audit: &Path) -> (usize, usize, usize) {
+    let python = std::env::var("DEFECTFLOW_ANALYTICS_PYTHON").expect("DEFECTFLOW_ANALYTICS_PYTHON");
+    let script = r#"
+import json, sys
+import polars as pl
+df = pl.scan_parquet(sys.argv[1] + "/detections/**/*.parquet", hive_partitioning=True).collect()
+print(json.dumps([df.height, int(df["shadow"].sum()), df["model_version"].n_unique()]))
+"#;
+    let output = Command::new(python).args(["-c", script, audit.to_str().expect("utf-8")]).output().expect("python");
+    assert!(output.status.success(), "polars: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("json")
 }
 
 /// (work-order id, asset, class, shadow) of every revision in the audit log, read by polars.
@@ -170,7 +191,10 @@ fn a_run_makes_one_work_order_per_defect_and_shadow_mode_only_audits() {
         .flat_map(|c| c.scene.defects.iter().map(|d| (c.scene.asset_id.clone(), d.class.to_string())))
         .collect();
 
-    let out = run_demo_plant(dir.path(), &truth, false);
+    let (out, stdout) = run_demo_plant(dir.path(), &truth, false);
+    let detections = detections_in_summary(&stdout);
+    assert!(detections > 0);
+    assert_eq!(audited_detections(&out.join("audit")), (detections, 0, 1), "every detection audited once");
     let lines = std::fs::read_to_string(out.join("work-orders.jsonl")).expect("work-orders.jsonl");
     let mut opened = BTreeMap::new();
     for line in lines.lines() {
@@ -193,7 +217,9 @@ fn a_run_makes_one_work_order_per_defect_and_shadow_mode_only_audits() {
     assert_eq!(audited.iter().map(|a| a.0.clone()).collect::<BTreeSet<_>>(), opened.keys().cloned().collect());
 
     // Shadow mode: the same work orders, flagged, in the audit log only.
-    let out = run_demo_plant(dir.path(), &truth, true);
+    let (out, stdout) = run_demo_plant(dir.path(), &truth, true);
+    let detections = detections_in_summary(&stdout);
+    assert_eq!(audited_detections(&out.join("audit")), (detections, detections, 1), "flagged shadow");
     assert!(!out.join("work-orders.jsonl").exists(), "shadow mode sends nothing to the CMMS");
     let audited = audited_work_orders(&out.join("audit"));
     assert!(!audited.is_empty() && audited.iter().all(|(_, _, _, shadow)| *shadow), "{audited:?}");

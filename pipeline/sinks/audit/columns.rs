@@ -3,8 +3,11 @@
 
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, BooleanArray, Float64Array, StringArray, TimestampMillisecondArray, UInt32Array};
-use defectflow_schemas::{Assignment, WoEvent, WoEventKind, WorkOrder};
+use arrow_array::{
+    ArrayRef, BooleanArray, Float32Array, Float64Array, StringArray, TimestampMillisecondArray, UInt32Array,
+    UInt64Array,
+};
+use defectflow_schemas::{Assignment, Detection, WoEvent, WoEventKind, WorkOrder};
 
 fn text<T>(rows: &[&T], f: impl Fn(&T) -> &str) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(rows.iter().map(|r| f(r))))
@@ -29,6 +32,27 @@ fn maybe_float<T>(rows: &[&T], f: impl Fn(&T) -> Option<f64>) -> ArrayRef {
 /// The snake_case name serde gives an enum value.
 fn name<E: serde::Serialize>(value: &E) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+fn float32<T>(rows: &[&T], f: impl Fn(&T) -> f32) -> ArrayRef {
+    Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| f(r))))
+}
+
+pub(super) fn detections(rows: &[&Detection]) -> Vec<ArrayRef> {
+    vec![
+        text(rows, |d| &d.camera_id),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|d| d.frame_index))),
+        time(rows, |d| d.capture_ms),
+        text(rows, |d| d.class.as_str()),
+        float32(rows, |d| d.confidence),
+        float32(rows, |d| d.bbox.x),
+        float32(rows, |d| d.bbox.y),
+        float32(rows, |d| d.bbox.width),
+        float32(rows, |d| d.bbox.height),
+        float32(rows, |d| d.area_px),
+        text(rows, |d| &d.model_version),
+        Arc::new(BooleanArray::from_iter(rows.iter().map(|d| Some(d.shadow)))),
+    ]
 }
 
 pub(super) fn work_orders(rows: &[&WorkOrder]) -> Vec<ArrayRef> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, RecordBatch};
 use defectflow_schemas::audit::AuditTable;
-use defectflow_schemas::{Assignment, EpochMillis, WoEvent, WorkOrder};
+use defectflow_schemas::{Assignment, Detection, EpochMillis, WoEvent, WorkOrder};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -40,6 +40,11 @@ impl AuditLog {
     pub fn open(dir: &Path) -> Result<AuditLog, AuditError> {
         std::fs::create_dir_all(dir).map_err(|source| AuditError::Io { path: dir.to_owned(), source })?;
         Ok(AuditLog { dir: dir.to_owned() })
+    }
+
+    /// Every detection of the model, with its model version (and shadow flag).
+    pub fn write_detections(&self, rows: &[Detection]) -> Result<Vec<PathBuf>, AuditError> {
+        self.write(AuditTable::Detections, rows, |d| d.capture_ms, columns::detections)
     }
 
     /// Every revision, with its severity components and model version.
