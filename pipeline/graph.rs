@@ -27,6 +27,7 @@ use timely::dataflow::operators::vec::UnorderedInput;
 use crate::config::RunConfig;
 use crate::metrics::Metrics;
 use crate::reference::PlantReference;
+use crate::sinks::audit::AuditStream;
 use crate::sinks::kafka::KafkaSink;
 use crate::sources::camera::{self, CameraHandle, CameraStats, FramePixels, now_ms};
 use crate::sources::kafka::KafkaInputs;
@@ -156,10 +157,21 @@ pub fn run_stages(
         (Some(k), Some(_), Some(reference)) if k.inputs.enabled => Some(KafkaInputs::start(k, reference)?),
         _ => None,
     };
+    // The work-order tables of the audit log, written as the run goes.
+    let audit = match (&config.output.dir, &reference) {
+        (Some(dir), Some(_)) => Some(AuditStream::open(
+            &dir.join("audit"),
+            config.output.audit_commit_rows,
+            Duration::from_secs_f64(config.output.audit_commit_s),
+        )?),
+        _ => None,
+    };
     let kafka = Arc::new(Mutex::new(kafka));
+    let audit = Arc::new(Mutex::new(audit));
     let worker_inputs = Arc::new(Mutex::new(inputs));
     let kafka_result: Arc<Mutex<Option<KafkaSink>>> = Arc::default();
     let (worker_kafka, kafka_back) = (Arc::clone(&kafka), Arc::clone(&kafka_result));
+    let worker_audit = Arc::clone(&audit);
     let sink_failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
     let worker_failure = Arc::clone(&sink_failure);
     let metrics = Metrics::new();
@@ -184,7 +196,11 @@ pub fn run_stages(
         let probe = ProbeHandle::new();
         let collected = Rc::new(RefCell::new(Collected::default()));
         // Worker 0 gathers the work-order messages and delivers them.
-        let mut kafka = if index == 0 { worker_kafka.lock().ok().and_then(|mut k| k.take()) } else { None };
+        let mut outputs = Outputs {
+            kafka: if index == 0 { worker_kafka.lock().ok().and_then(|mut k| k.take()) } else { None },
+            audit: if index == 0 { worker_audit.lock().ok().and_then(|mut a| a.take()) } else { None },
+            open_orders: HashMap::new(),
+        };
         let mut inputs = if index == 0 { worker_inputs.lock().ok().and_then(|mut i| i.take()) } else { None };
         let (mut input, mut capability, mut plant, work_probe) = worker.dataflow::<u64, _, _>(|scope| {
             let ((input, capability), samples) = scope.new_unordered_input::<CameraSample<FramePixels>>();
@@ -255,7 +271,6 @@ pub fn run_stages(
         let mut cameras: Vec<CameraHandle> =
             mine.iter().cloned().map(|c| camera::spawn(c, worker_thread.clone())).collect();
         cameras.iter().for_each(|c| worker_metrics.add_camera(Arc::clone(&c.stats)));
-        let mut open_orders: HashMap<String, bool> = HashMap::new();
         let mut ingest = Ingest {
             ids: mine.iter().map(|c| Arc::from(c.id.as_str())).collect(),
             last_sent: vec![None; cameras.len()],
@@ -284,21 +299,18 @@ pub fn run_stages(
                 let dead: Vec<Emitted> = collected.pending[before..].iter().map(|(_, m)| m.clone()).collect();
                 collected.messages.extend(dead);
             }
-            if let Some(sink) = &mut kafka {
+            if index == 0 {
                 let closed_before = work_probe
                     .as_ref()
                     .map_or(u64::MAX, |p| p.with_frontier(|f| f.first().copied().unwrap_or(u64::MAX)));
-                let delivered = deliver(sink, &collected, closed_before, &worker_metrics, &mut open_orders)
-                    .and_then(|()| inputs.as_mut().map_or(Ok(()), |i| i.commit(closed_before)));
-                if let Err(error) = delivered {
-                    worker_metrics.kafka_errors.fetch_add(1, Ordering::Relaxed);
+                let emitted = outputs
+                    .emit(&collected, closed_before, &worker_metrics)
+                    .and_then(|()| Ok(inputs.as_mut().map_or(Ok(()), |i| i.commit(closed_before))?));
+                if let Err(error) = emitted {
                     worker_metrics.healthy.store(false, Ordering::Relaxed);
-                    *worker_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.into());
+                    *worker_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
                     stop.interrupted.store(true, Ordering::Relaxed);
                 }
-            } else {
-                let emitted = std::mem::take(&mut collected.borrow_mut().pending);
-                observe(&emitted, &worker_metrics, &mut open_orders);
             }
             let interrupted = stop.interrupted.load(Ordering::Relaxed);
             let timed_out = stop.after.is_some_and(|d| started.elapsed() >= d);
@@ -329,19 +341,23 @@ pub fn run_stages(
         while !probe.done() || worker.step_or_park(Some(Duration::ZERO)) {
             worker.step();
         }
-        if let Some(mut sink) = kafka.take() {
+        if index == 0 {
             // Everything is complete: close up to the last input time, so a later run
             // with later frames (a live camera) still delivers.
             let last = collected.borrow().pending.iter().map(|(t, _)| t + 1).max().unwrap_or(0);
             let failed = worker_failure.lock().map(|f| f.is_some()).unwrap_or(true);
             let closed_before = last.max(ingest.frontier);
             if !failed
-                && let Err(error) = deliver(&mut sink, &collected, closed_before, &worker_metrics, &mut open_orders)
-                    .and_then(|()| inputs.as_mut().map_or(Ok(()), |i| i.commit(closed_before)))
+                && let Err(error) = outputs
+                    .emit(&collected, closed_before, &worker_metrics)
+                    .and_then(|()| outputs.flush())
+                    .and_then(|()| Ok(inputs.as_mut().map_or(Ok(()), |i| i.commit(closed_before))?))
             {
-                *worker_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.into());
+                *worker_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
             }
-            *kafka_back.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+            if let Some(sink) = outputs.kafka.take() {
+                *kafka_back.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+            }
         }
         if index == 0
             && let Ok(mut out) = stage_messages.lock()
@@ -380,25 +396,47 @@ pub fn run_stages(
     Ok((reports, stages))
 }
 
-/// Hands the messages of every time before `closed_before` to the Kafka sink.
-fn deliver(
-    sink: &mut KafkaSink,
-    collected: &RefCell<Collected>,
-    closed_before: u64,
-    metrics: &Metrics,
-    open_orders: &mut HashMap<String, bool>,
-) -> Result<(), crate::sinks::kafka::SinkError> {
-    let ready: Vec<(u64, Emitted)> = {
-        let mut collected = collected.borrow_mut();
-        let (ready, later) = std::mem::take(&mut collected.pending).into_iter().partition(|(t, _)| *t < closed_before);
-        collected.pending = later;
-        ready
-    };
-    let sent = sink.sent;
-    sink.deliver(closed_before, &ready)?;
-    metrics.kafka_sent.fetch_add(sink.sent - sent, Ordering::Relaxed);
-    observe(&ready, metrics, open_orders);
-    Ok(())
+/// Worker 0's outputs: the Kafka sink, the audit log's work-order tables, the metrics.
+struct Outputs {
+    kafka: Option<KafkaSink>,
+    audit: Option<AuditStream>,
+    /// Work order → open, as of its last revision.
+    open_orders: HashMap<String, bool>,
+}
+
+impl Outputs {
+    /// Hands the messages of every time before `closed_before` (all complete) to the
+    /// sinks.
+    fn emit(&mut self, collected: &RefCell<Collected>, closed_before: u64, metrics: &Metrics) -> anyhow::Result<()> {
+        let ready: Vec<(u64, Emitted)> = {
+            let mut collected = collected.borrow_mut();
+            let (ready, later) =
+                std::mem::take(&mut collected.pending).into_iter().partition(|(t, _)| *t < closed_before);
+            collected.pending = later;
+            ready
+        };
+        if let Some(sink) = &mut self.kafka {
+            let sent = sink.sent;
+            if let Err(error) = sink.deliver(closed_before, &ready) {
+                metrics.kafka_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(error.into());
+            }
+            metrics.kafka_sent.fetch_add(sink.sent - sent, Ordering::Relaxed);
+        }
+        if let Some(audit) = &mut self.audit {
+            audit.append(closed_before, &ready)?;
+        }
+        observe(&ready, metrics, &mut self.open_orders);
+        Ok(())
+    }
+
+    /// Commits what the audit log has buffered.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if let Some(audit) = &mut self.audit {
+            audit.commit()?;
+        }
+        Ok(())
+    }
 }
 
 /// Metrics of messages leaving defectflow: latency from detection to a new work order,

@@ -238,6 +238,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(d) = args.duration_s {
         config.runtime.duration_s = Some(d);
     }
+    if let Some(out) = &args.out {
+        config.output.dir = Some(out.clone());
+    }
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let interrupted = Arc::clone(&interrupted);
@@ -254,7 +257,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if config.kafka.is_some() && !shadow {
         println!("kafka: {} sent, {} delivered by an earlier run", stages.kafka_sent, stages.kafka_skipped);
     }
-    if let Some(dir) = args.out.or(config.output.dir.clone()) {
+    if let Some(dir) = config.output.dir.clone() {
         write_outputs(&dir, &stages, shadow)?;
     }
     if args.json {
@@ -315,7 +318,8 @@ fn print_stages(stages: &graph::StageReport) {
     );
 }
 
-/// Writes `work-orders.jsonl` (not in shadow mode: nothing goes to the CMMS) and the audit log.
+/// Writes `work-orders.jsonl` (not in shadow mode: nothing goes to the CMMS) and the
+/// detections table of the audit log.
 fn write_outputs(dir: &std::path::Path, stages: &graph::StageReport, shadow: bool) -> anyhow::Result<()> {
     let messages = &stages.messages;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -328,7 +332,8 @@ fn write_outputs(dir: &std::path::Path, stages: &graph::StageReport, shadow: boo
         let path = dir.join("work-orders.jsonl");
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    write_audit(&dir.join("audit"), &stages.messages, &[], &stages.detection_rows)?;
+    // Work orders and assignments went to the audit log as the run went (AuditStream).
+    write_audit(&dir.join("audit"), &[], &[], &stages.detection_rows)?;
     println!("outputs in {}{}", dir.display(), if shadow { " (shadow mode: audit log only)" } else { "" });
     Ok(())
 }

@@ -16,13 +16,19 @@ use defectflow_schemas::WORK_ORDER_JSON_SCHEMA;
 use serde_json::Value;
 
 /// A tansu broker on a free port of 127.0.0.1, in memory, stopped (by its PID) on drop.
+/// One test at a time holds one: the tests play recordings in real time and check what
+/// a run does while it keeps up with them, which two runs at once on two cores do not.
 struct Broker {
     child: Child,
     bootstrap: String,
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Broker {
     fn start() -> Broker {
+        let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let tansu = std::env::var("DEFECTFLOW_TANSU").map(PathBuf::from).unwrap_or_else(|_| {
             PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/defectflow/bin/tansu")
         });
@@ -41,7 +47,7 @@ impl Broker {
             assert!(Instant::now() < deadline, "tansu did not listen on {port}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Broker { child, bootstrap: format!("127.0.0.1:{port}") }
+        Broker { child, bootstrap: format!("127.0.0.1:{port}"), _serial: serial }
     }
 
     fn client(&self, args: &[&str]) -> Output {
@@ -147,8 +153,8 @@ fn run_to_end(config: &Path, out: Option<&Path>) -> String {
     stdout
 }
 
-fn crash_at(config: &Path, failpoint: &str) {
-    let output = defectflow(config, None, Some(failpoint)).output().expect("run defectflow");
+fn crash_at(config: &Path, out: &Path, failpoint: &str) {
+    let output = defectflow(config, Some(out), Some(failpoint)).output().expect("run defectflow");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !output.status.success(),
@@ -179,15 +185,18 @@ fn each_revision_reaches_the_topic_once_across_crashes_and_replays() {
     let truth = support::demo_plant_footage(dir.path());
     let config = write_config(dir.path(), &truth, &broker.bootstrap, "");
 
+    // Every run writes the audit log to the same folder.
+    let out = dir.path().join("out");
     // Crash after sending the first messages, before their progress is recorded.
-    crash_at(&config, "after-send:1");
+    crash_at(&config, &out, "after-send:1");
     let after_crash = broker.messages("defectflow.work-orders");
     assert!(!after_crash.is_empty(), "the crashed run had sent its first revisions");
     // Crash again, after recording progress the second time.
-    crash_at(&config, "after-progress:2");
+    crash_at(&config, &out, "after-progress:2");
     // kill -9 at an arbitrary moment: once more revisions are on the topic.
     let before = broker.messages("defectflow.work-orders").len();
-    let mut child = defectflow(&config, None, None).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
+    let mut child =
+        defectflow(&config, Some(&out), None).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let now = broker.messages("defectflow.work-orders").len();
@@ -200,16 +209,20 @@ fn each_revision_reaches_the_topic_once_across_crashes_and_replays() {
     let _ = child.wait();
 
     // Then a run to the end, and a full replay, which sends nothing new.
-    let out = dir.path().join("out");
     let stdout = run_to_end(&config, Some(&out));
     assert!(stdout.contains("kafka:"), "{stdout}");
     let first = broker.messages("defectflow.work-orders");
-    let stdout = run_to_end(&config, None);
+    let stdout = run_to_end(&config, Some(&out));
     assert!(stdout.contains("kafka: 0 sent"), "a replay sends nothing: {stdout}");
     let messages = broker.messages("defectflow.work-orders");
     assert_eq!(messages.len(), first.len(), "the replay added messages");
 
     check_exactly_once(&messages, &out, &truth);
+    // The audit log, written through all those runs, has every revision once.
+    let audited = audited_revisions(&out.join("audit"));
+    let distinct: BTreeSet<&String> = audited.iter().collect();
+    assert_eq!(distinct.len(), audited.len(), "duplicate rows in the audit log");
+    assert_eq!(distinct.into_iter().cloned().collect::<BTreeSet<_>>(), delivered(&messages).into_keys().collect());
     // Progress records are JSON naming the closed time and the output offsets.
     let progress = broker.messages("defectflow.progress");
     let last: Value = serde_json::from_str(progress.last().expect("progress")["value"].as_str().expect("value"))
@@ -405,4 +418,19 @@ fn metrics_and_health_are_served_while_it_runs() {
     let (status, health) = http_get(port, "/healthz").expect("healthz");
     assert_eq!((status.as_str(), health.as_str()), ("HTTP/1.1 200 OK", "ok\n"));
     assert!(child.wait().expect("wait").success());
+}
+
+/// `<work order>:<revision>` of every row of the audit log's work_orders table, read by
+/// polars (which fails on a partial file).
+fn audited_revisions(audit: &Path) -> Vec<String> {
+    let python = std::env::var("DEFECTFLOW_ANALYTICS_PYTHON").expect("DEFECTFLOW_ANALYTICS_PYTHON");
+    let script = r#"
+import json, sys
+import polars as pl
+df = pl.scan_parquet(sys.argv[1] + "/work_orders/**/*.parquet", hive_partitioning=True).collect()
+print(json.dumps([f"{r['work_order_id']}:{r['revision']}" for r in df.iter_rows(named=True)]))
+"#;
+    let output = Command::new(python).args(["-c", script, audit.to_str().expect("utf-8")]).output().expect("python");
+    assert!(output.status.success(), "polars: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("json")
 }

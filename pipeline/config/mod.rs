@@ -122,13 +122,37 @@ pub struct PlantConfig {
 }
 
 /// `[output]`: where a run leaves work orders and the audit log.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
     /// Folder for `work-orders.jsonl` and `audit/`, relative to the working directory
     /// (overridden by `--out`); absent: nothing is written.
     #[serde(default)]
     pub dir: Option<PathBuf>,
+    /// The audit log commits a file per table once this many rows have gathered...
+    #[serde(default = "default_audit_commit_rows")]
+    pub audit_commit_rows: usize,
+    /// ...or once this many seconds have passed since the last commit.
+    #[serde(default = "default_audit_commit_s")]
+    pub audit_commit_s: f64,
+}
+
+fn default_audit_commit_rows() -> usize {
+    100_000
+}
+
+fn default_audit_commit_s() -> f64 {
+    10.0
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            dir: None,
+            audit_commit_rows: default_audit_commit_rows(),
+            audit_commit_s: default_audit_commit_s(),
+        }
+    }
 }
 
 /// Settings of the timely runtime.
@@ -221,6 +245,12 @@ impl RunConfig {
         }
         if self.plant.reference.is_some() && self.model.is_none() {
             return Err(("plant.reference".into(), "work orders need detections: add a `[model]` table".into()));
+        }
+        if self.output.audit_commit_rows == 0 {
+            return Err(("output.audit_commit_rows".into(), "must be at least 1".into()));
+        }
+        if !(self.output.audit_commit_s > 0.0 && self.output.audit_commit_s.is_finite()) {
+            return Err(("output.audit_commit_s".into(), "must be a positive number of seconds".into()));
         }
         if let Some(metrics) = &self.metrics {
             metrics.validate()?;

@@ -3,6 +3,13 @@
 //! `.part-NNNNNNNN.parquet.tmp` (hidden from `*.parquet` globs), synced, and renamed into
 //! place, so a reader never sees a partial file. The `date` partition comes from each
 //! row's event time (UTC) and is read back by `hive_partitioning=True`.
+//!
+//! During a run the work-order tables are written as it goes ([`AuditStream`]): rows
+//! of closed dataflow times are buffered and committed when enough have gathered or
+//! enough time has passed. Each file records in its Parquet metadata the dataflow time
+//! it closes (`defectflow.closed_before`); a restarted run that replays its inputs
+//! skips the rows of times a committed file already holds, so a crash leaves neither a
+//! partial file nor a duplicate row.
 
 mod columns;
 
@@ -16,7 +23,9 @@ use defectflow_schemas::audit::AuditTable;
 use defectflow_schemas::{Assignment, Detection, EpochMillis, WoEvent, WorkOrder};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
+use parquet::file::reader::{FileReader, SerializedFileReader};
 
 /// A failure to write the audit log; names the file.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +77,18 @@ impl AuditLog {
         event_time: impl Fn(&T) -> EpochMillis,
         columns: impl Fn(&[&T]) -> Vec<ArrayRef>,
     ) -> Result<Vec<PathBuf>, AuditError> {
+        self.write_closing(table, rows, event_time, columns, None)
+    }
+
+    /// [`AuditLog::write`], each file recording the dataflow time it closes.
+    fn write_closing<T>(
+        &self,
+        table: AuditTable,
+        rows: &[T],
+        event_time: impl Fn(&T) -> EpochMillis,
+        columns: impl Fn(&[&T]) -> Vec<ArrayRef>,
+        closed_before: Option<u64>,
+    ) -> Result<Vec<PathBuf>, AuditError> {
         let mut by_date: BTreeMap<String, Vec<&T>> = BTreeMap::new();
         for row in rows {
             by_date.entry(utc_date(event_time(row))).or_default().push(row);
@@ -76,13 +97,19 @@ impl AuditLog {
         for (date, rows) in by_date {
             let batch = RecordBatch::try_new(table.schema(), columns(&rows))
                 .map_err(|source| AuditError::Arrow { table: table.name(), source })?;
-            written.push(self.commit(table, &date, &batch)?);
+            written.push(self.commit(table, &date, &batch, closed_before)?);
         }
         Ok(written)
     }
 
     /// Writes the batch aside and renames it into place.
-    fn commit(&self, table: AuditTable, date: &str, batch: &RecordBatch) -> Result<PathBuf, AuditError> {
+    fn commit(
+        &self,
+        table: AuditTable,
+        date: &str,
+        batch: &RecordBatch,
+        closed_before: Option<u64>,
+    ) -> Result<PathBuf, AuditError> {
         let dir = self.dir.join(table.name()).join(format!("date={date}"));
         std::fs::create_dir_all(&dir).map_err(|source| AuditError::Io { path: dir.clone(), source })?;
         let io = |path: &Path| {
@@ -100,7 +127,11 @@ impl AuditLog {
             sequence += 1;
         };
         let file = File::create(&aside).map_err(io(&aside))?;
-        let properties = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+        let metadata = closed_before.map(|t| vec![KeyValue::new(CLOSED_BEFORE.to_owned(), t.to_string())]);
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_key_value_metadata(metadata)
+            .build();
         let parquet = |source| AuditError::Parquet { path: aside.clone(), source };
         let mut writer = ArrowWriter::try_new(file, Arc::clone(&batch.schema()), Some(properties)).map_err(parquet)?;
         writer.write(batch).map_err(parquet)?;
@@ -108,6 +139,118 @@ impl AuditLog {
         file.sync_all().map_err(io(&aside))?;
         std::fs::rename(&aside, &path).map_err(io(&path))?;
         Ok(path)
+    }
+}
+
+/// Parquet metadata key: the dataflow time before which a file holds all its table's rows.
+const CLOSED_BEFORE: &str = "defectflow.closed_before";
+
+impl AuditLog {
+    /// The latest `closed_before` among the table's committed files (0: none).
+    fn committed_before(&self, table: AuditTable) -> Result<u64, AuditError> {
+        let dir = self.dir.join(table.name());
+        let mut latest = 0;
+        let Ok(partitions) = std::fs::read_dir(&dir) else { return Ok(0) };
+        for partition in partitions.flatten() {
+            let Ok(files) = std::fs::read_dir(partition.path()) else { continue };
+            for file in files.flatten() {
+                let path = file.path();
+                if path.extension().is_none_or(|e| e != "parquet") {
+                    continue;
+                }
+                let open = File::open(&path).map_err(|source| AuditError::Io { path: path.clone(), source })?;
+                let reader = SerializedFileReader::new(open)
+                    .map_err(|source| AuditError::Parquet { path: path.clone(), source })?;
+                let closed = reader.metadata().file_metadata().key_value_metadata().and_then(|kv| {
+                    kv.iter().find(|k| k.key == CLOSED_BEFORE).and_then(|k| k.value.as_deref()?.parse::<u64>().ok())
+                });
+                latest = latest.max(closed.unwrap_or(0));
+            }
+        }
+        Ok(latest)
+    }
+}
+
+/// The work-order tables written as the run goes; see the module documentation.
+#[derive(Debug)]
+pub struct AuditStream {
+    log: AuditLog,
+    work_orders: Vec<WorkOrder>,
+    assignments: Vec<Assignment>,
+    /// Per table: rows of times before this are in committed files (recovered at open).
+    work_orders_before: u64,
+    assignments_before: u64,
+    /// The buffered rows' closed time.
+    closed_before: u64,
+    last_commit: std::time::Instant,
+    max_rows: usize,
+    max_age: std::time::Duration,
+}
+
+impl AuditStream {
+    /// Opens the audit log under `dir`, learning what earlier runs committed; commits
+    /// every `max_rows` rows or `max_age`, whichever comes first.
+    pub fn open(dir: &Path, max_rows: usize, max_age: std::time::Duration) -> Result<AuditStream, AuditError> {
+        let log = AuditLog::open(dir)?;
+        let work_orders_before = log.committed_before(AuditTable::WorkOrders)?;
+        let assignments_before = log.committed_before(AuditTable::Assignments)?;
+        Ok(AuditStream {
+            log,
+            work_orders: Vec::new(),
+            assignments: Vec::new(),
+            work_orders_before,
+            assignments_before,
+            closed_before: 0,
+            last_commit: std::time::Instant::now(),
+            max_rows,
+            max_age,
+        })
+    }
+
+    /// Buffers the rows of dataflow times before `closed_before` (all complete) and
+    /// commits when the buffer is full or old enough.
+    pub fn append(
+        &mut self,
+        closed_before: u64,
+        messages: &[(u64, crate::workflow::Emitted)],
+    ) -> Result<(), AuditError> {
+        use crate::workflow::Emitted;
+        for (time, message) in messages {
+            match message {
+                Emitted::WorkOrder(w) if *time >= self.work_orders_before => self.work_orders.push((**w).clone()),
+                Emitted::Assignment(a) if *time >= self.assignments_before => self.assignments.push(a.clone()),
+                _ => {}
+            }
+        }
+        self.closed_before = self.closed_before.max(closed_before);
+        let rows = self.work_orders.len() + self.assignments.len();
+        if rows >= self.max_rows || (rows > 0 && self.last_commit.elapsed() >= self.max_age) {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Commits the buffered rows.
+    pub fn commit(&mut self) -> Result<(), AuditError> {
+        let closed = Some(self.closed_before);
+        if !self.work_orders.is_empty() {
+            let rows = std::mem::take(&mut self.work_orders);
+            self.log.write_closing(AuditTable::WorkOrders, &rows, |w| w.revised_at_ms, columns::work_orders, closed)?;
+            self.work_orders_before = self.closed_before;
+        }
+        if !self.assignments.is_empty() {
+            let rows = std::mem::take(&mut self.assignments);
+            self.log.write_closing(
+                AuditTable::Assignments,
+                &rows,
+                |a| a.assigned_at_ms,
+                columns::assignments,
+                closed,
+            )?;
+            self.assignments_before = self.closed_before;
+        }
+        self.last_commit = std::time::Instant::now();
+        Ok(())
     }
 }
 

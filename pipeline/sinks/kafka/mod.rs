@@ -514,6 +514,20 @@ fn failpoint(name: &str) {
     }
 }
 
+/// The recovery consumer's context: reaching the end of a partition is what it reads
+/// for, not an error to log.
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(%error, reason, "kafka");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
 /// Reads the last progress record and the output messages after it.
 fn recover(config: &KafkaConfig) -> Result<Recovered, SinkError> {
     let mut client = config.client_config(&[])?;
@@ -524,7 +538,8 @@ fn recover(config: &KafkaConfig) -> Result<Recovered, SinkError> {
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .set("group.id", format!("{}-recovery", config.sink_id));
-    let consumer: BaseConsumer = client.create().map_err(kafka("creating the recovery consumer"))?;
+    let consumer: BaseConsumer<Quiet> =
+        client.create_with_context(Quiet).map_err(kafka("creating the recovery consumer"))?;
     let progress_topic = &config.topics.progress;
     let (low, high) = consumer
         .fetch_watermarks(progress_topic, 0, REQUEST_TIMEOUT)
@@ -576,7 +591,12 @@ fn recover(config: &KafkaConfig) -> Result<Recovered, SinkError> {
 type Record = (i64, Option<String>, Vec<u8>);
 
 /// Messages of one partition from `from` to its end.
-fn read_partition(consumer: &BaseConsumer, topic: &str, partition: i32, from: i64) -> Result<Vec<Record>, SinkError> {
+fn read_partition(
+    consumer: &BaseConsumer<Quiet>,
+    topic: &str,
+    partition: i32,
+    from: i64,
+) -> Result<Vec<Record>, SinkError> {
     let mut out = Vec::new();
     read_to_end(consumer, topic, partition, from, |m| {
         out.push((
@@ -589,7 +609,7 @@ fn read_partition(consumer: &BaseConsumer, topic: &str, partition: i32, from: i6
 }
 
 fn read_idempotency_keys(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<Quiet>,
     topic: &str,
     partition: i32,
     from: i64,
@@ -607,7 +627,7 @@ fn read_idempotency_keys(
 }
 
 fn read_to_end(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<Quiet>,
     topic: &str,
     partition: i32,
     from: i64,
