@@ -9,7 +9,7 @@
 use burn::tensor::backend::Backend;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use defectflow_models::detector::CpuBackend;
-use defectflow_models::inference::{FrameView, score_batch};
+use defectflow_models::inference::{CellScores, FrameView, score_batch};
 use defectflow_models::model::DefectNetConfig;
 use defectflow_models::packed::PackedNet;
 
@@ -20,10 +20,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const WIDTH: usize = 640;
 const HEIGHT: usize = 360;
 
-/// Times `score_batch` with a random network on backend `B` at each batch size.
-fn bench_backend<B: Backend>(c: &mut Criterion, name: &str, batches: &[usize]) {
-    let device = B::Device::default();
-    let net = DefectNetConfig::new().with_box_head(true).init::<B>(&device);
+/// Times `score` on `batch` copies of one 640x360 frame, for each batch size, as
+/// `defect_net_640x360/<name>/<batch>`.
+fn bench_scores(c: &mut Criterion, name: &str, batches: &[usize], score: impl Fn(&[FrameView<'_>]) -> Vec<CellScores>) {
     let pixels: Vec<u8> = (0..3 * WIDTH * HEIGHT).map(|i| (i * 7919 % 251) as u8).collect();
     let mut group = c.benchmark_group("defect_net_640x360");
     group.sample_size(20);
@@ -31,30 +30,24 @@ fn bench_backend<B: Backend>(c: &mut Criterion, name: &str, batches: &[usize]) {
         let frames: Vec<FrameView<'_>> =
             (0..batch).map(|_| FrameView { width: WIDTH, height: HEIGHT, pixels: &pixels }).collect();
         group.throughput(Throughput::Elements(batch as u64));
-        // Scores come back to the host, so a GPU iteration includes the transfers.
-        group.bench_with_input(BenchmarkId::new(name, batch), &frames, |b, frames| {
-            b.iter(|| score_batch(&net, frames, &device))
-        });
+        group.bench_with_input(BenchmarkId::new(name, batch), &frames, |b, frames| b.iter(|| score(frames)));
     }
     group.finish();
 }
 
-/// Times the packed CPU network, the path `Detector` takes on the CPU backend.
+/// `score_batch` (the whole network on backend `B`'s tensors) with random weights. On a
+/// GPU the scores come back to the host, so an iteration includes the transfers.
+fn bench_backend<B: Backend>(c: &mut Criterion, name: &str, batches: &[usize]) {
+    let device = B::Device::default();
+    let net = DefectNetConfig::new().with_box_head(true).init::<B>(&device);
+    bench_scores(c, name, batches, |frames| score_batch(&net, frames, &device));
+}
+
+/// The packed CPU network, the path `Detector` takes on the CPU backend.
 fn bench_packed(c: &mut Criterion, batches: &[usize]) {
     let net = DefectNetConfig::new().with_box_head(true).init::<CpuBackend>(&Default::default());
     let packed = PackedNet::new(&net);
-    let pixels: Vec<u8> = (0..3 * WIDTH * HEIGHT).map(|i| (i * 7919 % 251) as u8).collect();
-    let mut group = c.benchmark_group("defect_net_640x360");
-    group.sample_size(20);
-    for &batch in batches {
-        let frames: Vec<FrameView<'_>> =
-            (0..batch).map(|_| FrameView { width: WIDTH, height: HEIGHT, pixels: &pixels }).collect();
-        group.throughput(Throughput::Elements(batch as u64));
-        group.bench_with_input(BenchmarkId::new("burn_packed", batch), &frames, |b, frames| {
-            b.iter(|| packed.score(frames))
-        });
-    }
-    group.finish();
+    bench_scores(c, "burn_packed", batches, |frames| packed.score(frames));
 }
 
 fn inference(c: &mut Criterion) {

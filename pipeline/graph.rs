@@ -558,7 +558,7 @@ fn report(worker: usize, stats: &CameraStats, (kept, sampled_out): (u64, u64)) -
         reconnects: stats.reconnects.load(Ordering::Relaxed),
         errors: stats.errors.load(Ordering::Relaxed),
         fps,
-        state: format!("{:?}", stats.state()).to_lowercase(),
+        state: stats.state().name().to_owned(),
         last_error: stats.last_error(),
     }
 }

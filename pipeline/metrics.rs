@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::sources::camera::{CameraState, CameraStats};
+use crate::sources::camera::CameraStats;
 
 /// `[metrics]`: where the metrics are served.
 #[derive(Clone, Debug, Deserialize)]
@@ -131,7 +131,7 @@ impl Metrics {
         for camera in &cameras {
             let now = camera.state();
             for state in ["connecting", "playing", "backoff", "ended", "failed", "stopped"] {
-                let on = u8::from(state_name(&now) == state);
+                let on = u8::from(now.name() == state);
                 out.push_str(&format!(
                     "defectflow_camera_state{{camera=\"{}\",state=\"{state}\"}} {on}\n",
                     camera.camera_id
@@ -160,17 +160,6 @@ impl Metrics {
             self.work_orders_open.load(Ordering::Relaxed)
         ));
         out
-    }
-}
-
-fn state_name(state: &CameraState) -> &'static str {
-    match state {
-        CameraState::Connecting => "connecting",
-        CameraState::Playing => "playing",
-        CameraState::Backoff => "backoff",
-        CameraState::Ended => "ended",
-        CameraState::Failed => "failed",
-        CameraState::Stopped => "stopped",
     }
 }
 

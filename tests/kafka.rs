@@ -50,17 +50,18 @@ impl Broker {
         Broker { child, bootstrap: format!("127.0.0.1:{port}"), _serial: serial }
     }
 
-    fn client(&self, args: &[&str]) -> Output {
+    /// `kafka_client.py COMMAND BOOTSTRAP`, arguments to follow.
+    fn client_command(&self, command: &str) -> Command {
         let python = std::env::var("DEFECTFLOW_ANALYTICS_PYTHON")
             .expect("DEFECTFLOW_ANALYTICS_PYTHON names a python with confluent-kafka (scripts/install.sh makes one)");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/kafka_client.py");
-        let output = Command::new(python)
-            .arg(script)
-            .arg(args[0])
-            .arg(&self.bootstrap)
-            .args(&args[1..])
-            .output()
-            .expect("run the Kafka client");
+        let mut client = Command::new(python);
+        client.arg(script).args([command, &self.bootstrap]);
+        client
+    }
+
+    fn client(&self, args: &[&str]) -> Output {
+        let output = self.client_command(args[0]).args(&args[1..]).output().expect("run the Kafka client");
         assert!(output.status.success(), "kafka_client {args:?}: {}", String::from_utf8_lossy(&output.stderr));
         output
     }
@@ -73,18 +74,27 @@ impl Broker {
 
     /// Sends messages (`{"value": text}` or `{"bytes": n}`) to a topic.
     fn produce(&self, topic: &str, messages: &[Value]) {
-        let python = std::env::var("DEFECTFLOW_ANALYTICS_PYTHON").expect("DEFECTFLOW_ANALYTICS_PYTHON");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/kafka_client.py");
-        let mut child = Command::new(python)
-            .arg(script)
-            .args(["produce", &self.bootstrap, topic])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("run the Kafka client");
+        let mut child =
+            self.client_command("produce").arg(topic).stdin(Stdio::piped()).spawn().expect("run the Kafka client");
         let lines: String = messages.iter().map(|m| format!("{m}\n")).collect();
         std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), lines.as_bytes()).expect("write");
         drop(child.stdin.take());
         assert!(child.wait().expect("wait").success(), "producing to {topic}");
+    }
+
+    /// Waits (two minutes at most) until the work-order topic holds more than
+    /// `more_than` messages or `run` has ended; whether it does.
+    fn wait_for_revisions(&self, more_than: usize, run: &mut Child) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if self.messages("defectflow.work-orders").len() > more_than {
+                return true;
+            }
+            if run.try_wait().expect("wait").is_some() || Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn messages(&self, topic: &str) -> Vec<Value> {
@@ -110,6 +120,24 @@ const TOPICS: [&str; 9] = [
     "defectflow.technicians:1",
     "defectflow.assets:1",
 ];
+
+/// A broker with the topics, the demo plant's footage and a config for it.
+struct Plant {
+    broker: Broker,
+    dir: tempfile::TempDir,
+    truth: GroundTruth,
+    config: PathBuf,
+}
+
+/// [`Plant`] with `kafka_extra` added to the config's `[kafka]` table.
+fn plant(kafka_extra: &str) -> Plant {
+    let broker = Broker::start();
+    broker.create_topics(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let truth = support::demo_plant_footage(dir.path());
+    let config = write_config(dir.path(), &truth, &broker.bootstrap, kafka_extra);
+    Plant { broker, dir, truth, config }
+}
 
 /// A config for the demo plant's footage, played at its frame rate as cameras would
 /// deliver it, the recording's capture times fixed so that every run replays the same
@@ -179,11 +207,7 @@ fn delivered(messages: &[Value]) -> BTreeMap<String, usize> {
 
 #[test]
 fn each_revision_reaches_the_topic_once_across_crashes_and_replays() {
-    let broker = Broker::start();
-    broker.create_topics(&TOPICS);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let truth = support::demo_plant_footage(dir.path());
-    let config = write_config(dir.path(), &truth, &broker.bootstrap, "");
+    let Plant { broker, dir, truth, config } = plant("");
 
     // Every run writes the audit log to the same folder.
     let out = dir.path().join("out");
@@ -197,14 +221,7 @@ fn each_revision_reaches_the_topic_once_across_crashes_and_replays() {
     let before = broker.messages("defectflow.work-orders").len();
     let mut child =
         defectflow(&config, Some(&out), None).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let now = broker.messages("defectflow.work-orders").len();
-        if now > before || child.try_wait().expect("wait").is_some() || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    broker.wait_for_revisions(before, &mut child);
     let _ = child.kill(); // SIGKILL
     let _ = child.wait();
 
@@ -282,21 +299,13 @@ fn check_exactly_once(messages: &[Value], out: &Path, truth: &GroundTruth) {
 
 #[test]
 fn transactions_and_a_broker_outage_lose_and_duplicate_nothing() {
-    let broker = Broker::start();
-    broker.create_topics(&TOPICS);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let truth = support::demo_plant_footage(dir.path());
-    let config = write_config(dir.path(), &truth, &broker.bootstrap, "transactional = true\n");
+    let Plant { broker, dir, truth, config } = plant("transactional = true\n");
     let out = dir.path().join("out");
-    let child =
+    let mut child =
         defectflow(&config, Some(&out), None).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run");
     // Once the first revisions are out, the broker stops answering for 30 s (SIGSTOP:
     // connections stay open, nothing is acknowledged), then comes back.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while broker.messages("defectflow.work-orders").is_empty() {
-        assert!(Instant::now() < deadline, "no revision reached the topic");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(broker.wait_for_revisions(0, &mut child), "no revision reached the topic");
     let pid = broker.child.id().to_string();
     assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
     std::thread::sleep(Duration::from_secs(30));
@@ -312,8 +321,7 @@ fn transactions_and_a_broker_outage_lose_and_duplicate_nothing() {
 
 #[test]
 fn bad_input_on_every_topic_goes_to_the_dead_letter_topic_and_the_run_goes_on() {
-    let broker = Broker::start();
-    broker.create_topics(&TOPICS);
+    let Plant { broker, dir, truth, config } = plant("");
     let inputs = ["defectflow.wo-events", "defectflow.inventory", "defectflow.technicians", "defectflow.assets"];
     let bad = [
         serde_json::json!({"value": "not json {"}),
@@ -330,9 +338,6 @@ fn bad_input_on_every_topic_goes_to_the_dead_letter_topic_and_the_run_goes_on() 
         serde_json::json!({"part_id": "BRG-22220", "delta": 4, "at_ms": 1_790_000_000_500u64, "reason": "received"});
     broker.produce("defectflow.inventory", &[serde_json::json!({"value": received.to_string()})]);
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let truth = support::demo_plant_footage(dir.path());
-    let config = write_config(dir.path(), &truth, &broker.bootstrap, "");
     let out = dir.path().join("out");
     let stdout = run_to_end(&config, Some(&out));
     assert!(stdout.contains("dead letters: 13"), "{stdout}");
@@ -387,11 +392,7 @@ fn sample(body: &str, series: &str) -> Option<f64> {
 
 #[test]
 fn metrics_and_health_are_served_while_it_runs() {
-    let broker = Broker::start();
-    broker.create_topics(&TOPICS);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let truth = support::demo_plant_footage(dir.path());
-    let config = write_config(dir.path(), &truth, &broker.bootstrap, "");
+    let Plant { broker: _broker, dir: _dir, config, .. } = plant("");
     let port = support::free_port();
     let mut text = std::fs::read_to_string(&config).expect("config");
     text = text.replacen("[[cameras]]", &format!("[metrics]\naddress = \"127.0.0.1:{port}\"\n[[cameras]]"), 1);

@@ -73,11 +73,16 @@ pub fn score_batch<B: Backend>(net: &DefectNet<B>, frames: &[FrameView<'_>], dev
     cell_scores(logits, boxes)
 }
 
+/// A tensor's values as `f32`, row-major.
+pub(crate) fn values<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
+    tensor.into_data().convert::<f32>().into_vec().unwrap_or_default()
+}
+
 fn cell_scores<B: Backend>(logits: Tensor<B, 4>, boxes: Option<Tensor<B, 4>>) -> Vec<CellScores> {
     let probabilities = softmax(logits, 1); // [batch, classes, rows, cols]
     let [_, classes, rows, cols] = probabilities.dims();
-    let values: Vec<f32> = probabilities.into_data().convert::<f32>().into_vec().unwrap_or_default();
-    let boxes: Option<Vec<f32>> = boxes.map(|b| b.into_data().convert::<f32>().into_vec().unwrap_or_default());
+    let boxes: Option<Vec<f32>> = boxes.map(values);
+    let values: Vec<f32> = values(probabilities);
     let per_frame = classes * rows * cols;
     let per_frame_boxes = BOX_OUTPUTS * rows * cols;
     values

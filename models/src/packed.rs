@@ -22,7 +22,7 @@ use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::detector::CpuBackend;
-use crate::inference::{CellScores, FrameView};
+use crate::inference::{CellScores, FrameView, values};
 use crate::model::{BOX_OUTPUTS, DefectNet};
 
 type CpuDevice = burn::tensor::Device<CpuBackend>;
@@ -99,10 +99,6 @@ struct Activations {
     height: usize,
     width: usize,
     channels: usize,
-}
-
-fn values<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
-    tensor.into_data().convert::<f32>().into_vec().unwrap_or_default()
 }
 
 impl PackedConv {

@@ -56,6 +56,20 @@ pub enum CameraState {
     Stopped,
 }
 
+impl CameraState {
+    /// The state's name in reports and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CameraState::Connecting => "connecting",
+            CameraState::Playing => "playing",
+            CameraState::Backoff => "backoff",
+            CameraState::Ended => "ended",
+            CameraState::Failed => "failed",
+            CameraState::Stopped => "stopped",
+        }
+    }
+}
+
 /// Counters of one camera, shared between its supervisor and the dataflow.
 #[derive(Debug)]
 pub struct CameraStats {
