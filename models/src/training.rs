@@ -78,7 +78,9 @@ struct Prepared<'a> {
 
 /// Trains a network on `samples`, a new one or, given `start`, that one further (with a
 /// fresh box head if it has none and `architecture` asks for one); returns it (without
-/// autodiff) and the loss of every step.
+/// autodiff) and the loss of every step. The same seed gives the same network and losses,
+/// provided nothing else in the process draws from the backend's generator (which a new
+/// network's weights come from) while it runs.
 pub fn train<B: AutodiffBackend>(
     samples: &[Sample],
     architecture: &DefectNetConfig,

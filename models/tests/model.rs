@@ -172,6 +172,7 @@ fn the_box_head_places_a_box_finer_than_the_cell_grid() {
 fn the_packed_cpu_network_matches_the_network_on_tensors() {
     // Odd sizes exercise the padding on every side; two frames the batch layout.
     let (width, height) = (37, 29);
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     let net = DefectNetConfig::new().with_box_head(true).init::<CpuBackend>(&device);
     let pixels: Vec<u8> = (0..2 * 3 * width * height).map(|i| (i * 7919 % 251) as u8).collect();
@@ -214,8 +215,10 @@ fn objects_match_by_iou_and_count_per_class() {
     assert_eq!(report.confusion[0][crack_i], 1);
 }
 
-/// Training seeds the backend's global generator: tests that train take turns.
-static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Weights are drawn from the backend's process-wide generator, which training seeds:
+/// tests that train or initialise a network take turns, or one would draw from the
+/// other's sequence.
+static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Frames of a small random plant, rendered in memory, as training samples.
 fn generated_samples(seed: u64, frames: &[u64]) -> Vec<Sample> {
@@ -248,7 +251,7 @@ fn generated_samples(seed: u64, frames: &[u64]) -> Vec<Sample> {
 
 #[test]
 fn training_lowers_the_loss_and_a_saved_model_reloads_to_identical_outputs() {
-    let _turn = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let samples = generated_samples(3, &[60, 80, 99]);
     let architecture =
         DefectNetConfig::new().with_stem_channels(8).with_mid_channels(8).with_cell_channels(8).with_box_head(true);
@@ -310,7 +313,7 @@ fn training_lowers_the_loss_and_a_saved_model_reloads_to_identical_outputs() {
 
 #[test]
 fn training_is_deterministic_for_a_seed() {
-    let _turn = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let samples = generated_samples(4, &[90]);
     let architecture = DefectNetConfig::new().with_stem_channels(4).with_mid_channels(4).with_cell_channels(4);
     let config = TrainConfig::new().with_steps(8).with_batch_size(2).with_crop_px(32).with_seed(9);
