@@ -17,6 +17,7 @@ use std::sync::atomic::AtomicU64;
 
 use defectflow_models::detector::{CpuBackend, Detector};
 use defectflow_operators::decode::{CameraSample, Decode, DecodeOutcome, FrameTensor};
+use defectflow_operators::evidence::EvidenceFrames;
 use defectflow_operators::infer::Infer;
 use defectflow_schemas::FrameMeta;
 use timely::dataflow::ProbeHandle;
@@ -28,6 +29,7 @@ use crate::config::RunConfig;
 use crate::metrics::Metrics;
 use crate::reference::PlantReference;
 use crate::sinks::audit::AuditStream;
+use crate::sinks::evidence::EvidenceStore;
 use crate::sinks::kafka::KafkaSink;
 use crate::sources::camera::{self, CameraHandle, CameraStats, FramePixels, now_ms};
 use crate::sources::kafka::KafkaInputs;
@@ -166,6 +168,18 @@ pub fn run_stages(
         )?),
         _ => None,
     };
+    let metrics = Metrics::new();
+    // Evidence needs frames (a model), tracks (reference data) and somewhere to write.
+    let evidence = match (&config.output.dir, &reference, &config.model) {
+        (Some(dir), Some(_), Some(_)) if config.output.evidence => {
+            let folder = dir.join("evidence");
+            Some(
+                EvidenceStore::open(&folder, &config.output.evidence_uri_prefix, Arc::clone(&metrics))
+                    .map_err(|e| anyhow::anyhow!("{}: cannot create the evidence folder: {e}", folder.display()))?,
+            )
+        }
+        _ => None,
+    };
     let kafka = Arc::new(Mutex::new(kafka));
     let audit = Arc::new(Mutex::new(audit));
     let worker_inputs = Arc::new(Mutex::new(inputs));
@@ -174,7 +188,6 @@ pub fn run_stages(
     let worker_audit = Arc::clone(&audit);
     let sink_failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
     let worker_failure = Arc::clone(&sink_failure);
-    let metrics = Metrics::new();
     if let Some(m) = &config.metrics {
         crate::metrics::serve(&m.address, Arc::clone(&metrics))
             .map_err(|e| anyhow::anyhow!("config: `metrics.address`: cannot listen on {}: {e}", m.address))?;
@@ -238,14 +251,24 @@ pub fn run_stages(
             let inference_metrics = Arc::clone(&worker_metrics);
             let seen = Arc::clone(&stage_counters);
             let on_observation = hooks.on_observation.clone();
+            let holder = evidence.clone();
             let observations = frames
-                .infer(detector, model.infer_config(), move |frames, elapsed| {
-                    timing.frames.fetch_add(frames as u64, Ordering::Relaxed);
-                    timing.batches.fetch_add(1, Ordering::Relaxed);
-                    timing.inference_us.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-                    inference_metrics.frames_inferred.fetch_add(frames as u64, Ordering::Relaxed);
-                    inference_metrics.inference.observe(elapsed.as_secs_f64());
-                })
+                .infer(
+                    detector,
+                    model.infer_config(),
+                    move |frames, elapsed| {
+                        timing.frames.fetch_add(frames as u64, Ordering::Relaxed);
+                        timing.batches.fetch_add(1, Ordering::Relaxed);
+                        timing.inference_us.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+                        inference_metrics.frames_inferred.fetch_add(frames as u64, Ordering::Relaxed);
+                        inference_metrics.inference.observe(elapsed.as_secs_f64());
+                    },
+                    move |frame, observation| {
+                        if let Some(store) = &holder {
+                            store.hold(frame, observation);
+                        }
+                    },
+                )
                 .inspect(move |o| {
                     seen.detections.fetch_add(o.detections.len() as u64, Ordering::Relaxed);
                     if !o.detections.is_empty() {
@@ -259,8 +282,9 @@ pub fn run_stages(
                 observations.probe_with(&probe);
                 return (input, capability, None, None);
             }
+            let drawer = evidence.clone().map(|store| store as Arc<dyn EvidenceFrames>);
             let (plant, work_probe) =
-                workflow::build_on(scope, observations, workflow_config.clone(), Rc::clone(&collected));
+                workflow::build_on(scope, observations, workflow_config.clone(), Rc::clone(&collected), drawer);
             (input, capability, Some(plant), Some(work_probe))
         });
         if let (Some(plant), Some(reference), 0) = (&mut plant, &reference, index) {

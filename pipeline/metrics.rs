@@ -83,6 +83,12 @@ pub struct Metrics {
     pub kafka_sent: AtomicU64,
     pub kafka_errors: AtomicU64,
     pub dead_letters: AtomicU64,
+    /// Evidence images written, asked for a frame no longer held, failed to write.
+    pub evidence_written: AtomicU64,
+    pub evidence_missing: AtomicU64,
+    pub evidence_errors: AtomicU64,
+    /// Frames with detections let go before the tracker reached them (store full).
+    pub evidence_frames_dropped: AtomicU64,
     /// Work orders not closed, as of the last revision of each.
     pub work_orders_open: AtomicU64,
     /// Cleared when a sink fails: `/healthz` answers 503.
@@ -154,6 +160,20 @@ impl Metrics {
         counter(&mut out, "defectflow_kafka_messages_sent_total", "Messages acknowledged by Kafka.", &self.kafka_sent);
         counter(&mut out, "defectflow_kafka_delivery_errors_total", "Failed Kafka deliveries.", &self.kafka_errors);
         counter(&mut out, "defectflow_dead_letters_total", "Inputs sent to the dead-letter topic.", &self.dead_letters);
+        counter(&mut out, "defectflow_evidence_written_total", "Evidence images written.", &self.evidence_written);
+        counter(
+            &mut out,
+            "defectflow_evidence_missing_total",
+            "Evidence asked for a frame no longer held.",
+            &self.evidence_missing,
+        );
+        counter(&mut out, "defectflow_evidence_errors_total", "Evidence images not written.", &self.evidence_errors);
+        counter(
+            &mut out,
+            "defectflow_evidence_frames_dropped_total",
+            "Frames with detections let go before the tracker reached them.",
+            &self.evidence_frames_dropped,
+        );
         out.push_str(&format!(
             "# HELP defectflow_work_orders_open Work orders not closed.\n# TYPE defectflow_work_orders_open gauge\n\
              defectflow_work_orders_open {}\n",

@@ -144,16 +144,18 @@ pub fn build<'scope>(
     collected: Rc<RefCell<Collected>>,
 ) -> (WorkflowInputs, ProbeHandle<u64>) {
     let (observations_handle, observations) = TimelyInput::new_input::<FrameObservation>(&scope);
-    let (plant, probe) = build_on(scope, observations, config, collected);
+    let (plant, probe) = build_on(scope, observations, config, collected, None);
     (WorkflowInputs { observations: observations_handle, plant }, probe)
 }
 
-/// Builds the work-order dataflow on a stream of observations (the model's output).
+/// Builds the work-order dataflow on a stream of observations (the model's output);
+/// with `evidence`, tracks (and so work orders) carry the image of their best frame.
 pub fn build_on<'scope>(
     scope: Scope<'scope, u64>,
     observations: timely::dataflow::StreamVec<'scope, u64, FrameObservation>,
     config: WorkflowConfig,
     collected: Rc<RefCell<Collected>>,
+    evidence: Option<std::sync::Arc<dyn defectflow_operators::evidence::EvidenceFrames>>,
 ) -> (PlantInputs, ProbeHandle<u64>) {
     let (events_handle, events) = TimelyInput::new_input::<WoEvent>(&scope);
     let (assets_handle, assets) = scope.new_collection::<Asset, isize>();
@@ -164,7 +166,8 @@ pub fn build_on<'scope>(
     let (inventory_handle, inventory) = scope.new_collection::<InventoryItem, isize>();
     let (movements_handle, movements) = scope.new_collection::<StockMovement, isize>();
 
-    let scored = observations.track(cameras, config.track).severity(assets, failures, config.severity);
+    let scored =
+        observations.track_with_evidence(cameras, config.track, evidence).severity(assets, failures, config.severity);
     let streams = scored.work_orders(
         LedgerInputs { events, technicians, procedures, inventory, movements: movements.clone() },
         config.work_orders,

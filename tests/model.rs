@@ -181,6 +181,32 @@ print(json.dumps([[r["work_order_id"], r["asset_id"], r["defect_class"], r["shad
     serde_json::from_slice(&output.stdout).expect("json")
 }
 
+/// A revision's evidence: the image is where its URI says (relative to the output
+/// folder), has the digest the revision gives, decodes to a frame with the box outlined,
+/// was captured between the defect's first detection and the revision, and its box is
+/// on the ground-truth defect of that class in that frame.
+fn check_evidence(out: &Path, truth: &GroundTruth, w: &serde_json::Value) {
+    use sha2::Digest;
+    let evidence = &w["evidence"];
+    let uri = evidence["uri"].as_str().unwrap_or_else(|| panic!("evidence in {w}"));
+    let bytes = std::fs::read(out.join(uri)).unwrap_or_else(|e| panic!("{uri}: {e}"));
+    let digest: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(evidence["sha256"].as_str(), Some(digest.as_str()), "{uri}");
+    let image = image::load_from_memory(&bytes).expect("a JPEG").to_rgb8();
+    assert_eq!((image.width(), image.height()), (truth.width, truth.height));
+    let bbox: defectflow_schemas::BoundingBox = serde_json::from_value(evidence["bbox"].clone()).expect("bbox");
+    let left = image.get_pixel((bbox.x.floor() as u32).saturating_sub(1), (bbox.y + bbox.height / 2.0) as u32).0;
+    assert!(left[0] > 180 && left[1] < 110, "{uri}: outline at the box's left edge, got {left:?}");
+    let capture = evidence["capture_ms"].as_u64().expect("capture_ms");
+    assert!(w["detected_at_ms"].as_u64() <= Some(capture) && Some(capture) <= w["revised_at_ms"].as_u64(), "{w}");
+    let camera = truth.cameras.iter().find(|c| w["camera_id"] == c.scene.camera_id.as_str()).expect("camera");
+    let scene = defectflow_models::synth::Scene::new(camera.scene.clone());
+    let frame = evidence["frame_index"].as_u64().expect("frame_index");
+    let class = w["defect_class"].as_str().expect("class");
+    let on_defect = scene.render(frame).labels.iter().any(|l| l.class.as_str() == class && iou(&bbox, &l.bbox) >= 0.3);
+    assert!(on_defect, "{uri}: box {bbox:?} is on no {class} of frame {frame}");
+}
+
 #[test]
 fn a_run_makes_one_work_order_per_defect_and_shadow_mode_only_audits() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -206,6 +232,7 @@ fn a_run_makes_one_work_order_per_defect_and_shadow_mode_only_audits() {
                 w["defect_class"].as_str().expect("class").to_owned(),
             );
             assert_eq!(w["shadow"], false);
+            check_evidence(&out, &truth, w);
             opened.insert(id, key);
         }
     }

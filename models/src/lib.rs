@@ -1,5 +1,6 @@
 //! Synthetic plant scenes and the defect model: network, data, training, inference,
 //! evaluation and the model card.
+pub mod annotate;
 pub mod card;
 pub mod data;
 pub mod detector;

@@ -74,8 +74,9 @@ pub fn draw(report: &EvalReport) -> Canvas {
     c
 }
 
-/// Writes `s` with the 3×5 font at `scale` (pixels per font dot, ×2 for spacing).
-fn text(c: &mut Canvas, x: i32, y: i32, s: &str, scale: i32, color: [u8; 3]) {
+/// Writes `s` (upper case, digits and a little punctuation) with the 3×5 font at
+/// `scale` (pixels per font dot, ×2 for spacing).
+pub fn text(c: &mut Canvas, x: i32, y: i32, s: &str, scale: i32, color: [u8; 3]) {
     let dot = scale * 2;
     for (i, ch) in s.chars().enumerate() {
         let Some(rows) = glyph(ch) else { continue };

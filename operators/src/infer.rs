@@ -37,7 +37,8 @@ impl Default for InferConfig {
 /// Runs the defect model on frames.
 pub trait Infer<'scope> {
     /// One [`FrameObservation`] per frame, at the frame's capture time, carrying the
-    /// model version. `observe` sees the size and run time of every batch.
+    /// model version. `observe` sees the size and run time of every batch, `keep` each
+    /// frame with its observation before the observation leaves (to keep evidence).
     ///
     /// # Examples
     /// ```no_run
@@ -46,7 +47,7 @@ pub trait Infer<'scope> {
     /// # fn frames<'s>(s: timely::dataflow::StreamVec<'s, u64, defectflow_operators::decode::FrameTensor>) {
     /// let detector = Detector::<CpuBackend>::load("models/weights".as_ref(), Default::default())
     ///     .expect("run `defectflow train` first");
-    /// let observations = s.infer(detector, InferConfig::default(), |_, _| {});
+    /// let observations = s.infer(detector, InferConfig::default(), |_, _| {}, |_, _| {});
     /// # }
     /// ```
     fn infer<B: Backend>(
@@ -54,6 +55,7 @@ pub trait Infer<'scope> {
         detector: Detector<B>,
         config: InferConfig,
         observe: impl FnMut(usize, Duration) + 'static,
+        keep: impl FnMut(&FrameTensor, &FrameObservation) + 'static,
     ) -> StreamVec<'scope, u64, FrameObservation>;
 }
 
@@ -63,6 +65,7 @@ impl<'scope> Infer<'scope> for StreamVec<'scope, u64, FrameTensor> {
         detector: Detector<B>,
         config: InferConfig,
         mut observe: impl FnMut(usize, Duration) + 'static,
+        mut keep: impl FnMut(&FrameTensor, &FrameObservation) + 'static,
     ) -> StreamVec<'scope, u64, FrameObservation> {
         let scope = self.scope();
         let batch_size = config.batch_size.max(1);
@@ -112,12 +115,14 @@ impl<'scope> Infer<'scope> for StreamVec<'scope, u64, FrameTensor> {
                                 shadow: config.shadow,
                             })
                             .collect();
-                        output.session(capability).give(FrameObservation {
+                        let observation = FrameObservation {
                             camera_id: meta.camera_id.clone(),
                             frame_index: meta.frame_index,
                             capture_ms: meta.capture_ms,
                             detections,
-                        });
+                        };
+                        keep(frame, &observation);
+                        output.session(capability).give(observation);
                     }
                 }
                 if let Some((_, _, arrived)) = pending.first() {

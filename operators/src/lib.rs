@@ -3,6 +3,7 @@ pub mod assign;
 pub mod at_time;
 pub mod decode;
 pub mod derive;
+pub mod evidence;
 pub mod ids;
 mod in_order;
 pub mod infer;

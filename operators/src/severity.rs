@@ -142,7 +142,7 @@ pub trait Score<'scope> {
     /// #     class: DefectClass::Crack, state: TrackState::Confirmed, first_seen_ms: 0, last_seen_ms: 0, hits: 5,
     /// #     bbox: BoundingBox { x: 0.0, y: 0.0, width: 10.0, height: 10.0 }, area_px: 100.0, size_mm: Some(50.0),
     /// #     growth_px_per_min: 0.0, best_frame_index: 0, best_bbox: BoundingBox { x: 0.0, y: 0.0, width: 10.0, height: 10.0 },
-    /// #     best_capture_ms: 0, model_version: "m".into(), shadow: false };
+    /// #     best_capture_ms: 0, model_version: "m".into(), shadow: false, evidence: None };
     /// let asset = Asset { asset_id: "P-1".into(), name: "Pump".into(), asset_class: "pump".into(),
     ///     criticality: 5, zone: "A".into() };
     /// let scored = timely::example(move |scope| {

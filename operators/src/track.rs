@@ -3,6 +3,7 @@
 //! resolved when the camera keeps looking and no longer sees it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use defectflow_schemas::{BoundingBox, Camera, DefectTrack, Detection, FrameObservation, Roi, TrackState};
 use differential_dataflow::{AsCollection, VecCollection};
@@ -13,6 +14,7 @@ use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
 
+use crate::evidence::{EvidenceFrames, EvidenceRequest};
 use crate::ids::{route, stable_hash};
 use crate::in_order::InOrder;
 
@@ -113,6 +115,15 @@ pub trait Track<'scope> {
         cameras: VecCollection<'scope, u64, Camera>,
         config: TrackConfig,
     ) -> VecCollection<'scope, u64, (String, DefectTrack)>;
+
+    /// [`Track::track`], with each snapshot carrying the evidence image of its best
+    /// frame, drawn by `evidence` (which is told when frames are no longer needed).
+    fn track_with_evidence(
+        self,
+        cameras: VecCollection<'scope, u64, Camera>,
+        config: TrackConfig,
+        evidence: Option<Arc<dyn EvidenceFrames>>,
+    ) -> VecCollection<'scope, u64, (String, DefectTrack)>;
 }
 
 impl<'scope> Track<'scope> for StreamVec<'scope, u64, FrameObservation> {
@@ -120,6 +131,15 @@ impl<'scope> Track<'scope> for StreamVec<'scope, u64, FrameObservation> {
         self,
         cameras: VecCollection<'scope, u64, Camera>,
         config: TrackConfig,
+    ) -> VecCollection<'scope, u64, (String, DefectTrack)> {
+        self.track_with_evidence(cameras, config, None)
+    }
+
+    fn track_with_evidence(
+        self,
+        cameras: VecCollection<'scope, u64, Camera>,
+        config: TrackConfig,
+        evidence: Option<Arc<dyn EvidenceFrames>>,
     ) -> VecCollection<'scope, u64, (String, DefectTrack)> {
         let window = config.confirm_window_frames.clamp(1, 64);
         let inputs = self
@@ -167,7 +187,9 @@ impl<'scope> Track<'scope> for StreamVec<'scope, u64, FrameObservation> {
                                     }
                                     TrackInput::Frame(frame) => {
                                         let entry = cameras.entry(frame.camera_id.clone()).or_default();
-                                        for (snapshot, diff) in entry.observe(&frame, &config, window) {
+                                        for (snapshot, diff) in
+                                            entry.observe(&frame, &config, window, evidence.as_deref())
+                                        {
                                             session.give(((snapshot.asset_id.clone(), snapshot), time, diff));
                                         }
                                     }
@@ -204,7 +226,13 @@ struct LiveTrack {
 
 impl CameraTracks {
     /// Applies one frame; returns the snapshot changes it causes.
-    fn observe(&mut self, frame: &FrameObservation, config: &TrackConfig, window: u32) -> Vec<(DefectTrack, isize)> {
+    fn observe(
+        &mut self,
+        frame: &FrameObservation,
+        config: &TrackConfig,
+        window: u32,
+        evidence: Option<&dyn EvidenceFrames>,
+    ) -> Vec<(DefectTrack, isize)> {
         let mask = if window == 64 { u64::MAX } else { (1u64 << window) - 1 };
         for live in &mut self.tracks {
             live.seen = (live.seen << 1) & mask;
@@ -257,6 +285,22 @@ impl CameraTracks {
                 }
             };
             if emit {
+                let stale = track.evidence.as_ref().is_none_or(|e| e.frame_index != track.best_frame_index);
+                if let (Some(frames), true) = (evidence, stale) {
+                    let request = EvidenceRequest {
+                        track_id: &track.track_id,
+                        camera_id: &track.camera_id,
+                        frame_index: track.best_frame_index,
+                        capture_ms: track.best_capture_ms,
+                        bbox: track.best_bbox,
+                        class: track.class,
+                        confidence: live.best_confidence,
+                    };
+                    // Without the frame the earlier image (if any) still shows the defect.
+                    if let Some(drawn) = frames.draw(&request) {
+                        track.evidence = Some(drawn);
+                    }
+                }
                 if let Some(last) = live.emitted.take() {
                     changes.push((last, -1));
                 }
@@ -278,6 +322,10 @@ impl CameraTracks {
             TrackState::Confirmed => true,
             TrackState::Resolved => false,
         });
+        if let Some(frames) = evidence {
+            let keep: Vec<u64> = self.tracks.iter().map(|live| live.track.best_frame_index).collect();
+            frames.release(&frame.camera_id, frame.capture_ms, &keep);
+        }
         changes
     }
 }
@@ -311,6 +359,7 @@ impl LiveTrack {
             best_capture_ms: detection.capture_ms,
             model_version: detection.model_version.clone(),
             shadow: detection.shadow,
+            evidence: None,
         };
         LiveTrack {
             track,

@@ -145,6 +145,7 @@ fn scored(area: f32, last_seen_s: u64) -> DefectTrack {
         best_capture_ms: T0,
         model_version: "m".into(),
         shadow: false,
+        evidence: None,
     }
 }
 

@@ -22,6 +22,9 @@ fn frame(camera: &str, index: u64, capture_ms: u64) -> FrameTensor {
 fn every_frame_gets_one_observation_at_its_time_in_batches() {
     let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = Arc::clone(&batches);
+    // Each frame is handed to `keep` with its own observation.
+    let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = Arc::clone(&kept);
     let captured = timely::example(move |scope| {
         let net = DefectNetConfig::new().with_stem_channels(2).with_mid_channels(2).with_cell_channels(2);
         let device = Default::default();
@@ -38,7 +41,18 @@ fn every_frame_gets_one_observation_at_its_time_in_batches() {
             frame("cam-a", 2, 1_000),
         ];
         let config = InferConfig { batch_size: 3, max_wait_ms: 10_000, shadow: false };
-        frames.to_stream(scope).infer(detector, config, move |size, _| seen.lock().expect("lock").push(size)).capture()
+        frames
+            .to_stream(scope)
+            .infer(
+                detector,
+                config,
+                move |size, _| seen.lock().expect("lock").push(size),
+                move |frame, o| {
+                    assert_eq!((&frame.meta.camera_id, frame.meta.frame_index), (&o.camera_id, o.frame_index));
+                    keep.lock().expect("lock").push((o.camera_id.clone(), o.frame_index));
+                },
+            )
+            .capture()
     });
     let mut observations = Vec::new();
     for event in captured.try_iter() {
@@ -57,4 +71,8 @@ fn every_frame_gets_one_observation_at_its_time_in_batches() {
     assert!(observations.iter().all(|(_, o)| o.capture_ms == 1_000));
     // Five frames, batch size three: a full batch, then the rest once the input closes.
     assert_eq!(*batches.lock().expect("lock"), vec![3, 2]);
+    let mut kept = kept.lock().expect("lock").clone();
+    kept.sort();
+    let frames: Vec<(String, u64)> = rows.iter().map(|r| (r.1.to_owned(), r.2)).collect();
+    assert_eq!(kept, frames);
 }

@@ -135,6 +135,22 @@ pub struct OutputConfig {
     /// ...or once this many seconds have passed since the last commit.
     #[serde(default = "default_audit_commit_s")]
     pub audit_commit_s: f64,
+    /// Write evidence images under `<dir>/evidence/` and reference them from work orders.
+    #[serde(default = "default_evidence")]
+    pub evidence: bool,
+    /// How a work order names its image: this, then `<track id>/<frame index>.jpg`. The
+    /// default is relative to the output folder; a plant that serves the folder over
+    /// HTTP sets its base URL here.
+    #[serde(default = "default_evidence_uri_prefix")]
+    pub evidence_uri_prefix: String,
+}
+
+fn default_evidence() -> bool {
+    true
+}
+
+fn default_evidence_uri_prefix() -> String {
+    "evidence/".into()
 }
 
 fn default_audit_commit_rows() -> usize {
@@ -151,6 +167,8 @@ impl Default for OutputConfig {
             dir: None,
             audit_commit_rows: default_audit_commit_rows(),
             audit_commit_s: default_audit_commit_s(),
+            evidence: default_evidence(),
+            evidence_uri_prefix: default_evidence_uri_prefix(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Where defectflow's outputs go. Every sink kind has its folder: `audit/` (the Parquet
-//! audit log), `kafka/` (the CMMS topics).
+//! audit log), `evidence/` (the annotated images), `kafka/` (the CMMS topics).
 
 pub mod audit;
+pub mod evidence;
 pub mod kafka;

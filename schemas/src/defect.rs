@@ -217,13 +217,29 @@ pub struct DefectTrack {
     /// Made from shadow-mode detections.
     #[serde(default)]
     pub shadow: bool,
+    /// The evidence image of the best frame, where the run keeps frames to draw it.
+    #[serde(default)]
+    pub evidence: Option<crate::work_order::Evidence>,
 }
 
 impl DefectTrack {
     #[allow(clippy::type_complexity)]
     fn total_key(
         &self,
-    ) -> (&str, &str, &str, DefectClass, TrackState, [u64; 4], BoundingBox, [u64; 3], BoundingBox, &str, bool) {
+    ) -> (
+        &str,
+        &str,
+        &str,
+        DefectClass,
+        TrackState,
+        [u64; 4],
+        BoundingBox,
+        [u64; 3],
+        BoundingBox,
+        &str,
+        bool,
+        Option<(&str, &str)>,
+    ) {
         (
             &self.track_id,
             &self.camera_id,
@@ -240,6 +256,7 @@ impl DefectTrack {
             self.best_bbox,
             &self.model_version,
             self.shadow,
+            self.evidence.as_ref().map(|e| (e.uri.as_str(), e.sha256.as_str())),
         )
     }
 }

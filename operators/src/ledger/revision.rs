@@ -68,7 +68,7 @@ impl Ledger {
             }),
             parts: parts.clone(),
             technician_id: order.technician.clone(),
-            evidence: None,
+            evidence: track.evidence.clone(),
             detected_at_ms: track.first_seen_ms,
             revised_at_ms: time,
             reopens: order.reopens.clone(),

@@ -1,0 +1,29 @@
+//! Evidence for tracks. The tracker asks for the image of a track's best frame when it
+//! emits a snapshot whose best frame changed, and tells the keeper of frames which of a
+//! camera's frames it will never ask for again. Frames are held by the run (they are
+//! not dataflow data); the tracker only names them.
+
+use defectflow_schemas::{BoundingBox, DefectClass, EpochMillis, Evidence};
+
+/// What the evidence image shows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvidenceRequest<'a> {
+    pub track_id: &'a str,
+    pub camera_id: &'a str,
+    pub frame_index: u64,
+    pub capture_ms: EpochMillis,
+    pub bbox: BoundingBox,
+    pub class: DefectClass,
+    pub confidence: f32,
+}
+
+/// Keeps frames with detections until the tracker is done with them, and draws them.
+pub trait EvidenceFrames: Send + Sync {
+    /// The annotated image of the request's frame, written where the outputs go; `None`
+    /// when the frame is not held (or could not be written: the keeper reports why).
+    fn draw(&self, request: &EvidenceRequest<'_>) -> Option<Evidence>;
+
+    /// The tracker has applied every frame of `camera_id` captured up to `through_ms` and
+    /// may still ask for those in `keep` (frame indices); the others may go.
+    fn release(&self, camera_id: &str, through_ms: EpochMillis, keep: &[u64]);
+}

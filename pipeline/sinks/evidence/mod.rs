@@ -1,0 +1,149 @@
+//! Evidence images: `<output>/evidence/<track id>/<frame index>.jpg`, the frame with the
+//! defect's box and label drawn, referenced from the work order by URI and SHA-256.
+//!
+//! The model's stage hands every frame with a detection to the [`EvidenceStore`]; the
+//! tracker asks it to draw a track's best frame when it emits the track and tells it
+//! which frames it will never ask for again, so the store holds only frames the tracker
+//! has not reached yet and the best frames of live tracks. A file is written aside and
+//! renamed into place; its name comes from ids the dataflow made, never from input text.
+//! JPEG encoding is deterministic: a replay of the same frames writes the same bytes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use defectflow_models::annotate::evidence_jpeg;
+use defectflow_operators::decode::FrameTensor;
+use defectflow_operators::evidence::{EvidenceFrames, EvidenceRequest};
+use defectflow_schemas::{EpochMillis, Evidence, FrameObservation};
+use sha2::{Digest, Sha256};
+
+use crate::metrics::Metrics;
+
+/// Frames held per camera at most; beyond it the oldest goes (and is counted), so a
+/// stalled tracker cannot exhaust memory.
+pub const MAX_HELD_PER_CAMERA: usize = 256;
+
+/// A frame with detections, as the model saw it.
+#[derive(Debug)]
+struct Held {
+    frame_index: u64,
+    capture_ms: EpochMillis,
+    width: usize,
+    height: usize,
+    /// `[3, height, width]`.
+    pixels: Arc<[u8]>,
+}
+
+/// Holds frames with detections and draws the evidence of tracks.
+#[derive(Debug)]
+pub struct EvidenceStore {
+    dir: PathBuf,
+    uri_prefix: String,
+    frames: Mutex<HashMap<String, Vec<Held>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl EvidenceStore {
+    /// Images go under `dir` (created if missing); a work order names one as
+    /// `<uri_prefix><track id>/<frame index>.jpg`.
+    pub fn open(dir: &Path, uri_prefix: &str, metrics: Arc<Metrics>) -> std::io::Result<Arc<EvidenceStore>> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Arc::new(EvidenceStore {
+            dir: dir.to_owned(),
+            uri_prefix: uri_prefix.to_owned(),
+            frames: Mutex::default(),
+            metrics,
+        }))
+    }
+
+    /// Keeps `frame` if the model found something in it.
+    pub fn hold(&self, frame: &FrameTensor, observation: &FrameObservation) {
+        if observation.detections.is_empty() {
+            return;
+        }
+        let held = Held {
+            frame_index: frame.meta.frame_index,
+            capture_ms: frame.meta.capture_ms,
+            width: frame.meta.width as usize,
+            height: frame.meta.height as usize,
+            pixels: Arc::from(frame.bytes()),
+        };
+        let mut frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
+        let camera = frames.entry(frame.meta.camera_id.clone()).or_default();
+        camera.push(held);
+        if camera.len() > MAX_HELD_PER_CAMERA {
+            camera.remove(0);
+            self.metrics.evidence_frames_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Frames held now, over all cameras.
+    pub fn held(&self) -> usize {
+        self.frames.lock().map(|f| f.values().map(Vec::len).sum()).unwrap_or(0)
+    }
+
+    fn write(&self, request: &EvidenceRequest<'_>, held: &Held) -> Result<Evidence, String> {
+        // Track ids are made by the tracker ("TR-" and hex); anything else would be a bug,
+        // and must not become a path.
+        if request.track_id.is_empty() || !request.track_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(format!("track id `{}` is not a safe file name", request.track_id));
+        }
+        let label = format!("{} {:.2}", request.class, request.confidence);
+        let jpeg =
+            evidence_jpeg(&held.pixels, held.width, held.height, &request.bbox, &label).map_err(|e| e.to_string())?;
+        let sha256: String = Sha256::digest(&jpeg).iter().map(|b| format!("{b:02x}")).collect();
+        let folder = self.dir.join(request.track_id);
+        let name = format!("{}.jpg", request.frame_index);
+        let path = folder.join(&name);
+        let aside = folder.join(format!(".{name}.tmp"));
+        let failed = |e: std::io::Error, p: &Path| format!("{}: {e}", p.display());
+        std::fs::create_dir_all(&folder).map_err(|e| failed(e, &folder))?;
+        std::fs::write(&aside, &jpeg).map_err(|e| failed(e, &aside))?;
+        std::fs::rename(&aside, &path).map_err(|e| failed(e, &path))?;
+        Ok(Evidence {
+            uri: format!("{}{}/{name}", self.uri_prefix, request.track_id),
+            sha256,
+            frame_index: request.frame_index,
+            capture_ms: request.capture_ms,
+            bbox: request.bbox,
+        })
+    }
+}
+
+impl EvidenceFrames for EvidenceStore {
+    fn draw(&self, request: &EvidenceRequest<'_>) -> Option<Evidence> {
+        let held = {
+            let frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
+            frames
+                .get(request.camera_id)?
+                .iter()
+                .find(|h| h.frame_index == request.frame_index)
+                .map(|h| Held { pixels: Arc::clone(&h.pixels), ..*h })
+        };
+        let Some(held) = held else {
+            self.metrics.evidence_missing.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(track = request.track_id, frame = request.frame_index, "evidence frame no longer held");
+            return None;
+        };
+        match self.write(request, &held) {
+            Ok(evidence) => {
+                self.metrics.evidence_written.fetch_add(1, Ordering::Relaxed);
+                Some(evidence)
+            }
+            Err(error) => {
+                self.metrics.evidence_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(track = request.track_id, %error, "evidence image not written");
+                None
+            }
+        }
+    }
+
+    fn release(&self, camera_id: &str, through_ms: EpochMillis, keep: &[u64]) {
+        let mut frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(camera) = frames.get_mut(camera_id) {
+            camera.retain(|h| h.capture_ms > through_ms || keep.contains(&h.frame_index));
+        }
+    }
+}
