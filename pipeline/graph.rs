@@ -19,7 +19,8 @@ use defectflow_models::detector::{CpuBackend, Detector};
 use defectflow_operators::decode::{CameraSample, Decode, DecodeOutcome, FrameTensor};
 use defectflow_operators::evidence::EvidenceFrames;
 use defectflow_operators::infer::Infer;
-use defectflow_schemas::FrameMeta;
+use defectflow_operators::inventory::StockMeasure;
+use defectflow_schemas::{Detection, FrameMeta};
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::Inspect;
 use timely::dataflow::operators::core::Probe;
@@ -28,12 +29,13 @@ use timely::dataflow::operators::vec::UnorderedInput;
 use crate::config::RunConfig;
 use crate::metrics::Metrics;
 use crate::reference::PlantReference;
-use crate::sinks::audit::AuditStream;
+use crate::sinks::audit::{AuditRows, AuditStream, StockRow};
 use crate::sinks::evidence::EvidenceStore;
 use crate::sinks::kafka::KafkaSink;
 use crate::sources::camera::{self, CameraHandle, CameraStats, FramePixels, now_ms};
+use crate::sources::cmms_script::CmmsScript;
 use crate::sources::kafka::KafkaInputs;
-use crate::workflow::{self, Collected, Emitted, WorkflowConfig};
+use crate::workflow::{self, AuditRow, Collected, Emitted, WorkflowConfig};
 
 /// How the run should end.
 #[derive(Clone, Debug)]
@@ -100,14 +102,15 @@ pub struct StageReport {
     /// Total time spent in the network, in microseconds.
     pub inference_us: u64,
     pub detections: u64,
-    /// Every detection, in no particular order (for the audit log).
-    pub detection_rows: Vec<defectflow_schemas::Detection>,
     /// Work-order messages in the order the dataflow emitted them (worker 0).
     pub messages: Vec<Emitted>,
     /// Messages this run sent to Kafka, and those it left out because an earlier run
     /// had delivered them.
     pub kafka_sent: u64,
     pub kafka_skipped: u64,
+    /// Wall-clock seconds from each new work order's first detection to its leaving
+    /// defectflow (Kafka acknowledged, or handed to the outputs without Kafka).
+    pub latencies_s: Vec<f64>,
 }
 
 /// Runs the dataflow to the end and reports per camera.
@@ -159,9 +162,9 @@ pub fn run_stages(
         (Some(k), Some(_), Some(reference)) if k.inputs.enabled => Some(KafkaInputs::start(k, reference)?),
         _ => None,
     };
-    // The work-order tables of the audit log, written as the run goes.
-    let audit = match (&config.output.dir, &reference) {
-        (Some(dir), Some(_)) => Some(AuditStream::open(
+    // The audit log, written as the run goes.
+    let audit = match &config.output.dir {
+        Some(dir) => Some(AuditStream::open(
             &dir.join("audit"),
             config.output.audit_commit_rows,
             Duration::from_secs_f64(config.output.audit_commit_s),
@@ -180,6 +183,11 @@ pub fn run_stages(
         }
         _ => None,
     };
+    let script = match &config.plant.cmms_script {
+        Some(path) => Some(CmmsScript::load(path)?),
+        None => None,
+    };
+    let worker_script = Arc::new(Mutex::new(script));
     let kafka = Arc::new(Mutex::new(kafka));
     let audit = Arc::new(Mutex::new(audit));
     let worker_inputs = Arc::new(Mutex::new(inputs));
@@ -212,9 +220,14 @@ pub fn run_stages(
         let mut outputs = Outputs {
             kafka: if index == 0 { worker_kafka.lock().ok().and_then(|mut k| k.take()) } else { None },
             audit: if index == 0 { worker_audit.lock().ok().and_then(|mut a| a.take()) } else { None },
+            detections: Arc::clone(&stage_counters),
+            stock: HashMap::new(),
             open_orders: HashMap::new(),
         };
         let mut inputs = if index == 0 { worker_inputs.lock().ok().and_then(|mut i| i.take()) } else { None };
+        let mut script = if index == 0 { worker_script.lock().ok().and_then(|mut s| s.take()) } else { None };
+        // Messages of worker 0 the script has looked at.
+        let mut scripted_up_to = 0;
         let (mut input, mut capability, mut plant, work_probe) = worker.dataflow::<u64, _, _>(|scope| {
             let ((input, capability), samples) = scope.new_unordered_input::<CameraSample<FramePixels>>();
             let counts = Arc::clone(&kept);
@@ -323,10 +336,24 @@ pub fn run_stages(
                 let dead: Vec<Emitted> = collected.pending[before..].iter().map(|(_, m)| m.clone()).collect();
                 collected.messages.extend(dead);
             }
+            if let (Some(script), Some(plant)) = (&mut script, &mut plant) {
+                let collected = collected.borrow();
+                for message in &collected.messages[scripted_up_to..] {
+                    if let Emitted::WorkOrder(order) = message {
+                        script.observe(order);
+                    }
+                }
+                scripted_up_to = collected.messages.len();
+                let now = *plant.events.time();
+                for event in script.due(now) {
+                    tracing::info!(work_order = %event.work_order_id, event = ?event.event, "scripted CMMS event");
+                    plant.events.send(event);
+                }
+            }
             if index == 0 {
-                let closed_before = work_probe
-                    .as_ref()
-                    .map_or(u64::MAX, |p| p.with_frontier(|f| f.first().copied().unwrap_or(u64::MAX)));
+                // Without the work-order stages, the model's output is what has to be done.
+                let closed_before =
+                    work_probe.as_ref().unwrap_or(&probe).with_frontier(|f| f.first().copied().unwrap_or(u64::MAX));
                 let emitted = outputs
                     .emit(&collected, closed_before, &worker_metrics)
                     .and_then(|()| Ok(inputs.as_mut().map_or(Ok(()), |i| i.commit(closed_before))?));
@@ -412,32 +439,39 @@ pub fn run_stages(
         batches: counters.batches.load(Ordering::Relaxed),
         inference_us: counters.inference_us.load(Ordering::Relaxed),
         detections: counters.detections.load(Ordering::Relaxed),
-        detection_rows: std::mem::take(&mut *counters.rows.lock().unwrap_or_else(|p| p.into_inner())),
         messages: std::mem::take(&mut *messages.lock().map_err(|_| anyhow::anyhow!("a worker panicked"))?),
         kafka_sent,
         kafka_skipped,
+        latencies_s: std::mem::take(&mut *metrics.new_work_order_latencies.lock().unwrap_or_else(|p| p.into_inner())),
     };
     Ok((reports, stages))
 }
 
-/// Worker 0's outputs: the Kafka sink, the audit log's work-order tables, the metrics.
+/// Worker 0's outputs: the Kafka sink, the audit log, the metrics.
 struct Outputs {
     kafka: Option<KafkaSink>,
     audit: Option<AuditStream>,
+    /// Where the workers leave the model's detections.
+    detections: Arc<StageCounters>,
+    /// (part, measure) → value, from the stock view's updates taken so far.
+    stock: HashMap<(String, StockMeasure), i64>,
     /// Work order → open, as of its last revision.
     open_orders: HashMap<String, bool>,
 }
 
 impl Outputs {
-    /// Hands the messages of every time before `closed_before` (all complete) to the
-    /// sinks.
+    /// Hands the messages and audit rows of every time before `closed_before` (all
+    /// complete) to the sinks.
     fn emit(&mut self, collected: &RefCell<Collected>, closed_before: u64, metrics: &Metrics) -> anyhow::Result<()> {
-        let ready: Vec<(u64, Emitted)> = {
+        let (ready, rows) = {
             let mut collected = collected.borrow_mut();
-            let (ready, later) =
+            let (ready, later): (Vec<_>, Vec<_>) =
                 std::mem::take(&mut collected.pending).into_iter().partition(|(t, _)| *t < closed_before);
             collected.pending = later;
-            ready
+            let (rows, later): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut collected.audit).into_iter().partition(|(t, _)| *t < closed_before);
+            collected.audit = later;
+            (ready, rows)
         };
         if let Some(sink) = &mut self.kafka {
             let sent = sink.sent;
@@ -447,16 +481,54 @@ impl Outputs {
             }
             metrics.kafka_sent.fetch_add(sink.sent - sent, Ordering::Relaxed);
         }
+        let detections = {
+            let mut all = self.detections.rows.lock().unwrap_or_else(|p| p.into_inner());
+            let (ready, later) = std::mem::take(&mut *all).into_iter().partition(|d| d.capture_ms < closed_before);
+            *all = later;
+            ready
+        };
+        let rows = self.audit_rows(rows, detections);
         if let Some(audit) = &mut self.audit {
-            audit.append(closed_before, &ready)?;
+            audit.append(closed_before, &ready, rows)?;
         }
         observe(&ready, metrics, &mut self.open_orders);
         Ok(())
     }
 
-    /// Commits what the audit log has buffered.
+    /// Tracks and events as they are; stock updates applied in time order, with a row
+    /// per part and time holding the part's levels after that time's updates.
+    fn audit_rows(&mut self, mut rows: Vec<(u64, AuditRow)>, detections: Vec<Detection>) -> AuditRows {
+        rows.sort_by_key(|(t, _)| *t);
+        let mut out = AuditRows { detections, ..AuditRows::default() };
+        let mut rows = rows.into_iter().peekable();
+        while let Some((time, _)) = rows.peek() {
+            let time = *time;
+            let mut touched = std::collections::BTreeSet::new();
+            while let Some((_, row)) = rows.next_if(|(t, _)| *t == time) {
+                match row {
+                    AuditRow::Track(track) => out.tracks.push((time, *track)),
+                    AuditRow::Event(event) => out.wo_events.push((time, event)),
+                    AuditRow::Stock(part, measure, value, diff) => {
+                        *self.stock.entry((part.clone(), measure)).or_default() += value * diff as i64;
+                        touched.insert(part);
+                    }
+                }
+            }
+            for part in touched {
+                let level = |measure| self.stock.get(&(part.clone(), measure)).copied().unwrap_or(0);
+                let (on_hand, reserved, available) =
+                    (level(StockMeasure::OnHand), level(StockMeasure::Reserved), level(StockMeasure::Available));
+                out.inventory.push((time, StockRow { part_id: part, at_ms: time, on_hand, reserved, available }));
+            }
+        }
+        out
+    }
+
+    /// Commits what the audit log has buffered, with every detection left.
     fn flush(&mut self) -> anyhow::Result<()> {
+        let detections = std::mem::take(&mut *self.detections.rows.lock().unwrap_or_else(|p| p.into_inner()));
         if let Some(audit) = &mut self.audit {
+            audit.append(0, &[], AuditRows { detections, ..AuditRows::default() })?;
             audit.commit()?;
         }
         Ok(())
@@ -475,7 +547,9 @@ fn observe(messages: &[(u64, Emitted)], metrics: &Metrics, open_orders: &mut Has
         match message {
             Emitted::WorkOrder(w) => {
                 if w.revision == 1 {
-                    metrics.detection_to_work_order.observe(now.saturating_sub(w.detected_at_ms) as f64 / 1000.0);
+                    let seconds = now.saturating_sub(w.detected_at_ms) as f64 / 1000.0;
+                    metrics.detection_to_work_order.observe(seconds);
+                    metrics.new_work_order_latencies.lock().unwrap_or_else(|p| p.into_inner()).push(seconds);
                 }
                 let open = !matches!(
                     w.status,
@@ -499,8 +573,8 @@ struct StageCounters {
     batches: AtomicU64,
     inference_us: AtomicU64,
     detections: AtomicU64,
-    /// The detections themselves, for the audit log.
-    rows: Mutex<Vec<defectflow_schemas::Detection>>,
+    /// Detections not yet taken by worker 0 for the audit log.
+    rows: Mutex<Vec<Detection>>,
 }
 
 /// A worker's side of ingest: moves frames from its cameras into the dataflow and keeps

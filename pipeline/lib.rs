@@ -8,6 +8,7 @@ pub mod graph;
 pub mod metrics;
 pub mod modelling;
 pub mod reference;
+pub mod report;
 pub mod scenario;
 pub mod sinks;
 pub mod sources;

@@ -57,6 +57,18 @@ enum Command {
     Train(TrainArgs),
     /// Evaluates a model on a YOLO folder: per-class precision, recall, F1, confusion.
     Eval(EvalArgs),
+    /// Prints the headline maintenance KPIs from a Parquet audit log.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// The audit folder (`<output>/audit`).
+    #[arg(long)]
+    audit: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -226,7 +238,18 @@ fn run_cli() -> anyhow::Result<()> {
         Command::Replay(args) => replay(args),
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
+        Command::Report(args) => report(args),
     }
+}
+
+fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let kpis = defectflow::report::kpis(&args.audit)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&kpis)?);
+    } else {
+        print!("{}", defectflow::report::render(&kpis));
+    }
+    Ok(())
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -316,10 +339,33 @@ fn print_stages(stages: &graph::StageReport) {
         count(|m| matches!(m, Emitted::PartsStaging(_))),
         count(|m| matches!(m, Emitted::DeadLetter(_))),
     );
+    let shortages: std::collections::BTreeSet<&str> = stages
+        .messages
+        .iter()
+        .filter_map(|m| match m {
+            Emitted::PartsStaging(s) if s.kind == defectflow_schemas::StagingKind::Shortage => Some(s.part_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    println!(
+        "parts shortages: {}",
+        if shortages.is_empty() { "none".to_owned() } else { shortages.into_iter().collect::<Vec<_>>().join(", ") }
+    );
+    let mut latencies = stages.latencies_s.clone();
+    latencies.sort_by(f64::total_cmp);
+    if let Some(max) = latencies.last() {
+        let rank = |p: f64| latencies[((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1];
+        println!(
+            "detection to work order: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} work orders)",
+            rank(0.5) * 1000.0,
+            rank(0.99) * 1000.0,
+            max * 1000.0,
+            latencies.len()
+        );
+    }
 }
 
-/// Writes `work-orders.jsonl` (not in shadow mode: nothing goes to the CMMS) and the
-/// detections table of the audit log.
+/// Writes `work-orders.jsonl` (not in shadow mode: nothing goes to the CMMS).
 fn write_outputs(dir: &std::path::Path, stages: &graph::StageReport, shadow: bool) -> anyhow::Result<()> {
     let messages = &stages.messages;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -332,8 +378,7 @@ fn write_outputs(dir: &std::path::Path, stages: &graph::StageReport, shadow: boo
         let path = dir.join("work-orders.jsonl");
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    // Work orders and assignments went to the audit log as the run went (AuditStream).
-    write_audit(&dir.join("audit"), &[], &[], &stages.detection_rows)?;
+    // The audit log was written as the run went (AuditStream).
     println!("outputs in {}{}", dir.display(), if shadow { " (shadow mode: audit log only)" } else { "" });
     Ok(())
 }
@@ -458,7 +503,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     if let Some(dir) = &args.audit {
-        write_audit(dir, &replayed.messages, &scenario.wo_events(), &[])?;
+        write_audit(dir, &replayed.messages, &scenario.wo_events())?;
     }
     let mut text = replayed.lines.join("\n");
     text.push('\n');
@@ -473,10 +518,8 @@ fn write_audit(
     dir: &std::path::Path,
     messages: &[Emitted],
     events: &[defectflow_schemas::WoEvent],
-    detections: &[defectflow_schemas::Detection],
 ) -> anyhow::Result<()> {
     let audit = AuditLog::open(dir)?;
-    audit.write_detections(detections)?;
     let work_orders: Vec<_> = messages
         .iter()
         .filter_map(|m| if let Emitted::WorkOrder(w) = m { Some((**w).clone()) } else { None })

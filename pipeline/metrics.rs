@@ -80,6 +80,8 @@ pub struct Metrics {
     /// Wall clock from a defect's first detection (capture time) to its work order
     /// leaving defectflow.
     pub detection_to_work_order: Histogram,
+    /// The same latencies, each (seconds), for the run's summary.
+    pub new_work_order_latencies: Mutex<Vec<f64>>,
     pub kafka_sent: AtomicU64,
     pub kafka_errors: AtomicU64,
     pub dead_letters: AtomicU64,

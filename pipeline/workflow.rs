@@ -11,8 +11,8 @@ use defectflow_operators::inventory::{StockLevels, StockMeasure};
 use defectflow_operators::severity::{Score, SeverityConfig};
 use defectflow_operators::track::{Track, TrackConfig};
 use defectflow_schemas::{
-    Alert, Asset, Assignment, Camera, DeadLetter, FailureRecord, FrameObservation, InventoryItem, PartsStaging,
-    Procedure, StockMovement, Technician, WoEvent, WorkOrder,
+    Alert, Asset, Assignment, Camera, DeadLetter, DefectTrack, FailureRecord, FrameObservation, InventoryItem,
+    PartsStaging, Procedure, StockMovement, Technician, WoEvent, WorkOrder,
 };
 use differential_dataflow::input::{Input, InputSession};
 use serde::{Deserialize, Serialize};
@@ -134,6 +134,20 @@ pub struct Collected {
     pub workload: BTreeMap<(String, i64), isize>,
     /// (part, measure) → value, as accumulated from the stock view's updates.
     pub stock: BTreeMap<((String, StockMeasure), i64), isize>,
+    /// Rows for the audit log's tracks, inventory and wo_events tables, with their
+    /// dataflow time, not yet taken by the audit log.
+    pub audit: Vec<(u64, AuditRow)>,
+}
+
+/// A row for the audit log that is not a message.
+#[derive(Clone, Debug)]
+pub enum AuditRow {
+    /// A new snapshot of a track.
+    Track(Box<DefectTrack>),
+    /// A CMMS event the ledger applied.
+    Event(WoEvent),
+    /// An update of the stock view: (part, measure) has (+1) or no longer has (−1) a value.
+    Stock(String, StockMeasure, i64, isize),
 }
 
 /// Builds the work-order dataflow in `scope` with an input for observations; everything
@@ -166,8 +180,8 @@ pub fn build_on<'scope>(
     let (inventory_handle, inventory) = scope.new_collection::<InventoryItem, isize>();
     let (movements_handle, movements) = scope.new_collection::<StockMovement, isize>();
 
-    let scored =
-        observations.track_with_evidence(cameras, config.track, evidence).severity(assets, failures, config.severity);
+    let tracks = observations.track_with_evidence(cameras, config.track, evidence);
+    let scored = tracks.clone().severity(assets, failures, config.severity);
     let streams = scored.work_orders(
         LedgerInputs { events, technicians, procedures, inventory, movements: movements.clone() },
         config.work_orders,
@@ -195,6 +209,10 @@ pub fn build_on<'scope>(
                     LedgerOutput::Alert(a) => Emitted::Alert(a),
                     LedgerOutput::Staging(s) => Emitted::PartsStaging(s),
                     LedgerOutput::DeadLetter(d) => Emitted::DeadLetter(d),
+                    LedgerOutput::Accepted(e) => {
+                        sink.audit.push((time, AuditRow::Event(e)));
+                        continue;
+                    }
                     _ => continue,
                 };
                 sink.pending.push((time, message.clone()));
@@ -206,9 +224,22 @@ pub fn build_on<'scope>(
     gather(workload.inner, "GatherWorkload")
         .inspect(move |(row, _, diff)| *sink.borrow_mut().workload.entry(row.clone()).or_default() += diff)
         .probe_with(&probe);
-    let sink = collected;
+    let sink = collected.clone();
     gather(stock.inner, "GatherStock")
-        .inspect(move |(row, _, diff)| *sink.borrow_mut().stock.entry(row.clone()).or_default() += diff)
+        .inspect(move |(row, time, diff)| {
+            let mut sink = sink.borrow_mut();
+            *sink.stock.entry(row.clone()).or_default() += diff;
+            let ((part, measure), value) = row.clone();
+            sink.audit.push((*time, AuditRow::Stock(part, measure, value, *diff)));
+        })
+        .probe_with(&probe);
+    let sink = collected;
+    gather(tracks.inner, "GatherTracks")
+        .inspect(move |((_, track), time, diff)| {
+            if *diff > 0 {
+                sink.borrow_mut().audit.push((*time, AuditRow::Track(Box::new(track.clone()))));
+            }
+        })
         .probe_with(&probe);
 
     let inputs = PlantInputs {

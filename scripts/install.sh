@@ -36,16 +36,18 @@ for component in rustfmt clippy; do
   fi
 done
 
-# A Python environment with polars: the independent reader of the Parquet audit log.
+# A Python environment with polars (the independent reader of the Parquet audit log),
+# the Kafka client of the tests, and what the analyst notebooks need.
 VENV="${DEFECTFLOW_VENV:-$HOME/.cache/defectflow/venv}"
-if ! "$VENV/bin/python" -c "import polars, confluent_kafka" >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c "import polars, confluent_kafka, matplotlib, papermill, ipykernel" >/dev/null 2>&1; then
   if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
     SUDO=""
     [[ $(id -u) -eq 0 ]] || SUDO="sudo"
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends python3-venv
     /usr/bin/python3 -m venv "$VENV"
   fi
-  "$VENV/bin/pip" install -q -r "$(dirname "$0")/requirements-analytics.txt"
+  "$VENV/bin/pip" install -q -r "$(dirname "$0")/requirements-analytics.txt" \
+    -r "$(dirname "$0")/../notebooks/requirements.txt"
 fi
 
 # A Kafka-protocol broker for the integration tests: tansu, as shipped prebuilt in the

@@ -207,6 +207,30 @@ fn check_evidence(out: &Path, truth: &GroundTruth, w: &serde_json::Value) {
     assert!(on_defect, "{uri}: box {bbox:?} is on no {class} of frame {frame}");
 }
 
+/// The tracks and inventory tables, read by polars: (track ids with an evidence URI,
+/// every track id), and per part the most it had reserved at once, with whether every
+/// row's available = on hand − reserved.
+fn audited_tracks_and_stock(audit: &Path) -> serde_json::Value {
+    let python = std::env::var("DEFECTFLOW_ANALYTICS_PYTHON").expect("DEFECTFLOW_ANALYTICS_PYTHON");
+    let script = r#"
+import json, sys
+import polars as pl
+root = sys.argv[1]
+tracks = pl.scan_parquet(root + "/tracks/**/*.parquet", hive_partitioning=True).collect()
+stock = pl.scan_parquet(root + "/inventory/**/*.parquet", hive_partitioning=True).collect()
+print(json.dumps({
+    "with_evidence": sorted(set(tracks.filter(pl.col("evidence_uri").is_not_null())["track_id"])),
+    "tracks": sorted(set(tracks["track_id"])),
+    "states": sorted(set(tracks["state"])),
+    "most_reserved": {p: int(r) for p, r in stock.group_by("part_id").agg(pl.col("reserved").max()).iter_rows()},
+    "balanced": bool((stock["on_hand"] - stock["reserved"] == stock["available"]).all()),
+}))
+"#;
+    let output = Command::new(python).args(["-c", script, audit.to_str().expect("utf-8")]).output().expect("python");
+    assert!(output.status.success(), "polars: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("json")
+}
+
 #[test]
 fn a_run_makes_one_work_order_per_defect_and_shadow_mode_only_audits() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -223,9 +247,24 @@ fn a_run_makes_one_work_order_per_defect_and_shadow_mode_only_audits() {
     assert_eq!(audited_detections(&out.join("audit")), (detections, 0, 1), "every detection audited once");
     let lines = std::fs::read_to_string(out.join("work-orders.jsonl")).expect("work-orders.jsonl");
     let mut opened = BTreeMap::new();
+    let tables = audited_tracks_and_stock(&out.join("audit"));
+    assert_eq!(tables["balanced"], true, "available = on hand - reserved in every inventory row");
+    let states = tables["states"].as_array().expect("states");
+    assert!(states.iter().all(|s| s == "confirmed" || s == "resolved"), "only emitted tracks: {states:?}");
     for line in lines.lines() {
         let message: serde_json::Value = serde_json::from_str(line).expect("json line");
         if let Some(w) = message.get("work_order") {
+            // Its track is in the tracks table with the evidence; its parts were reserved.
+            for list in ["tracks", "with_evidence"] {
+                assert!(tables[list].as_array().expect("ids").contains(&w["track_id"]), "{list}: {}", w["track_id"]);
+            }
+            for part in w["parts"].as_array().expect("parts").iter().filter(|p| p["available"] == true) {
+                let reserved = tables["most_reserved"][part["part_id"].as_str().expect("id")].as_i64().unwrap_or(0);
+                assert!(
+                    reserved >= part["quantity"].as_i64().expect("quantity"),
+                    "{part} reserved in the inventory table"
+                );
+            }
             let id = w["work_order_id"].as_str().expect("id").to_owned();
             let key = (
                 w["asset_id"].as_str().expect("asset").to_owned(),

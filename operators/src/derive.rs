@@ -131,7 +131,7 @@ impl<'scope> Derive<'scope> for VecCollection<'scope, u64, ScoredTrack> {
         let timed = |stream: StreamVec<'scope, u64, (LedgerInput, u64)>| stream;
         let tracks = timed(self.inner.flat_map(|(scored, time, diff)| {
             // Only the latest snapshot matters: retractions of older ones are implied.
-            (diff > 0).then_some((LedgerInput::Track(scored), time))
+            (diff > 0).then_some((LedgerInput::Track(Box::new(scored)), time))
         }));
         let events = inputs.events.map(|event| {
             let at = event.at_ms;

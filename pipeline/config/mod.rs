@@ -119,6 +119,10 @@ pub struct PlantConfig {
     /// technicians.json and inventory.json, relative to the config file.
     #[serde(default)]
     pub reference: Option<PathBuf>,
+    /// A scripted CMMS (`sources/cmms_script.rs`): status events for work orders by
+    /// asset and defect class, relative to the config file. For demos and rehearsals.
+    #[serde(default)]
+    pub cmms_script: Option<PathBuf>,
 }
 
 /// `[output]`: where a run leaves work orders and the audit log.
@@ -233,6 +237,7 @@ impl RunConfig {
             model.dir = model.dir.take().map(|d| base.join(d));
         }
         config.plant.reference = config.plant.reference.map(|d| base.join(d));
+        config.plant.cmms_script = config.plant.cmms_script.map(|f| base.join(f));
         config.validate().map_err(|(field, message)| ConfigError::Invalid {
             path: origin.to_owned(),
             field,
@@ -260,6 +265,9 @@ impl RunConfig {
             {
                 return Err(("model.min_confidence".into(), format!("must be within [0, 1], got {c}")));
             }
+        }
+        if self.plant.cmms_script.is_some() && self.plant.reference.is_none() {
+            return Err(("plant.cmms_script".into(), "CMMS events need work orders: add `[plant] reference`".into()));
         }
         if self.plant.reference.is_some() && self.model.is_none() {
             return Err(("plant.reference".into(), "work orders need detections: add a `[model]` table".into()));

@@ -1,7 +1,9 @@
 //! Camera sources: each kind of camera URL, the GStreamer pipeline built for it, and the
-//! supervisor that keeps it running; and the plant's Kafka input topics (`kafka/`).
+//! supervisor that keeps it running; the plant's Kafka input topics (`kafka/`) and a
+//! scripted CMMS (`cmms_script`).
 
 pub mod camera;
+pub mod cmms_script;
 pub mod file;
 pub mod kafka;
 pub mod rtsp;

@@ -70,6 +70,7 @@ impl AuditTable {
                 Field::new("size_mm", DataType::Float64, true),
                 Field::new("growth_px_per_min", DataType::Float64, false),
                 Field::new("best_frame_index", DataType::UInt64, false),
+                Field::new("evidence_uri", DataType::Utf8, true),
             ],
             AuditTable::WorkOrders => vec![
                 utf8("work_order_id"),

@@ -51,7 +51,8 @@ impl Ledger {
                 self.close(time, &event.work_order_id, event.event, out);
             }
         }
-        touched.insert(event.work_order_id);
+        touched.insert(event.work_order_id.clone());
+        out.push(LedgerOutput::Accepted(event));
     }
 
     pub(super) fn close(&mut self, time: EpochMillis, id: &str, kind: WoEventKind, out: &mut Vec<LedgerOutput>) {

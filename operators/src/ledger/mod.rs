@@ -50,7 +50,7 @@ pub enum LedgerInput {
     Item(InventoryItem, isize),
     Movement(StockMovement, isize),
     Event(WoEvent),
-    Track(ScoredTrack),
+    Track(Box<ScoredTrack>),
 }
 
 /// Everything the ledger decides.
@@ -67,6 +67,8 @@ pub enum LedgerOutput {
     Reservation(String, String, i64, isize),
     /// Parts consumed by a completed work order.
     Consumed(StockMovement),
+    /// A CMMS event the ledger applied (one it rejected becomes a dead letter).
+    Accepted(WoEvent),
 }
 
 #[derive(Debug)]
@@ -158,7 +160,7 @@ impl Ledger {
                     touched.extend(self.orders_needing(&movement.part_id));
                 }
                 LedgerInput::Event(event) => self.apply_event(time, event, &mut touched, &mut out),
-                LedgerInput::Track(scored) => self.apply_track(scored, &mut touched),
+                LedgerInput::Track(scored) => self.apply_track(*scored, &mut touched),
             }
         }
         if reconsider_all {

@@ -3,11 +3,14 @@
 
 use std::sync::Arc;
 
+use arrow_array::Int64Array;
 use arrow_array::{
     ArrayRef, BooleanArray, Float32Array, Float64Array, StringArray, TimestampMillisecondArray, UInt32Array,
     UInt64Array,
 };
-use defectflow_schemas::{Assignment, Detection, WoEvent, WoEventKind, WorkOrder};
+use defectflow_schemas::{Assignment, DefectTrack, Detection, WoEvent, WoEventKind, WorkOrder};
+
+use super::StockRow;
 
 fn text<T>(rows: &[&T], f: impl Fn(&T) -> &str) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(rows.iter().map(|r| f(r))))
@@ -106,5 +109,36 @@ pub(super) fn wo_events(rows: &[&WoEvent]) -> Vec<ArrayRef> {
         time(rows, |e| e.at_ms),
         maybe_text(rows, |e| e.technician_id.as_deref()),
         maybe_text(rows, |e| e.note.as_deref()),
+    ]
+}
+
+pub(super) fn tracks(rows: &[&DefectTrack]) -> Vec<ArrayRef> {
+    vec![
+        text(rows, |t| &t.track_id),
+        text(rows, |t| &t.camera_id),
+        text(rows, |t| &t.asset_id),
+        text(rows, |t| t.class.as_str()),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|t| name(&t.state)))),
+        time(rows, |t| t.first_seen_ms),
+        time(rows, |t| t.last_seen_ms),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|t| t.hits))),
+        float32(rows, |t| t.area_px),
+        maybe_float(rows, |t| t.size_mm),
+        float(rows, |t| t.growth_px_per_min),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|t| t.best_frame_index))),
+        maybe_text(rows, |t| t.evidence.as_ref().map(|e| e.uri.as_str())),
+    ]
+}
+
+pub(super) fn inventory(rows: &[&StockRow]) -> Vec<ArrayRef> {
+    let int =
+        |f: fn(&StockRow) -> i64| -> ArrayRef { Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| f(r)))) };
+    vec![
+        text(rows, |r| &r.part_id),
+        time(rows, |r| r.at_ms),
+        int(|r| r.on_hand),
+        int(|r| r.reserved),
+        int(|r| r.available),
+        Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.available < 0)))),
     ]
 }

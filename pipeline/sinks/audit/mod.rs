@@ -4,9 +4,9 @@
 //! place, so a reader never sees a partial file. The `date` partition comes from each
 //! row's event time (UTC) and is read back by `hive_partitioning=True`.
 //!
-//! During a run the work-order tables are written as it goes ([`AuditStream`]): rows
-//! of closed dataflow times are buffered and committed when enough have gathered or
-//! enough time has passed. Each file records in its Parquet metadata the dataflow time
+//! During a run every table is written as it goes ([`AuditStream`]): rows of closed
+//! dataflow times are buffered and committed when enough have gathered or enough time
+//! has passed. Each file records in its Parquet metadata the dataflow time
 //! it closes (`defectflow.closed_before`); a restarted run that replays its inputs
 //! skips the rows of times a committed file already holds, so a crash leaves neither a
 //! partial file nor a duplicate row.
@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, RecordBatch};
 use defectflow_schemas::audit::AuditTable;
-use defectflow_schemas::{Assignment, Detection, EpochMillis, WoEvent, WorkOrder};
+use defectflow_schemas::{Assignment, DefectTrack, Detection, EpochMillis, WoEvent, WorkOrder};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -171,15 +171,56 @@ impl AuditLog {
     }
 }
 
-/// The work-order tables written as the run goes; see the module documentation.
+/// A part's stock after the changes of one dataflow time: a row of the inventory table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StockRow {
+    pub part_id: String,
+    pub at_ms: EpochMillis,
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub available: i64,
+}
+
+/// Rows of one table waiting for a commit, and the time before which earlier runs
+/// committed this table's rows.
+#[derive(Debug)]
+struct Buffer<T> {
+    rows: Vec<T>,
+    before: u64,
+}
+
+impl<T> Buffer<T> {
+    fn open(log: &AuditLog, table: AuditTable) -> Result<Buffer<T>, AuditError> {
+        Ok(Buffer { rows: Vec::new(), before: log.committed_before(table)? })
+    }
+
+    /// Keeps a row of dataflow time `time` unless a committed file already holds it.
+    fn push(&mut self, time: u64, row: T) {
+        if time >= self.before {
+            self.rows.push(row);
+        }
+    }
+}
+
+/// Rows for the audit log of dataflow times before `closed_before`, with their times.
+#[derive(Debug, Default)]
+pub struct AuditRows {
+    pub detections: Vec<Detection>,
+    pub tracks: Vec<(u64, DefectTrack)>,
+    pub inventory: Vec<(u64, StockRow)>,
+    pub wo_events: Vec<(u64, WoEvent)>,
+}
+
+/// Every table written as the run goes; see the module documentation.
 #[derive(Debug)]
 pub struct AuditStream {
     log: AuditLog,
-    work_orders: Vec<WorkOrder>,
-    assignments: Vec<Assignment>,
-    /// Per table: rows of times before this are in committed files (recovered at open).
-    work_orders_before: u64,
-    assignments_before: u64,
+    detections: Buffer<Detection>,
+    tracks: Buffer<DefectTrack>,
+    work_orders: Buffer<WorkOrder>,
+    assignments: Buffer<Assignment>,
+    inventory: Buffer<StockRow>,
+    wo_events: Buffer<WoEvent>,
     /// The buffered rows' closed time.
     closed_before: u64,
     last_commit: std::time::Instant,
@@ -192,14 +233,14 @@ impl AuditStream {
     /// every `max_rows` rows or `max_age`, whichever comes first.
     pub fn open(dir: &Path, max_rows: usize, max_age: std::time::Duration) -> Result<AuditStream, AuditError> {
         let log = AuditLog::open(dir)?;
-        let work_orders_before = log.committed_before(AuditTable::WorkOrders)?;
-        let assignments_before = log.committed_before(AuditTable::Assignments)?;
         Ok(AuditStream {
+            detections: Buffer::open(&log, AuditTable::Detections)?,
+            tracks: Buffer::open(&log, AuditTable::Tracks)?,
+            work_orders: Buffer::open(&log, AuditTable::WorkOrders)?,
+            assignments: Buffer::open(&log, AuditTable::Assignments)?,
+            inventory: Buffer::open(&log, AuditTable::Inventory)?,
+            wo_events: Buffer::open(&log, AuditTable::WoEvents)?,
             log,
-            work_orders: Vec::new(),
-            assignments: Vec::new(),
-            work_orders_before,
-            assignments_before,
             closed_before: 0,
             last_commit: std::time::Instant::now(),
             max_rows,
@@ -213,17 +254,29 @@ impl AuditStream {
         &mut self,
         closed_before: u64,
         messages: &[(u64, crate::workflow::Emitted)],
+        rows: AuditRows,
     ) -> Result<(), AuditError> {
         use crate::workflow::Emitted;
         for (time, message) in messages {
             match message {
-                Emitted::WorkOrder(w) if *time >= self.work_orders_before => self.work_orders.push((**w).clone()),
-                Emitted::Assignment(a) if *time >= self.assignments_before => self.assignments.push(a.clone()),
+                Emitted::WorkOrder(w) => self.work_orders.push(*time, (**w).clone()),
+                Emitted::Assignment(a) => self.assignments.push(*time, a.clone()),
                 _ => {}
             }
         }
+        for d in rows.detections {
+            self.detections.push(d.capture_ms, d);
+        }
+        rows.tracks.into_iter().for_each(|(time, t)| self.tracks.push(time, t));
+        rows.inventory.into_iter().for_each(|(time, r)| self.inventory.push(time, r));
+        rows.wo_events.into_iter().for_each(|(time, e)| self.wo_events.push(time, e));
         self.closed_before = self.closed_before.max(closed_before);
-        let rows = self.work_orders.len() + self.assignments.len();
+        let rows = self.detections.rows.len()
+            + self.tracks.rows.len()
+            + self.work_orders.rows.len()
+            + self.assignments.rows.len()
+            + self.inventory.rows.len()
+            + self.wo_events.rows.len();
         if rows >= self.max_rows || (rows > 0 && self.last_commit.elapsed() >= self.max_age) {
             self.commit()?;
         }
@@ -232,26 +285,42 @@ impl AuditStream {
 
     /// Commits the buffered rows.
     pub fn commit(&mut self) -> Result<(), AuditError> {
-        let closed = Some(self.closed_before);
-        if !self.work_orders.is_empty() {
-            let rows = std::mem::take(&mut self.work_orders);
-            self.log.write_closing(AuditTable::WorkOrders, &rows, |w| w.revised_at_ms, columns::work_orders, closed)?;
-            self.work_orders_before = self.closed_before;
-        }
-        if !self.assignments.is_empty() {
-            let rows = std::mem::take(&mut self.assignments);
-            self.log.write_closing(
-                AuditTable::Assignments,
-                &rows,
-                |a| a.assigned_at_ms,
-                columns::assignments,
-                closed,
-            )?;
-            self.assignments_before = self.closed_before;
-        }
+        let closed = self.closed_before;
+        let log = &self.log;
+        commit(log, &mut self.detections, closed, AuditTable::Detections, |d| d.capture_ms, columns::detections)?;
+        commit(log, &mut self.tracks, closed, AuditTable::Tracks, |t| t.last_seen_ms, columns::tracks)?;
+        commit(log, &mut self.work_orders, closed, AuditTable::WorkOrders, |w| w.revised_at_ms, columns::work_orders)?;
+        commit(
+            log,
+            &mut self.assignments,
+            closed,
+            AuditTable::Assignments,
+            |a| a.assigned_at_ms,
+            columns::assignments,
+        )?;
+        commit(log, &mut self.inventory, closed, AuditTable::Inventory, |r| r.at_ms, columns::inventory)?;
+        commit(log, &mut self.wo_events, closed, AuditTable::WoEvents, |e| e.at_ms, columns::wo_events)?;
         self.last_commit = std::time::Instant::now();
         Ok(())
     }
+}
+
+/// Writes a table's buffered rows (if any) as files closing at `closed_before`.
+fn commit<T>(
+    log: &AuditLog,
+    buffer: &mut Buffer<T>,
+    closed_before: u64,
+    table: AuditTable,
+    event_time: impl Fn(&T) -> EpochMillis,
+    columns: impl Fn(&[&T]) -> Vec<ArrayRef>,
+) -> Result<(), AuditError> {
+    if buffer.rows.is_empty() {
+        return Ok(());
+    }
+    let rows = std::mem::take(&mut buffer.rows);
+    log.write_closing(table, &rows, event_time, columns, Some(closed_before))?;
+    buffer.before = closed_before;
+    Ok(())
 }
 
 /// `YYYY-MM-DD` of a UTC instant (days-from-civil inverse, proleptic Gregorian).

@@ -1,0 +1,399 @@
+//! `defectflow report`: the headline maintenance KPIs from the Parquet audit log, read
+//! with polars. The figures and their definitions are those of the analyst notebooks
+//! (`notebooks/`), so a data engineer gets them without Python:
+//!
+//! - work orders by status (from each one's latest revision) and open ones by priority;
+//! - per asset: work orders, MTTR (first detection to the completing revision, hours,
+//!   completed ones only) and MTBF (mean gap between the first detections of its
+//!   consecutive work orders, false positives left out, hours; needs two);
+//! - defects by asset and class (false positives left out);
+//! - the false-positive rate per class (closed as false positive / all its work orders);
+//! - detection-to-work-order latency in event time (first detection to revision 1,
+//!   seconds): p50, p99 (nearest rank) and max;
+//! - per technician: work orders whose latest revision names them, open ones and their
+//!   estimated hours;
+//! - the backlog as of the latest revision in the log: open, and overdue (open longer
+//!   than the target for its priority: P1 8 h, P2 72 h, P3 14 days, P4 30 days);
+//! - parts short at some point (an inventory row with less available than reserved).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use polars::prelude::*;
+use serde::Serialize;
+
+/// Hours a work order of each priority may stay open before it is overdue.
+pub const OVERDUE_AFTER_H: [(&str, f64); 4] = [("P1", 8.0), ("P2", 72.0), ("P3", 336.0), ("P4", 720.0)];
+
+/// The KPIs, as `--json` prints them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Kpis {
+    pub work_orders: StatusCounts,
+    pub open_by_priority: BTreeMap<String, usize>,
+    pub assets: Vec<AssetKpis>,
+    pub defects: Vec<DefectCount>,
+    pub false_positive_rate: BTreeMap<String, f64>,
+    pub latency_s: Option<Latency>,
+    pub technicians: Vec<TechnicianKpis>,
+    pub backlog: Backlog,
+    pub shortages: Vec<Shortage>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct StatusCounts {
+    pub total: usize,
+    pub open: usize,
+    pub completed: usize,
+    pub false_positive: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AssetKpis {
+    pub asset_id: String,
+    pub work_orders: usize,
+    pub mttr_h: Option<f64>,
+    pub mtbf_h: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DefectCount {
+    pub asset_id: String,
+    pub defect_class: String,
+    pub work_orders: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TechnicianKpis {
+    pub technician_id: String,
+    pub work_orders: usize,
+    pub open: usize,
+    pub open_hours: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Backlog {
+    /// The latest revision time in the log (ms since the epoch).
+    pub as_of_ms: i64,
+    pub open: usize,
+    pub overdue: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Shortage {
+    pub part_id: String,
+    /// Inventory rows (part and time) with less available than reserved.
+    pub rows: usize,
+    pub least_available: i64,
+}
+
+/// One work-order revision, as far as the KPIs need it.
+#[derive(Clone, Debug)]
+struct Revision {
+    id: String,
+    revision: u32,
+    status: String,
+    asset: String,
+    class: String,
+    priority: String,
+    technician: Option<String>,
+    hours: Option<f64>,
+    detected_ms: i64,
+    revised_ms: i64,
+}
+
+/// Reads the audit log under `audit` and computes the KPIs.
+pub fn kpis(audit: &Path) -> anyhow::Result<Kpis> {
+    let orders = read_table(audit, "work_orders")?
+        .with_context(|| format!("{}: no work_orders table (is this an audit folder?)", audit.display()))?;
+    let revisions = revisions(&orders)?;
+    let inventory = read_table(audit, "inventory")?;
+    let mut latest: BTreeMap<&str, &Revision> = BTreeMap::new();
+    for r in &revisions {
+        if latest.get(r.id.as_str()).is_none_or(|l| l.revision < r.revision) {
+            latest.insert(&r.id, r);
+        }
+    }
+    let closed = |status: &str| status == "completed" || status == "false_positive";
+    let mut counts = StatusCounts { total: latest.len(), ..StatusCounts::default() };
+    let mut open_by_priority = BTreeMap::new();
+    for r in latest.values() {
+        match r.status.as_str() {
+            "completed" => counts.completed += 1,
+            "false_positive" => counts.false_positive += 1,
+            _ => {
+                counts.open += 1;
+                *open_by_priority.entry(r.priority.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+
+    let mut by_asset: BTreeMap<&str, Vec<&Revision>> = BTreeMap::new();
+    for r in latest.values() {
+        by_asset.entry(&r.asset).or_default().push(r);
+    }
+    let hours = |ms: i64| ms as f64 / 3_600_000.0;
+    let assets = by_asset
+        .iter()
+        .map(|(asset, orders)| {
+            let repairs: Vec<f64> = orders
+                .iter()
+                .filter(|r| r.status == "completed")
+                .map(|r| hours(r.revised_ms - r.detected_ms))
+                .collect();
+            let mut starts: Vec<i64> =
+                orders.iter().filter(|r| r.status != "false_positive").map(|r| r.detected_ms).collect();
+            starts.sort_unstable();
+            let gaps: Vec<f64> = starts.windows(2).map(|w| hours(w[1] - w[0])).collect();
+            AssetKpis {
+                asset_id: (*asset).to_owned(),
+                work_orders: orders.len(),
+                mttr_h: mean(&repairs),
+                mtbf_h: mean(&gaps),
+            }
+        })
+        .collect();
+
+    let mut defects: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    let mut per_class: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for r in latest.values() {
+        let class = per_class.entry(&r.class).or_default();
+        class.1 += 1;
+        if r.status == "false_positive" {
+            class.0 += 1;
+        } else {
+            *defects.entry((&r.asset, &r.class)).or_default() += 1;
+        }
+    }
+    let defects = defects
+        .into_iter()
+        .map(|((asset, class), n)| DefectCount {
+            asset_id: asset.to_owned(),
+            defect_class: class.to_owned(),
+            work_orders: n,
+        })
+        .collect();
+    let false_positive_rate =
+        per_class.into_iter().map(|(class, (fp, all))| (class.to_owned(), fp as f64 / all as f64)).collect();
+
+    let mut latencies: Vec<f64> =
+        revisions.iter().filter(|r| r.revision == 1).map(|r| (r.revised_ms - r.detected_ms) as f64 / 1000.0).collect();
+    latencies.sort_by(f64::total_cmp);
+    let latency_s = latencies.last().map(|&max| Latency {
+        p50: nearest_rank(&latencies, 0.50),
+        p99: nearest_rank(&latencies, 0.99),
+        max,
+    });
+
+    let mut technicians: BTreeMap<&str, TechnicianKpis> = BTreeMap::new();
+    for r in latest.values() {
+        let Some(id) = r.technician.as_deref() else { continue };
+        let t = technicians.entry(id).or_insert_with(|| TechnicianKpis {
+            technician_id: id.to_owned(),
+            work_orders: 0,
+            open: 0,
+            open_hours: 0.0,
+        });
+        t.work_orders += 1;
+        if !closed(&r.status) {
+            t.open += 1;
+            t.open_hours += r.hours.unwrap_or(0.0);
+        }
+    }
+
+    let as_of_ms = revisions.iter().map(|r| r.revised_ms).max().unwrap_or(0);
+    let target = |priority: &str| OVERDUE_AFTER_H.iter().find(|(p, _)| *p == priority).map_or(f64::INFINITY, |t| t.1);
+    let overdue =
+        latest.values().filter(|r| !closed(&r.status) && hours(as_of_ms - r.detected_ms) > target(&r.priority)).count();
+
+    let shortages = match inventory {
+        Some(inventory) => shortages(&inventory)?,
+        None => Vec::new(),
+    };
+    Ok(Kpis {
+        backlog: Backlog { as_of_ms, open: counts.open, overdue },
+        work_orders: counts,
+        open_by_priority,
+        assets,
+        defects,
+        false_positive_rate,
+        latency_s,
+        technicians: technicians.into_values().collect(),
+        shortages,
+    })
+}
+
+fn mean(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+/// The value at rank ⌈p·n⌉ of sorted `values` (n > 0).
+fn nearest_rank(values: &[f64], p: f64) -> f64 {
+    let rank = (p * values.len() as f64).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
+}
+
+/// Every committed file of a table (`<audit>/<table>/date=*/part-*.parquet`) in one
+/// frame; `None` if the table has none.
+fn read_table(audit: &Path, table: &str) -> anyhow::Result<Option<DataFrame>> {
+    let dir = audit.join(table);
+    let mut files: Vec<PathBuf> = Vec::new();
+    let Ok(partitions) = std::fs::read_dir(&dir) else { return Ok(None) };
+    for partition in partitions {
+        let partition = partition.with_context(|| format!("{}: cannot list", dir.display()))?.path();
+        let Ok(entries) = std::fs::read_dir(&partition) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            // Files being written are hidden (`.part-….tmp`).
+            if path.extension().is_some_and(|e| e == "parquet") && !name.to_string_lossy().starts_with('.') {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut frame: Option<DataFrame> = None;
+    for path in files {
+        let file = File::open(&path).with_context(|| format!("{}: cannot open", path.display()))?;
+        let part =
+            ParquetReader::new(file).finish().map_err(|e| anyhow::anyhow!("{}: not readable: {e}", path.display()))?;
+        frame = Some(match frame {
+            None => part,
+            Some(mut all) => {
+                all.vstack_mut(&part).map_err(|e| anyhow::anyhow!("{}: columns differ: {e}", path.display()))?;
+                all
+            }
+        });
+    }
+    Ok(frame)
+}
+
+/// A polars error, naming the column.
+fn column_error(name: &str) -> impl Fn(PolarsError) -> anyhow::Error + '_ {
+    move |e| anyhow::anyhow!("audit column `{name}`: {e}")
+}
+
+fn strings(frame: &DataFrame, name: &str) -> anyhow::Result<Vec<Option<String>>> {
+    let column = frame.column(name).map_err(column_error(name))?;
+    Ok(column.str().map_err(column_error(name))?.iter().map(|s| s.map(str::to_owned)).collect())
+}
+
+fn numbers<T: PolarsNumericType>(frame: &DataFrame, name: &str) -> anyhow::Result<Vec<Option<T::Native>>> {
+    let column = frame.column(name).map_err(column_error(name))?;
+    let cast = column.cast(&T::get_static_dtype()).map_err(column_error(name))?;
+    let values = cast.as_materialized_series().unpack::<T>().map_err(column_error(name))?;
+    Ok(values.iter().collect())
+}
+
+fn revisions(orders: &DataFrame) -> anyhow::Result<Vec<Revision>> {
+    let id = strings(orders, "work_order_id")?;
+    let revision = numbers::<UInt32Type>(orders, "revision")?;
+    let status = strings(orders, "status")?;
+    let asset = strings(orders, "asset_id")?;
+    let class = strings(orders, "defect_class")?;
+    let priority = strings(orders, "priority")?;
+    let technician = strings(orders, "technician_id")?;
+    let hours = numbers::<Float64Type>(orders, "estimated_hours")?;
+    let detected = numbers::<Int64Type>(orders, "detected_at")?;
+    let revised = numbers::<Int64Type>(orders, "revised_at")?;
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    Ok((0..orders.height())
+        .map(|i| Revision {
+            id: text(&id[i]),
+            revision: revision[i].unwrap_or(0),
+            status: text(&status[i]),
+            asset: text(&asset[i]),
+            class: text(&class[i]),
+            priority: text(&priority[i]),
+            technician: technician[i].clone(),
+            hours: hours[i],
+            detected_ms: detected[i].unwrap_or(0),
+            revised_ms: revised[i].unwrap_or(0),
+        })
+        .collect())
+}
+
+fn shortages(inventory: &DataFrame) -> anyhow::Result<Vec<Shortage>> {
+    let part = strings(inventory, "part_id")?;
+    let available = numbers::<Int64Type>(inventory, "available")?;
+    let shortage = inventory.column("shortage").map_err(column_error("shortage"))?;
+    let shortage = shortage.bool().map_err(column_error("shortage"))?;
+    let mut short: BTreeMap<String, Shortage> = BTreeMap::new();
+    for (i, is_short) in shortage.iter().enumerate() {
+        if is_short != Some(true) {
+            continue;
+        }
+        let id = part[i].clone().unwrap_or_default();
+        let level = available[i].unwrap_or(0);
+        let entry = short.entry(id.clone()).or_insert(Shortage { part_id: id, rows: 0, least_available: level });
+        entry.rows += 1;
+        entry.least_available = entry.least_available.min(level);
+    }
+    Ok(short.into_values().collect())
+}
+
+/// The KPIs as a few tables for a terminal.
+pub fn render(k: &Kpis) -> String {
+    let mut out = String::new();
+    let w = &k.work_orders;
+    out.push_str(&format!(
+        "work orders: {} ({} open, {} completed, {} false positive); open by priority: {}\n",
+        w.total,
+        w.open,
+        w.completed,
+        w.false_positive,
+        k.open_by_priority.iter().map(|(p, n)| format!("{p} {n}")).collect::<Vec<_>>().join(", ")
+    ));
+    out.push_str(&format!(
+        "backlog: {} open, {} overdue (as of {})\n",
+        k.backlog.open,
+        k.backlog.overdue,
+        crate::sinks::audit::utc_date(k.backlog.as_of_ms.max(0) as u64)
+    ));
+    if let Some(l) = &k.latency_s {
+        out.push_str(&format!(
+            "detection to work order (event time): p50 {:.1} s, p99 {:.1} s, max {:.1} s\n",
+            l.p50, l.p99, l.max
+        ));
+    }
+    let hours = |h: Option<f64>| h.map_or("-".to_owned(), |h| format!("{h:.3}"));
+    out.push_str(&format!("\n{:<16} {:>11} {:>9} {:>9}\n", "asset", "work orders", "MTTR h", "MTBF h"));
+    for a in &k.assets {
+        out.push_str(&format!(
+            "{:<16} {:>11} {:>9} {:>9}\n",
+            a.asset_id,
+            a.work_orders,
+            hours(a.mttr_h),
+            hours(a.mtbf_h)
+        ));
+    }
+    out.push_str(&format!("\n{:<16} {:<18} {:>11}\n", "asset", "defect class", "work orders"));
+    for d in &k.defects {
+        out.push_str(&format!("{:<16} {:<18} {:>11}\n", d.asset_id, d.defect_class, d.work_orders));
+    }
+    out.push_str(&format!("\n{:<18} {:>20}\n", "defect class", "false-positive rate"));
+    for (class, rate) in &k.false_positive_rate {
+        out.push_str(&format!("{class:<18} {:>19.1}%\n", rate * 100.0));
+    }
+    out.push_str(&format!("\n{:<12} {:>11} {:>6} {:>11}\n", "technician", "work orders", "open", "open hours"));
+    for t in &k.technicians {
+        out.push_str(&format!("{:<12} {:>11} {:>6} {:>11.1}\n", t.technician_id, t.work_orders, t.open, t.open_hours));
+    }
+    if k.shortages.is_empty() {
+        out.push_str("\nparts shortages: none\n");
+    } else {
+        out.push_str(&format!("\n{:<18} {:>5} {:>15}\n", "part short", "times", "least available"));
+        for s in &k.shortages {
+            out.push_str(&format!("{:<18} {:>5} {:>15}\n", s.part_id, s.rows, s.least_available));
+        }
+    }
+    out
+}

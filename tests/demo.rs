@@ -1,0 +1,222 @@
+//! The demo as a newcomer meets it: the README's run command (`scripts/run.sh`: the
+//! bundled demo plant, no broker, no flags) finishes by itself and leaves work orders,
+//! evidence images and an audit log that `defectflow report` and every analyst notebook
+//! read. The work orders match the demo plant's ground truth (the defects its synth://
+//! cameras draw), the scripted CMMS closes what its script says, and the report's KPIs
+//! equal those recomputed from the Parquet files by Python polars.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use defectflow::config::RunConfig;
+use serde_json::Value;
+use sha2::Digest;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> String {
+    std::env::var("DEFECTFLOW_ANALYTICS_PYTHON")
+        .expect("DEFECTFLOW_ANALYTICS_PYTHON names a python with polars (scripts/install.sh makes one)")
+}
+
+/// (asset, class) of every defect the demo's cameras draw (`defects=class@onset,...`).
+fn ground_truth(config: &RunConfig) -> Vec<(String, String)> {
+    let mut truth = Vec::new();
+    for camera in &config.cameras {
+        let query = camera.url.split_once('?').map(|(_, q)| q).unwrap_or_default();
+        let param = |name: &str| {
+            query.split('&').find_map(|kv| kv.strip_prefix(&format!("{name}="))).map(str::to_owned)
+        };
+        let asset = param("asset_id").expect("demo cameras name their asset");
+        for defect in param("defects").unwrap_or_default().split(',').filter(|d| !d.is_empty()) {
+            let class = defect.split('@').next().expect("class@onset");
+            truth.push((asset.clone(), class.to_owned()));
+        }
+    }
+    truth.sort();
+    truth
+}
+
+/// The status each scripted (asset, class) ends in: that of its last scripted event.
+fn scripted_outcomes(script: &Path) -> BTreeMap<(String, String), String> {
+    let text = std::fs::read_to_string(script).expect("script");
+    let script: toml::Value = toml::from_str(&text).expect("toml");
+    let mut outcomes = BTreeMap::new();
+    for line in script["events"].as_array().expect("events") {
+        let key = (line["asset_id"].as_str().expect("asset").to_owned(), line["defect_class"].as_str().expect("class").to_owned());
+        let status = match line["event"].as_str().expect("event") {
+            "acknowledged" => "acknowledged",
+            "started" | "reassigned" => "in_progress",
+            "completed" => "completed",
+            "false_positive" => "false_positive",
+            other => panic!("unknown event {other}"),
+        };
+        let after = line["after_s"].as_float().or_else(|| line["after_s"].as_integer().map(|i| i as f64));
+        let current = outcomes.entry(key).or_insert((f64::MIN, String::new()));
+        if after.expect("after_s") >= current.0 {
+            *current = (after.expect("after_s"), status.to_owned());
+        }
+    }
+    outcomes.into_iter().map(|(k, (_, s))| (k, s)).collect()
+}
+
+#[test]
+fn the_demo_run_leaves_what_every_user_needs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("demo");
+    let config_path = root().join("examples/demo-plant/defectflow.toml");
+    // scripts/run.sh's command, with the output folder moved out of the checkout.
+    let run = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+        .args(["run", "--config", config_path.to_str().expect("utf-8"), "--out", out.to_str().expect("utf-8")])
+        .output()
+        .expect("run defectflow");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    for line in ["work orders:", "parts shortages:", "detection to work order: p50", "outputs in"] {
+        assert!(stdout.contains(line), "summary has `{line}`: {stdout}");
+    }
+
+    // One work order per defect the cameras draw (a reopened one would name what it reopens).
+    let config = RunConfig::load(&config_path).expect("demo config");
+    let mut latest: BTreeMap<String, Value> = BTreeMap::new();
+    for line in std::fs::read_to_string(out.join("work-orders.jsonl")).expect("work-orders.jsonl").lines() {
+        let message: Value = serde_json::from_str(line).expect("json line");
+        let Some(w) = message.get("work_order") else { continue };
+        // Every revision's evidence image is there, with the digest it names.
+        let uri = w["evidence"]["uri"].as_str().unwrap_or_else(|| panic!("evidence in {w}"));
+        let bytes = std::fs::read(out.join(uri)).unwrap_or_else(|e| panic!("{uri}: {e}"));
+        let digest: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(w["evidence"]["sha256"].as_str(), Some(digest.as_str()));
+        latest.insert(w["work_order_id"].as_str().expect("id").to_owned(), w.clone());
+    }
+    let mut found: Vec<(String, String)> = latest
+        .values()
+        .filter(|w| w["reopens"].is_null())
+        .map(|w| (w["asset_id"].as_str().expect("asset").to_owned(), w["defect_class"].as_str().expect("class").to_owned()))
+        .collect();
+    found.sort();
+    assert_eq!(found, ground_truth(&config), "one work order per drawn defect, right asset and class");
+
+    // The scripted CMMS moved the work orders it names to where its script ends.
+    let script = config.plant.cmms_script.clone().expect("the demo scripts its CMMS");
+    for ((asset, class), status) in scripted_outcomes(&script) {
+        let order = latest
+            .values()
+            .find(|w| w["asset_id"] == asset.as_str() && w["defect_class"] == class.as_str() && w["reopens"].is_null())
+            .unwrap_or_else(|| panic!("a work order for {asset} {class}"));
+        assert_eq!(order["status"], status.as_str(), "{asset} {class}");
+    }
+
+    // `defectflow report --json` equals the KPIs recomputed from the Parquet files.
+    let audit = out.join("audit");
+    let report = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+        .args(["report", "--audit", audit.to_str().expect("utf-8"), "--json"])
+        .output()
+        .expect("run report");
+    assert!(report.status.success(), "report: {}", String::from_utf8_lossy(&report.stderr));
+    let reported: Value = serde_json::from_slice(&report.stdout).expect("report JSON");
+    let recompute = Command::new(python())
+        .args([root().join("tests/support/kpis.py").to_str().expect("utf-8"), audit.to_str().expect("utf-8")])
+        .output()
+        .expect("python");
+    assert!(recompute.status.success(), "kpis.py: {}", String::from_utf8_lossy(&recompute.stderr));
+    let recomputed: Value = serde_json::from_slice(&recompute.stdout).expect("kpis.py JSON");
+    assert_same(&reported, &recomputed, "kpis");
+    assert_eq!(reported["work_orders"]["total"].as_u64(), Some(latest.len() as u64));
+    assert!(reported["work_orders"]["completed"].as_u64() > Some(0), "the demo completes some work orders");
+    assert!(reported["work_orders"]["false_positive"].as_u64() > Some(0), "and rejects one");
+
+    // Every notebook runs headless against this audit log.
+    let notebooks: Vec<PathBuf> = std::fs::read_dir(root().join("notebooks"))
+        .expect("notebooks/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ipynb"))
+        .collect();
+    assert!(notebooks.len() >= 3, "{notebooks:?}");
+    for notebook in notebooks {
+        let executed = dir.path().join(notebook.file_name().expect("name"));
+        let run = Command::new(python())
+            .args(["-m", "papermill", "--log-level", "WARNING"])
+            .args([notebook.to_str().expect("utf-8"), executed.to_str().expect("utf-8")])
+            .args(["-p", "AUDIT", audit.to_str().expect("utf-8")])
+            .current_dir(root().join("notebooks"))
+            .output()
+            .expect("papermill");
+        assert!(
+            run.status.success(),
+            "{}: {}\n{}",
+            notebook.display(),
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let text = std::fs::read_to_string(&executed).expect("executed notebook");
+        assert!(text.contains("image/png"), "{}: plots drawn", notebook.display());
+    }
+}
+
+/// Equal JSON, numbers within 1e-6 relative.
+fn assert_same(a: &Value, b: &Value, path: &str) {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().expect("f64"), y.as_f64().expect("f64"));
+            assert!((x - y).abs() <= 1e-6 * x.abs().max(y.abs()).max(1.0), "{path}: {x} vs {y}");
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            let (kx, ky): (Vec<_>, Vec<_>) = (x.keys().collect(), y.keys().collect());
+            assert_eq!(kx, ky, "{path}: keys");
+            for k in x.keys() {
+                assert_same(&x[k], &y[k], &format!("{path}.{k}"));
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{path}: length");
+            for (i, (x, y)) in x.iter().zip(y).enumerate() {
+                assert_same(x, y, &format!("{path}[{i}]"));
+            }
+        }
+        _ => assert_eq!(a, b, "{path}"),
+    }
+}
+
+/// The configuration reference in docs/deploy.md passes `check-config` (unknown fields
+/// are refused, so every documented field exists), and documents every field of the
+/// work-order stages' tables.
+#[test]
+fn the_deploy_guide_documents_the_config_the_code_reads() {
+    let guide = std::fs::read_to_string(root().join("docs/deploy.md")).expect("docs/deploy.md");
+    let section = guide.split("## Configuration reference").nth(1).expect("a reference section");
+    let block = section.split("```toml\n").nth(1).and_then(|b| b.split("\n```").next()).expect("a toml block");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("reference.toml");
+    std::fs::write(&path, block).expect("write");
+    let check = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+        .args(["check-config", path.to_str().expect("utf-8")])
+        .env("DEFECTFLOW_KAFKA_PASSWORD", "not-a-secret")
+        .env("CAM01_USER", "viewer")
+        .env("CAM01_PASSWORD", "not-a-secret")
+        .output()
+        .expect("check-config");
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let parsed: toml::Value = toml::from_str(block).expect("toml");
+    let documented = |table: &str| parsed[table].as_table().expect(table).keys().cloned().collect::<Vec<_>>();
+    let fields = |value: Value| value.as_object().expect("struct").keys().cloned().collect::<Vec<_>>();
+    for (table, defaults) in [
+        ("track", serde_json::to_value(defectflow_operators::track::TrackConfig::default())),
+        ("severity", serde_json::to_value(defectflow_operators::severity::SeverityConfig::default())),
+        ("work_orders", serde_json::to_value(defectflow_operators::derive::WorkOrderConfig::default())),
+    ] {
+        let mut want = fields(defaults.expect("serializes"));
+        let mut have = documented(table);
+        want.sort();
+        have.sort();
+        assert_eq!(have, want, "[{table}] in docs/deploy.md");
+    }
+}

@@ -1,0 +1,80 @@
+"""The KPIs of `defectflow report`, recomputed from the Parquet audit log with polars,
+independently of the Rust code (same definitions, see pipeline/report.rs). Prints JSON."""
+import json
+import math
+import sys
+
+import polars as pl
+
+audit = sys.argv[1]
+wo = pl.scan_parquet(f"{audit}/work_orders/**/*.parquet", hive_partitioning=True).collect()
+latest = wo.sort("revision").group_by("work_order_id").last()
+ms = lambda a, b: (pl.col(a) - pl.col(b)).dt.total_milliseconds()
+is_closed = pl.col("status").is_in(["completed", "false_positive"])
+
+counts = {
+    "total": latest.height,
+    "open": latest.filter(~is_closed).height,
+    "completed": latest.filter(pl.col("status") == "completed").height,
+    "false_positive": latest.filter(pl.col("status") == "false_positive").height,
+}
+open_by_priority = dict(latest.filter(~is_closed).group_by("priority").len().iter_rows())
+
+assets = []
+for asset in sorted(latest["asset_id"].unique()):
+    rows = latest.filter(pl.col("asset_id") == asset)
+    repairs = rows.filter(pl.col("status") == "completed").select(ms("revised_at", "detected_at") / 3.6e6).to_series()
+    starts = sorted(rows.filter(pl.col("status") != "false_positive")["detected_at"].to_list())
+    gaps = [(b - a).total_seconds() / 3600 for a, b in zip(starts, starts[1:])]
+    assets.append({
+        "asset_id": asset,
+        "work_orders": rows.height,
+        "mttr_h": repairs.mean() if repairs.len() else None,
+        "mtbf_h": sum(gaps) / len(gaps) if gaps else None,
+    })
+
+defects = [
+    {"asset_id": a, "defect_class": c, "work_orders": n}
+    for a, c, n in latest.filter(pl.col("status") != "false_positive")
+    .group_by("asset_id", "defect_class").len().sort("asset_id", "defect_class").iter_rows()
+]
+fp_rate = {c: r for c, r in latest.group_by("defect_class").agg((pl.col("status") == "false_positive").mean()).iter_rows()}
+
+lat = sorted(wo.filter(pl.col("revision") == 1).select(ms("revised_at", "detected_at") / 1000).to_series().to_list())
+rank = lambda p: lat[min(len(lat), max(1, math.ceil(p * len(lat)))) - 1]
+latency = {"p50": rank(0.5), "p99": rank(0.99), "max": lat[-1]} if lat else None
+
+technicians = []
+held = latest.filter(pl.col("technician_id").is_not_null())
+for tech in sorted(held["technician_id"].unique()):
+    rows = held.filter(pl.col("technician_id") == tech)
+    still = rows.filter(~is_closed)
+    technicians.append({
+        "technician_id": tech,
+        "work_orders": rows.height,
+        "open": still.height,
+        "open_hours": float(still["estimated_hours"].fill_null(0).sum()),
+    })
+
+target_h = {"P1": 8, "P2": 72, "P3": 336, "P4": 720}
+as_of = wo["revised_at"].max()
+overdue = sum(
+    1 for d, p in latest.filter(~is_closed).select("detected_at", "priority").iter_rows()
+    if (as_of - d).total_seconds() / 3600 > target_h.get(p, math.inf)
+)
+backlog = {"as_of_ms": int(as_of.timestamp() * 1000), "open": counts["open"], "overdue": overdue}
+
+shortages = []
+try:
+    inv = pl.scan_parquet(f"{audit}/inventory/**/*.parquet", hive_partitioning=True).collect()
+    for part, rows, least in (inv.filter(pl.col("shortage")).group_by("part_id")
+                              .agg(pl.len(), pl.col("available").min()).sort("part_id").iter_rows()):
+        shortages.append({"part_id": part, "rows": rows, "least_available": least})
+except FileNotFoundError:
+    pass
+
+print(json.dumps({
+    "work_orders": counts, "open_by_priority": open_by_priority, "assets": assets, "defects": defects,
+    "false_positive_rate": fp_rate, "latency_s": latency, "technicians": technicians, "backlog": backlog,
+    "shortages": shortages,
+}))
