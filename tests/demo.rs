@@ -27,9 +27,8 @@ fn ground_truth(config: &RunConfig) -> Vec<(String, String)> {
     let mut truth = Vec::new();
     for camera in &config.cameras {
         let query = camera.url.split_once('?').map(|(_, q)| q).unwrap_or_default();
-        let param = |name: &str| {
-            query.split('&').find_map(|kv| kv.strip_prefix(&format!("{name}="))).map(str::to_owned)
-        };
+        let param =
+            |name: &str| query.split('&').find_map(|kv| kv.strip_prefix(&format!("{name}="))).map(str::to_owned);
         let asset = param("asset_id").expect("demo cameras name their asset");
         for defect in param("defects").unwrap_or_default().split(',').filter(|d| !d.is_empty()) {
             let class = defect.split('@').next().expect("class@onset");
@@ -46,7 +45,10 @@ fn scripted_outcomes(script: &Path) -> BTreeMap<(String, String), String> {
     let script: toml::Value = toml::from_str(&text).expect("toml");
     let mut outcomes = BTreeMap::new();
     for line in script["events"].as_array().expect("events") {
-        let key = (line["asset_id"].as_str().expect("asset").to_owned(), line["defect_class"].as_str().expect("class").to_owned());
+        let key = (
+            line["asset_id"].as_str().expect("asset").to_owned(),
+            line["defect_class"].as_str().expect("class").to_owned(),
+        );
         let status = match line["event"].as_str().expect("event") {
             "acknowledged" => "acknowledged",
             "started" | "reassigned" => "in_progress",
@@ -95,7 +97,9 @@ fn the_demo_run_leaves_what_every_user_needs() {
     let mut found: Vec<(String, String)> = latest
         .values()
         .filter(|w| w["reopens"].is_null())
-        .map(|w| (w["asset_id"].as_str().expect("asset").to_owned(), w["defect_class"].as_str().expect("class").to_owned()))
+        .map(|w| {
+            (w["asset_id"].as_str().expect("asset").to_owned(), w["defect_class"].as_str().expect("class").to_owned())
+        })
         .collect();
     found.sort();
     assert_eq!(found, ground_truth(&config), "one work order per drawn defect, right asset and class");

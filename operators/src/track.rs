@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use defectflow_schemas::{BoundingBox, Camera, DefectTrack, Detection, FrameObservation, Roi, TrackState};
+use defectflow_schemas::{BoundingBox, Camera, DefectClass, DefectTrack, Detection, FrameObservation, Roi, TrackState};
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
@@ -222,6 +222,8 @@ struct LiveTrack {
     history: VecDeque<(u64, f32)>,
     mm_per_px: Option<f64>,
     emitted: Option<DefectTrack>,
+    /// Frames in which the defect was detected, per class.
+    class_hits: Vec<(DefectClass, u64)>,
 }
 
 impl CameraTracks {
@@ -243,20 +245,31 @@ impl CameraTracks {
             let (cx, cy) = detection.bbox.center();
             // A detection outside every region of interest is on no known asset.
             let Some(roi) = self.rois.iter().find(|roi| roi.contains(cx, cy)) else { continue };
-            let matched = self
-                .tracks
-                .iter_mut()
-                .filter(|live| {
-                    live.seen & 1 == 0
-                        && live.track.state != TrackState::Resolved
-                        && live.track.asset_id == roi.asset_id
-                        && live.track.class == detection.class
-                })
-                .map(|live| (live.track.bbox.iou(&detection.bbox), live))
-                .filter(|(iou, _)| *iou >= config.min_iou)
-                .max_by(|(a, _), (b, _)| a.total_cmp(b));
+            // A track of the detection's class first; failing that, a confirmed track of
+            // another class on the same spot: the same physical defect, which the model
+            // calls by another class in some frames (a growing crack looking like a
+            // missing part). The track's class is then the one most of its frames say.
+            let candidate = |live: &LiveTrack, same_class: bool| {
+                live.seen & 1 == 0
+                    && live.track.state != TrackState::Resolved
+                    && live.track.asset_id == roi.asset_id
+                    && (live.track.class == detection.class) == same_class
+                    && (same_class || live.track.state == TrackState::Confirmed)
+                    && live.track.bbox.iou(&detection.bbox) >= config.min_iou
+            };
+            let best = |tracks: &[LiveTrack], same_class: bool| {
+                tracks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, live)| candidate(live, same_class))
+                    .max_by(|(_, a), (_, b)| {
+                        a.track.bbox.iou(&detection.bbox).total_cmp(&b.track.bbox.iou(&detection.bbox))
+                    })
+                    .map(|(i, _)| i)
+            };
+            let matched = best(&self.tracks, true).or_else(|| best(&self.tracks, false)).map(|i| &mut self.tracks[i]);
             match matched {
-                Some((_, live)) => live.sighting(detection, config),
+                Some(live) => live.sighting(detection, config),
                 None => self.tracks.push(LiveTrack::anchor(detection, roi)),
             }
         }
@@ -368,12 +381,24 @@ impl LiveTrack {
             history: VecDeque::from([(detection.capture_ms, detection.area_px)]),
             mm_per_px: roi.mm_per_px,
             emitted: None,
+            class_hits: vec![(detection.class, 1)],
         }
     }
 
     fn sighting(&mut self, detection: &Detection, config: &TrackConfig) {
         self.seen |= 1;
+        match self.class_hits.iter_mut().find(|(class, _)| *class == detection.class) {
+            Some((_, n)) => *n += 1,
+            None => self.class_hits.push((detection.class, 1)),
+        }
         let track = &mut self.track;
+        // The class most frames say; on a tie, the one it has.
+        let own = self.class_hits.iter().find(|(c, _)| *c == track.class).map_or(0, |(_, n)| *n);
+        if let Some((class, n)) = self.class_hits.iter().max_by_key(|(_, n)| *n)
+            && *n > own
+        {
+            track.class = *class;
+        }
         track.hits += 1;
         track.last_seen_ms = detection.capture_ms;
         track.bbox = detection.bbox;
@@ -418,4 +443,52 @@ fn growth_per_min(history: &VecDeque<(u64, f32)>) -> f64 {
     }
     let per_ms = if var > 0.0 { cov / var } else { 0.0 };
     (per_ms * 60_000.0 * 10.0).round() / 10.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(index: u64, class: DefectClass) -> FrameObservation {
+        let capture_ms = 1_000 + index * 200;
+        FrameObservation {
+            camera_id: "cam".into(),
+            frame_index: index,
+            capture_ms,
+            detections: vec![Detection {
+                camera_id: "cam".into(),
+                frame_index: index,
+                capture_ms,
+                class,
+                confidence: 0.9,
+                bbox: BoundingBox { x: 10.0, y: 10.0, width: 12.0, height: 12.0 },
+                area_px: 144.0,
+                model_version: "m".into(),
+                shadow: false,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_defect_the_model_calls_by_another_class_stays_one_track_of_the_class_most_frames_say() {
+        let config = TrackConfig { confirm_hits: 2, confirm_window_frames: 3, ..TrackConfig::default() };
+        let roi = Roi { asset_id: "A".into(), x: 0, y: 0, width: 100, height: 100, mm_per_px: None };
+        let mut tracks = CameraTracks { rois: vec![roi], ..CameraTracks::default() };
+        // Four frames say crack, then three say missing component: one track, a crack.
+        let classes = [DefectClass::Crack; 4].into_iter().chain([DefectClass::MissingComponent; 3]);
+        let mut emitted = Vec::new();
+        for (i, class) in classes.enumerate() {
+            emitted.extend(tracks.observe(&frame(i as u64, class), &config, 3, None));
+        }
+        assert_eq!(tracks.tracks.len(), 1, "one physical defect, one track");
+        assert_eq!(tracks.tracks[0].track.class, DefectClass::Crack);
+        assert_eq!(tracks.tracks[0].track.hits, 7);
+        assert!(emitted.iter().all(|(t, _)| t.class == DefectClass::Crack));
+        // Once most frames say missing component, so does the track.
+        for i in 7..9 {
+            tracks.observe(&frame(i, DefectClass::MissingComponent), &config, 3, None);
+        }
+        assert_eq!(tracks.tracks.len(), 1);
+        assert_eq!(tracks.tracks[0].track.class, DefectClass::MissingComponent);
+    }
 }
