@@ -111,6 +111,10 @@ pub struct StageReport {
     /// Wall-clock seconds from each new work order's first detection to its leaving
     /// defectflow (Kafka acknowledged, or handed to the outputs without Kafka).
     pub latencies_s: Vec<f64>,
+    /// Wall-clock seconds from the capture of the frame that made each revision to the
+    /// revision leaving defectflow: the pipeline's own delay, without the tracker's
+    /// confirmation window.
+    pub revision_latencies_s: Vec<f64>,
 }
 
 /// Runs the dataflow to the end and reports per camera.
@@ -443,6 +447,9 @@ pub fn run_stages(
         kafka_sent,
         kafka_skipped,
         latencies_s: std::mem::take(&mut *metrics.new_work_order_latencies.lock().unwrap_or_else(|p| p.into_inner())),
+        revision_latencies_s: std::mem::take(
+            &mut *metrics.revision_latencies.lock().unwrap_or_else(|p| p.into_inner()),
+        ),
     };
     Ok((reports, stages))
 }
@@ -546,6 +553,9 @@ fn observe(messages: &[(u64, Emitted)], metrics: &Metrics, open_orders: &mut Has
     for (_, message) in messages {
         match message {
             Emitted::WorkOrder(w) => {
+                // From the capture of the frame that made this revision to its leaving.
+                let processing = now.saturating_sub(w.revised_at_ms) as f64 / 1000.0;
+                metrics.revision_latencies.lock().unwrap_or_else(|p| p.into_inner()).push(processing);
                 if w.revision == 1 {
                     let seconds = now.saturating_sub(w.detected_at_ms) as f64 / 1000.0;
                     metrics.detection_to_work_order.observe(seconds);

@@ -1,6 +1,7 @@
 //! defectflow: camera frames in, maintenance work orders out. This crate assembles the
 //! pipeline: configuration, camera sources, the dataflow graph and synthetic footage.
 
+pub mod bench;
 pub mod cluster;
 pub mod config;
 pub mod footage;

@@ -59,6 +59,39 @@ enum Command {
     Eval(EvalArgs),
     /// Prints the headline maintenance KPIs from a Parquet audit log.
     Report(ReportArgs),
+    /// Runs the whole graph on N synthetic cameras and reports what it sustained.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Synthetic cameras.
+    #[arg(long, default_value_t = 8)]
+    cameras: usize,
+    /// Frames per second of each camera.
+    #[arg(long, default_value_t = 15)]
+    fps: u32,
+    #[arg(long, default_value_t = 640)]
+    width: u32,
+    #[arg(long, default_value_t = 360)]
+    height: u32,
+    /// Frames per second of each camera kept for the model (absent: all).
+    #[arg(long)]
+    max_fps: Option<f64>,
+    #[arg(long, default_value_t = 30.0)]
+    seconds: f64,
+    /// Worker threads.
+    #[arg(short = 'w', long, default_value_t = 2)]
+    workers: usize,
+    /// Kafka bootstrap servers (topics created); absent: no broker.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// The reference data the bench cameras are added to.
+    #[arg(long, default_value = "examples/demo-plant/reference")]
+    reference: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -239,7 +272,30 @@ fn run_cli() -> anyhow::Result<()> {
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
         Command::Report(args) => report(args),
+        Command::Bench(args) => bench(args),
     }
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let plan = defectflow::bench::BenchPlan {
+        cameras: args.cameras,
+        fps: args.fps,
+        width: args.width,
+        height: args.height,
+        max_fps: args.max_fps,
+        seconds: args.seconds,
+        workers: args.workers,
+        brokers: args.brokers,
+        reference: args.reference,
+    };
+    let dir = tempfile::tempdir().context("a temporary folder for the bench's config")?;
+    let result = defectflow::bench::run(&plan, dir.path())?;
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        print!("{}", defectflow::bench::render(&result));
+    }
+    Ok(())
 }
 
 fn report(args: ReportArgs) -> anyhow::Result<()> {

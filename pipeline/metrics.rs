@@ -82,6 +82,8 @@ pub struct Metrics {
     pub detection_to_work_order: Histogram,
     /// The same latencies, each (seconds), for the run's summary.
     pub new_work_order_latencies: Mutex<Vec<f64>>,
+    /// Seconds from the capture of the frame that made each revision to its leaving.
+    pub revision_latencies: Mutex<Vec<f64>>,
     pub kafka_sent: AtomicU64,
     pub kafka_errors: AtomicU64,
     pub dead_letters: AtomicU64,

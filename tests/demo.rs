@@ -224,3 +224,26 @@ fn the_deploy_guide_documents_the_config_the_code_reads() {
         assert_eq!(have, want, "[{table}] in docs/deploy.md");
     }
 }
+
+/// `defectflow bench` on a small load: it measures the frames it was given, makes the
+/// work orders of the defects its cameras draw, and reports latency, CPU and memory.
+#[test]
+fn the_bench_reports_what_it_sustained() {
+    let bench = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+        .args(["bench", "--cameras", "2", "--fps", "10", "--max-fps", "5", "--seconds", "8", "--json"])
+        .args(["--reference", root().join("examples/demo-plant/reference").to_str().expect("utf-8")])
+        .output()
+        .expect("run bench");
+    assert!(bench.status.success(), "bench: {}", String::from_utf8_lossy(&bench.stderr));
+    let r: Value = serde_json::from_slice(&bench.stdout).expect("bench JSON");
+    let number = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r}"));
+    assert_eq!(r["cameras"], 2);
+    assert_eq!(number("frames_offered_per_s"), 10.0, "2 cameras × 5 frames/s kept");
+    // Live cameras at 10 frames/s for 8 s: about 80 frames each came in, half went on.
+    assert!((120.0..=180.0).contains(&(number("frames_in_per_s") * 8.0)), "{r}");
+    assert!(number("frames_inferred_per_s") > 0.0 && number("frames_inferred_per_s") <= 10.5, "{r}");
+    assert_eq!(r["work_orders"], 2, "one per camera's defect: {r}");
+    let latency = &r["latency_ms"];
+    assert!(latency["p50"].as_f64() <= latency["p99"].as_f64() && latency["p99"].as_f64() <= latency["max"].as_f64());
+    assert!(number("peak_rss_mib") > 10.0 && number("cpu_cores") > 0.0, "{r}");
+}

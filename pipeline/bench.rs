@@ -1,0 +1,237 @@
+//! `defectflow bench`: the whole graph under a chosen load. N synthetic cameras (the
+//! demo plant's four asset kinds in turn, each with a defect appearing in its first
+//! seconds) at a resolution and frame rate, through decode, the model, tracks,
+//! severity and work orders, into Kafka when a broker is given. Reports what was
+//! sustained: frames per second in and through the model, frames dropped, latency
+//! from a defect's first detection (capture time) to its work order acknowledged by
+//! Kafka, CPU and peak memory, and where the CPU went.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::RunConfig;
+use crate::graph::{self, Hooks, StopWhen};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchPlan {
+    pub cameras: usize,
+    pub fps: u32,
+    pub width: u32,
+    pub height: u32,
+    /// Frames per second of each camera kept for the model (`max_fps`); `None`: all.
+    pub max_fps: Option<f64>,
+    pub seconds: f64,
+    pub workers: usize,
+    /// Kafka bootstrap servers; `None`: no broker, latency measured to the outputs.
+    pub brokers: Option<String>,
+    /// The plant's reference data the bench cameras are added to.
+    pub reference: std::path::PathBuf,
+}
+
+/// What it sustained.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    pub cameras: usize,
+    pub fps_per_camera: u32,
+    pub resolution: String,
+    pub seconds: f64,
+    /// Frames the cameras produced, per second.
+    pub frames_in_per_s: f64,
+    /// Frames the model scored, per second, and what was asked of it.
+    pub frames_inferred_per_s: f64,
+    pub frames_offered_per_s: f64,
+    pub dropped: u64,
+    pub late: u64,
+    pub work_orders: usize,
+    pub revisions: usize,
+    /// First detection (capture time) to the work order leaving (Kafka acknowledged):
+    /// includes the tracker's confirmation window (`[track] confirm_hits` frames).
+    pub latency_ms: Option<Percentiles>,
+    /// Capture of the frame that made a revision to the revision leaving (Kafka
+    /// acknowledged): the pipeline's own delay.
+    pub revision_latency_ms: Option<Percentiles>,
+    pub kafka: bool,
+    /// CPU time over wall time (2.0 = both cores busy).
+    pub cpu_cores: f64,
+    pub peak_rss_mib: f64,
+    /// Share of the CPU time spent in the network; the rest is sources, decode, the
+    /// dataflow and the sinks.
+    pub inference_cpu_share: f64,
+    pub inference_ms_per_frame: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// The four demo assets: (synth kind, asset id, defect class).
+const ASSETS: [(&str, &str, &str); 4] = [
+    ("conveyor_pulley", "CV-101-PUL", "crack"),
+    ("motor_housing", "MT-204", "corrosion"),
+    ("bolted_flange", "FL-330", "missing_component"),
+    ("gearbox", "GB-412", "wear"),
+];
+
+/// Writes the bench's reference folder (the demo plant's, with a region of interest per
+/// bench camera) and its config into `dir`.
+pub fn prepare(plan: &BenchPlan, dir: &Path) -> anyhow::Result<RunConfig> {
+    let reference = dir.join("reference");
+    std::fs::create_dir_all(&reference)?;
+    for file in ["assets.json", "failures.json", "procedures.json", "technicians.json", "inventory.json"] {
+        std::fs::copy(plan.reference.join(file), reference.join(file))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", plan.reference.join(file).display()))?;
+    }
+    let cameras: Vec<serde_json::Value> = (0..plan.cameras)
+        .map(|i| {
+            serde_json::json!({
+                "camera_id": format!("bench-{i:02}"),
+                "rois": [{ "asset_id": ASSETS[i % ASSETS.len()].1, "x": 0, "y": 0,
+                           "width": plan.width, "height": plan.height, "mm_per_px": 0.6 }],
+            })
+        })
+        .collect();
+    std::fs::write(reference.join("cameras.json"), serde_json::to_string_pretty(&cameras)?)?;
+    let mut toml = format!(
+        "[runtime]\nworkers = {}\nidle_timeout_ms = 2000\nduration_s = {}\n\n[model]\n\n[plant]\nreference = \"{}\"\n\n",
+        plan.workers,
+        plan.seconds,
+        reference.display()
+    );
+    if let Some(brokers) = &plan.brokers {
+        toml.push_str(&format!(
+            "[kafka]\nbrokers = \"{brokers}\"\nsink_id = \"defectflow-bench-{}\"\n[kafka.inputs]\nenabled = false\n\n",
+            std::process::id()
+        ));
+    }
+    for i in 0..plan.cameras {
+        let (kind, asset, class) = ASSETS[i % ASSETS.len()];
+        let onset = 1 + i % 4;
+        toml.push_str(&format!(
+            "[[cameras]]\nid = \"bench-{i:02}\"\nurl = \"synth://{kind}?seed={}&fps={}&asset_id={asset}&defects={class}@{onset}\"\n\
+             width = {}\nheight = {}\nqueue_frames = 16\n{}\n",
+            100 + i,
+            plan.fps,
+            plan.width,
+            plan.height,
+            plan.max_fps.map_or(String::new(), |f| format!("max_fps = {f}\n")),
+        ));
+    }
+    let path = dir.join("bench.toml");
+    std::fs::write(&path, &toml)?;
+    Ok(RunConfig::load(&path)?)
+}
+
+/// Runs the plan and measures it.
+pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
+    let config = prepare(plan, dir)?;
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let stop =
+        StopWhen { after: Some(Duration::from_secs_f64(plan.seconds)), interrupted: Arc::new(AtomicBool::new(false)) };
+    let (cameras, stages) = graph::run_stages(&config, timely::Config::process(plan.workers), stop, Hooks::default())?;
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
+    let received: u64 = cameras.iter().map(|c| c.received).sum();
+    let offered_per_camera = plan.max_fps.map_or(f64::from(plan.fps), |m| m.min(f64::from(plan.fps)));
+    let latency_ms = percentiles_ms(&stages.latencies_s);
+    let revision_latency_ms = percentiles_ms(&stages.revision_latencies_s);
+    let work_orders = stages
+        .messages
+        .iter()
+        .filter(|m| matches!(m, crate::workflow::Emitted::WorkOrder(w) if w.revision == 1))
+        .count();
+    let inference_s = stages.inference_us as f64 / 1e6;
+    Ok(BenchResult {
+        cameras: plan.cameras,
+        fps_per_camera: plan.fps,
+        resolution: format!("{}x{}", plan.width, plan.height),
+        seconds: wall,
+        frames_in_per_s: received as f64 / plan.seconds,
+        frames_inferred_per_s: stages.frames_inferred as f64 / plan.seconds,
+        frames_offered_per_s: plan.cameras as f64 * offered_per_camera,
+        dropped: cameras.iter().map(|c| c.dropped).sum(),
+        late: cameras.iter().map(|c| c.late).sum(),
+        work_orders,
+        revisions: stages.revision_latencies_s.len(),
+        latency_ms,
+        revision_latency_ms,
+        kafka: plan.brokers.is_some(),
+        cpu_cores: cpu / wall,
+        peak_rss_mib: peak_rss_kib() as f64 / 1024.0,
+        // Inference runs on both cores (the matrix products are parallel), so its wall
+        // time counts up to twice in CPU time; this is a lower bound of its share.
+        inference_cpu_share: if cpu > 0.0 { (inference_s / cpu).min(1.0) } else { 0.0 },
+        inference_ms_per_frame: inference_s * 1000.0 / stages.frames_inferred.max(1) as f64,
+    })
+}
+
+/// p50, p99 (nearest rank) and max of seconds, in milliseconds.
+fn percentiles_ms(seconds: &[f64]) -> Option<Percentiles> {
+    let mut sorted = seconds.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = |p: f64| sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
+    sorted.last().map(|max| Percentiles { p50: rank(0.5) * 1000.0, p99: rank(0.99) * 1000.0, max: max * 1000.0 })
+}
+
+/// User + system CPU seconds of this process so far (`/proc/self/stat`).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ')'.
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // Linux reports in clock ticks of 1/100 s (USER_HZ).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident memory of this process (`VmHWM`), KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The result as a short report.
+pub fn render(r: &BenchResult) -> String {
+    let show = |l: &Option<Percentiles>| {
+        l.as_ref()
+            .map_or("none".to_owned(), |l| format!("p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms", l.p50, l.p99, l.max))
+    };
+    let (latency, revision) = (show(&r.latency_ms), show(&r.revision_latency_ms));
+    format!(
+        "{} cameras {} at {} fps for {:.0} s{}\n\
+         frames in: {:.1}/s; through the model: {:.1}/s of {:.1}/s asked; dropped {}, late {}\n\
+         work orders: {}; first detection to work order {}: {latency}\n\
+         frame capture to its revision out ({} revisions): {revision}\n\
+         CPU: {:.2} cores; peak memory {:.0} MiB; the network {:.1} ms a frame, at least {:.0}% of the CPU\n",
+        r.cameras,
+        r.resolution,
+        r.fps_per_camera,
+        r.seconds,
+        if r.kafka { ", into Kafka" } else { ", no broker" },
+        r.frames_in_per_s,
+        r.frames_inferred_per_s,
+        r.frames_offered_per_s,
+        r.dropped,
+        r.late,
+        r.work_orders,
+        if r.kafka { "acknowledged by Kafka" } else { "handed to the outputs" },
+        r.revisions,
+        r.cpu_cores,
+        r.peak_rss_mib,
+        r.inference_ms_per_frame,
+        r.inference_cpu_share * 100.0,
+    )
+}
