@@ -177,8 +177,8 @@ pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
 fn percentiles_ms(seconds: &[f64]) -> Option<Percentiles> {
     let mut sorted = seconds.to_vec();
     sorted.sort_by(f64::total_cmp);
-    let rank = |p: f64| sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
-    sorted.last().map(|max| Percentiles { p50: rank(0.5) * 1000.0, p99: rank(0.99) * 1000.0, max: max * 1000.0 })
+    let rank = |p: f64| crate::report::nearest_rank(&sorted, p) * 1000.0;
+    sorted.last().map(|max| Percentiles { p50: rank(0.5), p99: rank(0.99), max: max * 1000.0 })
 }
 
 /// User + system CPU seconds of this process so far (`/proc/self/stat`).

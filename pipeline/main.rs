@@ -410,7 +410,7 @@ fn print_stages(stages: &graph::StageReport) {
     let mut latencies = stages.latencies_s.clone();
     latencies.sort_by(f64::total_cmp);
     if let Some(max) = latencies.last() {
-        let rank = |p: f64| latencies[((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1];
+        let rank = |p: f64| defectflow::report::nearest_rank(&latencies, p);
         println!(
             "detection to work order: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} work orders)",
             rank(0.5) * 1000.0,

@@ -235,8 +235,9 @@ fn mean(values: &[f64]) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
-/// The value at rank ⌈p·n⌉ of sorted `values` (n > 0).
-fn nearest_rank(values: &[f64], p: f64) -> f64 {
+/// The value at rank ⌈p·n⌉ of sorted `values` (n > 0): the nearest-rank percentile
+/// used wherever defectflow reports one.
+pub fn nearest_rank(values: &[f64], p: f64) -> f64 {
     let rank = (p * values.len() as f64).ceil() as usize;
     values[rank.clamp(1, values.len()) - 1]
 }
