@@ -114,8 +114,20 @@ fn the_demo_run_leaves_what_every_user_needs() {
         assert_eq!(order["status"], status.as_str(), "{asset} {class}");
     }
 
-    // `defectflow report --json` equals the KPIs recomputed from the Parquet files.
+    // Every scripted event the ledger applied is in the audit log's wo_events table.
     let audit = out.join("audit");
+    let script_lines = std::fs::read_to_string(&script).expect("script").matches("[[events]]").count();
+    let read = Command::new(python())
+        .args(["-c", "import json, sys, polars as pl; df = pl.read_parquet(sys.argv[1] + '/wo_events/**/*.parquet', hive_partitioning=True); print(json.dumps(df['work_order_id'].to_list()))"])
+        .arg(&audit)
+        .output()
+        .expect("python");
+    assert!(read.status.success(), "wo_events: {}", String::from_utf8_lossy(&read.stderr));
+    let events: Vec<String> = serde_json::from_slice(&read.stdout).expect("json");
+    assert_eq!(events.len(), script_lines, "one row per scripted event: {events:?}");
+    assert!(events.iter().all(|id| latest.contains_key(id)), "events name work orders of the run");
+
+    // `defectflow report --json` equals the KPIs recomputed from the Parquet files.
     let report = Command::new(env!("CARGO_BIN_EXE_defectflow"))
         .args(["report", "--audit", audit.to_str().expect("utf-8"), "--json"])
         .output()
