@@ -65,8 +65,13 @@ fn scripted_outcomes(script: &Path) -> BTreeMap<(String, String), String> {
     outcomes.into_iter().map(|(k, (_, s))| (k, s)).collect()
 }
 
+/// The demo and the bench both play live cameras and must keep up with them: they take
+/// turns rather than share the two cores.
+static LIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn the_demo_run_leaves_what_every_user_needs() {
+    let _turn = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("demo");
     let config_path = root().join("examples/demo-plant/defectflow.toml");
@@ -241,6 +246,7 @@ fn the_deploy_guide_documents_the_config_the_code_reads() {
 /// work orders of the defects its cameras draw, and reports latency, CPU and memory.
 #[test]
 fn the_bench_reports_what_it_sustained() {
+    let _turn = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     let bench = Command::new(env!("CARGO_BIN_EXE_defectflow"))
         .args(["bench", "--cameras", "2", "--fps", "10", "--max-fps", "5", "--seconds", "8", "--json"])
         .args(["--reference", root().join("examples/demo-plant/reference").to_str().expect("utf-8")])
