@@ -174,7 +174,7 @@ pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
 }
 
 /// p50, p99 (nearest rank) and max of seconds, in milliseconds.
-fn percentiles_ms(seconds: &[f64]) -> Option<Percentiles> {
+pub fn percentiles_ms(seconds: &[f64]) -> Option<Percentiles> {
     let mut sorted = seconds.to_vec();
     sorted.sort_by(f64::total_cmp);
     let rank = |p: f64| crate::report::nearest_rank(&sorted, p) * 1000.0;

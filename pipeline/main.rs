@@ -407,16 +407,13 @@ fn print_stages(stages: &graph::StageReport) {
         "parts shortages: {}",
         if shortages.is_empty() { "none".to_owned() } else { shortages.into_iter().collect::<Vec<_>>().join(", ") }
     );
-    let mut latencies = stages.latencies_s.clone();
-    latencies.sort_by(f64::total_cmp);
-    if let Some(max) = latencies.last() {
-        let rank = |p: f64| defectflow::report::nearest_rank(&latencies, p);
+    if let Some(l) = defectflow::bench::percentiles_ms(&stages.latencies_s) {
         println!(
             "detection to work order: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} work orders)",
-            rank(0.5) * 1000.0,
-            rank(0.99) * 1000.0,
-            max * 1000.0,
-            latencies.len()
+            l.p50,
+            l.p99,
+            l.max,
+            stages.latencies_s.len()
         );
     }
 }

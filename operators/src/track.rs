@@ -249,23 +249,22 @@ impl CameraTracks {
             // another class on the same spot: the same physical defect, which the model
             // calls by another class in some frames (a growing crack looking like a
             // missing part). The track's class is then the one most of its frames say.
-            let candidate = |live: &LiveTrack, same_class: bool| {
-                live.seen & 1 == 0
-                    && live.track.state != TrackState::Resolved
-                    && live.track.asset_id == roi.asset_id
-                    && (live.track.class == detection.class) == same_class
-                    && (same_class || live.track.state == TrackState::Confirmed)
-                    && live.track.bbox.iou(&detection.bbox) >= config.min_iou
-            };
+            // (overlap, index) of the best candidate; the overlap is computed once per track.
             let best = |tracks: &[LiveTrack], same_class: bool| {
                 tracks
                     .iter()
                     .enumerate()
-                    .filter(|(_, live)| candidate(live, same_class))
-                    .max_by(|(_, a), (_, b)| {
-                        a.track.bbox.iou(&detection.bbox).total_cmp(&b.track.bbox.iou(&detection.bbox))
+                    .filter(|(_, live)| {
+                        live.seen & 1 == 0
+                            && live.track.state != TrackState::Resolved
+                            && live.track.asset_id == roi.asset_id
+                            && (live.track.class == detection.class) == same_class
+                            && (same_class || live.track.state == TrackState::Confirmed)
                     })
-                    .map(|(i, _)| i)
+                    .map(|(i, live)| (live.track.bbox.iou(&detection.bbox), i))
+                    .filter(|(iou, _)| *iou >= config.min_iou)
+                    .max_by(|(a, _), (b, _)| a.total_cmp(b))
+                    .map(|(_, i)| i)
             };
             let matched = best(&self.tracks, true).or_else(|| best(&self.tracks, false)).map(|i| &mut self.tracks[i]);
             match matched {
