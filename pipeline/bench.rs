@@ -31,6 +31,8 @@ pub struct BenchPlan {
     pub brokers: Option<String>,
     /// The plant's reference data the bench cameras are added to.
     pub reference: std::path::PathBuf,
+    /// Where the run's outputs go (work orders, audit log, evidence); `None`: nowhere.
+    pub out: Option<std::path::PathBuf>,
 }
 
 /// What it sustained.
@@ -48,6 +50,9 @@ pub struct BenchResult {
     pub dropped: u64,
     pub late: u64,
     pub work_orders: usize,
+    /// Each camera shows one defect, so each should have one work order: those with
+    /// another count, and what their work orders say.
+    pub unexpected: Vec<String>,
     pub revisions: usize,
     /// First detection (capture time) to the work order leaving (Kafka acknowledged):
     /// includes the tracker's confirmation window (`[track] confirm_hits` frames).
@@ -63,6 +68,17 @@ pub struct BenchResult {
     /// dataflow and the sinks.
     pub inference_cpu_share: f64,
     pub inference_ms_per_frame: f64,
+    /// Where the time goes: capture to each stage in turn (frames to `inferred`, then
+    /// revisions), ending with the revision acknowledged.
+    pub stages_ms: Vec<StageLatency>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StageLatency {
+    pub stage: String,
+    pub count: usize,
+    pub p50: f64,
+    pub p99: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -105,6 +121,9 @@ pub fn prepare(plan: &BenchPlan, dir: &Path) -> anyhow::Result<RunConfig> {
         plan.seconds,
         reference.display()
     );
+    if let Some(out) = &plan.out {
+        toml.push_str(&format!("[output]\ndir = \"{}\"\n\n", out.display()));
+    }
     if let Some(brokers) = &plan.brokers {
         toml.push_str(&format!(
             "[kafka]\nbrokers = \"{brokers}\"\nsink_id = \"defectflow-bench-{}\"\n[kafka.inputs]\nenabled = false\n\n",
@@ -136,19 +155,49 @@ pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
     let started = Instant::now();
     let stop =
         StopWhen { after: Some(Duration::from_secs_f64(plan.seconds)), interrupted: Arc::new(AtomicBool::new(false)) };
-    let (cameras, stages) = graph::run_stages(&config, timely::Config::process(plan.workers), stop, Hooks::default())?;
+    let (cameras, stages) = graph::run_stages(
+        &config,
+        timely::Config::process(plan.workers),
+        stop,
+        Hooks { time_stages: true, ..Hooks::default() },
+    )?;
     let wall = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_before;
     let received: u64 = cameras.iter().map(|c| c.received).sum();
     let offered_per_camera = plan.max_fps.map_or(f64::from(plan.fps), |m| m.min(f64::from(plan.fps)));
     let latency_ms = percentiles_ms(&stages.latencies_s);
     let revision_latency_ms = percentiles_ms(&stages.revision_latencies_s);
-    let work_orders = stages
+    let new_orders: Vec<&defectflow_schemas::WorkOrder> = stages
         .messages
         .iter()
-        .filter(|m| matches!(m, crate::workflow::Emitted::WorkOrder(w) if w.revision == 1))
-        .count();
+        .filter_map(|m| match m {
+            crate::workflow::Emitted::WorkOrder(w) if w.revision == 1 => Some(&**w),
+            _ => None,
+        })
+        .collect();
+    let unexpected = (0..plan.cameras)
+        .map(|i| format!("bench-{i:02}"))
+        .filter_map(|camera| {
+            let orders: Vec<String> = new_orders
+                .iter()
+                .filter(|w| w.camera_id == camera)
+                .map(|w| format!("{} {:?} track {}", w.work_order_id, w.defect_class, w.track_id))
+                .collect();
+            (orders.len() != 1).then(|| format!("{camera}: {} work orders [{}]", orders.len(), orders.join("; ")))
+        })
+        .collect();
     let inference_s = stages.inference_us as f64 / 1e6;
+    let acked = (if plan.brokers.is_some() { "acked" } else { "handed over" }, stages.revision_latencies_s.clone());
+    let stages_ms = stages
+        .stage_latencies_s
+        .iter()
+        .map(|(stage, seconds)| (stage.name(), seconds.clone()))
+        .chain([acked])
+        .filter_map(|(stage, seconds)| {
+            let p = percentiles_ms(&seconds)?;
+            Some(StageLatency { stage: stage.to_owned(), count: seconds.len(), p50: p.p50, p99: p.p99 })
+        })
+        .collect();
     Ok(BenchResult {
         cameras: plan.cameras,
         fps_per_camera: plan.fps,
@@ -159,7 +208,8 @@ pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
         frames_offered_per_s: plan.cameras as f64 * offered_per_camera,
         dropped: cameras.iter().map(|c| c.dropped).sum(),
         late: cameras.iter().map(|c| c.late).sum(),
-        work_orders,
+        work_orders: new_orders.len(),
+        unexpected,
         revisions: stages.revision_latencies_s.len(),
         latency_ms,
         revision_latency_ms,
@@ -170,6 +220,7 @@ pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
         // time counts up to twice in CPU time; this is a lower bound of its share.
         inference_cpu_share: if cpu > 0.0 { (inference_s / cpu).min(1.0) } else { 0.0 },
         inference_ms_per_frame: inference_s * 1000.0 / stages.frames_inferred.max(1) as f64,
+        stages_ms,
     })
 }
 
@@ -210,12 +261,18 @@ pub fn render(r: &BenchResult) -> String {
             .map_or("none".to_owned(), |l| format!("p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms", l.p50, l.p99, l.max))
     };
     let (latency, revision) = (show(&r.latency_ms), show(&r.revision_latency_ms));
+    let stages: String = r
+        .stages_ms
+        .iter()
+        .map(|s| format!("  capture → {:<11} p50 {:>6.0} ms, p99 {:>6.0} ms ({})\n", s.stage, s.p50, s.p99, s.count))
+        .collect();
     format!(
         "{} cameras {} at {} fps for {:.0} s{}\n\
          frames in: {:.1}/s; through the model: {:.1}/s of {:.1}/s asked; dropped {}, late {}\n\
-         work orders: {}; first detection to work order {}: {latency}\n\
+         work orders: {} for {} defects; first detection to work order {}: {latency}\n{}\
          frame capture to its revision out ({} revisions): {revision}\n\
-         CPU: {:.2} cores; peak memory {:.0} MiB; the network {:.1} ms a frame, at least {:.0}% of the CPU\n",
+         CPU: {:.2} cores; peak memory {:.0} MiB; the network {:.1} ms a frame, at least {:.0}% of the CPU\n\
+         where the time goes:\n{stages}",
         r.cameras,
         r.resolution,
         r.fps_per_camera,
@@ -227,7 +284,9 @@ pub fn render(r: &BenchResult) -> String {
         r.dropped,
         r.late,
         r.work_orders,
+        r.cameras,
         if r.kafka { "acknowledged by Kafka" } else { "handed to the outputs" },
+        r.unexpected.iter().map(|u| format!("  {u}\n")).collect::<String>(),
         r.revisions,
         r.cpu_cores,
         r.peak_rss_mib,

@@ -18,7 +18,7 @@ use std::sync::atomic::AtomicU64;
 use defectflow_models::detector::{CpuBackend, Detector};
 use defectflow_operators::decode::{CameraSample, Decode, DecodeOutcome, FrameTensor};
 use defectflow_operators::evidence::EvidenceFrames;
-use defectflow_operators::infer::Infer;
+use defectflow_operators::infer::{Infer, InferencePool};
 use defectflow_operators::inventory::StockMeasure;
 use defectflow_schemas::{Detection, FrameMeta};
 use timely::dataflow::ProbeHandle;
@@ -27,7 +27,7 @@ use timely::dataflow::operators::core::Probe;
 use timely::dataflow::operators::vec::UnorderedInput;
 
 use crate::config::RunConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Stage};
 use crate::reference::PlantReference;
 use crate::sinks::audit::{AuditRows, AuditStream, StockRow};
 use crate::sinks::evidence::EvidenceStore;
@@ -80,6 +80,8 @@ pub struct Hooks {
     pub on_frame: Option<FrameObserver>,
     pub on_frontier: Option<FrontierObserver>,
     pub on_observation: Option<ObservationObserver>,
+    /// Time each frame and revision from capture through every [`Stage`].
+    pub time_stages: bool,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -88,6 +90,7 @@ impl std::fmt::Debug for Hooks {
             .field("on_frame", &self.on_frame.is_some())
             .field("on_frontier", &self.on_frontier.is_some())
             .field("on_observation", &self.on_observation.is_some())
+            .field("time_stages", &self.time_stages)
             .finish()
     }
 }
@@ -115,6 +118,8 @@ pub struct StageReport {
     /// revision leaving defectflow: the pipeline's own delay, without the tracker's
     /// confirmation window.
     pub revision_latencies_s: Vec<f64>,
+    /// Seconds from capture to each stage (frames, then revisions), when timed.
+    pub stage_latencies_s: Vec<(Stage, Vec<f64>)>,
 }
 
 /// Runs the dataflow to the end and reports per camera.
@@ -137,12 +142,6 @@ pub fn run_stages(
 ) -> anyhow::Result<(Vec<CameraReport>, StageReport)> {
     crate::sources::init()?;
     let config = config.clone();
-    // Fail at start, naming the file, rather than inside a worker.
-    let model_dir = config.model.as_ref().map(|m| m.resolved_dir());
-    let model_version = match &model_dir {
-        Some(dir) => Some(Detector::<CpuBackend>::load(dir, Default::default())?.version().to_owned()),
-        None => None,
-    };
     let reference = match &config.plant.reference {
         Some(dir) => Some(PlantReference::load(dir)?),
         None => None,
@@ -176,6 +175,36 @@ pub fn run_stages(
         _ => None,
     };
     let metrics = Metrics::new();
+    metrics.stage_times.enabled.store(hooks.time_stages, Ordering::Relaxed);
+    let counters = Arc::new(StageCounters::default());
+    // One model for the process, on its own thread. Loaded here so that a bad model
+    // fails the start, naming the file.
+    let (pool, model_version) = match &config.model {
+        Some(model) => {
+            let infer = model.infer_config();
+            let detectors = (0..infer.thread_count())
+                .map(|_| {
+                    let mut detector = Detector::<CpuBackend>::load(&model.resolved_dir(), Default::default())?;
+                    if let Some(c) = model.min_confidence {
+                        detector.min_confidence = c;
+                    }
+                    Ok(detector)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let version = detectors.first().map(|d| d.version().to_owned());
+            let (timing, metrics) = (Arc::clone(&counters), Arc::clone(&metrics));
+            let pool = InferencePool::start(detectors, &infer, move |frames, elapsed| {
+                timing.frames.fetch_add(frames as u64, Ordering::Relaxed);
+                timing.batches.fetch_add(1, Ordering::Relaxed);
+                timing.inference_us.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+                metrics.frames_inferred.fetch_add(frames as u64, Ordering::Relaxed);
+                metrics.inference.observe(elapsed.as_secs_f64());
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start the inference threads: {e}"))?;
+            (Some(pool), version)
+        }
+        None => (None, None),
+    };
     // Evidence needs frames (a model), tracks (reference data) and somewhere to write.
     let evidence = match (&config.output.dir, &reference, &config.model) {
         (Some(dir), Some(_), Some(_)) if config.output.evidence => {
@@ -205,7 +234,6 @@ pub fn run_stages(
             .map_err(|e| anyhow::anyhow!("config: `metrics.address`: cannot listen on {}: {e}", m.address))?;
     }
     let worker_metrics = Arc::clone(&metrics);
-    let counters = Arc::new(StageCounters::default());
     let messages: Arc<Mutex<Vec<Emitted>>> = Arc::default();
     let (stage_counters, stage_messages) = (Arc::clone(&counters), Arc::clone(&messages));
     let config_order: Vec<String> = config.cameras.iter().map(|c| c.id.clone()).collect();
@@ -219,7 +247,8 @@ pub fn run_stages(
         let max_fps: HashMap<String, f64> = mine.iter().filter_map(|c| c.max_fps.map(|f| (c.id.clone(), f))).collect();
         let kept: Arc<Mutex<HashMap<String, (u64, u64)>>> = Arc::default();
         let probe = ProbeHandle::new();
-        let collected = Rc::new(RefCell::new(Collected::default()));
+        let collected =
+            Rc::new(RefCell::new(Collected { metrics: Some(Arc::clone(&worker_metrics)), ..Collected::default() }));
         // Worker 0 gathers the work-order messages and delivers them.
         let mut outputs = Outputs {
             kafka: if index == 0 { worker_kafka.lock().ok().and_then(|mut k| k.take()) } else { None },
@@ -255,38 +284,22 @@ pub fn run_stages(
                         on_frame(index, tensor);
                     }
                 });
-            let (Some(dir), Some(model)) = (&model_dir, &config.model) else {
+            let (Some(pool), Some(model)) = (&pool, &config.model) else {
                 frames.probe_with(&probe);
                 return (input, capability, None, None);
             };
-            let mut detector = Detector::<CpuBackend>::load(dir, Default::default())
-                .unwrap_or_else(|e| panic!("model checked at start no longer loads: {e}"));
-            if let Some(c) = model.min_confidence {
-                detector.min_confidence = c;
-            }
-            let timing = Arc::clone(&stage_counters);
-            let inference_metrics = Arc::clone(&worker_metrics);
             let seen = Arc::clone(&stage_counters);
+            let stage_clock = Arc::clone(&worker_metrics);
             let on_observation = hooks.on_observation.clone();
             let holder = evidence.clone();
             let observations = frames
-                .infer(
-                    detector,
-                    model.infer_config(),
-                    move |frames, elapsed| {
-                        timing.frames.fetch_add(frames as u64, Ordering::Relaxed);
-                        timing.batches.fetch_add(1, Ordering::Relaxed);
-                        timing.inference_us.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-                        inference_metrics.frames_inferred.fetch_add(frames as u64, Ordering::Relaxed);
-                        inference_metrics.inference.observe(elapsed.as_secs_f64());
-                    },
-                    move |frame, observation| {
-                        if let Some(store) = &holder {
-                            store.hold(frame, observation);
-                        }
-                    },
-                )
+                .infer(pool, model.infer_config(), move |frame, observation| {
+                    if let Some(store) = &holder {
+                        store.hold(frame, observation);
+                    }
+                })
                 .inspect(move |o| {
+                    stage_clock.stage_times.record(Stage::Inferred, o.capture_ms);
                     seen.detections.fetch_add(o.detections.len() as u64, Ordering::Relaxed);
                     if !o.detections.is_empty() {
                         seen.rows.lock().unwrap_or_else(|p| p.into_inner()).extend(o.detections.iter().cloned());
@@ -306,6 +319,17 @@ pub fn run_stages(
         });
         if let (Some(plant), Some(reference), 0) = (&mut plant, &reference, index) {
             plant.load(reference, 0);
+            // A restart of a live run takes up the work orders it left open, so the same
+            // defect seen again continues its work order. Cameras that replay footage
+            // (`start_ms`) rebuild theirs by replaying it instead.
+            let live: std::collections::HashSet<&str> =
+                config.cameras.iter().filter(|c| c.start_ms.is_none()).map(|c| c.id.as_str()).collect();
+            let open = outputs.kafka.as_mut().map(KafkaSink::take_open_orders).unwrap_or_default();
+            let restored: Vec<_> = open.into_iter().filter(|o| live.contains(o.camera_id.as_str())).collect();
+            if !restored.is_empty() {
+                tracing::info!(work_orders = restored.len(), "taking up the work orders an earlier run left open");
+            }
+            plant.restore(restored, reference);
         }
 
         let worker_thread = std::thread::current();
@@ -319,10 +343,16 @@ pub fn run_stages(
         };
         let started = Instant::now();
         let idle = Duration::from_millis(config.runtime.idle_timeout_ms);
+        // Frames the model may have waiting before the cameras' queues fill instead
+        // (and drop, counted): a busy model holds back the sources, not memory.
+        let model_backlog = model_backlog(&config);
         loop {
-            let delivered = ingest.drain(&cameras, |time, sample| {
-                input.activate().session(&capability.delayed(&time)).give(sample);
-            });
+            let model_busy = pool.as_ref().is_some_and(|p| p.backlog() >= model_backlog);
+            let delivered = !model_busy
+                && ingest.drain(&cameras, |time, sample| {
+                    worker_metrics.stage_times.record(Stage::Ingested, sample.meta.capture_ms);
+                    input.activate().session(&capability.delayed(&time)).give(sample);
+                });
             if let Some(frontier) = ingest.advance(&cameras, idle) {
                 capability.downgrade(&frontier);
                 if let Some(plant) = &mut plant {
@@ -450,6 +480,7 @@ pub fn run_stages(
         revision_latencies_s: std::mem::take(
             &mut *metrics.revision_latencies.lock().unwrap_or_else(|p| p.into_inner()),
         ),
+        stage_latencies_s: metrics.stage_times.take(),
     };
     Ok((reports, stages))
 }
@@ -480,6 +511,11 @@ impl Outputs {
             collected.audit = later;
             (ready, rows)
         };
+        for (_, message) in &ready {
+            if let Emitted::WorkOrder(w) = message {
+                metrics.stage_times.record(Stage::Closed, w.revised_at_ms);
+            }
+        }
         if let Some(sink) = &mut self.kafka {
             let sent = sink.sent;
             if let Err(error) = sink.deliver(closed_before, &ready) {
@@ -641,6 +677,14 @@ impl Ingest {
             next
         })
     }
+}
+
+/// Frames the model may have waiting: a batch per inference thread.
+fn model_backlog(config: &RunConfig) -> usize {
+    config.model.as_ref().map_or(usize::MAX, |m| {
+        let infer = m.infer_config();
+        infer.batch_size.max(1) * infer.thread_count()
+    })
 }
 
 fn is_idle(stats: &CameraStats, now: u64, idle: Duration) -> bool {

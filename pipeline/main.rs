@@ -89,6 +89,9 @@ struct BenchArgs {
     /// The reference data the bench cameras are added to.
     #[arg(long, default_value = "examples/demo-plant/reference")]
     reference: PathBuf,
+    /// Write the run's outputs (work orders, audit log, evidence) here; absent: none.
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -287,6 +290,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         workers: args.workers,
         brokers: args.brokers,
         reference: args.reference,
+        out: args.out,
     };
     let dir = tempfile::tempdir().context("a temporary folder for the bench's config")?;
     let result = defectflow::bench::run(&plan, dir.path())?;

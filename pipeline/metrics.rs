@@ -97,6 +97,58 @@ pub struct Metrics {
     pub work_orders_open: AtomicU64,
     /// Cleared when a sink fails: `/healthz` answers 503.
     pub healthy: AtomicBool,
+    /// Where the time goes between a frame's capture and its revision leaving.
+    pub stage_times: StageTimes,
+}
+
+/// Points a frame (and a revision it makes) passes on its way out, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Taken from the camera's queue into the dataflow.
+    Ingested = 0,
+    /// Scored by the model.
+    Inferred = 1,
+    /// The revision emitted by the work-order dataflow.
+    Emitted = 2,
+    /// The revision's time closed everywhere and handed to the sinks.
+    Closed = 3,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [Stage::Ingested, Stage::Inferred, Stage::Emitted, Stage::Closed];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Ingested => "ingested",
+            Stage::Inferred => "inferred",
+            Stage::Emitted => "emitted",
+            Stage::Closed => "closed",
+        }
+    }
+}
+
+/// Seconds from capture to each [`Stage`], one value per frame or revision, kept only
+/// while `enabled` (by `defectflow bench`): a long run would otherwise grow them.
+#[derive(Debug, Default)]
+pub struct StageTimes {
+    pub enabled: AtomicBool,
+    samples: Mutex<[Vec<f64>; 4]>,
+}
+
+impl StageTimes {
+    /// Records that something captured at `capture_ms` reached `stage` now.
+    pub fn record(&self, stage: Stage, capture_ms: u64) {
+        if self.enabled.load(Ordering::Relaxed) {
+            let seconds = crate::sources::camera::now_ms().saturating_sub(capture_ms) as f64 / 1000.0;
+            self.samples.lock().unwrap_or_else(|p| p.into_inner())[stage as usize].push(seconds);
+        }
+    }
+
+    /// Everything recorded, per stage.
+    pub fn take(&self) -> Vec<(Stage, Vec<f64>)> {
+        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        Stage::ALL.iter().map(|&s| (s, std::mem::take(&mut samples[s as usize]))).collect()
+    }
 }
 
 impl Metrics {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use defectflow_operators::assign::Workload;
-use defectflow_operators::derive::{Derive, LedgerInputs, LedgerOutput, WorkOrderConfig};
+use defectflow_operators::derive::{Derive, LedgerInputs, LedgerOutput, RestoredOrder, WorkOrderConfig};
 use defectflow_operators::inventory::{StockLevels, StockMeasure};
 use defectflow_operators::severity::{Score, SeverityConfig};
 use defectflow_operators::track::{Track, TrackConfig};
@@ -84,6 +84,8 @@ pub struct PlantInputs {
     pub technicians: InputSession<u64, Technician, isize>,
     pub inventory: InputSession<u64, InventoryItem, isize>,
     pub movements: InputSession<u64, StockMovement, isize>,
+    /// Open work orders of an earlier run, taken up at start.
+    pub restored: InputHandle<u64, RestoredOrder>,
 }
 
 impl PlantInputs {
@@ -105,8 +107,24 @@ impl PlantInputs {
         }
     }
 
+    /// Takes up the open work orders an earlier run published (their latest revisions),
+    /// each with its asset; one whose asset is no longer in the reference is left out.
+    pub fn restore(&mut self, orders: Vec<defectflow_schemas::WorkOrder>, reference: &PlantReference) {
+        for work_order in orders {
+            match reference.assets.iter().find(|a| a.asset_id == work_order.asset_id) {
+                Some(asset) => self.restored.send(RestoredOrder { work_order, asset: asset.clone() }),
+                None => tracing::warn!(
+                    work_order = %work_order.work_order_id,
+                    asset = %work_order.asset_id,
+                    "not restored: its asset is no longer in the reference data"
+                ),
+            }
+        }
+    }
+
     pub fn advance_to(&mut self, time: u64) {
         self.events.advance_to(time);
+        self.restored.advance_to(time);
         self.assets.advance_to(time);
         self.cameras.advance_to(time);
         self.failures.advance_to(time);
@@ -130,6 +148,8 @@ pub struct Collected {
     pub messages: Vec<Emitted>,
     /// The messages not yet taken by a sink, with their dataflow time.
     pub pending: Vec<(u64, Emitted)>,
+    /// Where the emission of each revision is timed (`Stage::Emitted`), if anywhere.
+    pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     /// technician → open hundredths of hours, as accumulated from the view's updates.
     pub workload: BTreeMap<(String, i64), isize>,
     /// (part, measure) → value, as accumulated from the stock view's updates.
@@ -172,6 +192,7 @@ pub fn build_on<'scope>(
     evidence: Option<std::sync::Arc<dyn defectflow_operators::evidence::EvidenceFrames>>,
 ) -> (PlantInputs, ProbeHandle<u64>) {
     let (events_handle, events) = TimelyInput::new_input::<WoEvent>(&scope);
+    let (restored_handle, restored) = TimelyInput::new_input::<RestoredOrder>(&scope);
     let (assets_handle, assets) = scope.new_collection::<Asset, isize>();
     let (cameras_handle, cameras) = scope.new_collection::<Camera, isize>();
     let (failures_handle, failures) = scope.new_collection::<FailureRecord, isize>();
@@ -183,7 +204,7 @@ pub fn build_on<'scope>(
     let tracks = observations.track_with_evidence(cameras, config.track, evidence);
     let scored = tracks.clone().severity(assets, failures, config.severity);
     let streams = scored.work_orders(
-        LedgerInputs { events, technicians, procedures, inventory, movements: movements.clone() },
+        LedgerInputs { events, technicians, procedures, inventory, movements: movements.clone(), restored },
         config.work_orders,
     );
     let workload = streams.open_assignments().workload();
@@ -204,7 +225,12 @@ pub fn build_on<'scope>(
             let mut sink = sink.borrow_mut();
             for output in outputs {
                 let message = match output.clone() {
-                    LedgerOutput::Revision(w) => Emitted::WorkOrder(w),
+                    LedgerOutput::Revision(w) => {
+                        if let Some(metrics) = &sink.metrics {
+                            metrics.stage_times.record(crate::metrics::Stage::Emitted, w.revised_at_ms);
+                        }
+                        Emitted::WorkOrder(w)
+                    }
                     LedgerOutput::Assignment(a) => Emitted::Assignment(a),
                     LedgerOutput::Alert(a) => Emitted::Alert(a),
                     LedgerOutput::Staging(s) => Emitted::PartsStaging(s),
@@ -244,6 +270,7 @@ pub fn build_on<'scope>(
 
     let inputs = PlantInputs {
         events: events_handle,
+        restored: restored_handle,
         assets: assets_handle,
         cameras: cameras_handle,
         failures: failures_handle,

@@ -435,3 +435,58 @@ print(json.dumps([f"{r['work_order_id']}:{r['revision']}" for r in df.iter_rows(
     assert!(output.status.success(), "polars: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).expect("json")
 }
+
+/// A live camera (no recording to replay): the run is killed with SIGKILL once the
+/// defect's work order is on the topic, and started again. The restarted run takes up
+/// the work order it left open, so the same defect, tracked again from new frames,
+/// revises that work order instead of opening a second one; no (id, revision) twice.
+#[test]
+fn a_live_run_killed_and_restarted_goes_on_with_the_work_order_it_left_open() {
+    let broker = Broker::start();
+    broker.create_topics(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
+    let config = dir.path().join("live.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runtime]\nworkers = 2\nduration_s = 14\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
+             [kafka]\nbrokers = \"{}\"\nsink_id = \"live-restart\"\n\
+             [[cameras]]\nid = \"cam-pulley\"\n\
+             url = \"synth://conveyor_pulley?seed=11&fps=15&asset_id=CV-101-PUL&defects=crack@1\"\nmax_fps = 5\n",
+            reference.display(),
+            broker.bootstrap
+        ),
+    )
+    .expect("config");
+    let out = dir.path().join("out");
+    let mut first =
+        defectflow(&config, Some(&out), None).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
+    assert!(broker.wait_for_revisions(0, &mut first), "the first run sent no work order");
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reap");
+    let before: Vec<Value> = work_orders(&broker.messages("defectflow.work-orders"));
+    let ids: BTreeSet<String> = before.iter().map(|w| w["work_order_id"].as_str().expect("id").to_owned()).collect();
+    assert_eq!(ids.len(), 1, "{before:?}");
+
+    let stdout = run_to_end(&config, Some(&out));
+    let after = work_orders(&broker.messages("defectflow.work-orders"));
+    let ids_after: BTreeSet<String> =
+        after.iter().map(|w| w["work_order_id"].as_str().expect("id").to_owned()).collect();
+    assert_eq!(ids_after, ids, "the defect has one work order across the restart: {stdout}");
+    let mut revisions: Vec<u64> = after.iter().map(|w| w["revision"].as_u64().expect("revision")).collect();
+    revisions.sort_unstable();
+    let expected: Vec<u64> = (1..=revisions.len() as u64).collect();
+    assert_eq!(revisions, expected, "each revision once, none missing");
+    // The restarted run saw the defect again and said so on the same work order.
+    let last = after.iter().max_by_key(|w| w["revision"].as_u64()).expect("a revision");
+    let first_track = before[0]["track_id"].as_str().expect("track");
+    assert!(revisions.len() > before.len(), "the restarted run revised nothing: {stdout}");
+    assert_ne!(last["track_id"].as_str(), Some(first_track), "the last revision comes from the new run's track");
+    assert_eq!(last["technician_id"], before[0]["technician_id"], "the technician stays with the work order");
+}
+
+/// The work-order values of a dump, in offset order per partition.
+fn work_orders(messages: &[Value]) -> Vec<Value> {
+    messages.iter().map(|m| serde_json::from_str(m["value"].as_str().expect("value")).expect("json")).collect()
+}

@@ -19,7 +19,7 @@ use timely::dataflow::operators::vec::Map;
 
 use crate::assign::CentiHours;
 use crate::in_order::InOrder;
-pub use crate::ledger::{Ledger, LedgerInput, LedgerOutput, WorkOrderConfig};
+pub use crate::ledger::{Ledger, LedgerInput, LedgerOutput, RestoredOrder, WorkOrderConfig};
 use crate::severity::ScoredTrack;
 
 const HOUR_MS: u64 = 3_600_000;
@@ -35,6 +35,8 @@ pub struct LedgerInputs<'scope> {
     pub inventory: VecCollection<'scope, u64, InventoryItem>,
     /// Stock received, counted or consumed elsewhere.
     pub movements: VecCollection<'scope, u64, StockMovement>,
+    /// Open work orders of an earlier run, taken up at start.
+    pub restored: StreamVec<'scope, u64, RestoredOrder>,
 }
 
 /// Everything `derive` produces, as streams and collections.
@@ -141,7 +143,14 @@ impl<'scope> Derive<'scope> for VecCollection<'scope, u64, ScoredTrack> {
         let procedures = inputs.procedures.inner.map(|(p, time, diff)| (LedgerInput::Procedure(p, diff), time));
         let inventory = inputs.inventory.inner.map(|(i, time, diff)| (LedgerInput::Item(i, diff), time));
         let movements = inputs.movements.inner.map(|(m, time, diff)| (LedgerInput::Movement(m, diff), time));
-        let all = tracks.concat(events).concat(technicians).concat(procedures).concat(inventory).concat(movements);
+        let restored = timed(inputs.restored.map(|r| (LedgerInput::Restore(Box::new(r)), 0)));
+        let all = tracks
+            .concat(restored)
+            .concat(events)
+            .concat(technicians)
+            .concat(procedures)
+            .concat(inventory)
+            .concat(movements);
         let outputs = all.unary_frontier(Exchange::new(|_: &(LedgerInput, u64)| 0), "Derive", move |capability, _| {
             let mut in_order = InOrder::new(capability);
             let mut ledger = Ledger::new(config);

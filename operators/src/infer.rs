@@ -1,9 +1,16 @@
 //! The `infer` operator: frame tensors in, one observation per frame out (its
-//! detections, or none: a clear frame), with frames of a worker's cameras batched.
+//! detections, or none: a clear frame). Each worker batches its cameras' frames and
+//! hands the batches to the process's [`InferencePool`]: inference threads that take
+//! batches from one queue, each running the network on one core, so frames of any
+//! worker go to whichever core is free and the workers go on taking frames meanwhile.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
+use crossbeam_channel as channel;
 use defectflow_models::detector::Detector;
 use defectflow_models::inference::FrameView;
 use defectflow_schemas::{Detection, FrameObservation};
@@ -12,6 +19,7 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
+use timely::scheduling::SyncActivator;
 
 use crate::decode::FrameTensor;
 
@@ -19,61 +27,217 @@ use crate::decode::FrameTensor;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InferConfig {
-    /// Frames run through the network together (across the worker's cameras).
+    /// Most frames run through the network together. Batches of several workers waiting
+    /// for the network are merged up to this size.
     pub batch_size: usize,
-    /// A frame waits at most this long for its batch to fill.
+    /// A frame waits at most this long for its worker's batch to fill; 0 hands frames
+    /// over at once (on a CPU the network is as fast per frame at batch 1, and batches
+    /// form by themselves while it is busy).
     pub max_wait_ms: u64,
     /// Shadow mode: detections (and the work orders they make) are flagged as shadow:
     /// audited, never sent to the CMMS.
     pub shadow: bool,
+    /// Inference threads, each running the network on one core; 0: one per core.
+    pub threads: usize,
 }
 
 impl Default for InferConfig {
     fn default() -> Self {
-        InferConfig { batch_size: 8, max_wait_ms: 50, shadow: false }
+        InferConfig { batch_size: 8, max_wait_ms: 0, shadow: false, threads: 0 }
+    }
+}
+
+impl InferConfig {
+    /// The inference threads to start: `threads`, or one per core.
+    pub fn thread_count(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+/// A batch handed to the pool, and where its observations go.
+struct Job {
+    frames: Vec<FrameTensor>,
+    reply: Sender<Vec<(FrameTensor, FrameObservation)>>,
+    wake: SyncActivator,
+}
+
+/// The process's model, on its inference threads. Cheap to clone; the threads end
+/// when the last clone (and every operator using it) is gone.
+#[derive(Clone, Debug)]
+pub struct InferencePool {
+    jobs: channel::Sender<Job>,
+    /// Frames handed over and not yet scored.
+    backlog: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("frames", &self.frames.len()).finish()
+    }
+}
+
+impl InferencePool {
+    /// Starts one inference thread per detector (load one per
+    /// [`InferConfig::thread_count`]). `observe` sees the size and run time of every
+    /// batch the network runs.
+    pub fn start<B: Backend>(
+        detectors: Vec<Detector<B>>,
+        config: &InferConfig,
+        observe: impl Fn(usize, Duration) + Send + Sync + 'static,
+    ) -> std::io::Result<InferencePool>
+    where
+        Detector<B>: Send + 'static,
+    {
+        let (jobs, queue) = channel::unbounded::<Job>();
+        let (batch_size, shadow) = (config.batch_size.max(1), config.shadow);
+        let observe = Arc::new(observe);
+        let backlog = Arc::new(AtomicUsize::new(0));
+        for (i, detector) in detectors.into_iter().enumerate() {
+            let (queue, observe, backlog) = (queue.clone(), Arc::clone(&observe), Arc::clone(&backlog));
+            // The network's kernels are parallel; on this thread they run on one core,
+            // and the threads together use them all.
+            let one_core = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(move |_| format!("defectflow-infer-{i}-kernels"))
+                .build()
+                .map_err(std::io::Error::other)?;
+            std::thread::Builder::new().name(format!("defectflow-infer-{i}")).spawn(move || {
+                // A batch that did not fit into the one before starts the next.
+                let mut carried = None;
+                while let Some(first) = carried.take().or_else(|| queue.recv().ok()) {
+                    // Batches queued behind this one join it, up to the batch size.
+                    let mut frames = first.frames.len();
+                    let mut batch = vec![first];
+                    while frames < batch_size {
+                        match queue.try_recv() {
+                            Ok(next) if frames + next.frames.len() <= batch_size => {
+                                frames += next.frames.len();
+                                batch.push(next);
+                            }
+                            Ok(next) => {
+                                carried = Some(next);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    one_core.install(|| run(&detector, batch, shadow, &*observe));
+                    backlog.fetch_sub(frames, Ordering::Relaxed);
+                }
+            })?;
+        }
+        Ok(InferencePool { jobs, backlog })
+    }
+
+    /// Frames handed to the pool and not yet scored: what sources should hold back
+    /// from (drop) when it grows, rather than queue without bound.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
+    }
+
+    fn submit(&self, job: Job) {
+        self.backlog.fetch_add(job.frames.len(), Ordering::Relaxed);
+        self.jobs.send(job).unwrap_or_else(|_| panic!("the inference threads have stopped"));
+    }
+}
+
+/// Runs the jobs' frames through the network together and replies to each job.
+fn run<B: Backend>(detector: &Detector<B>, jobs: Vec<Job>, shadow: bool, observe: &impl Fn(usize, Duration)) {
+    let started = Instant::now();
+    let views: Vec<FrameView<'_>> = jobs
+        .iter()
+        .flat_map(|job| &job.frames)
+        .map(|f| FrameView { width: f.meta.width as usize, height: f.meta.height as usize, pixels: f.bytes() })
+        .collect();
+    let mut found = detector.detect(&views).into_iter();
+    drop(views);
+    observe(found.len(), started.elapsed());
+    for job in jobs {
+        let observations = job
+            .frames
+            .into_iter()
+            .zip(found.by_ref())
+            .map(|(frame, found)| {
+                let meta = &frame.meta;
+                let detections = found
+                    .into_iter()
+                    .map(|f| Detection {
+                        camera_id: meta.camera_id.clone(),
+                        frame_index: meta.frame_index,
+                        capture_ms: meta.capture_ms,
+                        class: f.class,
+                        confidence: f.confidence,
+                        bbox: f.bbox,
+                        area_px: f.area_px,
+                        model_version: detector.version().to_owned(),
+                        shadow,
+                    })
+                    .collect();
+                let observation = FrameObservation {
+                    camera_id: meta.camera_id.clone(),
+                    frame_index: meta.frame_index,
+                    capture_ms: meta.capture_ms,
+                    detections,
+                };
+                (frame, observation)
+            })
+            .collect();
+        // An operator that is gone no longer needs its observations.
+        if job.reply.send(observations).is_ok() {
+            let _ = job.wake.activate();
+        }
     }
 }
 
 /// Runs the defect model on frames.
 pub trait Infer<'scope> {
     /// One [`FrameObservation`] per frame, at the frame's capture time, carrying the
-    /// model version. `observe` sees the size and run time of every batch, `keep` each
-    /// frame with its observation before the observation leaves (to keep evidence).
+    /// model version, scored by `pool`. `keep` sees each frame with its observation
+    /// before the observation leaves (to keep evidence).
     ///
     /// # Examples
     /// ```no_run
-    /// # use defectflow_operators::infer::{Infer, InferConfig};
+    /// # use defectflow_operators::infer::{Infer, InferConfig, InferencePool};
     /// # use defectflow_models::detector::{CpuBackend, Detector};
     /// # fn frames<'s>(s: timely::dataflow::StreamVec<'s, u64, defectflow_operators::decode::FrameTensor>) {
     /// let detector = Detector::<CpuBackend>::load("models/weights".as_ref(), Default::default())
     ///     .expect("run `defectflow train` first");
-    /// let observations = s.infer(detector, InferConfig::default(), |_, _| {}, |_, _| {});
+    /// let config = InferConfig::default();
+    /// let pool = InferencePool::start(vec![detector], &config, |_, _| {}).expect("a thread");
+    /// let observations = s.infer(&pool, config, |_, _| {});
     /// # }
     /// ```
-    fn infer<B: Backend>(
+    fn infer(
         self,
-        detector: Detector<B>,
+        pool: &InferencePool,
         config: InferConfig,
-        observe: impl FnMut(usize, Duration) + 'static,
         keep: impl FnMut(&FrameTensor, &FrameObservation) + 'static,
     ) -> StreamVec<'scope, u64, FrameObservation>;
 }
 
 impl<'scope> Infer<'scope> for StreamVec<'scope, u64, FrameTensor> {
-    fn infer<B: Backend>(
+    fn infer(
         self,
-        detector: Detector<B>,
+        pool: &InferencePool,
         config: InferConfig,
-        mut observe: impl FnMut(usize, Duration) + 'static,
         mut keep: impl FnMut(&FrameTensor, &FrameObservation) + 'static,
     ) -> StreamVec<'scope, u64, FrameObservation> {
         let scope = self.scope();
         let batch_size = config.batch_size.max(1);
         let max_wait = Duration::from_millis(config.max_wait_ms);
+        let pool = pool.clone();
         self.unary_frontier(Pipeline, "Infer", move |_, info| {
-            let activator = scope.activator_for(info.address);
+            let activator = scope.activator_for(info.address.clone());
+            let wake = scope.worker().sync_activator_for(info.address.to_vec());
             // Frames waiting for a batch, with their capability and arrival.
             let mut pending: Vec<(Capability<u64>, FrameTensor, Instant)> = Vec::new();
+            // Batches with the pool, oldest first: where their observations come back,
+            // and each frame's capability (held until then).
+            type Reply = Receiver<Vec<(FrameTensor, FrameObservation)>>;
+            let mut in_flight: Vec<(Reply, Vec<Capability<u64>>)> = Vec::new();
             move |(input, frontier), output| {
                 input.for_each(|time, frames| {
                     let Some(capability) = time.retain_least(0) else { return };
@@ -86,42 +250,26 @@ impl<'scope> Infer<'scope> for StreamVec<'scope, u64, FrameTensor> {
                 while pending.first().is_some_and(|(_, _, arrived)| {
                     pending.len() >= batch_size || closed || arrived.elapsed() >= max_wait
                 }) {
-                    let batch: Vec<(Capability<u64>, FrameTensor, Instant)> =
-                        pending.drain(..batch_size.min(pending.len())).collect();
-                    let started = Instant::now();
-                    let views: Vec<FrameView<'_>> = batch
-                        .iter()
-                        .map(|(_, f, _)| FrameView {
-                            width: f.meta.width as usize,
-                            height: f.meta.height as usize,
-                            pixels: f.bytes(),
-                        })
-                        .collect();
-                    let found = detector.detect(&views);
-                    observe(batch.len(), started.elapsed());
-                    for ((capability, frame, _), found) in batch.iter().zip(found) {
-                        let meta = &frame.meta;
-                        let detections = found
-                            .into_iter()
-                            .map(|f| Detection {
-                                camera_id: meta.camera_id.clone(),
-                                frame_index: meta.frame_index,
-                                capture_ms: meta.capture_ms,
-                                class: f.class,
-                                confidence: f.confidence,
-                                bbox: f.bbox,
-                                area_px: f.area_px,
-                                model_version: detector.version().to_owned(),
-                                shadow: config.shadow,
-                            })
-                            .collect();
-                        let observation = FrameObservation {
-                            camera_id: meta.camera_id.clone(),
-                            frame_index: meta.frame_index,
-                            capture_ms: meta.capture_ms,
-                            detections,
-                        };
-                        keep(frame, &observation);
+                    let (capabilities, frames): (Vec<_>, Vec<_>) =
+                        pending.drain(..batch_size.min(pending.len())).map(|(c, f, _)| (c, f)).unzip();
+                    let (reply, replies) = mpsc::channel();
+                    pool.submit(Job { frames, reply, wake: wake.clone() });
+                    in_flight.push((replies, capabilities));
+                }
+                // Batches come back in any order (several threads).
+                let mut i = 0;
+                while i < in_flight.len() {
+                    let observations = match in_flight[i].0.try_recv() {
+                        Ok(observations) => observations,
+                        Err(TryRecvError::Empty) => {
+                            i += 1;
+                            continue;
+                        }
+                        Err(TryRecvError::Disconnected) => panic!("an inference thread failed"),
+                    };
+                    let (_, capabilities) = in_flight.swap_remove(i);
+                    for ((frame, observation), capability) in observations.into_iter().zip(&capabilities) {
+                        keep(&frame, &observation);
                         output.session(capability).give(observation);
                     }
                 }

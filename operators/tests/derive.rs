@@ -242,6 +242,7 @@ fn a_completed_work_order_leaves_the_workload_and_releases_its_parts() {
                 )]
                 .to_stream(scope)
                 .as_collection(),
+                restored: Vec::new().to_stream(scope),
             };
             scored.work_orders(inputs, WorkOrderConfig::default()).outputs.capture()
         });
@@ -293,4 +294,91 @@ fn a_completed_work_order_leaves_the_workload_and_releases_its_parts() {
             ]
         );
     }
+}
+
+/// A restarted run takes up the work order its predecessor left open: the same parts
+/// and technician hours are held again without a new revision, and the same defect seen
+/// by a new track continues that work order instead of opening a second one.
+#[test]
+fn a_restored_work_order_holds_its_parts_and_technician_and_the_same_defect_continues_it() {
+    use defectflow_operators::derive::{Ledger, LedgerInput, RestoredOrder};
+    let asset = Asset {
+        asset_id: "P-1".into(),
+        name: "Pump".into(),
+        asset_class: "pump".into(),
+        criticality: 3,
+        zone: "A".into(),
+    };
+    let procedure = Procedure {
+        procedure_id: "PR-1".into(),
+        asset_class: "pump".into(),
+        defect_class: DefectClass::Crack,
+        title: "Weld".into(),
+        required_skill: "welding".into(),
+        estimated_hours: 2.5,
+        steps: vec!["Weld it".into()],
+        parts: vec![PartRequirement { part_id: "ROD".into(), quantity: 3 }],
+    };
+    let technician = Technician {
+        technician_id: "T-1".into(),
+        name: "Tess".into(),
+        skills: vec!["welding".into()],
+        zone: "A".into(),
+        shift: Shift { start_hour: 6, end_hour: 18 },
+    };
+    let reference = || {
+        vec![
+            LedgerInput::Technician(technician.clone(), 1),
+            LedgerInput::Procedure(procedure.clone(), 1),
+            LedgerInput::Movement(
+                StockMovement { part_id: "ROD".into(), delta: 10, at_ms: 0, reason: "initial".into() },
+                1,
+            ),
+        ]
+    };
+    let scored_track = |track: DefectTrack| {
+        let severity = SeverityConfig::default().score(&track, &asset, 0);
+        LedgerInput::Track(Box::new(ScoredTrack { track, asset: asset.clone(), recent_failures: 0, severity }))
+    };
+    let views = |outputs: &[LedgerOutput]| -> Vec<String> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                LedgerOutput::Workload(t, wo, hours, diff) => Some(format!("workload {t} {wo} {hours} {diff}")),
+                LedgerOutput::Reservation(p, wo, qty, diff) => Some(format!("reserve {p} {wo} {qty} {diff}")),
+                _ => None,
+            })
+            .collect()
+    };
+    let revisions = |outputs: &[LedgerOutput]| -> Vec<WorkOrder> {
+        outputs
+            .iter()
+            .filter_map(|o| if let LedgerOutput::Revision(w) = o { Some((**w).clone()) } else { None })
+            .collect()
+    };
+
+    // The first run opens the work order.
+    let mut first = Ledger::new(WorkOrderConfig::default());
+    first.step(0, reference());
+    let opened = first.step(T0 + 1000, vec![scored_track(scored(400.0, 1))]);
+    let [created] = revisions(&opened).try_into().expect("one revision");
+    assert_eq!(created.technician_id.as_deref(), Some("T-1"));
+
+    // The restart: the same reference, then the work order as the topic holds it.
+    let mut second = Ledger::new(WorkOrderConfig::default());
+    let mut start = reference();
+    start.push(LedgerInput::Restore(Box::new(RestoredOrder { work_order: created.clone(), asset: asset.clone() })));
+    let restored = second.step(0, start);
+    assert_eq!(revisions(&restored), vec![], "restoring publishes nothing");
+    assert_eq!(views(&restored), views(&opened), "the same parts and hours are held again");
+
+    // The defect, seen by the new run's tracker under another track id.
+    let mut again = scored(400.0, 5);
+    again.track_id = "TR-after-restart".into();
+    let continued = revisions(&second.step(T0 + 5000, vec![scored_track(again)]));
+    assert_eq!(continued.len(), 1, "{continued:?}");
+    assert_eq!(continued[0].work_order_id, created.work_order_id, "the same work order goes on");
+    assert_eq!(continued[0].revision, 2);
+    assert_eq!(continued[0].track_id, "TR-after-restart");
+    assert_eq!(continued[0].technician_id.as_deref(), Some("T-1"));
 }

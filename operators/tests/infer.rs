@@ -7,7 +7,7 @@ use defectflow_models::card::ModelCard;
 use defectflow_models::detector::{CpuBackend, Detector};
 use defectflow_models::model::DefectNetConfig;
 use defectflow_operators::decode::FrameTensor;
-use defectflow_operators::infer::{Infer, InferConfig};
+use defectflow_operators::infer::{Infer, InferConfig, InferencePool};
 use defectflow_schemas::FrameMeta;
 use timely::dataflow::operators::capture::{Capture, Event};
 use timely::dataflow::operators::vec::ToStream;
@@ -40,18 +40,15 @@ fn every_frame_gets_one_observation_at_its_time_in_batches() {
             frame("cam-b", 1, 1_000),
             frame("cam-a", 2, 1_000),
         ];
-        let config = InferConfig { batch_size: 3, max_wait_ms: 10_000, shadow: false };
+        let config = InferConfig { batch_size: 3, max_wait_ms: 10_000, ..InferConfig::default() };
+        let pool = InferencePool::start(vec![detector], &config, move |size, _| seen.lock().expect("lock").push(size))
+            .expect("the inference thread starts");
         frames
             .to_stream(scope)
-            .infer(
-                detector,
-                config,
-                move |size, _| seen.lock().expect("lock").push(size),
-                move |frame, o| {
-                    assert_eq!((&frame.meta.camera_id, frame.meta.frame_index), (&o.camera_id, o.frame_index));
-                    keep.lock().expect("lock").push((o.camera_id.clone(), o.frame_index));
-                },
-            )
+            .infer(&pool, config, move |frame, o| {
+                assert_eq!((&frame.meta.camera_id, frame.meta.frame_index), (&o.camera_id, o.frame_index));
+                keep.lock().expect("lock").push((o.camera_id.clone(), o.frame_index));
+            })
             .capture()
     });
     let mut observations = Vec::new();
@@ -75,4 +72,48 @@ fn every_frame_gets_one_observation_at_its_time_in_batches() {
     kept.sort();
     let frames: Vec<(String, u64)> = rows.iter().map(|r| (r.1.to_owned(), r.2)).collect();
     assert_eq!(kept, frames);
+}
+
+#[test]
+fn one_pool_scores_the_frames_of_every_worker_at_their_times() {
+    let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&batches);
+    // Two inference threads, each with its own copy of the model.
+    let detectors = (0..2)
+        .map(|_| {
+            let net = DefectNetConfig::new().with_stem_channels(2).with_mid_channels(2).with_cell_channels(2);
+            let device = Default::default();
+            let mut card = ModelCard::untrained(net.clone(), 32, 16);
+            card.version = "m-test".into();
+            let mut detector = Detector::<CpuBackend>::new(net.init(&device), card, device);
+            detector.min_confidence = 1.1;
+            detector
+        })
+        .collect();
+    let config = InferConfig { batch_size: 4, max_wait_ms: 0, ..InferConfig::default() };
+    let pool = InferencePool::start(detectors, &config, move |size, _| seen.lock().expect("lock").push(size))
+        .expect("the inference threads start");
+    let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&out);
+    timely::execute(timely::Config::process(2), move |worker| {
+        let camera = format!("cam-{}", worker.index());
+        let frames: Vec<FrameTensor> = (0..6).map(|i| frame(&camera, i, 1_000 + i)).collect();
+        let sink = Arc::clone(&sink);
+        let (pool, config) = (pool.clone(), config.clone());
+        worker.dataflow::<u64, _, _>(move |scope| {
+            use timely::dataflow::operators::Inspect;
+            frames.to_stream(scope).infer(&pool, config, |_, _| {}).inspect(move |o| {
+                sink.lock().expect("lock").push((o.camera_id.clone(), o.frame_index, o.capture_ms));
+            });
+        });
+    })
+    .expect("timely runs");
+    let mut out = out.lock().expect("lock").clone();
+    out.sort();
+    let expected: Vec<(String, u64, u64)> =
+        ["cam-0", "cam-1"].iter().flat_map(|c| (0..6).map(move |i| (c.to_string(), i, 1_000 + i))).collect();
+    assert_eq!(out, expected);
+    let batches = batches.lock().expect("lock").clone();
+    assert_eq!(batches.iter().sum::<usize>(), 12);
+    assert!(batches.iter().all(|b| (1..=4).contains(b)), "batches {batches:?}");
 }

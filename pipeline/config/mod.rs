@@ -54,10 +54,11 @@ pub struct ModelConfig {
     /// absent: the shipped weights in `models/weights`.
     #[serde(default)]
     pub dir: Option<PathBuf>,
-    /// Frames run through the network together, across a worker's cameras.
+    /// Most frames run through the network together (batches of several workers
+    /// waiting for the process's inference thread are merged up to this size).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
-    /// A frame waits at most this long for its batch to fill.
+    /// A frame waits at most this long for its worker's batch to fill; 0: at once.
     #[serde(default = "default_max_wait_ms")]
     pub max_wait_ms: u64,
     /// Shadow mode: detections and would-be work orders go to the audit log flagged as
@@ -67,14 +68,17 @@ pub struct ModelConfig {
     /// Lowest cell probability that counts as a defect; absent: the model card's.
     #[serde(default)]
     pub min_confidence: Option<f32>,
+    /// Inference threads, each running the network on one core; 0: one per core.
+    #[serde(default)]
+    pub threads: usize,
 }
 
 fn default_batch_size() -> usize {
-    8
+    defectflow_operators::infer::InferConfig::default().batch_size
 }
 
 fn default_max_wait_ms() -> u64 {
-    50
+    defectflow_operators::infer::InferConfig::default().max_wait_ms
 }
 
 impl Default for ModelConfig {
@@ -85,6 +89,7 @@ impl Default for ModelConfig {
             max_wait_ms: default_max_wait_ms(),
             shadow: false,
             min_confidence: None,
+            threads: 0,
         }
     }
 }
@@ -107,6 +112,7 @@ impl ModelConfig {
             batch_size: self.batch_size,
             max_wait_ms: self.max_wait_ms,
             shadow: self.shadow,
+            threads: self.threads,
         }
     }
 }

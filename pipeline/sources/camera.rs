@@ -186,7 +186,8 @@ impl Drop for CameraHandle {
 /// Starts a camera on its own supervisor thread; `consumer` is unparked whenever a
 /// frame is queued, so the dataflow worker can sleep between frames.
 pub fn spawn(camera: CameraConfig, consumer: std::thread::Thread) -> CameraHandle {
-    let (sender, frames) = bounded(camera.queue_frames);
+    let (tx, frames) = bounded(camera.queue_frames);
+    let sender = FrameQueue { tx, rx: frames.clone() };
     let stats = Arc::new(CameraStats::new(&camera.id));
     let stop = Arc::new(AtomicBool::new(false));
     let thread = {
@@ -219,7 +220,7 @@ enum Outcome {
 
 fn supervise(
     camera: &CameraConfig,
-    sender: &Sender<RawFrame>,
+    sender: &FrameQueue,
     stats: &Arc<CameraStats>,
     stop: &AtomicBool,
     consumer: &std::thread::Thread,
@@ -287,7 +288,7 @@ fn supervise(
 fn run_once(
     camera: &CameraConfig,
     built: CameraPipeline,
-    sender: &Sender<RawFrame>,
+    sender: &FrameQueue,
     stats: &Arc<CameraStats>,
     stop: &AtomicBool,
     next_index: &Arc<AtomicU64>,
@@ -369,28 +370,46 @@ fn run_once(
     outcome
 }
 
-/// Hands a frame to the dataflow: a live camera drops it when the queue is full, a
-/// file waits for room (until the camera is stopped).
+/// A camera's queue to the dataflow, with the means to let its oldest frame go.
+#[derive(Clone)]
+struct FrameQueue {
+    tx: Sender<RawFrame>,
+    rx: crossbeam_channel::Receiver<RawFrame>,
+}
+
+impl FrameQueue {
+    fn is_empty(&self) -> bool {
+        self.tx.is_empty()
+    }
+}
+
+/// Hands a frame to the dataflow: when the queue is full, a live camera drops the
+/// oldest frame queued (the dataflow is behind; the newest frames tell it most and
+/// keep the latency down), a file waits for room (until the camera is stopped).
 fn deliver(
     frame: RawFrame,
-    sender: &Sender<RawFrame>,
+    sender: &FrameQueue,
     live: bool,
     stats: &CameraStats,
     halted: &AtomicBool,
 ) -> Result<gst::FlowSuccess, gst::FlowError> {
-    if live {
-        return match sender.try_send(frame) {
-            Ok(()) => Ok(gst::FlowSuccess::Ok),
-            Err(TrySendError::Full(_)) => {
-                stats.dropped.fetch_add(1, Ordering::Relaxed);
-                Ok(gst::FlowSuccess::Ok)
-            }
-            Err(TrySendError::Disconnected(_)) => Err(gst::FlowError::Flushing),
-        };
-    }
     let mut frame = frame;
+    if live {
+        loop {
+            match sender.tx.try_send(frame) {
+                Ok(()) => return Ok(gst::FlowSuccess::Ok),
+                Err(TrySendError::Full(back)) => {
+                    if sender.rx.try_recv().is_ok() {
+                        stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    frame = back;
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(gst::FlowError::Flushing),
+            }
+        }
+    }
     loop {
-        match sender.send_timeout(frame, Duration::from_millis(50)) {
+        match sender.tx.send_timeout(frame, Duration::from_millis(50)) {
             Ok(()) => return Ok(gst::FlowSuccess::Ok),
             Err(crossbeam_channel::SendTimeoutError::Timeout(back)) if !halted.load(Ordering::Relaxed) => frame = back,
             Err(_) => return Err(gst::FlowError::Flushing),

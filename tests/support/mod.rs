@@ -146,6 +146,7 @@ pub fn run_config(config: &RunConfig, workers: usize, after: Option<Duration>) -
             Arc::new(move |worker, t| frontiers.lock().expect("lock").push((worker, t)))
         }),
         on_observation: None,
+        time_stages: false,
     };
     let stop = StopWhen { after, interrupted: Arc::new(AtomicBool::new(false)) };
     let reports = graph::run(config, timely::Config::process(workers), stop, hooks).expect("run completes");

@@ -49,8 +49,41 @@ pub enum LedgerInput {
     Procedure(Procedure, isize),
     Item(InventoryItem, isize),
     Movement(StockMovement, isize),
+    /// A work order an earlier run published, taken up again (see [`RestoredOrder`]).
+    Restore(Box<RestoredOrder>),
     Event(WoEvent),
     Track(Box<ScoredTrack>),
+}
+
+/// A work order as an earlier run last published it (its latest revision on the
+/// work-order topic), with its asset from the reference data. Restored at start, it
+/// holds its technician and parts again, and the same defect seen again by the new
+/// run's tracker continues it instead of opening another.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RestoredOrder {
+    pub work_order: WorkOrder,
+    pub asset: defectflow_schemas::Asset,
+}
+
+// A work order is restored once, so its id identifies it.
+impl PartialEq for RestoredOrder {
+    fn eq(&self, other: &Self) -> bool {
+        self.work_order.work_order_id == other.work_order.work_order_id
+    }
+}
+
+impl Eq for RestoredOrder {}
+
+impl PartialOrd for RestoredOrder {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for RestoredOrder {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.work_order.work_order_id.cmp(&other.work_order.work_order_id)
+    }
 }
 
 /// Everything the ledger decides.
@@ -88,6 +121,9 @@ struct Order {
     revision_area: f32,
     completed_at: Option<EpochMillis>,
     alerted: bool,
+    /// Restored without the defect's box (no evidence): the same defect is recognised
+    /// by asset, camera and class alone.
+    box_unknown: bool,
 }
 
 impl Order {
@@ -140,6 +176,9 @@ impl Ledger {
         inputs.sort();
         let mut out = Vec::new();
         let mut touched = BTreeSet::new();
+        // Work orders taken up from an earlier run stand as published until something
+        // happens to them at a time of this run (restoring happens before any).
+        let mut restored = BTreeSet::new();
         let mut reconsider_all = self.last_time.is_none_or(|last| last / 3_600_000 != time / 3_600_000);
         self.last_time = Some(time);
         for input in inputs {
@@ -159,6 +198,10 @@ impl Ledger {
                     self.stock.add_on_hand(&movement.part_id, movement.delta * diff as i64);
                     touched.extend(self.orders_needing(&movement.part_id));
                 }
+                LedgerInput::Restore(order) => {
+                    restored.insert(order.work_order.work_order_id.clone());
+                    self.restore(*order, &mut out);
+                }
                 LedgerInput::Event(event) => self.apply_event(time, event, &mut touched, &mut out),
                 LedgerInput::Track(scored) => self.apply_track(*scored, &mut touched),
             }
@@ -166,6 +209,7 @@ impl Ledger {
         if reconsider_all {
             touched.extend(self.orders.values().filter(|o| o.is_open()).map(|o| o.work_order_id.clone()));
         }
+        touched.retain(|id| !restored.contains(id));
         // Most urgent first: they get first pick of technicians and parts.
         let mut queue: Vec<_> = touched
             .into_iter()
@@ -238,7 +282,7 @@ impl Ledger {
                         && open.asset_id == track.asset_id
                         && open.camera_id == track.camera_id
                         && open.class == track.class
-                        && open.bbox.iou(&track.bbox) > 0.0
+                        && (o.box_unknown || open.bbox.iou(&track.bbox) > 0.0)
                 });
                 if let Some(order) = same_defect {
                     entry.work_order = Some(order.work_order_id.clone());
@@ -275,7 +319,72 @@ impl Ledger {
                 published: None,
                 completed_at: None,
                 alerted: false,
+                box_unknown: false,
             },
         );
+    }
+
+    /// Takes up an open work order an earlier run published: its procedure and parts
+    /// reserved and its technician's hours counted again, without a new revision.
+    fn restore(&mut self, restored: RestoredOrder, out: &mut Vec<LedgerOutput>) {
+        let RestoredOrder { work_order: wo, asset } = restored;
+        let id = wo.work_order_id.clone();
+        if self.orders.contains_key(&id)
+            || matches!(wo.status, WorkOrderStatus::Completed | WorkOrderStatus::FalsePositive)
+        {
+            return;
+        }
+        let bbox = wo.evidence.as_ref().map(|e| e.bbox);
+        let no_box = defectflow_schemas::BoundingBox { x: 0.0, y: 0.0, width: 0.0, height: 0.0 };
+        let track = defectflow_schemas::DefectTrack {
+            track_id: wo.track_id.clone(),
+            camera_id: wo.camera_id.clone(),
+            asset_id: wo.asset_id.clone(),
+            class: wo.defect_class,
+            state: defectflow_schemas::TrackState::Confirmed,
+            first_seen_ms: wo.detected_at_ms,
+            last_seen_ms: wo.revised_at_ms,
+            hits: 0,
+            bbox: bbox.unwrap_or(no_box),
+            area_px: bbox.map_or(0.0, |b| b.width * b.height),
+            size_mm: None,
+            growth_px_per_min: 0.0,
+            best_frame_index: wo.evidence.as_ref().map_or(0, |e| e.frame_index),
+            best_bbox: bbox.unwrap_or(no_box),
+            best_capture_ms: wo.evidence.as_ref().map_or(0, |e| e.capture_ms),
+            model_version: wo.model_version.clone(),
+            shadow: wo.shadow,
+            evidence: wo.evidence.clone(),
+        };
+        self.tracks.entry(wo.track_id.clone()).or_default().work_order = Some(id.clone());
+        let revision_area = track.area_px;
+        let scored = ScoredTrack { track, asset, recent_failures: 0, severity: wo.severity };
+        let procedure = self.dispatcher.procedure(&scored.asset.asset_class, wo.defect_class).cloned();
+        self.orders.insert(
+            id.clone(),
+            Order {
+                work_order_id: id.clone(),
+                opened_at: wo.detected_at_ms,
+                revision_area,
+                scored,
+                status: wo.status,
+                reopens: wo.reopens.clone(),
+                procedure: None,
+                technician: None,
+                pinned: false,
+                assign_reason: String::new(),
+                published: None,
+                completed_at: None,
+                alerted: false,
+                box_unknown: bbox.is_none(),
+            },
+        );
+        self.set_procedure(&id, procedure, out);
+        // The CMMS's choice stands where work has started; otherwise planning checks it.
+        let reason = if wo.status == WorkOrderStatus::InProgress { "started" } else { "restored" };
+        self.set_technician(&id, wo.technician_id.clone(), reason, out);
+        if let Some(order) = self.orders.get_mut(&id) {
+            order.published = Some(wo);
+        }
     }
 }

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use defectflow_schemas::SCHEMA_VERSION;
+use defectflow_schemas::{SCHEMA_VERSION, WorkOrder, WorkOrderStatus};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -278,6 +278,8 @@ pub struct Recovered {
     pub delivered_after: HashSet<String>,
     /// The next offset of every output partition, as read to its end.
     pub ends: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// The latest revision of every work order on the topic that is still open.
+    pub open_orders: Vec<WorkOrder>,
 }
 
 /// Header names on every output message.
@@ -285,6 +287,9 @@ pub mod headers {
     pub const SCHEMA_VERSION: &str = "schema_version";
     pub const CONTENT_TYPE: &str = "content-type";
     pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+    /// The `sink_id` of the run that sent the message: a restart takes up its own work
+    /// orders only.
+    pub const SINK_ID: &str = "defectflow-sink-id";
 }
 
 /// Collects delivery reports: the next offset per partition, and failures.
@@ -331,6 +336,14 @@ pub struct KafkaSink {
     pub skipped: u64,
 }
 
+impl KafkaSink {
+    /// The work orders earlier runs left open on the topic (latest revisions); empty
+    /// after the first call.
+    pub fn take_open_orders(&mut self) -> Vec<WorkOrder> {
+        std::mem::take(&mut self.recovered.open_orders)
+    }
+}
+
 impl std::fmt::Debug for KafkaSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaSink").field("config", &self.config).field("progress", &self.progress).finish()
@@ -339,6 +352,8 @@ impl std::fmt::Debug for KafkaSink {
 
 /// How long a metadata or watermark request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a flush waits for the broker between warnings.
+const FLUSH_WARNING: Duration = Duration::from_secs(30);
 /// How often progress is recorded when no message went out.
 const IDLE_PROGRESS: Duration = Duration::from_secs(1);
 
@@ -347,7 +362,7 @@ impl KafkaSink {
     pub fn start(config: &KafkaConfig) -> Result<KafkaSink, SinkError> {
         // A message waits out a broker outage of up to five minutes; a transaction must
         // be allowed at least as long (Apache Kafka's largest by default, 15 minutes).
-        let mut defaults = vec![("message.timeout.ms", "300000"), ("linger.ms", "5")];
+        let mut defaults = vec![("message.timeout.ms", "300000"), ("linger.ms", "5"), ("socket.nagle.disable", "true")];
         if config.transactional {
             defaults.push(("transaction.timeout.ms", "900000"));
         }
@@ -446,7 +461,8 @@ impl KafkaSink {
     fn send(&self, topic: &str, key: &str, payload: &[u8], idempotency_key: Option<&str>) -> Result<(), SinkError> {
         let mut headers = OwnedHeaders::new()
             .insert(Header { key: headers::SCHEMA_VERSION, value: Some(SCHEMA_VERSION) })
-            .insert(Header { key: headers::CONTENT_TYPE, value: Some("application/json") });
+            .insert(Header { key: headers::CONTENT_TYPE, value: Some("application/json") })
+            .insert(Header { key: headers::SINK_ID, value: Some(self.config.sink_id.as_str()) });
         if let Some(idempotency_key) = idempotency_key {
             headers = headers.insert(Header { key: headers::IDEMPOTENCY_KEY, value: Some(idempotency_key) });
         }
@@ -469,11 +485,18 @@ impl KafkaSink {
     /// Waits until every sent message is acknowledged (through a broker outage, up to
     /// `message.timeout.ms`), then reports any that failed.
     fn flush(&self) -> Result<(), SinkError> {
+        // rdkafka's `flush` polls in steps of 100 ms, which a delivery report does not cut
+        // short; short polls hand the acknowledgement back within a millisecond.
+        let mut waiting = Instant::now();
         loop {
-            match self.producer.flush(Duration::from_secs(30)) {
+            match self.producer.flush(Duration::ZERO) {
                 Ok(()) => break,
                 Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {
-                    tracing::warn!(in_flight = self.producer.in_flight_count(), "kafka: waiting for the broker");
+                    self.producer.poll(Duration::from_millis(1));
+                    if waiting.elapsed() >= FLUSH_WARNING {
+                        tracing::warn!(in_flight = self.producer.in_flight_count(), "kafka: waiting for the broker");
+                        waiting = Instant::now();
+                    }
                 }
                 Err(error) => return Err(SinkError::Kafka { context: "flushing".into(), source: error }),
             }
@@ -590,7 +613,39 @@ fn recover(config: &KafkaConfig) -> Result<Recovered, SinkError> {
             ends.entry(topic.to_owned()).or_default().insert(partition, end);
         }
     }
-    Ok(Recovered { progress, delivered_after, ends })
+    let open_orders = open_work_orders(&consumer, &config.topics.work_orders, &config.sink_id)?;
+    Ok(Recovered { progress, delivered_after, ends, open_orders })
+}
+
+/// The latest revision of every work order this sink (`sink_id`) sent to `topic`, read
+/// from its start, that is not closed: what the CMMS holds open. A message that is not
+/// a work order is passed over (the topic is read as the CMMS reads it).
+fn open_work_orders(consumer: &BaseConsumer<Quiet>, topic: &str, sink_id: &str) -> Result<Vec<WorkOrder>, SinkError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .map_err(kafka(format!("reading the metadata of {topic}")))?;
+    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let mut latest: BTreeMap<String, WorkOrder> = BTreeMap::new();
+    for partition in partitions {
+        let (low, _) = consumer
+            .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
+            .map_err(kafka(format!("reading the offsets of {topic}/{partition}")))?;
+        read_to_end(consumer, topic, partition, low, |m| {
+            let ours = m.headers().and_then(|h| h.iter().find(|h| h.key == headers::SINK_ID)).and_then(|h| h.value)
+                == Some(sink_id.as_bytes());
+            if !ours {
+                return;
+            }
+            let Some(order) = m.payload().and_then(|p| serde_json::from_slice::<WorkOrder>(p).ok()) else { return };
+            if latest.get(&order.work_order_id).is_none_or(|known| known.revision < order.revision) {
+                latest.insert(order.work_order_id.clone(), order);
+            }
+        })?;
+    }
+    Ok(latest
+        .into_values()
+        .filter(|o| !matches!(o.status, WorkOrderStatus::Completed | WorkOrderStatus::FalsePositive))
+        .collect())
 }
 
 type Record = (i64, Option<String>, Vec<u8>);
