@@ -23,7 +23,8 @@ pub trait EvidenceFrames: Send + Sync {
     /// when the frame is not held (or could not be written: the keeper reports why).
     fn draw(&self, request: &EvidenceRequest<'_>) -> Option<Evidence>;
 
-    /// The tracker has applied every frame of `camera_id` captured up to `through_ms` and
-    /// may still ask for those in `keep` (frame indices); the others may go.
-    fn release(&self, camera_id: &str, through_ms: EpochMillis, keep: &[u64]);
+    /// The tracker has applied every frame of `camera_id` up to frame index `through`
+    /// and may still ask for those in `keep` (frame indices); the others may go. By
+    /// index, not capture time: frames late to the dataflow share their time.
+    fn release(&self, camera_id: &str, through: u64, keep: &[u64]);
 }

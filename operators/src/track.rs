@@ -336,7 +336,7 @@ impl CameraTracks {
         });
         if let Some(frames) = evidence {
             let keep: Vec<u64> = self.tracks.iter().map(|live| live.track.best_frame_index).collect();
-            frames.release(&frame.camera_id, frame.capture_ms, &keep);
+            frames.release(&frame.camera_id, frame.frame_index, &keep);
         }
         changes
     }

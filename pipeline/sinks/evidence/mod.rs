@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use defectflow_models::annotate::evidence_jpeg;
 use defectflow_operators::decode::FrameTensor;
 use defectflow_operators::evidence::{EvidenceFrames, EvidenceRequest};
-use defectflow_schemas::{EpochMillis, Evidence, FrameObservation};
+use defectflow_schemas::{Evidence, FrameObservation};
 use sha2::{Digest, Sha256};
 
 use crate::metrics::Metrics;
@@ -29,7 +29,6 @@ pub const MAX_HELD_PER_CAMERA: usize = 256;
 #[derive(Debug)]
 struct Held {
     frame_index: u64,
-    capture_ms: EpochMillis,
     width: usize,
     height: usize,
     /// `[3, height, width]`.
@@ -65,7 +64,6 @@ impl EvidenceStore {
         }
         let held = Held {
             frame_index: frame.meta.frame_index,
-            capture_ms: frame.meta.capture_ms,
             width: frame.meta.width as usize,
             height: frame.meta.height as usize,
             pixels: Arc::from(frame.bytes()),
@@ -140,10 +138,10 @@ impl EvidenceFrames for EvidenceStore {
         }
     }
 
-    fn release(&self, camera_id: &str, through_ms: EpochMillis, keep: &[u64]) {
+    fn release(&self, camera_id: &str, through: u64, keep: &[u64]) {
         let mut frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(camera) = frames.get_mut(camera_id) {
-            camera.retain(|h| h.capture_ms > through_ms || keep.contains(&h.frame_index));
+            camera.retain(|h| h.frame_index > through || keep.contains(&h.frame_index));
         }
     }
 }
