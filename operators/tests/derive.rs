@@ -181,8 +181,8 @@ fn severity_rescores_when_a_failure_is_recorded_and_retracts_the_old_score() {
     assert_eq!(rows, vec![(33.5, 1000, 1), (33.5, 5000, -1), (38.5, 5000, 1)]);
 }
 
-#[test]
-fn a_completed_work_order_leaves_the_workload_and_releases_its_parts() {
+/// A pump, the welding procedure for its cracks (3 rods), a welder on the day shift.
+fn pump_plant() -> (Asset, Procedure, Technician) {
     let asset = Asset {
         asset_id: "P-1".into(),
         name: "Pump".into(),
@@ -207,6 +207,12 @@ fn a_completed_work_order_leaves_the_workload_and_releases_its_parts() {
         zone: "A".into(),
         shift: Shift { start_hour: 6, end_hour: 18 },
     };
+    (asset, procedure, technician)
+}
+
+#[test]
+fn a_completed_work_order_leaves_the_workload_and_releases_its_parts() {
+    let (asset, procedure, technician) = pump_plant();
     let track = scored(400.0, 1);
     let severity = SeverityConfig::default().score(&track, &asset, 0);
     let work_order_id = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -302,30 +308,7 @@ fn a_completed_work_order_leaves_the_workload_and_releases_its_parts() {
 #[test]
 fn a_restored_work_order_holds_its_parts_and_technician_and_the_same_defect_continues_it() {
     use defectflow_operators::derive::{Ledger, LedgerInput, RestoredOrder};
-    let asset = Asset {
-        asset_id: "P-1".into(),
-        name: "Pump".into(),
-        asset_class: "pump".into(),
-        criticality: 3,
-        zone: "A".into(),
-    };
-    let procedure = Procedure {
-        procedure_id: "PR-1".into(),
-        asset_class: "pump".into(),
-        defect_class: DefectClass::Crack,
-        title: "Weld".into(),
-        required_skill: "welding".into(),
-        estimated_hours: 2.5,
-        steps: vec!["Weld it".into()],
-        parts: vec![PartRequirement { part_id: "ROD".into(), quantity: 3 }],
-    };
-    let technician = Technician {
-        technician_id: "T-1".into(),
-        name: "Tess".into(),
-        skills: vec!["welding".into()],
-        zone: "A".into(),
-        shift: Shift { start_hour: 6, end_hour: 18 },
-    };
+    let (asset, procedure, technician) = pump_plant();
     let reference = || {
         vec![
             LedgerInput::Technician(technician.clone(), 1),

@@ -18,6 +18,17 @@ fn frame(camera: &str, index: u64, capture_ms: u64) -> FrameTensor {
     FrameTensor { meta, data: Arc::new(vec![100u8; 3 * 32 * 16]) }
 }
 
+/// A tiny untrained network; a minimum confidence above 1 keeps it from reporting anything.
+fn untrained_detector() -> Detector<CpuBackend> {
+    let net = DefectNetConfig::new().with_stem_channels(2).with_mid_channels(2).with_cell_channels(2);
+    let device = Default::default();
+    let mut card = ModelCard::untrained(net.clone(), 32, 16);
+    card.version = "m-test".into();
+    let mut detector = Detector::<CpuBackend>::new(net.init(&device), card, device);
+    detector.min_confidence = 1.1;
+    detector
+}
+
 #[test]
 fn every_frame_gets_one_observation_at_its_time_in_batches() {
     let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -26,13 +37,7 @@ fn every_frame_gets_one_observation_at_its_time_in_batches() {
     let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
     let keep = Arc::clone(&kept);
     let captured = timely::example(move |scope| {
-        let net = DefectNetConfig::new().with_stem_channels(2).with_mid_channels(2).with_cell_channels(2);
-        let device = Default::default();
-        let mut card = ModelCard::untrained(net.clone(), 32, 16);
-        card.version = "m-test".into();
-        // A minimum confidence above 1 keeps the untrained network from reporting anything.
-        let mut detector = Detector::<CpuBackend>::new(net.init(&device), card, device);
-        detector.min_confidence = 1.1;
+        let detector = untrained_detector();
         let frames = vec![
             frame("cam-a", 0, 1_000),
             frame("cam-b", 0, 1_000),
@@ -79,17 +84,7 @@ fn one_pool_scores_the_frames_of_every_worker_at_their_times() {
     let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = Arc::clone(&batches);
     // Two inference threads, each with its own copy of the model.
-    let detectors = (0..2)
-        .map(|_| {
-            let net = DefectNetConfig::new().with_stem_channels(2).with_mid_channels(2).with_cell_channels(2);
-            let device = Default::default();
-            let mut card = ModelCard::untrained(net.clone(), 32, 16);
-            card.version = "m-test".into();
-            let mut detector = Detector::<CpuBackend>::new(net.init(&device), card, device);
-            detector.min_confidence = 1.1;
-            detector
-        })
-        .collect();
+    let detectors = (0..2).map(|_| untrained_detector()).collect();
     let config = InferConfig { batch_size: 4, max_wait_ms: 0, ..InferConfig::default() };
     let pool = InferencePool::start(detectors, &config, move |size, _| seen.lock().expect("lock").push(size))
         .expect("the inference threads start");

@@ -127,6 +127,26 @@ struct Order {
 }
 
 impl Order {
+    /// A work order just opened (or taken up) for `scored`, with nothing planned yet.
+    fn new(work_order_id: String, scored: ScoredTrack, opened_at: EpochMillis, reopens: Option<String>) -> Order {
+        Order {
+            work_order_id,
+            opened_at,
+            revision_area: scored.track.area_px,
+            scored,
+            status: WorkOrderStatus::Open,
+            reopens,
+            procedure: None,
+            technician: None,
+            pinned: false,
+            assign_reason: String::new(),
+            published: None,
+            completed_at: None,
+            alerted: false,
+            box_unknown: false,
+        }
+    }
+
     fn is_open(&self) -> bool {
         !matches!(self.status, WorkOrderStatus::Completed | WorkOrderStatus::FalsePositive)
     }
@@ -303,25 +323,8 @@ impl Ledger {
         let work_order_id = format!("WO-{id:016x}");
         entry.work_order = Some(work_order_id.clone());
         touched.insert(work_order_id.clone());
-        self.orders.insert(
-            work_order_id.clone(),
-            Order {
-                work_order_id,
-                opened_at: track.last_seen_ms,
-                revision_area: track.area_px,
-                scored,
-                status: WorkOrderStatus::Open,
-                reopens,
-                procedure: None,
-                technician: None,
-                pinned: false,
-                assign_reason: String::new(),
-                published: None,
-                completed_at: None,
-                alerted: false,
-                box_unknown: false,
-            },
-        );
+        let opened_at = track.last_seen_ms;
+        self.orders.insert(work_order_id.clone(), Order::new(work_order_id, scored, opened_at, reopens));
     }
 
     /// Takes up an open work order an earlier run published: its procedure and parts
@@ -357,28 +360,12 @@ impl Ledger {
             evidence: wo.evidence.clone(),
         };
         self.tracks.entry(wo.track_id.clone()).or_default().work_order = Some(id.clone());
-        let revision_area = track.area_px;
         let scored = ScoredTrack { track, asset, recent_failures: 0, severity: wo.severity };
         let procedure = self.dispatcher.procedure(&scored.asset.asset_class, wo.defect_class).cloned();
-        self.orders.insert(
-            id.clone(),
-            Order {
-                work_order_id: id.clone(),
-                opened_at: wo.detected_at_ms,
-                revision_area,
-                scored,
-                status: wo.status,
-                reopens: wo.reopens.clone(),
-                procedure: None,
-                technician: None,
-                pinned: false,
-                assign_reason: String::new(),
-                published: None,
-                completed_at: None,
-                alerted: false,
-                box_unknown: bbox.is_none(),
-            },
-        );
+        let mut order = Order::new(id.clone(), scored, wo.detected_at_ms, wo.reopens.clone());
+        order.status = wo.status;
+        order.box_unknown = bbox.is_none();
+        self.orders.insert(id.clone(), order);
         self.set_procedure(&id, procedure, out);
         // The CMMS's choice stands where work has started; otherwise planning checks it.
         let reason = if wo.status == WorkOrderStatus::InProgress { "started" } else { "restored" };
