@@ -348,7 +348,11 @@ pub fn run_stages(
         let model_backlog = model_backlog(&config);
         loop {
             let model_busy = pool.as_ref().is_some_and(|p| p.backlog() >= model_backlog);
+            // While the sink waits out a broker outage every worker holds back, so what
+            // waits is bounded by the cameras' queues (whose drops are counted).
+            let output_stalled = worker_metrics.output_stalled();
             let delivered = !model_busy
+                && !output_stalled
                 && ingest.drain(&cameras, |time, sample| {
                     worker_metrics.stage_times.record(Stage::Ingested, sample.meta.capture_ms);
                     input.activate().session(&capability.delayed(&time)).give(sample);
@@ -518,7 +522,10 @@ impl Outputs {
         }
         if let Some(sink) = &mut self.kafka {
             let sent = sink.sent;
-            if let Err(error) = sink.deliver(closed_before, &ready) {
+            metrics.delivering_since_ms.store(now_ms(), Ordering::Relaxed);
+            let delivered = sink.deliver(closed_before, &ready);
+            metrics.delivering_since_ms.store(0, Ordering::Relaxed);
+            if let Err(error) = delivered {
                 metrics.kafka_errors.fetch_add(1, Ordering::Relaxed);
                 return Err(error.into());
             }

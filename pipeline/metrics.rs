@@ -99,7 +99,13 @@ pub struct Metrics {
     pub healthy: AtomicBool,
     /// Where the time goes between a frame's capture and its revision leaving.
     pub stage_times: StageTimes,
+    /// Wall clock (ms) at which the sink began its current delivery; 0: none under way.
+    pub delivering_since_ms: AtomicU64,
 }
+
+/// A delivery taking longer than this is a broker away or overloaded: the sources
+/// hold back until it is through.
+const OUTPUT_STALL_MS: u64 = 1_000;
 
 /// Points a frame (and a revision it makes) passes on its way out, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +160,12 @@ impl StageTimes {
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
         Arc::new(Metrics { healthy: AtomicBool::new(true), ..Metrics::default() })
+    }
+
+    /// Whether the sink has been waiting for the broker longer than a delivery takes.
+    pub fn output_stalled(&self) -> bool {
+        let since = self.delivering_since_ms.load(Ordering::Relaxed);
+        since != 0 && crate::sources::camera::now_ms().saturating_sub(since) > OUTPUT_STALL_MS
     }
 
     pub fn add_camera(&self, stats: Arc<CameraStats>) {
@@ -234,6 +246,13 @@ impl Metrics {
             "# HELP defectflow_work_orders_open Work orders not closed.\n# TYPE defectflow_work_orders_open gauge\n\
              defectflow_work_orders_open {}\n",
             self.work_orders_open.load(Ordering::Relaxed)
+        ));
+        out.push_str(&format!(
+            "# HELP defectflow_output_stalled 1 while the sink has waited for the broker over a second (the cameras are held back).
+             # TYPE defectflow_output_stalled gauge
+defectflow_output_stalled {}
+",
+            u8::from(self.output_stalled())
         ));
         out
     }

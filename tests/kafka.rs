@@ -300,6 +300,10 @@ fn check_exactly_once(messages: &[Value], out: &Path, truth: &GroundTruth) {
 #[test]
 fn transactions_and_a_broker_outage_lose_and_duplicate_nothing() {
     let Plant { broker, dir, truth, config } = plant("transactional = true\n");
+    let port = support::free_port();
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replacen("[[cameras]]", &format!("[metrics]\naddress = \"127.0.0.1:{port}\"\n[[cameras]]"), 1);
+    std::fs::write(&config, text).expect("config");
     let out = dir.path().join("out");
     let mut child =
         defectflow(&config, Some(&out), None).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run");
@@ -308,8 +312,16 @@ fn transactions_and_a_broker_outage_lose_and_duplicate_nothing() {
     assert!(broker.wait_for_revisions(0, &mut child), "no revision reached the topic");
     let pid = broker.child.id().to_string();
     assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
-    std::thread::sleep(Duration::from_secs(30));
+    // Meanwhile the run says its output is stalled (and holds its cameras back).
+    let stopped = Instant::now();
+    let mut stalled = false;
+    while stopped.elapsed() < Duration::from_secs(30) {
+        let shown = http_get(port, "/metrics").and_then(|(_, body)| sample(&body, "defectflow_output_stalled"));
+        stalled |= shown == Some(1.0);
+        std::thread::sleep(Duration::from_millis(500));
+    }
     assert!(Command::new("kill").args(["-CONT", &pid]).status().expect("kill").success());
+    assert!(stalled, "the metrics never showed the output stalled during the outage");
     let output = child.wait_with_output().expect("run");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "run failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
