@@ -343,11 +343,10 @@ pub fn run_stages(
         };
         let started = Instant::now();
         let idle = Duration::from_millis(config.runtime.idle_timeout_ms);
-        // Frames the model may have waiting before the cameras' queues fill instead
-        // (and drop, counted): a busy model holds back the sources, not memory.
-        let model_backlog = model_backlog(&config);
         loop {
-            let model_busy = pool.as_ref().is_some_and(|p| p.backlog() >= model_backlog);
+            // A busy model holds back the sources (their queues fill and drop, counted),
+            // not memory.
+            let model_busy = pool.as_ref().is_some_and(InferencePool::is_full);
             // While the sink waits out a broker outage every worker holds back, so what
             // waits is bounded by the cameras' queues (whose drops are counted).
             let output_stalled = worker_metrics.output_stalled();
@@ -684,14 +683,6 @@ impl Ingest {
             next
         })
     }
-}
-
-/// Frames the model may have waiting: a batch per inference thread.
-fn model_backlog(config: &RunConfig) -> usize {
-    config.model.as_ref().map_or(usize::MAX, |m| {
-        let infer = m.infer_config();
-        infer.batch_size.max(1) * infer.thread_count()
-    })
 }
 
 fn is_idle(stats: &CameraStats, now: u64, idle: Duration) -> bool {

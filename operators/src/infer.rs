@@ -71,6 +71,8 @@ pub struct InferencePool {
     jobs: channel::Sender<Job>,
     /// Frames handed over and not yet scored.
     backlog: Arc<AtomicUsize>,
+    /// The backlog at which the pool is full: a batch per thread waiting.
+    capacity: usize,
 }
 
 impl std::fmt::Debug for Job {
@@ -95,6 +97,7 @@ impl InferencePool {
         let (batch_size, shadow) = (config.batch_size.max(1), config.shadow);
         let observe = Arc::new(observe);
         let backlog = Arc::new(AtomicUsize::new(0));
+        let detectors_started = detectors.len();
         for (i, detector) in detectors.into_iter().enumerate() {
             let (queue, observe, backlog) = (queue.clone(), Arc::clone(&observe), Arc::clone(&backlog));
             // The network's kernels are parallel; on this thread they run on one core,
@@ -129,13 +132,14 @@ impl InferencePool {
                 }
             })?;
         }
-        Ok(InferencePool { jobs, backlog })
+        let capacity = batch_size * detectors_started;
+        Ok(InferencePool { jobs, backlog, capacity })
     }
 
-    /// Frames handed to the pool and not yet scored: what sources should hold back
-    /// from (drop) when it grows, rather than queue without bound.
-    pub fn backlog(&self) -> usize {
-        self.backlog.load(Ordering::Relaxed)
+    /// Whether a batch per inference thread is already waiting: sources should hold
+    /// back (their queues fill and drop, counted) rather than queue without bound.
+    pub fn is_full(&self) -> bool {
+        self.backlog.load(Ordering::Relaxed) >= self.capacity
     }
 
     fn submit(&self, job: Job) {
@@ -257,22 +261,17 @@ impl<'scope> Infer<'scope> for StreamVec<'scope, u64, FrameTensor> {
                     in_flight.push((replies, capabilities));
                 }
                 // Batches come back in any order (several threads).
-                let mut i = 0;
-                while i < in_flight.len() {
-                    let observations = match in_flight[i].0.try_recv() {
-                        Ok(observations) => observations,
-                        Err(TryRecvError::Empty) => {
-                            i += 1;
-                            continue;
+                in_flight.retain(|(replies, capabilities)| match replies.try_recv() {
+                    Ok(observations) => {
+                        for ((frame, observation), capability) in observations.into_iter().zip(capabilities) {
+                            keep(&frame, &observation);
+                            output.session(capability).give(observation);
                         }
-                        Err(TryRecvError::Disconnected) => panic!("an inference thread failed"),
-                    };
-                    let (_, capabilities) = in_flight.swap_remove(i);
-                    for ((frame, observation), capability) in observations.into_iter().zip(&capabilities) {
-                        keep(&frame, &observation);
-                        output.session(capability).give(observation);
+                        false
                     }
-                }
+                    Err(TryRecvError::Empty) => true,
+                    Err(TryRecvError::Disconnected) => panic!("an inference thread failed"),
+                });
                 if let Some((_, _, arrived)) = pending.first() {
                     activator.activate_after(max_wait.saturating_sub(arrived.elapsed()));
                 }
