@@ -8,13 +8,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::config::RunConfig;
 use crate::graph::{self, Hooks, StopWhen};
+use crate::metrics::{Metrics, Stage};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -33,6 +34,9 @@ pub struct BenchPlan {
     pub reference: std::path::PathBuf,
     /// Where the run's outputs go (work orders, audit log, evidence); `None`: nowhere.
     pub out: Option<std::path::PathBuf>,
+    /// Sample memory, throughput and latency every this many seconds while it runs (a
+    /// soak); the stage figures of the result then cover only the last interval.
+    pub sample_s: Option<f64>,
 }
 
 /// What it sustained.
@@ -71,6 +75,83 @@ pub struct BenchResult {
     /// Where the time goes: capture to each stage in turn (frames to `inferred`, then
     /// revisions), ending with the revision acknowledged.
     pub stages_ms: Vec<StageLatency>,
+    /// Taken every `sample_s` while the run went.
+    pub samples: Vec<Sample>,
+}
+
+/// One interval of a sampled run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    /// Seconds since the start, at the end of the interval.
+    pub at_s: f64,
+    /// Resident memory now (`VmRSS`).
+    pub rss_mib: f64,
+    pub frames_in_per_s: f64,
+    pub frames_inferred_per_s: f64,
+    /// Frames dropped in the interval.
+    pub dropped: u64,
+    /// Capture to scored, of the frames scored in the interval.
+    pub inferred_ms: Option<Percentiles>,
+    /// Revisions that left in the interval, and capture to their leaving.
+    pub revisions: usize,
+    pub revision_ms: Option<Percentiles>,
+}
+
+impl Sample {
+    /// One line for a log.
+    pub fn line(&self) -> String {
+        let show =
+            |p: &Option<Percentiles>| p.as_ref().map_or("-".to_owned(), |p| format!("{:.0}/{:.0}", p.p50, p.p99));
+        format!(
+            "{:>7.0} s  rss {:>6.1} MiB  in {:>6.1}/s  model {:>6.1}/s  dropped {:>4}  capture→scored p50/p99 {} ms  \
+             revisions {} capture→out {} ms",
+            self.at_s,
+            self.rss_mib,
+            self.frames_in_per_s,
+            self.frames_inferred_per_s,
+            self.dropped,
+            show(&self.inferred_ms),
+            self.revisions,
+            show(&self.revision_ms),
+        )
+    }
+}
+
+/// Samples `metrics` every `every` until `done`, printing each sample to stderr.
+fn sample(metrics: &Metrics, every: Duration, done: &AtomicBool) -> Vec<Sample> {
+    let started = Instant::now();
+    let (mut last_at, mut last_in, mut last_inferred, mut last_dropped, mut last_revisions) = (0.0, 0, 0, 0, 0);
+    let mut samples = Vec::new();
+    while !done.load(Ordering::Relaxed) {
+        let wake = started + every * (samples.len() as u32 + 1);
+        while Instant::now() < wake && !done.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100).min(wake.saturating_duration_since(Instant::now())));
+        }
+        let at_s = started.elapsed().as_secs_f64();
+        let (received, dropped) = metrics.camera_totals();
+        let inferred = metrics.frames_inferred.load(Ordering::Relaxed);
+        let scored = metrics.stage_times.take().into_iter().find(|(s, _)| *s == Stage::Inferred).map(|(_, v)| v);
+        let revisions: Vec<f64> = {
+            let all = metrics.revision_latencies.lock().unwrap_or_else(|p| p.into_inner());
+            all.get(last_revisions..).map(<[f64]>::to_vec).unwrap_or_default()
+        };
+        let span = (at_s - last_at).max(1e-9);
+        let sample = Sample {
+            at_s,
+            rss_mib: rss_kib("VmRSS:") as f64 / 1024.0,
+            frames_in_per_s: (received - last_in) as f64 / span,
+            frames_inferred_per_s: (inferred - last_inferred) as f64 / span,
+            dropped: dropped - last_dropped,
+            inferred_ms: scored.as_deref().and_then(percentiles_ms),
+            revisions: revisions.len(),
+            revision_ms: percentiles_ms(&revisions),
+        };
+        eprintln!("{}", sample.line());
+        (last_at, last_in, last_inferred, last_dropped) = (at_s, received, inferred, dropped);
+        last_revisions += revisions.len();
+        samples.push(sample);
+    }
+    samples
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -155,12 +236,17 @@ pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
     let started = Instant::now();
     let stop =
         StopWhen { after: Some(Duration::from_secs_f64(plan.seconds)), interrupted: Arc::new(AtomicBool::new(false)) };
-    let (cameras, stages) = graph::run_stages(
-        &config,
-        timely::Config::process(plan.workers),
-        stop,
-        Hooks { time_stages: true, ..Hooks::default() },
-    )?;
+    let metrics = Metrics::new();
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = plan.sample_s.map(|every| {
+        let (metrics, done) = (Arc::clone(&metrics), Arc::clone(&done));
+        std::thread::spawn(move || sample(&metrics, Duration::from_secs_f64(every.max(0.1)), &done))
+    });
+    let hooks = Hooks { time_stages: true, metrics: Some(metrics), ..Hooks::default() };
+    let ran = graph::run_stages(&config, timely::Config::process(plan.workers), stop, hooks);
+    done.store(true, Ordering::Relaxed);
+    let samples = sampler.map(|s| s.join().unwrap_or_default()).unwrap_or_default();
+    let (cameras, stages) = ran?;
     let wall = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_before;
     let received: u64 = cameras.iter().map(|c| c.received).sum();
@@ -221,6 +307,7 @@ pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
         inference_cpu_share: if cpu > 0.0 { (inference_s / cpu).min(1.0) } else { 0.0 },
         inference_ms_per_frame: inference_s * 1000.0 / stages.frames_inferred.max(1) as f64,
         stages_ms,
+        samples,
     })
 }
 
@@ -246,10 +333,15 @@ fn cpu_seconds() -> f64 {
 
 /// Peak resident memory of this process (`VmHWM`), KiB.
 fn peak_rss_kib() -> u64 {
+    rss_kib("VmHWM:")
+}
+
+/// A memory figure of this process from `/proc/self/status` (`VmRSS:`, `VmHWM:`), KiB.
+fn rss_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+            s.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
 }

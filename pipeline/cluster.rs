@@ -62,3 +62,44 @@ impl ClusterArgs {
         })
     }
 }
+
+/// This process's index in a cluster configuration (0 outside a cluster).
+pub fn process_index(config: &timely::Config) -> usize {
+    match &config.communication {
+        timely::CommunicationConfig::Cluster { process, .. } => *process,
+        _ => 0,
+    }
+}
+
+/// `address` with its port moved up by `by` (a cluster's processes on one machine each
+/// serve on their own port); an address without a numeric port is left as it is.
+pub fn offset_port(address: &str, by: usize) -> String {
+    let Some((host, port)) = address.rsplit_once(':') else { return address.to_owned() };
+    match port.parse::<usize>() {
+        Ok(port) if by > 0 && port > 0 => format!("{host}:{}", port + by),
+        _ => address.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_process_gets_the_next_port() {
+        assert_eq!(offset_port("127.0.0.1:9187", 0), "127.0.0.1:9187");
+        assert_eq!(offset_port("127.0.0.1:9187", 2), "127.0.0.1:9189");
+        assert_eq!(offset_port("[::1]:9187", 1), "[::1]:9188");
+        // Port 0 asks the system for a free port: every process may.
+        assert_eq!(offset_port("127.0.0.1:0", 1), "127.0.0.1:0");
+    }
+
+    #[test]
+    fn the_process_index_comes_from_the_cluster_configuration() {
+        let args = ClusterArgs { workers: Some(1), processes: 2, process: 1, hostfile: None };
+        assert_eq!(process_index(&args.timely_config(1).expect("config")), 1);
+        assert_eq!(process_index(&timely::Config::process(2)), 0);
+        let bad = ClusterArgs { workers: Some(1), processes: 2, process: 2, hostfile: None };
+        assert!(bad.timely_config(1).expect_err("-p 2 of -n 2").to_string().contains("-p 2"));
+    }
+}

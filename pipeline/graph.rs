@@ -82,6 +82,8 @@ pub struct Hooks {
     pub on_observation: Option<ObservationObserver>,
     /// Time each frame and revision from capture through every [`Stage`].
     pub time_stages: bool,
+    /// The run's metrics, for a caller that samples them while it goes; absent: new ones.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -91,6 +93,7 @@ impl std::fmt::Debug for Hooks {
             .field("on_frontier", &self.on_frontier.is_some())
             .field("on_observation", &self.on_observation.is_some())
             .field("time_stages", &self.time_stages)
+            .field("metrics", &self.metrics.is_some())
             .finish()
     }
 }
@@ -151,9 +154,13 @@ pub fn run_stages(
         severity: config.severity.clone(),
         work_orders: config.work_orders.clone(),
     };
-    // Shadow mode sends nothing to the CMMS.
+    // Shadow mode sends nothing to the CMMS. In a cluster, worker 0 (in process 0)
+    // delivers everything: the other processes open no sink.
     let shadow = config.model.as_ref().is_some_and(|m| m.shadow);
+    let process = crate::cluster::process_index(&timely_config);
+    let delivers = process == 0;
     let kafka = match &config.kafka {
+        Some(_) if !delivers => None,
         Some(kafka) if !shadow => Some(KafkaSink::start(kafka)?),
         Some(_) => {
             tracing::info!("shadow mode: nothing goes to Kafka");
@@ -167,14 +174,18 @@ pub fn run_stages(
     };
     // The audit log, written as the run goes.
     let audit = match &config.output.dir {
-        Some(dir) => Some(AuditStream::open(
+        Some(dir) if delivers => Some(AuditStream::open(
             &dir.join("audit"),
             config.output.audit_commit_rows,
             Duration::from_secs_f64(config.output.audit_commit_s),
         )?),
         _ => None,
     };
-    let metrics = Metrics::new();
+    // Not `Metrics::default()`: new metrics start healthy.
+    let metrics = match &hooks.metrics {
+        Some(metrics) => Arc::clone(metrics),
+        None => Metrics::new(),
+    };
     metrics.stage_times.enabled.store(hooks.time_stages, Ordering::Relaxed);
     let counters = Arc::new(StageCounters::default());
     // One model for the process, on its own thread. Loaded here so that a bad model
@@ -217,8 +228,8 @@ pub fn run_stages(
         _ => None,
     };
     let script = match &config.plant.cmms_script {
-        Some(path) => Some(CmmsScript::load(path)?),
-        None => None,
+        Some(path) if delivers => Some(CmmsScript::load(path)?),
+        _ => None,
     };
     let worker_script = Arc::new(Mutex::new(script));
     let kafka = Arc::new(Mutex::new(kafka));
@@ -230,13 +241,22 @@ pub fn run_stages(
     let sink_failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
     let worker_failure = Arc::clone(&sink_failure);
     if let Some(m) = &config.metrics {
-        crate::metrics::serve(&m.address, Arc::clone(&metrics))
-            .map_err(|e| anyhow::anyhow!("config: `metrics.address`: cannot listen on {}: {e}", m.address))?;
+        // Each process of a cluster serves its own cameras' figures, on the next port.
+        let address = crate::cluster::offset_port(&m.address, process);
+        crate::metrics::serve(&address, Arc::clone(&metrics))
+            .map_err(|e| anyhow::anyhow!("config: `metrics.address`: cannot listen on {address}: {e}"))?;
     }
     let worker_metrics = Arc::clone(&metrics);
     let messages: Arc<Mutex<Vec<Emitted>>> = Arc::default();
     let (stage_counters, stage_messages) = (Arc::clone(&counters), Arc::clone(&messages));
     let config_order: Vec<String> = config.cameras.iter().map(|c| c.id.clone()).collect();
+    // Each camera is tracked on the worker that ingests it (camera i on worker i modulo
+    // the workers), so its evidence frames are in the same process.
+    let positions: HashMap<String, u64> =
+        config_order.iter().enumerate().map(|(i, id)| (id.clone(), i as u64)).collect();
+    let camera_route: defectflow_operators::track::CameraRoute = Arc::new(move |camera: &str| {
+        positions.get(camera).copied().unwrap_or_else(|| defectflow_operators::ids::route(camera))
+    });
     let reports = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&reports);
     let guards = timely::execute(timely_config, move |worker| {
@@ -313,8 +333,9 @@ pub fn run_stages(
                 return (input, capability, None, None);
             }
             let drawer = evidence.clone().map(|store| store as Arc<dyn EvidenceFrames>);
+            let route = Some(Arc::clone(&camera_route));
             let (plant, work_probe) =
-                workflow::build_on(scope, observations, workflow_config.clone(), Rc::clone(&collected), drawer);
+                workflow::build_on(scope, observations, workflow_config.clone(), Rc::clone(&collected), drawer, route);
             (input, capability, Some(plant), Some(work_probe))
         });
         if let (Some(plant), Some(reference), 0) = (&mut plant, &reference, index) {
@@ -338,6 +359,7 @@ pub fn run_stages(
         cameras.iter().for_each(|c| worker_metrics.add_camera(Arc::clone(&c.stats)));
         let mut ingest = Ingest {
             ids: mine.iter().map(|c| Arc::from(c.id.as_str())).collect(),
+            replays: mine.iter().map(|c| c.start_ms.is_some()).collect(),
             last_sent: vec![None; cameras.len()],
             frontier: 0,
         };
@@ -538,7 +560,20 @@ impl Outputs {
         };
         let rows = self.audit_rows(rows, detections);
         if let Some(audit) = &mut self.audit {
-            audit.append(closed_before, &ready, rows)?;
+            // A disk that cannot take the files (full, read-only) does not stop the run
+            // or the work orders: the rows wait in memory (the cameras are held back once
+            // a few commits' worth wait), and the commit is tried again every second.
+            let was_failing = audit.failing();
+            if let Err(error) = audit.append(closed_before, &ready, rows) {
+                metrics.audit_errors.fetch_add(1, Ordering::Relaxed);
+                if !was_failing {
+                    tracing::error!(%error, "the audit log cannot write; its rows are held until it can");
+                }
+            } else if was_failing && !audit.failing() {
+                tracing::info!("the audit log writes again; the rows held meanwhile are committed");
+            }
+            metrics.audit_failing.store(audit.failing(), Ordering::Relaxed);
+            metrics.audit_overfull.store(audit.overfull(), Ordering::Relaxed);
         }
         observe(&ready, metrics, &mut self.open_orders);
         Ok(())
@@ -573,14 +608,25 @@ impl Outputs {
         out
     }
 
-    /// Commits what the audit log has buffered, with every detection left.
+    /// Commits what the audit log has buffered, with every detection left; a disk that
+    /// cannot take it is given half a minute before the run fails, naming the file.
     fn flush(&mut self) -> anyhow::Result<()> {
         let detections = std::mem::take(&mut *self.detections.rows.lock().unwrap_or_else(|p| p.into_inner()));
-        if let Some(audit) = &mut self.audit {
-            audit.append(0, &[], AuditRows { detections, ..AuditRows::default() })?;
-            audit.commit()?;
+        let Some(audit) = &mut self.audit else { return Ok(()) };
+        let _ = audit.append(0, &[], AuditRows { detections, ..AuditRows::default() });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match audit.commit() {
+                Ok(()) => return Ok(()),
+                Err(error) if Instant::now() >= deadline => {
+                    return Err(anyhow::anyhow!("the audit log could not write its last rows: {error}"));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "the audit log cannot write its last rows; trying again");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
         }
-        Ok(())
     }
 }
 
@@ -633,6 +679,8 @@ struct StageCounters {
 /// the event-time frontier.
 struct Ingest {
     ids: Vec<Arc<str>>,
+    /// Per camera: whether it replays a recording with its own capture times (`start_ms`).
+    replays: Vec<bool>,
     /// Per camera: the latest capture time sent.
     last_sent: Vec<Option<u64>>,
     frontier: u64,
@@ -667,16 +715,20 @@ impl Ingest {
     }
 
     /// The new frontier, if it moved: the least latest capture time of the cameras still
-    /// active; with none active, the wall clock.
+    /// active; with none active, the wall clock, unless every camera replays a recording:
+    /// then the end of the recordings, so a replay's time never jumps to today.
     fn advance(&mut self, cameras: &[CameraHandle], idle: Duration) -> Option<u64> {
         let now = now_ms();
+        let all_replays = !self.replays.is_empty() && self.replays.iter().all(|r| *r);
+        let quiet =
+            if all_replays { self.last_sent.iter().flatten().max().map_or(self.frontier, |t| t + 1) } else { now };
         let next = cameras
             .iter()
             .zip(&self.last_sent)
             .filter(|(cam, _)| !cam.stats.finished() && !is_idle(&cam.stats, now, idle))
             .map(|(_, sent)| sent.unwrap_or(self.frontier))
             .min()
-            .unwrap_or(now)
+            .unwrap_or(quiet)
             .max(self.frontier);
         (next > self.frontier).then(|| {
             self.frontier = next;

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cluster;
 pub mod config;
 pub mod footage;
+pub mod fuzzing;
 pub mod graph;
 pub mod metrics;
 pub mod modelling;

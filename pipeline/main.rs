@@ -95,6 +95,9 @@ struct BenchArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Print memory, throughput and latency every this many seconds (a soak).
+    #[arg(long)]
+    sample_s: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -188,9 +191,9 @@ struct RunArgs {
     /// The config file (TOML).
     #[arg(long, short, default_value = "examples/demo-plant/defectflow.toml")]
     config: PathBuf,
-    /// Worker threads in this process (overrides `runtime.workers`).
-    #[arg(short = 'w', long)]
-    workers: Option<usize>,
+    /// Worker threads (`-w`, overrides `runtime.workers`) and timely's cluster mode.
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// Stop after this many seconds (overrides `runtime.duration_s`).
     #[arg(long)]
     duration_s: Option<f64>,
@@ -252,6 +255,7 @@ fn main() -> std::process::ExitCode {
 
 fn run_cli() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    stop_when_a_peer_is_lost();
     let filter =
         || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "defectflow=info,warn".into());
     if cli.log_json {
@@ -268,6 +272,15 @@ fn run_cli() -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             let config = RunConfig::load(&config)?;
             println!("config ok: {} camera(s)", config.cameras.len());
+            // What goes to librdkafka, credentials shown by where they come from.
+            if let Some(kafka) = &config.kafka {
+                for (name, value) in kafka.describe() {
+                    println!("kafka {name} = {value}");
+                }
+            }
+            if let Some(metrics) = &config.metrics {
+                println!("metrics on {}", metrics.address);
+            }
             Ok(())
         }
         Command::Synth(args) => synth(args),
@@ -277,6 +290,26 @@ fn run_cli() -> anyhow::Result<()> {
         Command::Report(args) => report(args),
         Command::Bench(args) => bench(args),
     }
+}
+
+/// In a cluster, timely's network threads panic when another process's connection is
+/// lost; the workers would then wait for it forever. The process stops instead, saying
+/// why, so that whatever supervises the cluster restarts it.
+fn stop_when_a_peer_is_lost() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("timely communication error") {
+            eprintln!("error: another process of the cluster is gone ({message}); stopping");
+            std::process::exit(3);
+        }
+        default(info);
+    }));
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -291,6 +324,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         brokers: args.brokers,
         reference: args.reference,
         out: args.out,
+        sample_s: args.sample_s,
     };
     let dir = tempfile::tempdir().context("a temporary folder for the bench's config")?;
     let result = defectflow::bench::run(&plan, dir.path())?;
@@ -314,7 +348,7 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut config = RunConfig::load(&args.config)?;
-    if let Some(workers) = args.workers {
+    if let Some(workers) = args.cluster.workers {
         anyhow::ensure!(workers > 0, "-w must be at least 1");
         config.runtime.workers = workers;
     }
@@ -331,17 +365,27 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("cannot install Ctrl-C handler")?;
     }
     let stop = StopWhen { after: config.runtime.duration_s.map(Duration::from_secs_f64), interrupted };
-    let timely_config = timely::Config::process(config.runtime.workers);
-    tracing::info!(cameras = config.cameras.len(), workers = config.runtime.workers, "starting");
+    let timely_config = args.cluster.timely_config(config.runtime.workers)?;
+    // In a cluster, process 0 delivers the work orders; each process reports its cameras.
+    let delivers = args.cluster.process == 0;
+    tracing::info!(
+        cameras = config.cameras.len(),
+        workers = config.runtime.workers,
+        process = args.cluster.process,
+        processes = args.cluster.processes,
+        "starting"
+    );
     let (reports, stages) = graph::run_stages(&config, timely_config, stop, Hooks::default())?;
     print_reports(&reports);
-    print_stages(&stages);
     let shadow = config.model.as_ref().is_some_and(|m| m.shadow);
-    if config.kafka.is_some() && !shadow {
-        println!("kafka: {} sent, {} delivered by an earlier run", stages.kafka_sent, stages.kafka_skipped);
-    }
-    if let Some(dir) = config.output.dir.clone() {
-        write_outputs(&dir, &stages, shadow)?;
+    if delivers {
+        print_stages(&stages);
+        if config.kafka.is_some() && !shadow {
+            println!("kafka: {} sent, {} delivered by an earlier run", stages.kafka_sent, stages.kafka_skipped);
+        }
+        if let Some(dir) = config.output.dir.clone() {
+            write_outputs(&dir, &stages, shadow)?;
+        }
     }
     if args.json {
         let json: Vec<_> = reports.iter().map(report_json).collect();

@@ -101,6 +101,11 @@ pub struct Metrics {
     pub stage_times: StageTimes,
     /// Wall clock (ms) at which the sink began its current delivery; 0: none under way.
     pub delivering_since_ms: AtomicU64,
+    /// Set while the audit log cannot write (disk full, read-only); its failed commits.
+    pub audit_failing: AtomicBool,
+    pub audit_errors: AtomicU64,
+    /// Set while a failing audit log holds as many rows as it may (the cameras wait).
+    pub audit_overfull: AtomicBool,
 }
 
 /// A delivery taking longer than this is a broker away or overloaded: the sources
@@ -162,10 +167,20 @@ impl Metrics {
         Arc::new(Metrics { healthy: AtomicBool::new(true), ..Metrics::default() })
     }
 
-    /// Whether the sink has been waiting for the broker longer than a delivery takes.
+    /// Whether an output is stuck: the sink has been waiting for the broker longer than
+    /// a delivery takes, or the audit log cannot write and holds all it may.
     pub fn output_stalled(&self) -> bool {
         let since = self.delivering_since_ms.load(Ordering::Relaxed);
-        since != 0 && crate::sources::camera::now_ms().saturating_sub(since) > OUTPUT_STALL_MS
+        let waiting = since != 0 && crate::sources::camera::now_ms().saturating_sub(since) > OUTPUT_STALL_MS;
+        waiting || self.audit_overfull.load(Ordering::Relaxed)
+    }
+
+    /// Frames received and dropped, over every camera so far.
+    pub fn camera_totals(&self) -> (u64, u64) {
+        let cameras = self.cameras.lock().map(|c| c.clone()).unwrap_or_default();
+        cameras.iter().fold((0, 0), |(received, dropped), c| {
+            (received + c.received.load(Ordering::Relaxed), dropped + c.dropped.load(Ordering::Relaxed))
+        })
     }
 
     pub fn add_camera(&self, stats: Arc<CameraStats>) {
@@ -247,13 +262,22 @@ impl Metrics {
              defectflow_work_orders_open {}\n",
             self.work_orders_open.load(Ordering::Relaxed)
         ));
-        out.push_str(&format!(
-            "# HELP defectflow_output_stalled 1 while the sink has waited for the broker over a second (the cameras are held back).
-             # TYPE defectflow_output_stalled gauge
-defectflow_output_stalled {}
-",
-            u8::from(self.output_stalled())
-        ));
+        let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));
+        };
+        gauge(
+            &mut out,
+            "defectflow_output_stalled",
+            "1 while an output is stuck (the cameras are held back): a delivery waiting for the broker over a second, or a failing audit log holding all the rows it may.",
+            u64::from(self.output_stalled()),
+        );
+        gauge(
+            &mut out,
+            "defectflow_audit_failing",
+            "1 while the audit log cannot write its files (its rows wait in memory and are written once it can).",
+            u64::from(self.audit_failing.load(Ordering::Relaxed)),
+        );
+        counter(&mut out, "defectflow_audit_write_errors_total", "Failed audit-log commits.", &self.audit_errors);
         out
     }
 }

@@ -31,15 +31,35 @@ pub struct PlantReference {
 }
 
 impl PlantReference {
+    /// The tables' files, in the order [`PlantReference::parse`] takes their texts.
+    pub const FILES: [&str; 6] =
+        ["assets.json", "cameras.json", "failures.json", "procedures.json", "technicians.json", "inventory.json"];
+
     /// Loads and checks the folder.
     pub fn load(dir: &Path) -> Result<PlantReference, ReferenceError> {
+        let mut texts: [Option<String>; 6] = Default::default();
+        for (text, file) in texts.iter_mut().zip(Self::FILES) {
+            let path = dir.join(file);
+            *text = match std::fs::read_to_string(&path) {
+                Ok(text) => Some(text),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+                Err(source) => return Err(ReferenceError::Read { path, source }),
+            };
+        }
+        PlantReference::parse(dir, texts.each_ref().map(Option::as_deref))
+    }
+
+    /// Parses and checks the tables' texts (in the order of [`PlantReference::FILES`];
+    /// `None`: the file is missing, an empty table), naming files under `dir` in errors.
+    pub fn parse(dir: &Path, texts: [Option<&str>; 6]) -> Result<PlantReference, ReferenceError> {
+        let [assets, cameras, failures, procedures, technicians, inventory] = texts;
         let reference = PlantReference {
-            assets: table(dir, "assets.json")?,
-            cameras: table(dir, "cameras.json")?,
-            failures: table(dir, "failures.json")?,
-            procedures: table(dir, "procedures.json")?,
-            technicians: table(dir, "technicians.json")?,
-            inventory: table(dir, "inventory.json")?,
+            assets: table(dir, "assets.json", assets)?,
+            cameras: table(dir, "cameras.json", cameras)?,
+            failures: table(dir, "failures.json", failures)?,
+            procedures: table(dir, "procedures.json", procedures)?,
+            technicians: table(dir, "technicians.json", technicians)?,
+            inventory: table(dir, "inventory.json", inventory)?,
         };
         reference.check(dir)?;
         Ok(reference)
@@ -80,12 +100,7 @@ impl PlantReference {
     }
 }
 
-fn table<T: DeserializeOwned>(dir: &Path, file: &str) -> Result<Vec<T>, ReferenceError> {
-    let path = dir.join(file);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(ReferenceError::Read { path, source }),
-    };
-    serde_json::from_str(&text).map_err(|source| ReferenceError::Parse { path, source })
+fn table<T: DeserializeOwned>(dir: &Path, file: &str, text: Option<&str>) -> Result<Vec<T>, ReferenceError> {
+    let Some(text) = text else { return Ok(Vec::new()) };
+    serde_json::from_str(text).map_err(|source| ReferenceError::Parse { path: dir.join(file), source })
 }

@@ -178,7 +178,7 @@ pub fn build<'scope>(
     collected: Rc<RefCell<Collected>>,
 ) -> (WorkflowInputs, ProbeHandle<u64>) {
     let (observations_handle, observations) = TimelyInput::new_input::<FrameObservation>(&scope);
-    let (plant, probe) = build_on(scope, observations, config, collected, None);
+    let (plant, probe) = build_on(scope, observations, config, collected, None, None);
     (WorkflowInputs { observations: observations_handle, plant }, probe)
 }
 
@@ -190,6 +190,7 @@ pub fn build_on<'scope>(
     config: WorkflowConfig,
     collected: Rc<RefCell<Collected>>,
     evidence: Option<std::sync::Arc<dyn defectflow_operators::evidence::EvidenceFrames>>,
+    route: Option<defectflow_operators::track::CameraRoute>,
 ) -> (PlantInputs, ProbeHandle<u64>) {
     let (events_handle, events) = TimelyInput::new_input::<WoEvent>(&scope);
     let (restored_handle, restored) = TimelyInput::new_input::<RestoredOrder>(&scope);
@@ -201,7 +202,7 @@ pub fn build_on<'scope>(
     let (inventory_handle, inventory) = scope.new_collection::<InventoryItem, isize>();
     let (movements_handle, movements) = scope.new_collection::<StockMovement, isize>();
 
-    let tracks = observations.track_with_evidence(cameras, config.track, evidence);
+    let tracks = observations.track_with_evidence(cameras, config.track, evidence, route);
     let scored = tracks.clone().severity(assets, failures, config.severity);
     let streams = scored.work_orders(
         LedgerInputs { events, technicians, procedures, inventory, movements: movements.clone(), restored },

@@ -2,49 +2,9 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{camera_toml, free_port};
-
-/// The RTSP server process; killed (by its own PID) when dropped.
-struct RtspServer(Child);
-
-impl RtspServer {
-    fn start(port: u16) -> RtspServer {
-        let python = std::env::var("DEFECTFLOW_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/rtsp_server.py");
-        let mut child = Command::new(&python)
-            .arg(script)
-            .arg(port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {python} {script}: {e} (run scripts/install.sh)"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("server output");
-        assert_eq!(
-            line.trim(),
-            "ready",
-            "RTSP server did not start (python3-gi and gir1.2-gst-rtsp-server-1.0 needed)"
-        );
-        RtspServer(child)
-    }
-
-    fn kill(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for RtspServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{RtspServer, camera_toml, free_port};
 
 #[test]
 fn rtsp_camera_reconnects_after_its_server_restarts_while_another_camera_keeps_flowing() {

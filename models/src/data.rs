@@ -209,6 +209,17 @@ pub fn parse_labels(
     height: usize,
 ) -> Result<Vec<LabelBox>, DataError> {
     let text = fs::read_to_string(path).map_err(|source| DataError::Io { path: path.to_owned(), source })?;
+    parse_label_text(&text, path, classes, width, height)
+}
+
+/// [`parse_labels`] of a label file's text; `path` names it in errors.
+pub fn parse_label_text(
+    text: &str,
+    path: &Path,
+    classes: &[DefectClass],
+    width: usize,
+    height: usize,
+) -> Result<Vec<LabelBox>, DataError> {
     let mut labels = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;

@@ -15,7 +15,7 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
 
 use crate::evidence::{EvidenceFrames, EvidenceRequest};
-use crate::ids::{route, stable_hash};
+use crate::ids::stable_hash;
 use crate::in_order::InOrder;
 
 /// How detections become tracks. `[track]` in the config.
@@ -117,14 +117,21 @@ pub trait Track<'scope> {
     ) -> VecCollection<'scope, u64, (String, DefectTrack)>;
 
     /// [`Track::track`], with each snapshot carrying the evidence image of its best
-    /// frame, drawn by `evidence` (which is told when frames are no longer needed).
+    /// frame, drawn by `evidence` (which is told when frames are no longer needed), and
+    /// each camera tracked on the worker `route` picks (by default a hash of its id).
+    /// The evidence frames are held in the process that scored them, so a cluster routes
+    /// each camera to the worker that ingests it.
     fn track_with_evidence(
         self,
         cameras: VecCollection<'scope, u64, Camera>,
         config: TrackConfig,
         evidence: Option<Arc<dyn EvidenceFrames>>,
+        route: Option<CameraRoute>,
     ) -> VecCollection<'scope, u64, (String, DefectTrack)>;
 }
+
+/// Which worker tracks a camera, from its id: a number taken modulo the worker count.
+pub type CameraRoute = Arc<dyn Fn(&str) -> u64 + Send + Sync>;
 
 impl<'scope> Track<'scope> for StreamVec<'scope, u64, FrameObservation> {
     fn track(
@@ -132,7 +139,7 @@ impl<'scope> Track<'scope> for StreamVec<'scope, u64, FrameObservation> {
         cameras: VecCollection<'scope, u64, Camera>,
         config: TrackConfig,
     ) -> VecCollection<'scope, u64, (String, DefectTrack)> {
-        self.track_with_evidence(cameras, config, None)
+        self.track_with_evidence(cameras, config, None, None)
     }
 
     fn track_with_evidence(
@@ -140,14 +147,16 @@ impl<'scope> Track<'scope> for StreamVec<'scope, u64, FrameObservation> {
         cameras: VecCollection<'scope, u64, Camera>,
         config: TrackConfig,
         evidence: Option<Arc<dyn EvidenceFrames>>,
+        route: Option<CameraRoute>,
     ) -> VecCollection<'scope, u64, (String, DefectTrack)> {
+        let route: CameraRoute = route.unwrap_or_else(|| Arc::new(crate::ids::route));
         let window = config.confirm_window_frames.clamp(1, 64);
         let inputs = self
             .map(TrackInput::Frame)
             .concat(cameras.inner.map(|(camera, time, diff)| TrackInput::Camera(camera, time, diff)));
         inputs
             .unary_frontier(
-                Exchange::new(|input: &TrackInput| route(input.camera_id())),
+                Exchange::new(move |input: &TrackInput| route(input.camera_id())),
                 "Track",
                 move |capability, _info| {
                     let mut in_order = InOrder::new(capability);

@@ -244,6 +244,9 @@ impl RunConfig {
         }
         config.plant.reference = config.plant.reference.map(|d| base.join(d));
         config.plant.cmms_script = config.plant.cmms_script.map(|f| base.join(f));
+        if let Some(kafka) = &mut config.kafka {
+            kafka.secrets_from_file.values_mut().for_each(|f| *f = base.join(&*f));
+        }
         config.validate().map_err(|(field, message)| ConfigError::Invalid {
             path: origin.to_owned(),
             field,
@@ -325,6 +328,16 @@ mod tests {
         assert_eq!(config.runtime.workers, 1);
         assert_eq!(config.cameras[0].width, 640);
         assert!(matches!(config.cameras[0].source_url(), Ok(SourceUrl::File(_))));
+    }
+
+    #[test]
+    fn the_metrics_endpoint_binds_loopback_unless_told() {
+        let camera = "[[cameras]]\nid = \"c1\"\nurl = \"file:///tmp/a.mp4\"\n";
+        let config = RunConfig::parse(&format!("[metrics]\n{camera}"), "t").expect("valid");
+        assert_eq!(config.metrics.map(|m| m.address), Some("127.0.0.1:9464".to_owned()));
+        let config = RunConfig::parse(&format!("[metrics]\naddress = \"0.0.0.0:9100\"\n{camera}"), "t").expect("valid");
+        assert_eq!(config.metrics.map(|m| m.address), Some("0.0.0.0:9100".to_owned()));
+        assert_eq!(field_of(&format!("[metrics]\naddress = \"localhost\"\n{camera}")), "metrics.address");
     }
 
     #[test]

@@ -227,6 +227,9 @@ fn supervise(
 ) {
     let retry = &camera.reconnect;
     let is_file = camera.url.starts_with("file://");
+    // A network camera is always on: its stream ending (the server restarted, or said
+    // goodbye) is a reason to connect again, not the end of the camera.
+    let is_stream = camera.url.starts_with("rtsp://");
     let mut backoff = Duration::from_millis(retry.initial_backoff_ms);
     let mut failures = 0u32;
     let next_index = Arc::new(AtomicU64::new(0));
@@ -251,6 +254,10 @@ fn supervise(
             failures = 0;
             backoff = Duration::from_millis(retry.initial_backoff_ms);
         }
+        let outcome = match outcome {
+            Outcome::Ended if is_stream => Outcome::Broken("the stream ended".into()),
+            outcome => outcome,
+        };
         match outcome {
             Outcome::Ended => {
                 tracing::info!(camera = %camera.id, frames = stats.received.load(Ordering::Relaxed), "stream ended");

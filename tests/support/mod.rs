@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -12,6 +14,8 @@ use defectflow::footage::{Codec, Container, FootageOptions, write_plant, write_s
 use defectflow::graph::{self, CameraReport, Hooks, StopWhen};
 use defectflow_models::synth::{AssetKind, GroundTruth, PlantOptions, planned_scene};
 use defectflow_schemas::DefectClass;
+
+pub mod kafka;
 
 /// Footage written once per test binary and shared by its tests.
 pub struct Footage {
@@ -147,6 +151,7 @@ pub fn run_config(config: &RunConfig, workers: usize, after: Option<Duration>) -
         }),
         on_observation: None,
         time_stages: false,
+        metrics: None,
     };
     let stop = StopWhen { after, interrupted: Arc::new(AtomicBool::new(false)) };
     let reports = graph::run(config, timely::Config::process(workers), stop, hooks).expect("run completes");
@@ -181,12 +186,17 @@ pub fn demo_plant_footage(dir: &Path) -> GroundTruth {
         ),
         planned_scene("cam-gearbox", "GB-412", AssetKind::Gearbox, size, 15, 9104, &[(DefectClass::Wear, 1.5)]),
     ];
+    scenes_footage(dir, &scenes, 6.0)
+}
+
+/// H.264 MP4 footage of `scenes` (640×360, 15 fps) for `seconds`, written into `dir`.
+pub fn scenes_footage(dir: &Path, scenes: &[defectflow_models::synth::SceneSpec], seconds: f64) -> GroundTruth {
     let options = FootageOptions {
         plant: PlantOptions {
             seed: 9100,
-            cameras: 4,
+            cameras: scenes.len(),
             defect_free_cameras: 0,
-            duration_s: 6.0,
+            duration_s: seconds,
             fps: 15,
             width: 640,
             height: 360,
@@ -194,5 +204,51 @@ pub fn demo_plant_footage(dir: &Path) -> GroundTruth {
         codec: Codec::H264,
         container: Container::Mp4,
     };
-    write_scenes(dir, &scenes, &options).expect("footage")
+    write_scenes(dir, scenes, &options).expect("footage")
+}
+
+/// The RTSP server process; killed (by its own PID) when dropped.
+pub struct RtspServer(Child);
+
+impl RtspServer {
+    /// A live test pattern at rtsp://127.0.0.1:PORT/cam.
+    pub fn start(port: u16) -> RtspServer {
+        RtspServer::serving(port, None)
+    }
+
+    /// `recording` (an H.264 MP4) at rtsp://127.0.0.1:PORT/cam at its frame rate, from
+    /// its start for each client; without one, a live test pattern.
+    pub fn serving(port: u16, recording: Option<&Path>) -> RtspServer {
+        let python = std::env::var("DEFECTFLOW_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/rtsp_server.py");
+        let mut child = Command::new(&python)
+            .arg(script)
+            .arg(port.to_string())
+            .args(recording)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {python} {script}: {e} (run scripts/install.sh)"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("server output");
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "RTSP server did not start (python3-gi and gir1.2-gst-rtsp-server-1.0 needed)"
+        );
+        RtspServer(child)
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for RtspServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

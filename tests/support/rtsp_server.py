@@ -1,7 +1,8 @@
 """A real RTSP server on 127.0.0.1 for defectflow's stream tests.
 
 Serves live H.264 (videotestsrc, x264enc) at rtsp://127.0.0.1:PORT/cam and prints
-"ready" once it listens. Usage: rtsp_server.py PORT
+"ready" once it listens; with a recording (an H.264 MP4), serves that instead, at its
+frame rate, from its start for each client. Usage: rtsp_server.py PORT [FILE.mp4]
 """
 import sys
 
@@ -18,6 +19,8 @@ PIPELINE = (
     "! rtph264pay name=pay0 pt=96 config-interval=1 )"
 )
 
+RECORDING = "( filesrc location={} ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 )"
+
 
 def main() -> None:
     port = sys.argv[1]
@@ -26,8 +29,12 @@ def main() -> None:
     server.set_address("127.0.0.1")
     server.set_service(port)
     factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(PIPELINE)
-    factory.set_shared(True)
+    if len(sys.argv) > 2:
+        factory.set_launch(RECORDING.format(sys.argv[2]))
+        factory.set_shared(False)
+    else:
+        factory.set_launch(PIPELINE)
+        factory.set_shared(True)
     server.get_mount_points().add_factory("/cam", factory)
     if server.attach(None) == 0:
         print(f"cannot listen on 127.0.0.1:{port}", file=sys.stderr, flush=True)

@@ -93,23 +93,38 @@ impl AuditLog {
         for row in rows {
             by_date.entry(utc_date(event_time(row))).or_default().push(row);
         }
-        let mut written = Vec::new();
+        // Every file is written aside first, then all are renamed into place: a write
+        // that fails (disk full, read-only) leaves no file behind, so the caller can keep
+        // the rows and write them again later without writing any twice.
+        let mut aside = Vec::new();
         for (date, rows) in by_date {
-            let batch = RecordBatch::try_new(table.schema(), columns(&rows))
-                .map_err(|source| AuditError::Arrow { table: table.name(), source })?;
-            written.push(self.commit(table, &date, &batch, closed_before)?);
+            let written = RecordBatch::try_new(table.schema(), columns(&rows))
+                .map_err(|source| AuditError::Arrow { table: table.name(), source })
+                .and_then(|batch| self.write_aside(table, &date, &batch, closed_before));
+            match written {
+                Ok(file) => aside.push(file),
+                Err(error) => {
+                    aside.iter().for_each(|(file, _)| drop(std::fs::remove_file(file)));
+                    return Err(error);
+                }
+            }
         }
-        Ok(written)
+        aside
+            .into_iter()
+            .map(|(file, path)| {
+                std::fs::rename(&file, &path).map(|()| path.clone()).map_err(|source| AuditError::Io { path, source })
+            })
+            .collect()
     }
 
-    /// Writes the batch aside and renames it into place.
-    fn commit(
+    /// Writes the batch to a hidden file beside its place; returns (that file, its place).
+    fn write_aside(
         &self,
         table: AuditTable,
         date: &str,
         batch: &RecordBatch,
         closed_before: Option<u64>,
-    ) -> Result<PathBuf, AuditError> {
+    ) -> Result<(PathBuf, PathBuf), AuditError> {
         let dir = self.dir.join(table.name()).join(format!("date={date}"));
         std::fs::create_dir_all(&dir).map_err(|source| AuditError::Io { path: dir.clone(), source })?;
         let io = |path: &Path| {
@@ -134,11 +149,16 @@ impl AuditLog {
             .build();
         let parquet = |source| AuditError::Parquet { path: aside.clone(), source };
         let mut writer = ArrowWriter::try_new(file, Arc::clone(&batch.schema()), Some(properties)).map_err(parquet)?;
-        writer.write(batch).map_err(parquet)?;
-        let file = writer.into_inner().map_err(parquet)?;
-        file.sync_all().map_err(io(&aside))?;
-        std::fs::rename(&aside, &path).map_err(io(&path))?;
-        Ok(path)
+        if let Err(error) = writer.write(batch) {
+            drop(std::fs::remove_file(&aside));
+            return Err(parquet(error));
+        }
+        let written = writer.into_inner().map_err(parquet).and_then(|file| file.sync_all().map_err(io(&aside)));
+        if let Err(error) = written {
+            drop(std::fs::remove_file(&aside));
+            return Err(error);
+        }
+        Ok((aside, path))
     }
 }
 
@@ -226,7 +246,15 @@ pub struct AuditStream {
     last_commit: std::time::Instant,
     max_rows: usize,
     max_age: std::time::Duration,
+    /// After a failed commit, when to try again (the rows wait in the buffers).
+    retry_at: Option<std::time::Instant>,
 }
+
+/// How long a failed commit waits before the next try.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Commits' worth of rows a failing audit log holds in memory before the cameras wait.
+const HELD_COMMITS: usize = 4;
 
 impl AuditStream {
     /// Opens the audit log under `dir`, learning what earlier runs committed; commits
@@ -245,6 +273,7 @@ impl AuditStream {
             last_commit: std::time::Instant::now(),
             max_rows,
             max_age,
+            retry_at: None,
         })
     }
 
@@ -271,20 +300,43 @@ impl AuditStream {
         rows.inventory.into_iter().for_each(|(time, r)| self.inventory.push(time, r));
         rows.wo_events.into_iter().for_each(|(time, e)| self.wo_events.push(time, e));
         self.closed_before = self.closed_before.max(closed_before);
-        let rows = self.detections.rows.len()
-            + self.tracks.rows.len()
-            + self.work_orders.rows.len()
-            + self.assignments.rows.len()
-            + self.inventory.rows.len()
-            + self.wo_events.rows.len();
-        if rows >= self.max_rows || (rows > 0 && self.last_commit.elapsed() >= self.max_age) {
+        let rows = self.held_rows();
+        let due = rows >= self.max_rows || (rows > 0 && self.last_commit.elapsed() >= self.max_age);
+        if due && self.retry_at.is_none_or(|at| std::time::Instant::now() >= at) {
             self.commit()?;
         }
         Ok(())
     }
 
-    /// Commits the buffered rows.
+    /// Whether the last commit failed (its rows wait for the next try).
+    pub fn failing(&self) -> bool {
+        self.retry_at.is_some()
+    }
+
+    /// Whether a failing log holds as many rows as it may: `HELD_COMMITS` commits' worth.
+    /// The run then holds its cameras back until the disk takes the rows.
+    pub fn overfull(&self) -> bool {
+        self.failing() && self.held_rows() >= self.max_rows.saturating_mul(HELD_COMMITS)
+    }
+
+    fn held_rows(&self) -> usize {
+        self.detections.rows.len()
+            + self.tracks.rows.len()
+            + self.work_orders.rows.len()
+            + self.assignments.rows.len()
+            + self.inventory.rows.len()
+            + self.wo_events.rows.len()
+    }
+
+    /// Commits the buffered rows. A table whose files cannot be written keeps its rows
+    /// for the next commit, tried no sooner than a second later.
     pub fn commit(&mut self) -> Result<(), AuditError> {
+        let result = self.commit_tables();
+        self.retry_at = result.is_err().then(|| std::time::Instant::now() + RETRY_AFTER);
+        result
+    }
+
+    fn commit_tables(&mut self) -> Result<(), AuditError> {
         let closed = self.closed_before;
         let log = &self.log;
         commit(log, &mut self.detections, closed, AuditTable::Detections, |d| d.capture_ms, columns::detections)?;
@@ -317,8 +369,9 @@ fn commit<T>(
     if buffer.rows.is_empty() {
         return Ok(());
     }
-    let rows = std::mem::take(&mut buffer.rows);
-    log.write_closing(table, &rows, event_time, columns, Some(closed_before))?;
+    // The rows stay buffered until their files are in place.
+    log.write_closing(table, &buffer.rows, event_time, columns, Some(closed_before))?;
+    buffer.rows.clear();
     buffer.before = closed_before;
     Ok(())
 }
@@ -340,6 +393,60 @@ pub fn utc_date(at_ms: EpochMillis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn detection(i: u64) -> Detection {
+        Detection {
+            camera_id: "cam-1".into(),
+            frame_index: i,
+            capture_ms: 1_790_000_000_000 + i * 100,
+            class: defectflow_schemas::DefectClass::Crack,
+            confidence: 0.9,
+            bbox: defectflow_schemas::BoundingBox { x: 1.0, y: 2.0, width: 3.0, height: 4.0 },
+            area_px: 12.0,
+            model_version: "m".into(),
+            shadow: false,
+        }
+    }
+
+    fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for partition in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            for file in std::fs::read_dir(partition.path()).into_iter().flatten().flatten() {
+                files.push(file.path());
+            }
+        }
+        files
+    }
+
+    /// A table whose folder cannot be written (here a file stands where its folder goes,
+    /// which fails even for root) keeps its rows, says it is failing, holds at most a few
+    /// commits' worth before asking the run to wait, and writes them once, later.
+    #[test]
+    fn a_failed_commit_keeps_its_rows_for_the_next() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut stream = AuditStream::open(dir.path(), 2, std::time::Duration::from_secs(3600)).expect("open");
+        let blocked = dir.path().join("detections");
+        std::fs::write(&blocked, b"not a folder").expect("block");
+        let rows =
+            |from: u64| AuditRows { detections: (from..from + 2).map(detection).collect(), ..AuditRows::default() };
+        let error = stream.append(10, &[], rows(0)).expect_err("the folder is a file");
+        assert!(error.to_string().contains("detections"), "{error}");
+        assert!(stream.failing() && !stream.overfull());
+        // Within the second no new try is made; the rows pile up to the limit.
+        for i in 1..4 {
+            stream.append(10 + i, &[], rows(2 * i)).expect("no try yet");
+        }
+        assert!(stream.overfull(), "8 rows of a 2-row commit");
+        std::fs::remove_file(&blocked).expect("unblock");
+        stream.retry_at = Some(std::time::Instant::now());
+        stream.append(20, &[], AuditRows::default()).expect("written");
+        assert!(!stream.failing() && !stream.overfull());
+        let files = parquet_files(&blocked);
+        assert_eq!(files.len(), 1, "{files:?}");
+        let reader = SerializedFileReader::new(File::open(&files[0]).expect("open")).expect("parquet");
+        assert_eq!(reader.metadata().file_metadata().num_rows(), 8, "every held row, once");
+        assert!(std::fs::read_dir(dir.path().join("detections")).expect("folder").count() == 1, "nothing left aside");
+    }
 
     #[test]
     fn dates_of_known_instants() {

@@ -58,6 +58,19 @@ pub struct KafkaConfig {
     /// variables at start (e.g. `"sasl.password" = "KAFKA_PASSWORD"`); never logged.
     #[serde(default)]
     pub secrets_from_env: BTreeMap<String, String>,
+    /// librdkafka properties whose values are secrets, read from the named files at
+    /// start (a mounted secret: `"sasl.password" = "/run/secrets/kafka"`, one trailing
+    /// newline dropped); never logged.
+    #[serde(default)]
+    pub secrets_from_file: BTreeMap<String, std::path::PathBuf>,
+}
+
+/// Whether a librdkafka property holds a credential, which must come from the
+/// environment or a file, never from the config's `properties`.
+pub fn is_secret(property: &str) -> bool {
+    property.ends_with("password")
+        || property.ends_with("secret")
+        || matches!(property, "ssl.key.pem" | "sasl.oauthbearer.config")
 }
 
 fn default_sink_id() -> String {
@@ -75,6 +88,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("inputs", &self.inputs)
             .field("properties", &self.properties.keys().collect::<Vec<_>>())
             .field("secrets_from_env", &self.secrets_from_env)
+            .field("secrets_from_file", &self.secrets_from_file)
             .finish()
     }
 }
@@ -158,6 +172,14 @@ impl KafkaConfig {
                 ));
             }
         }
+        if let Some(property) = self.properties.keys().find(|p| is_secret(p)) {
+            return Err((
+                format!("kafka.properties.\"{property}\""),
+                "holds a credential: name the environment variable that holds it under \
+                 [kafka.secrets_from_env], or its file under [kafka.secrets_from_file]"
+                    .into(),
+            ));
+        }
         for (property, variable) in &self.secrets_from_env {
             if std::env::var_os(variable).is_none() {
                 return Err((
@@ -166,7 +188,33 @@ impl KafkaConfig {
                 ));
             }
         }
+        for (property, path) in &self.secrets_from_file {
+            if let Err(e) = std::fs::read(path) {
+                return Err((
+                    format!("kafka.secrets_from_file.\"{property}\""),
+                    format!("cannot read {}: {e}", path.display()),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The librdkafka settings as `check-config` shows them: each property with its
+    /// value, a secret with where it comes from instead.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        let mut out = vec![("bootstrap.servers".to_owned(), self.brokers.clone())];
+        out.extend(self.properties.iter().map(|(name, value)| (name.clone(), value.clone())));
+        out.extend(
+            self.secrets_from_env
+                .iter()
+                .map(|(name, variable)| (name.clone(), format!("<secret from environment variable {variable}>"))),
+        );
+        out.extend(
+            self.secrets_from_file
+                .iter()
+                .map(|(name, path)| (name.clone(), format!("<secret from file {}>", path.display()))),
+        );
+        out
     }
 
     /// The librdkafka settings common to the producer and the recovery consumer: the
@@ -184,6 +232,11 @@ impl KafkaConfig {
             let value = std::env::var(variable).map_err(|_| SinkError::Secret { property: name.clone() })?;
             client.set(name, value);
         }
+        for (name, path) in &self.secrets_from_file {
+            let text = std::fs::read_to_string(path).map_err(|_| SinkError::Secret { property: name.clone() })?;
+            let value = text.strip_suffix('\n').unwrap_or(&text);
+            client.set(name, value.strip_suffix('\r').unwrap_or(value));
+        }
         Ok(client)
     }
 }
@@ -193,7 +246,7 @@ impl KafkaConfig {
 pub enum SinkError {
     #[error("kafka: {context}: {source}")]
     Kafka { context: String, source: KafkaError },
-    #[error("kafka: the environment variable for `{property}` is no longer set")]
+    #[error("kafka: the secret for `{property}` (its environment variable or file) can no longer be read")]
     Secret { property: String },
     #[error("kafka: {count} message(s) not delivered, first: {first}")]
     Undelivered { count: usize, first: String },
@@ -201,9 +254,20 @@ pub enum SinkError {
     Progress { topic: String, offset: i64, reason: String },
 }
 
-fn kafka(context: impl Into<String>) -> impl FnOnce(KafkaError) -> SinkError {
+pub(crate) fn kafka(context: impl Into<String>) -> impl FnOnce(KafkaError) -> SinkError {
     let context = context.into();
-    move |source| SinkError::Kafka { context, source }
+    move |source| SinkError::Kafka { context, source: without_values(source) }
+}
+
+/// librdkafka's configuration errors quote the property's value, which may be a
+/// credential: the value is left out of the error.
+fn without_values(error: KafkaError) -> KafkaError {
+    match error {
+        KafkaError::ClientConfig(code, description, property, _) => {
+            KafkaError::ClientConfig(code, description, property, "(value not shown)".into())
+        }
+        other => other,
+    }
 }
 
 /// One message for an output topic.

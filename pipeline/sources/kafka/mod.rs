@@ -102,7 +102,17 @@ pub enum Input {
     Event(WoEvent),
     Movement(StockMovement),
     Technician(Technician),
+    /// `{"technician_id": …, "removed": true}`: the technician leaves the roster.
+    TechnicianRemoved(String),
     Asset(Asset),
+}
+
+/// A technicians message that takes someone off the roster.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Removal {
+    technician_id: String,
+    removed: bool,
 }
 
 /// Parses one message of an input topic; the error is the reason for its dead letter.
@@ -126,13 +136,17 @@ pub fn parse(kind: InputKind, bytes: &[u8], max_bytes: usize) -> Result<Input, S
     let input = match kind {
         InputKind::WoEvents => Input::Event(json(bytes)?),
         InputKind::Inventory => Input::Movement(json(bytes)?),
-        InputKind::Technicians => Input::Technician(json(bytes)?),
+        InputKind::Technicians => match serde_json::from_slice::<Removal>(bytes) {
+            Ok(Removal { technician_id, removed: true }) => Input::TechnicianRemoved(technician_id),
+            _ => Input::Technician(json(bytes)?),
+        },
         InputKind::Assets => Input::Asset(json(bytes)?),
     };
     match &input {
         Input::Event(e) if e.work_order_id.is_empty() => Err("`work_order_id` is empty".into()),
         Input::Movement(m) if m.part_id.is_empty() => Err("`part_id` is empty".into()),
         Input::Technician(t) if t.technician_id.is_empty() => Err("`technician_id` is empty".into()),
+        Input::TechnicianRemoved(id) if id.is_empty() => Err("`technician_id` is empty".into()),
         Input::Asset(a) if a.asset_id.is_empty() => Err("`asset_id` is empty".into()),
         _ => Ok(input),
     }
@@ -181,7 +195,7 @@ impl KafkaInputs {
             .set("group.id", &inputs.group)
             .set("enable.auto.commit", "false")
             .create()
-            .map_err(|source| SinkError::Kafka { context: "creating the input consumer".into(), source })?;
+            .map_err(crate::sinks::kafka::kafka("creating the input consumer"))?;
         let topics: BTreeMap<String, InputKind> = [
             (inputs.wo_events.clone(), InputKind::WoEvents),
             (inputs.inventory.clone(), InputKind::Inventory),
@@ -275,6 +289,11 @@ impl KafkaInputs {
                 }
                 plant.technicians.insert(technician);
             }
+            Input::TechnicianRemoved(id) => match self.technicians.remove(&id) {
+                // Their work not yet started goes to someone else on shift.
+                Some(old) => plant.technicians.remove(old),
+                None => tracing::warn!(technician = %id, "kafka input: removal of a technician not on the roster"),
+            },
             Input::Asset(asset) => {
                 if let Some(old) = self.assets.insert(asset.asset_id.clone(), asset.clone()) {
                     plant.assets.remove(old);

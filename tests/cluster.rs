@@ -1,0 +1,120 @@
+//! timely's cluster mode: the same recording on one process with two workers and on two
+//! processes with one worker each gives the same work orders and evidence.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use sha2::Digest;
+
+#[test]
+fn two_processes_make_the_same_work_orders_as_two_workers_in_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let truth = support::demo_plant_footage(dir.path());
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
+    let mut toml =
+        format!("[runtime]\nworkers = 2\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n", reference.display());
+    for camera in &truth.cameras {
+        let url = support::file_url(&dir.path().join(&camera.video));
+        toml.push_str(&format!(
+            "[[cameras]]\nid = \"{}\"\nurl = \"{url}\"\nstart_ms = 1790000000000\nmax_fps = 5\n",
+            camera.scene.camera_id
+        ));
+    }
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(&config, toml).expect("config");
+    let run = |out: &Path, extra: &[String]| {
+        Command::new(env!("CARGO_BIN_EXE_defectflow"))
+            .args(["run", "--config", config.to_str().expect("utf-8"), "--out", out.to_str().expect("utf-8")])
+            .args(extra)
+            .spawn()
+            .expect("start defectflow")
+    };
+
+    let one = dir.path().join("one");
+    let output = run(&one, &["-w".into(), "2".into()]).wait_with_output().expect("one process");
+    assert!(output.status.success(), "one process failed");
+
+    let ports = [support::free_port(), support::free_port()];
+    let hostfile = dir.path().join("hosts.txt");
+    std::fs::write(&hostfile, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>()).expect("hosts");
+    let two = dir.path().join("two");
+    let processes: Vec<_> = (0..2)
+        .map(|p| {
+            let cluster = ["-w", "1", "-n", "2", "-p", &p.to_string(), "-h", hostfile.to_str().expect("utf-8")];
+            Command::new(env!("CARGO_BIN_EXE_defectflow"))
+                .args(["run", "--config", config.to_str().expect("utf-8"), "--out", two.to_str().expect("utf-8")])
+                .args(cluster)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("start a process")
+        })
+        .collect();
+    let outputs: Vec<_> = processes.into_iter().map(|p| p.wait_with_output().expect("wait")).collect();
+    for (p, output) in outputs.iter().enumerate() {
+        assert!(output.status.success(), "process {p} failed: {}", String::from_utf8_lossy(&output.stdout));
+    }
+
+    // The cameras are spread: camera i runs on worker i mod 2, one worker per process.
+    for (p, output) in outputs.iter().enumerate() {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        for (i, camera) in truth.cameras.iter().enumerate() {
+            let id = &camera.scene.camera_id;
+            let line = stdout.lines().find(|l| l.split_whitespace().next() == Some(id.as_str()));
+            match line {
+                Some(line) => {
+                    assert_eq!(i % 2, p, "{id} reported by process {p}: {line}");
+                    assert_eq!(line.split_whitespace().nth(1), Some(p.to_string().as_str()), "worker of {id}: {line}");
+                }
+                None => assert_ne!(i % 2, p, "process {p} does not report {id}:\n{stdout}"),
+            }
+        }
+    }
+
+    // Process 0 delivers; the work orders are the same, revision for revision.
+    let lines = |dir: &Path| {
+        let text = std::fs::read_to_string(dir.join("work-orders.jsonl")).expect("work-orders.jsonl");
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        lines.sort();
+        lines
+    };
+    let (single, cluster) = (lines(&one), lines(&two));
+    let work_orders = |lines: &[String]| {
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|m| m.get("work_order").map(|w| w["work_order_id"].as_str().expect("id").to_owned()))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(work_orders(&single).len(), truth.cameras.len(), "one work order per defect: {single:#?}");
+    assert_eq!(single, cluster, "the same messages from one process and from two");
+
+    // Every evidence image was drawn (on the process that scored its frame) and is the same.
+    let images = |dir: &Path| -> BTreeMap<String, String> {
+        let mut images = BTreeMap::new();
+        for track in std::fs::read_dir(dir.join("evidence")).expect("evidence folder") {
+            let track = track.expect("entry").path();
+            for image in std::fs::read_dir(&track).expect("track folder") {
+                let image = image.expect("entry").path();
+                let hash = sha2::Sha256::digest(std::fs::read(&image).expect("image"));
+                let name = |p: &Path| p.file_name().expect("name").to_string_lossy().into_owned();
+                images.insert(format!("{}/{}", name(&track), name(&image)), format!("{hash:x}"));
+            }
+        }
+        images
+    };
+    let (single_images, cluster_images) = (images(&one), images(&two));
+    assert!(single_images.len() >= truth.cameras.len(), "{single_images:?}");
+    assert_eq!(single_images, cluster_images);
+    for line in &cluster {
+        let message: serde_json::Value = serde_json::from_str(line).expect("json");
+        if let Some(evidence) = message.get("work_order").and_then(|w| w.get("evidence")) {
+            let uri = evidence["uri"].as_str().expect("uri");
+            let name = uri.rsplitn(3, '/').take(2).collect::<Vec<_>>();
+            let name = format!("{}/{}", name[1], name[0]);
+            assert_eq!(cluster_images.get(&name), evidence["sha256"].as_str().map(str::to_owned).as_ref(), "{uri}");
+        }
+    }
+}

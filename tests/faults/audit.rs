@@ -1,0 +1,99 @@
+//! The audit log's disk refusing writes mid-run (its folder made immutable: even root
+//! cannot create a file there): a clear error, the metrics show it, the work orders go
+//! on, the rows wait and are written once the disk takes them again, nothing lost,
+//! nothing twice.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::checks;
+use crate::support::{self, kafka::http_get, kafka::sample};
+
+/// `chattr -R ±i` on a folder; made writable again when dropped.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(path: &Path) -> Immutable {
+        let status = Command::new("chattr").args(["-R", "+i"]).arg(path).status().expect("chattr");
+        assert!(status.success(), "chattr +i {} (the test needs CAP_LINUX_IMMUTABLE)", path.display());
+        Immutable(path.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").args(["-R", "-i"]).arg(&self.0).status();
+    }
+}
+
+fn metric(port: u16, series: &str) -> Option<f64> {
+    http_get(port, "/metrics").and_then(|(_, body)| sample(&body, series))
+}
+
+fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_audit_disk_that_refuses_writes_holds_the_rows_until_it_takes_them() {
+    let _serial = crate::support::kafka::serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let truth = support::demo_plant_footage(dir.path());
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
+    let port = support::free_port();
+    let mut toml = format!(
+        "[runtime]\nworkers = 2\nduration_s = 30\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
+         [output]\naudit_commit_s = 0.5\n[metrics]\naddress = \"127.0.0.1:{port}\"\n",
+        reference.display()
+    );
+    for camera in &truth.cameras {
+        let url = support::file_url(&dir.path().join(&camera.video));
+        toml.push_str(&format!(
+            "[[cameras]]\nid = \"{}\"\nurl = \"{url}\"\nstart_ms = 1790000000000\nrealtime = true\nmax_fps = 5\n",
+            camera.scene.camera_id
+        ));
+    }
+    let config = dir.path().join("audit.toml");
+    std::fs::write(&config, toml).expect("config");
+    let out = dir.path().join("out");
+    let run = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+        .args(["run", "--config", config.to_str().expect("utf-8"), "--out", out.to_str().expect("utf-8")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    // Once the first rows are committed, the disk refuses every new file for 8 s.
+    let audit = out.join("audit");
+    wait_for("a first audit file", Duration::from_secs(60), || {
+        std::fs::read_dir(audit.join("detections")).is_ok_and(|mut d| d.next().is_some())
+    });
+    let immutable = Immutable::set(&audit);
+    wait_for("the metrics showing the audit log failing", Duration::from_secs(20), || {
+        metric(port, "defectflow_audit_failing") == Some(1.0)
+    });
+    // The work orders go on meanwhile: a few commits' worth of rows may wait.
+    assert_eq!(metric(port, "defectflow_output_stalled"), Some(0.0), "the cameras are not held back yet");
+    assert!(metric(port, "defectflow_audit_write_errors_total").is_some_and(|n| n >= 1.0));
+    std::thread::sleep(Duration::from_secs(8));
+    drop(immutable);
+    wait_for("the audit log writing again", Duration::from_secs(20), || {
+        metric(port, "defectflow_audit_failing") == Some(0.0)
+            && http_get(port, "/healthz").is_some_and(|(status, _)| status == "HTTP/1.1 200 OK")
+    });
+    let output = run.wait_with_output().expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "run failed: {stderr}");
+    assert!(
+        stderr.contains("the audit log cannot write") && stderr.contains(audit.to_str().expect("utf-8")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("the audit log writes again"), "{stderr}");
+
+    let keys = checks::one_work_order_per_defect(&checks::jsonl_work_orders(&out), &checks::defects(&truth));
+    checks::audited_once(&audit, &keys);
+}

@@ -1,0 +1,300 @@
+//! A real Kafka-protocol broker (tansu) for the end-to-end tests, the independent
+//! client that reads it back (Python confluent-kafka), and checks of what a run
+//! delivered.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use defectflow_models::synth::GroundTruth;
+use defectflow_schemas::WORK_ORDER_JSON_SCHEMA;
+use serde_json::Value;
+
+/// A tansu broker on a free port of 127.0.0.1, in memory, stopped (by its PID) on drop.
+/// One test at a time holds one: the tests play recordings in real time and check what
+/// a run does while it keeps up with them, which two runs at once on two cores do not.
+pub struct Broker {
+    pub child: Child,
+    pub bootstrap: String,
+    /// Where it listens (the bootstrap address is a proxy's when it is behind one).
+    pub port: u16,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+pub static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Held by a test that plays recordings in real time without a broker, so that it runs
+/// alone in its test binary like those that start one.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        Broker::behind(None)
+    }
+
+    /// A broker that tells its clients to connect to 127.0.0.1:`advertised` (a proxy in
+    /// front of it, forwarding to [`Broker::port`]) instead of its own port.
+    pub fn behind(advertised: Option<u16>) -> Broker {
+        let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tansu = std::env::var("DEFECTFLOW_TANSU").map(PathBuf::from).unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/defectflow/bin/tansu")
+        });
+        assert!(tansu.is_file(), "{} missing: scripts/install.sh installs the test broker", tansu.display());
+        let port = super::free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
+        let child = Command::new(&tansu)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { child, bootstrap: advertised.trim_start_matches("tcp://").to_owned(), port, _serial: serial }
+    }
+
+    /// `kafka_client.py COMMAND BOOTSTRAP`, arguments to follow.
+    pub fn client_command(&self, command: &str) -> Command {
+        let python = std::env::var("DEFECTFLOW_ANALYTICS_PYTHON")
+            .expect("DEFECTFLOW_ANALYTICS_PYTHON names a python with confluent-kafka (scripts/install.sh makes one)");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/kafka_client.py");
+        let mut client = Command::new(python);
+        client.arg(script).args([command, &self.bootstrap]);
+        client
+    }
+
+    pub fn client(&self, args: &[&str]) -> Output {
+        let output = self.client_command(args[0]).args(&args[1..]).output().expect("run the Kafka client");
+        assert!(output.status.success(), "kafka_client {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        output
+    }
+
+    pub fn create_topics(&self, specs: &[&str]) {
+        let mut args = vec!["create"];
+        args.extend_from_slice(specs);
+        self.client(&args);
+    }
+
+    /// Sends messages (`{"value": text}` or `{"bytes": n}`) to a topic.
+    pub fn produce(&self, topic: &str, messages: &[Value]) {
+        let mut child =
+            self.client_command("produce").arg(topic).stdin(Stdio::piped()).spawn().expect("run the Kafka client");
+        let lines: String = messages.iter().map(|m| format!("{m}\n")).collect();
+        std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), lines.as_bytes()).expect("write");
+        drop(child.stdin.take());
+        assert!(child.wait().expect("wait").success(), "producing to {topic}");
+    }
+
+    /// Waits (two minutes at most) until the work-order topic holds more than
+    /// `more_than` messages or `run` has ended; whether it does.
+    pub fn wait_for_revisions(&self, more_than: usize, run: &mut Child) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if self.messages("defectflow.work-orders").len() > more_than {
+                return true;
+            }
+            if run.try_wait().expect("wait").is_some() || Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn messages(&self, topic: &str) -> Vec<Value> {
+        serde_json::from_slice(&self.client(&["dump", topic]).stdout).expect("json")
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub const TOPICS: [&str; 9] = [
+    "defectflow.work-orders:3",
+    "defectflow.alerts:1",
+    "defectflow.parts-staging:1",
+    "defectflow.dead-letter:1",
+    "defectflow.progress:1",
+    "defectflow.wo-events:1",
+    "defectflow.inventory:1",
+    "defectflow.technicians:1",
+    "defectflow.assets:1",
+];
+
+/// A broker with the topics, the demo plant's footage and a config for it.
+pub struct Plant {
+    pub broker: Broker,
+    pub dir: tempfile::TempDir,
+    pub truth: GroundTruth,
+    pub config: PathBuf,
+}
+
+/// [`Plant`] with `kafka_extra` added to the config's `[kafka]` table.
+pub fn plant(kafka_extra: &str) -> Plant {
+    plant_on(Broker::start(), kafka_extra)
+}
+
+/// [`plant`] on a broker already started.
+pub fn plant_on(broker: Broker, kafka_extra: &str) -> Plant {
+    broker.create_topics(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let truth = super::demo_plant_footage(dir.path());
+    let config = write_config(dir.path(), &truth, &broker.bootstrap, kafka_extra);
+    Plant { broker, dir, truth, config }
+}
+
+/// A config for the demo plant's footage, played at its frame rate as cameras would
+/// deliver it, the recording's capture times fixed so that every run replays the same
+/// frames at the same times.
+pub fn write_config(dir: &Path, truth: &GroundTruth, bootstrap: &str, kafka_extra: &str) -> PathBuf {
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
+    let mut toml = format!(
+        "[runtime]\nworkers = 2\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
+         [kafka]\nbrokers = \"{bootstrap}\"\n{kafka_extra}[kafka.properties]\n\"message.timeout.ms\" = \"90000\"\n",
+        reference.display()
+    );
+    for camera in &truth.cameras {
+        let url = super::file_url(&dir.join(&camera.video));
+        toml.push_str(&format!(
+            "[[cameras]]\nid = \"{}\"\nurl = \"{url}\"\nstart_ms = 1790000000000\nrealtime = true\nmax_fps = 5\n",
+            camera.scene.camera_id
+        ));
+    }
+    let path = dir.join("kafka.toml");
+    std::fs::write(&path, toml).expect("config");
+    path
+}
+
+pub fn defectflow(config: &Path, out: Option<&Path>, failpoint: Option<&str>) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_defectflow"));
+    command.args(["run", "--config", config.to_str().expect("utf-8")]);
+    if let Some(out) = out {
+        command.args(["--out", out.to_str().expect("utf-8")]);
+    }
+    match failpoint {
+        Some(point) => command.env("DEFECTFLOW_FAILPOINT", point),
+        None => command.env_remove("DEFECTFLOW_FAILPOINT"),
+    };
+    command
+}
+
+pub fn run_to_end(config: &Path, out: Option<&Path>) -> String {
+    let output = defectflow(config, out, None).output().expect("run defectflow");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "run failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+pub fn crash_at(config: &Path, out: &Path, failpoint: &str) {
+    let output = defectflow(config, Some(out), Some(failpoint)).output().expect("run defectflow");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the run passed the failpoint {failpoint} without stopping: {}\n{stderr}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(stderr.contains(&format!("failpoint {}", failpoint.split(':').next().unwrap_or(failpoint))), "{stderr}");
+}
+
+/// (idempotency key → count) of a topic's messages, checking the headers on the way.
+pub fn delivered(messages: &[Value]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for m in messages {
+        let headers = &m["headers"];
+        assert_eq!(headers["content-type"], "application/json", "{m}");
+        assert!(headers["schema_version"].is_string(), "{m}");
+        let key = headers["idempotency-key"].as_str().expect("idempotency key header").to_owned();
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Every (work order, revision) once, none missing against the complete run's JSON
+/// lines in `out`, valid against the schema, keyed by work order, one per defect.
+pub fn check_exactly_once(messages: &[Value], out: &Path, truth: &GroundTruth) {
+    // Exactly once: every (work order, revision) once.
+    let counts = delivered(messages);
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    // None missing: the topic holds what the complete run derived (its JSON lines).
+    let lines = std::fs::read_to_string(out.join("work-orders.jsonl")).expect("work-orders.jsonl");
+    let mut derived = BTreeSet::new();
+    for line in lines.lines() {
+        let message: Value = serde_json::from_str(line).expect("json line");
+        if let Some(w) = message.get("work_order") {
+            derived.insert(format!("{}:{}", w["work_order_id"].as_str().expect("id"), w["revision"]));
+        }
+    }
+    assert_eq!(counts.keys().cloned().collect::<BTreeSet<_>>(), derived, "topic against the derived revisions");
+
+    // Valid against the schema, keyed by work order, one work order per defect.
+    let schema: Value = serde_json::from_str(WORK_ORDER_JSON_SCHEMA).expect("schema");
+    let validator = jsonschema::draft202012::new(&schema).expect("valid schema");
+    let mut opened: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for m in messages {
+        let value: Value = serde_json::from_str(m["value"].as_str().expect("value")).expect("json value");
+        let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?} in {value}");
+        let id = value["work_order_id"].as_str().expect("id").to_owned();
+        assert_eq!(m["key"].as_str(), Some(id.as_str()), "key = work-order id");
+        let what = (
+            value["asset_id"].as_str().expect("asset").to_owned(),
+            value["defect_class"].as_str().expect("class").to_owned(),
+        );
+        opened.insert(id, what);
+    }
+    let expected: BTreeSet<(String, String)> = truth
+        .cameras
+        .iter()
+        .flat_map(|c| c.scene.defects.iter().map(|d| (c.scene.asset_id.clone(), d.class.to_string())))
+        .collect();
+    assert_eq!(opened.values().cloned().collect::<BTreeSet<_>>(), expected, "work orders by (asset, class)");
+    assert_eq!(opened.len(), expected.len(), "one work order per defect: {opened:?}");
+}
+
+/// `GET path` on 127.0.0.1:port: (status line, body), or `None` while nothing listens.
+pub fn http_get(port: u16, path: &str) -> Option<(String, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_owned(), body.to_owned()))
+}
+
+/// The value of one sample line (`name{labels} value`) of a Prometheus exposition.
+pub fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+/// `<work order>:<revision>` of every row of the audit log's work_orders table, read by
+/// polars (which fails on a partial file).
+pub fn audited_revisions(audit: &Path) -> Vec<String> {
+    let python = std::env::var("DEFECTFLOW_ANALYTICS_PYTHON").expect("DEFECTFLOW_ANALYTICS_PYTHON");
+    let script = r#"
+import json, sys
+import polars as pl
+df = pl.scan_parquet(sys.argv[1] + "/work_orders/**/*.parquet", hive_partitioning=True).collect()
+print(json.dumps([f"{r['work_order_id']}:{r['revision']}" for r in df.iter_rows(named=True)]))
+"#;
+    let output = Command::new(python).args(["-c", script, audit.to_str().expect("utf-8")]).output().expect("python");
+    assert!(output.status.success(), "polars: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("json")
+}
+
+/// The work-order values of a dump, in offset order per partition.
+pub fn work_orders(messages: &[Value]) -> Vec<Value> {
+    messages.iter().map(|m| serde_json::from_str(m["value"].as_str().expect("value")).expect("json")).collect()
+}
