@@ -8,20 +8,9 @@
 #   SOAK_SECONDS=600 CAMERAS=4 MAX_FPS= bash benches/soak.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TANSU="${DEFECTFLOW_TANSU:-$HOME/.cache/defectflow/bin/tansu}"
-PYTHON="${DEFECTFLOW_ANALYTICS_PYTHON:-$HOME/.cache/defectflow/venv/bin/python}"
 out="${OUT:-target/soak}"
 mkdir -p "$out"
-cargo build --release --bin defectflow
-bin="${CARGO_TARGET_DIR:-target}/release/defectflow"
-
-port=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$TANSU" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-  --storage-engine memory://tansu/ > /dev/null 2>&1 &
-broker=$!
-trap 'kill "$broker" 2>/dev/null || true' EXIT
-"$PYTHON" tests/support/kafka_client.py create "127.0.0.1:$port" \
-  defectflow.work-orders:3 defectflow.alerts:1 defectflow.parts-staging:1 defectflow.dead-letter:1 defectflow.progress:1
+source benches/with_broker.sh
 
 args=(--cameras "${CAMERAS:-8}" --fps "${FPS:-15}" --seconds "${SOAK_SECONDS:-1800}" -w "${WORKERS:-2}"
   --brokers "127.0.0.1:$port" --sample-s "${SAMPLE_S:-60}" --json)

@@ -16,13 +16,7 @@ fn two_processes_make_the_same_work_orders_as_two_workers_in_one() {
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
     let mut toml =
         format!("[runtime]\nworkers = 2\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n", reference.display());
-    for camera in &truth.cameras {
-        let url = support::file_url(&dir.path().join(&camera.video));
-        toml.push_str(&format!(
-            "[[cameras]]\nid = \"{}\"\nurl = \"{url}\"\nstart_ms = 1790000000000\nmax_fps = 5\n",
-            camera.scene.camera_id
-        ));
-    }
+    toml.push_str(&support::recorded_cameras(dir.path(), &truth, ""));
     let config = dir.path().join("cluster.toml");
     std::fs::write(&config, toml).expect("config");
     let run = |out: &Path, extra: &[String]| {

@@ -51,13 +51,7 @@ fn an_audit_disk_that_refuses_writes_holds_the_rows_until_it_takes_them() {
          [output]\naudit_commit_s = 0.5\n[metrics]\naddress = \"127.0.0.1:{port}\"\n",
         reference.display()
     );
-    for camera in &truth.cameras {
-        let url = support::file_url(&dir.path().join(&camera.video));
-        toml.push_str(&format!(
-            "[[cameras]]\nid = \"{}\"\nurl = \"{url}\"\nstart_ms = 1790000000000\nrealtime = true\nmax_fps = 5\n",
-            camera.scene.camera_id
-        ));
-    }
+    toml.push_str(&support::recorded_cameras(dir.path(), &truth, "realtime = true\n"));
     let config = dir.path().join("audit.toml");
     std::fs::write(&config, toml).expect("config");
     let out = dir.path().join("out");

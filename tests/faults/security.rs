@@ -54,13 +54,7 @@ fn ids_that_look_like_paths_never_name_a_file() {
     }
     let mut toml =
         format!("[runtime]\nworkers = 2\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n", reference.display());
-    for camera in &truth.cameras {
-        let url = support::file_url(&dir.path().join(&camera.video));
-        toml.push_str(&format!(
-            "[[cameras]]\nid = \"{}\"\nurl = \"{url}\"\nstart_ms = 1790000000000\nmax_fps = 5\n",
-            camera.scene.camera_id
-        ));
-    }
+    toml.push_str(&support::recorded_cameras(dir.path(), &truth, ""));
     let config = dir.path().join("paths.toml");
     std::fs::write(&config, toml).expect("config");
     let before = files_under(dir.path());

@@ -164,13 +164,7 @@ pub fn write_config(dir: &Path, truth: &GroundTruth, bootstrap: &str, kafka_extr
          [kafka]\nbrokers = \"{bootstrap}\"\n{kafka_extra}[kafka.properties]\n\"message.timeout.ms\" = \"90000\"\n",
         reference.display()
     );
-    for camera in &truth.cameras {
-        let url = super::file_url(&dir.join(&camera.video));
-        toml.push_str(&format!(
-            "[[cameras]]\nid = \"{}\"\nurl = \"{url}\"\nstart_ms = 1790000000000\nrealtime = true\nmax_fps = 5\n",
-            camera.scene.camera_id
-        ));
-    }
+    toml.push_str(&super::recorded_cameras(dir, truth, "realtime = true\n"));
     let path = dir.join("kafka.toml");
     std::fs::write(&path, toml).expect("config");
     path

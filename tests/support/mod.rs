@@ -189,6 +189,23 @@ pub fn demo_plant_footage(dir: &Path) -> GroundTruth {
     scenes_footage(dir, &scenes, 6.0)
 }
 
+/// `[[cameras]]` tables for the footage's recordings (in `dir`), replayed with fixed
+/// capture times (`start_ms`) so every run sees the same frames at the same times, the
+/// model on 5 frames a second, and `extra` lines added to each table.
+pub fn recorded_cameras(dir: &Path, truth: &GroundTruth, extra: &str) -> String {
+    truth
+        .cameras
+        .iter()
+        .map(|camera| {
+            let url = file_url(&dir.join(&camera.video));
+            format!(
+                "[[cameras]]\nid = \"{}\"\nurl = \"{url}\"\nstart_ms = 1790000000000\n{extra}max_fps = 5\n",
+                camera.scene.camera_id
+            )
+        })
+        .collect()
+}
+
 /// H.264 MP4 footage of `scenes` (640×360, 15 fps) for `seconds`, written into `dir`.
 pub fn scenes_footage(dir: &Path, scenes: &[defectflow_models::synth::SceneSpec], seconds: f64) -> GroundTruth {
     let options = FootageOptions {
