@@ -1,7 +1,8 @@
 //! The sinks' throughput: work-order revisions per second through the Kafka sink (sent,
 //! acknowledged, and a progress record per closed timestamp) against a real broker
 //! (tansu on 127.0.0.1, as the tests use), and audit-log rows per second written to
-//! zstd Parquet, committed aside and renamed.
+//! zstd Parquet, committed aside and renamed; and revisions per second appended to
+//! work-orders.jsonl with its progress record.
 //!
 //! `cargo bench --bench sinks`. Without `--bench` (as under `cargo test`) it runs each
 //! case once on small batches.
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use defectflow::sinks::audit::AuditLog;
+use defectflow::sinks::jsonl::JsonLinesSink;
 use defectflow::sinks::kafka::{KafkaConfig, KafkaSink};
 use defectflow::workflow::Emitted;
 use defectflow_schemas::{BoundingBox, DefectClass, Detection, WorkOrder};
@@ -150,6 +152,33 @@ fn kafka_sink(c: &mut Criterion, batch: u64) {
     group.finish();
 }
 
+/// work-orders.jsonl: `batch` revisions of a closed timestamp appended, synced, and the
+/// progress record written aside and renamed.
+fn json_lines(c: &mut Criterion, batch: u64) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let mut sink = JsonLinesSink::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let template = template();
+    let mut group = c.benchmark_group("json_lines");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(batch));
+    let mut next = 0u64;
+    group.bench_function(BenchmarkId::new("revisions_per_closed_timestamp", batch), |b| {
+        b.iter_batched(
+            || {
+                let messages: Vec<(u64, Emitted)> = revisions(&template, next, batch)
+                    .into_iter()
+                    .map(|w| (next, Emitted::WorkOrder(Box::new(w))))
+                    .collect();
+                next += batch;
+                (next, messages)
+            },
+            |(closed_before, messages)| sink.deliver(closed_before, &messages).unwrap_or_else(|e| panic!("{e}")),
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
 fn audit_log(c: &mut Criterion, rows: u64) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let audit = AuditLog::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
@@ -171,6 +200,7 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let mut c = Criterion::default().configure_from_args();
     kafka_sink(&mut c, if full { 10_000 } else { 100 });
+    json_lines(&mut c, if full { 10_000 } else { 100 });
     audit_log(&mut c, if full { 100_000 } else { 1_000 });
     c.final_summary();
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Soak: `defectflow bench` (release build) with 8 synthetic cameras into a real
-# Kafka-protocol broker for 30 minutes, sampling resident memory, throughput and
+# Kafka-protocol broker for 30 minutes, sampling resident memory, CPU, throughput and
 # latency every minute. Writes the samples (JSON lines), the closing report and a
-# memory-curve PNG to OUT (default target/soak). Not part of CI.
+# chart (soak.png) to OUT (default target/soak). Not part of CI.
 #
 #   bash benches/soak.sh                 # 8 cameras, 15 fps, the model at 7.5 fps, 1800 s
 #   SOAK_SECONDS=600 CAMERAS=4 MAX_FPS= bash benches/soak.sh
@@ -18,4 +18,4 @@ max_fps="${MAX_FPS-7.5}"
 [ -n "$max_fps" ] && args+=(--max-fps "$max_fps")
 echo "defectflow bench ${args[*]}"
 "$bin" bench "${args[@]}" > "$out/result.json" 2> >(tee "$out/log.txt" >&2)
-"$PYTHON" benches/soak_report.py "$out/result.json" "$out/memory.png"
+"$PYTHON" benches/soak_report.py "$out/result.json" "$out/soak.png"

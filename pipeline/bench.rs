@@ -86,6 +86,8 @@ pub struct Sample {
     pub at_s: f64,
     /// Resident memory now (`VmRSS`).
     pub rss_mib: f64,
+    /// CPU time the process used in the interval, in cores.
+    pub cpu_cores: f64,
     pub frames_in_per_s: f64,
     pub frames_inferred_per_s: f64,
     /// Frames dropped in the interval.
@@ -103,10 +105,11 @@ impl Sample {
         let show =
             |p: &Option<Percentiles>| p.as_ref().map_or("-".to_owned(), |p| format!("{:.0}/{:.0}", p.p50, p.p99));
         format!(
-            "{:>7.0} s  rss {:>6.1} MiB  in {:>6.1}/s  model {:>6.1}/s  dropped {:>4}  capture→scored p50/p99 {} ms  \
+            "{:>7.0} s  rss {:>6.1} MiB  cpu {:.2}  in {:>6.1}/s  model {:>6.1}/s  dropped {:>4}  capture→scored p50/p99 {} ms  \
              revisions {} capture→out {} ms",
             self.at_s,
             self.rss_mib,
+            self.cpu_cores,
             self.frames_in_per_s,
             self.frames_inferred_per_s,
             self.dropped,
@@ -121,6 +124,7 @@ impl Sample {
 fn sample(metrics: &Metrics, every: Duration, done: &AtomicBool) -> Vec<Sample> {
     let started = Instant::now();
     let (mut last_at, mut last_in, mut last_inferred, mut last_dropped, mut last_revisions) = (0.0, 0, 0, 0, 0);
+    let mut last_cpu = cpu_seconds();
     let mut samples = Vec::new();
     while !done.load(Ordering::Relaxed) {
         let wake = started + every * (samples.len() as u32 + 1);
@@ -136,9 +140,11 @@ fn sample(metrics: &Metrics, every: Duration, done: &AtomicBool) -> Vec<Sample> 
             all.get(last_revisions..).map(<[f64]>::to_vec).unwrap_or_default()
         };
         let span = (at_s - last_at).max(1e-9);
+        let cpu = cpu_seconds();
         let sample = Sample {
             at_s,
             rss_mib: rss_kib("VmRSS:") as f64 / 1024.0,
+            cpu_cores: (cpu - last_cpu) / span,
             frames_in_per_s: (received - last_in) as f64 / span,
             frames_inferred_per_s: (inferred - last_inferred) as f64 / span,
             dropped: dropped - last_dropped,
@@ -149,6 +155,7 @@ fn sample(metrics: &Metrics, every: Duration, done: &AtomicBool) -> Vec<Sample> 
         eprintln!("{}", sample.line());
         (last_at, last_in, last_inferred, last_dropped) = (at_s, received, inferred, dropped);
         last_revisions += revisions.len();
+        last_cpu = cpu;
         samples.push(sample);
     }
     samples
@@ -253,21 +260,15 @@ pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
     let offered_per_camera = plan.max_fps.map_or(f64::from(plan.fps), |m| m.min(f64::from(plan.fps)));
     let latency_ms = percentiles_ms(&stages.latencies_s);
     let revision_latency_ms = percentiles_ms(&stages.revision_latencies_s);
-    let new_orders: Vec<&defectflow_schemas::WorkOrder> = stages
-        .messages
-        .iter()
-        .filter_map(|m| match m {
-            crate::workflow::Emitted::WorkOrder(w) if w.revision == 1 => Some(&**w),
-            _ => None,
-        })
-        .collect();
+    let opened: Vec<(&String, &crate::workflow::OrderSummary)> =
+        stages.summary.work_orders.iter().filter(|(_, o)| o.opened).collect();
     let unexpected = (0..plan.cameras)
         .map(|i| format!("bench-{i:02}"))
         .filter_map(|camera| {
-            let orders: Vec<String> = new_orders
+            let orders: Vec<String> = opened
                 .iter()
-                .filter(|w| w.camera_id == camera)
-                .map(|w| format!("{} {:?} track {}", w.work_order_id, w.defect_class, w.track_id))
+                .filter(|(_, o)| o.camera_id == camera)
+                .map(|(id, o)| format!("{id} {:?} track {}", o.defect_class, o.track_id))
                 .collect();
             (orders.len() != 1).then(|| format!("{camera}: {} work orders [{}]", orders.len(), orders.join("; ")))
         })
@@ -294,7 +295,7 @@ pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
         frames_offered_per_s: plan.cameras as f64 * offered_per_camera,
         dropped: cameras.iter().map(|c| c.dropped).sum(),
         late: cameras.iter().map(|c| c.late).sum(),
-        work_orders: new_orders.len(),
+        work_orders: opened.len(),
         unexpected,
         revisions: stages.revision_latencies_s.len(),
         latency_ms,

@@ -31,11 +31,12 @@ use crate::metrics::{Metrics, Stage};
 use crate::reference::PlantReference;
 use crate::sinks::audit::{AuditRows, AuditStream, StockRow};
 use crate::sinks::evidence::EvidenceStore;
+use crate::sinks::jsonl::JsonLinesSink;
 use crate::sinks::kafka::KafkaSink;
 use crate::sources::camera::{self, CameraHandle, CameraStats, FramePixels, now_ms};
 use crate::sources::cmms_script::CmmsScript;
 use crate::sources::kafka::KafkaInputs;
-use crate::workflow::{self, AuditRow, Collected, Emitted, WorkflowConfig};
+use crate::workflow::{self, AuditRow, Collected, Emitted, MessageSummary, WorkflowConfig};
 
 /// How the run should end.
 #[derive(Clone, Debug)]
@@ -108,12 +109,15 @@ pub struct StageReport {
     /// Total time spent in the network, in microseconds.
     pub inference_us: u64,
     pub detections: u64,
-    /// Work-order messages in the order the dataflow emitted them (worker 0).
-    pub messages: Vec<Emitted>,
+    /// What the work-order messages came to (worker 0 of process 0).
+    pub summary: MessageSummary,
     /// Messages this run sent to Kafka, and those it left out because an earlier run
     /// had delivered them.
     pub kafka_sent: u64,
     pub kafka_skipped: u64,
+    /// Lines this run wrote to `work-orders.jsonl`, and those it left out because an
+    /// earlier run had written them (`None`: no file).
+    pub jsonl: Option<(u64, u64)>,
     /// Wall-clock seconds from each new work order's first detection to its leaving
     /// defectflow (Kafka acknowledged, or handed to the outputs without Kafka).
     pub latencies_s: Vec<f64>,
@@ -170,6 +174,11 @@ pub fn run_stages(
     };
     let inputs = match (&config.kafka, &kafka, &reference) {
         (Some(k), Some(_), Some(reference)) if k.inputs.enabled => Some(KafkaInputs::start(k, reference)?),
+        _ => None,
+    };
+    // work-orders.jsonl, written as the run goes (shadow mode sends nothing).
+    let jsonl = match &config.output.dir {
+        Some(dir) if delivers && !shadow => Some(JsonLinesSink::open(dir)?),
         _ => None,
     };
     // The audit log, written as the run goes.
@@ -236,6 +245,9 @@ pub fn run_stages(
     let audit = Arc::new(Mutex::new(audit));
     let worker_inputs = Arc::new(Mutex::new(inputs));
     let kafka_result: Arc<Mutex<Option<KafkaSink>>> = Arc::default();
+    let jsonl = Arc::new(Mutex::new(jsonl));
+    let jsonl_result: Arc<Mutex<Option<(u64, u64)>>> = Arc::default();
+    let (worker_jsonl, jsonl_back) = (Arc::clone(&jsonl), Arc::clone(&jsonl_result));
     let (worker_kafka, kafka_back) = (Arc::clone(&kafka), Arc::clone(&kafka_result));
     let worker_audit = Arc::clone(&audit);
     let sink_failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
@@ -247,8 +259,8 @@ pub fn run_stages(
             .map_err(|e| anyhow::anyhow!("config: `metrics.address`: cannot listen on {address}: {e}"))?;
     }
     let worker_metrics = Arc::clone(&metrics);
-    let messages: Arc<Mutex<Vec<Emitted>>> = Arc::default();
-    let (stage_counters, stage_messages) = (Arc::clone(&counters), Arc::clone(&messages));
+    let summary: Arc<Mutex<MessageSummary>> = Arc::default();
+    let (stage_counters, stage_summary) = (Arc::clone(&counters), Arc::clone(&summary));
     let config_order: Vec<String> = config.cameras.iter().map(|c| c.id.clone()).collect();
     // Each camera is tracked on the worker that ingests it (camera i on worker i modulo
     // the workers), so its evidence frames are in the same process.
@@ -272,6 +284,7 @@ pub fn run_stages(
         // Worker 0 gathers the work-order messages and delivers them.
         let mut outputs = Outputs {
             kafka: if index == 0 { worker_kafka.lock().ok().and_then(|mut k| k.take()) } else { None },
+            jsonl: if index == 0 { worker_jsonl.lock().ok().and_then(|mut j| j.take()) } else { None },
             audit: if index == 0 { worker_audit.lock().ok().and_then(|mut a| a.take()) } else { None },
             detections: Arc::clone(&stage_counters),
             stock: HashMap::new(),
@@ -279,8 +292,7 @@ pub fn run_stages(
         };
         let mut inputs = if index == 0 { worker_inputs.lock().ok().and_then(|mut i| i.take()) } else { None };
         let mut script = if index == 0 { worker_script.lock().ok().and_then(|mut s| s.take()) } else { None };
-        // Messages of worker 0 the script has looked at.
-        let mut scripted_up_to = 0;
+        let mut summary = MessageSummary::default();
         let (mut input, mut capability, mut plant, work_probe) = worker.dataflow::<u64, _, _>(|scope| {
             let ((input, capability), samples) = scope.new_unordered_input::<CameraSample<FramePixels>>();
             let counts = Arc::clone(&kept);
@@ -345,7 +357,9 @@ pub fn run_stages(
             // (`start_ms`) rebuild theirs by replaying it instead.
             let live: std::collections::HashSet<&str> =
                 config.cameras.iter().filter(|c| c.start_ms.is_none()).map(|c| c.id.as_str()).collect();
-            let open = outputs.kafka.as_mut().map(KafkaSink::take_open_orders).unwrap_or_default();
+            // The topic is what the CMMS saw; without Kafka, the file is.
+            let from_file = outputs.jsonl.as_mut().map(JsonLinesSink::take_open_orders).unwrap_or_default();
+            let open = outputs.kafka.as_mut().map_or(from_file, KafkaSink::take_open_orders);
             let restored: Vec<_> = open.into_iter().filter(|o| live.contains(o.camera_id.as_str())).collect();
             if !restored.is_empty() {
                 tracing::info!(work_orders = restored.len(), "taking up the work orders an earlier run left open");
@@ -395,14 +409,16 @@ pub fn run_stages(
                 let dead: Vec<Emitted> = collected.pending[before..].iter().map(|(_, m)| m.clone()).collect();
                 collected.messages.extend(dead);
             }
-            if let (Some(script), Some(plant)) = (&mut script, &mut plant) {
-                let collected = collected.borrow();
-                for message in &collected.messages[scripted_up_to..] {
-                    if let Emitted::WorkOrder(order) = message {
-                        script.observe(order);
-                    }
+            // The messages emitted since the last turn: counted for the report (the sinks
+            // take them from `pending`), and shown to the CMMS script.
+            let fresh = std::mem::take(&mut collected.borrow_mut().messages);
+            for message in &fresh {
+                summary.add(message);
+                if let (Some(script), Emitted::WorkOrder(order)) = (&mut script, message) {
+                    script.observe(order);
                 }
-                scripted_up_to = collected.messages.len();
+            }
+            if let (Some(script), Some(plant)) = (&mut script, &mut plant) {
                 let now = *plant.events.time();
                 for event in script.due(now) {
                     tracing::info!(work_order = %event.work_order_id, event = ?event.event, "scripted CMMS event");
@@ -468,11 +484,15 @@ pub fn run_stages(
             if let Some(sink) = outputs.kafka.take() {
                 *kafka_back.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
             }
+            if let Some(sink) = outputs.jsonl.take() {
+                *jsonl_back.lock().unwrap_or_else(|p| p.into_inner()) = Some((sink.written, sink.skipped));
+            }
         }
         if index == 0
-            && let Ok(mut out) = stage_messages.lock()
+            && let Ok(mut out) = stage_summary.lock()
         {
-            out.append(&mut collected.borrow_mut().messages);
+            collected.borrow_mut().messages.drain(..).for_each(|m| summary.add(&m));
+            *out = summary;
         }
         let kept = kept.lock().map(|k| k.clone()).unwrap_or_default();
         if let Ok(mut out) = sink.lock() {
@@ -498,9 +518,10 @@ pub fn run_stages(
         batches: counters.batches.load(Ordering::Relaxed),
         inference_us: counters.inference_us.load(Ordering::Relaxed),
         detections: counters.detections.load(Ordering::Relaxed),
-        messages: std::mem::take(&mut *messages.lock().map_err(|_| anyhow::anyhow!("a worker panicked"))?),
+        summary: std::mem::take(&mut *summary.lock().map_err(|_| anyhow::anyhow!("a worker panicked"))?),
         kafka_sent,
         kafka_skipped,
+        jsonl: *jsonl_result.lock().map_err(|_| anyhow::anyhow!("a worker panicked"))?,
         latencies_s: std::mem::take(&mut *metrics.new_work_order_latencies.lock().unwrap_or_else(|p| p.into_inner())),
         revision_latencies_s: std::mem::take(
             &mut *metrics.revision_latencies.lock().unwrap_or_else(|p| p.into_inner()),
@@ -510,9 +531,10 @@ pub fn run_stages(
     Ok((reports, stages))
 }
 
-/// Worker 0's outputs: the Kafka sink, the audit log, the metrics.
+/// Worker 0's outputs: the Kafka sink, work-orders.jsonl, the audit log, the metrics.
 struct Outputs {
     kafka: Option<KafkaSink>,
+    jsonl: Option<JsonLinesSink>,
     audit: Option<AuditStream>,
     /// Where the workers leave the model's detections.
     detections: Arc<StageCounters>,
@@ -551,6 +573,9 @@ impl Outputs {
                 return Err(error.into());
             }
             metrics.kafka_sent.fetch_add(sink.sent - sent, Ordering::Relaxed);
+        }
+        if let Some(sink) = &mut self.jsonl {
+            sink.deliver(closed_before, &ready)?;
         }
         let detections = {
             let mut all = self.detections.rows.lock().unwrap_or_else(|p| p.into_inner());
@@ -643,7 +668,10 @@ fn observe(messages: &[(u64, Emitted)], metrics: &Metrics, open_orders: &mut Has
             Emitted::WorkOrder(w) => {
                 // From the capture of the frame that made this revision to its leaving.
                 let processing = now.saturating_sub(w.revised_at_ms) as f64 / 1000.0;
-                metrics.revision_latencies.lock().unwrap_or_else(|p| p.into_inner()).push(processing);
+                // Kept one by one only when timed (the bench): a run may go on for months.
+                if metrics.stage_times.enabled.load(Ordering::Relaxed) {
+                    metrics.revision_latencies.lock().unwrap_or_else(|p| p.into_inner()).push(processing);
+                }
                 if w.revision == 1 {
                     let seconds = now.saturating_sub(w.detected_at_ms) as f64 / 1000.0;
                     metrics.detection_to_work_order.observe(seconds);
@@ -653,7 +681,12 @@ fn observe(messages: &[(u64, Emitted)], metrics: &Metrics, open_orders: &mut Has
                     w.status,
                     defectflow_schemas::WorkOrderStatus::Completed | defectflow_schemas::WorkOrderStatus::FalsePositive
                 );
-                open_orders.insert(w.work_order_id.clone(), open);
+                // Closed ones go: a run may close thousands over the months.
+                if open {
+                    open_orders.insert(w.work_order_id.clone(), true);
+                } else {
+                    open_orders.remove(&w.work_order_id);
+                }
             }
             Emitted::DeadLetter(_) => {
                 metrics.dead_letters.fetch_add(1, Ordering::Relaxed);

@@ -384,7 +384,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             println!("kafka: {} sent, {} delivered by an earlier run", stages.kafka_sent, stages.kafka_skipped);
         }
         if let Some(dir) = config.output.dir.clone() {
-            write_outputs(&dir, &stages, shadow)?;
+            print_outputs(&dir, &stages, shadow);
         }
     }
     if args.json {
@@ -417,44 +417,26 @@ fn print_stages(stages: &graph::StageReport) {
         "model {version}: {} frames in {} batches ({per_frame:.1} ms a frame), {} detections",
         stages.frames_inferred, stages.batches, stages.detections
     );
-    let mut by_priority = std::collections::BTreeMap::new();
-    let mut revisions = 0;
-    for message in &stages.messages {
-        if let Emitted::WorkOrder(w) = message {
-            revisions += 1;
-            by_priority.insert(w.work_order_id.clone(), w.severity.priority);
-        }
-    }
-    if stages.messages.is_empty() {
+    let summary = &stages.summary;
+    if summary.work_orders.is_empty() && summary.dead_letters == 0 && summary.alerts == 0 {
         return;
     }
     let mut counts = std::collections::BTreeMap::new();
-    for priority in by_priority.values() {
-        *counts.entry(format!("{priority:?}")).or_insert(0) += 1;
+    for order in summary.work_orders.values() {
+        *counts.entry(format!("{:?}", order.priority)).or_insert(0) += 1;
     }
-    let count = |f: fn(&Emitted) -> bool| stages.messages.iter().filter(|m| f(m)).count();
     println!(
         "work orders: {} ({} revisions; latest priority {:?}), assignments: {}, alerts: {}, parts staging: {}, dead letters: {}",
-        by_priority.len(),
-        revisions,
+        summary.work_orders.len(),
+        summary.revisions,
         counts,
-        count(|m| matches!(m, Emitted::Assignment(_))),
-        count(|m| matches!(m, Emitted::Alert(_))),
-        count(|m| matches!(m, Emitted::PartsStaging(_))),
-        count(|m| matches!(m, Emitted::DeadLetter(_))),
+        summary.assignments,
+        summary.alerts,
+        summary.parts_staging,
+        summary.dead_letters,
     );
-    let shortages: std::collections::BTreeSet<&str> = stages
-        .messages
-        .iter()
-        .filter_map(|m| match m {
-            Emitted::PartsStaging(s) if s.kind == defectflow_schemas::StagingKind::Shortage => Some(s.part_id.as_str()),
-            _ => None,
-        })
-        .collect();
-    println!(
-        "parts shortages: {}",
-        if shortages.is_empty() { "none".to_owned() } else { shortages.into_iter().collect::<Vec<_>>().join(", ") }
-    );
+    let shortages: Vec<&str> = summary.shortages.iter().map(String::as_str).collect();
+    println!("parts shortages: {}", if shortages.is_empty() { "none".to_owned() } else { shortages.join(", ") });
     if let Some(l) = defectflow::bench::percentiles_ms(&stages.latencies_s) {
         println!(
             "detection to work order: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} work orders)",
@@ -466,22 +448,13 @@ fn print_stages(stages: &graph::StageReport) {
     }
 }
 
-/// Writes `work-orders.jsonl` (not in shadow mode: nothing goes to the CMMS).
-fn write_outputs(dir: &std::path::Path, stages: &graph::StageReport, shadow: bool) -> anyhow::Result<()> {
-    let messages = &stages.messages;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    if !shadow {
-        let mut text = String::new();
-        for message in messages {
-            text.push_str(&serde_json::to_string(message)?);
-            text.push('\n');
-        }
-        let path = dir.join("work-orders.jsonl");
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+/// Says where the outputs are: work-orders.jsonl (not in shadow mode: nothing goes to
+/// the CMMS) and the audit log were written as the run went.
+fn print_outputs(dir: &std::path::Path, stages: &graph::StageReport, shadow: bool) {
+    if let Some((written, skipped)) = stages.jsonl {
+        println!("work-orders.jsonl: {written} written, {skipped} written by an earlier run");
     }
-    // The audit log was written as the run went (AuditStream).
     println!("outputs in {}{}", dir.display(), if shadow { " (shadow mode: audit log only)" } else { "" });
-    Ok(())
 }
 
 fn report_json(r: &CameraReport) -> serde_json::Value {

@@ -49,6 +49,61 @@ pub enum Emitted {
     DeadLetter(DeadLetter),
 }
 
+/// What a run's messages came to, for its closing report: counts, not the messages
+/// themselves (a run may go on for months; the messages are in the sinks).
+#[derive(Clone, Debug, Default)]
+pub struct MessageSummary {
+    /// Work-order revisions.
+    pub revisions: u64,
+    /// Every work order revised in the run, with its latest revision's facts.
+    pub work_orders: BTreeMap<String, OrderSummary>,
+    pub assignments: u64,
+    pub alerts: u64,
+    pub parts_staging: u64,
+    pub dead_letters: u64,
+    /// Parts a work order of the run was short of.
+    pub shortages: std::collections::BTreeSet<String>,
+}
+
+/// One work order in a [`MessageSummary`].
+#[derive(Clone, Debug)]
+pub struct OrderSummary {
+    pub camera_id: String,
+    pub defect_class: defectflow_schemas::DefectClass,
+    pub track_id: String,
+    pub priority: defectflow_schemas::Priority,
+    /// Its revision 1 was in this run (it was not taken up from an earlier one).
+    pub opened: bool,
+}
+
+impl MessageSummary {
+    pub fn add(&mut self, message: &Emitted) {
+        match message {
+            Emitted::WorkOrder(w) => {
+                self.revisions += 1;
+                let order = self.work_orders.entry(w.work_order_id.clone()).or_insert_with(|| OrderSummary {
+                    camera_id: w.camera_id.clone(),
+                    defect_class: w.defect_class,
+                    track_id: w.track_id.clone(),
+                    priority: w.severity.priority,
+                    opened: false,
+                });
+                order.priority = w.severity.priority;
+                order.opened |= w.revision == 1;
+            }
+            Emitted::Assignment(_) => self.assignments += 1,
+            Emitted::Alert(_) => self.alerts += 1,
+            Emitted::PartsStaging(s) => {
+                self.parts_staging += 1;
+                if s.kind == defectflow_schemas::StagingKind::Shortage {
+                    self.shortages.insert(s.part_id.clone());
+                }
+            }
+            Emitted::DeadLetter(_) => self.dead_letters += 1,
+        }
+    }
+}
+
 /// The inputs of the work-order dataflow on one worker, when observations are fed by hand
 /// (scenarios); `defectflow run` feeds them from the model instead.
 #[allow(missing_debug_implementations)]
@@ -145,6 +200,8 @@ impl PlantInputs {
 /// What worker 0 collects: the output messages in order and the final views.
 #[derive(Debug, Default)]
 pub struct Collected {
+    /// The messages in emission order, until taken (`defectflow run` takes them as it
+    /// goes; a scenario keeps them all).
     pub messages: Vec<Emitted>,
     /// The messages not yet taken by a sink, with their dataflow time.
     pub pending: Vec<(u64, Emitted)>,
@@ -157,6 +214,16 @@ pub struct Collected {
     /// Rows for the audit log's tracks, inventory and wo_events tables, with their
     /// dataflow time, not yet taken by the audit log.
     pub audit: Vec<(u64, AuditRow)>,
+}
+
+/// Adds `diff` to a view row's count; a row whose count comes to zero goes (the views
+/// change value for months: their past values must not pile up).
+fn add_count<K: Ord + Clone>(view: &mut BTreeMap<K, isize>, row: &K, diff: isize) {
+    let count = view.entry(row.clone()).or_default();
+    *count += diff;
+    if *count == 0 {
+        view.remove(row);
+    }
 }
 
 /// A row for the audit log that is not a message.
@@ -249,13 +316,13 @@ pub fn build_on<'scope>(
         .probe_with(&probe);
     let sink = collected.clone();
     gather(workload.inner, "GatherWorkload")
-        .inspect(move |(row, _, diff)| *sink.borrow_mut().workload.entry(row.clone()).or_default() += diff)
+        .inspect(move |(row, _, diff)| add_count(&mut sink.borrow_mut().workload, row, *diff))
         .probe_with(&probe);
     let sink = collected.clone();
     gather(stock.inner, "GatherStock")
         .inspect(move |(row, time, diff)| {
             let mut sink = sink.borrow_mut();
-            *sink.stock.entry(row.clone()).or_default() += diff;
+            add_count(&mut sink.stock, row, *diff);
             let ((part, measure), value) = row.clone();
             sink.audit.push((*time, AuditRow::Stock(part, measure, value, *diff)));
         })

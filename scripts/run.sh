@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 cargo build --bin defectflow
+# The demo starts from a clean slate each time (a deployment's output folder keeps its
+# state across restarts: docs/deploy.md).
+rm -rf out/demo
 exec "${CARGO_TARGET_DIR:-target}/debug/defectflow" run --config examples/demo-plant/defectflow.toml "$@"

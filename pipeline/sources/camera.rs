@@ -17,13 +17,51 @@ use defectflow_operators::decode::Plane;
 use super::{CameraPipeline, SourceError, TimeBase};
 use crate::config::CameraConfig;
 
-/// Planar RGB bytes of one decoded frame, shared without copying.
+/// Planar RGB bytes of one decoded frame, copied out of GStreamer's buffer as it
+/// arrives. Holding GStreamer's buffer instead kept it from its pool while the frame
+/// waited in the camera's queue; a pool grows to what is held at once and never shrinks,
+/// so every backlog left its size behind until the camera stopped (the soak measured
+/// it). The copy goes into a buffer the camera recycles: a few are kept for its next
+/// frames, the rest are freed once their frame is done.
 #[derive(Clone, Debug)]
-pub struct FramePixels(Arc<gst::MappedBuffer<gst::buffer::Readable>>);
+pub struct FramePixels(Arc<Recycled>);
 
 impl AsRef<[u8]> for FramePixels {
     fn as_ref(&self) -> &[u8] {
-        self.0.as_slice()
+        &self.0.bytes
+    }
+}
+
+/// Frame buffers a camera keeps for reuse.
+type Spare = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// Buffers kept per camera: enough for the frames between the queue and decode in
+/// steady flow; more held during a backlog are freed afterwards.
+const SPARE_FRAMES: usize = 4;
+
+#[derive(Debug)]
+struct Recycled {
+    bytes: Vec<u8>,
+    spare: Spare,
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        if let Ok(mut spare) = self.spare.lock()
+            && spare.len() < SPARE_FRAMES
+        {
+            spare.push(std::mem::take(&mut self.bytes));
+        }
+    }
+}
+
+impl FramePixels {
+    /// `bytes` copied into one of the camera's spare buffers (or a new one).
+    fn copied(bytes: &[u8], spare: &Spare) -> FramePixels {
+        let mut buffer = spare.lock().ok().and_then(|mut s| s.pop()).unwrap_or_default();
+        buffer.clear();
+        buffer.extend_from_slice(bytes);
+        FramePixels(Arc::new(Recycled { bytes: buffer, spare: Arc::clone(spare) }))
     }
 }
 
@@ -233,12 +271,13 @@ fn supervise(
     let mut backoff = Duration::from_millis(retry.initial_backoff_ms);
     let mut failures = 0u32;
     let next_index = Arc::new(AtomicU64::new(0));
+    let spare = Spare::default();
     let mut connections = 0u64;
     loop {
         stats.set_state(CameraState::Connecting);
         let received_before = stats.received.load(Ordering::Relaxed);
         let outcome = match super::build(camera) {
-            Ok(pipeline) => run_once(camera, pipeline, sender, stats, stop, &next_index, consumer),
+            Ok(pipeline) => run_once(camera, pipeline, sender, stats, stop, (&next_index, &spare), consumer),
             Err(e @ SourceError::MissingElement { .. }) => {
                 stats.record_error(format!("camera {}: {e}", camera.id));
                 stats.set_state(CameraState::Failed);
@@ -298,7 +337,7 @@ fn run_once(
     sender: &FrameQueue,
     stats: &Arc<CameraStats>,
     stop: &AtomicBool,
-    next_index: &Arc<AtomicU64>,
+    (next_index, spare): (&Arc<AtomicU64>, &Spare),
     consumer: &std::thread::Thread,
 ) -> Outcome {
     let CameraPipeline { pipeline, sink, live, time_base, feeder } = built;
@@ -311,6 +350,7 @@ fn run_once(
         gst_app::AppSinkCallbacks::builder()
             .new_sample({
                 let (sender, stats, next_index) = (sender.clone(), Arc::clone(stats), Arc::clone(next_index));
+                let spare = Arc::clone(spare);
                 let (last_frame, halted, consumer) = (Arc::clone(&last_frame), Arc::clone(&halted), consumer.clone());
                 // Caps change at most on renegotiation: parse them once, not per frame.
                 let mut layout: Option<(gst::Caps, gst_video::VideoInfo)> = None;
@@ -322,7 +362,7 @@ fn run_once(
                         layout = Some((caps.to_owned(), info));
                     }
                     let info = layout.as_ref().map(|(_, info)| info).ok_or(gst::FlowError::NotNegotiated)?;
-                    let frame = raw_frame(&sample, info, time_base, base_ms, &next_index)?;
+                    let frame = raw_frame(&sample, info, time_base, base_ms, (&next_index, &spare))?;
                     stats.received.fetch_add(1, Ordering::Relaxed);
                     stats.last_frame_wall_ms.store(now_ms(), Ordering::Relaxed);
                     let _ = stats.first_capture_ms.compare_exchange(
@@ -429,7 +469,7 @@ fn raw_frame(
     info: &gst_video::VideoInfo,
     time_base: TimeBase,
     base_ms: u64,
-    next_index: &AtomicU64,
+    (next_index, spare): (&AtomicU64, &Spare),
 ) -> Result<RawFrame, gst::FlowError> {
     let buffer = sample.buffer_owned().ok_or(gst::FlowError::Error)?;
     let pts_ns = buffer.pts().map(|t| t.nseconds());
@@ -437,7 +477,7 @@ fn raw_frame(
         (TimeBase::Pts, Some(pts)) => base_ms + pts / 1_000_000,
         _ => now_ms(),
     };
-    let pixels = buffer.into_mapped_buffer_readable().map_err(|_| gst::FlowError::Error)?;
+    let mapped = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
     Ok(RawFrame {
         frame_index: next_index.fetch_add(1, Ordering::Relaxed),
         capture_ms,
@@ -445,7 +485,7 @@ fn raw_frame(
         width: info.width(),
         height: info.height(),
         planes: [0, 1, 2].map(|p| Plane { offset: info.offset()[p], stride: info.stride()[p] as usize }),
-        pixels: FramePixels(Arc::new(pixels)),
+        pixels: FramePixels::copied(mapped.as_slice(), spare),
     })
 }
 

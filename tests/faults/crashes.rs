@@ -51,6 +51,11 @@ fn sigkill_at_random_points_then_a_restart_loses_and_duplicates_nothing() {
     check_exactly_once(&messages, &out, &plant.truth);
     let keys = checks::one_work_order_per_defect(&work_orders(&messages), &checks::defects(&plant.truth));
     checks::audited_once(&out.join("audit"), &keys);
+    // The runs' work-orders.jsonl holds the same revisions, each once.
+    assert_eq!(
+        checks::one_work_order_per_defect(&checks::jsonl_work_orders(&out), &checks::defects(&plant.truth)),
+        keys
+    );
     // No partial file is left where a reader looks (files are written aside, renamed).
     let mut stack = vec![out.join("audit")];
     while let Some(dir) = stack.pop() {
@@ -64,4 +69,101 @@ fn sigkill_at_random_points_then_a_restart_loses_and_duplicates_nothing() {
             }
         }
     }
+}
+
+/// A config for the demo plant's recordings played in real time, without Kafka: the
+/// work orders go to `work-orders.jsonl` only.
+fn file_only_config(dir: &std::path::Path, truth: &defectflow_models::synth::GroundTruth) -> std::path::PathBuf {
+    let reference = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
+    let mut toml =
+        format!("[runtime]\nworkers = 2\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n", reference.display());
+    toml.push_str(&crate::support::recorded_cameras(dir, truth, "realtime = true\n"));
+    let path = dir.join("file-only.toml");
+    std::fs::write(&path, toml).expect("config");
+    path
+}
+
+/// Without Kafka, `work-orders.jsonl` is what the CMMS reads: a crash between appending
+/// lines and recording them, then a SIGKILL at a random point, then a run to the end
+/// leave the same file, byte for byte, as one run that was never interrupted.
+#[test]
+fn without_kafka_crashes_leave_each_line_of_the_file_once() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let truth = crate::support::demo_plant_footage(dir.path());
+    let config = file_only_config(dir.path(), &truth);
+    let clean = dir.path().join("clean");
+    run_to_end(&config, Some(&clean));
+
+    let out = dir.path().join("out");
+    crash_at(&config, &out, "jsonl-after-append:1");
+    let written = std::fs::metadata(out.join("work-orders.jsonl")).expect("the crashed run wrote lines").len();
+    assert!(written > 0, "the crashed run appended lines before it stopped");
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64;
+    let after = kill_times(seed, 1)[0];
+    eprintln!("kill after {after:?} (DEFECTFLOW_FAULT_SEED={seed})");
+    let mut run =
+        defectflow(&config, Some(&out), None).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
+    std::thread::sleep(after);
+    let _ = run.kill();
+    run.wait().expect("reap");
+    let stdout = run_to_end(&config, Some(&out));
+    assert!(stdout.contains("written by an earlier run"), "{stdout}");
+
+    let text = std::fs::read_to_string(out.join("work-orders.jsonl")).expect("file");
+    assert_eq!(text, std::fs::read_to_string(clean.join("work-orders.jsonl")).expect("clean file"));
+    let keys = checks::one_work_order_per_defect(&checks::jsonl_work_orders(&out), &checks::defects(&truth));
+    checks::audited_once(&out.join("audit"), &keys);
+}
+
+/// A live camera without Kafka: killed with SIGKILL once its work order is in the file,
+/// started again, the run takes up the work order the file shows open, so the same
+/// defect seen again revises it instead of opening a second; each revision once.
+#[test]
+fn without_kafka_a_killed_live_run_goes_on_with_the_work_order_its_file_left_open() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reference = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
+    let config = dir.path().join("live.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runtime]\nworkers = 2\nduration_s = 14\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
+             [[cameras]]\nid = \"cam-pulley\"\n\
+             url = \"synth://conveyor_pulley?seed=11&fps=15&asset_id=CV-101-PUL&defects=crack@1\"\nmax_fps = 5\n",
+            reference.display()
+        ),
+    )
+    .expect("config");
+    let out = dir.path().join("out");
+    let mut first =
+        defectflow(&config, Some(&out), None).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // Whole lines only: the run may be writing the file.
+    let orders_in_file = || -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(out.join("work-orders.jsonl")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("work_order").cloned())
+            .collect()
+    };
+    while orders_in_file().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no work order reached the file");
+        assert!(first.try_wait().expect("wait").is_none(), "the first run ended before its work order");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reap");
+    let before = orders_in_file();
+
+    let stdout = run_to_end(&config, Some(&out));
+    let after = checks::jsonl_work_orders(&out);
+    let ids: std::collections::BTreeSet<&str> = after.iter().filter_map(|w| w["work_order_id"].as_str()).collect();
+    assert_eq!(ids.len(), 1, "the defect has one work order across the restart: {stdout}");
+    let mut revisions: Vec<u64> = after.iter().filter_map(|w| w["revision"].as_u64()).collect();
+    revisions.sort_unstable();
+    assert_eq!(revisions, (1..=revisions.len() as u64).collect::<Vec<_>>(), "each revision once, none missing");
+    assert!(after.len() > before.len(), "the restarted run revised nothing: {stdout}");
+    let last = after.iter().max_by_key(|w| w["revision"].as_u64()).expect("a revision");
+    assert_ne!(last["track_id"], before[0]["track_id"], "the last revision comes from the new run's track");
+    assert_eq!(last["technician_id"], before[0]["technician_id"], "the technician stays with the work order");
 }

@@ -15,7 +15,7 @@
 //! `transactional = true`, each closed timestamp's messages and its progress record go
 //! in one transaction, for brokers whose consumers hide aborted transactions.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -496,7 +496,7 @@ impl KafkaSink {
             tracing::debug!(closed_before, messages = outgoing.len(), "kafka: delivered");
         }
         if !outgoing.is_empty() {
-            failpoint("after-send");
+            super::failpoint("after-send");
         }
         let mut progress = ProgressRecord { closed_before, offsets: self.progress.offsets.clone() };
         if let Ok(next) = self.producer.context().next_offsets.lock() {
@@ -516,7 +516,7 @@ impl KafkaSink {
         if self.config.transactional {
             self.producer.commit_transaction(REQUEST_TIMEOUT).map_err(kafka("committing a transaction"))?;
         }
-        failpoint("after-progress");
+        super::failpoint("after-progress");
         self.progress = progress;
         self.last_recorded = Instant::now();
         Ok(())
@@ -577,27 +577,6 @@ impl KafkaSink {
             None => Ok(()),
             Some(first) => Err(SinkError::Undelivered { count: failed.len(), first: first.clone() }),
         }
-    }
-}
-
-/// Test hook: `DEFECTFLOW_FAILPOINT=<name>[:<n>]` aborts the process the n-th time (default
-/// the first) it reaches the named point, as a crash there would.
-fn failpoint(name: &str) {
-    static HITS: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
-    let Ok(spec) = std::env::var("DEFECTFLOW_FAILPOINT") else { return };
-    let (point, nth) = match spec.split_once(':') {
-        Some((point, n)) => (point.to_owned(), n.parse().unwrap_or(1)),
-        None => (spec, 1),
-    };
-    if point != name {
-        return;
-    }
-    let Ok(mut hits) = HITS.lock() else { return };
-    let count = hits.get_or_insert_with(HashMap::new).entry(point).or_insert(0);
-    *count += 1;
-    if *count == nth {
-        eprintln!("failpoint {name}: aborting");
-        std::process::abort();
     }
 }
 
