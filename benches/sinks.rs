@@ -123,13 +123,15 @@ fn broker() -> Option<Broker> {
     created.success().then_some(broker)
 }
 
-fn kafka_sink(c: &mut Criterion, batch: u64) {
-    let Some(broker) = broker() else { return };
-    let config: KafkaConfig =
-        toml::from_str(&format!("brokers = \"{}\"\n", broker.1)).unwrap_or_else(|e| panic!("kafka config: {e}"));
-    let mut sink = KafkaSink::start(&config).unwrap_or_else(|e| panic!("{e}"));
+/// `deliver` timed on closed timestamps of `batch` fresh revisions each.
+fn revisions_per_closed_timestamp(
+    c: &mut Criterion,
+    group: &str,
+    batch: u64,
+    mut deliver: impl FnMut(u64, &[(u64, Emitted)]),
+) {
     let template = template();
-    let mut group = c.benchmark_group("kafka_sink");
+    let mut group = c.benchmark_group(group);
     group.sample_size(10);
     group.throughput(Throughput::Elements(batch));
     let mut next = 0u64;
@@ -145,11 +147,21 @@ fn kafka_sink(c: &mut Criterion, batch: u64) {
                 next += batch;
                 (next, messages)
             },
-            |(closed_before, messages)| sink.deliver(closed_before, &messages).unwrap_or_else(|e| panic!("{e}")),
+            |(closed_before, messages)| deliver(closed_before, &messages),
             criterion::BatchSize::PerIteration,
         )
     });
     group.finish();
+}
+
+fn kafka_sink(c: &mut Criterion, batch: u64) {
+    let Some(broker) = broker() else { return };
+    let config: KafkaConfig =
+        toml::from_str(&format!("brokers = \"{}\"\n", broker.1)).unwrap_or_else(|e| panic!("kafka config: {e}"));
+    let mut sink = KafkaSink::start(&config).unwrap_or_else(|e| panic!("{e}"));
+    revisions_per_closed_timestamp(c, "kafka_sink", batch, |closed_before, messages| {
+        sink.deliver(closed_before, messages).unwrap_or_else(|e| panic!("{e}"))
+    });
 }
 
 /// work-orders.jsonl: `batch` revisions of a closed timestamp appended, synced, and the
@@ -157,26 +169,9 @@ fn kafka_sink(c: &mut Criterion, batch: u64) {
 fn json_lines(c: &mut Criterion, batch: u64) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let mut sink = JsonLinesSink::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    let template = template();
-    let mut group = c.benchmark_group("json_lines");
-    group.sample_size(10);
-    group.throughput(Throughput::Elements(batch));
-    let mut next = 0u64;
-    group.bench_function(BenchmarkId::new("revisions_per_closed_timestamp", batch), |b| {
-        b.iter_batched(
-            || {
-                let messages: Vec<(u64, Emitted)> = revisions(&template, next, batch)
-                    .into_iter()
-                    .map(|w| (next, Emitted::WorkOrder(Box::new(w))))
-                    .collect();
-                next += batch;
-                (next, messages)
-            },
-            |(closed_before, messages)| sink.deliver(closed_before, &messages).unwrap_or_else(|e| panic!("{e}")),
-            criterion::BatchSize::PerIteration,
-        )
+    revisions_per_closed_timestamp(c, "json_lines", batch, |closed_before, messages| {
+        sink.deliver(closed_before, messages).unwrap_or_else(|e| panic!("{e}"))
     });
-    group.finish();
 }
 
 fn audit_log(c: &mut Criterion, rows: u64) {
