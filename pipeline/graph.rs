@@ -288,7 +288,7 @@ pub fn run_stages(
             audit: if index == 0 { worker_audit.lock().ok().and_then(|mut a| a.take()) } else { None },
             detections: Arc::clone(&stage_counters),
             stock: HashMap::new(),
-            open_orders: HashMap::new(),
+            open_orders: std::collections::HashSet::new(),
         };
         let mut inputs = if index == 0 { worker_inputs.lock().ok().and_then(|mut i| i.take()) } else { None };
         let mut script = if index == 0 { worker_script.lock().ok().and_then(|mut s| s.take()) } else { None };
@@ -540,8 +540,8 @@ struct Outputs {
     detections: Arc<StageCounters>,
     /// (part, measure) → value, from the stock view's updates taken so far.
     stock: HashMap<(String, StockMeasure), i64>,
-    /// Work order → open, as of its last revision.
-    open_orders: HashMap<String, bool>,
+    /// Work orders open as of their last revision.
+    open_orders: std::collections::HashSet<String>,
 }
 
 impl Outputs {
@@ -657,7 +657,7 @@ impl Outputs {
 
 /// Metrics of messages leaving defectflow: latency from detection to a new work order,
 /// work orders open, dead letters.
-fn observe(messages: &[(u64, Emitted)], metrics: &Metrics, open_orders: &mut HashMap<String, bool>) {
+fn observe(messages: &[(u64, Emitted)], metrics: &Metrics, open_orders: &mut std::collections::HashSet<String>) {
     // Only worker 0 sees messages; the others must not reset the gauge.
     if messages.is_empty() {
         return;
@@ -683,7 +683,7 @@ fn observe(messages: &[(u64, Emitted)], metrics: &Metrics, open_orders: &mut Has
                 );
                 // Closed ones go: a run may close thousands over the months.
                 if open {
-                    open_orders.insert(w.work_order_id.clone(), true);
+                    open_orders.insert(w.work_order_id.clone());
                 } else {
                     open_orders.remove(&w.work_order_id);
                 }
@@ -694,7 +694,7 @@ fn observe(messages: &[(u64, Emitted)], metrics: &Metrics, open_orders: &mut Has
             _ => {}
         }
     }
-    let open = open_orders.values().filter(|o| **o).count() as u64;
+    let open = open_orders.len() as u64;
     metrics.work_orders_open.store(open, Ordering::Relaxed);
 }
 

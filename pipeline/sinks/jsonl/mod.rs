@@ -58,10 +58,6 @@ pub struct JsonLinesSink {
 impl JsonLinesSink {
     /// Opens (or creates) `dir/work-orders.jsonl` and recovers from an earlier run.
     pub fn open(dir: &Path) -> Result<JsonLinesSink, JsonLinesError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| JsonLinesError::Io { path, source }
-        };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let path = dir.join(FILE_NAME);
         let progress_path = dir.join(format!("{FILE_NAME}.progress"));
@@ -112,10 +108,6 @@ impl JsonLinesSink {
             // Nothing new: a later restart replays these times and writes nothing either.
             return Ok(());
         }
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| JsonLinesError::Io { path, source }
-        };
         (&self.file).write_all(text.as_bytes()).map_err(io(&self.path))?;
         self.file.sync_data().map_err(io(&self.path))?;
         super::failpoint("jsonl-after-append");
@@ -132,6 +124,12 @@ impl JsonLinesSink {
         self.progress = progress;
         Ok(())
     }
+}
+
+/// Names `path` in an I/O error.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JsonLinesError {
+    let path = path.to_owned();
+    move |source| JsonLinesError::Io { path, source }
 }
 
 /// The latest revision of every work order in the first `bytes` of the file that is not
