@@ -16,14 +16,15 @@ def main(result_path, png_path):
     with open(result_path) as f:
         result = json.load(f)
     samples = result["samples"]
-    print("| minute | RSS MiB | CPU cores | frames in/s | through the model/s | dropped | capture→scored p50/p99 ms | revisions |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| minute | RSS MiB | CPU cores | frames in/s | through the model/s | dropped | capture→scored p50/p99 ms | revisions | evidence frames held |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for s in samples:
         scored = s["inferred_ms"]
         latency = f'{scored["p50"]:.0f} / {scored["p99"]:.0f}' if scored else "-"
         print(
             f'| {s["at_s"] / 60:.0f} | {s["rss_mib"]:.1f} | {s.get("cpu_cores", 0):.2f} | {s["frames_in_per_s"]:.1f} | '
-            f'{s["frames_inferred_per_s"]:.1f} | {s["dropped"]} | {latency} | {s["revisions"]} |'
+            f'{s["frames_inferred_per_s"]:.1f} | {s["dropped"]} | {latency} | {s["revisions"]} | '
+            f'{s.get("evidence_frames_held", "-")} |'
         )
     warm = [s for s in samples if s["at_s"] >= 300]
     if warm:

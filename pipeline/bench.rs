@@ -97,6 +97,8 @@ pub struct Sample {
     /// Revisions that left in the interval, and capture to their leaving.
     pub revisions: usize,
     pub revision_ms: Option<Percentiles>,
+    /// Frames held for evidence now (each one frame's pixels).
+    pub evidence_frames_held: u64,
 }
 
 impl Sample {
@@ -106,7 +108,7 @@ impl Sample {
             |p: &Option<Percentiles>| p.as_ref().map_or("-".to_owned(), |p| format!("{:.0}/{:.0}", p.p50, p.p99));
         format!(
             "{:>7.0} s  rss {:>6.1} MiB  cpu {:.2}  in {:>6.1}/s  model {:>6.1}/s  dropped {:>4}  capture→scored p50/p99 {} ms  \
-             revisions {} capture→out {} ms",
+             revisions {} capture→out {} ms  evidence frames held {}",
             self.at_s,
             self.rss_mib,
             self.cpu_cores,
@@ -116,6 +118,7 @@ impl Sample {
             show(&self.inferred_ms),
             self.revisions,
             show(&self.revision_ms),
+            self.evidence_frames_held,
         )
     }
 }
@@ -151,6 +154,7 @@ fn sample(metrics: &Metrics, every: Duration, done: &AtomicBool) -> Vec<Sample> 
             inferred_ms: scored.as_deref().and_then(percentiles_ms),
             revisions: revisions.len(),
             revision_ms: percentiles_ms(&revisions),
+            evidence_frames_held: metrics.evidence_frames_held.load(Ordering::Relaxed),
         };
         eprintln!("{}", sample.line());
         (last_at, last_in, last_inferred, last_dropped) = (at_s, received, inferred, dropped);

@@ -71,6 +71,17 @@ pub fn process_index(config: &timely::Config) -> usize {
     }
 }
 
+/// The global indices of this process's workers, and the worker count of the cluster.
+pub fn workers(config: &timely::Config) -> (std::ops::Range<usize>, usize) {
+    match &config.communication {
+        timely::CommunicationConfig::Thread => (0..1, 1),
+        timely::CommunicationConfig::Process(n) | timely::CommunicationConfig::ProcessBinary(n) => (0..*n, *n),
+        timely::CommunicationConfig::Cluster { threads, process, addresses, .. } => {
+            (process * threads..(process + 1) * threads, threads * addresses.len())
+        }
+    }
+}
+
 /// `address` with its port moved up by `by` (a cluster's processes on one machine each
 /// serve on their own port); an address without a numeric port is left as it is.
 pub fn offset_port(address: &str, by: usize) -> String {
@@ -101,5 +112,74 @@ mod tests {
         assert_eq!(process_index(&timely::Config::process(2)), 0);
         let bad = ClusterArgs { workers: Some(1), processes: 2, process: 2, hostfile: None };
         assert!(bad.timely_config(1).expect_err("-p 2 of -n 2").to_string().contains("-p 2"));
+    }
+}
+
+/// How far worker 0 has delivered the outputs, told to every worker of the cluster: a
+/// worker that reads input partitions commits their offsets only up to it, so a
+/// message is never committed before what it led to is on the output topics.
+///
+/// A dataflow of its own: worker 0 sends each new `closed_before` it has delivered,
+/// broadcast to every worker; the others close their inputs at once. Its frontier is
+/// empty once worker 0 is done: after `u64::MAX` if it delivered everything, or without
+/// it if a sink failed (then nothing more is committed).
+pub struct Delivered {
+    input: Option<timely::dataflow::InputHandleVec<u64, u64>>,
+    announced: u64,
+    seen: std::rc::Rc<std::cell::Cell<u64>>,
+    probe: timely::dataflow::ProbeHandle<u64>,
+}
+
+impl std::fmt::Debug for Delivered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivered").field("before", &self.seen.get()).finish()
+    }
+}
+
+impl Delivered {
+    /// Builds the dataflow on `worker`; every worker must build it, in the same order
+    /// among its dataflows.
+    pub fn build(worker: &mut timely::worker::Worker) -> Delivered {
+        use timely::dataflow::operators::vec::{Broadcast, Input};
+        use timely::dataflow::operators::{Inspect, Probe};
+        let seen = std::rc::Rc::new(std::cell::Cell::new(0));
+        let told = std::rc::Rc::clone(&seen);
+        let (input, probe) = worker.dataflow::<u64, _, _>(move |scope| {
+            let (input, stream) = scope.new_input::<u64>();
+            let probe = timely::dataflow::ProbeHandle::new();
+            stream.broadcast().inspect(move |before| told.set(told.get().max(*before))).probe_with(&probe);
+            (input, probe)
+        });
+        let input = (worker.index() == 0).then_some(input);
+        Delivered { input, announced: 0, seen, probe }
+    }
+
+    /// Worker 0: every output at a time before `closed_before` is delivered.
+    pub fn announce(&mut self, closed_before: u64) {
+        if let Some(input) = &mut self.input
+            && closed_before > self.announced
+        {
+            input.send(closed_before);
+            input.advance_to(closed_before);
+            self.announced = closed_before;
+        }
+    }
+
+    /// Worker 0 at the end of a run: `delivered` everything, or stopped by a failure.
+    pub fn close(&mut self, delivered: bool) {
+        if delivered {
+            self.announce(u64::MAX);
+        }
+        self.input = None;
+    }
+
+    /// Every output before this time is delivered, as far as this worker has heard.
+    pub fn before(&self) -> u64 {
+        self.seen.get()
+    }
+
+    /// Worker 0 is done: [`Delivered::before`] will not move again.
+    pub fn done(&self) -> bool {
+        self.probe.done()
     }
 }

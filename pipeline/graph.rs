@@ -172,9 +172,14 @@ pub fn run_stages(
         }
         None => None,
     };
-    let inputs = match (&config.kafka, &kafka, &reference) {
-        (Some(k), Some(_), Some(reference)) if k.inputs.enabled => Some(KafkaInputs::start(k, reference)?),
-        _ => None,
+    // The input partitions are dealt out to every worker of the cluster; each worker
+    // commits its partitions' offsets once worker 0 has delivered what they led to.
+    let inputs: Vec<Option<KafkaInputs>> = match (&config.kafka, &reference) {
+        (Some(k), Some(reference)) if k.inputs.enabled && !shadow => {
+            let (workers, peers) = crate::cluster::workers(&timely_config);
+            workers.map(|w| KafkaInputs::start(k, reference, w, peers)).collect::<Result<_, _>>()?
+        }
+        _ => Vec::new(),
     };
     // work-orders.jsonl, written as the run goes (shadow mode sends nothing).
     let jsonl = match &config.output.dir {
@@ -244,6 +249,7 @@ pub fn run_stages(
     let kafka = Arc::new(Mutex::new(kafka));
     let audit = Arc::new(Mutex::new(audit));
     let worker_inputs = Arc::new(Mutex::new(inputs));
+    let first_worker = crate::cluster::workers(&timely_config).0.start;
     let kafka_result: Arc<Mutex<Option<KafkaSink>>> = Arc::default();
     let jsonl = Arc::new(Mutex::new(jsonl));
     let jsonl_result: Arc<Mutex<Option<(u64, u64)>>> = Arc::default();
@@ -290,9 +296,12 @@ pub fn run_stages(
             stock: HashMap::new(),
             open_orders: std::collections::HashSet::new(),
         };
-        let mut inputs = if index == 0 { worker_inputs.lock().ok().and_then(|mut i| i.take()) } else { None };
+        let mut inputs =
+            worker_inputs.lock().ok().and_then(|mut i| i.get_mut(index - first_worker).and_then(Option::take));
         let mut script = if index == 0 { worker_script.lock().ok().and_then(|mut s| s.take()) } else { None };
         let mut summary = MessageSummary::default();
+        let mut delivery = crate::cluster::Delivered::build(worker);
+        let main_dataflow = worker.next_dataflow_index();
         let (mut input, mut capability, mut plant, work_probe) = worker.dataflow::<u64, _, _>(|scope| {
             let ((input, capability), samples) = scope.new_unordered_input::<CameraSample<FramePixels>>();
             let counts = Arc::clone(&kept);
@@ -402,12 +411,7 @@ pub fn run_stages(
                 }
             }
             if let (Some(inputs), Some(plant)) = (&mut inputs, &mut plant) {
-                let time = *plant.events.time();
-                let mut collected = collected.borrow_mut();
-                let before = collected.pending.len();
-                inputs.poll(time, plant, &mut collected.pending, 256);
-                let dead: Vec<Emitted> = collected.pending[before..].iter().map(|(_, m)| m.clone()).collect();
-                collected.messages.extend(dead);
+                inputs.poll(plant, 256);
             }
             // The messages emitted since the last turn: counted for the report (the sinks
             // take them from `pending`), and shown to the CMMS script.
@@ -425,18 +429,24 @@ pub fn run_stages(
                     plant.events.send(event);
                 }
             }
-            if index == 0 {
+            // Worker 0 delivers; each worker commits its input partitions up to what is
+            // delivered.
+            let committed = if index == 0 {
                 // Without the work-order stages, the model's output is what has to be done.
                 let closed_before =
                     work_probe.as_ref().unwrap_or(&probe).with_frontier(|f| f.first().copied().unwrap_or(u64::MAX));
-                let emitted = outputs
-                    .emit(&collected, closed_before, &worker_metrics)
-                    .and_then(|()| Ok(inputs.as_mut().map_or(Ok(()), |i| i.commit(closed_before))?));
-                if let Err(error) = emitted {
-                    worker_metrics.healthy.store(false, Ordering::Relaxed);
-                    *worker_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
-                    stop.interrupted.store(true, Ordering::Relaxed);
+                let emitted = outputs.emit(&collected, closed_before, &worker_metrics);
+                if emitted.is_ok() {
+                    delivery.announce(closed_before);
                 }
+                emitted.and_then(|()| commit(&mut inputs, closed_before))
+            } else {
+                commit(&mut inputs, delivery.before())
+            };
+            if let Err(error) = committed {
+                worker_metrics.healthy.store(false, Ordering::Relaxed);
+                *worker_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+                stop.interrupted.store(true, Ordering::Relaxed);
             }
             let interrupted = stop.interrupted.load(Ordering::Relaxed);
             let timed_out = stop.after.is_some_and(|d| started.elapsed() >= d);
@@ -464,7 +474,8 @@ pub fn run_stages(
         drop(capability);
         drop(input);
         drop(plant);
-        while !probe.done() || worker.step_or_park(Some(Duration::ZERO)) {
+        // Until the frames' dataflow is complete (the delivery dataflow is still open).
+        while !probe.done() || worker.installed_dataflows().contains(&main_dataflow) {
             worker.step();
         }
         if index == 0 {
@@ -473,12 +484,10 @@ pub fn run_stages(
             let last = collected.borrow().pending.iter().map(|(t, _)| t + 1).max().unwrap_or(0);
             let failed = worker_failure.lock().map(|f| f.is_some()).unwrap_or(true);
             let closed_before = last.max(ingest.frontier);
-            if !failed
-                && let Err(error) = outputs
-                    .emit(&collected, closed_before, &worker_metrics)
-                    .and_then(|()| outputs.flush())
-                    .and_then(|()| Ok(inputs.as_mut().map_or(Ok(()), |i| i.commit(closed_before))?))
-            {
+            let finished = (!failed)
+                .then(|| outputs.emit(&collected, closed_before, &worker_metrics).and_then(|()| outputs.flush()));
+            delivery.close(matches!(finished, Some(Ok(()))));
+            if let Some(Err(error)) = finished {
                 *worker_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
             }
             if let Some(sink) = outputs.kafka.take() {
@@ -487,6 +496,13 @@ pub fn run_stages(
             if let Some(sink) = outputs.jsonl.take() {
                 *jsonl_back.lock().unwrap_or_else(|p| p.into_inner()) = Some((sink.written, sink.skipped));
             }
+        }
+        // Each worker commits its input partitions once worker 0 is done delivering.
+        while !delivery.done() {
+            worker.step_or_park(Some(Duration::from_millis(10)));
+        }
+        if let Err(error) = commit(&mut inputs, delivery.before()) {
+            *worker_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
         }
         if index == 0
             && let Ok(mut out) = stage_summary.lock()
@@ -797,5 +813,13 @@ fn report(worker: usize, stats: &CameraStats, (kept, sampled_out): (u64, u64)) -
         fps,
         state: stats.state().name().to_owned(),
         last_error: stats.last_error(),
+    }
+}
+
+/// Commits the offsets of the input messages a worker read at times before `before`.
+fn commit(inputs: &mut Option<KafkaInputs>, before: u64) -> anyhow::Result<()> {
+    match inputs {
+        Some(inputs) => Ok(inputs.commit(before)?),
+        None => Ok(()),
     }
 }

@@ -93,6 +93,8 @@ pub struct Metrics {
     pub evidence_errors: AtomicU64,
     /// Frames with detections let go before the tracker reached them (store full).
     pub evidence_frames_dropped: AtomicU64,
+    /// Frames with detections held now for evidence, over all cameras of the process.
+    pub evidence_frames_held: AtomicU64,
     /// Work orders not closed, as of the last revision of each.
     pub work_orders_open: AtomicU64,
     /// Cleared when a sink fails: `/healthz` answers 503.
@@ -278,6 +280,12 @@ impl Metrics {
             u64::from(self.audit_failing.load(Ordering::Relaxed)),
         );
         counter(&mut out, "defectflow_audit_write_errors_total", "Failed audit-log commits.", &self.audit_errors);
+        gauge(
+            &mut out,
+            "defectflow_evidence_frames_held",
+            "Frames with detections held for evidence: awaiting the tracker, or the best frame of a live track.",
+            self.evidence_frames_held.load(Ordering::Relaxed),
+        );
         out
     }
 }

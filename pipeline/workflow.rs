@@ -141,6 +141,8 @@ pub struct PlantInputs {
     pub movements: InputSession<u64, StockMovement, isize>,
     /// Open work orders of an earlier run, taken up at start.
     pub restored: InputHandle<u64, RestoredOrder>,
+    /// Input messages that could not be used, from whichever worker read them.
+    pub dead_letters: InputHandle<u64, DeadLetter>,
 }
 
 impl PlantInputs {
@@ -180,6 +182,7 @@ impl PlantInputs {
     pub fn advance_to(&mut self, time: u64) {
         self.events.advance_to(time);
         self.restored.advance_to(time);
+        self.dead_letters.advance_to(time);
         self.assets.advance_to(time);
         self.cameras.advance_to(time);
         self.failures.advance_to(time);
@@ -261,6 +264,7 @@ pub fn build_on<'scope>(
 ) -> (PlantInputs, ProbeHandle<u64>) {
     let (events_handle, events) = TimelyInput::new_input::<WoEvent>(&scope);
     let (restored_handle, restored) = TimelyInput::new_input::<RestoredOrder>(&scope);
+    let (dead_letters_handle, dead_letters) = TimelyInput::new_input::<DeadLetter>(&scope);
     let (assets_handle, assets) = scope.new_collection::<Asset, isize>();
     let (cameras_handle, cameras) = scope.new_collection::<Camera, isize>();
     let (failures_handle, failures) = scope.new_collection::<FailureRecord, isize>();
@@ -327,6 +331,19 @@ pub fn build_on<'scope>(
             sink.audit.push((*time, AuditRow::Stock(part, measure, value, *diff)));
         })
         .probe_with(&probe);
+    let sink = collected.clone();
+    gather(dead_letters, "GatherDeadLetters")
+        .inspect_core(move |event| {
+            let Ok((stamp, letters)) = event else { return };
+            let time = stamp.iter().max().copied().unwrap_or_default();
+            let mut sink = sink.borrow_mut();
+            for letter in letters {
+                let message = Emitted::DeadLetter(letter.clone());
+                sink.pending.push((time, message.clone()));
+                sink.messages.push(message);
+            }
+        })
+        .probe_with(&probe);
     let sink = collected;
     gather(tracks.inner, "GatherTracks")
         .inspect(move |((_, track), time, diff)| {
@@ -339,6 +356,7 @@ pub fn build_on<'scope>(
     let inputs = PlantInputs {
         events: events_handle,
         restored: restored_handle,
+        dead_letters: dead_letters_handle,
         assets: assets_handle,
         cameras: cameras_handle,
         failures: failures_handle,

@@ -1,5 +1,7 @@
 //! timely's cluster mode: the same recording on one process with two workers and on two
-//! processes with one worker each gives the same work orders and evidence.
+//! processes with one worker each gives the same work orders and evidence; with Kafka,
+//! the input partitions are spread over the processes, and what each read is used,
+//! dead-lettered and committed once.
 
 mod support;
 
@@ -7,10 +9,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
+use serde_json::{Value, json};
 use sha2::Digest;
+use support::kafka::*;
 
 #[test]
 fn two_processes_make_the_same_work_orders_as_two_workers_in_one() {
+    // Both tests run several processes against real-time recordings: one at a time.
+    let _serial = support::kafka::serial();
     let dir = tempfile::tempdir().expect("temp dir");
     let truth = support::demo_plant_footage(dir.path());
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
@@ -116,4 +122,110 @@ fn two_processes_make_the_same_work_orders_as_two_workers_in_one() {
             assert_eq!(cluster_images.get(&name), evidence["sha256"].as_str().map(str::to_owned).as_ref(), "{uri}");
         }
     }
+}
+
+#[test]
+fn two_processes_share_the_input_partitions_and_commit_what_they_read() {
+    let broker = Broker::start();
+    let inputs = ["defectflow.assets", "defectflow.inventory", "defectflow.technicians", "defectflow.wo-events"];
+    // The input topics with two partitions each.
+    let topics: Vec<String> = TOPICS
+        .iter()
+        .map(|spec| match spec.split_once(':') {
+            Some((name, _)) if inputs.contains(&name) => format!("{name}:2"),
+            _ => (*spec).to_owned(),
+        })
+        .collect();
+    broker.create_topics(&topics.iter().map(String::as_str).collect::<Vec<_>>());
+    // On each partition of each input topic, a message that is not JSON (named by where
+    // it is); on each partition of the inventory topic, 4 bearings received.
+    for topic in inputs {
+        for partition in 0..2 {
+            broker.produce(topic, &[json!({"value": format!("not json {topic}/{partition}"), "partition": partition})]);
+        }
+    }
+    for partition in 0..2 {
+        let received = json!({"part_id": "BRG-22220", "delta": 4, "at_ms": 1_790_000_000_500u64, "reason": "received"});
+        broker.produce("defectflow.inventory", &[json!({"value": received.to_string(), "partition": partition})]);
+    }
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let truth = support::demo_plant_footage(dir.path());
+    let config = write_config(dir.path(), &truth, &broker.bootstrap, "");
+    let ports = [support::free_port(), support::free_port()];
+    let hostfile = dir.path().join("hosts.txt");
+    std::fs::write(&hostfile, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>()).expect("hosts");
+    let out = dir.path().join("out");
+    let processes: Vec<_> = (0..2)
+        .map(|p| {
+            let cluster = ["-w", "1", "-n", "2", "-p", &p.to_string(), "-h", hostfile.to_str().expect("utf-8")];
+            defectflow(&config, Some(&out), None)
+                .args(cluster)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start a process")
+        })
+        .collect();
+    let outputs: Vec<_> = processes.into_iter().map(|p| p.wait_with_output().expect("wait")).collect();
+    for (p, output) in outputs.iter().enumerate() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "process {p} failed: {stderr}");
+        // Process p (its one worker is worker p of two) reads partition p of the event
+        // and movement topics; process 0 also reads every partition of the upserts.
+        let line = stderr.lines().find(|l| l.contains("consuming input partitions")).unwrap_or_else(|| {
+            panic!("process {p} names no input partitions: {stderr}");
+        });
+        let read: Vec<&str> = line.split_whitespace().filter(|w| w.contains("defectflow.")).collect();
+        let read: Vec<&str> = read.iter().map(|w| w.trim_start_matches("partitions=")).collect();
+        let expected = match p {
+            0 => vec![
+                "defectflow.assets/0",
+                "defectflow.assets/1",
+                "defectflow.inventory/0",
+                "defectflow.technicians/0",
+                "defectflow.technicians/1",
+                "defectflow.wo-events/0",
+            ],
+            _ => vec!["defectflow.inventory/1", "defectflow.wo-events/1"],
+        };
+        assert_eq!(read, expected, "process {p}: {line}");
+    }
+
+    // Every unusable message, from both processes, reaches the dead-letter topic once
+    // (process 0 delivers).
+    let letters = |broker: &Broker| -> Vec<String> {
+        let mut sources: Vec<String> = broker
+            .messages("defectflow.dead-letter")
+            .iter()
+            .map(|m| serde_json::from_str::<Value>(m["value"].as_str().expect("value")).expect("json"))
+            .map(|letter| format!("{} {}", letter["source"].as_str().expect("source"), letter["payload"]))
+            .collect();
+        sources.sort();
+        sources
+    };
+    let expected: Vec<String> = inputs
+        .iter()
+        .flat_map(|topic| (0..2).map(move |p| format!("{topic}/{p}@0 \"not json {topic}/{p}\"")))
+        .collect();
+    assert_eq!(letters(&broker), expected);
+    // Both movements were used once: the bearings' stock went from 6 to 14, never beyond.
+    let python = std::env::var("DEFECTFLOW_ANALYTICS_PYTHON").expect("DEFECTFLOW_ANALYTICS_PYTHON");
+    let script = r#"
+import sys
+import polars as pl
+df = pl.scan_parquet(sys.argv[1] + "/inventory/**/*.parquet", hive_partitioning=True).collect()
+print(df.filter(pl.col("part_id") == "BRG-22220")["on_hand"].max())
+"#;
+    let audit = out.join("audit");
+    let stock = Command::new(python).args(["-c", script, audit.to_str().expect("utf-8")]).output().expect("python");
+    assert!(stock.status.success(), "polars: {}", String::from_utf8_lossy(&stock.stderr));
+    assert_eq!(String::from_utf8_lossy(&stock.stdout).trim(), "14");
+    // The work orders are delivered once each, one per defect.
+    check_exactly_once(&broker.messages("defectflow.work-orders"), &out, &truth);
+
+    // Each process committed what it read: a run after them reads none of it again.
+    let stdout = run_to_end(&config, None);
+    assert!(stdout.contains("kafka: 0 sent") && stdout.contains("dead letters: 0"), "{stdout}");
+    assert_eq!(letters(&broker), expected);
 }

@@ -4,7 +4,8 @@ binding): creates topics and dumps a topic as JSON.
 usage: kafka_client.py create BOOTSTRAP NAME:PARTITIONS...
        kafka_client.py dump BOOTSTRAP TOPIC      -> [{partition, offset, key, value, headers}]
        kafka_client.py count BOOTSTRAP TOPIC     -> number of messages
-       kafka_client.py produce BOOTSTRAP TOPIC   <- JSON lines {"value": text} or {"bytes": n}
+       kafka_client.py produce BOOTSTRAP TOPIC   <- JSON lines {"value": text} or {"bytes": n},
+                                                    optionally with "partition": n
 """
 
 import json
@@ -78,7 +79,10 @@ def produce(bootstrap, topic):
     for line in sys.stdin:
         spec = json.loads(line)
         value = spec["value"].encode() if "value" in spec else b"x" * spec["bytes"]
-        producer.produce(topic, value=value)
+        if "partition" in spec:
+            producer.produce(topic, value=value, partition=spec["partition"])
+        else:
+            producer.produce(topic, value=value)
     if producer.flush(30) != 0:
         raise SystemExit(f"not all messages reached {topic}")
 

@@ -75,6 +75,12 @@ impl EvidenceStore {
             camera.remove(0);
             self.metrics.evidence_frames_dropped.fetch_add(1, Ordering::Relaxed);
         }
+        self.count_held(&frames);
+    }
+
+    fn count_held(&self, frames: &HashMap<String, Vec<Held>>) {
+        let held = frames.values().map(Vec::len).sum::<usize>();
+        self.metrics.evidence_frames_held.store(held as u64, Ordering::Relaxed);
     }
 
     /// Frames held now, over all cameras.
@@ -143,5 +149,6 @@ impl EvidenceFrames for EvidenceStore {
         if let Some(camera) = frames.get_mut(camera_id) {
             camera.retain(|h| h.frame_index > through || keep.contains(&h.frame_index));
         }
+        self.count_held(&frames);
     }
 }

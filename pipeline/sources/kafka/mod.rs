@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use crate::reference::PlantReference;
 use crate::sinks::kafka::{KafkaConfig, SinkError};
 use crate::sources::camera::now_ms;
-use crate::workflow::{Emitted, PlantInputs};
+use crate::workflow::PlantInputs;
 
 /// `[kafka.inputs]`: the input topics and how their messages are read.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -96,6 +96,31 @@ pub enum InputKind {
     Assets,
 }
 
+impl InputKind {
+    /// Technicians and assets replace the record with their id: one reader keeps them.
+    fn is_upsert(self) -> bool {
+        matches!(self, InputKind::Technicians | InputKind::Assets)
+    }
+}
+
+/// Worker `worker`'s share (of `peers`) of the input partitions, in (topic, partition)
+/// order: every partition of an upsert topic goes to worker 0, which keeps the current
+/// record of each id whatever partition its updates come on; the partitions of the
+/// others (events and stock movements, which keep no state in the reader) are dealt
+/// out to all workers in turn.
+fn deal<'a>(
+    all: &'a [(String, i32)],
+    upsert: impl Fn(&str) -> bool,
+    worker: usize,
+    peers: usize,
+) -> Vec<&'a (String, i32)> {
+    let (kept, dealt): (Vec<_>, Vec<_>) = all.iter().partition(|(topic, _)| upsert(topic));
+    let mut mine: Vec<_> = if worker == 0 { kept } else { Vec::new() };
+    mine.extend(dealt.into_iter().enumerate().filter(|(j, _)| j % peers.max(1) == worker).map(|(_, p)| p));
+    mine.sort();
+    mine
+}
+
 /// One usable input message.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Input {
@@ -163,8 +188,9 @@ pub fn dead_letter(source: String, bytes: &[u8], reason: String, at_ms: u64) -> 
     DeadLetter { source, payload, reason, at_ms }
 }
 
-/// The consumer of the input topics (on worker 0) and the current technicians and
-/// assets, so an update replaces the record it updates.
+/// A worker's consumer of its share of the input partitions (see [`deal`]), and (on
+/// worker 0) the current technicians and assets, so an update replaces the record it
+/// updates.
 pub struct KafkaInputs {
     consumer: BaseConsumer,
     topics: BTreeMap<String, InputKind>,
@@ -187,8 +213,15 @@ impl std::fmt::Debug for KafkaInputs {
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl KafkaInputs {
-    /// Connects and resumes each input partition at the group's committed offset.
-    pub fn start(config: &KafkaConfig, reference: &PlantReference) -> Result<KafkaInputs, SinkError> {
+    /// Connects and resumes each of worker `worker`'s input partitions (of `peers`
+    /// workers in the cluster) at the group's committed offset; `None` where the worker
+    /// has none.
+    pub fn start(
+        config: &KafkaConfig,
+        reference: &PlantReference,
+        worker: usize,
+        peers: usize,
+    ) -> Result<Option<KafkaInputs>, SinkError> {
         let inputs = &config.inputs;
         let consumer: BaseConsumer = config
             .client_config(&[("auto.offset.reset", "earliest")])?
@@ -203,7 +236,7 @@ impl KafkaInputs {
             (inputs.assets.clone(), InputKind::Assets),
         ]
         .into();
-        let mut partitions = TopicPartitionList::new();
+        let mut all: Vec<(String, i32)> = Vec::new();
         for topic in topics.keys() {
             let metadata = consumer
                 .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
@@ -215,11 +248,21 @@ impl KafkaInputs {
                         source: rdkafka::error::KafkaError::MetadataFetch(error.into()),
                     });
                 }
-                for p in t.partitions() {
-                    partitions.add_partition(topic, p.id());
-                }
+                let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+                ids.sort_unstable();
+                ids.into_iter().for_each(|id| all.push((topic.clone(), id)));
             }
         }
+        let mut partitions = TopicPartitionList::new();
+        for (topic, partition) in deal(&all, |topic| topics.get(topic).is_some_and(|k| k.is_upsert()), worker, peers) {
+            partitions.add_partition(topic, *partition);
+        }
+        if partitions.count() == 0 {
+            return Ok(None);
+        }
+        let names: Vec<String> =
+            partitions.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect();
+        tracing::info!(worker, partitions = %names.join(" "), "consuming input partitions");
         let committed = consumer
             .committed_offsets(partitions, REQUEST_TIMEOUT)
             .map_err(|source| SinkError::Kafka { context: "reading the committed input offsets".into(), source })?;
@@ -236,7 +279,7 @@ impl KafkaInputs {
         consumer
             .assign(&assignment)
             .map_err(|source| SinkError::Kafka { context: "assigning the inputs".into(), source })?;
-        Ok(KafkaInputs {
+        Ok(Some(KafkaInputs {
             consumer,
             topics,
             max_bytes: inputs.max_message_bytes,
@@ -245,12 +288,14 @@ impl KafkaInputs {
             consumed: Vec::new(),
             used: 0,
             dead: 0,
-        })
+        }))
     }
 
-    /// Feeds the messages that arrived (at most `limit`) into the plant's inputs at
-    /// `time`; unusable ones become dead letters in `dead`.
-    pub fn poll(&mut self, time: u64, plant: &mut PlantInputs, dead: &mut Vec<(u64, Emitted)>, limit: usize) {
+    /// Feeds the messages that arrived (at most `limit`) into the plant's inputs at their
+    /// current time; unusable ones become dead letters, which go to worker 0 like every
+    /// output.
+    pub fn poll(&mut self, plant: &mut PlantInputs, limit: usize) {
+        let time = *plant.events.time();
         for _ in 0..limit {
             let Some(result) = self.consumer.poll(Duration::ZERO) else { return };
             let message = match result {
@@ -272,8 +317,12 @@ impl KafkaInputs {
                 Err(reason) => {
                     self.dead += 1;
                     tracing::warn!(topic, partition, offset, reason, "kafka input: dead letter");
-                    let letter = dead_letter(format!("{topic}/{partition}@{offset}"), bytes, reason, now_ms());
-                    dead.push((time, Emitted::DeadLetter(letter)));
+                    plant.dead_letters.send(dead_letter(
+                        format!("{topic}/{partition}@{offset}"),
+                        bytes,
+                        reason,
+                        now_ms(),
+                    ));
                 }
             }
         }
@@ -344,6 +393,31 @@ mod tests {
         assert!(reason(InputKind::Assets, &[b' '; 101]).contains("101 bytes exceed"));
         let ok = parse(InputKind::Inventory, br#"{"part_id": "B-1", "delta": 2, "at_ms": 1}"#, 100);
         assert!(matches!(ok, Ok(Input::Movement(m)) if m.delta == 2));
+    }
+
+    #[test]
+    fn upserts_stay_on_worker_0_and_the_other_partitions_are_dealt_out() {
+        let all: Vec<(String, i32)> = ["assets", "inventory", "technicians", "wo-events"]
+            .iter()
+            .flat_map(|t| (0..2).map(|p| (t.to_string(), p)))
+            .collect();
+        let upsert = |topic: &str| topic == "assets" || topic == "technicians";
+        let names = |worker, peers| -> Vec<String> {
+            deal(&all, upsert, worker, peers).iter().map(|(t, p)| format!("{t}/{p}")).collect()
+        };
+        assert_eq!(
+            names(0, 2),
+            ["assets/0", "assets/1", "inventory/0", "technicians/0", "technicians/1", "wo-events/0"]
+        );
+        assert_eq!(names(1, 2), ["inventory/1", "wo-events/1"]);
+        // Every partition once, whatever the number of workers.
+        for peers in 1..6 {
+            let mut seen: Vec<String> = (0..peers).flat_map(|w| names(w, peers)).collect();
+            seen.sort();
+            assert_eq!(seen.len(), all.len(), "{peers} workers: {seen:?}");
+            seen.dedup();
+            assert_eq!(seen.len(), all.len(), "{peers} workers: {seen:?}");
+        }
     }
 
     #[test]
