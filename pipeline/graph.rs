@@ -29,6 +29,7 @@ use timely::dataflow::operators::vec::UnorderedInput;
 use crate::config::RunConfig;
 use crate::metrics::{Metrics, Stage};
 use crate::reference::PlantReference;
+use crate::sinks::EarlierOrders;
 use crate::sinks::audit::{AuditRows, AuditStream, StockRow};
 use crate::sinks::evidence::EvidenceStore;
 use crate::sinks::jsonl::JsonLinesSink;
@@ -149,7 +150,7 @@ pub fn run_stages(
 ) -> anyhow::Result<(Vec<CameraReport>, StageReport)> {
     crate::sources::init()?;
     let config = config.clone();
-    let reference = match &config.plant.reference {
+    let mut reference = match &config.plant.reference {
         Some(dir) => Some(PlantReference::load(dir)?),
         None => None,
     };
@@ -171,6 +172,14 @@ pub fn run_stages(
             None
         }
         None => None,
+    };
+    // What earlier runs read from the reference-data topics changes the files' records
+    // (process 0 loads the reference into the dataflow); stock movements are replayed.
+    let replayed = match (&config.kafka, &mut reference) {
+        (Some(k), Some(reference)) if k.inputs.enabled && kafka.is_some() => {
+            crate::sources::kafka::replay(k, reference)?
+        }
+        _ => Vec::new(),
     };
     // The input partitions are dealt out to every worker of the cluster; each worker
     // commits its partitions' offsets once worker 0 has delivered what they led to.
@@ -367,13 +376,19 @@ pub fn run_stages(
             let live: std::collections::HashSet<&str> =
                 config.cameras.iter().filter(|c| c.start_ms.is_none()).map(|c| c.id.as_str()).collect();
             // The topic is what the CMMS saw; without Kafka, the file is.
-            let from_file = outputs.jsonl.as_mut().map(JsonLinesSink::take_open_orders).unwrap_or_default();
-            let open = outputs.kafka.as_mut().map_or(from_file, KafkaSink::take_open_orders);
-            let restored: Vec<_> = open.into_iter().filter(|o| live.contains(o.camera_id.as_str())).collect();
-            if !restored.is_empty() {
-                tracing::info!(work_orders = restored.len(), "taking up the work orders an earlier run left open");
+            let from_file = outputs.jsonl.as_mut().map(JsonLinesSink::take_latest_orders).unwrap_or_default();
+            let latest = outputs.kafka.as_mut().map_or(from_file, KafkaSink::take_latest_orders);
+            let latest = latest.into_iter().filter(|o| live.contains(o.camera_id.as_str())).collect();
+            let earlier = EarlierOrders::from_latest(latest);
+            if !earlier.open.is_empty() || !earlier.consumed.is_empty() {
+                tracing::info!(
+                    work_orders = earlier.open.len(),
+                    parts_consumed = earlier.consumed.len(),
+                    "taking up the work orders an earlier run left open, and the parts its completed ones used"
+                );
             }
-            plant.restore(restored, reference);
+            replayed.iter().chain(&earlier.consumed).for_each(|m| plant.movements.insert(m.clone()));
+            plant.restore(earlier.open, reference);
         }
 
         let worker_thread = std::thread::current();

@@ -1,6 +1,7 @@
 //! Reference-data updates that conflict with the work under way, sent on the input
 //! topics mid-run: a technician removed while holding work, a part's stock counted out
-//! while a work order holds it reserved.
+//! while a work order holds it reserved; and a restart that starts from what they
+//! changed, not from the reference files alone.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -69,4 +70,27 @@ fn a_technician_removed_while_holding_work_and_a_reserved_part_counted_out() {
     let pulley_now = &last[pulley["work_order_id"].as_str().expect("id")];
     let shell_now = pulley_now["parts"].as_array().expect("parts").iter().find(|p| p["part_id"] == "PUL-600-SHELL");
     assert_eq!(shell_now.map(|p| &p["available"]), Some(&json!(false)), "{pulley_now}");
+
+    // A restart (the same footage again, into a fresh folder) reads nothing new from
+    // the topics, but starts from what they changed: the technician is off the roster
+    // and the shell out of stock from the first revision on.
+    let again = plant.dir.path().join("again");
+    let output = defectflow(&plant.config, Some(&again), None).output().expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "restart failed: {stderr}");
+    assert!(stderr.contains("reference-data topics read again"), "{stderr}");
+    let text = std::fs::read_to_string(again.join("work-orders.jsonl")).expect("work-orders.jsonl");
+    let mut pulley_revisions = 0;
+    for line in text.lines() {
+        let message: Value = serde_json::from_str(line).expect("json line");
+        assert!(!line.contains(&format!("\"{technician}\"")), "the removed technician came back: {line}");
+        let Some(w) = message.get("work_order") else { continue };
+        if w["asset_id"] == "CV-101-PUL" {
+            pulley_revisions += 1;
+            let shell = w["parts"].as_array().expect("parts").iter().find(|p| p["part_id"] == "PUL-600-SHELL");
+            assert_eq!(shell.map(|p| &p["available"]), Some(&json!(false)), "{w}");
+        }
+    }
+    assert!(pulley_revisions > 0, "the restart made the pulley's work order: {text}");
+    assert!(plant.broker.messages("defectflow.dead-letter").is_empty(), "nothing was read twice");
 }

@@ -14,7 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-use defectflow_schemas::{WorkOrder, WorkOrderStatus};
+use defectflow_schemas::WorkOrder;
 use serde::{Deserialize, Serialize};
 
 use crate::workflow::Emitted;
@@ -49,7 +49,7 @@ pub struct JsonLinesSink {
     progress_path: PathBuf,
     file: File,
     progress: Progress,
-    open_orders: Vec<WorkOrder>,
+    latest_orders: Vec<WorkOrder>,
     /// Messages written by this run, and left out because an earlier run wrote them.
     pub written: u64,
     pub skipped: u64,
@@ -79,14 +79,14 @@ impl JsonLinesSink {
             file.set_len(progress.bytes).map_err(io(&path))?;
             file.sync_all().map_err(io(&path))?;
         }
-        let open_orders = open_work_orders(&path, progress.bytes).map_err(io(&path))?;
-        Ok(JsonLinesSink { path, progress_path, file, progress, open_orders, written: 0, skipped: 0 })
+        let latest_orders = latest_work_orders(&path, progress.bytes).map_err(io(&path))?;
+        Ok(JsonLinesSink { path, progress_path, file, progress, latest_orders, written: 0, skipped: 0 })
     }
 
-    /// The work orders earlier runs left open in the file (their latest revisions);
-    /// empty after the first call.
-    pub fn take_open_orders(&mut self) -> Vec<WorkOrder> {
-        std::mem::take(&mut self.open_orders)
+    /// The latest revision of every work order earlier runs wrote to the file; empty
+    /// after the first call.
+    pub fn take_latest_orders(&mut self) -> Vec<WorkOrder> {
+        std::mem::take(&mut self.latest_orders)
     }
 
     /// Appends the messages of every time before `closed_before` (`ready`, in emission
@@ -132,9 +132,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JsonLinesError {
     move |source| JsonLinesError::Io { path, source }
 }
 
-/// The latest revision of every work order in the first `bytes` of the file that is not
-/// closed. Lines that are not work orders are passed over.
-fn open_work_orders(path: &Path, bytes: u64) -> std::io::Result<Vec<WorkOrder>> {
+/// The latest revision of every work order in the first `bytes` of the file. Lines that
+/// are not work orders are passed over.
+fn latest_work_orders(path: &Path, bytes: u64) -> std::io::Result<Vec<WorkOrder>> {
     let mut latest: std::collections::BTreeMap<String, WorkOrder> = std::collections::BTreeMap::new();
     let reader = BufReader::new(File::open(path)?.take(bytes));
     for line in reader.lines() {
@@ -143,10 +143,7 @@ fn open_work_orders(path: &Path, bytes: u64) -> std::io::Result<Vec<WorkOrder>> 
             latest.insert(order.work_order_id.clone(), *order);
         }
     }
-    Ok(latest
-        .into_values()
-        .filter(|o| !matches!(o.status, WorkOrderStatus::Completed | WorkOrderStatus::FalsePositive))
-        .collect())
+    Ok(latest.into_values().collect())
 }
 
 #[cfg(test)]
@@ -198,7 +195,7 @@ mod tests {
     }
 
     #[test]
-    fn the_work_orders_left_open_are_the_latest_revisions_not_closed() {
+    fn a_reopened_file_gives_the_latest_revision_of_each_work_order() {
         let all = messages();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut sink = JsonLinesSink::open(dir.path()).expect("open");
@@ -209,14 +206,10 @@ mod tests {
                 latest.insert(w.work_order_id.clone(), (**w).clone());
             }
         }
-        let mut open = JsonLinesSink::open(dir.path()).expect("reopen").take_open_orders();
-        open.sort_by(|a, b| a.work_order_id.cmp(&b.work_order_id));
-        let expected: Vec<WorkOrder> = latest
-            .into_values()
-            .filter(|o| !matches!(o.status, WorkOrderStatus::Completed | WorkOrderStatus::FalsePositive))
-            .collect();
-        assert!(!expected.is_empty(), "the scenario leaves a work order open");
-        assert_eq!(open, expected);
+        let found = JsonLinesSink::open(dir.path()).expect("reopen").take_latest_orders();
+        let expected: Vec<WorkOrder> = latest.into_values().collect();
+        assert!(!expected.is_empty(), "the scenario has work orders");
+        assert_eq!(found, expected);
         // A file the record says is longer than it is was cut by something else.
         std::fs::write(dir.path().join(FILE_NAME), "").expect("truncate");
         let error = JsonLinesSink::open(dir.path()).expect_err("shorter than recorded");

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use defectflow_schemas::{SCHEMA_VERSION, WorkOrder, WorkOrderStatus};
+use defectflow_schemas::{SCHEMA_VERSION, WorkOrder};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -342,8 +342,8 @@ pub struct Recovered {
     pub delivered_after: HashSet<String>,
     /// The next offset of every output partition, as read to its end.
     pub ends: BTreeMap<String, BTreeMap<i32, i64>>,
-    /// The latest revision of every work order on the topic that is still open.
-    pub open_orders: Vec<WorkOrder>,
+    /// The latest revision of every work order this sink sent to the topic.
+    pub latest_orders: Vec<WorkOrder>,
 }
 
 /// Header names on every output message.
@@ -401,10 +401,10 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    /// The work orders earlier runs left open on the topic (latest revisions); empty
+    /// The latest revision of every work order earlier runs sent to the topic; empty
     /// after the first call.
-    pub fn take_open_orders(&mut self) -> Vec<WorkOrder> {
-        std::mem::take(&mut self.recovered.open_orders)
+    pub fn take_latest_orders(&mut self) -> Vec<WorkOrder> {
+        std::mem::take(&mut self.recovered.latest_orders)
     }
 }
 
@@ -656,14 +656,14 @@ fn recover(config: &KafkaConfig) -> Result<Recovered, SinkError> {
             ends.entry(topic.to_owned()).or_default().insert(partition, end);
         }
     }
-    let open_orders = open_work_orders(&consumer, &config.topics.work_orders, &config.sink_id)?;
-    Ok(Recovered { progress, delivered_after, ends, open_orders })
+    let latest_orders = latest_work_orders(&consumer, &config.topics.work_orders, &config.sink_id)?;
+    Ok(Recovered { progress, delivered_after, ends, latest_orders })
 }
 
 /// The latest revision of every work order this sink (`sink_id`) sent to `topic`, read
-/// from its start, that is not closed: what the CMMS holds open. A message that is not
-/// a work order is passed over (the topic is read as the CMMS reads it).
-fn open_work_orders(consumer: &BaseConsumer<Quiet>, topic: &str, sink_id: &str) -> Result<Vec<WorkOrder>, SinkError> {
+/// from its start: what the CMMS holds. A message that is not a work order is passed
+/// over (the topic is read as the CMMS reads it).
+fn latest_work_orders(consumer: &BaseConsumer<Quiet>, topic: &str, sink_id: &str) -> Result<Vec<WorkOrder>, SinkError> {
     let metadata = consumer
         .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
         .map_err(kafka(format!("reading the metadata of {topic}")))?;
@@ -685,10 +685,7 @@ fn open_work_orders(consumer: &BaseConsumer<Quiet>, topic: &str, sink_id: &str) 
             }
         })?;
     }
-    Ok(latest
-        .into_values()
-        .filter(|o| !matches!(o.status, WorkOrderStatus::Completed | WorkOrderStatus::FalsePositive))
-        .collect())
+    Ok(latest.into_values().collect())
 }
 
 type Record = (i64, Option<String>, Vec<u8>);

@@ -188,6 +188,121 @@ pub fn dead_letter(source: String, bytes: &[u8], reason: String, at_ms: u64) -> 
     DeadLetter { source, payload, reason, at_ms }
 }
 
+/// Reads again what earlier runs of the consumer group read from the reference-data
+/// topics (technicians, assets, stock movements), from each partition's start up to the
+/// group's committed offset, and applies it to `reference`: a restart starts from the
+/// files as those messages changed them, not from the files alone. Returns the stock
+/// movements (the stock is a sum of them). A message that was a dead letter is passed
+/// over again; one no longer on the topic (retention) is named in a warning.
+pub fn replay(config: &KafkaConfig, reference: &mut PlantReference) -> Result<Vec<StockMovement>, SinkError> {
+    let inputs = &config.inputs;
+    let consumer: BaseConsumer = config
+        .client_config(&[("auto.offset.reset", "earliest")])?
+        .set("group.id", &inputs.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .map_err(crate::sinks::kafka::kafka("creating the replay consumer"))?;
+    let mut movements = Vec::new();
+    let mut replayed = 0u64;
+    for (topic, kind) in [
+        (&inputs.technicians, InputKind::Technicians),
+        (&inputs.assets, InputKind::Assets),
+        (&inputs.inventory, InputKind::Inventory),
+    ] {
+        for (partition, end) in committed(&consumer, topic)? {
+            let (low, _) = consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT).map_err(|source| {
+                SinkError::Kafka { context: format!("reading the offsets of {topic}/{partition}"), source }
+            })?;
+            if low > 0 {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    gone_below = low,
+                    "the first messages of a reference-data topic are gone (retention): what they changed is not replayed"
+                );
+            }
+            read_below(&consumer, topic, partition, low, end, |bytes| {
+                let Ok(input) = parse(kind, bytes, inputs.max_message_bytes) else { return };
+                replayed += 1;
+                match input {
+                    Input::Technician(t) => upsert(&mut reference.technicians, t, |t| &t.technician_id),
+                    Input::TechnicianRemoved(id) => reference.technicians.retain(|t| t.technician_id != id),
+                    Input::Asset(a) => upsert(&mut reference.assets, a, |a| &a.asset_id),
+                    Input::Movement(m) => movements.push(m),
+                    Input::Event(_) => {}
+                }
+            })?;
+        }
+    }
+    if replayed > 0 {
+        tracing::info!(messages = replayed, "reference-data topics read again up to the committed offsets");
+    }
+    Ok(movements)
+}
+
+/// Replaces the record with `record`'s id, or adds it.
+fn upsert<T>(records: &mut Vec<T>, record: T, id: impl Fn(&T) -> &String) {
+    match records.iter().position(|r| id(r) == id(&record)) {
+        Some(i) => records[i] = record,
+        None => records.push(record),
+    }
+}
+
+/// The group's committed offset of every partition of `topic` that has one.
+fn committed(consumer: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64)>, SinkError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .map_err(|source| SinkError::Kafka { context: format!("reading the metadata of {topic}"), source })?;
+    let mut partitions = TopicPartitionList::new();
+    metadata.topics().iter().flat_map(|t| t.partitions()).for_each(|p| {
+        partitions.add_partition(topic, p.id());
+    });
+    let committed = consumer
+        .committed_offsets(partitions, REQUEST_TIMEOUT)
+        .map_err(|source| SinkError::Kafka { context: format!("reading the committed offsets of {topic}"), source })?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(end) if end > 0 => Some((e.partition(), end)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Hands `each` the payload of every message of a partition from `from` up to (not
+/// including) `end`.
+fn read_below(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    end: i64,
+    mut each: impl FnMut(&[u8]),
+) -> Result<(), SinkError> {
+    let failed =
+        |source| SinkError::Kafka { context: format!("reading {topic}/{partition} up to offset {end}"), source };
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Offset(from)).map_err(failed)?;
+    consumer.assign(&assignment).map_err(failed)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(message)) if message.offset() < end => {
+                each(message.payload().unwrap_or_default());
+                if message.offset() + 1 >= end {
+                    return Ok(());
+                }
+            }
+            Some(Ok(_)) | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return Ok(()),
+            Some(Err(error)) => return Err(failed(error)),
+            None => {}
+        }
+    }
+    Err(failed(rdkafka::error::KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::OperationTimedOut)))
+}
+
 /// A worker's consumer of its share of the input partitions (see [`deal`]), and (on
 /// worker 0) the current technicians and assets, so an update replaces the record it
 /// updates.
