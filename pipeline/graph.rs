@@ -594,8 +594,9 @@ impl Outputs {
                 metrics.stage_times.record(Stage::Closed, w.revised_at_ms);
             }
         }
+        let mut sent = 0;
         if let Some(sink) = &mut self.kafka {
-            let sent = sink.sent;
+            let before = sink.sent;
             metrics.delivering_since_ms.store(now_ms(), Ordering::Relaxed);
             let delivered = sink.deliver(closed_before, &ready);
             metrics.delivering_since_ms.store(0, Ordering::Relaxed);
@@ -603,11 +604,15 @@ impl Outputs {
                 metrics.kafka_errors.fetch_add(1, Ordering::Relaxed);
                 return Err(error.into());
             }
-            metrics.kafka_sent.fetch_add(sink.sent - sent, Ordering::Relaxed);
+            sent = sink.sent - before;
         }
         if let Some(sink) = &mut self.jsonl {
             sink.deliver(closed_before, &ready)?;
         }
+        // The messages have left: their latencies and the open work orders are counted
+        // before the sent counter moves, so a scrape that sees them sent sees them all.
+        observe(&ready, metrics, &mut self.open_orders);
+        metrics.kafka_sent.fetch_add(sent, Ordering::Relaxed);
         let detections = {
             let mut all = self.detections.rows.lock().unwrap_or_else(|p| p.into_inner());
             let (ready, later) = std::mem::take(&mut *all).into_iter().partition(|d| d.capture_ms < closed_before);
@@ -631,7 +636,6 @@ impl Outputs {
             metrics.audit_failing.store(audit.failing(), Ordering::Relaxed);
             metrics.audit_overfull.store(audit.overfull(), Ordering::Relaxed);
         }
-        observe(&ready, metrics, &mut self.open_orders);
         Ok(())
     }
 
