@@ -92,29 +92,6 @@ pub fn offset_port(address: &str, by: usize) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_process_gets_the_next_port() {
-        assert_eq!(offset_port("127.0.0.1:9187", 0), "127.0.0.1:9187");
-        assert_eq!(offset_port("127.0.0.1:9187", 2), "127.0.0.1:9189");
-        assert_eq!(offset_port("[::1]:9187", 1), "[::1]:9188");
-        // Port 0 asks the system for a free port: every process may.
-        assert_eq!(offset_port("127.0.0.1:0", 1), "127.0.0.1:0");
-    }
-
-    #[test]
-    fn the_process_index_comes_from_the_cluster_configuration() {
-        let args = ClusterArgs { workers: Some(1), processes: 2, process: 1, hostfile: None };
-        assert_eq!(process_index(&args.timely_config(1).expect("config")), 1);
-        assert_eq!(process_index(&timely::Config::process(2)), 0);
-        let bad = ClusterArgs { workers: Some(1), processes: 2, process: 2, hostfile: None };
-        assert!(bad.timely_config(1).expect_err("-p 2 of -n 2").to_string().contains("-p 2"));
-    }
-}
-
 /// How far worker 0 has delivered the outputs, told to every worker of the cluster: a
 /// worker that reads input partitions commits their offsets only up to it, so a
 /// message is never committed before what it led to is on the output topics.
@@ -181,5 +158,28 @@ impl Delivered {
     /// Worker 0 is done: [`Delivered::before`] will not move again.
     pub fn done(&self) -> bool {
         self.probe.done()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_process_gets_the_next_port() {
+        assert_eq!(offset_port("127.0.0.1:9187", 0), "127.0.0.1:9187");
+        assert_eq!(offset_port("127.0.0.1:9187", 2), "127.0.0.1:9189");
+        assert_eq!(offset_port("[::1]:9187", 1), "[::1]:9188");
+        // Port 0 asks the system for a free port: every process may.
+        assert_eq!(offset_port("127.0.0.1:0", 1), "127.0.0.1:0");
+    }
+
+    #[test]
+    fn the_process_index_comes_from_the_cluster_configuration() {
+        let args = ClusterArgs { workers: Some(1), processes: 2, process: 1, hostfile: None };
+        assert_eq!(process_index(&args.timely_config(1).expect("config")), 1);
+        assert_eq!(process_index(&timely::Config::process(2)), 0);
+        let bad = ClusterArgs { workers: Some(1), processes: 2, process: 2, hostfile: None };
+        assert!(bad.timely_config(1).expect_err("-p 2 of -n 2").to_string().contains("-p 2"));
     }
 }

@@ -108,12 +108,7 @@ impl InputKind {
 /// record of each id whatever partition its updates come on; the partitions of the
 /// others (events and stock movements, which keep no state in the reader) are dealt
 /// out to all workers in turn.
-fn deal<'a>(
-    all: &'a [(String, i32)],
-    upsert: impl Fn(&str) -> bool,
-    worker: usize,
-    peers: usize,
-) -> Vec<&'a (String, i32)> {
+fn deal(all: &[(String, i32)], upsert: impl Fn(&str) -> bool, worker: usize, peers: usize) -> Vec<&(String, i32)> {
     let (kept, dealt): (Vec<_>, Vec<_>) = all.iter().partition(|(topic, _)| upsert(topic));
     let mut mine: Vec<_> = if worker == 0 { kept } else { Vec::new() };
     mine.extend(dealt.into_iter().enumerate().filter(|(j, _)| j % peers.max(1) == worker).map(|(_, p)| p));
