@@ -13,6 +13,26 @@ use serde_json::{Value, json};
 use sha2::Digest;
 use support::kafka::*;
 
+/// Runs `config` on two processes of one worker each (a hostfile of 127.0.0.1 ports in
+/// `dir`), both given the output folder `out`; what each printed, once both ended.
+fn two_processes(dir: &Path, config: &Path, out: &Path) -> Vec<std::process::Output> {
+    let ports = [support::free_port(), support::free_port()];
+    let hostfile = dir.join("hosts.txt");
+    std::fs::write(&hostfile, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>()).expect("hosts");
+    let processes: Vec<_> = (0..2)
+        .map(|p| {
+            let cluster = ["-w", "1", "-n", "2", "-p", &p.to_string(), "-h", hostfile.to_str().expect("utf-8")];
+            defectflow(config, Some(out), None)
+                .args(cluster)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start a process")
+        })
+        .collect();
+    processes.into_iter().map(|p| p.wait_with_output().expect("wait")).collect()
+}
+
 #[test]
 fn two_processes_make_the_same_work_orders_as_two_workers_in_one() {
     // Both tests run several processes against real-time recordings: one at a time.
@@ -25,36 +45,15 @@ fn two_processes_make_the_same_work_orders_as_two_workers_in_one() {
     toml.push_str(&support::recorded_cameras(dir.path(), &truth, ""));
     let config = dir.path().join("cluster.toml");
     std::fs::write(&config, toml).expect("config");
-    let run = |out: &Path, extra: &[String]| {
-        Command::new(env!("CARGO_BIN_EXE_defectflow"))
-            .args(["run", "--config", config.to_str().expect("utf-8"), "--out", out.to_str().expect("utf-8")])
-            .args(extra)
-            .spawn()
-            .expect("start defectflow")
-    };
-
     let one = dir.path().join("one");
-    let output = run(&one, &["-w".into(), "2".into()]).wait_with_output().expect("one process");
-    assert!(output.status.success(), "one process failed");
+    let output = defectflow(&config, Some(&one), None).args(["-w", "2"]).output().expect("one process");
+    assert!(output.status.success(), "one process failed: {}", String::from_utf8_lossy(&output.stderr));
 
-    let ports = [support::free_port(), support::free_port()];
-    let hostfile = dir.path().join("hosts.txt");
-    std::fs::write(&hostfile, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>()).expect("hosts");
     let two = dir.path().join("two");
-    let processes: Vec<_> = (0..2)
-        .map(|p| {
-            let cluster = ["-w", "1", "-n", "2", "-p", &p.to_string(), "-h", hostfile.to_str().expect("utf-8")];
-            Command::new(env!("CARGO_BIN_EXE_defectflow"))
-                .args(["run", "--config", config.to_str().expect("utf-8"), "--out", two.to_str().expect("utf-8")])
-                .args(cluster)
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .expect("start a process")
-        })
-        .collect();
-    let outputs: Vec<_> = processes.into_iter().map(|p| p.wait_with_output().expect("wait")).collect();
+    let outputs = two_processes(dir.path(), &config, &two);
     for (p, output) in outputs.iter().enumerate() {
-        assert!(output.status.success(), "process {p} failed: {}", String::from_utf8_lossy(&output.stdout));
+        let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "process {p} failed: {stdout}\n{stderr}");
     }
 
     // The cameras are spread: camera i runs on worker i mod 2, one worker per process.
@@ -152,22 +151,8 @@ fn two_processes_share_the_input_partitions_and_commit_what_they_read() {
     let dir = tempfile::tempdir().expect("temp dir");
     let truth = support::demo_plant_footage(dir.path());
     let config = write_config(dir.path(), &truth, &broker.bootstrap, "");
-    let ports = [support::free_port(), support::free_port()];
-    let hostfile = dir.path().join("hosts.txt");
-    std::fs::write(&hostfile, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>()).expect("hosts");
     let out = dir.path().join("out");
-    let processes: Vec<_> = (0..2)
-        .map(|p| {
-            let cluster = ["-w", "1", "-n", "2", "-p", &p.to_string(), "-h", hostfile.to_str().expect("utf-8")];
-            defectflow(&config, Some(&out), None)
-                .args(cluster)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("start a process")
-        })
-        .collect();
-    let outputs: Vec<_> = processes.into_iter().map(|p| p.wait_with_output().expect("wait")).collect();
+    let outputs = two_processes(dir.path(), &config, &out);
     for (p, output) in outputs.iter().enumerate() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "process {p} failed: {stderr}");
