@@ -183,10 +183,11 @@ pub fn run_stages(
     };
     // The input partitions are dealt out to every worker of the cluster; each worker
     // commits its partitions' offsets once worker 0 has delivered what they led to.
+    let (local_workers, peers) = crate::cluster::workers(&timely_config);
+    let first_worker = local_workers.start;
     let inputs: Vec<Option<KafkaInputs>> = match (&config.kafka, &reference) {
         (Some(k), Some(reference)) if k.inputs.enabled && !shadow => {
-            let (workers, peers) = crate::cluster::workers(&timely_config);
-            workers.map(|w| KafkaInputs::start(k, reference, w, peers)).collect::<Result<_, _>>()?
+            local_workers.map(|w| KafkaInputs::start(k, reference, w, peers)).collect::<Result<_, _>>()?
         }
         _ => Vec::new(),
     };
@@ -258,7 +259,6 @@ pub fn run_stages(
     let kafka = Arc::new(Mutex::new(kafka));
     let audit = Arc::new(Mutex::new(audit));
     let worker_inputs = Arc::new(Mutex::new(inputs));
-    let first_worker = crate::cluster::workers(&timely_config).0.start;
     let kafka_result: Arc<Mutex<Option<KafkaSink>>> = Arc::default();
     let jsonl = Arc::new(Mutex::new(jsonl));
     let jsonl_result: Arc<Mutex<Option<(u64, u64)>>> = Arc::default();

@@ -246,15 +246,12 @@ fn upsert<T>(records: &mut Vec<T>, record: T, id: impl Fn(&T) -> &String) {
 
 /// The group's committed offset of every partition of `topic` that has one.
 fn committed(consumer: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64)>, SinkError> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-        .map_err(|source| SinkError::Kafka { context: format!("reading the metadata of {topic}"), source })?;
-    let mut partitions = TopicPartitionList::new();
-    metadata.topics().iter().flat_map(|t| t.partitions()).for_each(|p| {
-        partitions.add_partition(topic, p.id());
-    });
+    let mut list = TopicPartitionList::new();
+    for id in partitions(consumer, topic)? {
+        list.add_partition(topic, id);
+    }
     let committed = consumer
-        .committed_offsets(partitions, REQUEST_TIMEOUT)
+        .committed_offsets(list, REQUEST_TIMEOUT)
         .map_err(|source| SinkError::Kafka { context: format!("reading the committed offsets of {topic}"), source })?;
     Ok(committed
         .elements()
@@ -264,6 +261,26 @@ fn committed(consumer: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64)>, Si
             _ => None,
         })
         .collect())
+}
+
+/// The partition ids of an input topic, in order; a topic the broker does not have (or
+/// will not describe) is an error naming it.
+fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, SinkError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .map_err(|source| SinkError::Kafka { context: format!("reading the metadata of {topic}"), source })?;
+    let mut ids = Vec::new();
+    for t in metadata.topics() {
+        if let Some(error) = t.error() {
+            return Err(SinkError::Kafka {
+                context: format!("input topic {topic}"),
+                source: rdkafka::error::KafkaError::MetadataFetch(error.into()),
+            });
+        }
+        ids.extend(t.partitions().iter().map(|p| p.id()));
+    }
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 /// Hands `each` the payload of every message of a partition from `from` up to (not
@@ -348,20 +365,7 @@ impl KafkaInputs {
         .into();
         let mut all: Vec<(String, i32)> = Vec::new();
         for topic in topics.keys() {
-            let metadata = consumer
-                .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-                .map_err(|source| SinkError::Kafka { context: format!("reading the metadata of {topic}"), source })?;
-            for t in metadata.topics() {
-                if let Some(error) = t.error() {
-                    return Err(SinkError::Kafka {
-                        context: format!("input topic {topic}"),
-                        source: rdkafka::error::KafkaError::MetadataFetch(error.into()),
-                    });
-                }
-                let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
-                ids.sort_unstable();
-                ids.into_iter().for_each(|id| all.push((topic.clone(), id)));
-            }
+            all.extend(partitions(&consumer, topic)?.into_iter().map(|id| (topic.clone(), id)));
         }
         let mut partitions = TopicPartitionList::new();
         for (topic, partition) in deal(&all, |topic| topics.get(topic).is_some_and(|k| k.is_upsert()), worker, peers) {
