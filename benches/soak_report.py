@@ -16,15 +16,15 @@ def main(result_path, png_path):
     with open(result_path) as f:
         result = json.load(f)
     samples = result["samples"]
-    print("| minute | RSS MiB | CPU cores | frames in/s | through the model/s | dropped | capture→scored p50/p99 ms | revisions | evidence frames held |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| minute | RSS MiB | CPU cores | frames in/s | through the model/s | dropped | capture→scored p50/p99 ms | revisions | evidence frames held | resident MiB: mimalloc / malloc (heaps) / other anonymous / files |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for s in samples:
         scored = s["inferred_ms"]
         latency = f'{scored["p50"]:.0f} / {scored["p99"]:.0f}' if scored else "-"
         print(
             f'| {s["at_s"] / 60:.0f} | {s["rss_mib"]:.1f} | {s.get("cpu_cores", 0):.2f} | {s["frames_in_per_s"]:.1f} | '
             f'{s["frames_inferred_per_s"]:.1f} | {s["dropped"]} | {latency} | {s["revisions"]} | '
-            f'{s.get("evidence_frames_held", "-")} |'
+            f'{s.get("evidence_frames_held", "-")} | {by_kind(s)} |'
         )
     warm = [s for s in samples if s["at_s"] >= 300]
     if warm:
@@ -36,10 +36,22 @@ def main(result_path, png_path):
     draw(samples, png_path)
 
 
+def by_kind(sample):
+    r = sample.get("resident")
+    if not r:
+        return "-"
+    return (f'{r["large_reservations_kib"] / 1024:.1f} / {r["malloc_arenas_kib"] / 1024:.1f} ({r["malloc_arena_heaps"]}) / '
+            f'{r["other_anonymous_kib"] / 1024:.1f} / {r["files_kib"] / 1024:.1f}')
+
+
 def draw(samples, path):
     minutes = [s["at_s"] / 60 for s in samples]
     fig, (memory, cpu, latency) = plt.subplots(3, 1, figsize=(6, 6), sharex=True)
-    memory.plot(minutes, [s["rss_mib"] for s in samples], marker=".")
+    memory.plot(minutes, [s["rss_mib"] for s in samples], marker=".", label="RSS")
+    if all(s.get("resident") for s in samples):
+        memory.plot(minutes, [s["resident"]["large_reservations_kib"] / 1024 for s in samples], label="mimalloc")
+        memory.plot(minutes, [s["resident"]["malloc_arenas_kib"] / 1024 for s in samples], label="malloc")
+        memory.legend(loc="lower right", fontsize="small")
     memory.set_ylabel("RSS (MiB)")
     memory.set_ylim(bottom=0)
     cpu.plot(minutes, [s.get("cpu_cores", 0) for s in samples], marker=".", color="tab:orange")

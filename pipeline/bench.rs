@@ -99,6 +99,8 @@ pub struct Sample {
     pub revision_ms: Option<Percentiles>,
     /// Frames held for evidence now (each one frame's pixels).
     pub evidence_frames_held: u64,
+    /// The resident memory by kind of mapping: mimalloc's arenas, `malloc`'s, the rest.
+    pub resident: Option<crate::memory::ResidentByKind>,
 }
 
 impl Sample {
@@ -108,7 +110,7 @@ impl Sample {
             |p: &Option<Percentiles>| p.as_ref().map_or("-".to_owned(), |p| format!("{:.0}/{:.0}", p.p50, p.p99));
         format!(
             "{:>7.0} s  rss {:>6.1} MiB  cpu {:.2}  in {:>6.1}/s  model {:>6.1}/s  dropped {:>4}  capture→scored p50/p99 {} ms  \
-             revisions {} capture→out {} ms  evidence frames held {}",
+             revisions {} capture→out {} ms  evidence frames held {}  resident MiB: mimalloc {} malloc {}",
             self.at_s,
             self.rss_mib,
             self.cpu_cores,
@@ -119,6 +121,8 @@ impl Sample {
             self.revisions,
             show(&self.revision_ms),
             self.evidence_frames_held,
+            self.resident.map_or("-".to_owned(), |r| format!("{:.1}", r.large_reservations_kib as f64 / 1024.0)),
+            self.resident.map_or("-".to_owned(), |r| format!("{:.1}", r.malloc_arenas_kib as f64 / 1024.0)),
         )
     }
 }
@@ -155,6 +159,7 @@ fn sample(metrics: &Metrics, every: Duration, done: &AtomicBool) -> Vec<Sample> 
             revisions: revisions.len(),
             revision_ms: percentiles_ms(&revisions),
             evidence_frames_held: metrics.evidence_frames_held.load(Ordering::Relaxed),
+            resident: crate::memory::ResidentByKind::now(),
         };
         eprintln!("{}", sample.line());
         (last_at, last_in, last_inferred, last_dropped) = (at_s, received, inferred, dropped);

@@ -388,7 +388,19 @@ pub fn run_stages(
                 );
             }
             replayed.iter().chain(&earlier.consumed).for_each(|m| plant.movements.insert(m.clone()));
-            plant.restore(earlier.open, reference);
+            // Their tracks go on from their latest snapshots in the audit log (area,
+            // size, growth), which the work orders do not carry.
+            let tracks: std::collections::BTreeSet<String> = earlier.open.iter().map(|w| w.track_id.clone()).collect();
+            let since = earlier.open.iter().map(|w| w.detected_at_ms).min().unwrap_or_default();
+            let measures = match outputs.audit.as_ref().map(|a| a.log().latest_track_measures(&tracks, since)) {
+                Some(Ok(measures)) => measures,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "the audit log's tracks could not be read: the work orders are taken up without their tracks' latest measures");
+                    Default::default()
+                }
+                None => Default::default(),
+            };
+            plant.restore(earlier.open, &measures, reference);
         }
 
         let worker_thread = std::thread::current();

@@ -7,6 +7,7 @@ pub mod config;
 pub mod footage;
 pub mod fuzzing;
 pub mod graph;
+pub mod memory;
 pub mod metrics;
 pub mod modelling;
 pub mod reference;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use defectflow_operators::assign::Workload;
-use defectflow_operators::derive::{Derive, LedgerInputs, LedgerOutput, RestoredOrder, WorkOrderConfig};
+use defectflow_operators::derive::{Derive, LedgerInputs, LedgerOutput, RestoredOrder, TrackMeasures, WorkOrderConfig};
 use defectflow_operators::inventory::{StockLevels, StockMeasure};
 use defectflow_operators::severity::{Score, SeverityConfig};
 use defectflow_operators::track::{Track, TrackConfig};
@@ -165,11 +165,21 @@ impl PlantInputs {
     }
 
     /// Takes up the open work orders an earlier run published (their latest revisions),
-    /// each with its asset; one whose asset is no longer in the reference is left out.
-    pub fn restore(&mut self, orders: Vec<defectflow_schemas::WorkOrder>, reference: &PlantReference) {
+    /// each with its asset and its track's latest measures; one whose asset is no longer
+    /// in the reference is left out.
+    pub fn restore(
+        &mut self,
+        orders: Vec<defectflow_schemas::WorkOrder>,
+        measures: &BTreeMap<String, TrackMeasures>,
+        reference: &PlantReference,
+    ) {
         for work_order in orders {
             match reference.assets.iter().find(|a| a.asset_id == work_order.asset_id) {
-                Some(asset) => self.restored.send(RestoredOrder { work_order, asset: asset.clone() }),
+                Some(asset) => self.restored.send(RestoredOrder {
+                    measures: measures.get(&work_order.track_id).cloned(),
+                    work_order,
+                    asset: asset.clone(),
+                }),
                 None => tracing::warn!(
                     work_order = %work_order.work_order_id,
                     asset = %work_order.asset_id,
@@ -273,7 +283,8 @@ pub fn build_on<'scope>(
     let (inventory_handle, inventory) = scope.new_collection::<InventoryItem, isize>();
     let (movements_handle, movements) = scope.new_collection::<StockMovement, isize>();
 
-    let tracks = observations.track_with_evidence(cameras, config.track, evidence, route);
+    let restored_tracks = restored.clone().map(|order| order.track());
+    let tracks = observations.track_with_evidence(cameras, restored_tracks, config.track, evidence, route);
     let scored = tracks.clone().severity(assets, failures, config.severity);
     let streams = scored.work_orders(
         LedgerInputs { events, technicians, procedures, inventory, movements: movements.clone(), restored },

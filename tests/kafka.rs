@@ -216,6 +216,7 @@ fn a_live_run_killed_and_restarted_goes_on_with_the_work_order_it_left_open() {
     let ids: BTreeSet<String> = before.iter().map(|w| w["work_order_id"].as_str().expect("id").to_owned()).collect();
     assert_eq!(ids.len(), 1, "{before:?}");
 
+    let restarted_ms = now_ms();
     let stdout = run_to_end(&config, Some(&out));
     let after = work_orders(&broker.messages("defectflow.work-orders"));
     let ids_after: BTreeSet<String> =
@@ -225,10 +226,21 @@ fn a_live_run_killed_and_restarted_goes_on_with_the_work_order_it_left_open() {
     revisions.sort_unstable();
     let expected: Vec<u64> = (1..=revisions.len() as u64).collect();
     assert_eq!(revisions, expected, "each revision once, none missing");
-    // The restarted run saw the defect again and said so on the same work order.
-    let last = after.iter().max_by_key(|w| w["revision"].as_u64()).expect("a revision");
+    // The restarted run took up the track too: it saw the defect again under the same
+    // track (the audit log has a snapshot of it from after the restart), and every
+    // revision keeps the track and the time of the first detection.
     let first_track = before[0]["track_id"].as_str().expect("track");
-    assert!(revisions.len() > before.len(), "the restarted run revised nothing: {stdout}");
-    assert_ne!(last["track_id"].as_str(), Some(first_track), "the last revision comes from the new run's track");
+    let sightings = audited_sightings(&out.join("audit"), first_track);
+    assert!(sightings.iter().any(|&t| t > restarted_ms), "not seen again after the restart: {sightings:?} {stdout}");
+    for revision in &after {
+        assert_eq!(revision["track_id"].as_str(), Some(first_track), "{revision}");
+        assert_eq!(revision["detected_at_ms"], before[0]["detected_at_ms"], "{revision}");
+    }
+    let last = after.iter().max_by_key(|w| w["revision"].as_u64()).expect("a revision");
     assert_eq!(last["technician_id"], before[0]["technician_id"], "the technician stays with the work order");
+    assert!(after.iter().filter(|w| w["revision"] == 1).count() == 1, "{after:?}");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64
 }

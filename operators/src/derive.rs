@@ -19,7 +19,7 @@ use timely::dataflow::operators::vec::Map;
 
 use crate::assign::CentiHours;
 use crate::in_order::InOrder;
-pub use crate::ledger::{Ledger, LedgerInput, LedgerOutput, RestoredOrder, WorkOrderConfig};
+pub use crate::ledger::{Ledger, LedgerInput, LedgerOutput, RestoredOrder, TrackMeasures, WorkOrderConfig};
 use crate::severity::ScoredTrack;
 
 const HOUR_MS: u64 = 3_600_000;

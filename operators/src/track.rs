@@ -63,13 +63,25 @@ enum TrackInput {
     /// than the message that carries them) and diff.
     Camera(Camera, u64, isize),
     Frame(FrameObservation),
+    /// The track of a work order an earlier run left open, taken up at start.
+    Restore(Box<DefectTrack>),
 }
 
 impl TrackInput {
+    /// Processing order within a time: reference changes, restored tracks, frames.
+    fn rank(&self) -> u8 {
+        match self {
+            TrackInput::Camera(..) => 0,
+            TrackInput::Restore(_) => 1,
+            TrackInput::Frame(_) => 2,
+        }
+    }
+
     fn camera_id(&self) -> &str {
         match self {
             TrackInput::Camera(camera, ..) => &camera.camera_id,
             TrackInput::Frame(frame) => &frame.camera_id,
+            TrackInput::Restore(track) => &track.camera_id,
         }
     }
 }
@@ -121,9 +133,15 @@ pub trait Track<'scope> {
     /// each camera tracked on the worker `route` picks (by default a hash of its id).
     /// The evidence frames are held in the process that scored them, so a cluster routes
     /// each camera to the worker that ingests it.
+    ///
+    /// `restored` takes up the tracks an earlier run left open (confirmed, as the work
+    /// orders it published have them): a detection that matches one continues it under
+    /// its id; it enters the output when seen again (or when it resolves), and is
+    /// resolved only after `resolve_after_ms` of this run's frames without it.
     fn track_with_evidence(
         self,
         cameras: VecCollection<'scope, u64, Camera>,
+        restored: StreamVec<'scope, u64, DefectTrack>,
         config: TrackConfig,
         evidence: Option<Arc<dyn EvidenceFrames>>,
         route: Option<CameraRoute>,
@@ -139,12 +157,14 @@ impl<'scope> Track<'scope> for StreamVec<'scope, u64, FrameObservation> {
         cameras: VecCollection<'scope, u64, Camera>,
         config: TrackConfig,
     ) -> VecCollection<'scope, u64, (String, DefectTrack)> {
-        self.track_with_evidence(cameras, config, None, None)
+        let restored = timely::dataflow::operators::vec::ToStream::to_stream(Vec::new(), self.scope());
+        self.track_with_evidence(cameras, restored, config, None, None)
     }
 
     fn track_with_evidence(
         self,
         cameras: VecCollection<'scope, u64, Camera>,
+        restored: StreamVec<'scope, u64, DefectTrack>,
         config: TrackConfig,
         evidence: Option<Arc<dyn EvidenceFrames>>,
         route: Option<CameraRoute>,
@@ -153,7 +173,8 @@ impl<'scope> Track<'scope> for StreamVec<'scope, u64, FrameObservation> {
         let window = config.confirm_window_frames.clamp(1, 64);
         let inputs = self
             .map(TrackInput::Frame)
-            .concat(cameras.inner.map(|(camera, time, diff)| TrackInput::Camera(camera, time, diff)));
+            .concat(cameras.inner.map(|(camera, time, diff)| TrackInput::Camera(camera, time, diff)))
+            .concat(restored.map(|track| TrackInput::Restore(Box::new(track))));
         inputs
             .unary_frontier(
                 Exchange::new(move |input: &TrackInput| route(input.camera_id())),
@@ -167,21 +188,22 @@ impl<'scope> Track<'scope> for StreamVec<'scope, u64, FrameObservation> {
                             for item in data.drain(..) {
                                 let time = match &item {
                                     TrackInput::Camera(_, time, _) => *time,
-                                    TrackInput::Frame(_) => message_time,
+                                    TrackInput::Frame(_) | TrackInput::Restore(_) => message_time,
                                 };
                                 in_order.stash(time, [item]);
                             }
                         });
                         for (capability, mut batch) in in_order.ready(frontier) {
                             let time = *capability.time();
-                            // Reference changes first, then frames in camera and index order.
+                            // Reference changes first, then restored tracks, then frames in
+                            // camera and index order.
                             batch.sort_by(|a, b| match (a, b) {
-                                (TrackInput::Camera(..), TrackInput::Frame(_)) => std::cmp::Ordering::Less,
-                                (TrackInput::Frame(_), TrackInput::Camera(..)) => std::cmp::Ordering::Greater,
                                 (TrackInput::Camera(a, _, da), TrackInput::Camera(b, _, db)) => (da, a).cmp(&(db, b)),
+                                (TrackInput::Restore(a), TrackInput::Restore(b)) => a.track_id.cmp(&b.track_id),
                                 (TrackInput::Frame(a), TrackInput::Frame(b)) => {
                                     (&a.camera_id, a.frame_index).cmp(&(&b.camera_id, b.frame_index))
                                 }
+                                (a, b) => a.rank().cmp(&b.rank()),
                             });
                             let mut session = output.session(&capability);
                             for item in batch {
@@ -192,6 +214,21 @@ impl<'scope> Track<'scope> for StreamVec<'scope, u64, FrameObservation> {
                                             entry.rois = camera.rois;
                                         } else if entry.rois == camera.rois {
                                             entry.rois.clear();
+                                        }
+                                    }
+                                    TrackInput::Restore(track) => {
+                                        let entry = cameras.entry(track.camera_id.clone()).or_default();
+                                        let mm_per_px = entry
+                                            .rois
+                                            .iter()
+                                            .find(|roi| roi.asset_id == track.asset_id)
+                                            .and_then(|roi| roi.mm_per_px);
+                                        // A resolved one stays resolved: the same defect seen
+                                        // again starts a track, as it would have before.
+                                        if track.state != TrackState::Resolved
+                                            && entry.tracks.iter().all(|live| live.track.track_id != track.track_id)
+                                        {
+                                            entry.tracks.push(LiveTrack::restore(*track, mm_per_px));
                                         }
                                     }
                                     TrackInput::Frame(frame) => {
@@ -233,6 +270,16 @@ struct LiveTrack {
     emitted: Option<DefectTrack>,
     /// Frames in which the defect was detected, per class.
     class_hits: Vec<(DefectClass, u64)>,
+    /// Taken up from an earlier run and not seen in this one yet: it enters the output
+    /// when seen (or resolved), not before.
+    awaiting_sighting: bool,
+    /// The capture time from which a restored track's absence counts: its camera's
+    /// first frame in this run (the time it was down is not time it was not seen).
+    watched_from: Option<u64>,
+    /// A restored track's growth rate, reported until this run has measured its own.
+    carried_growth: Option<f64>,
+    /// The best frame was captured in this run (so its evidence frame may be held).
+    best_here: bool,
 }
 
 impl CameraTracks {
@@ -270,8 +317,7 @@ impl CameraTracks {
                             && (live.track.class == detection.class) == same_class
                             && (same_class || live.track.state == TrackState::Confirmed)
                     })
-                    .map(|(i, live)| (live.track.bbox.iou(&detection.bbox), i))
-                    .filter(|(iou, _)| *iou >= config.min_iou)
+                    .filter_map(|(i, live)| live.overlap(&detection.bbox, config.min_iou).map(|iou| (iou, i)))
                     .max_by(|(a, _), (b, _)| a.total_cmp(b))
                     .map(|(_, i)| i)
             };
@@ -288,8 +334,9 @@ impl CameraTracks {
             if track.state == TrackState::Tentative && live.seen.count_ones() >= config.confirm_hits {
                 track.state = TrackState::Confirmed;
             }
+            let watched_from = *live.watched_from.get_or_insert(frame.capture_ms);
             if track.state == TrackState::Confirmed
-                && frame.capture_ms.saturating_sub(track.last_seen_ms) >= config.resolve_after_ms
+                && frame.capture_ms.saturating_sub(track.last_seen_ms.max(watched_from)) >= config.resolve_after_ms
             {
                 track.state = TrackState::Resolved;
             }
@@ -297,7 +344,7 @@ impl CameraTracks {
                 continue;
             }
             let emit = match &live.emitted {
-                None => true,
+                None => !live.awaiting_sighting || track.state == TrackState::Resolved,
                 Some(last) => {
                     last.state != track.state
                         || track.area_px >= last.area_px * config.area_step
@@ -344,7 +391,8 @@ impl CameraTracks {
             TrackState::Resolved => false,
         });
         if let Some(frames) = evidence {
-            let keep: Vec<u64> = self.tracks.iter().map(|live| live.track.best_frame_index).collect();
+            let keep: Vec<u64> =
+                self.tracks.iter().filter(|live| live.best_here).map(|live| live.track.best_frame_index).collect();
             frames.release(&frame.camera_id, frame.frame_index, &keep);
         }
         changes
@@ -390,11 +438,45 @@ impl LiveTrack {
             mm_per_px: roi.mm_per_px,
             emitted: None,
             class_hits: vec![(detection.class, 1)],
+            awaiting_sighting: false,
+            watched_from: None,
+            carried_growth: None,
+            best_here: true,
         }
+    }
+
+    /// A track an earlier run left open. Its best frame is of that run, so the first
+    /// sighting in this one becomes the best (and its evidence is drawn anew then).
+    fn restore(mut track: DefectTrack, mm_per_px: Option<f64>) -> LiveTrack {
+        track.state = TrackState::Confirmed;
+        LiveTrack {
+            seen: 0,
+            best_confidence: 0.0,
+            history: VecDeque::new(),
+            mm_per_px,
+            emitted: None,
+            class_hits: vec![(track.class, track.hits.max(1))],
+            awaiting_sighting: true,
+            watched_from: None,
+            carried_growth: Some(track.growth_px_per_min),
+            best_here: false,
+            track,
+        }
+    }
+
+    /// The overlap of a detection with the track, if enough to continue it: `min_iou`;
+    /// for a restored track not seen yet, any overlap (its box is the earlier run's best
+    /// frame's, and the defect may have changed since), or none if its box is unknown.
+    fn overlap(&self, bbox: &BoundingBox, min_iou: f32) -> Option<f32> {
+        let iou = self.track.bbox.iou(bbox);
+        let unknown = self.track.bbox.width * self.track.bbox.height <= 0.0;
+        let enough = if self.awaiting_sighting { iou > 0.0 || unknown } else { iou >= min_iou };
+        enough.then_some(iou)
     }
 
     fn sighting(&mut self, detection: &Detection, config: &TrackConfig) {
         self.seen |= 1;
+        self.awaiting_sighting = false;
         match self.class_hits.iter_mut().find(|(class, _)| *class == detection.class) {
             Some((_, n)) => *n += 1,
             None => self.class_hits.push((detection.class, 1)),
@@ -416,6 +498,7 @@ impl LiveTrack {
         track.shadow = detection.shadow;
         if detection.confidence > self.best_confidence {
             self.best_confidence = detection.confidence;
+            self.best_here = true;
             track.best_frame_index = detection.frame_index;
             track.best_bbox = detection.bbox;
             track.best_capture_ms = detection.capture_ms;
@@ -424,7 +507,11 @@ impl LiveTrack {
         while self.history.front().is_some_and(|(t, _)| t + config.growth_window_ms < detection.capture_ms) {
             self.history.pop_front();
         }
-        track.growth_px_per_min = growth_per_min(&self.history);
+        let measured = growth_per_min(&self.history);
+        if measured.is_some() {
+            self.carried_growth = None;
+        }
+        track.growth_px_per_min = measured.or(self.carried_growth).unwrap_or(0.0);
     }
 }
 
@@ -434,11 +521,11 @@ fn size_mm(bbox: &BoundingBox, mm_per_px: f64) -> f64 {
 }
 
 /// Least-squares slope of area over time, in square pixels per minute, rounded to 0.1;
-/// 0 until the window spans a second.
-fn growth_per_min(history: &VecDeque<(u64, f32)>) -> f64 {
-    let (Some(first), Some(last)) = (history.front(), history.back()) else { return 0.0 };
+/// `None` until the window spans a second.
+fn growth_per_min(history: &VecDeque<(u64, f32)>) -> Option<f64> {
+    let (Some(first), Some(last)) = (history.front(), history.back()) else { return None };
     if last.0.saturating_sub(first.0) < 1000 {
-        return 0.0;
+        return None;
     }
     let n = history.len() as f64;
     let mean_t = history.iter().map(|(t, _)| (t - first.0) as f64).sum::<f64>() / n;
@@ -450,7 +537,7 @@ fn growth_per_min(history: &VecDeque<(u64, f32)>) -> f64 {
         var += dt * dt;
     }
     let per_ms = if var > 0.0 { cov / var } else { 0.0 };
-    (per_ms * 60_000.0 * 10.0).round() / 10.0
+    Some((per_ms * 60_000.0 * 10.0).round() / 10.0)
 }
 
 #[cfg(test)]
@@ -475,6 +562,59 @@ mod tests {
                 shadow: false,
             }],
         }
+    }
+
+    #[test]
+    fn a_restored_track_waits_for_its_camera_and_goes_on_under_its_id_when_seen() {
+        let config = TrackConfig {
+            confirm_hits: 2,
+            confirm_window_frames: 3,
+            resolve_after_ms: 1_000,
+            ..TrackConfig::default()
+        };
+        let roi = Roi { asset_id: "A".into(), x: 0, y: 0, width: 100, height: 100, mm_per_px: Some(0.5) };
+        // Left open by an earlier run that last saw it at 500 ms, growing 30 px²/min.
+        let mut earlier = frame(0, DefectClass::Crack).detections[0].clone();
+        earlier.capture_ms = 500;
+        let mut restored = LiveTrack::anchor(&earlier, &roi).track;
+        restored.track_id = "TR-earlier".into();
+        restored.state = TrackState::Confirmed;
+        restored.first_seen_ms = 100;
+        restored.hits = 9;
+        restored.growth_px_per_min = 30.0;
+        // Its box is the earlier run's best frame's: larger than the defect seen now
+        // (overlap 0.02, below `min_iou`), which still continues it.
+        restored.bbox = BoundingBox { x: 0.0, y: 0.0, width: 80.0, height: 80.0 };
+        let mut tracks = CameraTracks { rois: vec![roi.clone()], ..CameraTracks::default() };
+        tracks.tracks.push(LiveTrack::restore(restored, roi.mm_per_px));
+
+        // The camera comes back long after: an empty frame neither resolves the track
+        // (its absence counts from this run's first frame) nor puts it in the output.
+        let mut empty = frame(10, DefectClass::Crack);
+        empty.detections.clear();
+        assert_eq!(tracks.observe(&empty, &config, 3, None), vec![]);
+        assert_eq!(tracks.tracks[0].track.state, TrackState::Confirmed);
+
+        // Seen again: the snapshot goes on under the earlier id, first detection and
+        // growth (this run has not measured its own yet), and enters the output.
+        let changes = tracks.observe(&frame(11, DefectClass::Crack), &config, 3, None);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let (snapshot, diff) = &changes[0];
+        assert_eq!(*diff, 1, "nothing of the earlier run is retracted");
+        assert_eq!(snapshot.track_id, "TR-earlier");
+        assert_eq!((snapshot.first_seen_ms, snapshot.hits, snapshot.state), (100, 10, TrackState::Confirmed));
+        assert_eq!(snapshot.growth_px_per_min, 30.0);
+        assert_eq!(snapshot.best_frame_index, 11, "the best frame is one of this run");
+        assert_eq!(snapshot.size_mm, Some(6.0));
+
+        // No longer seen for `resolve_after_ms`: resolved, the earlier snapshot retracted.
+        let mut later = frame(20, DefectClass::Crack);
+        later.detections.clear();
+        let changes = tracks.observe(&later, &config, 3, None);
+        assert_eq!(
+            changes.iter().map(|(t, d)| (t.state, *d)).collect::<Vec<_>>(),
+            vec![(TrackState::Confirmed, -1), (TrackState::Resolved, 1)]
+        );
     }
 
     #[test]

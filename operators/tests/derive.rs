@@ -350,7 +350,11 @@ fn a_restored_work_order_holds_its_parts_and_technician_and_the_same_defect_cont
     // The restart: the same reference, then the work order as the topic holds it.
     let mut second = Ledger::new(WorkOrderConfig::default());
     let mut start = reference();
-    start.push(LedgerInput::Restore(Box::new(RestoredOrder { work_order: created.clone(), asset: asset.clone() })));
+    start.push(LedgerInput::Restore(Box::new(RestoredOrder {
+        work_order: created.clone(),
+        asset: asset.clone(),
+        measures: None,
+    })));
     let restored = second.step(0, start);
     assert_eq!(revisions(&restored), vec![], "restoring publishes nothing");
     assert_eq!(views(&restored), views(&opened), "the same parts and hours are held again");
@@ -364,4 +368,51 @@ fn a_restored_work_order_holds_its_parts_and_technician_and_the_same_defect_cont
     assert_eq!(continued[0].revision, 2);
     assert_eq!(continued[0].track_id, "TR-after-restart");
     assert_eq!(continued[0].technician_id.as_deref(), Some("T-1"));
+}
+
+/// A work order published at P1 sent its alert; the restarted run that takes it up and
+/// sees its defect grow revises it, under the same track, and sends no second alert.
+#[test]
+fn a_restored_p1_work_order_is_not_alerted_again() {
+    use defectflow_operators::derive::{Ledger, LedgerInput, RestoredOrder, TrackMeasures};
+    let (asset, procedure, technician) = pump_plant();
+    let reference =
+        || vec![LedgerInput::Technician(technician.clone(), 1), LedgerInput::Procedure(procedure.clone(), 1)];
+    let p1 = |track: DefectTrack| {
+        let mut severity = SeverityConfig::default().score(&track, &asset, 0);
+        severity.priority = Priority::P1;
+        LedgerInput::Track(Box::new(ScoredTrack { track, asset: asset.clone(), recent_failures: 0, severity }))
+    };
+    let alerts = |outputs: &[LedgerOutput]| outputs.iter().filter(|o| matches!(o, LedgerOutput::Alert(_))).count();
+
+    let mut first = Ledger::new(WorkOrderConfig::default());
+    first.step(0, reference());
+    let opened = first.step(T0 + 1000, vec![p1(scored(400.0, 1))]);
+    assert_eq!(alerts(&opened), 1, "{opened:?}");
+    let Some(LedgerOutput::Revision(created)) = opened.iter().find(|o| matches!(o, LedgerOutput::Revision(_))) else {
+        panic!("no revision: {opened:?}")
+    };
+
+    let mut second = Ledger::new(WorkOrderConfig::default());
+    let mut start = reference();
+    let measures = TrackMeasures {
+        last_seen_ms: T0 + 1000,
+        hits: 10,
+        area_px: 400.0,
+        size_mm: Some(60.0),
+        growth_px_per_min: 0.0,
+        resolved: false,
+    };
+    let restored = RestoredOrder { work_order: (**created).clone(), asset: asset.clone(), measures: Some(measures) };
+    assert_eq!(restored.track().area_px, 400.0, "the track goes on from the audit log's measures");
+    start.push(LedgerInput::Restore(Box::new(restored)));
+    second.step(0, start);
+    // Grown past the size step: a revision, still P1, still the same track.
+    let grown = second.step(T0 + 9000, vec![p1(scored(800.0, 9))]);
+    let revisions: Vec<&WorkOrder> =
+        grown.iter().filter_map(|o| if let LedgerOutput::Revision(w) = o { Some(&**w) } else { None }).collect();
+    assert_eq!(revisions.len(), 1, "{grown:?}");
+    assert_eq!((revisions[0].revision, revisions[0].track_id.as_str()), (2, "TR-1"));
+    assert_eq!(revisions[0].detected_at_ms, created.detected_at_ms);
+    assert_eq!(alerts(&grown), 0, "the alert went out before the restart: {grown:?}");
 }

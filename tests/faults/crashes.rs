@@ -117,8 +117,9 @@ fn without_kafka_crashes_leave_each_line_of_the_file_once() {
 }
 
 /// A live camera without Kafka: killed with SIGKILL once its work order is in the file,
-/// started again, the run takes up the work order the file shows open, so the same
-/// defect seen again revises it instead of opening a second; each revision once.
+/// started again, the run takes up the work order the file shows open and its track, so
+/// the same defect seen again goes on under that track instead of opening a second work
+/// order; each revision once.
 #[test]
 fn without_kafka_a_killed_live_run_goes_on_with_the_work_order_its_file_left_open() {
     let _serial = serial();
@@ -155,6 +156,8 @@ fn without_kafka_a_killed_live_run_goes_on_with_the_work_order_its_file_left_ope
     first.wait().expect("reap");
     let before = orders_in_file();
 
+    let restarted_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
     let stdout = run_to_end(&config, Some(&out));
     let after = checks::jsonl_work_orders(&out);
     let ids: std::collections::BTreeSet<&str> = after.iter().filter_map(|w| w["work_order_id"].as_str()).collect();
@@ -162,8 +165,15 @@ fn without_kafka_a_killed_live_run_goes_on_with_the_work_order_its_file_left_ope
     let mut revisions: Vec<u64> = after.iter().filter_map(|w| w["revision"].as_u64()).collect();
     revisions.sort_unstable();
     assert_eq!(revisions, (1..=revisions.len() as u64).collect::<Vec<_>>(), "each revision once, none missing");
-    assert!(after.len() > before.len(), "the restarted run revised nothing: {stdout}");
+    // The same track goes on: seen again after the restart (the audit log's snapshots),
+    // every revision with the first run's track and first detection.
+    let first_track = before[0]["track_id"].as_str().expect("track");
+    let sightings = audited_sightings(&out.join("audit"), first_track);
+    assert!(sightings.iter().any(|&t| t > restarted_ms), "not seen again after the restart: {sightings:?} {stdout}");
+    for revision in &after {
+        assert_eq!(revision["track_id"].as_str(), Some(first_track), "{revision}");
+        assert_eq!(revision["detected_at_ms"], before[0]["detected_at_ms"], "{revision}");
+    }
     let last = after.iter().max_by_key(|w| w["revision"].as_u64()).expect("a revision");
-    assert_ne!(last["track_id"], before[0]["track_id"], "the last revision comes from the new run's track");
     assert_eq!(last["technician_id"], before[0]["technician_id"], "the technician stays with the work order");
 }

@@ -288,6 +288,21 @@ print(json.dumps([f"{r['work_order_id']}:{r['revision']}" for r in df.iter_rows(
     serde_json::from_slice(&output.stdout).expect("json")
 }
 
+/// The sightings (`last_seen` in epoch ms) of the audit log's snapshots of a track.
+pub fn audited_sightings(audit: &Path, track_id: &str) -> Vec<u64> {
+    let python = std::env::var("DEFECTFLOW_ANALYTICS_PYTHON").expect("DEFECTFLOW_ANALYTICS_PYTHON");
+    let script = r#"
+import json, sys
+import polars as pl
+df = pl.scan_parquet(sys.argv[1] + "/tracks/**/*.parquet", hive_partitioning=True).filter(pl.col("track_id") == sys.argv[2]).collect()
+print(json.dumps([int(t.timestamp() * 1000) for t in df["last_seen"]]))
+"#;
+    let output =
+        Command::new(python).args(["-c", script, audit.to_str().expect("utf-8"), track_id]).output().expect("python");
+    assert!(output.status.success(), "polars: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("json")
+}
+
 /// The work-order values of a dump, in offset order per partition.
 pub fn work_orders(messages: &[Value]) -> Vec<Value> {
     messages.iter().map(|m| serde_json::from_str(m["value"].as_str().expect("value")).expect("json")).collect()

@@ -63,6 +63,59 @@ pub enum LedgerInput {
 pub struct RestoredOrder {
     pub work_order: WorkOrder,
     pub asset: defectflow_schemas::Asset,
+    /// The track's latest measures as the audit log has them (`None` without one),
+    /// which the work order does not carry.
+    pub measures: Option<TrackMeasures>,
+}
+
+/// What the latest snapshot of a track measured: a row of the audit log's `tracks` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrackMeasures {
+    pub last_seen_ms: EpochMillis,
+    pub hits: u64,
+    pub area_px: f32,
+    pub size_mm: Option<f64>,
+    pub growth_px_per_min: f64,
+    /// The track had resolved: the defect was no longer seen.
+    pub resolved: bool,
+}
+
+impl RestoredOrder {
+    /// The defect's track as the earlier run left it: confirmed (or resolved, if the
+    /// audit log says so), with the work order's
+    /// track id, class, first detection and evidence, and the audit log's measures
+    /// where it has them. Its box is the evidence's (the best frame's); without
+    /// evidence it is empty, and the same defect is recognised without it.
+    pub fn track(&self) -> defectflow_schemas::DefectTrack {
+        let wo = &self.work_order;
+        let bbox = wo.evidence.as_ref().map(|e| e.bbox);
+        let no_box = defectflow_schemas::BoundingBox { x: 0.0, y: 0.0, width: 0.0, height: 0.0 };
+        let snapshot = self.measures.as_ref();
+        defectflow_schemas::DefectTrack {
+            track_id: wo.track_id.clone(),
+            camera_id: wo.camera_id.clone(),
+            asset_id: wo.asset_id.clone(),
+            class: wo.defect_class,
+            state: if snapshot.is_some_and(|s| s.resolved) {
+                defectflow_schemas::TrackState::Resolved
+            } else {
+                defectflow_schemas::TrackState::Confirmed
+            },
+            first_seen_ms: wo.detected_at_ms,
+            last_seen_ms: snapshot.map_or(wo.revised_at_ms, |s| s.last_seen_ms),
+            hits: snapshot.map_or(0, |s| s.hits),
+            bbox: bbox.unwrap_or(no_box),
+            area_px: snapshot.map_or(bbox.map_or(0.0, |b| b.width * b.height), |s| s.area_px),
+            size_mm: snapshot.and_then(|s| s.size_mm),
+            growth_px_per_min: snapshot.map_or(0.0, |s| s.growth_px_per_min),
+            best_frame_index: wo.evidence.as_ref().map_or(0, |e| e.frame_index),
+            best_bbox: bbox.unwrap_or(no_box),
+            best_capture_ms: wo.evidence.as_ref().map_or(0, |e| e.capture_ms),
+            model_version: wo.model_version.clone(),
+            shadow: wo.shadow,
+            evidence: wo.evidence.clone(),
+        }
+    }
 }
 
 // A work order is restored once, so its id identifies it.
@@ -330,41 +383,23 @@ impl Ledger {
     /// Takes up an open work order an earlier run published: its procedure and parts
     /// reserved and its technician's hours counted again, without a new revision.
     fn restore(&mut self, restored: RestoredOrder, out: &mut Vec<LedgerOutput>) {
-        let RestoredOrder { work_order: wo, asset } = restored;
-        let id = wo.work_order_id.clone();
+        let id = restored.work_order.work_order_id.clone();
+        let track = restored.track();
+        let RestoredOrder { work_order: wo, asset, .. } = restored;
         if self.orders.contains_key(&id)
             || matches!(wo.status, WorkOrderStatus::Completed | WorkOrderStatus::FalsePositive)
         {
             return;
         }
-        let bbox = wo.evidence.as_ref().map(|e| e.bbox);
-        let no_box = defectflow_schemas::BoundingBox { x: 0.0, y: 0.0, width: 0.0, height: 0.0 };
-        let track = defectflow_schemas::DefectTrack {
-            track_id: wo.track_id.clone(),
-            camera_id: wo.camera_id.clone(),
-            asset_id: wo.asset_id.clone(),
-            class: wo.defect_class,
-            state: defectflow_schemas::TrackState::Confirmed,
-            first_seen_ms: wo.detected_at_ms,
-            last_seen_ms: wo.revised_at_ms,
-            hits: 0,
-            bbox: bbox.unwrap_or(no_box),
-            area_px: bbox.map_or(0.0, |b| b.width * b.height),
-            size_mm: None,
-            growth_px_per_min: 0.0,
-            best_frame_index: wo.evidence.as_ref().map_or(0, |e| e.frame_index),
-            best_bbox: bbox.unwrap_or(no_box),
-            best_capture_ms: wo.evidence.as_ref().map_or(0, |e| e.capture_ms),
-            model_version: wo.model_version.clone(),
-            shadow: wo.shadow,
-            evidence: wo.evidence.clone(),
-        };
+        let box_unknown = wo.evidence.is_none();
         self.tracks.entry(wo.track_id.clone()).or_default().work_order = Some(id.clone());
         let scored = ScoredTrack { track, asset, recent_failures: 0, severity: wo.severity };
         let procedure = self.dispatcher.procedure(&scored.asset.asset_class, wo.defect_class).cloned();
         let mut order = Order::new(id.clone(), scored, wo.detected_at_ms, wo.reopens.clone());
         order.status = wo.status;
-        order.box_unknown = bbox.is_none();
+        order.box_unknown = box_unknown;
+        // Its alert went out when it was published at P1.
+        order.alerted = wo.severity.priority == Priority::P1;
         self.orders.insert(id.clone(), order);
         self.set_procedure(&id, procedure, out);
         // The CMMS's choice stands where work has started; otherwise planning checks it.

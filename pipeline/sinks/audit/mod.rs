@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, RecordBatch};
+use defectflow_operators::derive::TrackMeasures;
 use defectflow_schemas::audit::AuditTable;
 use defectflow_schemas::{Assignment, DefectTrack, Detection, EpochMillis, WoEvent, WorkOrder};
 use parquet::arrow::ArrowWriter;
@@ -191,6 +192,87 @@ impl AuditLog {
     }
 }
 
+impl AuditLog {
+    /// The latest row (by last sighting) of each of `track_ids` in the tracks table,
+    /// from the date partitions of `since_ms` on: what a restart carries over to the
+    /// tracks it takes up.
+    pub fn latest_track_measures(
+        &self,
+        track_ids: &std::collections::BTreeSet<String>,
+        since_ms: EpochMillis,
+    ) -> Result<BTreeMap<String, TrackMeasures>, AuditError> {
+        use arrow_array::Array;
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::{Float32Type, Float64Type, TimestampMillisecondType, UInt64Type};
+        use parquet::arrow::ProjectionMask;
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+        let mut latest: BTreeMap<String, TrackMeasures> = BTreeMap::new();
+        let dir = self.dir.join(AuditTable::Tracks.name());
+        let first_partition = format!("date={}", utc_date(since_ms));
+        let Ok(partitions) = std::fs::read_dir(&dir) else { return Ok(latest) };
+        for partition in partitions.flatten() {
+            if track_ids.is_empty() || partition.file_name().to_string_lossy().as_ref() < first_partition.as_str() {
+                continue;
+            }
+            let Ok(files) = std::fs::read_dir(partition.path()) else { continue };
+            for file in files.flatten() {
+                let path = file.path();
+                if path.extension().is_none_or(|e| e != "parquet") {
+                    continue;
+                }
+                let parquet = |source| AuditError::Parquet { path: path.clone(), source };
+                let open = File::open(&path).map_err(|source| AuditError::Io { path: path.clone(), source })?;
+                let builder = ParquetRecordBatchReaderBuilder::try_new(open).map_err(parquet)?;
+                let columns = ["track_id", "state", "last_seen", "hits", "area_px", "size_mm", "growth_px_per_min"];
+                let mask = ProjectionMask::columns(builder.parquet_schema(), columns);
+                for batch in builder.with_projection(mask).build().map_err(parquet)? {
+                    let batch = batch.map_err(|source| AuditError::Arrow { table: "tracks", source })?;
+                    let column = |name: &str| {
+                        batch.column_by_name(name).ok_or_else(|| AuditError::Arrow {
+                            table: "tracks",
+                            source: arrow_schema::ArrowError::SchemaError(format!(
+                                "{}: no column {name}",
+                                path.display()
+                            )),
+                        })
+                    };
+                    let ids = column("track_id")?.as_string::<i32>();
+                    let state = column("state")?.as_string::<i32>();
+                    let last_seen = column("last_seen")?.as_primitive::<TimestampMillisecondType>();
+                    let hits = column("hits")?.as_primitive::<UInt64Type>();
+                    let area = column("area_px")?.as_primitive::<Float32Type>();
+                    let size = column("size_mm")?.as_primitive::<Float64Type>();
+                    let growth = column("growth_px_per_min")?.as_primitive::<Float64Type>();
+                    for row in 0..batch.num_rows() {
+                        let id = ids.value(row);
+                        if !track_ids.contains(id) {
+                            continue;
+                        }
+                        let measures = TrackMeasures {
+                            last_seen_ms: last_seen.value(row).max(0) as u64,
+                            hits: hits.value(row),
+                            area_px: area.value(row),
+                            size_mm: size.is_valid(row).then(|| size.value(row)),
+                            growth_px_per_min: growth.value(row),
+                            resolved: state.value(row) == "resolved",
+                        };
+                        // The later sighting wins; of two at once, the one with more hits.
+                        match latest.get(id) {
+                            Some(known)
+                                if (known.last_seen_ms, known.hits) >= (measures.last_seen_ms, measures.hits) => {}
+                            _ => {
+                                latest.insert(id.to_owned(), measures);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(latest)
+    }
+}
+
 /// A part's stock after the changes of one dataflow time: a row of the inventory table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StockRow {
@@ -309,6 +391,11 @@ impl AuditStream {
     }
 
     /// Whether the last commit failed (its rows wait for the next try).
+    /// The log it writes to.
+    pub fn log(&self) -> &AuditLog {
+        &self.log
+    }
+
     pub fn failing(&self) -> bool {
         self.retry_at.is_some()
     }
