@@ -505,6 +505,61 @@ mod tests {
         files
     }
 
+    /// A restart reads back the latest snapshot of each track it takes up, and only of
+    /// those.
+    #[test]
+    fn the_latest_snapshot_of_a_track_reads_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut stream = AuditStream::open(dir.path(), 1, std::time::Duration::from_secs(3600)).expect("open");
+        let snapshot = |id: &str, last_seen_ms: u64, area_px: f32, state: defectflow_schemas::TrackState| {
+            let d = detection(0);
+            DefectTrack {
+                track_id: id.into(),
+                camera_id: d.camera_id,
+                asset_id: "A".into(),
+                class: d.class,
+                state,
+                first_seen_ms: d.capture_ms,
+                last_seen_ms,
+                hits: last_seen_ms % 100,
+                bbox: d.bbox,
+                area_px,
+                size_mm: (area_px > 20.0).then_some(4.5),
+                growth_px_per_min: f64::from(area_px) / 2.0,
+                best_frame_index: 0,
+                best_bbox: d.bbox,
+                best_capture_ms: d.capture_ms,
+                model_version: d.model_version,
+                shadow: false,
+                evidence: None,
+            }
+        };
+        use defectflow_schemas::TrackState::{Confirmed, Resolved};
+        let t0 = 1_790_000_000_000;
+        let tracks = vec![
+            (1, snapshot("TR-a", t0 + 11, 12.0, Confirmed)),
+            (2, snapshot("TR-a", t0 + 86_400_012, 30.0, Confirmed)), // the next day
+            (2, snapshot("TR-b", t0 + 13, 12.0, Confirmed)),
+            (3, snapshot("TR-b", t0 + 14, 16.0, Resolved)),
+            (3, snapshot("TR-c", t0 + 15, 50.0, Confirmed)),
+        ];
+        stream.append(4, &[], AuditRows { tracks, ..AuditRows::default() }).expect("written");
+        stream.commit().expect("committed");
+        let wanted = ["TR-a", "TR-b", "TR-missing"].map(str::to_owned).into_iter().collect();
+        let latest = stream.log().latest_track_measures(&wanted, t0).expect("read");
+        assert_eq!(latest.keys().collect::<Vec<_>>(), ["TR-a", "TR-b"]);
+        let a = &latest["TR-a"];
+        assert_eq!(
+            (a.last_seen_ms, a.hits, a.area_px, a.size_mm, a.growth_px_per_min, a.resolved),
+            (t0 + 86_400_012, 12, 30.0, Some(4.5), 15.0, false)
+        );
+        let b = &latest["TR-b"];
+        assert_eq!((b.last_seen_ms, b.area_px, b.size_mm, b.resolved), (t0 + 14, 16.0, None, true));
+        // Partitions before `since` are not read.
+        let later = stream.log().latest_track_measures(&wanted, t0 + 86_400_000).expect("read");
+        assert_eq!(later.keys().collect::<Vec<_>>(), ["TR-a"]);
+    }
+
     /// A table whose folder cannot be written (here a file stands where its folder goes,
     /// which fails even for root) keeps its rows, says it is failing, holds at most a few
     /// commits' worth before asking the run to wait, and writes them once, later.
