@@ -380,9 +380,10 @@ pub fn run_stages(
             let latest = outputs.kafka.as_mut().map_or(from_file, KafkaSink::take_latest_orders);
             let latest = latest.into_iter().filter(|o| live.contains(o.camera_id.as_str())).collect();
             let earlier = EarlierOrders::from_latest(latest);
-            if !earlier.open.is_empty() || !earlier.consumed.is_empty() {
+            if !earlier.open.is_empty() || !earlier.closed.is_empty() {
                 tracing::info!(
                     work_orders = earlier.open.len(),
+                    closed = earlier.closed.len(),
                     parts_consumed = earlier.consumed.len(),
                     "taking up the work orders an earlier run left open, and the parts its completed ones used"
                 );
@@ -400,7 +401,7 @@ pub fn run_stages(
                 }
                 None => Default::default(),
             };
-            plant.restore(earlier.open, &measures, reference);
+            plant.restore(earlier.open.into_iter().chain(earlier.closed).collect(), &measures, reference);
         }
 
         let worker_thread = std::thread::current();

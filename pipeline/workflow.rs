@@ -164,9 +164,9 @@ impl PlantInputs {
         }
     }
 
-    /// Takes up the open work orders an earlier run published (their latest revisions),
-    /// each with its asset and its track's latest measures; one whose asset is no longer
-    /// in the reference is left out.
+    /// Takes up the work orders an earlier run published (their latest revisions): the
+    /// open ones, and the closed ones known again; each with its asset and its track's
+    /// latest measures. One whose asset is no longer in the reference is left out.
     pub fn restore(
         &mut self,
         orders: Vec<defectflow_schemas::WorkOrder>,
@@ -283,7 +283,7 @@ pub fn build_on<'scope>(
     let (inventory_handle, inventory) = scope.new_collection::<InventoryItem, isize>();
     let (movements_handle, movements) = scope.new_collection::<StockMovement, isize>();
 
-    let restored_tracks = restored.clone().map(|order| order.track());
+    let restored_tracks = restored.clone().flat_map(|order| order.is_open().then(|| order.track()));
     let tracks = observations.track_with_evidence(cameras, restored_tracks, config.track, evidence, route);
     let scored = tracks.clone().severity(assets, failures, config.severity);
     let streams = scored.work_orders(

@@ -244,3 +244,67 @@ fn a_live_run_killed_and_restarted_goes_on_with_the_work_order_it_left_open() {
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64
 }
+
+/// A live run's work order completed by the CMMS consumed its parts; a restart (a new
+/// run, nothing new on the topics) takes them off the stock again: the pulley's one
+/// shell is gone, so the crack seen again opens a work order, reopening the completed
+/// one, whose shell is not in stock.
+#[test]
+fn the_parts_a_completed_work_order_consumed_stay_consumed_after_a_restart() {
+    let broker = Broker::start();
+    broker.create_topics(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
+    let config = dir.path().join("live.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runtime]\nworkers = 2\nduration_s = 20\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
+             [kafka]\nbrokers = \"{}\"\nsink_id = \"consumed\"\n\
+             [[cameras]]\nid = \"cam-pulley\"\n\
+             url = \"synth://conveyor_pulley?seed=11&fps=15&asset_id=CV-101-PUL&defects=crack@1\"\nmax_fps = 5\n",
+            reference.display(),
+            broker.bootstrap
+        ),
+    )
+    .expect("config");
+    let shell = |w: &Value| -> Value {
+        let parts = w["parts"].as_array().expect("parts");
+        parts.iter().find(|p| p["part_id"] == "PUL-600-SHELL").cloned().unwrap_or(Value::Null)
+    };
+
+    let mut first = defectflow(&config, Some(&dir.path().join("out")), None)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run");
+    assert!(broker.wait_for_revisions(0, &mut first), "the first run sent no work order");
+    let created = work_orders(&broker.messages("defectflow.work-orders")).remove(0);
+    assert_eq!(shell(&created)["available"], true, "the one shell in stock is reserved: {created}");
+    let id = created["work_order_id"].as_str().expect("id").to_owned();
+    let completed = serde_json::json!({"work_order_id": id, "event": "completed", "at_ms": now_ms()});
+    broker.produce("defectflow.wo-events", &[serde_json::json!({"value": completed.to_string()})]);
+    assert!(first.wait().expect("wait").success(), "the first run failed");
+    let first_run = work_orders(&broker.messages("defectflow.work-orders"));
+    assert!(
+        first_run.iter().any(|w| w["work_order_id"] == id.as_str() && w["status"] == "completed"),
+        "the completion was applied: {first_run:#?}"
+    );
+
+    let output = defectflow(&config, Some(&dir.path().join("again")), None).output().expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the restart failed: {stderr}");
+    // The shell and the two bearings of the completed work order.
+    assert!(stderr.contains("parts_consumed=2"), "{stderr}");
+    let second_run: Vec<Value> = work_orders(&broker.messages("defectflow.work-orders"))
+        .into_iter()
+        .filter(|w| w["work_order_id"] != id.as_str())
+        .collect();
+    assert!(!second_run.is_empty(), "the crack seen again opened no work order: {stderr}");
+    for w in &second_run {
+        assert_eq!(shell(w)["available"], false, "the consumed shell came back: {w}");
+        // The defect came back after its repair: the new work order says which it reopens.
+        assert_eq!(w["reopens"].as_str(), Some(id.as_str()), "{w}");
+    }
+    assert!(broker.messages("defectflow.dead-letter").is_empty(), "the completion was not read again");
+}

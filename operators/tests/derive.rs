@@ -416,3 +416,60 @@ fn a_restored_p1_work_order_is_not_alerted_again() {
     assert_eq!(revisions[0].detected_at_ms, created.detected_at_ms);
     assert_eq!(alerts(&grown), 0, "the alert went out before the restart: {grown:?}");
 }
+
+/// A restart knows the work orders completed before it: the defect coming back opens a
+/// work order that reopens the completed one, as without the restart, and a late CMMS
+/// event for the completed one is refused as for a closed work order.
+#[test]
+fn a_work_order_completed_before_a_restart_is_reopened_by_its_defect_coming_back() {
+    use defectflow_operators::derive::{Ledger, LedgerInput, RestoredOrder};
+    let (asset, procedure, technician) = pump_plant();
+    let reference =
+        || vec![LedgerInput::Technician(technician.clone(), 1), LedgerInput::Procedure(procedure.clone(), 1)];
+    let scored_track = |track: DefectTrack| {
+        let severity = SeverityConfig::default().score(&track, &asset, 0);
+        LedgerInput::Track(Box::new(ScoredTrack { track, asset: asset.clone(), recent_failures: 0, severity }))
+    };
+    let revisions = |outputs: &[LedgerOutput]| -> Vec<WorkOrder> {
+        outputs
+            .iter()
+            .filter_map(|o| if let LedgerOutput::Revision(w) = o { Some((**w).clone()) } else { None })
+            .collect()
+    };
+    let completed = |id: &str, at_ms: u64| WoEvent {
+        work_order_id: id.into(),
+        event: WoEventKind::Completed,
+        at_ms,
+        technician_id: None,
+        note: None,
+    };
+
+    let mut first = Ledger::new(WorkOrderConfig::default());
+    first.step(0, reference());
+    let [created] = revisions(&first.step(T0 + 1000, vec![scored_track(scored(400.0, 1))])).try_into().expect("one");
+    let [closed] =
+        revisions(&first.step(T0 + 2000, vec![LedgerInput::Event(completed(&created.work_order_id, T0 + 2000))]))
+            .try_into()
+            .expect("the closing revision");
+    assert_eq!(closed.status, WorkOrderStatus::Completed);
+
+    let mut second = Ledger::new(WorkOrderConfig::default());
+    let mut start = reference();
+    start.push(LedgerInput::Restore(Box::new(RestoredOrder {
+        work_order: closed.clone(),
+        asset: asset.clone(),
+        measures: None,
+    })));
+    let restored = second.step(0, start);
+    assert_eq!(restored, vec![], "a closed work order holds nothing and publishes nothing");
+    let late = second.step(T0 + 3000, vec![LedgerInput::Event(completed(&created.work_order_id, T0 + 3000))]);
+    let [LedgerOutput::DeadLetter(letter)] = late.as_slice() else { panic!("{late:?}") };
+    assert!(letter.reason.contains("already closed (completed)"), "{letter:?}");
+    // Seen again under a new track after the recheck time: a new work order, reopening it.
+    let mut again = scored(400.0, 200);
+    again.track_id = "TR-after-restart".into();
+    let reopened = revisions(&second.step(T0 + 200_000, vec![scored_track(again)]));
+    assert_eq!(reopened.len(), 1, "{reopened:?}");
+    assert_ne!(reopened[0].work_order_id, created.work_order_id);
+    assert_eq!(reopened[0].reopens.as_deref(), Some(created.work_order_id.as_str()));
+}

@@ -15,6 +15,8 @@ use defectflow_schemas::{StockMovement, WorkOrder, WorkOrderStatus};
 #[derive(Debug, Default, PartialEq)]
 pub struct EarlierOrders {
     pub open: Vec<WorkOrder>,
+    /// Completed and false-positive work orders, known again (not taken up).
+    pub closed: Vec<WorkOrder>,
     pub consumed: Vec<StockMovement>,
 }
 
@@ -26,13 +28,16 @@ impl EarlierOrders {
         let mut earlier = EarlierOrders::default();
         for order in latest {
             match order.status {
-                WorkOrderStatus::Completed => earlier.consumed.extend(order.parts.iter().map(|part| StockMovement {
-                    part_id: part.part_id.clone(),
-                    delta: -i64::from(part.quantity),
-                    at_ms: order.revised_at_ms,
-                    reason: format!("consumed:{}", order.work_order_id),
-                })),
-                WorkOrderStatus::FalsePositive => {}
+                WorkOrderStatus::Completed => {
+                    earlier.consumed.extend(order.parts.iter().map(|part| StockMovement {
+                        part_id: part.part_id.clone(),
+                        delta: -i64::from(part.quantity),
+                        at_ms: order.revised_at_ms,
+                        reason: format!("consumed:{}", order.work_order_id),
+                    }));
+                    earlier.closed.push(order);
+                }
+                WorkOrderStatus::FalsePositive => earlier.closed.push(order),
                 _ => earlier.open.push(order),
             }
         }
@@ -96,9 +101,12 @@ mod tests {
                 reason: "consumed:WO-e27f05ae0f97331c".into(),
             }]
         );
+        let closed: Vec<&str> = earlier.closed.iter().map(|w| w.work_order_id.as_str()).collect();
+        assert_eq!(closed, ["WO-e27f05ae0f97331c"]);
         // A false positive is closed and used nothing.
         let earlier =
             EarlierOrders::from_latest(latest(include_str!("../../tests/scenarios/false_positive.expected.jsonl")));
-        assert_eq!(earlier, EarlierOrders::default());
+        assert_eq!((earlier.open.len(), earlier.closed.len(), earlier.consumed.len()), (0, 1, 0));
+        assert_eq!(earlier.closed[0].status, WorkOrderStatus::FalsePositive);
     }
 }

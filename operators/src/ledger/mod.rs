@@ -81,6 +81,11 @@ pub struct TrackMeasures {
 }
 
 impl RestoredOrder {
+    /// Whether the work order is still open (neither completed nor a false positive).
+    pub fn is_open(&self) -> bool {
+        !matches!(self.work_order.status, WorkOrderStatus::Completed | WorkOrderStatus::FalsePositive)
+    }
+
     /// The defect's track as the earlier run left it: confirmed (or resolved, if the
     /// audit log says so), with the work order's
     /// track id, class, first detection and evidence, and the audit log's measures
@@ -380,15 +385,41 @@ impl Ledger {
         self.orders.insert(work_order_id.clone(), Order::new(work_order_id, scored, opened_at, reopens));
     }
 
-    /// Takes up an open work order an earlier run published: its procedure and parts
-    /// reserved and its technician's hours counted again, without a new revision.
+    /// Takes up a work order an earlier run published. An open one has its procedure and
+    /// parts reserved and its technician's hours counted again, without a new revision.
+    /// A closed one holds nothing (its parts' consumption comes with the stock); it is
+    /// known again, so a late CMMS event for it is refused as for a closed one, and a
+    /// completed one is what a recurrence of its defect reopens.
     fn restore(&mut self, restored: RestoredOrder, out: &mut Vec<LedgerOutput>) {
         let id = restored.work_order.work_order_id.clone();
         let track = restored.track();
         let RestoredOrder { work_order: wo, asset, .. } = restored;
-        if self.orders.contains_key(&id)
-            || matches!(wo.status, WorkOrderStatus::Completed | WorkOrderStatus::FalsePositive)
-        {
+        if self.orders.contains_key(&id) {
+            return;
+        }
+        if matches!(wo.status, WorkOrderStatus::Completed | WorkOrderStatus::FalsePositive) {
+            let key = (wo.asset_id.clone(), wo.defect_class);
+            let entry = self.tracks.entry(wo.track_id.clone()).or_default();
+            entry.work_order = Some(id.clone());
+            let completed_at = (wo.status == WorkOrderStatus::Completed).then_some(wo.revised_at_ms);
+            if completed_at.is_some() {
+                // The latest completion of the asset's defect class is the one reopened.
+                let later =
+                    self.last_completed.get(&key).and_then(|other| self.orders.get(other)).is_none_or(|other| {
+                        (other.completed_at, other.work_order_id.as_str()) < (completed_at, id.as_str())
+                    });
+                if later {
+                    self.last_completed.insert(key, id.clone());
+                }
+            } else {
+                entry.suppressed = true;
+            }
+            let scored = ScoredTrack { track, asset, recent_failures: 0, severity: wo.severity };
+            let mut order = Order::new(id.clone(), scored, wo.detected_at_ms, wo.reopens.clone());
+            order.status = wo.status;
+            order.completed_at = completed_at;
+            order.published = Some(wo);
+            self.orders.insert(id, order);
             return;
         }
         let box_unknown = wo.evidence.is_none();
