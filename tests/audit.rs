@@ -1,6 +1,6 @@
 //! The Parquet audit log written by `defectflow replay --audit` reads back with Python
-//! polars (hive partitioning) and holds exactly the revisions, assignments and events of
-//! the run, with no partial file left behind.
+//! polars, pyarrow and DuckDB (hive partitioning) and holds exactly the revisions,
+//! assignments and events of the run, with no partial file left behind.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -31,6 +31,33 @@ for table in ["work_orders", "assignments", "wo_events"]:
             for s, a, b, c, d in zip(df["severity_score"], df["severity_size"], df["severity_growth"],
                                      df["severity_criticality"], df["severity_history"]))
         out[table]["revised_at_type"] = str(df.schema["revised_at"])
+print(json.dumps(out))
+"#;
+
+/// The same tables through pyarrow's datasets and DuckDB, with hive partitioning.
+const READ_BACK_OTHERS: &str = r#"
+import glob, json, sys
+import duckdb
+import pyarrow.dataset as ds
+root = sys.argv[1]
+con = duckdb.connect()
+out = {}
+for table in ["work_orders", "assignments", "wo_events"]:
+    if not glob.glob(f"{root}/{table}/**/*.parquet", recursive=True):
+        out[table] = {"pyarrow_rows": 0, "duckdb_rows": 0}
+        continue
+    arrow = ds.dataset(f"{root}/{table}", format="parquet", partitioning="hive").to_table()
+    scan = f"read_parquet('{root}/{table}/**/*.parquet', hive_partitioning = true)"
+    out[table] = {
+        "pyarrow_rows": arrow.num_rows,
+        "pyarrow_partition": "date" in arrow.column_names,
+        "duckdb_rows": con.execute(f"select count(*) from {scan}").fetchone()[0],
+        "duckdb_dates": sorted(str(d) for (d,) in con.execute(f"select distinct date from {scan}").fetchall()),
+    }
+    if table == "work_orders":
+        out[table]["pyarrow_keys"] = sorted([r, i] for r, i in zip(arrow["revision"].to_pylist(), arrow["work_order_id"].to_pylist()))
+        out[table]["duckdb_keys"] = sorted([r, i] for r, i in con.execute(f"select revision, work_order_id from {scan}").fetchall())
+        out[table]["duckdb_revised_at_type"] = con.execute(f"select typeof(revised_at) from {scan} limit 1").fetchone()[0]
 print(json.dumps(out))
 "#;
 
@@ -82,6 +109,27 @@ fn the_audit_log_reads_back_with_polars_and_matches_the_run() {
         assert_eq!(read["work_orders"]["dates"], serde_json::json!(["2026-01-05"]), "{name}: date partition");
         assert_eq!(read["assignments"]["rows"].as_u64(), Some(assignments as u64), "{name}: assignments");
         assert_eq!(read["wo_events"]["rows"].as_u64(), Some(events as u64), "{name}: events");
+
+        // pyarrow and DuckDB read the same rows, partitions and keys.
+        let output = Command::new(analytics_python())
+            .args(["-c", READ_BACK_OTHERS, audit.to_str().expect("utf-8")])
+            .output()
+            .expect("run python");
+        assert!(output.status.success(), "{name}: pyarrow/DuckDB failed: {}", String::from_utf8_lossy(&output.stderr));
+        let others: Value = serde_json::from_slice(&output.stdout).expect("python prints JSON");
+        for table in ["work_orders", "assignments", "wo_events"] {
+            let rows = &read[table]["rows"];
+            assert_eq!(&others[table]["pyarrow_rows"], rows, "{name}: {table} through pyarrow: {others}");
+            assert_eq!(&others[table]["duckdb_rows"], rows, "{name}: {table} through DuckDB: {others}");
+            if rows.as_u64() > Some(0) {
+                assert_eq!(others[table]["pyarrow_partition"], true, "{name}: {table}: {others}");
+                assert_eq!(others[table]["duckdb_dates"], read[table]["dates"], "{name}: {table}: {others}");
+            }
+        }
+        for reader in ["pyarrow_keys", "duckdb_keys"] {
+            assert_eq!(others["work_orders"][reader], read["work_orders"]["keys"], "{name}: {reader}");
+        }
+        assert_eq!(others["work_orders"]["duckdb_revised_at_type"], "TIMESTAMP WITH TIME ZONE", "{name}");
 
         let leftovers: Vec<_> = walk(&audit).into_iter().filter(|p| !p.ends_with(".parquet")).collect();
         assert!(leftovers.is_empty(), "{name}: files other than committed parquet: {leftovers:?}");

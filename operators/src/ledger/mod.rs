@@ -87,10 +87,10 @@ impl RestoredOrder {
     }
 
     /// The defect's track as the earlier run left it: confirmed (or resolved, if the
-    /// audit log says so), with the work order's
-    /// track id, class, first detection and evidence, and the audit log's measures
-    /// where it has them. Its box is the evidence's (the best frame's); without
-    /// evidence it is empty, and the same defect is recognised without it.
+    /// audit log says so), with the work order's track id, class, first detection and
+    /// evidence, and the audit log's measures where it has them. Its box is the
+    /// evidence's (the best frame's); without evidence it is empty, and the same defect
+    /// is recognised without it.
     pub fn track(&self) -> defectflow_schemas::DefectTrack {
         let wo = &self.work_order;
         let bbox = wo.evidence.as_ref().map(|e| e.bbox);
