@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -192,20 +191,7 @@ fn a_live_run_killed_and_restarted_goes_on_with_the_work_order_it_left_open() {
     let broker = Broker::start();
     broker.create_topics(&TOPICS);
     let dir = tempfile::tempdir().expect("tempdir");
-    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
-    let config = dir.path().join("live.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[runtime]\nworkers = 2\nduration_s = 14\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
-             [kafka]\nbrokers = \"{}\"\nsink_id = \"live-restart\"\n\
-             [[cameras]]\nid = \"cam-pulley\"\n\
-             url = \"synth://conveyor_pulley?seed=11&fps=15&asset_id=CV-101-PUL&defects=crack@1\"\nmax_fps = 5\n",
-            reference.display(),
-            broker.bootstrap
-        ),
-    )
-    .expect("config");
+    let config = live_pulley_config(dir.path(), 14, Some((&broker.bootstrap, "live-restart")));
     let out = dir.path().join("out");
     let mut first =
         defectflow(&config, Some(&out), None).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
@@ -213,36 +199,11 @@ fn a_live_run_killed_and_restarted_goes_on_with_the_work_order_it_left_open() {
     first.kill().expect("SIGKILL");
     first.wait().expect("reap");
     let before: Vec<Value> = work_orders(&broker.messages("defectflow.work-orders"));
-    let ids: BTreeSet<String> = before.iter().map(|w| w["work_order_id"].as_str().expect("id").to_owned()).collect();
-    assert_eq!(ids.len(), 1, "{before:?}");
 
     let restarted_ms = now_ms();
     let stdout = run_to_end(&config, Some(&out));
     let after = work_orders(&broker.messages("defectflow.work-orders"));
-    let ids_after: BTreeSet<String> =
-        after.iter().map(|w| w["work_order_id"].as_str().expect("id").to_owned()).collect();
-    assert_eq!(ids_after, ids, "the defect has one work order across the restart: {stdout}");
-    let mut revisions: Vec<u64> = after.iter().map(|w| w["revision"].as_u64().expect("revision")).collect();
-    revisions.sort_unstable();
-    let expected: Vec<u64> = (1..=revisions.len() as u64).collect();
-    assert_eq!(revisions, expected, "each revision once, none missing");
-    // The restarted run took up the track too: it saw the defect again under the same
-    // track (the audit log has a snapshot of it from after the restart), and every
-    // revision keeps the track and the time of the first detection.
-    let first_track = before[0]["track_id"].as_str().expect("track");
-    let sightings = audited_sightings(&out.join("audit"), first_track);
-    assert!(sightings.iter().any(|&t| t > restarted_ms), "not seen again after the restart: {sightings:?} {stdout}");
-    for revision in &after {
-        assert_eq!(revision["track_id"].as_str(), Some(first_track), "{revision}");
-        assert_eq!(revision["detected_at_ms"], before[0]["detected_at_ms"], "{revision}");
-    }
-    let last = after.iter().max_by_key(|w| w["revision"].as_u64()).expect("a revision");
-    assert_eq!(last["technician_id"], before[0]["technician_id"], "the technician stays with the work order");
-    assert!(after.iter().filter(|w| w["revision"] == 1).count() == 1, "{after:?}");
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64
+    went_on_with_the_same_work_order_and_track(&before, &after, &out, restarted_ms, &stdout);
 }
 
 /// A live run's work order completed by the CMMS consumed its parts; a restart (a new
@@ -254,20 +215,7 @@ fn the_parts_a_completed_work_order_consumed_stay_consumed_after_a_restart() {
     let broker = Broker::start();
     broker.create_topics(&TOPICS);
     let dir = tempfile::tempdir().expect("tempdir");
-    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
-    let config = dir.path().join("live.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[runtime]\nworkers = 2\nduration_s = 20\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
-             [kafka]\nbrokers = \"{}\"\nsink_id = \"consumed\"\n\
-             [[cameras]]\nid = \"cam-pulley\"\n\
-             url = \"synth://conveyor_pulley?seed=11&fps=15&asset_id=CV-101-PUL&defects=crack@1\"\nmax_fps = 5\n",
-            reference.display(),
-            broker.bootstrap
-        ),
-    )
-    .expect("config");
+    let config = live_pulley_config(dir.path(), 20, Some((&broker.bootstrap, "consumed")));
     let shell = |w: &Value| -> Value {
         let parts = w["parts"].as_array().expect("parts");
         parts.iter().find(|p| p["part_id"] == "PUL-600-SHELL").cloned().unwrap_or(Value::Null)

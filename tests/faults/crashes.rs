@@ -124,18 +124,7 @@ fn without_kafka_crashes_leave_each_line_of_the_file_once() {
 fn without_kafka_a_killed_live_run_goes_on_with_the_work_order_its_file_left_open() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let reference = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
-    let config = dir.path().join("live.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[runtime]\nworkers = 2\nduration_s = 14\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
-             [[cameras]]\nid = \"cam-pulley\"\n\
-             url = \"synth://conveyor_pulley?seed=11&fps=15&asset_id=CV-101-PUL&defects=crack@1\"\nmax_fps = 5\n",
-            reference.display()
-        ),
-    )
-    .expect("config");
+    let config = live_pulley_config(dir.path(), 14, None);
     let out = dir.path().join("out");
     let mut first =
         defectflow(&config, Some(&out), None).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
@@ -156,24 +145,7 @@ fn without_kafka_a_killed_live_run_goes_on_with_the_work_order_its_file_left_ope
     first.wait().expect("reap");
     let before = orders_in_file();
 
-    let restarted_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    let restarted_ms = now_ms();
     let stdout = run_to_end(&config, Some(&out));
-    let after = checks::jsonl_work_orders(&out);
-    let ids: std::collections::BTreeSet<&str> = after.iter().filter_map(|w| w["work_order_id"].as_str()).collect();
-    assert_eq!(ids.len(), 1, "the defect has one work order across the restart: {stdout}");
-    let mut revisions: Vec<u64> = after.iter().filter_map(|w| w["revision"].as_u64()).collect();
-    revisions.sort_unstable();
-    assert_eq!(revisions, (1..=revisions.len() as u64).collect::<Vec<_>>(), "each revision once, none missing");
-    // The same track goes on: seen again after the restart (the audit log's snapshots),
-    // every revision with the first run's track and first detection.
-    let first_track = before[0]["track_id"].as_str().expect("track");
-    let sightings = audited_sightings(&out.join("audit"), first_track);
-    assert!(sightings.iter().any(|&t| t > restarted_ms), "not seen again after the restart: {sightings:?} {stdout}");
-    for revision in &after {
-        assert_eq!(revision["track_id"].as_str(), Some(first_track), "{revision}");
-        assert_eq!(revision["detected_at_ms"], before[0]["detected_at_ms"], "{revision}");
-    }
-    let last = after.iter().max_by_key(|w| w["revision"].as_u64()).expect("a revision");
-    assert_eq!(last["technician_id"], before[0]["technician_id"], "the technician stays with the work order");
+    went_on_with_the_same_work_order_and_track(&before, &checks::jsonl_work_orders(&out), &out, restarted_ms, &stdout);
 }

@@ -288,6 +288,61 @@ print(json.dumps([f"{r['work_order_id']}:{r['revision']}" for r in df.iter_rows(
     serde_json::from_slice(&output.stdout).expect("json")
 }
 
+/// A live run's config in `dir`: the demo plant's pulley as a synthetic live camera (a
+/// crack from its first second), running `duration_s`; `kafka` adds `[kafka]` with
+/// these brokers and `sink_id`.
+pub fn live_pulley_config(dir: &Path, duration_s: u64, kafka: Option<(&str, &str)>) -> PathBuf {
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
+    let kafka = kafka.map_or(String::new(), |(brokers, sink_id)| {
+        format!("[kafka]\nbrokers = \"{brokers}\"\nsink_id = \"{sink_id}\"\n")
+    });
+    let config = dir.join("live.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runtime]\nworkers = 2\nduration_s = {duration_s}\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
+             {kafka}[[cameras]]\nid = \"cam-pulley\"\n\
+             url = \"synth://conveyor_pulley?seed=11&fps=15&asset_id=CV-101-PUL&defects=crack@1\"\nmax_fps = 5\n",
+            reference.display()
+        ),
+    )
+    .expect("config");
+    config
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64
+}
+
+/// A live run killed with its one work order open (`before`: its revisions then) and
+/// started again at `restarted_ms` went on with it and its track: one work order in
+/// `after`, each revision once, every revision with the first run's track and time of
+/// first detection, the track seen again after the restart (the audit log's snapshots
+/// under `out`), and the technician kept.
+pub fn went_on_with_the_same_work_order_and_track(
+    before: &[Value],
+    after: &[Value],
+    out: &Path,
+    restarted_ms: u64,
+    stdout: &str,
+) {
+    let ids: BTreeSet<&str> = before.iter().chain(after).filter_map(|w| w["work_order_id"].as_str()).collect();
+    assert_eq!(ids.len(), 1, "the defect has one work order across the restart: {stdout}");
+    let mut revisions: Vec<u64> = after.iter().filter_map(|w| w["revision"].as_u64()).collect();
+    revisions.sort_unstable();
+    assert_eq!(revisions, (1..=revisions.len() as u64).collect::<Vec<_>>(), "each revision once, none missing");
+    let first_track = before[0]["track_id"].as_str().expect("track");
+    let sightings = audited_sightings(&out.join("audit"), first_track);
+    assert!(sightings.iter().any(|&t| t > restarted_ms), "not seen again after the restart: {sightings:?} {stdout}");
+    for revision in after {
+        assert_eq!(revision["track_id"].as_str(), Some(first_track), "{revision}");
+        assert_eq!(revision["detected_at_ms"], before[0]["detected_at_ms"], "{revision}");
+    }
+    let last = after.iter().max_by_key(|w| w["revision"].as_u64()).expect("a revision");
+    assert_eq!(last["technician_id"], before[0]["technician_id"], "the technician stays with the work order");
+}
+
 /// The sightings (`last_seen` in epoch ms) of the audit log's snapshots of a track.
 pub fn audited_sightings(audit: &Path, track_id: &str) -> Vec<u64> {
     let python = std::env::var("DEFECTFLOW_ANALYTICS_PYTHON").expect("DEFECTFLOW_ANALYTICS_PYTHON");
