@@ -92,7 +92,8 @@ fn transactions_and_a_broker_outage_lose_and_duplicate_nothing() {
     assert!(output.status.success(), "run failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     check_exactly_once(&broker.messages("defectflow.work-orders"), &out, &truth);
     // A replay after it sends nothing.
-    assert!(run_to_end(&config, None).contains("kafka: 0 sent"));
+    let replay = run_to_end(&config, None);
+    assert!(replay.contains("kafka: 0 sent"), "{replay}");
     check_exactly_once(&broker.messages("defectflow.work-orders"), &out, &truth);
 }
 
