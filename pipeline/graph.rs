@@ -806,9 +806,11 @@ impl Ingest {
         let next = cameras
             .iter()
             .zip(&self.last_sent)
-            // A camera that has ended still counts while frames wait in its queue: they
-            // would otherwise arrive behind the frontier and be re-timed.
-            .filter(|(cam, _)| (!cam.stats.finished() || !cam.frames.is_empty()) && !is_idle(&cam.stats, now, idle))
+            // A camera that has ended, or gone quiet, still counts while frames wait in its
+            // queue: they would otherwise arrive behind the frontier and be re-timed. (A
+            // recording held back while the output is stalled waits with a full queue and
+            // receives nothing new: it is not idle.)
+            .filter(|(cam, _)| !cam.frames.is_empty() || (!cam.stats.finished() && !is_idle(&cam.stats, now, idle)))
             .map(|(_, sent)| sent.unwrap_or(self.frontier))
             .min()
             .unwrap_or(quiet)
