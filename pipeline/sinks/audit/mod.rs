@@ -167,26 +167,26 @@ impl AuditLog {
 const CLOSED_BEFORE: &str = "defectflow.closed_before";
 
 impl AuditLog {
+    /// The committed files of a table (`<table>/<partition>/*.parquet`), in the
+    /// partitions named `from` or later (`""`: all).
+    fn committed_files(&self, table: AuditTable, from: &str) -> Vec<PathBuf> {
+        let Ok(partitions) = std::fs::read_dir(self.dir.join(table.name())) else { return Vec::new() };
+        let partitions = partitions.flatten().filter(|p| p.file_name().to_string_lossy().as_ref() >= from);
+        let files = partitions.filter_map(|p| std::fs::read_dir(p.path()).ok()).flat_map(|files| files.flatten());
+        files.map(|file| file.path()).filter(|path| path.extension().is_some_and(|e| e == "parquet")).collect()
+    }
+
     /// The latest `closed_before` among the table's committed files (0: none).
     fn committed_before(&self, table: AuditTable) -> Result<u64, AuditError> {
-        let dir = self.dir.join(table.name());
         let mut latest = 0;
-        let Ok(partitions) = std::fs::read_dir(&dir) else { return Ok(0) };
-        for partition in partitions.flatten() {
-            let Ok(files) = std::fs::read_dir(partition.path()) else { continue };
-            for file in files.flatten() {
-                let path = file.path();
-                if path.extension().is_none_or(|e| e != "parquet") {
-                    continue;
-                }
-                let open = File::open(&path).map_err(|source| AuditError::Io { path: path.clone(), source })?;
-                let reader = SerializedFileReader::new(open)
-                    .map_err(|source| AuditError::Parquet { path: path.clone(), source })?;
-                let closed = reader.metadata().file_metadata().key_value_metadata().and_then(|kv| {
-                    kv.iter().find(|k| k.key == CLOSED_BEFORE).and_then(|k| k.value.as_deref()?.parse::<u64>().ok())
-                });
-                latest = latest.max(closed.unwrap_or(0));
-            }
+        for path in self.committed_files(table, "") {
+            let open = File::open(&path).map_err(|source| AuditError::Io { path: path.clone(), source })?;
+            let reader =
+                SerializedFileReader::new(open).map_err(|source| AuditError::Parquet { path: path.clone(), source })?;
+            let closed = reader.metadata().file_metadata().key_value_metadata().and_then(|kv| {
+                kv.iter().find(|k| k.key == CLOSED_BEFORE).and_then(|k| k.value.as_deref()?.parse::<u64>().ok())
+            });
+            latest = latest.max(closed.unwrap_or(0));
         }
         Ok(latest)
     }
@@ -208,62 +208,49 @@ impl AuditLog {
         use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
         let mut latest: BTreeMap<String, TrackMeasures> = BTreeMap::new();
-        let dir = self.dir.join(AuditTable::Tracks.name());
+        if track_ids.is_empty() {
+            return Ok(latest);
+        }
         let first_partition = format!("date={}", utc_date(since_ms));
-        let Ok(partitions) = std::fs::read_dir(&dir) else { return Ok(latest) };
-        for partition in partitions.flatten() {
-            if track_ids.is_empty() || partition.file_name().to_string_lossy().as_ref() < first_partition.as_str() {
-                continue;
-            }
-            let Ok(files) = std::fs::read_dir(partition.path()) else { continue };
-            for file in files.flatten() {
-                let path = file.path();
-                if path.extension().is_none_or(|e| e != "parquet") {
-                    continue;
-                }
-                let parquet = |source| AuditError::Parquet { path: path.clone(), source };
-                let open = File::open(&path).map_err(|source| AuditError::Io { path: path.clone(), source })?;
-                let builder = ParquetRecordBatchReaderBuilder::try_new(open).map_err(parquet)?;
-                let columns = ["track_id", "state", "last_seen", "hits", "area_px", "size_mm", "growth_px_per_min"];
-                let mask = ProjectionMask::columns(builder.parquet_schema(), columns);
-                for batch in builder.with_projection(mask).build().map_err(parquet)? {
-                    let batch = batch.map_err(|source| AuditError::Arrow { table: "tracks", source })?;
-                    let column = |name: &str| {
-                        batch.column_by_name(name).ok_or_else(|| AuditError::Arrow {
-                            table: "tracks",
-                            source: arrow_schema::ArrowError::SchemaError(format!(
-                                "{}: no column {name}",
-                                path.display()
-                            )),
-                        })
+        for path in self.committed_files(AuditTable::Tracks, &first_partition) {
+            let parquet = |source| AuditError::Parquet { path: path.clone(), source };
+            let open = File::open(&path).map_err(|source| AuditError::Io { path: path.clone(), source })?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(open).map_err(parquet)?;
+            let columns = ["track_id", "state", "last_seen", "hits", "area_px", "size_mm", "growth_px_per_min"];
+            let mask = ProjectionMask::columns(builder.parquet_schema(), columns);
+            for batch in builder.with_projection(mask).build().map_err(parquet)? {
+                let batch = batch.map_err(|source| AuditError::Arrow { table: "tracks", source })?;
+                let column = |name: &str| {
+                    batch.column_by_name(name).ok_or_else(|| AuditError::Arrow {
+                        table: "tracks",
+                        source: arrow_schema::ArrowError::SchemaError(format!("{}: no column {name}", path.display())),
+                    })
+                };
+                let ids = column("track_id")?.as_string::<i32>();
+                let state = column("state")?.as_string::<i32>();
+                let last_seen = column("last_seen")?.as_primitive::<TimestampMillisecondType>();
+                let hits = column("hits")?.as_primitive::<UInt64Type>();
+                let area = column("area_px")?.as_primitive::<Float32Type>();
+                let size = column("size_mm")?.as_primitive::<Float64Type>();
+                let growth = column("growth_px_per_min")?.as_primitive::<Float64Type>();
+                for row in 0..batch.num_rows() {
+                    let id = ids.value(row);
+                    if !track_ids.contains(id) {
+                        continue;
+                    }
+                    let measures = TrackMeasures {
+                        last_seen_ms: last_seen.value(row).max(0) as u64,
+                        hits: hits.value(row),
+                        area_px: area.value(row),
+                        size_mm: size.is_valid(row).then(|| size.value(row)),
+                        growth_px_per_min: growth.value(row),
+                        resolved: state.value(row) == "resolved",
                     };
-                    let ids = column("track_id")?.as_string::<i32>();
-                    let state = column("state")?.as_string::<i32>();
-                    let last_seen = column("last_seen")?.as_primitive::<TimestampMillisecondType>();
-                    let hits = column("hits")?.as_primitive::<UInt64Type>();
-                    let area = column("area_px")?.as_primitive::<Float32Type>();
-                    let size = column("size_mm")?.as_primitive::<Float64Type>();
-                    let growth = column("growth_px_per_min")?.as_primitive::<Float64Type>();
-                    for row in 0..batch.num_rows() {
-                        let id = ids.value(row);
-                        if !track_ids.contains(id) {
-                            continue;
-                        }
-                        let measures = TrackMeasures {
-                            last_seen_ms: last_seen.value(row).max(0) as u64,
-                            hits: hits.value(row),
-                            area_px: area.value(row),
-                            size_mm: size.is_valid(row).then(|| size.value(row)),
-                            growth_px_per_min: growth.value(row),
-                            resolved: state.value(row) == "resolved",
-                        };
-                        // The later sighting wins; of two at once, the one with more hits.
-                        match latest.get(id) {
-                            Some(known)
-                                if (known.last_seen_ms, known.hits) >= (measures.last_seen_ms, measures.hits) => {}
-                            _ => {
-                                latest.insert(id.to_owned(), measures);
-                            }
+                    // The later sighting wins; of two at once, the one with more hits.
+                    match latest.get(id) {
+                        Some(known) if (known.last_seen_ms, known.hits) >= (measures.last_seen_ms, measures.hits) => {}
+                        _ => {
+                            latest.insert(id.to_owned(), measures);
                         }
                     }
                 }
