@@ -857,3 +857,49 @@ fn commit(inputs: &mut Option<KafkaInputs>, before: u64) -> anyhow::Result<()> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::camera::RawFrame;
+
+    /// Two recordings replayed, one of them held back (its queue full, nothing new for
+    /// longer than the idle time, as while the output waits out a broker outage): its
+    /// queued frames keep the frontier, so they enter at their own capture times.
+    #[test]
+    fn a_recording_held_back_with_frames_queued_keeps_the_frontier() {
+        let (fast_tx, fast) = camera::detached("fast", 16);
+        let (held_tx, held) = camera::detached("held", 16);
+        let cameras = [fast, held];
+        let mut ingest = Ingest {
+            ids: vec![Arc::from("fast"), Arc::from("held")],
+            replays: vec![true, true],
+            last_sent: vec![None; 2],
+            frontier: 0,
+        };
+        let idle = Duration::from_secs(2);
+        let mut sent = Vec::new();
+        let mut drain = |ingest: &mut Ingest| ingest.drain(&cameras, |time, s| sent.push((s.meta.camera_id, time)));
+
+        for (i, t) in [1_000, 5_000, 10_000].into_iter().enumerate() {
+            fast_tx.send(RawFrame::blank(i as u64, t)).unwrap();
+        }
+        for (i, t) in [1_000, 5_000].into_iter().enumerate() {
+            held_tx.send(RawFrame::blank(i as u64, t)).unwrap();
+        }
+        drain(&mut ingest);
+        assert_eq!(ingest.advance(&cameras, idle), Some(5_000), "the slower recording holds the frontier");
+
+        // Held back: two frames queued, and the last frame arrived long ago.
+        held_tx.send(RawFrame::blank(2, 5_040)).unwrap();
+        held_tx.send(RawFrame::blank(3, 5_080)).unwrap();
+        cameras[1].stats.last_frame_wall_ms.store(now_ms() - 60_000, Ordering::Relaxed);
+        assert_eq!(ingest.advance(&cameras, idle), None, "an idle camera with frames queued still counts");
+
+        drain(&mut ingest);
+        assert_eq!(cameras[1].stats.late.load(Ordering::Relaxed), 0, "no frame of the held recording was re-timed");
+        assert!(sent.contains(&("held".to_owned(), 5_040)) && sent.contains(&("held".to_owned(), 5_080)));
+        // Its queue empty and still idle, it no longer holds the others back.
+        assert_eq!(ingest.advance(&cameras, idle), Some(10_000));
+    }
+}

@@ -245,6 +245,32 @@ pub fn spawn(camera: CameraConfig, consumer: std::thread::Thread) -> CameraHandl
     CameraHandle { frames, stats, stop, thread }
 }
 
+/// A camera with no pipeline behind it: the test sends its frames. Its state stays
+/// `connecting`.
+#[cfg(test)]
+pub(crate) fn detached(camera_id: &str, queue_frames: usize) -> (Sender<RawFrame>, CameraHandle) {
+    let (tx, frames) = bounded(queue_frames);
+    let stats = Arc::new(CameraStats::new(camera_id));
+    (tx, CameraHandle { frames, stats, stop: Arc::new(AtomicBool::new(false)), thread: None })
+}
+
+#[cfg(test)]
+impl RawFrame {
+    /// A 1x1 black frame captured at `capture_ms`.
+    pub(crate) fn blank(frame_index: u64, capture_ms: u64) -> RawFrame {
+        let plane = |offset| Plane { offset, stride: 1 };
+        RawFrame {
+            frame_index,
+            capture_ms,
+            pts_ns: None,
+            width: 1,
+            height: 1,
+            planes: [plane(0), plane(1), plane(2)],
+            pixels: FramePixels::copied(&[0; 3], &Spare::default()),
+        }
+    }
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
