@@ -6,6 +6,8 @@
 #
 #   bash benches/soak.sh                 # 8 cameras, 15 fps, the model at 7.5 fps, 1800 s
 #   SOAK_SECONDS=600 CAMERAS=4 MAX_FPS= bash benches/soak.sh
+#   BUILD_FLAGS=--no-default-features WRAP="heaptrack -o target/soak/heap" bash benches/soak.sh
+#                                        # the system allocator, under a heap profiler
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-target/soak}"
@@ -17,5 +19,7 @@ args=(--cameras "${CAMERAS:-8}" --fps "${FPS:-15}" --seconds "${SOAK_SECONDS:-18
 max_fps="${MAX_FPS-7.5}"
 [ -n "$max_fps" ] && args+=(--max-fps "$max_fps")
 echo "defectflow bench ${args[*]}"
-"$bin" bench "${args[@]}" > "$out/result.json" 2> >(tee "$out/log.txt" >&2)
+# The result is the one JSON line of the standard output (a wrapper may print more).
+# shellcheck disable=SC2086
+${WRAP:-} "$bin" bench "${args[@]}" 2> >(tee "$out/log.txt" >&2) | grep '^{' > "$out/result.json"
 "$PYTHON" benches/soak_report.py "$out/result.json" "$out/soak.png"

@@ -1,8 +1,10 @@
 # Sourced by the end-to-end bench scripts: builds the release binary (`$bin`) and starts
 # tansu on a free port of 127.0.0.1 (`$port`, stopped on exit) with the output topics.
+# BUILD_FLAGS are added to the build (e.g. `--no-default-features`: the system allocator).
 TANSU="${DEFECTFLOW_TANSU:-$HOME/.cache/defectflow/bin/tansu}"
 PYTHON="${DEFECTFLOW_ANALYTICS_PYTHON:-$HOME/.cache/defectflow/venv/bin/python}"
-cargo build --release --bin defectflow
+# shellcheck disable=SC2086
+cargo build --release --bin defectflow ${BUILD_FLAGS:-}
 bin="${CARGO_TARGET_DIR:-target}/release/defectflow"
 
 port=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

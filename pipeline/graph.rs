@@ -882,17 +882,17 @@ mod tests {
         let mut drain = |ingest: &mut Ingest| ingest.drain(&cameras, |time, s| sent.push((s.meta.camera_id, time)));
 
         for (i, t) in [1_000, 5_000, 10_000].into_iter().enumerate() {
-            fast_tx.send(RawFrame::blank(i as u64, t)).unwrap();
+            fast_tx.send(RawFrame::blank(i as u64, t)).expect("queued");
         }
         for (i, t) in [1_000, 5_000].into_iter().enumerate() {
-            held_tx.send(RawFrame::blank(i as u64, t)).unwrap();
+            held_tx.send(RawFrame::blank(i as u64, t)).expect("queued");
         }
         drain(&mut ingest);
         assert_eq!(ingest.advance(&cameras, idle), Some(5_000), "the slower recording holds the frontier");
 
         // Held back: two frames queued, and the last frame arrived long ago.
-        held_tx.send(RawFrame::blank(2, 5_040)).unwrap();
-        held_tx.send(RawFrame::blank(3, 5_080)).unwrap();
+        held_tx.send(RawFrame::blank(2, 5_040)).expect("queued");
+        held_tx.send(RawFrame::blank(3, 5_080)).expect("queued");
         cameras[1].stats.last_frame_wall_ms.store(now_ms() - 60_000, Ordering::Relaxed);
         assert_eq!(ingest.advance(&cameras, idle), None, "an idle camera with frames queued still counts");
 

@@ -19,6 +19,7 @@ use defectflow_models::synth::PlantOptions;
 
 /// Inference allocates and frees megabytes per layer and frame; mimalloc keeps them
 /// for reuse where the system allocator returns them to the kernel each time.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -79,19 +79,15 @@ struct Mapping<'a> {
 
 impl<'a> Mapping<'a> {
     fn parse(line: &'a str) -> Option<Mapping<'a>> {
-        let mut fields = line.split_whitespace();
+        // Address, permissions, offset, device and inode, one space apart; then padding
+        // and the path, which may hold spaces (none for an anonymous mapping).
+        let mut fields = line.splitn(6, ' ');
         let (start, end) = fields.next()?.split_once('-')?;
         let start = u64::from_str_radix(start, 16).ok()?;
         let end = u64::from_str_radix(end, 16).ok()?;
-        let perms = fields.next()?;
-        // Then offset, device and inode; the path (which may hold spaces) is the rest.
-        let mut rest = line;
-        for _ in 0..5 {
-            rest = rest.trim_start();
-            rest = &rest[rest.find(char::is_whitespace).unwrap_or(rest.len())..];
-        }
+        let writable = fields.next()?.as_bytes().get(1) == Some(&b'w');
         fields.nth(2)?;
-        Some(Mapping { start, end, writable: perms.as_bytes().get(1) == Some(&b'w'), path: rest.trim() })
+        Some(Mapping { start, end, writable, path: fields.next().unwrap_or("").trim() })
     }
 
     fn kind(&self) -> Kind {

@@ -74,7 +74,7 @@ fn transactions_and_a_broker_outage_lose_and_duplicate_nothing() {
         defectflow(&config, Some(&out), None).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run");
     // Once the first revisions are out, the broker stops answering for 30 s (SIGSTOP:
     // connections stay open, nothing is acknowledged), then comes back.
-    assert!(broker.wait_for_revisions(0, &mut child), "no revision reached the topic");
+    assert!(wait_for_first_delivery(port, &mut child), "no revision reached the topic");
     let pid = broker.child.id().to_string();
     assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
     // Meanwhile the run says its output is stalled (and holds its cameras back).

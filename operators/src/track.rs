@@ -469,8 +469,7 @@ impl LiveTrack {
     /// frame's, and the defect may have changed since), or none if its box is unknown.
     fn overlap(&self, bbox: &BoundingBox, min_iou: f32) -> Option<f32> {
         let iou = self.track.bbox.iou(bbox);
-        let unknown = self.track.bbox.width * self.track.bbox.height <= 0.0;
-        let enough = if self.awaiting_sighting { iou > 0.0 || unknown } else { iou >= min_iou };
+        let enough = if self.awaiting_sighting { self.track.bbox.overlaps_or_unknown(bbox) } else { iou >= min_iou };
         enough.then_some(iou)
     }
 

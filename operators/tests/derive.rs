@@ -302,6 +302,18 @@ fn a_completed_work_order_leaves_the_workload_and_releases_its_parts() {
     }
 }
 
+/// A track of `asset`, scored as the severity join would, as the ledger takes it.
+fn scored_input(track: DefectTrack, asset: &Asset) -> defectflow_operators::derive::LedgerInput {
+    let severity = SeverityConfig::default().score(&track, asset, 0);
+    let scored = ScoredTrack { track, asset: asset.clone(), recent_failures: 0, severity };
+    defectflow_operators::derive::LedgerInput::Track(Box::new(scored))
+}
+
+/// The revisions among a ledger step's outputs, in order.
+fn revisions_of(outputs: &[LedgerOutput]) -> Vec<WorkOrder> {
+    outputs.iter().filter_map(|o| if let LedgerOutput::Revision(w) = o { Some((**w).clone()) } else { None }).collect()
+}
+
 /// A restarted run takes up the work order its predecessor left open: the same parts
 /// and technician hours are held again without a new revision, and the same defect seen
 /// by a new track continues that work order instead of opening a second one.
@@ -319,10 +331,6 @@ fn a_restored_work_order_holds_its_parts_and_technician_and_the_same_defect_cont
             ),
         ]
     };
-    let scored_track = |track: DefectTrack| {
-        let severity = SeverityConfig::default().score(&track, &asset, 0);
-        LedgerInput::Track(Box::new(ScoredTrack { track, asset: asset.clone(), recent_failures: 0, severity }))
-    };
     let views = |outputs: &[LedgerOutput]| -> Vec<String> {
         outputs
             .iter()
@@ -333,18 +341,12 @@ fn a_restored_work_order_holds_its_parts_and_technician_and_the_same_defect_cont
             })
             .collect()
     };
-    let revisions = |outputs: &[LedgerOutput]| -> Vec<WorkOrder> {
-        outputs
-            .iter()
-            .filter_map(|o| if let LedgerOutput::Revision(w) = o { Some((**w).clone()) } else { None })
-            .collect()
-    };
 
     // The first run opens the work order.
     let mut first = Ledger::new(WorkOrderConfig::default());
     first.step(0, reference());
-    let opened = first.step(T0 + 1000, vec![scored_track(scored(400.0, 1))]);
-    let [created] = revisions(&opened).try_into().expect("one revision");
+    let opened = first.step(T0 + 1000, vec![scored_input(scored(400.0, 1), &asset)]);
+    let [created] = revisions_of(&opened).try_into().expect("one revision");
     assert_eq!(created.technician_id.as_deref(), Some("T-1"));
 
     // The restart: the same reference, then the work order as the topic holds it.
@@ -356,13 +358,13 @@ fn a_restored_work_order_holds_its_parts_and_technician_and_the_same_defect_cont
         measures: None,
     })));
     let restored = second.step(0, start);
-    assert_eq!(revisions(&restored), vec![], "restoring publishes nothing");
+    assert_eq!(revisions_of(&restored), vec![], "restoring publishes nothing");
     assert_eq!(views(&restored), views(&opened), "the same parts and hours are held again");
 
     // The defect, seen by the new run's tracker under another track id.
     let mut again = scored(400.0, 5);
     again.track_id = "TR-after-restart".into();
-    let continued = revisions(&second.step(T0 + 5000, vec![scored_track(again)]));
+    let continued = revisions_of(&second.step(T0 + 5000, vec![scored_input(again, &asset)]));
     assert_eq!(continued.len(), 1, "{continued:?}");
     assert_eq!(continued[0].work_order_id, created.work_order_id, "the same work order goes on");
     assert_eq!(continued[0].revision, 2);
@@ -409,8 +411,7 @@ fn a_restored_p1_work_order_is_not_alerted_again() {
     second.step(0, start);
     // Grown past the size step: a revision, still P1, still the same track.
     let grown = second.step(T0 + 9000, vec![p1(scored(800.0, 9))]);
-    let revisions: Vec<&WorkOrder> =
-        grown.iter().filter_map(|o| if let LedgerOutput::Revision(w) = o { Some(&**w) } else { None }).collect();
+    let revisions = revisions_of(&grown);
     assert_eq!(revisions.len(), 1, "{grown:?}");
     assert_eq!((revisions[0].revision, revisions[0].track_id.as_str()), (2, "TR-1"));
     assert_eq!(revisions[0].detected_at_ms, created.detected_at_ms);
@@ -426,16 +427,6 @@ fn a_work_order_completed_before_a_restart_is_reopened_by_its_defect_coming_back
     let (asset, procedure, technician) = pump_plant();
     let reference =
         || vec![LedgerInput::Technician(technician.clone(), 1), LedgerInput::Procedure(procedure.clone(), 1)];
-    let scored_track = |track: DefectTrack| {
-        let severity = SeverityConfig::default().score(&track, &asset, 0);
-        LedgerInput::Track(Box::new(ScoredTrack { track, asset: asset.clone(), recent_failures: 0, severity }))
-    };
-    let revisions = |outputs: &[LedgerOutput]| -> Vec<WorkOrder> {
-        outputs
-            .iter()
-            .filter_map(|o| if let LedgerOutput::Revision(w) = o { Some((**w).clone()) } else { None })
-            .collect()
-    };
     let completed = |id: &str, at_ms: u64| WoEvent {
         work_order_id: id.into(),
         event: WoEventKind::Completed,
@@ -446,9 +437,10 @@ fn a_work_order_completed_before_a_restart_is_reopened_by_its_defect_coming_back
 
     let mut first = Ledger::new(WorkOrderConfig::default());
     first.step(0, reference());
-    let [created] = revisions(&first.step(T0 + 1000, vec![scored_track(scored(400.0, 1))])).try_into().expect("one");
+    let [created] =
+        revisions_of(&first.step(T0 + 1000, vec![scored_input(scored(400.0, 1), &asset)])).try_into().expect("one");
     let [closed] =
-        revisions(&first.step(T0 + 2000, vec![LedgerInput::Event(completed(&created.work_order_id, T0 + 2000))]))
+        revisions_of(&first.step(T0 + 2000, vec![LedgerInput::Event(completed(&created.work_order_id, T0 + 2000))]))
             .try_into()
             .expect("the closing revision");
     assert_eq!(closed.status, WorkOrderStatus::Completed);
@@ -468,7 +460,7 @@ fn a_work_order_completed_before_a_restart_is_reopened_by_its_defect_coming_back
     // Seen again under a new track after the recheck time: a new work order, reopening it.
     let mut again = scored(400.0, 200);
     again.track_id = "TR-after-restart".into();
-    let reopened = revisions(&second.step(T0 + 200_000, vec![scored_track(again)]));
+    let reopened = revisions_of(&second.step(T0 + 200_000, vec![scored_input(again, &asset)]));
     assert_eq!(reopened.len(), 1, "{reopened:?}");
     assert_ne!(reopened[0].work_order_id, created.work_order_id);
     assert_eq!(reopened[0].reopens.as_deref(), Some(created.work_order_id.as_str()));

@@ -112,6 +112,13 @@ impl BoundingBox {
         let union = self.area() + other.area() - inter;
         if union <= 0.0 { 0.0 } else { inter / union }
     }
+
+    /// Whether a defect found in `other` may be the one last seen in this box when much
+    /// may have changed since (a restart): they overlap at all, or this box is unknown
+    /// (empty).
+    pub fn overlaps_or_unknown(&self, other: &BoundingBox) -> bool {
+        self.area() <= 0.0 || self.iou(other) > 0.0
+    }
 }
 
 impl PartialEq for BoundingBox {

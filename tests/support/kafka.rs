@@ -269,6 +269,22 @@ pub fn http_get(port: u16, path: &str) -> Option<(String, String)> {
 }
 
 /// The value of one sample line (`name{labels} value`) of a Prometheus exposition.
+/// Waits until the run's metrics (served on `port`) count a message acknowledged by
+/// Kafka: the first delivery, seen within a fraction of a second (reading the topic with
+/// a new client takes seconds on a busy machine, by when the run may have sent all).
+/// False if the run ends first or nothing is delivered within two minutes.
+pub fn wait_for_first_delivery(port: u16, run: &mut Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline && run.try_wait().expect("wait").is_none() {
+        let body = http_get(port, "/metrics").map(|(_, body)| body);
+        if body.is_some_and(|b| sample(&b, "defectflow_kafka_messages_sent_total").is_some_and(|n| n > 0.0)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 pub fn sample(body: &str, series: &str) -> Option<f64> {
     body.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
 }

@@ -179,9 +179,6 @@ struct Order {
     revision_area: f32,
     completed_at: Option<EpochMillis>,
     alerted: bool,
-    /// Restored without the defect's box (no evidence): the same defect is recognised
-    /// by asset, camera and class alone.
-    box_unknown: bool,
 }
 
 impl Order {
@@ -201,7 +198,6 @@ impl Order {
             published: None,
             completed_at: None,
             alerted: false,
-            box_unknown: false,
         }
     }
 
@@ -353,14 +349,15 @@ impl Ledger {
                     return;
                 }
                 // The same defect seen again after its track lapsed (the camera looked
-                // away, the light changed) belongs to the work order already open for it.
+                // away, the light changed) belongs to the work order already open for it (a
+                // work order restored without evidence has no box: asset, camera and class).
                 let same_defect = self.orders.values_mut().find(|o| {
                     let open = &o.scored.track;
                     o.is_open()
                         && open.asset_id == track.asset_id
                         && open.camera_id == track.camera_id
                         && open.class == track.class
-                        && (o.box_unknown || open.bbox.iou(&track.bbox) > 0.0)
+                        && open.bbox.overlaps_or_unknown(&track.bbox)
                 });
                 if let Some(order) = same_defect {
                     entry.work_order = Some(order.work_order_id.clone());
@@ -397,11 +394,15 @@ impl Ledger {
         if self.orders.contains_key(&id) {
             return;
         }
-        if matches!(wo.status, WorkOrderStatus::Completed | WorkOrderStatus::FalsePositive) {
-            let key = (wo.asset_id.clone(), wo.defect_class);
-            let entry = self.tracks.entry(wo.track_id.clone()).or_default();
-            entry.work_order = Some(id.clone());
+        self.tracks.entry(wo.track_id.clone()).or_default().work_order = Some(id.clone());
+        let scored = ScoredTrack { track, asset, recent_failures: 0, severity: wo.severity };
+        let mut order = Order::new(id.clone(), scored, wo.detected_at_ms, wo.reopens.clone());
+        order.status = wo.status;
+        if !order.is_open() {
             let completed_at = (wo.status == WorkOrderStatus::Completed).then_some(wo.revised_at_ms);
+            order.completed_at = completed_at;
+            order.published = Some(wo);
+            let key = (order.scored.track.asset_id.clone(), order.scored.track.class);
             if completed_at.is_some() {
                 // The latest completion of the asset's defect class is the one reopened.
                 let later =
@@ -411,26 +412,15 @@ impl Ledger {
                 if later {
                     self.last_completed.insert(key, id.clone());
                 }
-            } else {
+            } else if let Some(entry) = self.tracks.get_mut(&order.scored.track.track_id) {
                 entry.suppressed = true;
             }
-            let scored = ScoredTrack { track, asset, recent_failures: 0, severity: wo.severity };
-            let mut order = Order::new(id.clone(), scored, wo.detected_at_ms, wo.reopens.clone());
-            order.status = wo.status;
-            order.completed_at = completed_at;
-            order.published = Some(wo);
             self.orders.insert(id, order);
             return;
         }
-        let box_unknown = wo.evidence.is_none();
-        self.tracks.entry(wo.track_id.clone()).or_default().work_order = Some(id.clone());
-        let scored = ScoredTrack { track, asset, recent_failures: 0, severity: wo.severity };
-        let procedure = self.dispatcher.procedure(&scored.asset.asset_class, wo.defect_class).cloned();
-        let mut order = Order::new(id.clone(), scored, wo.detected_at_ms, wo.reopens.clone());
-        order.status = wo.status;
-        order.box_unknown = box_unknown;
         // Its alert went out when it was published at P1.
         order.alerted = wo.severity.priority == Priority::P1;
+        let procedure = self.dispatcher.procedure(&order.scored.asset.asset_class, wo.defect_class).cloned();
         self.orders.insert(id.clone(), order);
         self.set_procedure(&id, procedure, out);
         // The CMMS's choice stands where work has started; otherwise planning checks it.

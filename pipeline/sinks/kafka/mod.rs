@@ -673,7 +673,7 @@ fn latest_work_orders(consumer: &BaseConsumer<Quiet>, topic: &str, sink_id: &str
         let (low, _) = consumer
             .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
             .map_err(kafka(format!("reading the offsets of {topic}/{partition}")))?;
-        read_to_end(consumer, topic, partition, low, |m| {
+        read_messages(consumer, (topic, partition), low, None, |m| {
             let ours = m.headers().and_then(|h| h.iter().find(|h| h.key == headers::SINK_ID)).and_then(|h| h.value)
                 == Some(sink_id.as_bytes());
             if !ours {
@@ -698,7 +698,7 @@ fn read_partition(
     from: i64,
 ) -> Result<Vec<Record>, SinkError> {
     let mut out = Vec::new();
-    read_to_end(consumer, topic, partition, from, |m| {
+    read_messages(consumer, (topic, partition), from, None, |m| {
         out.push((
             m.offset(),
             m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
@@ -716,7 +716,7 @@ fn read_idempotency_keys(
 ) -> Result<(Vec<String>, i64), SinkError> {
     let mut keys = Vec::new();
     let mut end = from;
-    read_to_end(consumer, topic, partition, from, |m| {
+    read_messages(consumer, (topic, partition), from, None, |m| {
         end = end.max(m.offset() + 1);
         let header = m.headers().and_then(|h| h.iter().find(|h| h.key == headers::IDEMPOTENCY_KEY));
         if let Some(value) = header.and_then(|h| h.value) {
@@ -726,13 +726,20 @@ fn read_idempotency_keys(
     Ok((keys, end))
 }
 
-fn read_to_end(
-    consumer: &BaseConsumer<Quiet>,
-    topic: &str,
-    partition: i32,
+/// Hands `each` every message of a partition from offset `from` to the partition's end,
+/// or to `below` (not included) if it comes first.
+pub(crate) fn read_messages<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    (topic, partition): (&str, i32),
     from: i64,
+    below: Option<i64>,
     mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
 ) -> Result<(), SinkError> {
+    let below = below.unwrap_or(i64::MAX);
+    if from >= below {
+        return Ok(());
+    }
+    let reading = || format!("reading {topic}/{partition} from offset {from}");
     let mut assignment = TopicPartitionList::new();
     assignment
         .add_partition_offset(topic, partition, Offset::Offset(from))
@@ -741,17 +748,18 @@ fn read_to_end(
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if Instant::now() > deadline {
-            return Err(SinkError::Kafka {
-                context: format!("reading {topic}/{partition} from offset {from}"),
-                source: KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut),
-            });
+            let source = KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut);
+            return Err(SinkError::Kafka { context: reading(), source });
         }
         match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(message)) => each(&message),
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(error)) => {
-                return Err(SinkError::Kafka { context: format!("reading {topic}/{partition}"), source: error });
+            Some(Ok(message)) if message.offset() < below => {
+                each(&message);
+                if message.offset() + 1 >= below {
+                    break;
+                }
             }
+            Some(Ok(_)) | Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(source)) => return Err(SinkError::Kafka { context: reading(), source }),
             None => {}
         }
     }

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::reference::PlantReference;
-use crate::sinks::kafka::{KafkaConfig, SinkError};
+use crate::sinks::kafka::{KafkaConfig, SinkError, read_messages};
 use crate::sources::camera::now_ms;
 use crate::workflow::PlantInputs;
 
@@ -217,7 +217,8 @@ pub fn replay(config: &KafkaConfig, reference: &mut PlantReference) -> Result<Ve
                     "the first messages of a reference-data topic are gone (retention): what they changed is not replayed"
                 );
             }
-            read_below(&consumer, topic, partition, low, end, |bytes| {
+            read_messages(&consumer, (topic.as_str(), partition), low, Some(end), |message| {
+                let bytes = message.payload().unwrap_or_default();
                 let Ok(input) = parse(kind, bytes, inputs.max_message_bytes) else { return };
                 replayed += 1;
                 match input {
@@ -281,38 +282,6 @@ fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, SinkErro
     }
     ids.sort_unstable();
     Ok(ids)
-}
-
-/// Hands `each` the payload of every message of a partition from `from` up to (not
-/// including) `end`.
-fn read_below(
-    consumer: &BaseConsumer,
-    topic: &str,
-    partition: i32,
-    from: i64,
-    end: i64,
-    mut each: impl FnMut(&[u8]),
-) -> Result<(), SinkError> {
-    let failed =
-        |source| SinkError::Kafka { context: format!("reading {topic}/{partition} up to offset {end}"), source };
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, partition, Offset::Offset(from)).map_err(failed)?;
-    consumer.assign(&assignment).map_err(failed)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while std::time::Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(message)) if message.offset() < end => {
-                each(message.payload().unwrap_or_default());
-                if message.offset() + 1 >= end {
-                    return Ok(());
-                }
-            }
-            Some(Ok(_)) | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return Ok(()),
-            Some(Err(error)) => return Err(failed(error)),
-            None => {}
-        }
-    }
-    Err(failed(rdkafka::error::KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::OperationTimedOut)))
 }
 
 /// A worker's consumer of its share of the input partitions (see [`deal`]), and (on
