@@ -514,12 +514,29 @@ impl KafkaSink {
         self.send(&progress_topic, &key, &record, None)?;
         self.flush()?;
         if self.config.transactional {
-            self.producer.commit_transaction(REQUEST_TIMEOUT).map_err(kafka("committing a transaction"))?;
+            self.commit_transaction()?;
         }
         super::failpoint("after-progress");
         self.progress = progress;
         self.last_recorded = Instant::now();
         Ok(())
+    }
+
+    /// Commits the open transaction, waiting out a broker that does not answer (an outage
+    /// that starts between the flush and the commit): librdkafka reports the end of each
+    /// wait as retriable, and the next call resumes the same commit.
+    fn commit_transaction(&self) -> Result<(), SinkError> {
+        let started = Instant::now();
+        loop {
+            match self.producer.commit_transaction(REQUEST_TIMEOUT) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(error)) if error.is_retriable() => {
+                    let waited_s = started.elapsed().as_secs();
+                    tracing::warn!(waited_s, %error, "kafka: committing a transaction waits for the broker");
+                }
+                Err(source) => return Err(SinkError::Kafka { context: "committing a transaction".into(), source }),
+            }
+        }
     }
 
     fn send(&self, topic: &str, key: &str, payload: &[u8], idempotency_key: Option<&str>) -> Result<(), SinkError> {
