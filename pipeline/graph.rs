@@ -412,6 +412,7 @@ pub fn run_stages(
             ids: mine.iter().map(|c| Arc::from(c.id.as_str())).collect(),
             replays: mine.iter().map(|c| c.start_ms.is_some()).collect(),
             last_sent: vec![None; cameras.len()],
+            last_taken: vec![0; cameras.len()],
             frontier: 0,
         };
         let started = Instant::now();
@@ -764,6 +765,8 @@ struct Ingest {
     replays: Vec<bool>,
     /// Per camera: the latest capture time sent.
     last_sent: Vec<Option<u64>>,
+    /// Per camera: wall clock (ms) when frames were last taken from its queue.
+    last_taken: Vec<u64>,
     frontier: u64,
 }
 
@@ -775,6 +778,7 @@ impl Ingest {
         for (c, cam) in cameras.iter().enumerate() {
             while let Ok(raw) = cam.frames.try_recv() {
                 delivered = true;
+                self.last_taken[c] = now_ms();
                 let mut time = raw.capture_ms;
                 if time < self.frontier {
                     cam.stats.late.fetch_add(1, Ordering::Relaxed);
@@ -803,15 +807,20 @@ impl Ingest {
         let all_replays = !self.replays.is_empty() && self.replays.iter().all(|r| *r);
         let quiet =
             if all_replays { self.last_sent.iter().flatten().max().map_or(self.frontier, |t| t + 1) } else { now };
+        let just_taken = |c: usize| now.saturating_sub(self.last_taken[c]) <= idle.as_millis() as u64;
         let next = cameras
             .iter()
             .zip(&self.last_sent)
+            .enumerate()
             // A camera that has ended, or gone quiet, still counts while frames wait in its
             // queue: they would otherwise arrive behind the frontier and be re-timed. (A
             // recording held back while the output is stalled waits with a full queue and
-            // receives nothing new: it is not idle.)
-            .filter(|(cam, _)| !cam.frames.is_empty() || (!cam.stats.finished() && !is_idle(&cam.stats, now, idle)))
-            .map(|(_, sent)| sent.unwrap_or(self.frontier))
+            // receives nothing new: it is not idle; nor for the idle time after its queue
+            // is emptied, while its pipeline, blocked on the full queue, sends again.)
+            .filter(|(c, (cam, _))| {
+                !cam.frames.is_empty() || (!cam.stats.finished() && (just_taken(*c) || !is_idle(&cam.stats, now, idle)))
+            })
+            .map(|(_, (_, sent))| sent.unwrap_or(self.frontier))
             .min()
             .unwrap_or(quiet)
             .max(self.frontier);
@@ -875,6 +884,7 @@ mod tests {
             ids: vec![Arc::from("fast"), Arc::from("held")],
             replays: vec![true, true],
             last_sent: vec![None; 2],
+            last_taken: vec![0; 2],
             frontier: 0,
         };
         let idle = Duration::from_secs(2);
@@ -899,7 +909,10 @@ mod tests {
         drain(&mut ingest);
         assert_eq!(cameras[1].stats.late.load(Ordering::Relaxed), 0, "no frame of the held recording was re-timed");
         assert!(sent.contains(&("held".to_owned(), 5_040)) && sent.contains(&("held".to_owned(), 5_080)));
-        // Its queue empty and still idle, it no longer holds the others back.
+        // Just emptied, its pipeline (blocked on the full queue) is given the idle time
+        // to send again; after that, still idle, it no longer holds the others back.
+        assert_eq!(ingest.advance(&cameras, idle), Some(5_080), "a queue just emptied still counts");
+        ingest.last_taken[1] = now_ms() - 60_000;
         assert_eq!(ingest.advance(&cameras, idle), Some(10_000));
     }
 }
