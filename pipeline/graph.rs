@@ -776,9 +776,12 @@ impl Ingest {
     fn drain(&mut self, cameras: &[CameraHandle], mut send: impl FnMut(u64, CameraSample<FramePixels>)) -> bool {
         let mut delivered = false;
         for (c, cam) in cameras.iter().enumerate() {
+            if !cam.frames.is_empty() {
+                // Once per camera and drain, not per frame.
+                self.last_taken[c] = now_ms();
+            }
             while let Ok(raw) = cam.frames.try_recv() {
                 delivered = true;
-                self.last_taken[c] = now_ms();
                 let mut time = raw.capture_ms;
                 if time < self.frontier {
                     cam.stats.late.fetch_add(1, Ordering::Relaxed);
