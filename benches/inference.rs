@@ -13,7 +13,8 @@ use defectflow_models::inference::{CellScores, FrameView, score_batch};
 use defectflow_models::model::DefectNetConfig;
 use defectflow_models::packed::PackedNet;
 
-/// As the `defectflow` binary runs.
+/// As the `defectflow` binary runs when built with it.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

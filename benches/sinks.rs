@@ -18,7 +18,8 @@ use defectflow::sinks::kafka::{KafkaConfig, KafkaSink};
 use defectflow::workflow::Emitted;
 use defectflow_schemas::{BoundingBox, DefectClass, Detection, WorkOrder};
 
-/// As the `defectflow` binary runs.
+/// As the `defectflow` binary runs when built with it.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

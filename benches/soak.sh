@@ -6,8 +6,8 @@
 #
 #   bash benches/soak.sh                 # 8 cameras, 15 fps, the model at 7.5 fps, 1800 s
 #   SOAK_SECONDS=600 CAMERAS=4 MAX_FPS= bash benches/soak.sh
-#   BUILD_FLAGS=--no-default-features WRAP="heaptrack -o target/soak/heap" bash benches/soak.sh
-#                                        # the system allocator, under a heap profiler
+#   WRAP="heaptrack -o target/soak/heap" bash benches/soak.sh   # under a heap profiler
+#   BUILD_FLAGS="--features mimalloc" bash benches/soak.sh       # with mimalloc
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-target/soak}"

@@ -1,6 +1,6 @@
 # Sourced by the end-to-end bench scripts: builds the release binary (`$bin`) and starts
 # tansu on a free port of 127.0.0.1 (`$port`, stopped on exit) with the output topics.
-# BUILD_FLAGS are added to the build (e.g. `--no-default-features`: the system allocator).
+# BUILD_FLAGS are added to the build (e.g. `--features mimalloc`).
 TANSU="${DEFECTFLOW_TANSU:-$HOME/.cache/defectflow/bin/tansu}"
 PYTHON="${DEFECTFLOW_ANALYTICS_PYTHON:-$HOME/.cache/defectflow/venv/bin/python}"
 # shellcheck disable=SC2086

@@ -412,7 +412,6 @@ pub fn run_stages(
             ids: mine.iter().map(|c| Arc::from(c.id.as_str())).collect(),
             replays: mine.iter().map(|c| c.start_ms.is_some()).collect(),
             last_sent: vec![None; cameras.len()],
-            last_taken: vec![0; cameras.len()],
             frontier: 0,
         };
         let started = Instant::now();
@@ -765,8 +764,6 @@ struct Ingest {
     replays: Vec<bool>,
     /// Per camera: the latest capture time sent.
     last_sent: Vec<Option<u64>>,
-    /// Per camera: wall clock (ms) when frames were last taken from its queue.
-    last_taken: Vec<u64>,
     frontier: u64,
 }
 
@@ -776,10 +773,6 @@ impl Ingest {
     fn drain(&mut self, cameras: &[CameraHandle], mut send: impl FnMut(u64, CameraSample<FramePixels>)) -> bool {
         let mut delivered = false;
         for (c, cam) in cameras.iter().enumerate() {
-            if !cam.frames.is_empty() {
-                // Once per camera and drain, not per frame.
-                self.last_taken[c] = now_ms();
-            }
             while let Ok(raw) = cam.frames.try_recv() {
                 delivered = true;
                 let mut time = raw.capture_ms;
@@ -802,28 +795,23 @@ impl Ingest {
         delivered
     }
 
-    /// The new frontier, if it moved: the least latest capture time of the cameras still
-    /// active; with none active, the wall clock, unless every camera replays a recording:
+    /// The new frontier, if it moved: the least latest capture time of the cameras that
+    /// hold it (`CameraHandle::holds_frontier`); with none, the wall clock, unless every camera replays a recording:
     /// then the end of the recordings, so a replay's time never jumps to today.
     fn advance(&mut self, cameras: &[CameraHandle], idle: Duration) -> Option<u64> {
-        let now = now_ms();
         let all_replays = !self.replays.is_empty() && self.replays.iter().all(|r| *r);
         let quiet =
-            if all_replays { self.last_sent.iter().flatten().max().map_or(self.frontier, |t| t + 1) } else { now };
-        let just_taken = |c: usize| now.saturating_sub(self.last_taken[c]) <= idle.as_millis() as u64;
+            if all_replays { self.last_sent.iter().flatten().max().map_or(self.frontier, |t| t + 1) } else { now_ms() };
         let next = cameras
             .iter()
             .zip(&self.last_sent)
-            .enumerate()
-            // A camera that has ended, or gone quiet, still counts while frames wait in its
-            // queue: they would otherwise arrive behind the frontier and be re-timed. (A
-            // recording held back while the output is stalled waits with a full queue and
-            // receives nothing new: it is not idle; nor for the idle time after its queue
-            // is emptied, while its pipeline, blocked on the full queue, sends again.)
-            .filter(|(c, (cam, _))| {
-                !cam.frames.is_empty() || (!cam.stats.finished() && (just_taken(*c) || !is_idle(&cam.stats, now, idle)))
-            })
-            .map(|(_, (_, sent))| sent.unwrap_or(self.frontier))
+            .zip(&self.replays)
+            // A recording replayed at its own capture times is waited for however slowly
+            // its frames come (a slow start on a busy machine, a pipeline held back): the
+            // frontier moving on without it would re-time its next frames, and a replay
+            // would then differ from the run. One that stalls fails (`stall_timeout_ms`).
+            .filter(|((cam, _), replays)| cam.holds_frontier(if **replays { Duration::MAX } else { idle }))
+            .map(|((_, sent), _)| sent.unwrap_or(self.frontier))
             .min()
             .unwrap_or(quiet)
             .max(self.frontier);
@@ -832,13 +820,6 @@ impl Ingest {
             next
         })
     }
-}
-
-fn is_idle(stats: &CameraStats, now: u64, idle: Duration) -> bool {
-    // A camera that has sent nothing yet is given the idle time from its start.
-    let last = stats.last_frame_wall_ms.load(Ordering::Relaxed);
-    let reference = if last == 0 { stats.started_wall_ms } else { last };
-    now.saturating_sub(reference) > idle.as_millis() as u64
 }
 
 fn report(worker: usize, stats: &CameraStats, (kept, sampled_out): (u64, u64)) -> CameraReport {
@@ -875,21 +856,20 @@ mod tests {
     use super::*;
     use crate::sources::camera::RawFrame;
 
-    /// Two recordings replayed, one of them held back (its queue full, nothing new for
-    /// longer than the idle time, as while the output waits out a broker outage): its
-    /// queued frames keep the frontier, so they enter at their own capture times.
+    fn ingest(ids: [&str; 2], replays: bool) -> Ingest {
+        Ingest { ids: ids.map(Arc::from).to_vec(), replays: vec![replays; 2], last_sent: vec![None; 2], frontier: 0 }
+    }
+
+    /// Two files played, one of them held back (its queue full, its pipeline waiting
+    /// with the next frame in hand, for longer than the idle time, as while the output
+    /// waits out a broker outage): its frames keep the frontier, so they enter at their
+    /// own capture times.
     #[test]
-    fn a_recording_held_back_with_frames_queued_keeps_the_frontier() {
+    fn a_camera_held_back_keeps_the_frontier() {
         let (fast_tx, fast) = camera::detached("fast", 16);
         let (held_tx, held) = camera::detached("held", 16);
         let cameras = [fast, held];
-        let mut ingest = Ingest {
-            ids: vec![Arc::from("fast"), Arc::from("held")],
-            replays: vec![true, true],
-            last_sent: vec![None; 2],
-            last_taken: vec![0; 2],
-            frontier: 0,
-        };
+        let mut ingest = ingest(["fast", "held"], false);
         let idle = Duration::from_secs(2);
         let mut sent = Vec::new();
         let mut drain = |ingest: &mut Ingest| ingest.drain(&cameras, |time, s| sent.push((s.meta.camera_id, time)));
@@ -901,21 +881,45 @@ mod tests {
             held_tx.send(RawFrame::blank(i as u64, t)).expect("queued");
         }
         drain(&mut ingest);
-        assert_eq!(ingest.advance(&cameras, idle), Some(5_000), "the slower recording holds the frontier");
+        assert_eq!(ingest.advance(&cameras, idle), Some(5_000), "the slower camera holds the frontier");
 
-        // Held back: two frames queued, and the last frame arrived long ago.
+        // Held back: two frames queued, a third in hand, and the last frame queued long ago.
         held_tx.send(RawFrame::blank(2, 5_040)).expect("queued");
         held_tx.send(RawFrame::blank(3, 5_080)).expect("queued");
-        cameras[1].stats.last_frame_wall_ms.store(now_ms() - 60_000, Ordering::Relaxed);
-        assert_eq!(ingest.advance(&cameras, idle), None, "an idle camera with frames queued still counts");
+        let held = &cameras[1].stats;
+        held.frame_in_hand();
+        held.backdate_progress(Duration::from_secs(60));
+        assert_eq!(ingest.advance(&cameras, idle), None, "a held-back camera with frames queued still counts");
 
         drain(&mut ingest);
-        assert_eq!(cameras[1].stats.late.load(Ordering::Relaxed), 0, "no frame of the held recording was re-timed");
+        assert_eq!(held.late.load(Ordering::Relaxed), 0, "no frame of the held camera was re-timed");
         assert!(sent.contains(&("held".to_owned(), 5_040)) && sent.contains(&("held".to_owned(), 5_080)));
-        // Just emptied, its pipeline (blocked on the full queue) is given the idle time
-        // to send again; after that, still idle, it no longer holds the others back.
-        assert_eq!(ingest.advance(&cameras, idle), Some(5_080), "a queue just emptied still counts");
-        ingest.last_taken[1] = now_ms() - 60_000;
+        // Its queue is empty now, but its pipeline is about to queue the frame in hand.
+        assert_eq!(ingest.advance(&cameras, idle), Some(5_080), "a camera with a frame in hand still counts");
+        // Handed over, the frame is progress: the idle time starts again from it.
+        held.frame_handed_over();
+        assert_eq!(ingest.advance(&cameras, idle), None);
+        // Silent for longer than the idle time, it no longer holds the other back.
+        held.backdate_progress(Duration::from_secs(60));
         assert_eq!(ingest.advance(&cameras, idle), Some(10_000));
+    }
+
+    /// A recording replayed at its own capture times is never idle: however long its
+    /// next frame takes, the frontier waits for it, until it ends.
+    #[test]
+    fn a_replayed_recording_is_waited_for_until_it_ends() {
+        let (fast_tx, fast) = camera::detached("fast", 16);
+        let (slow_tx, slow) = camera::detached("slow", 16);
+        let cameras = [fast, slow];
+        let mut ingest = ingest(["fast", "slow"], true);
+        let idle = Duration::from_secs(2);
+        fast_tx.send(RawFrame::blank(0, 10_000)).expect("queued");
+        slow_tx.send(RawFrame::blank(0, 1_000)).expect("queued");
+        ingest.drain(&cameras, |_, _| {});
+        assert_eq!(ingest.advance(&cameras, idle), Some(1_000));
+        cameras[1].stats.backdate_progress(Duration::from_secs(60));
+        assert_eq!(ingest.advance(&cameras, idle), None, "a silent recording still holds the frontier");
+        cameras[1].stats.set_state(camera::CameraState::Ended);
+        assert_eq!(ingest.advance(&cameras, idle), Some(10_000), "an ended one does not");
     }
 }

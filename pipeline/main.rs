@@ -17,8 +17,8 @@ use defectflow::sinks::audit::AuditLog;
 use defectflow::workflow::Emitted;
 use defectflow_models::synth::PlantOptions;
 
-/// Inference allocates and frees megabytes per layer and frame; mimalloc keeps them
-/// for reuse where the system allocator returns them to the kernel each time.
+/// With the `mimalloc` feature, Rust's allocations go through mimalloc (the default is
+/// the system allocator: see the feature's note in Cargo.toml).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -397,13 +397,23 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
 fn print_reports(reports: &[CameraReport]) {
     println!(
-        "{:<12} {:>6} {:<8} {:>9} {:>7} {:>7} {:>8} {:>7} {:>10} {:>6}",
-        "camera", "worker", "state", "frames", "kept", "fps", "sampled", "dropped", "reconnects", "errors"
+        "{:<12} {:>6} {:<8} {:>9} {:>7} {:>7} {:>8} {:>7} {:>5} {:>10} {:>6}",
+        "camera", "worker", "state", "frames", "kept", "fps", "sampled", "dropped", "late", "reconnects", "errors"
     );
     for r in reports {
         println!(
-            "{:<12} {:>6} {:<8} {:>9} {:>7} {:>7.1} {:>8} {:>7} {:>10} {:>6}",
-            r.camera_id, r.worker, r.state, r.received, r.kept, r.fps, r.sampled_out, r.dropped, r.reconnects, r.errors
+            "{:<12} {:>6} {:<8} {:>9} {:>7} {:>7.1} {:>8} {:>7} {:>5} {:>10} {:>6}",
+            r.camera_id,
+            r.worker,
+            r.state,
+            r.received,
+            r.kept,
+            r.fps,
+            r.sampled_out,
+            r.dropped,
+            r.late,
+            r.reconnects,
+            r.errors
         );
     }
     for r in reports.iter().filter(|r| r.last_error.is_some()) {

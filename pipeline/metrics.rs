@@ -207,6 +207,13 @@ impl Metrics {
         per_camera(&mut out, "defectflow_frames_dropped_total", "Frames lost to a full queue.", "counter", &|c| {
             c.dropped.load(Ordering::Relaxed)
         });
+        per_camera(
+            &mut out,
+            "defectflow_frames_late_total",
+            "Frames that arrived behind the event-time frontier and were re-timed to it.",
+            "counter",
+            &|c| c.late.load(Ordering::Relaxed),
+        );
         per_camera(&mut out, "defectflow_camera_reconnects_total", "Reconnections after the first.", "counter", &|c| {
             c.reconnects.load(Ordering::Relaxed)
         });

@@ -4,7 +4,11 @@ mod support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use defectflow::config::RunConfig;
+use defectflow::sources::camera::spawn;
 
 use support::{camera_toml, file_url, free_port, mkv_h265_footage, mp4_footage, run};
 
@@ -134,6 +138,44 @@ fn a_silent_camera_does_not_hold_the_frontier_back() {
     let frontier = outcome.frontiers.iter().map(|(_, t)| *t).max().expect("the frontier moved");
     // The frontier passes the file camera's last frame although cam-dead never sent one.
     assert!(frontier >= last_capture, "frontier {frontier} stuck behind last frame {last_capture}");
+}
+
+/// A recording held back by its full queue for longer than its stall timeout, again and
+/// again (as while the output waits out a broker outage), is not stalled: each time its
+/// queue is read it goes on from the frame it held, with no reconnect (a file that breaks
+/// fails, and the rest of the recording is lost) and no frame lost or repeated. Each
+/// release empties the queue while the pipeline converts its next frame (large, to widen
+/// that moment, but well within the stall timeout): the time since the frame in hand was
+/// decoded used to count as silence there.
+#[test]
+fn a_recording_held_back_past_its_stall_timeout_goes_on_where_it_was() {
+    let footage = mp4_footage();
+    let text = camera_toml(
+        "cam-held",
+        &file_url(&footage.video(0)),
+        "queue_frames = 2\n[cameras.reconnect]\nstall_timeout_ms = 400\n",
+    )
+    .replace("width = 320\nheight = 180", "width = 1280\nheight = 720");
+    let config = RunConfig::parse(&text, "test config").expect("config is valid");
+    let camera = spawn(config.cameras[0].clone(), std::thread::current());
+    let mut pts = Vec::new();
+    while !(camera.stats.finished() && camera.frames.is_empty()) {
+        // Held back for twice the stall timeout: the queue fills, the pipeline waits.
+        std::thread::sleep(Duration::from_millis(800));
+        // Then frames are taken as fast as they come, a dozen of them.
+        let released = Instant::now();
+        let until = pts.len() + 12;
+        while pts.len() < until && released.elapsed() < Duration::from_secs(5) {
+            if let Ok(frame) = camera.frames.try_recv() {
+                pts.push(frame.pts_ns.expect("files carry timestamps"));
+            }
+        }
+    }
+    let stats = &camera.stats;
+    let (reconnects, errors) = (stats.reconnects.load(Ordering::Relaxed), stats.errors.load(Ordering::Relaxed));
+    assert_eq!((reconnects, errors, stats.last_error()), (0, 0, None), "the held-back recording was taken for stalled");
+    assert_eq!(pts.len() as u64, footage.frames(0), "every frame once");
+    assert!(pts.windows(2).all(|w| w[0] < w[1]), "the recording went on in order: {pts:?}");
 }
 
 #[test]

@@ -93,7 +93,7 @@ fn transactions_and_a_broker_outage_lose_and_duplicate_nothing() {
     check_exactly_once(&broker.messages("defectflow.work-orders"), &out, &truth);
     // A replay after it sends nothing.
     let replay = run_to_end(&config, None);
-    assert!(replay.contains("kafka: 0 sent"), "{replay}");
+    assert!(replay.contains("kafka: 0 sent"), "the replay differs from the run\nreplay: {replay}\nrun: {stdout}");
     check_exactly_once(&broker.messages("defectflow.work-orders"), &out, &truth);
 }
 
@@ -173,6 +173,7 @@ fn metrics_and_health_are_served_while_it_runs() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(sample(&body, "defectflow_frames_in_total{camera=\"cam-pulley\"}").is_some_and(|n| n > 0.0), "{body}");
+    assert!(sample(&body, "defectflow_frames_late_total{camera=\"cam-pulley\"}").is_some(), "{body}");
     assert_eq!(sample(&body, "defectflow_camera_state{camera=\"cam-pulley\",state=\"playing\"}"), Some(1.0), "{body}");
     assert!(sample(&body, "defectflow_inference_seconds_count").is_some_and(|n| n > 0.0), "{body}");
     assert!(sample(&body, "defectflow_detection_to_work_order_seconds_count").is_some_and(|n| n > 0.0), "{body}");

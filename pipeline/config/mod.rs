@@ -191,7 +191,8 @@ pub struct RuntimeConfig {
     #[serde(default = "default_workers")]
     pub workers: usize,
     /// A camera that has sent nothing for this long stops holding the event-time
-    /// frontier back; the frontier then follows the wall clock.
+    /// frontier back; the frontier then follows the wall clock. (A recording replayed
+    /// at its own capture times, `start_ms`, holds it until it ends.)
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
     /// Stop after this many seconds; absent: run until every camera has ended

@@ -124,10 +124,12 @@ pub struct CameraStats {
     pub errors: AtomicU64,
     state: Mutex<CameraState>,
     last_error: Mutex<Option<String>>,
-    /// Wall clock when the camera was started, ms since the epoch.
-    pub started_wall_ms: u64,
-    /// Wall clock of the last frame, ms since the epoch (0: none yet).
-    pub last_frame_wall_ms: AtomicU64,
+    /// When the camera last made progress: its last frame entered the queue (before its
+    /// first frame: when it was started).
+    progress: Mutex<Instant>,
+    /// Whether its pipeline holds a decoded frame it is handing to the queue (a recording
+    /// waits there for room while the queue is full).
+    holding: AtomicBool,
     /// Capture time of the first frame, ms since the epoch (0: none yet).
     pub first_capture_ms: AtomicU64,
     pub last_capture_ms: AtomicU64,
@@ -144,8 +146,8 @@ impl CameraStats {
             errors: AtomicU64::new(0),
             state: Mutex::new(CameraState::Connecting),
             last_error: Mutex::new(None),
-            started_wall_ms: now_ms(),
-            last_frame_wall_ms: AtomicU64::new(0),
+            progress: Mutex::new(Instant::now()),
+            holding: AtomicBool::new(false),
             first_capture_ms: AtomicU64::new(0),
             last_capture_ms: AtomicU64::new(0),
         }
@@ -155,7 +157,7 @@ impl CameraStats {
         self.state.lock().map(|s| s.clone()).unwrap_or(CameraState::Failed)
     }
 
-    fn set_state(&self, state: CameraState) {
+    pub(crate) fn set_state(&self, state: CameraState) {
         if let Ok(mut s) = self.state.lock() {
             *s = state;
         }
@@ -178,6 +180,41 @@ impl CameraStats {
     pub fn finished(&self) -> bool {
         matches!(self.state(), CameraState::Ended | CameraState::Failed | CameraState::Stopped)
     }
+
+    /// How long the camera has been silent: since its last frame entered the queue (or
+    /// since it was started). A camera holding a frame while it waits for room in its
+    /// queue is not silent: a recording held back by a full queue (the output waiting
+    /// out a broker outage) sends again as soon as its queue is read. Counted as silence,
+    /// that wait made it look idle (its next frames were re-timed behind the frontier)
+    /// or stalled (it reconnected and replayed the recording from its start).
+    pub fn silent_for(&self) -> Duration {
+        // `holding` is cleared only after `progress` is stamped, so read it first.
+        if self.holding.load(Ordering::Acquire) {
+            return Duration::ZERO;
+        }
+        self.progress.lock().map(|t| t.elapsed()).unwrap_or_default()
+    }
+
+    /// The pipeline has a decoded frame in hand, to be queued.
+    pub(crate) fn frame_in_hand(&self) {
+        self.holding.store(true, Ordering::Release);
+    }
+
+    /// The frame in hand entered the queue (or was let go, the camera stopping).
+    pub(crate) fn frame_handed_over(&self) {
+        if let Ok(mut t) = self.progress.lock() {
+            *t = Instant::now();
+        }
+        self.holding.store(false, Ordering::Release);
+    }
+
+    /// Moves the last progress `by` into the past.
+    #[cfg(test)]
+    pub(crate) fn backdate_progress(&self, by: Duration) {
+        if let Ok(mut t) = self.progress.lock() {
+            *t = Instant::now().checked_sub(by).unwrap_or(*t);
+        }
+    }
 }
 
 /// A running camera: its frames and its counters. Dropping it stops the camera.
@@ -193,6 +230,13 @@ impl CameraHandle {
     /// Asks the camera to stop without waiting; frames already queued stay readable.
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the event-time frontier waits for this camera: frames wait in its queue
+    /// (they would otherwise arrive behind the frontier and be re-timed), or it may still
+    /// send and has not been silent for longer than `idle`.
+    pub fn holds_frontier(&self, idle: Duration) -> bool {
+        !self.frames.is_empty() || (!self.stats.finished() && self.stats.silent_for() <= idle)
     }
 
     /// Whether the supervisor thread has finished (after a stop, an end or a failure).
@@ -370,14 +414,13 @@ fn run_once(
     let started = Instant::now();
     // A recording may be replayed with its own capture times (see `start_ms`).
     let base_ms = camera.start_ms.filter(|_| !live).unwrap_or_else(now_ms);
-    let last_frame = Arc::new(Mutex::new(started));
     let halted = Arc::new(AtomicBool::new(false));
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample({
                 let (sender, stats, next_index) = (sender.clone(), Arc::clone(stats), Arc::clone(next_index));
                 let spare = Arc::clone(spare);
-                let (last_frame, halted, consumer) = (Arc::clone(&last_frame), Arc::clone(&halted), consumer.clone());
+                let (halted, consumer) = (Arc::clone(&halted), consumer.clone());
                 // Caps change at most on renegotiation: parse them once, not per frame.
                 let mut layout: Option<(gst::Caps, gst_video::VideoInfo)> = None;
                 move |sink| {
@@ -389,8 +432,8 @@ fn run_once(
                     }
                     let info = layout.as_ref().map(|(_, info)| info).ok_or(gst::FlowError::NotNegotiated)?;
                     let frame = raw_frame(&sample, info, time_base, base_ms, (&next_index, &spare))?;
+                    stats.frame_in_hand();
                     stats.received.fetch_add(1, Ordering::Relaxed);
-                    stats.last_frame_wall_ms.store(now_ms(), Ordering::Relaxed);
                     let _ = stats.first_capture_ms.compare_exchange(
                         0,
                         frame.capture_ms,
@@ -398,10 +441,8 @@ fn run_once(
                         Ordering::Relaxed,
                     );
                     stats.last_capture_ms.store(frame.capture_ms, Ordering::Relaxed);
-                    if let Ok(mut t) = last_frame.lock() {
-                        *t = Instant::now();
-                    }
                     let delivered = deliver(frame, &sender, live, &stats, &halted);
+                    stats.frame_handed_over();
                     consumer.unpark();
                     delivered
                 }
@@ -431,8 +472,9 @@ fn run_once(
                 _ => {}
             }
         }
-        // A file that is merely slow to be consumed (the queue is full) is not stalled.
-        let silent = last_frame.lock().map(|t| t.elapsed()).unwrap_or_default();
+        // Silent since its last frame, or since this connection began. A file that is
+        // merely slow to be consumed (the queue is full) is not stalled.
+        let silent = stats.silent_for().min(started.elapsed());
         if silent > stall && (live || sender.is_empty()) {
             break Outcome::Broken(format!("no frame for {} ms", silent.as_millis()));
         }
