@@ -796,8 +796,9 @@ impl Ingest {
     }
 
     /// The new frontier, if it moved: the least latest capture time of the cameras that
-    /// hold it (`CameraHandle::holds_frontier`); with none, the wall clock, unless every camera replays a recording:
-    /// then the end of the recordings, so a replay's time never jumps to today.
+    /// hold it (`CameraHandle::holds_frontier`); with none, the wall clock, unless every
+    /// camera replays a recording: then the end of the recordings, so a replay's time
+    /// never jumps to today.
     fn advance(&mut self, cameras: &[CameraHandle], idle: Duration) -> Option<u64> {
         let all_replays = !self.replays.is_empty() && self.replays.iter().all(|r| *r);
         let quiet =
