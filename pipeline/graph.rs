@@ -856,9 +856,18 @@ fn commit(inputs: &mut Option<KafkaInputs>, before: u64) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use crate::sources::camera::RawFrame;
+    use crossbeam_channel::Sender;
 
-    fn ingest(ids: [&str; 2], replays: bool) -> Ingest {
-        Ingest { ids: ids.map(Arc::from).to_vec(), replays: vec![replays; 2], last_sent: vec![None; 2], frontier: 0 }
+    /// Two test cameras (their queues' senders and their handles) and the ingest of both.
+    fn two_cameras(ids: [&str; 2], replays: bool) -> ([Sender<RawFrame>; 2], [CameraHandle; 2], Ingest) {
+        let [(a_tx, a), (b_tx, b)] = ids.map(|id| camera::detached(id, 16));
+        let ingest = Ingest {
+            ids: ids.map(Arc::from).to_vec(),
+            replays: vec![replays; 2],
+            last_sent: vec![None; 2],
+            frontier: 0,
+        };
+        ([a_tx, b_tx], [a, b], ingest)
     }
 
     /// Two files played, one of them held back (its queue full, its pipeline waiting
@@ -867,10 +876,7 @@ mod tests {
     /// own capture times.
     #[test]
     fn a_camera_held_back_keeps_the_frontier() {
-        let (fast_tx, fast) = camera::detached("fast", 16);
-        let (held_tx, held) = camera::detached("held", 16);
-        let cameras = [fast, held];
-        let mut ingest = ingest(["fast", "held"], false);
+        let ([fast_tx, held_tx], cameras, mut ingest) = two_cameras(["fast", "held"], false);
         let idle = Duration::from_secs(2);
         let mut sent = Vec::new();
         let mut drain = |ingest: &mut Ingest| ingest.drain(&cameras, |time, s| sent.push((s.meta.camera_id, time)));
@@ -909,10 +915,7 @@ mod tests {
     /// next frame takes, the frontier waits for it, until it ends.
     #[test]
     fn a_replayed_recording_is_waited_for_until_it_ends() {
-        let (fast_tx, fast) = camera::detached("fast", 16);
-        let (slow_tx, slow) = camera::detached("slow", 16);
-        let cameras = [fast, slow];
-        let mut ingest = ingest(["fast", "slow"], true);
+        let ([fast_tx, slow_tx], cameras, mut ingest) = two_cameras(["fast", "slow"], true);
         let idle = Duration::from_secs(2);
         fast_tx.send(RawFrame::blank(0, 10_000)).expect("queued");
         slow_tx.send(RawFrame::blank(0, 1_000)).expect("queued");
