@@ -37,6 +37,9 @@ pub struct BenchPlan {
     /// Sample memory, throughput and latency every this many seconds while it runs (a
     /// soak); the stage figures of the result then cover only the last interval.
     pub sample_s: Option<f64>,
+    /// Seconds each camera is commissioned before it is gated (`[anomaly] commission_s`);
+    /// 0: the classifier alone decides.
+    pub commission_s: f64,
 }
 
 /// What it sustained.
@@ -213,9 +216,10 @@ pub fn prepare(plan: &BenchPlan, dir: &Path) -> anyhow::Result<RunConfig> {
         .collect();
     std::fs::write(reference.join("cameras.json"), serde_json::to_string_pretty(&cameras)?)?;
     let mut toml = format!(
-        "[runtime]\nworkers = {}\nidle_timeout_ms = 2000\nduration_s = {}\n\n[model]\n\n[plant]\nreference = \"{}\"\n\n",
+        "[runtime]\nworkers = {}\nidle_timeout_ms = 2000\nduration_s = {}\n\n[anomaly]\ncommission_s = {}\n[model]\n\n[plant]\nreference = \"{}\"\n\n",
         plan.workers,
         plan.seconds,
+        plan.commission_s,
         reference.display()
     );
     if let Some(out) = &plan.out {

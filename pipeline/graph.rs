@@ -18,6 +18,7 @@ use std::sync::atomic::AtomicU64;
 use defectflow_models::detector::{CpuBackend, Detector};
 use defectflow_operators::decode::{CameraSample, Decode, DecodeOutcome, FrameTensor};
 use defectflow_operators::evidence::EvidenceFrames;
+use defectflow_operators::gating::{CameraGates, GatedCamera};
 use defectflow_operators::infer::{Infer, InferencePool};
 use defectflow_operators::inventory::StockMeasure;
 use defectflow_schemas::{Detection, FrameMeta};
@@ -227,8 +228,12 @@ pub fn run_stages(
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let version = detectors.first().map(|d| d.version().to_owned());
+            let gates = open_gates(&config, version.as_deref().unwrap_or_default())?;
+            if let Ok(mut slot) = metrics.gates.lock() {
+                *slot = Some(gates.clone());
+            }
             let (timing, metrics) = (Arc::clone(&counters), Arc::clone(&metrics));
-            let pool = InferencePool::start(detectors, &infer, move |frames, elapsed| {
+            let pool = InferencePool::start_gated(detectors, &infer, Some(gates), move |frames, elapsed| {
                 timing.frames.fetch_add(frames as u64, Ordering::Relaxed);
                 timing.batches.fetch_add(1, Ordering::Relaxed);
                 timing.inference_us.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
@@ -850,6 +855,15 @@ fn commit(inputs: &mut Option<KafkaInputs>, before: u64) -> anyhow::Result<()> {
         Some(inputs) => Ok(inputs.commit(before)?),
         None => Ok(()),
     }
+}
+
+/// Each camera's normal: its stored baseline (`<output>/baselines/`), or commissioning.
+fn open_gates(config: &RunConfig, model_version: &str) -> anyhow::Result<CameraGates> {
+    let cameras: Vec<GatedCamera> = (config.cameras.iter())
+        .map(|c| GatedCamera { camera_id: c.id.clone(), width: c.width, height: c.height })
+        .collect();
+    let folder = config.output.dir.as_ref().map(|dir| dir.join("baselines"));
+    Ok(CameraGates::open(&config.anomaly, folder.as_deref(), &cameras, model_version)?)
 }
 
 #[cfg(test)]

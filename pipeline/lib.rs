@@ -3,8 +3,10 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod commission;
 pub mod config;
 pub mod footage;
+pub mod footage_eval;
 pub mod fuzzing;
 pub mod graph;
 pub mod memory;

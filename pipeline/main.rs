@@ -45,6 +45,8 @@ struct Cli {
 enum Command {
     /// Runs the dataflow on the cameras of a config file.
     Run(RunArgs),
+    /// Learns what each camera normally sees (its baseline), from its stream or a clip.
+    Commission(CommissionArgs),
     /// Checks a config file and reports the first field at fault.
     CheckConfig {
         /// The config file (TOML).
@@ -62,6 +64,25 @@ enum Command {
     Report(ReportArgs),
     /// Runs the whole graph on N synthetic cameras and reports what it sustained.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct CommissionArgs {
+    /// The config file (TOML) naming the cameras.
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    /// Commission only this camera (by id); absent: every camera of the config.
+    #[arg(long)]
+    camera: Option<String>,
+    /// Learn from this recording of the camera's view instead of its stream (needs --camera).
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// Seconds of footage to learn from; absent: `[anomaly] commission_s`.
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Folder to store the baselines in; absent: `<[output] dir>/baselines`, where `run` loads them.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +120,9 @@ struct BenchArgs {
     /// Print memory, throughput and latency every this many seconds (a soak).
     #[arg(long)]
     sample_s: Option<f64>,
+    /// Seconds each camera is commissioned, then gated with its baseline; 0: not gated.
+    #[arg(long, default_value_t = 0.0)]
+    commission_s: f64,
 }
 
 #[derive(Debug, Args)]
@@ -148,9 +172,25 @@ struct TrainArgs {
 
 #[derive(Debug, Args)]
 struct EvalArgs {
-    /// YOLO folder to evaluate on.
+    /// YOLO folder to evaluate the model's frames on.
+    #[arg(long, required_unless_present = "footage", conflicts_with = "footage")]
+    data: Option<PathBuf>,
+    /// Footage folder (`footage.json` + clips) to run whole through the pipeline, with
+    /// commissioning and work orders, against its ground truth.
     #[arg(long)]
-    data: PathBuf,
+    footage: Option<PathBuf>,
+    /// With --footage: frames per second of each clip the model sees.
+    #[arg(long, default_value_t = 5.0)]
+    max_fps: f64,
+    /// With --footage: seconds after its onset within which a defect needs its work order.
+    #[arg(long, default_value_t = 60.0)]
+    deadline_s: f64,
+    /// With --footage: a TOML file of settings over the defaults (`[anomaly]`, `[track]`, ...).
+    #[arg(long)]
+    settings: Option<PathBuf>,
+    /// With --footage: keep the run's outputs (work orders, audit log, evidence) here.
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Model directory (model.json + weights.bin).
     #[arg(long, default_value = "models/weights")]
     model: PathBuf,
@@ -270,6 +310,7 @@ fn run_cli() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Commission(args) => commission(args),
         Command::CheckConfig { config } => {
             let config = RunConfig::load(&config)?;
             println!("config ok: {} camera(s)", config.cameras.len());
@@ -326,6 +367,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         reference: args.reference,
         out: args.out,
         sample_s: args.sample_s,
+        commission_s: args.commission_s,
     };
     let dir = tempfile::tempdir().context("a temporary folder for the bench's config")?;
     let result = defectflow::bench::run(&plan, dir.path())?;
@@ -334,6 +376,43 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", defectflow::bench::render(&result));
     }
+    Ok(())
+}
+
+fn eval_footage(
+    footage: PathBuf,
+    model: PathBuf,
+    max_fps: f64,
+    deadline_s: f64,
+    settings: Option<PathBuf>,
+    out: Option<PathBuf>,
+    json: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let settings = match &settings {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+        None => String::new(),
+    };
+    anyhow::ensure!(max_fps > 0.0, "--max-fps must be above 0");
+    let plan = defectflow::footage_eval::FootagePlan { footage, model: Some(model), max_fps, deadline_s, settings, out };
+    let report = defectflow::footage_eval::evaluate(&plan)?;
+    print!("{}", defectflow::footage_eval::render(&report));
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn commission(args: CommissionArgs) -> anyhow::Result<()> {
+    let config = RunConfig::load(&args.config)?;
+    let plan = defectflow::commission::CommissionPlan {
+        camera: args.camera,
+        from: args.from,
+        seconds: args.seconds,
+        out: args.out,
+    };
+    let stored = defectflow::commission::commission(&config, &plan)?;
+    print!("{}", defectflow::commission::render(&stored));
     Ok(())
 }
 
@@ -541,6 +620,10 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
     use defectflow_models::detector::{CpuBackend, Detector};
+    if let Some(footage) = args.footage {
+        return eval_footage(footage, args.model, args.max_fps, args.deadline_s, args.settings, args.out, args.json);
+    }
+    let data = args.data.context("--data or --footage is needed")?;
     let mut detector = Detector::<CpuBackend>::load(&args.model, Default::default())?;
     if let Some(c) = args.min_confidence {
         anyhow::ensure!((0.0..=1.0).contains(&c), "--min-confidence must be within [0, 1]");
@@ -552,7 +635,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let report = defectflow::modelling::evaluate_with(&detector, &args.data, |image, wrong| {
+    let report = defectflow::modelling::evaluate_with(&detector, &data, |image, wrong| {
         if let Some(out) = &mut mistakes {
             for m in wrong {
                 let line = serde_json::json!({ "image": image, "mistake": m });

@@ -108,6 +108,8 @@ pub struct Metrics {
     pub audit_errors: AtomicU64,
     /// Set while a failing audit log holds as many rows as it may (the cameras wait).
     pub audit_overfull: AtomicBool,
+    /// Each camera's normal (commissioning and gating), once the model is loaded.
+    pub gates: Mutex<Option<defectflow_operators::gating::CameraGates>>,
 }
 
 /// A delivery taking longer than this is a broker away or overloaded: the sources
@@ -236,6 +238,7 @@ impl Metrics {
                 ));
             }
         }
+        render_gates(self, &mut out);
         let counter = |out: &mut String, name: &str, help: &str, value: &AtomicU64| {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
@@ -329,6 +332,31 @@ fn answer(stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
+}
+
+/// Per camera: commissioning state, the share of its view departing from normal (its
+/// drift: a camera whose view has changed for good needs commissioning again) and the
+/// frames found disturbed.
+fn render_gates(metrics: &Metrics, out: &mut String) {
+    let gates = metrics.gates.lock().ok().and_then(|g| g.as_ref().map(|g| g.stats())).unwrap_or_default();
+    out.push_str("# HELP defectflow_camera_gate 1 for the camera's gate state (ungated, commissioning, gated).\n");
+    out.push_str("# TYPE defectflow_camera_gate gauge\n");
+    for (camera, stats) in &gates {
+        for state in ["ungated", "commissioning", "gated"] {
+            let on = u8::from(stats.state == state);
+            out.push_str(&format!("defectflow_camera_gate{{camera=\"{camera}\",state=\"{state}\"}} {on}\n"));
+        }
+    }
+    out.push_str("# HELP defectflow_camera_departing_share Share of the camera's cells departing from its normal in its latest frame.\n");
+    out.push_str("# TYPE defectflow_camera_departing_share gauge\n");
+    for (camera, stats) in &gates {
+        out.push_str(&format!("defectflow_camera_departing_share{{camera=\"{camera}\"}} {}\n", stats.departing_share));
+    }
+    out.push_str("# HELP defectflow_frames_disturbed_total Frames whose whole view changed (shake, steam, lighting): nothing looked for.\n");
+    out.push_str("# TYPE defectflow_frames_disturbed_total counter\n");
+    for (camera, stats) in &gates {
+        out.push_str(&format!("defectflow_frames_disturbed_total{{camera=\"{camera}\"}} {}\n", stats.disturbed_frames));
+    }
 }
 
 #[cfg(test)]

@@ -87,6 +87,10 @@ pub struct DefectRun {
     /// Detected in one frame of every `seen_every` (1: every frame).
     #[serde(default = "one")]
     pub seen_every: u64,
+    /// Which frame of every `seen_every` it is detected in (0: the first): two runs with
+    /// phases 0 and 1 of `seen_every = 2` take turns.
+    #[serde(default)]
+    pub phase: u64,
     #[serde(default = "confidence")]
     pub confidence: f32,
 }
@@ -173,7 +177,10 @@ impl Scenario {
                     .defects
                     .iter()
                     .filter(|d| d.camera == run.camera && seconds >= d.from_s && seconds < d.until_s)
-                    .filter(|d| (((seconds - d.from_s) * run.fps).round() as u64).is_multiple_of(d.seen_every.max(1)))
+                    .filter(|d| {
+                        let k = ((seconds - d.from_s) * run.fps).round() as u64;
+                        (k + d.seen_every.max(1) - d.phase % d.seen_every.max(1)).is_multiple_of(d.seen_every.max(1))
+                    })
                     .map(|d| {
                         let progress = ((seconds - d.from_s) / (d.until_s - d.from_s)) as f32;
                         let lerp = |i: usize| d.box_from[i] + (d.box_until[i] - d.box_from[i]) * progress;

@@ -68,7 +68,7 @@ fn shipped_weights_find_every_defect_soon_after_onset_and_nothing_on_a_clear_cam
         container: Container::Mp4,
     };
     let truth: GroundTruth = write_scenes(dir.path(), &scenes, &options).expect("footage");
-    let mut toml = String::from("[model]\nbatch_size = 4\n");
+    let mut toml = String::from("[anomaly]\ncommission_s = 0\n[model]\nbatch_size = 4\n");
     for camera in &truth.cameras {
         let url = support::file_url(&dir.path().join(&camera.video));
         toml.push_str(&format!("[[cameras]]\nid = \"{}\"\nurl = \"{url}\"\n", camera.scene.camera_id));
@@ -125,7 +125,7 @@ fn shipped_weights_find_every_defect_soon_after_onset_and_nothing_on_a_clear_cam
 fn run_demo_plant(dir: &Path, truth: &GroundTruth, shadow: bool) -> (std::path::PathBuf, String) {
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
     let mut toml = format!(
-        "[runtime]\nworkers = 2\n[model]\nbatch_size = 4\nshadow = {shadow}\n[plant]\nreference = \"{}\"\n",
+        "[runtime]\nworkers = 2\n[anomaly]\ncommission_s = 0\n[model]\nbatch_size = 4\nshadow = {shadow}\n[plant]\nreference = \"{}\"\n",
         reference.display()
     );
     for camera in &truth.cameras {
@@ -291,4 +291,101 @@ fn a_run_makes_one_work_order_per_defect_and_shadow_mode_only_audits() {
     assert!(!audited.is_empty() && audited.iter().all(|(_, _, _, shadow)| *shadow), "{audited:?}");
     let shadow_found: BTreeSet<(String, String)> = audited.iter().map(|(_, a, c, _)| (a.clone(), c.clone())).collect();
     assert_eq!(shadow_found, expected);
+}
+
+/// Renders clips in the unseen style (`benches/unseen/render.py`, a renderer that shares
+/// nothing with the training generator) into `dir`; each spec is
+/// `CAMERA:SECONDS:FPS:CLASS:ONSET_S`.
+fn unseen_footage(dir: &Path, seed: u64, clips: &[&str]) {
+    let python = std::env::var("DEFECTFLOW_ANALYTICS_PYTHON")
+        .expect("DEFECTFLOW_ANALYTICS_PYTHON names a python with numpy (scripts/install.sh makes one)");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/unseen/render.py");
+    let mut command = Command::new(python);
+    command.arg(&script).args(["--out", dir.to_str().expect("utf-8"), "--seed", &seed.to_string()]);
+    for clip in clips {
+        command.args(["--clip", clip]);
+    }
+    let output = command.output().expect("run the unseen-style renderer");
+    assert!(output.status.success(), "renderer: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// `defectflow eval --footage` on `dir`; its JSON report.
+fn eval_footage(dir: &Path) -> serde_json::Value {
+    let report = dir.join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+        .args(["eval", "--footage", dir.to_str().expect("utf-8"), "--json", report.to_str().expect("utf-8")])
+        .output()
+        .expect("run defectflow eval");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "eval failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_str(&std::fs::read_to_string(report).expect("report")).expect("json report")
+}
+
+#[test]
+fn a_commissioned_camera_on_an_unseen_surface_opens_one_work_order_per_defect_and_none_for_nuisances() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Commissioned on each clip's first 10 s (the default), then: nuisances and no defect;
+    // a defect appearing at 25 s; a defect there from the start, during commissioning.
+    unseen_footage(
+        dir.path(),
+        77,
+        &["clean:75:5:none:0", "appears:75:5:corrosion:25", "present:60:5:missing_component:0"],
+    );
+    let report = eval_footage(dir.path());
+    let defects = report["defects"].as_array().expect("defects");
+    let outcome = |camera: &str| defects.iter().find(|d| d["camera_id"] == camera).expect("the camera's defect");
+    for camera in ["appears", "present"] {
+        let d = outcome(camera);
+        assert_eq!(d["found"], true, "{camera}: {report:#}");
+        assert_eq!(d["work_orders"], 1, "{camera}: one work order for one defect: {report:#}");
+    }
+    assert_eq!(report["false_work_orders"], 0, "{report:#}");
+}
+
+#[test]
+fn commissioning_stores_a_baseline_that_another_camera_or_size_cannot_use() {
+    let footage = support::mp4_footage();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = support::file_url(&footage.video(0));
+    let config = |camera: &str, size: &str| {
+        let path = dir.path().join(format!("{camera}-{size}.toml"));
+        let (width, height) = size.split_once('x').expect("WxH");
+        let text = format!(
+            "[model]\n[output]\ndir = \"{}\"\n[[cameras]]\nid = \"{camera}\"\nurl = \"{url}\"\nwidth = {width}\nheight = {height}\n",
+            dir.path().join("out").display()
+        );
+        std::fs::write(&path, text).expect("config");
+        path
+    };
+    let defectflow = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_defectflow")).args(args).output().expect("run");
+    let learnt = config("cam-a", "320x180");
+    let clip = footage.video(0);
+    let output = defectflow(&[
+        "commission",
+        "--config",
+        learnt.to_str().expect("utf-8"),
+        "--camera",
+        "cam-a",
+        "--from",
+        clip.to_str().expect("utf-8"),
+        "--seconds",
+        "3",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "commission: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.starts_with("cam-a: ") && stdout.contains("frames fitted"), "{stdout}");
+    let stored = dir.path().join("out/baselines/cam-a.baseline");
+    assert!(stored.is_file(), "{stdout}");
+    // The same camera runs gated with it (a short run of the clip).
+    let output = defectflow(&["run", "--config", learnt.to_str().expect("utf-8")]);
+    assert!(output.status.success(), "gated run: {}", String::from_utf8_lossy(&output.stderr));
+    // Another camera given cam-a's baseline, or cam-a at another size, is refused at start.
+    std::fs::copy(&stored, dir.path().join("out/baselines/cam-b.baseline")).expect("copy");
+    for (config, field) in [(config("cam-b", "320x180"), "camera"), (config("cam-a", "640x360"), "frame size")] {
+        let output = defectflow(&["run", "--config", config.to_str().expect("utf-8")]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "a mismatched baseline is refused");
+        assert!(stderr.contains(&format!("commissioned for {field}")), "{stderr}");
+        assert!(stderr.contains("defectflow commission"), "says what to do: {stderr}");
+    }
 }

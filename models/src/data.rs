@@ -140,7 +140,7 @@ fn read_classes(dir: &Path) -> Result<Vec<DefectClass>, DataError> {
                 if name.is_empty() {
                     continue;
                 }
-                let class = name.parse::<DefectClass>().map_err(|_| DataError::UnknownClassName {
+                let class = DefectClass::model_class(name).map_err(|_| DataError::UnknownClassName {
                     path: path.clone(),
                     line: i + 1,
                     name: name.to_owned(),
@@ -157,7 +157,7 @@ fn read_classes(dir: &Path) -> Result<Vec<DefectClass>, DataError> {
         let names = yaml_names(&text);
         let mut classes = Vec::new();
         for (line, name) in names {
-            let class = name.parse::<DefectClass>().map_err(|_| DataError::UnknownClassName {
+            let class = DefectClass::model_class(&name).map_err(|_| DataError::UnknownClassName {
                 path: path.clone(),
                 line,
                 name: name.clone(),

@@ -5,7 +5,9 @@ use std::path::Path;
 use burn::tensor::backend::Backend;
 
 use crate::card::{ModelCard, ModelError, load_model};
-use crate::inference::{CellScores, Found, FrameView, group_cells, resize, score_batch};
+use crate::baseline::{BaselineConfig, BaselineError, CameraBaseline};
+use crate::gate::{GatedFrame, UnknownDefects, gate};
+use crate::inference::{CellScores, Found, FrameView, group_cells, resize, score_batch, score_batch_with_appearance};
 use crate::model::DefectNet;
 use crate::packed::PackedNet;
 
@@ -52,9 +54,19 @@ impl<B: Backend> Detector<B> {
 
     /// Cell probabilities for frames, each read at the card's input size.
     pub fn score(&self, frames: &[FrameView<'_>]) -> Vec<CellScores> {
+        self.score_resized(frames, false)
+    }
+
+    /// As [`Detector::score`], each frame's scores with its cells' appearance (what a
+    /// camera's baseline is learnt over and checked against).
+    pub fn score_with_appearance(&self, frames: &[FrameView<'_>]) -> Vec<CellScores> {
+        self.score_resized(frames, true)
+    }
+
+    fn score_resized(&self, frames: &[FrameView<'_>], appearance: bool) -> Vec<CellScores> {
         let (w, h) = (self.card.input_width, self.card.input_height);
         if frames.iter().all(|f| f.width == w && f.height == h) {
-            return self.score_at_input_size(frames);
+            return self.score_at_input_size(frames, appearance);
         }
         let resized: Vec<Vec<u8>> = frames
             .iter()
@@ -62,13 +74,15 @@ impl<B: Backend> Detector<B> {
             .collect();
         let views: Vec<FrameView<'_>> =
             resized.iter().map(|pixels| FrameView { width: w, height: h, pixels }).collect();
-        self.score_at_input_size(&views)
+        self.score_at_input_size(&views, appearance)
     }
 
-    fn score_at_input_size(&self, frames: &[FrameView<'_>]) -> Vec<CellScores> {
-        match &self.packed {
-            Some(packed) => packed.score(frames),
-            None => score_batch(&self.net, frames, &self.device),
+    fn score_at_input_size(&self, frames: &[FrameView<'_>], appearance: bool) -> Vec<CellScores> {
+        match (&self.packed, appearance) {
+            (Some(packed), false) => packed.score(frames),
+            (Some(packed), true) => packed.score_with_appearance(frames),
+            (None, false) => score_batch(&self.net, frames, &self.device),
+            (None, true) => score_batch_with_appearance(&self.net, frames, &self.device),
         }
     }
 
@@ -80,8 +94,28 @@ impl<B: Backend> Detector<B> {
 
     /// Defects in one frame from its cell probabilities (as [`Detector::score`] gave them).
     pub fn found_in(&self, scores: &CellScores, frame: &FrameView<'_>) -> Vec<Found> {
+        let (scale, size) = self.frame_scale(frame);
+        group_cells(scores, self.min_confidence, scale, size)
+    }
+
+    /// Defects in one frame of a commissioned camera (scores with appearance): see
+    /// [`crate::gate`].
+    pub fn found_gated(
+        &self,
+        scores: &CellScores,
+        frame: &FrameView<'_>,
+        baseline: &CameraBaseline,
+        config: &BaselineConfig,
+        unknown: UnknownDefects,
+    ) -> Result<GatedFrame, BaselineError> {
+        let (scale, size) = self.frame_scale(frame);
+        gate(scores, baseline, config, self.min_confidence, unknown, scale, size)
+    }
+
+    /// How network pixels map to `frame`'s pixels, and the frame's size.
+    fn frame_scale(&self, frame: &FrameView<'_>) -> ((f32, f32), (f32, f32)) {
         let (w, h) = (self.card.input_width as f32, self.card.input_height as f32);
         let (fw, fh) = (frame.width as f32, frame.height as f32);
-        group_cells(scores, self.min_confidence, (fw / w, fh / h), (fw, fh))
+        ((fw / w, fh / h), (fw, fh))
     }
 }

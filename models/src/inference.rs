@@ -37,6 +37,23 @@ pub struct CellScores {
     /// With the box head: `[4, rows, cols]`, each cell's object as centre offset x, y
     /// from the cell's centre and log width, log height, in cells.
     pub boxes: Option<Vec<f32>>,
+    /// When asked for: each cell's appearance features (see [`Appearance`]).
+    pub appearance: Option<Appearance>,
+}
+
+/// What each cell of a frame looks like to the network: `dims` features per cell,
+/// cells row-major (`[rows × cols, dims]`). A camera's baseline is learnt over them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Appearance {
+    pub dims: usize,
+    pub values: Vec<f32>,
+}
+
+impl Appearance {
+    /// The features of cell `index` (row-major).
+    pub fn cell(&self, index: usize) -> &[f32] {
+        &self.values[index * self.dims..(index + 1) * self.dims]
+    }
 }
 
 impl CellScores {
@@ -65,12 +82,37 @@ impl CellScores {
 /// computes it): `[batch, classes, rows, cols]` probabilities, one [`CellScores`] per
 /// frame. On the CPU, [`crate::packed::PackedNet`] gives the same scores faster.
 pub fn score_batch<B: Backend>(net: &DefectNet<B>, frames: &[FrameView<'_>], device: &B::Device) -> Vec<CellScores> {
-    let Some(first) = frames.first() else { return Vec::new() };
-    let input: Vec<f32> = frames.iter().flat_map(|f| f.pixels.iter().map(|&p| f32::from(p))).collect();
-    let shape = [frames.len(), 3, first.height, first.width];
-    let pixels = Tensor::<B, 4>::from_data(TensorData::new(input, shape), device);
+    let Some(pixels) = pixel_tensor::<B>(frames, device) else { return Vec::new() };
     let (logits, boxes) = net.forward_with_boxes(pixels);
     cell_scores(logits, boxes)
+}
+
+/// As [`score_batch`], each frame's scores with its cells' [`Appearance`].
+pub fn score_batch_with_appearance<B: Backend>(
+    net: &DefectNet<B>,
+    frames: &[FrameView<'_>],
+    device: &B::Device,
+) -> Vec<CellScores> {
+    let Some(pixels) = pixel_tensor::<B>(frames, device) else { return Vec::new() };
+    let (logits, boxes, appearance) = net.forward_with_appearance(pixels);
+    let [_, dims, rows, cols] = appearance.dims();
+    // Channels-last: one row of features per cell.
+    let appearance = values(appearance.permute([0, 2, 3, 1]));
+    let per_frame = dims * rows * cols;
+    let mut scores = cell_scores(logits, boxes);
+    for (i, frame) in scores.iter_mut().enumerate() {
+        let values = appearance[i * per_frame..(i + 1) * per_frame].to_vec();
+        frame.appearance = Some(Appearance { dims, values });
+    }
+    scores
+}
+
+/// Frames of one size as the network's input, `[batch, 3, height, width]`.
+fn pixel_tensor<B: Backend>(frames: &[FrameView<'_>], device: &B::Device) -> Option<Tensor<B, 4>> {
+    let first = frames.first()?;
+    let input: Vec<f32> = frames.iter().flat_map(|f| f.pixels.iter().map(|&p| f32::from(p))).collect();
+    let shape = [frames.len(), 3, first.height, first.width];
+    Some(Tensor::<B, 4>::from_data(TensorData::new(input, shape), device))
 }
 
 /// A tensor's values as `f32`, row-major.
@@ -94,6 +136,7 @@ fn cell_scores<B: Backend>(logits: Tensor<B, 4>, boxes: Option<Tensor<B, 4>>) ->
             cols,
             probabilities: chunk.to_vec(),
             boxes: boxes.as_ref().map(|b| b[i * per_frame_boxes..(i + 1) * per_frame_boxes].to_vec()),
+            appearance: None,
         })
         .collect()
 }
@@ -108,13 +151,56 @@ fn cell_scores<B: Backend>(logits: Tensor<B, 4>, boxes: Option<Tensor<B, 4>>) ->
 /// cells when the network has the head, else the extent of the cells.
 /// `scale` maps network pixels to frame pixels.
 pub fn group_cells(scores: &CellScores, min_confidence: f32, scale: (f32, f32), frame: (f32, f32)) -> Vec<Found> {
-    let (rows, cols) = (scores.rows, scores.cols);
+    let active = defect_cells(scores, min_confidence);
+    group_defect_cells(scores, &active, scale, frame)
+}
+
+/// Per cell (row-major): whether its most likely class is a defect with probability at
+/// least `min_confidence`.
+pub fn defect_cells(scores: &CellScores, min_confidence: f32) -> Vec<bool> {
+    let cols = scores.cols;
     let best = scores.argmax();
-    let active: Vec<bool> = (0..rows * cols)
+    (0..scores.rows * cols)
         .map(|i| best[i] != 0 && scores.probability(usize::from(best[i]), i / cols, i % cols) >= min_confidence)
-        .collect();
-    let mut seen = vec![false; rows * cols];
+        .collect()
+}
+
+/// Detections of the `active` cells, grouped as [`group_cells`] groups them.
+pub fn group_defect_cells(scores: &CellScores, active: &[bool], scale: (f32, f32), frame: (f32, f32)) -> Vec<Found> {
     let mut found = Vec::new();
+    for members in connected_cells(active, scores.rows, scores.cols) {
+        let mut sums = vec![0f32; scores.classes];
+        let mut peak = vec![0f32; scores.classes];
+        for &i in &members {
+            let (r, c) = (i / scores.cols, i % scores.cols);
+            for (k, (sum, top)) in sums.iter_mut().zip(peak.iter_mut()).enumerate().skip(1) {
+                let p = scores.probability(k, r, c);
+                *sum += p;
+                *top = top.max(p);
+            }
+        }
+        let class_index = (1..scores.classes).max_by(|&a, &b| sums[a].total_cmp(&sums[b])).unwrap_or(1);
+        let Some(class) = DefectClass::from_yolo_id(class_index - 1) else { continue };
+        let extent = cell_extent(&members, scores.cols);
+        let placed = match &scores.boxes {
+            Some(boxes) => placed_box(scores, boxes, &members, class_index).unwrap_or(extent),
+            None => extent,
+        };
+        found.push(Found {
+            class,
+            confidence: peak[class_index],
+            bbox: to_frame(placed, scale, frame),
+            area_px: members.len() as f32 * (CELL_PX * CELL_PX) as f32 * scale.0 * scale.1,
+        });
+    }
+    found
+}
+
+/// Groups of `active` cells (row-major indices) in which each cell is at most two cells
+/// from another of its group, so a thin crack whose middle cell is faint stays one.
+pub fn connected_cells(active: &[bool], rows: usize, cols: usize) -> Vec<Vec<usize>> {
+    let mut seen = vec![false; rows * cols];
+    let mut groups = Vec::new();
     for start in 0..rows * cols {
         if !active[start] || seen[start] {
             continue;
@@ -122,19 +208,9 @@ pub fn group_cells(scores: &CellScores, min_confidence: f32, scale: (f32, f32), 
         seen[start] = true;
         let mut stack = vec![start];
         let mut members = Vec::new();
-        let mut sums = vec![0f32; scores.classes];
-        let mut peak = vec![0f32; scores.classes];
-        let (mut r0, mut c0, mut r1, mut c1, mut count) = (rows, cols, 0, 0, 0usize);
         while let Some(i) = stack.pop() {
             let (r, c) = (i / cols, i % cols);
             members.push(i);
-            count += 1;
-            (r0, c0, r1, c1) = (r0.min(r), c0.min(c), r1.max(r), c1.max(c));
-            for (k, (sum, top)) in sums.iter_mut().zip(peak.iter_mut()).enumerate().skip(1) {
-                let p = scores.probability(k, r, c);
-                *sum += p;
-                *top = top.max(p);
-            }
             for dr in -2i64..=2 {
                 for dc in -2i64..=2 {
                     let (nr, nc) = (r as i64 + dr, c as i64 + dc);
@@ -149,25 +225,28 @@ pub fn group_cells(scores: &CellScores, min_confidence: f32, scale: (f32, f32), 
                 }
             }
         }
-        let class_index = (1..scores.classes).max_by(|&a, &b| sums[a].total_cmp(&sums[b])).unwrap_or(1);
-        let Some(class) = DefectClass::from_yolo_id(class_index - 1) else { continue };
-        let cell = CELL_PX as f32;
-        // In network pixels.
-        let extent = [c0 as f32 * cell, r0 as f32 * cell, (c1 + 1) as f32 * cell, (r1 + 1) as f32 * cell];
-        let [x0, y0, x1, y1] = match &scores.boxes {
-            Some(boxes) => placed_box(scores, boxes, &members, class_index).unwrap_or(extent),
-            None => extent,
-        };
-        let (x0, y0) = ((x0 * scale.0).max(0.0), (y0 * scale.1).max(0.0));
-        let (x1, y1) = ((x1 * scale.0).min(frame.0), (y1 * scale.1).min(frame.1));
-        found.push(Found {
-            class,
-            confidence: peak[class_index],
-            bbox: BoundingBox { x: x0, y: y0, width: (x1 - x0).max(1.0), height: (y1 - y0).max(1.0) },
-            area_px: count as f32 * cell * cell * scale.0 * scale.1,
-        });
+        groups.push(members);
     }
-    found
+    groups
+}
+
+/// The cells' extent, `[x0, y0, x1, y1]` in network pixels.
+pub fn cell_extent(members: &[usize], cols: usize) -> [f32; 4] {
+    let (mut r0, mut c0, mut r1, mut c1) = (usize::MAX, usize::MAX, 0, 0);
+    for &i in members {
+        let (r, c) = (i / cols, i % cols);
+        (r0, c0, r1, c1) = (r0.min(r), c0.min(c), r1.max(r), c1.max(c));
+    }
+    let cell = CELL_PX as f32;
+    [c0 as f32 * cell, r0 as f32 * cell, (c1 + 1) as f32 * cell, (r1 + 1) as f32 * cell]
+}
+
+/// A box in network pixels as a box in the frame's pixels (`scale` maps one to the
+/// other), clipped to the frame.
+pub fn to_frame([x0, y0, x1, y1]: [f32; 4], scale: (f32, f32), frame: (f32, f32)) -> BoundingBox {
+    let (x0, y0) = ((x0 * scale.0).max(0.0), (y0 * scale.1).max(0.0));
+    let (x1, y1) = ((x1 * scale.0).min(frame.0), (y1 * scale.1).min(frame.1));
+    BoundingBox { x: x0, y: y0, width: (x1 - x0).max(1.0), height: (y1 - y0).max(1.0) }
 }
 
 /// The box head's boxes of a group's cells, averaged with the cells' probability of the

@@ -1,9 +1,11 @@
 //! Synthetic plant scenes and the defect model: network, data, training, inference,
 //! evaluation and the model card.
 pub mod annotate;
+pub mod baseline;
 pub mod card;
 pub mod data;
 pub mod detector;
+pub mod gate;
 pub mod inference;
 pub mod metrics;
 pub mod model;

@@ -145,6 +145,27 @@ impl<B: Backend> DefectNet<B> {
         (self.head.forward(x), boxes)
     }
 
+    /// As [`DefectNet::forward_with_boxes`], with each cell's appearance features: the
+    /// activations of the first two cell-resolution layers side by side,
+    /// `[batch, 2 × cell_channels, rows, cols]`. They see 15 and 31 pixels around a cell,
+    /// local enough that a change stays in the cells it touches; a camera's baseline
+    /// (`crate::baseline`) is a Gaussian over them.
+    pub fn forward_with_appearance(
+        &self,
+        pixels: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Option<Tensor<B, 4>>, Tensor<B, 4>) {
+        let x = pixels.div_scalar(255.0).sub_scalar(0.5);
+        let x = relu(self.stem.forward(x)); // [batch, stem, h/2, w/2]
+        let x = relu(self.mid.forward(x)); // [batch, mid, h/4, w/4]
+        let cell = relu(self.cell.forward(x)); // [batch, cell, h/8, w/8]
+        let local = relu(self.local.forward(cell.clone())); // [batch, cell, h/8, w/8]
+        let appearance = Tensor::cat(vec![cell, local.clone()], 1); // [batch, 2 × cell, h/8, w/8]
+        let x = relu(self.context.forward(local));
+        let x = relu(self.wide.forward(x));
+        let boxes = self.boxes.as_ref().map(|head| head.forward(x.clone()));
+        (self.head.forward(x), boxes, appearance)
+    }
+
     /// The network with a freshly initialised box head added, if it has none: how a
     /// model trained before the box head is trained further with one.
     pub fn with_box_head(mut self, device: &B::Device) -> DefectNet<B> {

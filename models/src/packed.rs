@@ -22,7 +22,7 @@ use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::detector::CpuBackend;
-use crate::inference::{CellScores, FrameView, values};
+use crate::inference::{Appearance, CellScores, FrameView, values};
 use crate::model::{BOX_OUTPUTS, DefectNet};
 
 type CpuDevice = burn::tensor::Device<CpuBackend>;
@@ -205,10 +205,16 @@ impl PackedNet {
     /// gives them. Frames go through one at a time, each layer over all cores: a frame's
     /// activations stay in the caches, and a batch gains nothing from being wider.
     pub fn score(&self, frames: &[FrameView<'_>]) -> Vec<CellScores> {
-        frames.iter().map(|frame| self.score_frame(frame)).collect()
+        frames.iter().map(|frame| self.score_frame(frame, false)).collect()
     }
 
-    fn score_frame(&self, frame: &FrameView<'_>) -> CellScores {
+    /// As [`PackedNet::score`], with each cell's appearance features, as
+    /// [`crate::inference::score_batch_with_appearance`] gives them.
+    pub fn score_with_appearance(&self, frames: &[FrameView<'_>]) -> Vec<CellScores> {
+        frames.iter().map(|frame| self.score_frame(frame, true)).collect()
+    }
+
+    fn score_frame(&self, frame: &FrameView<'_>, with_appearance: bool) -> CellScores {
         let (device, buffers) = (&self.device, &self.buffers);
         let stem = stem_direct(frame, &self.stem, buffers);
         let mut body = self.body.iter();
@@ -220,8 +226,14 @@ impl PackedNet {
             }
             None => stem,
         };
-        for conv in body {
+        // After `mid`: `cell` and `local`, the first two cell-resolution layers, are the
+        // cells' appearance (as `DefectNet::forward_with_appearance` takes them).
+        let mut appearance: Vec<Vec<f32>> = Vec::new();
+        for (layer, conv) in body.enumerate() {
             x = conv.forward(&x, device, buffers);
+            if with_appearance && layer < 2 {
+                appearance.push(x.values.clone());
+            }
         }
         let logits = self.head.forward(&x, device, buffers);
         let boxes =
@@ -245,7 +257,17 @@ impl PackedNet {
             }
             planar
         });
-        CellScores { classes, rows, cols, probabilities, boxes }
+        let appearance = (appearance.len() == 2).then(|| {
+            let (a, b) = (&appearance[0], &appearance[1]);
+            let (da, db) = (a.len() / plane, b.len() / plane);
+            let mut values = Vec::with_capacity(a.len() + b.len());
+            for p in 0..plane {
+                values.extend_from_slice(&a[p * da..(p + 1) * da]);
+                values.extend_from_slice(&b[p * db..(p + 1) * db]);
+            }
+            Appearance { dims: da + db, values }
+        });
+        CellScores { classes, rows, cols, probabilities, boxes, appearance }
     }
 }
 

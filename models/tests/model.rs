@@ -124,7 +124,7 @@ fn neighbouring_cells_become_one_detection_with_the_majority_class() {
     set(&mut p, 0, 0, [0.1, 0.8, 0.1]);
     set(&mut p, 1, 1, [0.2, 0.3, 0.5]); // diagonal neighbour, other class
     set(&mut p, 0, 3, [0.6, 0.4, 0.0]); // background wins: not a defect cell
-    let scores = CellScores { classes: 3, rows, cols, probabilities: p, boxes: None };
+    let scores = CellScores { classes: 3, rows, cols, probabilities: p, boxes: None, appearance: None };
     let found = group_cells(&scores, 0.5, (1.0, 1.0), (32.0, 16.0));
     assert_eq!(found.len(), 1);
     let f = &found[0];
@@ -153,7 +153,7 @@ fn the_box_head_places_a_box_finer_than_the_cell_grid() {
             boxes[k * cols + cell] = v;
         }
     }
-    let scores = CellScores { classes: 2, rows, cols, probabilities: p, boxes: Some(boxes) };
+    let scores = CellScores { classes: 2, rows, cols, probabilities: p, boxes: Some(boxes), appearance: None };
     let found = group_cells(&scores, 0.5, (1.0, 1.0), (24.0, 8.0));
     assert_eq!(found.len(), 1);
     let b = found[0].bbox;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use burn::tensor::backend::Backend;
 use crossbeam_channel as channel;
 use defectflow_models::detector::Detector;
-use defectflow_models::inference::FrameView;
+use defectflow_models::inference::{Found, FrameView};
 use defectflow_schemas::{Detection, FrameObservation};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
@@ -22,6 +22,7 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::scheduling::SyncActivator;
 
 use crate::decode::FrameTensor;
+use crate::gating::CameraGates;
 
 /// How frames are batched for the model. `[model]` in the config.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -93,6 +94,20 @@ impl InferencePool {
     where
         Detector<B>: Send + 'static,
     {
+        InferencePool::start_gated(detectors, config, None, observe)
+    }
+
+    /// As [`InferencePool::start`], each camera's frames through its gate in `gates`
+    /// (commissioned from its first frames, or gated with its baseline).
+    pub fn start_gated<B: Backend>(
+        detectors: Vec<Detector<B>>,
+        config: &InferConfig,
+        gates: Option<CameraGates>,
+        observe: impl Fn(usize, Duration) + Send + Sync + 'static,
+    ) -> std::io::Result<InferencePool>
+    where
+        Detector<B>: Send + 'static,
+    {
         let (jobs, queue) = channel::unbounded::<Job>();
         let (batch_size, shadow) = (config.batch_size.max(1), config.shadow);
         let observe = Arc::new(observe);
@@ -100,6 +115,7 @@ impl InferencePool {
         let detectors_started = detectors.len();
         for (i, detector) in detectors.into_iter().enumerate() {
             let (queue, observe, backlog) = (queue.clone(), Arc::clone(&observe), Arc::clone(&backlog));
+            let gates = gates.clone();
             // The network's kernels are parallel; on this thread they run on one core,
             // and the threads together use them all.
             let one_core = rayon::ThreadPoolBuilder::new()
@@ -127,7 +143,7 @@ impl InferencePool {
                             Err(_) => break,
                         }
                     }
-                    one_core.install(|| run(&detector, batch, shadow, &*observe));
+                    one_core.install(|| run(&detector, gates.as_ref(), batch, shadow, &*observe));
                     backlog.fetch_sub(frames, Ordering::Relaxed);
                 }
             })?;
@@ -149,15 +165,37 @@ impl InferencePool {
 }
 
 /// Runs the jobs' frames through the network together and replies to each job.
-fn run<B: Backend>(detector: &Detector<B>, jobs: Vec<Job>, shadow: bool, observe: &impl Fn(usize, Duration)) {
+fn run<B: Backend>(
+    detector: &Detector<B>,
+    gates: Option<&CameraGates>,
+    jobs: Vec<Job>,
+    shadow: bool,
+    observe: &impl Fn(usize, Duration),
+) {
     let started = Instant::now();
-    let views: Vec<FrameView<'_>> = jobs
+    let frames: Vec<&FrameTensor> = jobs.iter().flat_map(|job| &job.frames).collect();
+    let views: Vec<FrameView<'_>> = frames
         .iter()
-        .flat_map(|job| &job.frames)
         .map(|f| FrameView { width: f.meta.width as usize, height: f.meta.height as usize, pixels: f.bytes() })
         .collect();
-    let mut found = detector.detect(&views).into_iter();
+    let found: Vec<Vec<(Found, bool)>> = match gates {
+        Some(gates) if frames.iter().any(|f| gates.needs_appearance(&f.meta.camera_id)) => {
+            let scores = detector.score_with_appearance(&views);
+            (frames.iter().zip(&scores).zip(&views))
+                .map(|((f, scores), view)| {
+                    let outcome = gates.frame(detector, &f.meta.camera_id, f.meta.capture_ms, scores, view);
+                    let unknown_shadow = outcome.unknown_shadow;
+                    (outcome.named.into_iter().map(|found| (found, shadow)))
+                        .chain(outcome.unknown.into_iter().map(|found| (found, shadow || unknown_shadow)))
+                        .collect()
+                })
+                .collect()
+        }
+        _ => detector.detect(&views).into_iter().map(|f| f.into_iter().map(|f| (f, shadow)).collect()).collect(),
+    };
     drop(views);
+    drop(frames);
+    let mut found = found.into_iter();
     observe(found.len(), started.elapsed());
     for job in jobs {
         let observations = job
@@ -168,7 +206,7 @@ fn run<B: Backend>(detector: &Detector<B>, jobs: Vec<Job>, shadow: bool, observe
                 let meta = &frame.meta;
                 let detections = found
                     .into_iter()
-                    .map(|f| Detection {
+                    .map(|(f, shadow)| Detection {
                         camera_id: meta.camera_id.clone(),
                         frame_index: meta.frame_index,
                         capture_ms: meta.capture_ms,

@@ -4,6 +4,8 @@ pub mod at_time;
 pub mod decode;
 pub mod derive;
 pub mod evidence;
+pub mod fragments;
+pub mod gating;
 pub mod ids;
 mod in_order;
 pub mod infer;

@@ -2,7 +2,7 @@
 //! score from 0 to 100 (size, growth, criticality and history components) and a
 //! priority from P1 to P4.
 
-use defectflow_schemas::{Asset, DefectTrack, FailureRecord, Priority, Severity, SeverityComponents};
+use defectflow_schemas::{Asset, DefectClass, DefectTrack, FailureRecord, Priority, Severity, SeverityComponents};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
@@ -95,7 +95,13 @@ impl SeverityConfig {
             ),
         };
         let score = tenth(components.size + components.growth + components.criticality + components.history);
-        Severity { score, priority: self.priority(score, asset.criticality), components }
+        // A departure the model cannot name asks for an inspection, never an urgent repair:
+        // its score is kept (an inspector sees how large and fast it is), its priority is P4.
+        let priority = match track.class {
+            DefectClass::Unknown => Priority::P4,
+            _ => self.priority(score, asset.criticality),
+        };
+        Severity { score, priority, components }
     }
 
     /// The priority band of a score on an asset of the given criticality.

@@ -15,6 +15,7 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
 
 use crate::evidence::{EvidenceFrames, EvidenceRequest};
+use crate::fragments::{gap, merge_fragments, union};
 use crate::ids::stable_hash;
 use crate::in_order::InOrder;
 
@@ -39,6 +40,13 @@ pub struct TrackConfig {
     /// A resolved track leaves the collection this long after it was resolved, so a
     /// long run does not keep every defect it ever saw.
     pub forget_resolved_after_ms: u64,
+    /// A track of class `unknown` (a departure from the camera's normal that no class
+    /// fits) is confirmed only once it has lasted this long: a person, a vehicle or
+    /// steam crossing the view passes, a defect stays.
+    pub unknown_confirm_ms: u64,
+    /// Detections of one frame on the same asset whose boxes are at most this many
+    /// pixels apart are pieces of one defect (a crack with a faint middle): one detection.
+    pub merge_gap_px: f32,
 }
 
 impl Default for TrackConfig {
@@ -52,6 +60,8 @@ impl Default for TrackConfig {
             area_step: 1.2,
             refresh_ms: 60_000,
             forget_resolved_after_ms: 3_600_000,
+            unknown_confirm_ms: 15_000,
+            merge_gap_px: 24.0,
         }
     }
 }
@@ -295,16 +305,23 @@ impl CameraTracks {
         for live in &mut self.tracks {
             live.seen = (live.seen << 1) & mask;
         }
-        let mut detections: Vec<&Detection> = frame.detections.iter().collect();
+        let roi_of = |d: &Detection| {
+            let (cx, cy) = d.bbox.center();
+            self.rois.iter().position(|roi| roi.contains(cx, cy))
+        };
+        let merged = merge_fragments(&frame.detections, config.merge_gap_px, |a, b| roi_of(a) == roi_of(b));
+        let before: Vec<BoundingBox> = self.tracks.iter().map(|live| live.track.bbox).collect();
+        let mut detections: Vec<&Detection> = merged.iter().collect();
         detections.sort_by(|a, b| b.confidence.total_cmp(&a.confidence).then(a.bbox.cmp(&b.bbox)));
         for detection in detections {
             let (cx, cy) = detection.bbox.center();
             // A detection outside every region of interest is on no known asset.
             let Some(roi) = self.rois.iter().find(|roi| roi.contains(cx, cy)) else { continue };
-            // A track of the detection's class first; failing that, a confirmed track of
-            // another class on the same spot: the same physical defect, which the model
-            // calls by another class in some frames (a growing crack looking like a
-            // missing part). The track's class is then the one most of its frames say.
+            // A track of the detection's class first; failing that, a track of another
+            // class on the same spot: the same physical defect, which the model calls by
+            // another class in some frames (a growing crack looking like a missing part,
+            // a stain flickering between two classes). The track's class is then the one
+            // most of its frames say.
             // (overlap, index) of the best candidate; the overlap is computed once per track.
             let best = |tracks: &[LiveTrack], same_class: bool| {
                 tracks
@@ -315,15 +332,30 @@ impl CameraTracks {
                             && live.track.state != TrackState::Resolved
                             && live.track.asset_id == roi.asset_id
                             && (live.track.class == detection.class) == same_class
-                            && (same_class || live.track.state == TrackState::Confirmed)
                     })
                     .filter_map(|(i, live)| live.overlap(&detection.bbox, config.min_iou).map(|iou| (iou, i)))
                     .max_by(|(a, _), (b, _)| a.total_cmp(b))
                     .map(|(_, i)| i)
             };
             let matched = best(&self.tracks, true).or_else(|| best(&self.tracks, false)).map(|i| &mut self.tracks[i]);
-            match matched {
-                Some(live) => live.sighting(detection, config),
+            if let Some(live) = matched {
+                live.sighting(detection, config);
+                continue;
+            }
+            // Another piece of a defect already seen in this frame (its middle faded, so
+            // the pieces were too far apart to be merged): part of that sighting.
+            let piece_of = self.tracks.iter_mut().enumerate().find_map(|(i, live)| {
+                // Against the box before this frame: the sighting has just narrowed it.
+                let known = before.get(i).copied().unwrap_or(live.track.bbox);
+                let piece = inside_share(&detection.bbox, &known) >= 0.5
+                    || gap(&known, &detection.bbox) <= config.merge_gap_px;
+                (live.seen & 1 == 1 && live.track.asset_id == roi.asset_id && piece).then_some(live)
+            });
+            match piece_of {
+                Some(live) => {
+                    live.track.bbox = union(&live.track.bbox, &detection.bbox);
+                    live.track.area_px += detection.area_px;
+                }
                 None => self.tracks.push(LiveTrack::anchor(detection, roi)),
             }
         }
@@ -331,7 +363,9 @@ impl CameraTracks {
         let mut changes = Vec::new();
         for live in &mut self.tracks {
             let track = &mut live.track;
-            if track.state == TrackState::Tentative && live.seen.count_ones() >= config.confirm_hits {
+            let lasted = track.class != DefectClass::Unknown
+                || frame.capture_ms.saturating_sub(track.first_seen_ms) >= config.unknown_confirm_ms;
+            if track.state == TrackState::Tentative && live.seen.count_ones() >= config.confirm_hits && lasted {
                 track.state = TrackState::Confirmed;
             }
             let watched_from = *live.watched_from.get_or_insert(frame.capture_ms);
@@ -467,9 +501,15 @@ impl LiveTrack {
     /// The overlap of a detection with the track, if enough to continue it: `min_iou`;
     /// for a restored track not seen yet, any overlap (its box is the earlier run's best
     /// frame's, and the defect may have changed since), or none if its box is unknown.
+    /// A piece of the defect seen alone (mostly inside the track's box) continues it too,
+    /// however small against the whole.
     fn overlap(&self, bbox: &BoundingBox, min_iou: f32) -> Option<f32> {
         let iou = self.track.bbox.iou(bbox);
-        let enough = if self.awaiting_sighting { self.track.bbox.overlaps_or_unknown(bbox) } else { iou >= min_iou };
+        let enough = if self.awaiting_sighting {
+            self.track.bbox.overlaps_or_unknown(bbox)
+        } else {
+            iou >= min_iou || inside_share(bbox, &self.track.bbox) >= 0.5
+        };
         enough.then_some(iou)
     }
 
@@ -481,9 +521,12 @@ impl LiveTrack {
             None => self.class_hits.push((detection.class, 1)),
         }
         let track = &mut self.track;
-        // The class most frames say; on a tie, the one it has.
-        let own = self.class_hits.iter().find(|(c, _)| *c == track.class).map_or(0, |(_, n)| *n);
-        if let Some((class, n)) = self.class_hits.iter().max_by_key(|(_, n)| *n)
+        // The class most frames say; on a tie, the one it has. A class the model names
+        // wins over `unknown` once any frame has named it.
+        let named = |c: &DefectClass| *c != DefectClass::Unknown;
+        let candidates = || self.class_hits.iter().filter(|(c, _)| named(c) || !self.class_hits.iter().any(|(c, _)| named(c)));
+        let own = candidates().find(|(c, _)| *c == track.class).map_or(0, |(_, n)| *n);
+        if let Some((class, n)) = candidates().max_by_key(|(_, n)| *n)
             && *n > own
         {
             track.class = *class;
@@ -494,7 +537,10 @@ impl LiveTrack {
         track.area_px = detection.area_px;
         track.size_mm = self.mm_per_px.map(|scale| size_mm(&detection.bbox, scale));
         track.model_version.clone_from(&detection.model_version);
-        track.shadow = detection.shadow;
+        // An `unknown` sighting of a named defect does not make its revisions shadow.
+        if detection.class != DefectClass::Unknown || track.class == DefectClass::Unknown {
+            track.shadow = detection.shadow;
+        }
         if detection.confidence > self.best_confidence {
             self.best_confidence = detection.confidence;
             self.best_here = true;
@@ -512,6 +558,13 @@ impl LiveTrack {
         }
         track.growth_px_per_min = measured.or(self.carried_growth).unwrap_or(0.0);
     }
+}
+
+/// The share of `inner`'s area that lies within `outer`.
+fn inside_share(inner: &BoundingBox, outer: &BoundingBox) -> f32 {
+    let w = ((inner.x + inner.width).min(outer.x + outer.width) - inner.x.max(outer.x)).max(0.0);
+    let h = ((inner.y + inner.height).min(outer.y + outer.height) - inner.y.max(outer.y)).max(0.0);
+    if inner.area() <= 0.0 { 0.0 } else { w * h / inner.area() }
 }
 
 /// Largest box dimension in millimetres, rounded to 0.1 mm.

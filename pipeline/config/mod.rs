@@ -26,6 +26,10 @@ pub struct RunConfig {
     /// The plant's reference data; without it the run stops at detections.
     #[serde(default)]
     pub plant: PlantConfig,
+    /// Each camera's normal: commissioning and anomaly gating (see docs/model.md,
+    /// "Commissioning").
+    #[serde(default)]
+    pub anomaly: defectflow_models::baseline::BaselineConfig,
     /// Defect tracking (see docs/work-orders.md).
     #[serde(default)]
     pub track: defectflow_operators::track::TrackConfig,
@@ -276,6 +280,7 @@ impl RunConfig {
                 return Err(("model.min_confidence".into(), format!("must be within [0, 1], got {c}")));
             }
         }
+        validate_anomaly(&self.anomaly)?;
         if self.plant.cmms_script.is_some() && self.plant.reference.is_none() {
             return Err(("plant.cmms_script".into(), "CMMS events need work orders: add `[plant] reference`".into()));
         }
@@ -309,6 +314,30 @@ impl RunConfig {
         }
         Ok(())
     }
+}
+
+/// `[anomaly]`: seconds and shares in their ranges.
+fn validate_anomaly(anomaly: &defectflow_models::baseline::BaselineConfig) -> Result<(), (String, String)> {
+    let field = |name: &str, message: String| Err((format!("anomaly.{name}"), message));
+    if !(anomaly.commission_s >= 0.0 && anomaly.commission_s <= 3600.0) {
+        return field("commission_s", format!("must be 0 (off) to 3600 seconds, got {}", anomaly.commission_s));
+    }
+    let shares = [
+        ("exclude_confidence", anomaly.exclude_confidence),
+        ("disturbed_fraction", anomaly.disturbed_fraction),
+        ("fit_share", anomaly.fit_share),
+    ];
+    for (name, value) in shares {
+        if !(value > 0.0 && value < 1.0) {
+            return field(name, format!("must be between 0 and 1, got {value}"));
+        }
+    }
+    for (name, value) in [("threshold_margin", anomaly.threshold_margin), ("min_threshold", anomaly.min_threshold)] {
+        if !(value >= 1.0 && value.is_finite()) {
+            return field(name, format!("must be at least 1, got {value}"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -353,6 +382,10 @@ mod tests {
         let two =
             "[[cameras]]\nid = \"c1\"\nurl = \"file:///a.mp4\"\n[[cameras]]\nid = \"c1\"\nurl = \"file:///b.mp4\"\n";
         assert_eq!(field_of(two), "cameras[1].id");
+        let camera = "[[cameras]]\nid = \"c1\"\nurl = \"file:///a.mp4\"\n";
+        assert_eq!(field_of(&format!("[anomaly]\ncommission_s = -1\n{camera}")), "anomaly.commission_s");
+        assert_eq!(field_of(&format!("[anomaly]\nfit_share = 1.5\n{camera}")), "anomaly.fit_share");
+        assert_eq!(field_of(&format!("[anomaly]\nmin_threshold = 0.5\n{camera}")), "anomaly.min_threshold");
         assert_eq!(field_of("[[cameras]]\nid = \"c1\"\nurl = \"http://x/a.mp4\"\n"), "cameras[0].url");
         assert_eq!(field_of("[[cameras]]\nid = \"c1\"\nurl = \"file:///a.mp4\"\nmax_fps = 0\n"), "cameras[0].max_fps");
         assert_eq!(field_of("[[cameras]]\nid = \"c 1\"\nurl = \"file:///a.mp4\"\n"), "cameras[0].id");

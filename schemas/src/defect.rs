@@ -18,6 +18,9 @@ pub enum DefectClass {
     Wear,
     Contamination,
     MissingComponent,
+    /// A lasting departure from the camera's normal that the model cannot name: asks
+    /// for an inspection. Not a class of the model (not in [`DefectClass::ALL`]).
+    Unknown,
 }
 
 impl DefectClass {
@@ -40,7 +43,14 @@ impl DefectClass {
             DefectClass::Wear => "wear",
             DefectClass::Contamination => "contamination",
             DefectClass::MissingComponent => "missing_component",
+            DefectClass::Unknown => "unknown",
         }
+    }
+
+    /// One of the model's classes ([`DefectClass::ALL`]) by name: what a label file, a
+    /// class list or a synthetic defect may name (`unknown` is none of them).
+    pub fn model_class(name: &str) -> Result<DefectClass, UnknownDefectClass> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name).ok_or_else(|| UnknownDefectClass(name.to_owned()))
     }
 
     /// Zero-based YOLO class id.
@@ -63,7 +73,7 @@ impl fmt::Display for DefectClass {
 /// A name that is not one of the six defect classes.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "unknown defect class `{0}` (expected one of crack, corrosion, misalignment, wear, contamination, missing_component)"
+    "unknown defect class `{0}` (expected one of crack, corrosion, misalignment, wear, contamination, missing_component, unknown)"
 )]
 pub struct UnknownDefectClass(pub String);
 
@@ -71,7 +81,9 @@ impl FromStr for DefectClass {
     type Err = UnknownDefectClass;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| UnknownDefectClass(s.to_owned()))
+        (Self::ALL.into_iter().chain([DefectClass::Unknown]))
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| UnknownDefectClass(s.to_owned()))
     }
 }
 

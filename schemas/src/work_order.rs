@@ -6,7 +6,7 @@ use crate::{BoundingBox, DefectClass, EpochMillis};
 
 /// Version of the work-order message; bumped on any incompatible change (see
 /// `docs/work-order-topic.md`).
-pub const SCHEMA_VERSION: &str = "1.0.0";
+pub const SCHEMA_VERSION: &str = "1.1.0";
 
 /// Urgency of a work order. P1 is the most urgent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -47,7 +47,7 @@ fn an_audit_disk_that_refuses_writes_holds_the_rows_until_it_takes_them() {
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
     let port = support::free_port();
     let mut toml = format!(
-        "[runtime]\nworkers = 2\nduration_s = 30\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
+        "[runtime]\nworkers = 2\nduration_s = 30\n[anomaly]\ncommission_s = 0\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
          [output]\naudit_commit_s = 0.5\n[metrics]\naddress = \"127.0.0.1:{port}\"\n",
         reference.display()
     );

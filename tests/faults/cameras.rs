@@ -36,7 +36,7 @@ fn camera_faults_leave_one_work_order_per_defect_and_the_others_flowing() {
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
     let retry = "[cameras.reconnect]\ninitial_backoff_ms = 200\nmax_backoff_ms = 1000\nstall_timeout_ms = 2000\n";
     let config = format!(
-        "[runtime]\nworkers = 2\nduration_s = 40\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
+        "[runtime]\nworkers = 2\nduration_s = 40\n[anomaly]\ncommission_s = 0\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
          [metrics]\naddress = \"127.0.0.1:{metrics}\"\n\
          [[cameras]]\nid = \"cam-pulley\"\nurl = \"rtsp://127.0.0.1:{rtsp}/cam\"\nmax_fps = 5\n{retry}\
          [[cameras]]\nid = \"cam-motor\"\nurl = \"synth://motor_housing?seed=12&fps=15&asset_id=MT-204&defects=corrosion@3\"\nmax_fps = 5\n\

@@ -53,7 +53,7 @@ fn ids_that_look_like_paths_never_name_a_file() {
         std::fs::write(reference.join(path.file_name().expect("name")), text).expect("write");
     }
     let mut toml =
-        format!("[runtime]\nworkers = 2\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n", reference.display());
+        format!("[runtime]\nworkers = 2\n[anomaly]\ncommission_s = 0\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n", reference.display());
     toml.push_str(&support::recorded_cameras(dir.path(), &truth, ""));
     let config = dir.path().join("paths.toml");
     std::fs::write(&config, toml).expect("config");
@@ -115,7 +115,7 @@ fn secrets_are_read_from_the_environment_or_a_file_and_never_shown() {
     std::fs::write(&secret_file, "file-secret-5d1c\n").expect("secret file");
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
     let base = format!(
-        "[model]\n[plant]\nreference = \"{}\"\n[kafka]\nbrokers = \"127.0.0.1:1\"\n\
+        "[anomaly]\ncommission_s = 0\n[model]\n[plant]\nreference = \"{}\"\n[kafka]\nbrokers = \"127.0.0.1:1\"\n\
          [kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\
          \"sasl.username\" = \"defectflow\"\n",
         reference.display()
@@ -174,7 +174,7 @@ fn kafka_security_settings_reach_librdkafka() {
     std::fs::write(
         &config,
         format!(
-            "[runtime]\nduration_s = 5\n[model]\n[plant]\nreference = \"{}\"\n[kafka]\nbrokers = \"127.0.0.1:{}\"\n\
+            "[runtime]\nduration_s = 5\n[anomaly]\ncommission_s = 0\n[model]\n[plant]\nreference = \"{}\"\n[kafka]\nbrokers = \"127.0.0.1:{}\"\n\
              [kafka.properties]\n\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"{}\"\n\
              [kafka.secrets_from_env]\n\"ssl.key.password\" = \"DEFECTFLOW_TEST_KEY_PASSWORD\"\n{}",
             reference.display(),
@@ -225,7 +225,7 @@ fn sasl_scram_is_spoken_with_the_broker_and_the_password_never_shown() {
     std::fs::write(
         &config,
         format!(
-            "[runtime]\nduration_s = 5\n[model]\n[plant]\nreference = \"{}\"\n[kafka]\nbrokers = \"127.0.0.1:{port}\"\n\
+            "[runtime]\nduration_s = 5\n[anomaly]\ncommission_s = 0\n[model]\n[plant]\nreference = \"{}\"\n[kafka]\nbrokers = \"127.0.0.1:{port}\"\n\
              [kafka.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\
              \"sasl.username\" = \"defectflow\"\n\
              [kafka.secrets_from_env]\n\"sasl.password\" = \"DEFECTFLOW_TEST_SASL_PASSWORD\"\n{}",

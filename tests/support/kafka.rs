@@ -160,7 +160,7 @@ pub fn plant_on(broker: Broker, kafka_extra: &str) -> Plant {
 pub fn write_config(dir: &Path, truth: &GroundTruth, bootstrap: &str, kafka_extra: &str) -> PathBuf {
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
     let mut toml = format!(
-        "[runtime]\nworkers = 2\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
+        "[runtime]\nworkers = 2\n[anomaly]\ncommission_s = 0\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
          [kafka]\nbrokers = \"{bootstrap}\"\n{kafka_extra}[kafka.properties]\n\"message.timeout.ms\" = \"90000\"\n",
         reference.display()
     );
@@ -316,7 +316,7 @@ pub fn live_pulley_config(dir: &Path, duration_s: u64, kafka: Option<(&str, &str
     std::fs::write(
         &config,
         format!(
-            "[runtime]\nworkers = 2\nduration_s = {duration_s}\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
+            "[runtime]\nworkers = 2\nduration_s = {duration_s}\n[anomaly]\ncommission_s = 0\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
              {kafka}[[cameras]]\nid = \"cam-pulley\"\n\
              url = \"synth://conveyor_pulley?seed=11&fps=15&asset_id=CV-101-PUL&defects=crack@1\"\nmax_fps = 5\n",
             reference.display()

@@ -56,6 +56,8 @@ pub fn draw_defect(canvas: &mut Canvas, spec: &DefectSpec, size: f32, dx: f32, d
         }),
         DefectClass::Misalignment => draw_misalignment(canvas, cx, cy, size),
         DefectClass::MissingComponent => draw_missing_bolt(canvas, cx, cy, size),
+        // Not a class of the model: scenes are never given one to draw.
+        DefectClass::Unknown => BoundingBox { x: cx, y: cy, width: 0.0, height: 0.0 },
     }
 }
 

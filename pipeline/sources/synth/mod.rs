@@ -51,7 +51,7 @@ impl SynthParams {
                 "defects" => {
                     for item in value.split(',').filter(|i| !i.is_empty()) {
                         let (class, onset) = item.split_once('@').ok_or_else(|| bad("expected class@onset_seconds"))?;
-                        let class: DefectClass = class.parse().map_err(|e| bad(&format!("{e}")))?;
+                        let class = DefectClass::model_class(class).map_err(|e| bad(&format!("{e}")))?;
                         let onset: f64 = onset
                             .parse()
                             .ok()

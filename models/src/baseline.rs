@@ -1,0 +1,491 @@
+//! A camera's normal: per cell, a Gaussian over the network's appearance features,
+//! learnt while the camera is commissioned, and how far a frame's cells depart from it.
+//!
+//! The method is PaDiM's (Defard et al., "PaDiM: a Patch Distribution Modeling
+//! Framework for Anomaly Detection and Localization", ICPR 2020, arXiv:2011.08785): one
+//! Gaussian per position of the feature grid, fitted on normal frames of that view, and
+//! a cell's anomaly is its Mahalanobis distance to its own Gaussian. A fixed camera
+//! watches a fixed asset, so each cell of its grid always shows the same piece of
+//! plant, which is what makes a per-position model fit. Two changes from the paper, for
+//! a 2-core box watching dozens of cameras: the covariance is diagonal (80 floats a cell
+//! instead of 6,400: 2.3 MB a 640×360 camera, scored in under 1% of the network's
+//! time), and the features are the defect network's own first cell-resolution layers
+//! instead of an ImageNet backbone. Each cell's variance has a floor tied to the
+//! camera's typical variance of that feature, so a feature that never moved while
+//! commissioning (a ReLU that stayed at zero) does not make every later flicker an
+//! anomaly.
+//!
+//! A frame's distances are read relative to its own median cell: a lighting step or a
+//! passing cloud moves every cell, a defect moves a few. Frames where a large share of
+//! cells depart together (camera shake, steam, a person filling the view, the lights
+//! going out) are `disturbed` and find nothing.
+
+use std::io::{BufRead, Read, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::gate::UnknownDefects;
+use crate::inference::{Appearance, CellScores};
+
+/// What a baseline was learnt for; a baseline is used only where all of it matches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaselineKey {
+    pub camera_id: String,
+    /// The camera's frame size, in pixels, as configured.
+    pub frame_width: u32,
+    pub frame_height: u32,
+    /// The version of the model whose features the baseline is over.
+    pub model_version: String,
+}
+
+/// How a camera is commissioned and gated. `[anomaly]` in the config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaselineConfig {
+    /// A camera without a stored baseline learns one from its first this many seconds
+    /// of frames (by capture time) and finds nothing meanwhile; then it is gated. 0:
+    /// cameras without a baseline are not gated (the classifier alone decides).
+    pub commission_s: f64,
+    /// What becomes of lasting departures the classifier cannot name: `on` (detections
+    /// of class `unknown`, low-priority inspections), `shadow` (audited, never sent),
+    /// `off`.
+    pub unknown: UnknownDefects,
+    /// A cell whose most likely class is a defect with at least this probability, in
+    /// half or more of the commissioning frames, is not learnt as normal: a defect
+    /// present on the day of commissioning still becomes a work order.
+    pub exclude_confidence: f32,
+    /// The calibrated threshold is this many times the largest relative distance seen
+    /// on the camera's own normal frames (the typical frame's largest, and each cell's own).
+    pub threshold_margin: f32,
+    /// The threshold is never below this relative distance.
+    pub min_threshold: f32,
+    /// A frame with more than this share of its cells departing is disturbed (shake,
+    /// steam, lighting, something in front of the lens) and finds nothing.
+    pub disturbed_fraction: f32,
+    /// Share of the commissioning frames used to fit the Gaussians; the rest calibrate
+    /// the threshold.
+    pub fit_share: f32,
+}
+
+impl Default for BaselineConfig {
+    fn default() -> Self {
+        BaselineConfig {
+            commission_s: 10.0,
+            unknown: UnknownDefects::On,
+            exclude_confidence: 0.9,
+            threshold_margin: 1.5,
+            min_threshold: 3.0,
+            disturbed_fraction: 0.2,
+            fit_share: 0.7,
+        }
+    }
+}
+
+/// Errors reading, checking or building a baseline.
+#[derive(Debug, thiserror::Error)]
+pub enum BaselineError {
+    #[error("baseline {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("baseline {path}: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error(
+        "baseline {path} was commissioned for {field} {found:?}, not {expected:?}: commission the camera again (`defectflow commission --camera {camera}`)"
+    )]
+    Mismatch { path: String, field: &'static str, found: String, expected: String, camera: String },
+    #[error("commissioning {camera}: {reason}")]
+    Commissioning { camera: String, reason: String },
+}
+
+/// A region the classifier already called a defect while the camera was commissioned.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExcludedCell {
+    pub row: usize,
+    pub col: usize,
+    /// Share of commissioning frames in which the cell was a confident defect.
+    pub share: f32,
+}
+
+/// The header of a stored baseline (one JSON line before the arrays).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BaselineHeader {
+    #[serde(flatten)]
+    pub key: BaselineKey,
+    pub rows: usize,
+    pub cols: usize,
+    pub dims: usize,
+    /// Frames the Gaussians were fitted on, and frames the threshold was calibrated on.
+    pub fit_frames: u32,
+    pub calibration_frames: u32,
+    /// The frame-wide threshold of the relative distance (cells may have a higher one).
+    pub threshold: f32,
+    /// Cells not learnt as normal because the classifier called them a defect.
+    pub excluded: Vec<ExcludedCell>,
+    /// SHA-256 of the arrays that follow the header.
+    pub sha256: String,
+}
+
+/// A camera's learnt normal; see the module documentation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CameraBaseline {
+    pub header: BaselineHeader,
+    /// `[cells, dims]` means.
+    mean: Vec<f32>,
+    /// `[cells, dims]` reciprocal standard deviations (floored).
+    inv_std: Vec<f32>,
+    /// Per cell: its threshold of the relative distance; infinite for a cell not learnt.
+    cell_threshold: Vec<f32>,
+}
+
+/// How far each cell of one frame departs from its camera's normal.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Departure {
+    /// Per cell (row-major): the distance relative to the frame's median cell.
+    pub relative: Vec<f32>,
+    /// Per cell: whether it departs (relative distance over its threshold, or a cell
+    /// that was never learnt as normal).
+    pub departs: Vec<bool>,
+    /// Share of learnt cells that depart.
+    pub departing_share: f32,
+    /// Too many cells depart together: the whole view changed, not a defect.
+    pub disturbed: bool,
+}
+
+impl CameraBaseline {
+    /// Whether cell `index` (row-major) was learnt as normal while commissioning.
+    pub fn is_learnt(&self, index: usize) -> bool {
+        self.cell_threshold.get(index).is_some_and(|t| t.is_finite())
+    }
+
+    /// The baseline's per-cell distances for one frame (mean squared z-score over the
+    /// features), before they are made relative.
+    fn distances(&self, appearance: &Appearance) -> Vec<f32> {
+        let dims = self.header.dims;
+        (0..self.header.rows * self.header.cols)
+            .map(|cell| {
+                let (f, m, s) = (appearance.cell(cell), &self.mean[cell * dims..][..dims], &self.inv_std[cell * dims..][..dims]);
+                let sum: f32 = f.iter().zip(m).zip(s).map(|((f, m), s)| ((f - m) * s).powi(2)).sum();
+                sum / dims as f32
+            })
+            .collect()
+    }
+
+    /// How far the cells of a frame scored with appearance depart from normal.
+    pub fn departure(&self, scores: &CellScores, config: &BaselineConfig) -> Result<Departure, BaselineError> {
+        let appearance = self.check_grid(scores)?;
+        let distances = self.distances(appearance);
+        let learnt: Vec<f32> = (distances.iter().zip(&self.cell_threshold))
+            .filter(|(_, t)| t.is_finite())
+            .map(|(d, _)| *d)
+            .collect();
+        let median = median(&learnt).max(1.0);
+        let relative: Vec<f32> = distances.iter().map(|d| d / median).collect();
+        let departs: Vec<bool> = relative.iter().zip(&self.cell_threshold).map(|(r, t)| r > t || !t.is_finite()).collect();
+        let departing = (departs.iter().zip(&self.cell_threshold)).filter(|(d, t)| **d && t.is_finite()).count();
+        let departing_share = departing as f32 / learnt.len().max(1) as f32;
+        Ok(Departure { relative, departs, departing_share, disturbed: departing_share > config.disturbed_fraction })
+    }
+
+    fn check_grid<'a>(&self, scores: &'a CellScores) -> Result<&'a Appearance, BaselineError> {
+        let invalid = |reason: String| BaselineError::Invalid { path: self.header.key.camera_id.clone(), reason };
+        let appearance = scores.appearance.as_ref().ok_or_else(|| invalid("frame scored without appearance".into()))?;
+        if (scores.rows, scores.cols, appearance.dims) != (self.header.rows, self.header.cols, self.header.dims) {
+            return Err(invalid(format!(
+                "frame of {}×{} cells with {} features, baseline of {}×{} with {}",
+                scores.rows, scores.cols, appearance.dims, self.header.rows, self.header.cols, self.header.dims
+            )));
+        }
+        Ok(appearance)
+    }
+
+    /// Writes the baseline to `path`: a JSON header line, then the arrays (f32, little endian).
+    pub fn save(&self, path: &Path) -> Result<(), BaselineError> {
+        let io = |source| BaselineError::Io { path: path.display().to_string(), source };
+        let mut bytes = serde_json::to_vec(&self.header).map_err(|e| io(std::io::Error::other(e)))?;
+        bytes.push(b'\n');
+        bytes.extend(self.payload());
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        // Written aside and renamed: a crash never leaves half a baseline.
+        let aside = path.with_extension("baseline.partial");
+        let mut file = std::fs::File::create(&aside).map_err(io)?;
+        file.write_all(&bytes).and_then(|()| file.sync_all()).map_err(io)?;
+        std::fs::rename(&aside, path).map_err(io)
+    }
+
+    fn payload(&self) -> Vec<u8> {
+        let all = self.mean.iter().chain(&self.inv_std).chain(&self.cell_threshold);
+        all.flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    /// Reads the baseline at `path` and checks that it was learnt for `expected`.
+    pub fn load(path: &Path, expected: &BaselineKey) -> Result<CameraBaseline, BaselineError> {
+        let shown = path.display().to_string();
+        let io = |source| BaselineError::Io { path: shown.clone(), source };
+        let invalid = |reason: String| BaselineError::Invalid { path: shown.clone(), reason };
+        let mut reader = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+        let mut line = String::new();
+        reader.read_line(&mut line).map_err(io)?;
+        let header: BaselineHeader =
+            serde_json::from_str(&line).map_err(|e| invalid(format!("header does not parse: {e}")))?;
+        let mut payload = Vec::new();
+        reader.read_to_end(&mut payload).map_err(io)?;
+        let digest = hex(&Sha256::digest(&payload));
+        if digest != header.sha256 {
+            return Err(invalid(format!("arrays' SHA-256 is {digest}, the header says {}", header.sha256)));
+        }
+        let (cells, dims) = (header.rows.saturating_mul(header.cols), header.dims);
+        let expected_len = cells.checked_mul(dims).and_then(|n| n.checked_mul(2)).and_then(|n| n.checked_add(cells));
+        if expected_len.and_then(|n| n.checked_mul(4)) != Some(payload.len()) {
+            return Err(invalid(format!("{} bytes of arrays for {cells} cells of {dims} features", payload.len())));
+        }
+        let found = &header.key;
+        let fields = [
+            ("camera", &found.camera_id, &expected.camera_id),
+            ("model version", &found.model_version, &expected.model_version),
+        ];
+        for (field, found, wanted) in fields {
+            if found != wanted {
+                return Err(mismatch(&shown, field, found.clone(), wanted.clone(), expected));
+            }
+        }
+        let size = |k: &BaselineKey| format!("{}x{}", k.frame_width, k.frame_height);
+        if size(found) != size(expected) {
+            return Err(mismatch(&shown, "frame size", size(found), size(expected), expected));
+        }
+        let mut floats = payload.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let mean = floats.by_ref().take(cells * dims).collect();
+        let inv_std = floats.by_ref().take(cells * dims).collect();
+        let cell_threshold = floats.collect();
+        Ok(CameraBaseline { header, mean, inv_std, cell_threshold })
+    }
+}
+
+fn mismatch(path: &str, field: &'static str, found: String, expected: String, key: &BaselineKey) -> BaselineError {
+    BaselineError::Mismatch { path: path.to_owned(), field, found, expected, camera: key.camera_id.clone() }
+}
+
+/// A baseline being learnt from a camera's frames: the first part of the frames fits
+/// the Gaussians, the rest calibrates the thresholds (see [`BaselineConfig::fit_share`]).
+#[derive(Debug)]
+pub struct Commissioning {
+    key: BaselineKey,
+    config: BaselineConfig,
+    grid: Option<(usize, usize, usize)>,
+    fit_frames: u32,
+    calibration_frames: u32,
+    /// Per cell and feature: sums and sums of squares of the frames learnt.
+    sum: Vec<f64>,
+    sum_sq: Vec<f64>,
+    /// Per cell: frames learnt, and frames left out as a confident defect.
+    learnt: Vec<u32>,
+    confident: Vec<u32>,
+    /// Once fitted: the baseline under calibration and what calibration has seen.
+    fitted: Option<CameraBaseline>,
+    frame_peaks: Vec<f32>,
+    cell_peaks: Vec<f32>,
+}
+
+/// Fewest frames a baseline is fitted on, and calibrated on.
+pub const MIN_FIT_FRAMES: u32 = 8;
+pub const MIN_CALIBRATION_FRAMES: u32 = 4;
+
+impl Commissioning {
+    pub fn new(key: BaselineKey, config: BaselineConfig) -> Commissioning {
+        Commissioning {
+            key,
+            config,
+            grid: None,
+            fit_frames: 0,
+            calibration_frames: 0,
+            sum: Vec::new(),
+            sum_sq: Vec::new(),
+            learnt: Vec::new(),
+            confident: Vec::new(),
+            fitted: None,
+            frame_peaks: Vec::new(),
+            cell_peaks: Vec::new(),
+        }
+    }
+
+    pub fn key(&self) -> &BaselineKey {
+        &self.key
+    }
+
+    /// Learns from one frame scored with appearance, `progress` (0..1) of the way
+    /// through commissioning: frames before [`BaselineConfig::fit_share`] fit the
+    /// Gaussians, later ones calibrate the thresholds.
+    pub fn observe(&mut self, scores: &CellScores, progress: f32) -> Result<(), BaselineError> {
+        let fail = |reason: String| BaselineError::Commissioning { camera: self.key.camera_id.clone(), reason };
+        let appearance = scores.appearance.as_ref().ok_or_else(|| fail("frame scored without appearance".into()))?;
+        let grid = (scores.rows, scores.cols, appearance.dims);
+        let (cells, dims) = (grid.0 * grid.1, grid.2);
+        match self.grid {
+            None => {
+                self.grid = Some(grid);
+                self.sum = vec![0.0; cells * dims];
+                self.sum_sq = vec![0.0; cells * dims];
+                (self.learnt, self.confident) = (vec![0; cells], vec![0; cells]);
+                self.cell_peaks = vec![0.0; cells];
+            }
+            Some(known) if known != grid => {
+                return Err(fail(format!("frames changed size: {known:?} cells and features, then {grid:?}")));
+            }
+            Some(_) => {}
+        }
+        let fitting = progress < self.config.fit_share || self.fit_frames < MIN_FIT_FRAMES;
+        if fitting && self.fitted.is_none() {
+            self.fit_frames += 1;
+            self.fit(scores, appearance);
+            return Ok(());
+        }
+        if self.fitted.is_none() {
+            self.fitted = Some(self.fitted_baseline()?);
+        }
+        self.calibration_frames += 1;
+        self.calibrate(scores)
+    }
+
+    /// Whether enough frames have been seen to [`Commissioning::finish`].
+    pub fn can_finish(&self) -> bool {
+        self.fitted.is_some() && self.calibration_frames >= MIN_CALIBRATION_FRAMES
+    }
+
+    fn fit(&mut self, scores: &CellScores, appearance: &Appearance) {
+        let dims = appearance.dims;
+        let plane = scores.rows * scores.cols;
+        for cell in 0..plane {
+            let confident = (1..scores.classes)
+                .any(|k| scores.probabilities[k * plane + cell] >= self.config.exclude_confidence);
+            if confident {
+                self.confident[cell] += 1;
+                continue;
+            }
+            self.learnt[cell] += 1;
+            for (k, &v) in appearance.cell(cell).iter().enumerate() {
+                let v = f64::from(v);
+                self.sum[cell * dims + k] += v;
+                self.sum_sq[cell * dims + k] += v * v;
+            }
+        }
+    }
+
+    /// The Gaussians of the frames fitted so far, every learnt cell at the floor threshold.
+    fn fitted_baseline(&self) -> Result<CameraBaseline, BaselineError> {
+        let Some((rows, cols, dims)) = self.grid else {
+            return Err(BaselineError::Commissioning { camera: self.key.camera_id.clone(), reason: "no frames".into() });
+        };
+        let cells = rows * cols;
+        let mut mean = vec![0f32; cells * dims];
+        let mut var = vec![0f32; cells * dims];
+        // A cell is learnt when at least half of its frames were not a confident defect.
+        let is_learnt = |cell: usize| self.learnt[cell] >= 3 && self.learnt[cell] > self.confident[cell];
+        for cell in (0..cells).filter(|&c| is_learnt(c)) {
+            let n = f64::from(self.learnt[cell]);
+            for k in 0..dims {
+                let i = cell * dims + k;
+                let m = self.sum[i] / n;
+                mean[i] = m as f32;
+                var[i] = (self.sum_sq[i] / n - m * m).max(0.0) as f32;
+            }
+        }
+        // Each feature's floor: a tenth of its mean variance over the learnt cells.
+        let learnt_cells = (0..cells).filter(|&c| is_learnt(c)).count().max(1) as f32;
+        let floor: Vec<f32> = (0..dims)
+            .map(|k| {
+                let total: f32 = (0..cells).filter(|&c| is_learnt(c)).map(|c| var[c * dims + k]).sum();
+                0.1 * total / learnt_cells + 1e-4
+            })
+            .collect();
+        let inv_std = var.iter().enumerate().map(|(i, v)| 1.0 / (v + floor[i % dims]).sqrt()).collect();
+        let cell_threshold =
+            (0..cells).map(|c| if is_learnt(c) { self.config.min_threshold } else { f32::INFINITY }).collect();
+        let excluded = (0..cells)
+            .filter(|&c| !is_learnt(c))
+            .map(|c| ExcludedCell {
+                row: c / cols,
+                col: c % cols,
+                share: self.confident[c] as f32 / self.fit_frames.max(1) as f32,
+            })
+            .collect();
+        let header = BaselineHeader {
+            key: self.key.clone(),
+            rows,
+            cols,
+            dims,
+            fit_frames: self.fit_frames,
+            calibration_frames: 0,
+            threshold: self.config.min_threshold,
+            excluded,
+            sha256: String::new(),
+        };
+        Ok(CameraBaseline { header, mean, inv_std, cell_threshold })
+    }
+
+    fn calibrate(&mut self, scores: &CellScores) -> Result<(), BaselineError> {
+        let Some(fitted) = &self.fitted else { return Ok(()) };
+        let departure = fitted.departure(scores, &self.config)?;
+        let plane = scores.rows * scores.cols;
+        // A defect appearing while calibrating must not raise its cells' thresholds.
+        let confident = |cell: usize| {
+            (1..scores.classes).any(|k| scores.probabilities[k * plane + cell] >= self.config.exclude_confidence)
+        };
+        let mut peak = 0f32;
+        let cells = departure.relative.iter().zip(&mut self.cell_peaks).zip(&fitted.cell_threshold).enumerate();
+        for (cell, ((r, cell_peak), t)) in cells {
+            if t.is_finite() && !confident(cell) {
+                *cell_peak = cell_peak.max(*r);
+                peak = peak.max(*r);
+            }
+        }
+        self.frame_peaks.push(peak);
+        Ok(())
+    }
+
+    /// The baseline, its thresholds from calibration: frame-wide, the margin over the
+    /// typical frame's largest relative distance; per cell, at least the margin over its
+    /// own largest.
+    pub fn finish(mut self) -> Result<CameraBaseline, BaselineError> {
+        if !self.can_finish() {
+            return Err(BaselineError::Commissioning {
+                camera: self.key.camera_id.clone(),
+                reason: format!(
+                    "{} frames fitted and {} calibrated; it needs at least {MIN_FIT_FRAMES} and {MIN_CALIBRATION_FRAMES}: give it more seconds of footage",
+                    self.fit_frames, self.calibration_frames
+                ),
+            });
+        }
+        let mut baseline = self.fitted.take().ok_or_else(|| BaselineError::Commissioning {
+            camera: self.key.camera_id.clone(),
+            reason: "finished before the Gaussians were fitted".into(),
+        })?;
+        let margin = self.config.threshold_margin;
+        let threshold = (margin * median(&self.frame_peaks)).max(self.config.min_threshold);
+        for (t, peak) in baseline.cell_threshold.iter_mut().zip(&self.cell_peaks) {
+            if t.is_finite() {
+                *t = threshold.max(margin * peak);
+            }
+        }
+        baseline.header.threshold = threshold;
+        baseline.header.calibration_frames = self.calibration_frames;
+        baseline.header.sha256 = hex(&Sha256::digest(baseline.payload()));
+        Ok(baseline)
+    }
+}
+
+/// The median of `values` (0 for none).
+fn median(values: &[f32]) -> f32 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = values.to_vec();
+    let middle = sorted.len() / 2;
+    let (_, m, _) = sorted.select_nth_unstable_by(middle, f32::total_cmp);
+    *m
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,81 @@
+//! Defects of a commissioned camera: a cell is a defect only where it departs from the
+//! camera's normal and the classifier names a class; a lasting departure it cannot
+//! name is an `unknown` defect.
+
+use defectflow_schemas::DefectClass;
+use serde::{Deserialize, Serialize};
+
+use crate::baseline::{BaselineConfig, BaselineError, CameraBaseline, Departure};
+use crate::inference::{CellScores, Found, cell_extent, connected_cells, defect_cells, group_defect_cells, to_frame};
+use crate::model::CELL_PX;
+
+/// What becomes of departures the classifier cannot name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownDefects {
+    /// They are detections of class `unknown`, which open low-priority inspections.
+    #[default]
+    On,
+    /// They are detections flagged as shadow: audited, never sent to the CMMS.
+    Shadow,
+    /// They are dropped.
+    Off,
+}
+
+/// One frame of a commissioned camera, gated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatedFrame {
+    /// Defects named by the classifier where the cells depart from normal.
+    pub named: Vec<Found>,
+    /// Departures no class fits (empty when [`UnknownDefects::Off`]).
+    pub unknown: Vec<Found>,
+    /// Share of the camera's learnt cells that departed.
+    pub departing_share: f32,
+    /// Whether the whole view changed (nothing is found in such a frame).
+    pub disturbed: bool,
+}
+
+/// Smallest departure, in cells, that is an `unknown` defect: a 16×16-pixel patch.
+pub const MIN_UNKNOWN_CELLS: usize = 4;
+
+/// Gates one frame's cells with its camera's baseline; see the module documentation.
+/// `scale` maps network pixels to frame pixels, `frame` is the frame's size.
+pub fn gate(
+    scores: &CellScores,
+    baseline: &CameraBaseline,
+    config: &BaselineConfig,
+    min_confidence: f32,
+    unknown: UnknownDefects,
+    scale: (f32, f32),
+    frame: (f32, f32),
+) -> Result<GatedFrame, BaselineError> {
+    let Departure { relative: _, departs, departing_share, disturbed } = baseline.departure(scores, config)?;
+    if disturbed {
+        return Ok(GatedFrame { named: Vec::new(), unknown: Vec::new(), departing_share, disturbed });
+    }
+    let classified = defect_cells(scores, min_confidence);
+    let named_cells: Vec<bool> = classified.iter().zip(&departs).map(|(c, d)| *c && *d).collect();
+    let named = group_defect_cells(scores, &named_cells, scale, frame);
+    let unknown = match unknown {
+        UnknownDefects::Off => Vec::new(),
+        UnknownDefects::On | UnknownDefects::Shadow => {
+            // Departures the classifier leaves as background, in cells that were learnt
+            // (a cell left out at commissioning departs by definition).
+            let unnamed: Vec<bool> = (0..departs.len())
+                .map(|i| departs[i] && !classified[i] && baseline.is_learnt(i))
+                .collect();
+            connected_cells(&unnamed, scores.rows, scores.cols)
+                .into_iter()
+                .filter(|members| members.len() >= MIN_UNKNOWN_CELLS)
+                .map(|members| Found {
+                    class: DefectClass::Unknown,
+                    // What is sure of an unknown defect is that it is not background.
+                    confidence: members.iter().map(|&i| 1.0 - scores.probabilities[i]).fold(0.0, f32::max),
+                    bbox: to_frame(cell_extent(&members, scores.cols), scale, frame),
+                    area_px: members.len() as f32 * (CELL_PX * CELL_PX) as f32 * scale.0 * scale.1,
+                })
+                .collect()
+        }
+    };
+    Ok(GatedFrame { named, unknown, departing_share, disturbed })
+}

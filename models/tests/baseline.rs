@@ -1,0 +1,161 @@
+//! A camera's baseline: learnt from normal frames, a changed patch departs and the rest
+//! does not, a defect present while commissioning is not learnt, and a stored baseline
+//! is refused for another camera, frame size or model.
+
+use defectflow_models::baseline::{BaselineConfig, BaselineError, BaselineKey, CameraBaseline, Commissioning};
+use defectflow_models::gate::{UnknownDefects, gate};
+use defectflow_models::inference::{Appearance, CellScores};
+use defectflow_schemas::DefectClass;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const ROWS: usize = 12;
+const COLS: usize = 16;
+const DIMS: usize = 8;
+const CLASSES: usize = 7;
+
+fn key() -> BaselineKey {
+    BaselineKey { camera_id: "cam-a".into(), frame_width: 128, frame_height: 96, model_version: "m1".into() }
+}
+
+/// A frame of the fixed view: each cell's features near its own level, with noise;
+/// `patch` cells shifted by `shift`; `defect` cells scored as a confident crack.
+fn frame(rng: &mut ChaCha8Rng, patch: &[usize], shift: f32, defect: &[usize]) -> CellScores {
+    let plane = ROWS * COLS;
+    let mut values = Vec::with_capacity(plane * DIMS);
+    for cell in 0..plane {
+        for k in 0..DIMS {
+            let level = ((cell * 7 + k * 3) % 11) as f32 * 0.3;
+            let noise: f32 = rng.random_range(-0.1..0.1);
+            let moved = if patch.contains(&cell) { shift } else { 0.0 };
+            values.push(level + noise + moved);
+        }
+    }
+    let mut probabilities = vec![0.0; CLASSES * plane];
+    for cell in 0..plane {
+        let crack = if defect.contains(&cell) { 0.95 } else { 0.02 };
+        probabilities[cell] = 1.0 - crack;
+        probabilities[plane + cell] = crack;
+    }
+    CellScores {
+        classes: CLASSES,
+        rows: ROWS,
+        cols: COLS,
+        probabilities,
+        boxes: None,
+        appearance: Some(Appearance { dims: DIMS, values }),
+    }
+}
+
+fn commissioned(rng: &mut ChaCha8Rng, defect: &[usize]) -> CameraBaseline {
+    let mut learning = Commissioning::new(key(), BaselineConfig::default());
+    for i in 0..40 {
+        learning.observe(&frame(rng, &[], 0.0, defect), i as f32 / 40.0).expect("a frame");
+    }
+    learning.finish().expect("a baseline")
+}
+
+fn patch() -> Vec<usize> {
+    // A 2×3 block of cells in the middle of the view.
+    [5 * COLS + 7, 5 * COLS + 8, 5 * COLS + 9, 6 * COLS + 7, 6 * COLS + 8, 6 * COLS + 9].into()
+}
+
+#[test]
+fn a_changed_patch_departs_and_the_rest_of_the_view_does_not() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let baseline = commissioned(&mut rng, &[]);
+    let config = BaselineConfig::default();
+    let normal = baseline.departure(&frame(&mut rng, &[], 0.0, &[]), &config).expect("departure");
+    assert_eq!(normal.departs.iter().filter(|d| **d).count(), 0, "a normal frame departs nowhere");
+    let changed = baseline.departure(&frame(&mut rng, &patch(), 2.0, &[]), &config).expect("departure");
+    let departing: Vec<usize> = (0..ROWS * COLS).filter(|&i| changed.departs[i]).collect();
+    assert_eq!(departing, patch());
+    assert!(!changed.disturbed);
+}
+
+#[test]
+fn a_change_of_the_whole_view_is_a_disturbance_not_a_defect() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let baseline = commissioned(&mut rng, &[]);
+    // Shake: a third of the view (its edges) changes at once.
+    let everything: Vec<usize> = (0..ROWS * COLS).filter(|c| c % 3 == 0).collect();
+    let shaken = frame(&mut rng, &everything, 1.5, &[]);
+    let gated = gate(&shaken, &baseline, &BaselineConfig::default(), 0.5, UnknownDefects::On, (8.0, 8.0), (128.0, 96.0))
+        .expect("gated");
+    assert!(gated.disturbed, "a third of the view changed at once");
+    assert!(gated.named.is_empty() && gated.unknown.is_empty());
+}
+
+#[test]
+fn a_departure_the_classifier_names_is_a_defect_and_one_it_cannot_is_unknown() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let baseline = commissioned(&mut rng, &[]);
+    let config = BaselineConfig::default();
+    let scale = ((128 / COLS) as f32 / 8.0, (96 / ROWS) as f32 / 8.0);
+    // The classifier calls the patch a crack and the view departs there: a crack.
+    let named = frame(&mut rng, &patch(), 2.0, &patch());
+    let gated = gate(&named, &baseline, &config, 0.5, UnknownDefects::On, scale, (128.0, 96.0)).expect("gated");
+    assert_eq!(gated.named.iter().map(|f| f.class).collect::<Vec<_>>(), vec![DefectClass::Crack]);
+    assert!(gated.unknown.is_empty());
+    // The classifier calls a cell a crack where nothing departs: nothing.
+    let classifier_only = frame(&mut rng, &[], 0.0, &patch());
+    let gated = gate(&classifier_only, &baseline, &config, 0.5, UnknownDefects::On, scale, (128.0, 96.0)).expect("gated");
+    assert!(gated.named.is_empty() && gated.unknown.is_empty(), "{gated:?}");
+    // A departure no class fits: unknown, or nothing when unknown defects are off.
+    let unnamed = frame(&mut rng, &patch(), 2.0, &[]);
+    let gated = gate(&unnamed, &baseline, &config, 0.5, UnknownDefects::On, scale, (128.0, 96.0)).expect("gated");
+    assert_eq!(gated.unknown.iter().map(|f| f.class).collect::<Vec<_>>(), vec![DefectClass::Unknown]);
+    let gated = gate(&unnamed, &baseline, &config, 0.5, UnknownDefects::Off, scale, (128.0, 96.0)).expect("gated");
+    assert!(gated.unknown.is_empty());
+}
+
+#[test]
+fn a_defect_present_while_commissioning_is_not_learnt_and_still_found() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let baseline = commissioned(&mut rng, &patch());
+    let excluded: Vec<usize> = baseline.header.excluded.iter().map(|c| c.row * COLS + c.col).collect();
+    assert_eq!(excluded, patch(), "the cells the model called a crack are reported, not learnt");
+    let same = frame(&mut rng, &[], 0.0, &patch());
+    let gated = gate(&same, &baseline, &BaselineConfig::default(), 0.5, UnknownDefects::On, (1.0, 1.0), (128.0, 96.0))
+        .expect("gated");
+    assert_eq!(gated.named.len(), 1, "the crack present at commissioning is still a crack");
+}
+
+#[test]
+fn a_stored_baseline_reads_back_and_is_refused_for_another_camera_size_or_model() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let baseline = commissioned(&mut rng, &[]);
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("cam-a.baseline");
+    baseline.save(&path).expect("saved");
+    assert_eq!(CameraBaseline::load(&path, &key()).expect("loads"), baseline);
+    let refused = |other: BaselineKey| match CameraBaseline::load(&path, &other) {
+        Err(BaselineError::Mismatch { field, .. }) => field,
+        other => panic!("expected a mismatch, got {other:?}"),
+    };
+    assert_eq!(refused(BaselineKey { camera_id: "cam-b".into(), ..key() }), "camera");
+    assert_eq!(refused(BaselineKey { model_version: "m2".into(), ..key() }), "model version");
+    assert_eq!(refused(BaselineKey { frame_width: 1920, frame_height: 1080, ..key() }), "frame size");
+    let message = CameraBaseline::load(&path, &BaselineKey { camera_id: "cam-b".into(), ..key() })
+        .expect_err("another camera")
+        .to_string();
+    assert!(message.contains("cam-a") && message.contains("cam-b") && message.contains("defectflow commission"), "{message}");
+    // A corrupted file is refused by its digest.
+    let mut bytes = std::fs::read(&path).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, bytes).expect("write");
+    let corrupted = CameraBaseline::load(&path, &key()).expect_err("corrupted").to_string();
+    assert!(corrupted.contains("SHA-256"), "{corrupted}");
+}
+
+#[test]
+fn commissioning_needs_enough_frames() {
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let mut learning = Commissioning::new(key(), BaselineConfig::default());
+    for i in 0..5 {
+        learning.observe(&frame(&mut rng, &[], 0.0, &[]), i as f32 / 5.0).expect("a frame");
+    }
+    let error = learning.finish().expect_err("too few frames").to_string();
+    assert!(error.contains("more seconds"), "{error}");
+}

@@ -1,0 +1,240 @@
+//! Each camera's normal at run time: a stored baseline is loaded and checked at start, a
+//! camera without one is commissioned from its first frames, and a commissioned
+//! camera's frames are gated with its baseline (`defectflow_models::gate`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use burn::tensor::backend::Backend;
+use defectflow_models::baseline::{BaselineConfig, BaselineError, BaselineKey, CameraBaseline, Commissioning};
+use defectflow_models::detector::Detector;
+use defectflow_models::gate::UnknownDefects;
+use defectflow_models::inference::{CellScores, Found, FrameView};
+
+/// Where the baseline of `camera_id` is stored in a folder of baselines.
+pub fn baseline_path(folder: &Path, camera_id: &str) -> PathBuf {
+    folder.join(format!("{camera_id}.baseline"))
+}
+
+/// What one camera's frames go through.
+#[derive(Debug)]
+enum CameraNormal {
+    /// No baseline and no commissioning: the classifier alone decides.
+    Ungated,
+    /// Learning from frames captured within `commission_s` of its first, at `from_ms`;
+    /// `last_ms` is the latest frame's capture time.
+    Commissioning { learning: Box<Commissioning>, from_ms: Option<u64>, last_ms: Option<u64> },
+    Gated(Arc<CameraBaseline>),
+}
+
+/// The outcome of one frame.
+#[derive(Debug, Default)]
+pub struct GateOutcome {
+    /// Detections named by the classifier.
+    pub named: Vec<Found>,
+    /// Detections of class `unknown`, and whether they are shadow only.
+    pub unknown: Vec<Found>,
+    pub unknown_shadow: bool,
+}
+
+/// What a camera's gate has done, for metrics and the run report.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GateStats {
+    /// "ungated", "commissioning" or "gated".
+    pub state: &'static str,
+    /// Share of the camera's learnt cells departing from normal in its latest frame.
+    pub departing_share: f32,
+    /// Frames in which the whole view changed and nothing was looked for.
+    pub disturbed_frames: u64,
+    /// Frames commissioning learnt from.
+    pub commissioning_frames: u64,
+}
+
+#[derive(Debug)]
+struct CameraGate {
+    normal: CameraNormal,
+    stats: GateStats,
+}
+
+/// Every camera's normal, shared by the inference threads. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct CameraGates {
+    config: BaselineConfig,
+    /// Where learnt baselines are stored; `None`: kept in memory only.
+    folder: Option<PathBuf>,
+    cameras: Arc<HashMap<String, Mutex<CameraGate>>>,
+}
+
+/// A camera as the gates know it: its id and the frame size it delivers.
+#[derive(Clone, Debug)]
+pub struct GatedCamera {
+    pub camera_id: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl CameraGates {
+    /// Loads the stored baseline of each camera from `folder`, checked against the camera
+    /// and the model; a camera without one is commissioned when
+    /// [`BaselineConfig::commission_s`] is above 0. A baseline that does not match fails
+    /// with the mismatch named.
+    pub fn open(
+        config: &BaselineConfig,
+        folder: Option<&Path>,
+        cameras: &[GatedCamera],
+        model_version: &str,
+    ) -> Result<CameraGates, BaselineError> {
+        let mut gates = HashMap::new();
+        for camera in cameras {
+            let key = BaselineKey {
+                camera_id: camera.camera_id.clone(),
+                frame_width: camera.width,
+                frame_height: camera.height,
+                model_version: model_version.to_owned(),
+            };
+            let stored = folder.map(|f| baseline_path(f, &camera.camera_id)).filter(|p| p.is_file());
+            let normal = match stored {
+                Some(path) => CameraNormal::Gated(Arc::new(CameraBaseline::load(&path, &key)?)),
+                None if config.commission_s > 0.0 => CameraNormal::Commissioning {
+                    learning: Box::new(Commissioning::new(key, config.clone())),
+                    from_ms: None,
+                    last_ms: None,
+                },
+                None => CameraNormal::Ungated,
+            };
+            let state = state_name(&normal);
+            let gate = CameraGate { normal, stats: GateStats { state, ..GateStats::default() } };
+            gates.insert(camera.camera_id.clone(), Mutex::new(gate));
+        }
+        Ok(CameraGates { config: config.clone(), folder: folder.map(Path::to_path_buf), cameras: Arc::new(gates) })
+    }
+
+    /// Whether frames of `camera_id` need their cells' appearance.
+    pub fn needs_appearance(&self, camera_id: &str) -> bool {
+        self.cameras.get(camera_id).is_some_and(|gate| !matches!(lock(gate).normal, CameraNormal::Ungated))
+    }
+
+    /// What each camera's gate has done so far.
+    pub fn stats(&self) -> Vec<(String, GateStats)> {
+        let mut all: Vec<_> = self.cameras.iter().map(|(id, gate)| (id.clone(), lock(gate).stats.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Runs one frame of `camera_id`, captured at `capture_ms`, through its camera's gate.
+    pub fn frame<B: Backend>(
+        &self,
+        detector: &Detector<B>,
+        camera_id: &str,
+        capture_ms: u64,
+        scores: &CellScores,
+        frame: &FrameView<'_>,
+    ) -> GateOutcome {
+        let Some(gate) = self.cameras.get(camera_id) else {
+            return GateOutcome { named: detector.found_in(scores, frame), ..GateOutcome::default() };
+        };
+        let mut gate = lock(gate);
+        let CameraGate { normal, stats } = &mut *gate;
+        match normal {
+            CameraNormal::Ungated => GateOutcome { named: detector.found_in(scores, frame), ..GateOutcome::default() },
+            CameraNormal::Commissioning { learning, from_ms, last_ms } => {
+                let from = *from_ms.get_or_insert(capture_ms);
+                let interval = capture_ms.saturating_sub(last_ms.unwrap_or(capture_ms));
+                *last_ms = Some(capture_ms);
+                let span_ms = (self.config.commission_s * 1000.0) as u64;
+                let elapsed = capture_ms.saturating_sub(from);
+                let progress = elapsed as f32 / span_ms.max(1) as f32;
+                match learning.observe(scores, progress.min(0.999)) {
+                    Ok(()) => stats.commissioning_frames += 1,
+                    Err(error) => tracing::warn!(%error, "commissioning frame left out"),
+                }
+                // Done with the last frame of the span: the next would be past it.
+                if elapsed + interval < span_ms || !learning.can_finish() {
+                    return GateOutcome::default();
+                }
+                let done = std::mem::replace(learning, Box::new(Commissioning::new(learning.key().clone(), self.config.clone())));
+                match done.finish() {
+                    Ok(baseline) => {
+                        self.commissioned(&baseline, stats.commissioning_frames);
+                        *normal = CameraNormal::Gated(Arc::new(baseline));
+                        stats.state = "gated";
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, camera = camera_id, "commissioning failed; the camera stays ungated");
+                        *normal = CameraNormal::Ungated;
+                        stats.state = "ungated";
+                    }
+                }
+                GateOutcome::default()
+            }
+            CameraNormal::Gated(baseline) => {
+                let baseline = Arc::clone(baseline);
+                self.gated(detector, &baseline, stats, scores, frame)
+            }
+        }
+    }
+
+    fn gated<B: Backend>(
+        &self,
+        detector: &Detector<B>,
+        baseline: &CameraBaseline,
+        stats: &mut GateStats,
+        scores: &CellScores,
+        frame: &FrameView<'_>,
+    ) -> GateOutcome {
+        match detector.found_gated(scores, frame, baseline, &self.config, self.config.unknown) {
+            Ok(gated) => {
+                stats.departing_share = gated.departing_share;
+                stats.disturbed_frames += u64::from(gated.disturbed);
+                GateOutcome {
+                    named: gated.named,
+                    unknown: gated.unknown,
+                    unknown_shadow: self.config.unknown == UnknownDefects::Shadow,
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "frame not gated; the classifier alone decides");
+                GateOutcome { named: detector.found_in(scores, frame), ..GateOutcome::default() }
+            }
+        }
+    }
+
+    /// Stores a baseline just learnt and says what commissioning found.
+    fn commissioned(&self, baseline: &CameraBaseline, frames: u64) {
+        let header = &baseline.header;
+        let camera = header.key.camera_id.as_str();
+        tracing::info!(
+            camera,
+            frames,
+            threshold = header.threshold,
+            defect_cells_at_commissioning = header.excluded.len(),
+            "camera commissioned"
+        );
+        if !header.excluded.is_empty() {
+            tracing::warn!(
+                camera,
+                cells = header.excluded.len(),
+                "the model called part of the view a defect while commissioning: those cells are not learnt as normal"
+            );
+        }
+        if let Some(folder) = &self.folder
+            && let Err(error) = baseline.save(&baseline_path(folder, camera))
+        {
+            tracing::error!(%error, camera, "baseline not stored; the camera is commissioned again on restart");
+        }
+    }
+}
+
+fn state_name(normal: &CameraNormal) -> &'static str {
+    match normal {
+        CameraNormal::Ungated => "ungated",
+        CameraNormal::Commissioning { .. } => "commissioning",
+        CameraNormal::Gated(_) => "gated",
+    }
+}
+
+/// A camera's gate, even after a panic elsewhere poisoned its lock.
+fn lock(gate: &Mutex<CameraGate>) -> MutexGuard<'_, CameraGate> {
+    gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,300 @@
+//! `defectflow eval --footage DIR`: whole clips through the real pipeline (decode,
+//! commissioning, gating, tracking, work orders) against their ground truth: per defect,
+//! whether it was found, how long after its onset its work order came and how many work
+//! orders it opened; false work orders per camera-hour on clips without defects.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::config::RunConfig;
+use crate::graph::{self, Hooks, StopWhen};
+
+/// `footage.json`: the clips of a footage folder and what is in them.
+#[derive(Clone, Debug, Deserialize)]
+pub struct FootageTruth {
+    pub clips: Vec<ClipTruth>,
+}
+
+/// One clip: one camera's view.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ClipTruth {
+    pub camera_id: String,
+    /// The video, relative to the footage folder.
+    pub file: PathBuf,
+    pub seconds: f64,
+    pub width: u32,
+    pub height: u32,
+    pub defects: Vec<DefectTruth>,
+}
+
+/// A defect of a clip: its class, when it appears and where it is at the end (x, y,
+/// width, height in the clip's pixels).
+#[derive(Clone, Debug, Deserialize)]
+pub struct DefectTruth {
+    pub class: String,
+    pub onset_s: f64,
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+}
+
+/// How the footage is run.
+#[derive(Clone, Debug)]
+pub struct FootagePlan {
+    pub footage: PathBuf,
+    /// Model directory; absent: the shipped weights.
+    pub model: Option<PathBuf>,
+    /// Frames per second of each clip the model sees.
+    pub max_fps: f64,
+    /// Seconds after its onset within which a defect must have its work order.
+    pub deadline_s: f64,
+    /// `[anomaly]` and other settings over the defaults, as TOML (may be empty).
+    pub settings: String,
+    /// Keep the run's outputs here; absent: a temporary folder.
+    pub out: Option<PathBuf>,
+}
+
+/// The outcome for one ground-truth defect.
+#[derive(Clone, Debug, Serialize)]
+pub struct DefectOutcome {
+    pub camera_id: String,
+    pub class: String,
+    pub onset_s: f64,
+    /// A work order of the right class (or `unknown`) on the defect within the deadline.
+    pub found: bool,
+    /// Seconds from the onset to its first work order.
+    pub seconds_to_work_order: Option<f64>,
+    /// Work orders on the defect (1 is right; more is a split defect).
+    pub work_orders: usize,
+    /// Classes of those work orders.
+    pub classes: Vec<String>,
+}
+
+/// The whole evaluation.
+#[derive(Clone, Debug, Serialize)]
+pub struct FootageReport {
+    pub clips: usize,
+    pub defects: Vec<DefectOutcome>,
+    pub found: usize,
+    /// Defects with exactly one work order, of the right class or `unknown`, in time.
+    pub exactly_once: usize,
+    /// Work orders on no defect, on all clips and on clean clips.
+    pub false_work_orders: usize,
+    pub clean_false_work_orders: usize,
+    pub clean_camera_hours: f64,
+    pub false_per_100_clean_camera_hours: f64,
+    /// The false work orders: camera, class, seconds into the clip.
+    pub false_orders: Vec<(String, String, f64)>,
+}
+
+/// The clips' timeline starts here (2027-01-15), so the audit log has real dates.
+const CLIP_EPOCH_MS: u64 = 1_800_000_000_000;
+
+/// Runs every clip of the footage folder through the pipeline and scores the work orders.
+pub fn evaluate(plan: &FootagePlan) -> anyhow::Result<FootageReport> {
+    let truth_path = plan.footage.join("footage.json");
+    let text = std::fs::read_to_string(&truth_path).with_context(|| format!("cannot read {}", truth_path.display()))?;
+    let truth: FootageTruth =
+        serde_json::from_str(&text).with_context(|| format!("{}: not a footage ground truth", truth_path.display()))?;
+    if truth.clips.is_empty() {
+        bail!("{}: no clips", truth_path.display());
+    }
+    let scratch = tempfile::tempdir().context("a temporary folder for the evaluation run")?;
+    let out = plan.out.clone().unwrap_or_else(|| scratch.path().join("out"));
+    let config = prepare(plan, &truth, scratch.path(), &out)?;
+    let stop = StopWhen { after: None, interrupted: Arc::new(AtomicBool::new(false)) };
+    graph::run(&config, timely::Config::process(config.runtime.workers), stop, Hooks::default())?;
+    let orders = read_orders(&out.join("work-orders.jsonl"))?;
+    Ok(score(&truth, &orders, plan.deadline_s))
+}
+
+/// The reference data (one asset a clip, its whole frame the region of interest) and the
+/// config of the evaluation run.
+fn prepare(plan: &FootagePlan, truth: &FootageTruth, dir: &Path, out: &Path) -> anyhow::Result<RunConfig> {
+    // The demo plant's assets and procedures, from the working folder or the source tree.
+    let local = PathBuf::from("examples/demo-plant/reference");
+    let demo = if local.join("assets.json").is_file() {
+        local
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference")
+    };
+    let reference = dir.join("reference");
+    std::fs::create_dir_all(&reference)?;
+    for file in ["assets.json", "failures.json", "procedures.json", "technicians.json", "inventory.json"] {
+        std::fs::copy(demo.join(file), reference.join(file)).with_context(|| demo.join(file).display().to_string())?;
+    }
+    const ASSETS: [&str; 4] = ["CV-101-PUL", "MT-204", "FL-330", "GB-412"];
+    let cameras: Vec<serde_json::Value> = (truth.clips.iter().enumerate())
+        .map(|(i, clip)| {
+            serde_json::json!({
+                "camera_id": clip.camera_id,
+                "rois": [{ "asset_id": ASSETS[i % ASSETS.len()], "x": 0, "y": 0,
+                           "width": clip.width, "height": clip.height, "mm_per_px": 0.5 }],
+            })
+        })
+        .collect();
+    std::fs::write(reference.join("cameras.json"), serde_json::to_string_pretty(&cameras)?)?;
+    let mut toml = format!(
+        "[runtime]\nworkers = 2\n[output]\ndir = {:?}\n[plant]\nreference = {:?}\n",
+        out.display().to_string(),
+        reference.display().to_string()
+    );
+    toml.push_str(&format!(
+        "[model]\nbatch_size = 4\n{}",
+        plan.model.as_ref().map(|m| format!("dir = {:?}\n", m.display().to_string())).unwrap_or_default()
+    ));
+    toml.push_str(&plan.settings);
+    toml.push('\n');
+    for clip in &truth.clips {
+        let video = std::fs::canonicalize(plan.footage.join(&clip.file))
+            .with_context(|| format!("clip {}", plan.footage.join(&clip.file).display()))?;
+        toml.push_str(&format!(
+            "[[cameras]]\nid = {:?}\nurl = {:?}\nwidth = {}\nheight = {}\nmax_fps = {}\nstart_ms = {CLIP_EPOCH_MS}\nqueue_frames = 8\n",
+            clip.camera_id,
+            format!("file://{}", video.display()),
+            clip.width,
+            clip.height,
+            plan.max_fps
+        ));
+    }
+    let path = dir.join("footage-eval.toml");
+    std::fs::write(&path, &toml)?;
+    Ok(RunConfig::load(&path)?)
+}
+
+/// A work order as the evaluation reads it: its first revision's fields.
+#[derive(Clone, Debug)]
+struct Order {
+    camera_id: String,
+    class: String,
+    created_s: f64,
+    /// The box of its latest evidence.
+    bbox: Option<[f32; 4]>,
+}
+
+fn read_orders(path: &Path) -> anyhow::Result<Vec<Order>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut orders: Vec<(String, Order)> = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let line: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: {line}", path.display()))?;
+        // Lines are tagged by kind (`{"work_order": {...}}`); only work orders count here.
+        let Some(value) = line.get("work_order") else { continue };
+        let Some(id) = value["work_order_id"].as_str() else { continue };
+        let bbox = value["evidence"]["bbox"].as_object().map(|b| {
+            ["x", "y", "width", "height"].map(|k| b.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0) as f32)
+        });
+        match orders.iter_mut().find(|(known, _)| known == id) {
+            Some((_, order)) => order.bbox = bbox.or(order.bbox),
+            None => orders.push((
+                id.to_owned(),
+                Order {
+                    camera_id: value["camera_id"].as_str().unwrap_or_default().to_owned(),
+                    class: value["defect_class"].as_str().unwrap_or_default().to_owned(),
+                    created_s: (value["revised_at_ms"].as_u64().unwrap_or(0).saturating_sub(CLIP_EPOCH_MS)) as f64
+                        / 1000.0,
+                    bbox,
+                },
+            )),
+        }
+    }
+    Ok(orders.into_iter().map(|(_, order)| order).collect())
+}
+
+/// Whether a work order's box touches a defect's box grown by a margin: the model's box
+/// of a thin crack or a small stain is rough.
+fn on_defect(order: &Order, defect: &DefectTruth) -> bool {
+    let Some([x, y, w, h]) = order.bbox else { return false };
+    let [dx, dy, dw, dh] = defect.bbox;
+    let margin = 24.0;
+    x < dx + dw + margin && dx - margin < x + w && y < dy + dh + margin && dy - margin < y + h
+}
+
+fn score(truth: &FootageTruth, orders: &[Order], deadline_s: f64) -> FootageReport {
+    let mut defects = Vec::new();
+    let mut matched = vec![false; orders.len()];
+    for clip in &truth.clips {
+        for defect in &clip.defects {
+            // Work orders on the defect made after it appeared (a little slack for the
+            // first frames of its onset).
+            let on: Vec<usize> = (0..orders.len())
+                .filter(|&i| orders[i].camera_id == clip.camera_id && on_defect(&orders[i], defect))
+                .filter(|&i| orders[i].created_s >= defect.onset_s - 1.0)
+                .collect();
+            for &i in &on {
+                matched[i] = true;
+            }
+            let right = |i: &usize| orders[*i].class == defect.class || orders[*i].class == "unknown";
+            let first = on.iter().filter(|i| right(i)).map(|&i| orders[i].created_s).reduce(f64::min);
+            let seconds = first.map(|t| t - defect.onset_s);
+            defects.push(DefectOutcome {
+                camera_id: clip.camera_id.clone(),
+                class: defect.class.clone(),
+                onset_s: defect.onset_s,
+                found: seconds.is_some_and(|s| s <= deadline_s),
+                seconds_to_work_order: seconds,
+                work_orders: on.len(),
+                classes: on.iter().map(|&i| orders[i].class.clone()).collect(),
+            });
+        }
+    }
+    let clean: Vec<&ClipTruth> = truth.clips.iter().filter(|c| c.defects.is_empty()).collect();
+    let clean_camera_hours = clean.iter().map(|c| c.seconds).sum::<f64>() / 3600.0;
+    let false_orders: Vec<(String, String, f64)> = (0..orders.len())
+        .filter(|&i| !matched[i])
+        .map(|i| (orders[i].camera_id.clone(), orders[i].class.clone(), orders[i].created_s))
+        .collect();
+    let clean_false = false_orders.iter().filter(|(camera, ..)| clean.iter().any(|c| &c.camera_id == camera)).count();
+    FootageReport {
+        clips: truth.clips.len(),
+        found: defects.iter().filter(|d| d.found).count(),
+        exactly_once: defects.iter().filter(|d| d.found && d.work_orders == 1).count(),
+        defects,
+        false_work_orders: false_orders.len(),
+        clean_false_work_orders: clean_false,
+        clean_camera_hours,
+        false_per_100_clean_camera_hours: if clean_camera_hours > 0.0 {
+            100.0 * clean_false as f64 / clean_camera_hours
+        } else {
+            0.0
+        },
+        false_orders,
+    }
+}
+
+/// The report as a table.
+pub fn render(report: &FootageReport) -> String {
+    let mut out = format!(
+        "{:<20} {:<18} {:>7} {:>6} {:>10} {:>5}  classes\n",
+        "camera", "defect", "onset s", "found", "to WO s", "WOs"
+    );
+    for d in &report.defects {
+        out.push_str(&format!(
+            "{:<20} {:<18} {:>7.1} {:>6} {:>10} {:>5}  {}\n",
+            d.camera_id,
+            d.class,
+            d.onset_s,
+            if d.found { "yes" } else { "no" },
+            d.seconds_to_work_order.map_or("-".into(), |s| format!("{s:.1}")),
+            d.work_orders,
+            d.classes.join(",")
+        ));
+    }
+    out.push_str(&format!(
+        "defects found: {} of {} ({} with exactly one work order)\n\
+         false work orders: {} ({} on {:.2} clean camera-hours: {:.1} per 100 camera-hours)\n",
+        report.found,
+        report.defects.len(),
+        report.exactly_once,
+        report.false_work_orders,
+        report.clean_false_work_orders,
+        report.clean_camera_hours,
+        report.false_per_100_clean_camera_hours
+    ));
+    for (camera, class, at) in &report.false_orders {
+        out.push_str(&format!("  false: {camera} {class} at {at:.1} s\n"));
+    }
+    out
+}
