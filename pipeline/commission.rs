@@ -52,7 +52,8 @@ pub fn commission(config: &RunConfig, plan: &CommissionPlan) -> anyhow::Result<V
         // The clip's own timeline: its seconds are the seconds commissioning counts.
         (camera.start_ms, camera.realtime, camera.credentials) = (Some(0), false, None);
     }
-    let seconds = plan.seconds.unwrap_or(if config.anomaly.commission_s > 0.0 { config.anomaly.commission_s } else { 10.0 });
+    let seconds =
+        plan.seconds.unwrap_or(if config.anomaly.commission_s > 0.0 { config.anomaly.commission_s } else { 10.0 });
     if !(seconds > 0.0 && seconds <= 3600.0) {
         bail!("--seconds must be above 0 and at most 3600, got {seconds}");
     }

@@ -179,7 +179,8 @@ fn read_orders(path: &Path) -> anyhow::Result<Vec<Order>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut orders: Vec<(String, Order)> = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let line: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: {line}", path.display()))?;
+        let line: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}: {line}", path.display()))?;
         // Lines are tagged by kind (`{"work_order": {...}}`); only work orders count here.
         let Some(value) = line.get("work_order") else { continue };
         let Some(id) = value["work_order_id"].as_str() else { continue };

@@ -393,7 +393,10 @@ fn eval_footage(
         None => String::new(),
     };
     anyhow::ensure!(max_fps > 0.0, "--max-fps must be above 0");
-    let plan = defectflow::footage_eval::FootagePlan { footage, model: Some(model), max_fps, deadline_s, settings, out };
+    // The run's config lives in a temporary folder: the model is named by its full path
+    // (absent here: the shipped weights).
+    let model = std::fs::canonicalize(&model).ok();
+    let plan = defectflow::footage_eval::FootagePlan { footage, model, max_fps, deadline_s, settings, out };
     let report = defectflow::footage_eval::evaluate(&plan)?;
     print!("{}", defectflow::footage_eval::render(&report));
     if let Some(path) = json {

@@ -40,8 +40,10 @@ fn two_processes_make_the_same_work_orders_as_two_workers_in_one() {
     let dir = tempfile::tempdir().expect("temp dir");
     let truth = support::demo_plant_footage(dir.path());
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
-    let mut toml =
-        format!("[runtime]\nworkers = 2\n[anomaly]\ncommission_s = 0\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n", reference.display());
+    let mut toml = format!(
+        "[runtime]\nworkers = 2\n[anomaly]\ncommission_s = 0\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n",
+        reference.display()
+    );
     toml.push_str(&support::recorded_cameras(dir.path(), &truth, ""));
     let config = dir.path().join("cluster.toml");
     std::fs::write(&config, toml).expect("config");

@@ -390,7 +390,8 @@ def render_clip(path, rng, seconds, fps, defects_wanted, onset=None):
     tint = rng.uniform(0.9, 1.1, 3).astype(np.float32)
     defects = []
     for klass in defects_wanted:
-        onset = float(rng.uniform(20, max(21, seconds - 60))) if onset is None else onset
+        # After the camera's commissioning (30 s by default), with time left to find it.
+        onset = float(rng.uniform(40, max(41, seconds - 60))) if onset is None else onset
         region = (rng.uniform(60, H - 60), rng.uniform(80, W - 80))
         if klass == "crack":
             defects.append(Crack(rng, onset, region))
@@ -436,7 +437,7 @@ def main():
     parser.add_argument("--seed", type=int, default=9001)
     parser.add_argument("--defect-clips", type=int, default=8)
     parser.add_argument("--clean-clips", type=int, default=24)
-    parser.add_argument("--defect-seconds", type=float, default=90)
+    parser.add_argument("--defect-seconds", type=float, default=120)
     parser.add_argument("--clean-seconds", type=float, default=300)
     parser.add_argument("--fps", type=int, default=10, help="frames per second of the clips with a defect")
     parser.add_argument("--clean-fps", type=int, default=5, help="frames per second of the clean clips")

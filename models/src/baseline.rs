@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::gate::UnknownDefects;
-use crate::inference::{Appearance, CellScores};
+use crate::inference::{Appearance, CellScores, FrameView, connected_cells};
 
 /// What a baseline was learnt for; a baseline is used only where all of it matches.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +56,11 @@ pub struct BaselineConfig {
     /// half or more of the commissioning frames, is not learnt as normal: a defect
     /// present on the day of commissioning still becomes a work order.
     pub exclude_confidence: f32,
+    /// What the model calls a defect while commissioning is left out of the baseline only
+    /// when it is at most two regions covering at most this share of the view together:
+    /// a defect is local, and more is the model misreading the surface (a texture it
+    /// never saw), learnt as normal.
+    pub max_defect_share: f32,
     /// The calibrated threshold is this many times the largest relative distance seen
     /// on the camera's own normal frames (the typical frame's largest, and each cell's own).
     pub threshold_margin: f32,
@@ -64,21 +69,27 @@ pub struct BaselineConfig {
     /// A frame with more than this share of its cells departing is disturbed (shake,
     /// steam, lighting, something in front of the lens) and finds nothing.
     pub disturbed_fraction: f32,
-    /// Share of the commissioning frames used to fit the Gaussians; the rest calibrate
-    /// the threshold.
+    /// Share of the commissioning time whose frames fit the Gaussians; the rest
+    /// calibrate the thresholds.
     pub fit_share: f32,
+    /// A cell counts as departing only once it has departed this long (capture time;
+    /// gaps under a second bridged): a person, a vehicle, a shadow or steam passing
+    /// covers a cell for less, a defect stays.
+    pub settle_ms: u64,
 }
 
 impl Default for BaselineConfig {
     fn default() -> Self {
         BaselineConfig {
-            commission_s: 10.0,
+            commission_s: 30.0,
             unknown: UnknownDefects::On,
             exclude_confidence: 0.9,
+            max_defect_share: 0.02,
             threshold_margin: 1.5,
             min_threshold: 3.0,
             disturbed_fraction: 0.2,
-            fit_share: 0.7,
+            fit_share: 0.6,
+            settle_ms: 3000,
         }
     }
 }
@@ -122,6 +133,10 @@ pub struct BaselineHeader {
     pub threshold: f32,
     /// Cells not learnt as normal because the classifier called them a defect.
     pub excluded: Vec<ExcludedCell>,
+    /// Mean pixel value (0–255) of the commissioning frames; frames are brought to it
+    /// before they are scored, so a lighting step is not a change of the asset.
+    #[serde(default)]
+    pub brightness: Option<f32>,
     /// SHA-256 of the arrays that follow the header.
     pub sha256: String,
 }
@@ -164,7 +179,8 @@ impl CameraBaseline {
         let dims = self.header.dims;
         (0..self.header.rows * self.header.cols)
             .map(|cell| {
-                let (f, m, s) = (appearance.cell(cell), &self.mean[cell * dims..][..dims], &self.inv_std[cell * dims..][..dims]);
+                let (f, m, s) =
+                    (appearance.cell(cell), &self.mean[cell * dims..][..dims], &self.inv_std[cell * dims..][..dims]);
                 let sum: f32 = f.iter().zip(m).zip(s).map(|((f, m), s)| ((f - m) * s).powi(2)).sum();
                 sum / dims as f32
             })
@@ -175,13 +191,12 @@ impl CameraBaseline {
     pub fn departure(&self, scores: &CellScores, config: &BaselineConfig) -> Result<Departure, BaselineError> {
         let appearance = self.check_grid(scores)?;
         let distances = self.distances(appearance);
-        let learnt: Vec<f32> = (distances.iter().zip(&self.cell_threshold))
-            .filter(|(_, t)| t.is_finite())
-            .map(|(d, _)| *d)
-            .collect();
+        let learnt: Vec<f32> =
+            (distances.iter().zip(&self.cell_threshold)).filter(|(_, t)| t.is_finite()).map(|(d, _)| *d).collect();
         let median = median(&learnt).max(1.0);
         let relative: Vec<f32> = distances.iter().map(|d| d / median).collect();
-        let departs: Vec<bool> = relative.iter().zip(&self.cell_threshold).map(|(r, t)| r > t || !t.is_finite()).collect();
+        let departs: Vec<bool> =
+            relative.iter().zip(&self.cell_threshold).map(|(r, t)| r > t || !t.is_finite()).collect();
         let departing = (departs.iter().zip(&self.cell_threshold)).filter(|(d, t)| **d && t.is_finite()).count();
         let departing_share = departing as f32 / learnt.len().max(1) as f32;
         Ok(Departure { relative, departs, departing_share, disturbed: departing_share > config.disturbed_fraction })
@@ -276,9 +291,12 @@ pub struct Commissioning {
     grid: Option<(usize, usize, usize)>,
     fit_frames: u32,
     calibration_frames: u32,
-    /// Per cell and feature: sums and sums of squares of the frames learnt.
+    /// Per cell and feature: sums and sums of squares of the frames learnt, and of all
+    /// frames (confident defects included).
     sum: Vec<f64>,
     sum_sq: Vec<f64>,
+    sum_all: Vec<f64>,
+    sum_sq_all: Vec<f64>,
     /// Per cell: frames learnt, and frames left out as a confident defect.
     learnt: Vec<u32>,
     confident: Vec<u32>,
@@ -286,7 +304,13 @@ pub struct Commissioning {
     fitted: Option<CameraBaseline>,
     frame_peaks: Vec<f32>,
     cell_peaks: Vec<f32>,
+    /// The first frame's mean pixel value, once seen (see [`Commissioning::brightness`]).
+    brightness: (f64, u32),
 }
+
+/// Most separate regions the model may call a defect while a camera is commissioned for
+/// them to be taken as defects (left out of the baseline); more is the surface misread.
+pub const MAX_DEFECTS_AT_COMMISSIONING: usize = 2;
 
 /// Fewest frames a baseline is fitted on, and calibrated on.
 pub const MIN_FIT_FRAMES: u32 = 8;
@@ -302,11 +326,14 @@ impl Commissioning {
             calibration_frames: 0,
             sum: Vec::new(),
             sum_sq: Vec::new(),
+            sum_all: Vec::new(),
+            sum_sq_all: Vec::new(),
             learnt: Vec::new(),
             confident: Vec::new(),
             fitted: None,
             frame_peaks: Vec::new(),
             cell_peaks: Vec::new(),
+            brightness: (0.0, 0),
         }
     }
 
@@ -327,6 +354,8 @@ impl Commissioning {
                 self.grid = Some(grid);
                 self.sum = vec![0.0; cells * dims];
                 self.sum_sq = vec![0.0; cells * dims];
+                self.sum_all = vec![0.0; cells * dims];
+                self.sum_sq_all = vec![0.0; cells * dims];
                 (self.learnt, self.confident) = (vec![0; cells], vec![0; cells]);
                 self.cell_peaks = vec![0.0; cells];
             }
@@ -348,6 +377,17 @@ impl Commissioning {
         self.calibrate(scores)
     }
 
+    /// The brightness the camera is commissioned at: its first frame's mean pixel value
+    /// ([`frame_brightness`]). Commissioning frames are brought to it before they are
+    /// scored (a lighting step while commissioning is not learnt), and so are the
+    /// frames of the gated camera later.
+    pub fn brightness(&mut self, first_frame: &FrameView<'_>) -> f32 {
+        if self.brightness.1 == 0 {
+            self.brightness = (f64::from(frame_brightness(first_frame)), 1);
+        }
+        self.brightness.0 as f32
+    }
+
     /// Whether enough frames have been seen to [`Commissioning::finish`].
     pub fn can_finish(&self) -> bool {
         self.fitted.is_some() && self.calibration_frames >= MIN_CALIBRATION_FRAMES
@@ -357,17 +397,21 @@ impl Commissioning {
         let dims = appearance.dims;
         let plane = scores.rows * scores.cols;
         for cell in 0..plane {
-            let confident = (1..scores.classes)
-                .any(|k| scores.probabilities[k * plane + cell] >= self.config.exclude_confidence);
-            if confident {
-                self.confident[cell] += 1;
-                continue;
-            }
-            self.learnt[cell] += 1;
+            let confident =
+                (1..scores.classes).any(|k| scores.probabilities[k * plane + cell] >= self.config.exclude_confidence);
             for (k, &v) in appearance.cell(cell).iter().enumerate() {
                 let v = f64::from(v);
-                self.sum[cell * dims + k] += v;
-                self.sum_sq[cell * dims + k] += v * v;
+                self.sum_all[cell * dims + k] += v;
+                self.sum_sq_all[cell * dims + k] += v * v;
+                if !confident {
+                    self.sum[cell * dims + k] += v;
+                    self.sum_sq[cell * dims + k] += v * v;
+                }
+            }
+            if confident {
+                self.confident[cell] += 1;
+            } else {
+                self.learnt[cell] += 1;
             }
         }
     }
@@ -375,20 +419,39 @@ impl Commissioning {
     /// The Gaussians of the frames fitted so far, every learnt cell at the floor threshold.
     fn fitted_baseline(&self) -> Result<CameraBaseline, BaselineError> {
         let Some((rows, cols, dims)) = self.grid else {
-            return Err(BaselineError::Commissioning { camera: self.key.camera_id.clone(), reason: "no frames".into() });
+            return Err(BaselineError::Commissioning {
+                camera: self.key.camera_id.clone(),
+                reason: "no frames".into(),
+            });
         };
         let cells = rows * cols;
         let mut mean = vec![0f32; cells * dims];
         let mut var = vec![0f32; cells * dims];
-        // A cell is learnt when at least half of its frames were not a confident defect.
-        let is_learnt = |cell: usize| self.learnt[cell] >= 3 && self.learnt[cell] > self.confident[cell];
+        // A cell the model called a defect in half or more of the frames is left out when
+        // its region is local; otherwise it is learnt from every frame.
+        let defect_cells: Vec<bool> = (0..cells).map(|c| self.confident[c] >= self.learnt[c]).collect();
+        // A defect on the asset is one or two compact regions; a model that calls many
+        // scattered spots or a large part of the view a defect is misreading the surface.
+        let largest = ((cells as f32 * self.config.max_defect_share).round() as usize).max(4);
+        let regions = connected_cells(&defect_cells, rows, cols);
+        let total: usize = regions.iter().map(Vec::len).sum();
+        let mut left_out = vec![false; cells];
+        if regions.len() <= MAX_DEFECTS_AT_COMMISSIONING && total <= largest {
+            regions.into_iter().flatten().for_each(|c| left_out[c] = true);
+        }
+        let is_learnt = |cell: usize| !left_out[cell];
         for cell in (0..cells).filter(|&c| is_learnt(c)) {
-            let n = f64::from(self.learnt[cell]);
+            let normal = self.learnt[cell] >= 3 && !defect_cells[cell];
+            let (sum, sum_sq, n) = if normal {
+                (&self.sum, &self.sum_sq, f64::from(self.learnt[cell]))
+            } else {
+                (&self.sum_all, &self.sum_sq_all, f64::from(self.learnt[cell] + self.confident[cell]).max(1.0))
+            };
             for k in 0..dims {
                 let i = cell * dims + k;
-                let m = self.sum[i] / n;
+                let m = sum[i] / n;
                 mean[i] = m as f32;
-                var[i] = (self.sum_sq[i] / n - m * m).max(0.0) as f32;
+                var[i] = (sum_sq[i] / n - m * m).max(0.0) as f32;
             }
         }
         // Each feature's floor: a tenth of its mean variance over the learnt cells.
@@ -419,6 +482,7 @@ impl Commissioning {
             calibration_frames: 0,
             threshold: self.config.min_threshold,
             excluded,
+            brightness: (self.brightness.1 > 0).then_some(self.brightness.0 as f32),
             sha256: String::new(),
         };
         Ok(CameraBaseline { header, mean, inv_std, cell_threshold })
@@ -473,6 +537,24 @@ impl Commissioning {
         baseline.header.sha256 = hex(&Sha256::digest(baseline.payload()));
         Ok(baseline)
     }
+}
+
+/// The mean pixel value of a frame (every 7th byte: plenty for a mean).
+pub fn frame_brightness(frame: &FrameView<'_>) -> f32 {
+    let (sum, n) = frame.pixels.iter().step_by(7).fold((0u64, 0u64), |(s, n), &p| (s + u64::from(p), n + 1));
+    if n == 0 { 0.0 } else { sum as f32 / n as f32 }
+}
+
+/// The frame's pixels scaled to the `target` mean brightness, or `None` when it is
+/// already within 3% of it. The gain is held to 0.5–2: beyond, the view is too dark
+/// or too bright to be told apart from a change of the asset anyway.
+pub fn to_brightness(frame: &FrameView<'_>, target: f32) -> Option<Vec<u8>> {
+    let mean = frame_brightness(frame);
+    let gain = (target / mean.max(1.0)).clamp(0.5, 2.0);
+    if (gain - 1.0).abs() < 0.03 {
+        return None;
+    }
+    Some(frame.pixels.iter().map(|&p| (f32::from(p) * gain).round().min(255.0) as u8).collect())
 }
 
 /// The median of `values` (0 for none).

@@ -4,9 +4,9 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 
-use crate::card::{ModelCard, ModelError, load_model};
 use crate::baseline::{BaselineConfig, BaselineError, CameraBaseline};
-use crate::gate::{GatedFrame, UnknownDefects, gate};
+use crate::card::{ModelCard, ModelError, load_model};
+use crate::gate::{GatedFrame, Persistence, gate};
 use crate::inference::{CellScores, Found, FrameView, group_cells, resize, score_batch, score_batch_with_appearance};
 use crate::model::DefectNet;
 use crate::packed::PackedNet;
@@ -106,10 +106,10 @@ impl<B: Backend> Detector<B> {
         frame: &FrameView<'_>,
         baseline: &CameraBaseline,
         config: &BaselineConfig,
-        unknown: UnknownDefects,
+        (persistence, capture_ms): (&mut Persistence, u64),
     ) -> Result<GatedFrame, BaselineError> {
-        let (scale, size) = self.frame_scale(frame);
-        gate(scores, baseline, config, self.min_confidence, unknown, scale, size)
+        let geometry = self.frame_scale(frame);
+        gate(scores, baseline, config, self.min_confidence, config.unknown, geometry, persistence, capture_ms)
     }
 
     /// How network pixels map to `frame`'s pixels, and the frame's size.

@@ -38,21 +38,59 @@ pub struct GatedFrame {
 /// Smallest departure, in cells, that is an `unknown` defect: a 16×16-pixel patch.
 pub const MIN_UNKNOWN_CELLS: usize = 4;
 
+/// Gaps shorter than this in a cell's departure are bridged (a frame at the threshold).
+const BRIDGED_GAP_MS: u64 = 1_000;
+
+/// How long each cell of a camera has been departing, so that only lasting departures
+/// count (see [`BaselineConfig::settle_ms`]).
+#[derive(Clone, Debug, Default)]
+pub struct Persistence {
+    /// Per cell: capture time its current departure began, and its latest departing frame.
+    since_ms: Vec<u64>,
+    last_ms: Vec<u64>,
+}
+
+impl Persistence {
+    /// Records a frame's departing cells; returns those departing for `settle_ms` or more.
+    pub fn settle(&mut self, departs: &[bool], capture_ms: u64, settle_ms: u64) -> Vec<bool> {
+        if self.since_ms.len() != departs.len() {
+            (self.since_ms, self.last_ms) = (vec![u64::MAX; departs.len()], vec![u64::MAX; departs.len()]);
+        }
+        (0..departs.len())
+            .map(|i| {
+                if !departs[i] {
+                    return false;
+                }
+                let continues = self.last_ms[i] != u64::MAX && capture_ms <= self.last_ms[i] + BRIDGED_GAP_MS;
+                if !continues {
+                    self.since_ms[i] = capture_ms;
+                }
+                self.last_ms[i] = capture_ms;
+                capture_ms.saturating_sub(self.since_ms[i]) >= settle_ms
+            })
+            .collect()
+    }
+}
+
 /// Gates one frame's cells with its camera's baseline; see the module documentation.
-/// `scale` maps network pixels to frame pixels, `frame` is the frame's size.
+/// `scale` maps network pixels to frame pixels, `frame` is the frame's size;
+/// `persistence` is the camera's, `capture_ms` the frame's capture time.
+#[allow(clippy::too_many_arguments)]
 pub fn gate(
     scores: &CellScores,
     baseline: &CameraBaseline,
     config: &BaselineConfig,
     min_confidence: f32,
     unknown: UnknownDefects,
-    scale: (f32, f32),
-    frame: (f32, f32),
+    (scale, frame): ((f32, f32), (f32, f32)),
+    persistence: &mut Persistence,
+    capture_ms: u64,
 ) -> Result<GatedFrame, BaselineError> {
     let Departure { relative: _, departs, departing_share, disturbed } = baseline.departure(scores, config)?;
     if disturbed {
         return Ok(GatedFrame { named: Vec::new(), unknown: Vec::new(), departing_share, disturbed });
     }
+    let departs = persistence.settle(&departs, capture_ms, config.settle_ms);
     let classified = defect_cells(scores, min_confidence);
     let named_cells: Vec<bool> = classified.iter().zip(&departs).map(|(c, d)| *c && *d).collect();
     let named = group_defect_cells(scores, &named_cells, scale, frame);
@@ -61,9 +99,8 @@ pub fn gate(
         UnknownDefects::On | UnknownDefects::Shadow => {
             // Departures the classifier leaves as background, in cells that were learnt
             // (a cell left out at commissioning departs by definition).
-            let unnamed: Vec<bool> = (0..departs.len())
-                .map(|i| departs[i] && !classified[i] && baseline.is_learnt(i))
-                .collect();
+            let unnamed: Vec<bool> =
+                (0..departs.len()).map(|i| departs[i] && !classified[i] && baseline.is_learnt(i)).collect();
             connected_cells(&unnamed, scores.rows, scores.cols)
                 .into_iter()
                 .filter(|members| members.len() >= MIN_UNKNOWN_CELLS)

@@ -150,10 +150,7 @@ impl<B: Backend> DefectNet<B> {
     /// `[batch, 2 × cell_channels, rows, cols]`. They see 15 and 31 pixels around a cell,
     /// local enough that a change stays in the cells it touches; a camera's baseline
     /// (`crate::baseline`) is a Gaussian over them.
-    pub fn forward_with_appearance(
-        &self,
-        pixels: Tensor<B, 4>,
-    ) -> (Tensor<B, 4>, Option<Tensor<B, 4>>, Tensor<B, 4>) {
+    pub fn forward_with_appearance(&self, pixels: Tensor<B, 4>) -> (Tensor<B, 4>, Option<Tensor<B, 4>>, Tensor<B, 4>) {
         let x = pixels.div_scalar(255.0).sub_scalar(0.5);
         let x = relu(self.stem.forward(x)); // [batch, stem, h/2, w/2]
         let x = relu(self.mid.forward(x)); // [batch, mid, h/4, w/4]

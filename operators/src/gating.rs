@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use burn::tensor::backend::Backend;
-use defectflow_models::baseline::{BaselineConfig, BaselineError, BaselineKey, CameraBaseline, Commissioning};
+use defectflow_models::baseline::{
+    BaselineConfig, BaselineError, BaselineKey, CameraBaseline, Commissioning, to_brightness,
+};
 use defectflow_models::detector::Detector;
-use defectflow_models::gate::UnknownDefects;
+use defectflow_models::gate::{Persistence, UnknownDefects};
 use defectflow_models::inference::{CellScores, Found, FrameView};
 
 /// Where the baseline of `camera_id` is stored in a folder of baselines.
@@ -24,8 +26,12 @@ enum CameraNormal {
     Ungated,
     /// Learning from frames captured within `commission_s` of its first, at `from_ms`;
     /// `last_ms` is the latest frame's capture time.
-    Commissioning { learning: Box<Commissioning>, from_ms: Option<u64>, last_ms: Option<u64> },
-    Gated(Arc<CameraBaseline>),
+    Commissioning {
+        learning: Box<Commissioning>,
+        from_ms: Option<u64>,
+        last_ms: Option<u64>,
+    },
+    Gated(Arc<CameraBaseline>, Persistence),
 }
 
 /// The outcome of one frame.
@@ -95,7 +101,7 @@ impl CameraGates {
             };
             let stored = folder.map(|f| baseline_path(f, &camera.camera_id)).filter(|p| p.is_file());
             let normal = match stored {
-                Some(path) => CameraNormal::Gated(Arc::new(CameraBaseline::load(&path, &key)?)),
+                Some(path) => CameraNormal::Gated(Arc::new(CameraBaseline::load(&path, &key)?), Persistence::default()),
                 None if config.commission_s > 0.0 => CameraNormal::Commissioning {
                     learning: Box::new(Commissioning::new(key, config.clone())),
                     from_ms: None,
@@ -120,6 +126,21 @@ impl CameraGates {
         let mut all: Vec<_> = self.cameras.iter().map(|(id, gate)| (id.clone(), lock(gate).stats.clone())).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    /// The frame's pixels brought to its camera's commissioned brightness (see
+    /// `Commissioning::brightness`), when the camera is commissioning or gated and the
+    /// frame is lighter or darker than that (a lighting step).
+    pub fn normalised(&self, camera_id: &str, frame: &FrameView<'_>) -> Option<Vec<u8>> {
+        let mut gate = lock(self.cameras.get(camera_id)?);
+        match &mut gate.normal {
+            CameraNormal::Gated(baseline, _) => to_brightness(frame, baseline.header.brightness?),
+            CameraNormal::Commissioning { learning, .. } => {
+                let target = learning.brightness(frame);
+                to_brightness(frame, target)
+            }
+            CameraNormal::Ungated => None,
+        }
     }
 
     /// Runs one frame of `camera_id`, captured at `capture_ms`, through its camera's gate.
@@ -153,11 +174,14 @@ impl CameraGates {
                 if elapsed + interval < span_ms || !learning.can_finish() {
                     return GateOutcome::default();
                 }
-                let done = std::mem::replace(learning, Box::new(Commissioning::new(learning.key().clone(), self.config.clone())));
+                let done = std::mem::replace(
+                    learning,
+                    Box::new(Commissioning::new(learning.key().clone(), self.config.clone())),
+                );
                 match done.finish() {
                     Ok(baseline) => {
                         self.commissioned(&baseline, stats.commissioning_frames);
-                        *normal = CameraNormal::Gated(Arc::new(baseline));
+                        *normal = CameraNormal::Gated(Arc::new(baseline), Persistence::default());
                         stats.state = "gated";
                     }
                     Err(error) => {
@@ -168,9 +192,8 @@ impl CameraGates {
                 }
                 GateOutcome::default()
             }
-            CameraNormal::Gated(baseline) => {
-                let baseline = Arc::clone(baseline);
-                self.gated(detector, &baseline, stats, scores, frame)
+            CameraNormal::Gated(baseline, persistence) => {
+                self.gated(detector, baseline, (persistence, capture_ms), stats, scores, frame)
             }
         }
     }
@@ -179,11 +202,12 @@ impl CameraGates {
         &self,
         detector: &Detector<B>,
         baseline: &CameraBaseline,
+        at: (&mut Persistence, u64),
         stats: &mut GateStats,
         scores: &CellScores,
         frame: &FrameView<'_>,
     ) -> GateOutcome {
-        match detector.found_gated(scores, frame, baseline, &self.config, self.config.unknown) {
+        match detector.found_gated(scores, frame, baseline, &self.config, at) {
             Ok(gated) => {
                 stats.departing_share = gated.departing_share;
                 stats.disturbed_frames += u64::from(gated.disturbed);
@@ -230,7 +254,7 @@ fn state_name(normal: &CameraNormal) -> &'static str {
     match normal {
         CameraNormal::Ungated => "ungated",
         CameraNormal::Commissioning { .. } => "commissioning",
-        CameraNormal::Gated(_) => "gated",
+        CameraNormal::Gated(..) => "gated",
     }
 }
 

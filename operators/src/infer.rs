@@ -180,7 +180,17 @@ fn run<B: Backend>(
         .collect();
     let found: Vec<Vec<(Found, bool)>> = match gates {
         Some(gates) if frames.iter().any(|f| gates.needs_appearance(&f.meta.camera_id)) => {
-            let scores = detector.score_with_appearance(&views);
+            // Gated cameras' frames at their commissioned brightness (a lighting step is
+            // not a change of the asset).
+            let normalised: Vec<Option<Vec<u8>>> =
+                frames.iter().zip(&views).map(|(f, view)| gates.normalised(&f.meta.camera_id, view)).collect();
+            let scored: Vec<FrameView<'_>> = (views.iter().zip(&normalised))
+                .map(|(view, pixels)| match pixels {
+                    Some(pixels) => FrameView { pixels, ..*view },
+                    None => *view,
+                })
+                .collect();
+            let scores = detector.score_with_appearance(&scored);
             (frames.iter().zip(&scores).zip(&views))
                 .map(|((f, scores), view)| {
                     let outcome = gates.frame(detector, &f.meta.camera_id, f.meta.capture_ms, scores, view);

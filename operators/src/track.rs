@@ -347,14 +347,15 @@ impl CameraTracks {
             let piece_of = self.tracks.iter_mut().enumerate().find_map(|(i, live)| {
                 // Against the box before this frame: the sighting has just narrowed it.
                 let known = before.get(i).copied().unwrap_or(live.track.bbox);
-                let piece = inside_share(&detection.bbox, &known) >= 0.5
-                    || gap(&known, &detection.bbox) <= config.merge_gap_px;
+                let piece =
+                    inside_share(&detection.bbox, &known) >= 0.5 || gap(&known, &detection.bbox) <= config.merge_gap_px;
                 (live.seen & 1 == 1 && live.track.asset_id == roi.asset_id && piece).then_some(live)
             });
             match piece_of {
                 Some(live) => {
                     live.track.bbox = union(&live.track.bbox, &detection.bbox);
                     live.track.area_px += detection.area_px;
+                    live.track.size_mm = live.mm_per_px.map(|scale| size_mm(&live.track.bbox, scale));
                 }
                 None => self.tracks.push(LiveTrack::anchor(detection, roi)),
             }
@@ -524,7 +525,8 @@ impl LiveTrack {
         // The class most frames say; on a tie, the one it has. A class the model names
         // wins over `unknown` once any frame has named it.
         let named = |c: &DefectClass| *c != DefectClass::Unknown;
-        let candidates = || self.class_hits.iter().filter(|(c, _)| named(c) || !self.class_hits.iter().any(|(c, _)| named(c)));
+        let candidates =
+            || self.class_hits.iter().filter(|(c, _)| named(c) || !self.class_hits.iter().any(|(c, _)| named(c)));
         let own = candidates().find(|(c, _)| *c == track.class).map_or(0, |(_, n)| *n);
         if let Some((class, n)) = candidates().max_by_key(|(_, n)| *n)
             && *n > own

@@ -75,8 +75,10 @@ fn sigkill_at_random_points_then_a_restart_loses_and_duplicates_nothing() {
 /// work orders go to `work-orders.jsonl` only.
 fn file_only_config(dir: &std::path::Path, truth: &defectflow_models::synth::GroundTruth) -> std::path::PathBuf {
     let reference = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
-    let mut toml =
-        format!("[runtime]\nworkers = 2\n[anomaly]\ncommission_s = 0\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n", reference.display());
+    let mut toml = format!(
+        "[runtime]\nworkers = 2\n[anomaly]\ncommission_s = 0\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n",
+        reference.display()
+    );
     toml.push_str(&crate::support::recorded_cameras(dir, truth, "realtime = true\n"));
     let path = dir.join("file-only.toml");
     std::fs::write(&path, toml).expect("config");

@@ -52,8 +52,10 @@ fn ids_that_look_like_paths_never_name_a_file() {
         }
         std::fs::write(reference.join(path.file_name().expect("name")), text).expect("write");
     }
-    let mut toml =
-        format!("[runtime]\nworkers = 2\n[anomaly]\ncommission_s = 0\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n", reference.display());
+    let mut toml = format!(
+        "[runtime]\nworkers = 2\n[anomaly]\ncommission_s = 0\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n",
+        reference.display()
+    );
     toml.push_str(&support::recorded_cameras(dir.path(), &truth, ""));
     let config = dir.path().join("paths.toml");
     std::fs::write(&config, toml).expect("config");
