@@ -204,7 +204,7 @@ fn assert_same(a: &Value, b: &Value, path: &str) {
 
 /// The configuration reference in docs/deploy.md passes `check-config` (unknown fields
 /// are refused, so every documented field exists), and documents every field of the
-/// work-order stages' tables.
+/// work-order stages' tables and of `[anomaly]`.
 #[test]
 fn the_deploy_guide_documents_the_config_the_code_reads() {
     let guide = std::fs::read_to_string(root().join("docs/deploy.md")).expect("docs/deploy.md");
@@ -233,6 +233,7 @@ fn the_deploy_guide_documents_the_config_the_code_reads() {
         ("track", serde_json::to_value(defectflow_operators::track::TrackConfig::default())),
         ("severity", serde_json::to_value(defectflow_operators::severity::SeverityConfig::default())),
         ("work_orders", serde_json::to_value(defectflow_operators::derive::WorkOrderConfig::default())),
+        ("anomaly", serde_json::to_value(defectflow_models::baseline::BaselineConfig::default())),
     ] {
         let mut want = fields(defaults.expect("serializes"));
         let mut have = documented(table);

@@ -52,20 +52,27 @@ pub struct Persistence {
 
 impl Persistence {
     /// Records a frame's departing cells; returns those departing for `settle_ms` or more.
+    /// A camera's frames may reach it slightly out of order (two inference threads): a
+    /// departure's span is the earliest and latest departing frames of an unbroken run,
+    /// whatever order they came in.
     pub fn settle(&mut self, departs: &[bool], capture_ms: u64, settle_ms: u64) -> Vec<bool> {
         if self.since_ms.len() != departs.len() {
-            (self.since_ms, self.last_ms) = (vec![u64::MAX; departs.len()], vec![u64::MAX; departs.len()]);
+            (self.since_ms, self.last_ms) = (vec![u64::MAX; departs.len()], vec![0; departs.len()]);
         }
         (0..departs.len())
             .map(|i| {
                 if !departs[i] {
                     return false;
                 }
-                let continues = self.last_ms[i] != u64::MAX && capture_ms <= self.last_ms[i] + BRIDGED_GAP_MS;
-                if !continues {
-                    self.since_ms[i] = capture_ms;
+                let (since, last) = (self.since_ms[i], self.last_ms[i]);
+                let within = since != u64::MAX
+                    && capture_ms + BRIDGED_GAP_MS >= since
+                    && capture_ms <= last.saturating_add(BRIDGED_GAP_MS);
+                if within {
+                    (self.since_ms[i], self.last_ms[i]) = (since.min(capture_ms), last.max(capture_ms));
+                } else if since == u64::MAX || capture_ms > last {
+                    (self.since_ms[i], self.last_ms[i]) = (capture_ms, capture_ms);
                 }
-                self.last_ms[i] = capture_ms;
                 capture_ms.saturating_sub(self.since_ms[i]) >= settle_ms
             })
             .collect()

@@ -62,7 +62,8 @@ pub fn merge_fragments(
             }
         }
     }
-    let mut merged: Vec<(usize, Detection, Vec<(DefectClass, f32)>)> = Vec::new();
+    // (the group's first member, the joined detection, area by class)
+    let mut merged: Vec<(usize, Detection, ClassAreas)> = Vec::new();
     for (i, detection) in detections.iter().enumerate() {
         let r = root(&mut group, i);
         match merged.iter_mut().find(|(first, ..)| *first == r) {
@@ -91,7 +92,10 @@ pub fn merge_fragments(
         .collect()
 }
 
-fn add_area(areas: &mut Vec<(DefectClass, f32)>, class: DefectClass, area: f32) {
+/// Area of a joined detection by class.
+type ClassAreas = Vec<(DefectClass, f32)>;
+
+fn add_area(areas: &mut ClassAreas, class: DefectClass, area: f32) {
     match areas.iter_mut().find(|(c, _)| *c == class) {
         Some((_, total)) => *total += area,
         None => areas.push((class, area)),
