@@ -4,12 +4,15 @@
 //! tensor ops (`burn_flex`);
 //! the peer, `benches/torch_defectnet.py`, builds the same network in PyTorch, and
 //! `benches/model_vs_torch.sh` runs both and prints the ratio. With `--features cuda`
-//! also the GPU backend at batch 1, 8 and 64.
+//! also the GPU backend at batch 1, 8 and 64. `gating_640x360` is what a commissioned
+//! camera's gate adds to a frame.
 
 use burn::tensor::backend::Backend;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use defectflow_models::baseline::{BaselineConfig, BaselineKey, Commissioning, to_brightness};
 use defectflow_models::detector::CpuBackend;
-use defectflow_models::inference::{CellScores, FrameView, score_batch};
+use defectflow_models::gate::{Persistence, UnknownDefects, gate};
+use defectflow_models::inference::{CellScores, FrameView, group_cells, score_batch};
 use defectflow_models::model::DefectNetConfig;
 use defectflow_models::packed::PackedNet;
 
@@ -51,10 +54,55 @@ fn bench_packed(c: &mut Criterion, batches: &[usize]) {
     bench_scores(c, "burn_packed", batches, |frames| packed.score(frames));
 }
 
+/// What commissioning adds to a frame on the CPU: `ungated` scores a frame and groups
+/// its defect cells (a camera without a baseline); `gated` scores it with its cells'
+/// appearance, checks its brightness and gates it with a baseline (distances, the
+/// departing cells' persistence, grouping).
+fn bench_gating(c: &mut Criterion) {
+    let net = DefectNetConfig::new().with_box_head(true).init::<CpuBackend>(&Default::default());
+    let packed = PackedNet::new(&net);
+    let frame_of =
+        |seed: usize| -> Vec<u8> { (0..3 * WIDTH * HEIGHT).map(|i| ((i * 7919 + seed * 31) % 251) as u8).collect() };
+    let view = |pixels: &[u8]| FrameView { width: WIDTH, height: HEIGHT, pixels };
+    let key = BaselineKey { camera_id: "bench".into(), frame_width: 640, frame_height: 360, model_version: "m".into() };
+    let config = BaselineConfig::default();
+    let mut learning = Commissioning::new(key, config.clone());
+    for i in 0..16 {
+        let pixels = frame_of(i);
+        let scores = packed.score_with_appearance(&[view(&pixels)]);
+        learning.observe(&scores[0], i as f32 / 16.0).expect("a frame");
+    }
+    let baseline = learning.finish().expect("a baseline");
+    let pixels = frame_of(99);
+    let geometry = ((1.0, 1.0), (WIDTH as f32, HEIGHT as f32));
+    let mut group = c.benchmark_group("gating_640x360");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("ungated", |b| {
+        b.iter(|| {
+            let scores = packed.score(&[view(&pixels)]);
+            group_cells(&scores[0], 0.5, geometry.0, geometry.1)
+        })
+    });
+    let mut persistence = Persistence::default();
+    let mut at = 0u64;
+    group.bench_function("gated", |b| {
+        b.iter(|| {
+            at += 200;
+            let normalised = to_brightness(&view(&pixels), 120.0);
+            let frame = normalised.as_deref().map_or(view(&pixels), view);
+            let scores = packed.score_with_appearance(&[frame]);
+            gate(&scores[0], &baseline, &config, 0.5, UnknownDefects::On, geometry, &mut persistence, at)
+        })
+    });
+    group.finish();
+}
+
 fn inference(c: &mut Criterion) {
     let macs = DefectNetConfig::new().with_box_head(true).macs(WIDTH, HEIGHT);
     eprintln!("defect network: {} MACs = {:.3} GFLOP per {WIDTH}x{HEIGHT} frame", macs, 2.0 * macs as f64 / 1e9);
     bench_packed(c, &[1, 8]);
+    bench_gating(c);
     bench_backend::<CpuBackend>(c, "burn_flex", &[1, 8]);
     #[cfg(feature = "cuda")]
     bench_backend::<defectflow_models::detector::GpuBackend>(c, "burn_cuda", &[1, 8, 64]);
