@@ -63,7 +63,9 @@ fn bench_gating(c: &mut Criterion) {
     let packed = PackedNet::new(&net);
     let frame_of =
         |seed: usize| -> Vec<u8> { (0..3 * WIDTH * HEIGHT).map(|i| ((i * 7919 + seed * 31) % 251) as u8).collect() };
-    let view = |pixels: &[u8]| FrameView { width: WIDTH, height: HEIGHT, pixels };
+    fn view(pixels: &[u8]) -> FrameView<'_> {
+        FrameView { width: WIDTH, height: HEIGHT, pixels }
+    }
     let key = BaselineKey { camera_id: "bench".into(), frame_width: 640, frame_height: 360, model_version: "m".into() };
     let config = BaselineConfig::default();
     let mut learning = Commissioning::new(key, config.clone());
