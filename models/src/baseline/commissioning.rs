@@ -1,0 +1,267 @@
+//! Learning a camera's baseline from its frames: fitting the Gaussians, leaving out
+//! what the model already calls a defect, calibrating the thresholds.
+
+use sha2::{Digest, Sha256};
+
+use super::{
+    BaselineConfig, BaselineError, BaselineHeader, BaselineKey, CameraBaseline, ExcludedCell, frame_brightness, median,
+};
+use crate::card::hex;
+use crate::inference::{Appearance, CellScores, FrameView, connected_cells};
+
+/// A baseline being learnt from a camera's frames: the first part of the frames fits
+/// the Gaussians, the rest calibrates the thresholds (see [`BaselineConfig::fit_share`]).
+#[derive(Debug)]
+pub struct Commissioning {
+    key: BaselineKey,
+    config: BaselineConfig,
+    grid: Option<(usize, usize, usize)>,
+    fit_frames: u32,
+    calibration_frames: u32,
+    /// Per cell and feature: sums and sums of squares of the frames learnt, and of all
+    /// frames (confident defects included).
+    sum: Vec<f64>,
+    sum_sq: Vec<f64>,
+    sum_all: Vec<f64>,
+    sum_sq_all: Vec<f64>,
+    /// Per cell: frames learnt, and frames left out as a confident defect.
+    learnt: Vec<u32>,
+    confident: Vec<u32>,
+    /// Once fitted: the baseline under calibration and what calibration has seen.
+    fitted: Option<CameraBaseline>,
+    frame_peaks: Vec<f32>,
+    cell_peaks: Vec<f32>,
+    /// The first frame's mean pixel value, once seen (see [`Commissioning::brightness`]).
+    brightness: (f64, u32),
+}
+
+/// Most separate regions the model may call a defect while a camera is commissioned for
+/// them to be taken as defects (left out of the baseline); more is the surface misread.
+pub const MAX_DEFECTS_AT_COMMISSIONING: usize = 2;
+
+/// Fewest frames a baseline is fitted on, and calibrated on.
+pub const MIN_FIT_FRAMES: u32 = 8;
+pub const MIN_CALIBRATION_FRAMES: u32 = 4;
+
+impl Commissioning {
+    pub fn new(key: BaselineKey, config: BaselineConfig) -> Commissioning {
+        Commissioning {
+            key,
+            config,
+            grid: None,
+            fit_frames: 0,
+            calibration_frames: 0,
+            sum: Vec::new(),
+            sum_sq: Vec::new(),
+            sum_all: Vec::new(),
+            sum_sq_all: Vec::new(),
+            learnt: Vec::new(),
+            confident: Vec::new(),
+            fitted: None,
+            frame_peaks: Vec::new(),
+            cell_peaks: Vec::new(),
+            brightness: (0.0, 0),
+        }
+    }
+
+    pub fn key(&self) -> &BaselineKey {
+        &self.key
+    }
+
+    /// Learns from one frame scored with appearance, `progress` (0..1) of the way
+    /// through commissioning: frames before [`BaselineConfig::fit_share`] fit the
+    /// Gaussians, later ones calibrate the thresholds.
+    pub fn observe(&mut self, scores: &CellScores, progress: f32) -> Result<(), BaselineError> {
+        let fail = |reason: String| BaselineError::Commissioning { camera: self.key.camera_id.clone(), reason };
+        let appearance = scores.appearance.as_ref().ok_or_else(|| fail("frame scored without appearance".into()))?;
+        let grid = (scores.rows, scores.cols, appearance.dims);
+        let (cells, dims) = (grid.0 * grid.1, grid.2);
+        match self.grid {
+            None => {
+                self.grid = Some(grid);
+                self.sum = vec![0.0; cells * dims];
+                self.sum_sq = vec![0.0; cells * dims];
+                self.sum_all = vec![0.0; cells * dims];
+                self.sum_sq_all = vec![0.0; cells * dims];
+                (self.learnt, self.confident) = (vec![0; cells], vec![0; cells]);
+                self.cell_peaks = vec![0.0; cells];
+            }
+            Some(known) if known != grid => {
+                return Err(fail(format!("frames changed size: {known:?} cells and features, then {grid:?}")));
+            }
+            Some(_) => {}
+        }
+        let fitting = progress < self.config.fit_share || self.fit_frames < MIN_FIT_FRAMES;
+        if fitting && self.fitted.is_none() {
+            self.fit_frames += 1;
+            self.fit(scores, appearance);
+            return Ok(());
+        }
+        if self.fitted.is_none() {
+            self.fitted = Some(self.fitted_baseline()?);
+        }
+        self.calibration_frames += 1;
+        self.calibrate(scores)
+    }
+
+    /// The brightness the camera is commissioned at: its first frame's mean pixel value
+    /// ([`frame_brightness`]). Commissioning frames are brought to it before they are
+    /// scored (a lighting step while commissioning is not learnt), and so are the
+    /// frames of the gated camera later.
+    pub fn brightness(&mut self, first_frame: &FrameView<'_>) -> f32 {
+        if self.brightness.1 == 0 {
+            self.brightness = (f64::from(frame_brightness(first_frame)), 1);
+        }
+        self.brightness.0 as f32
+    }
+
+    /// Whether enough frames have been seen to [`Commissioning::finish`].
+    pub fn can_finish(&self) -> bool {
+        self.fitted.is_some() && self.calibration_frames >= MIN_CALIBRATION_FRAMES
+    }
+
+    fn fit(&mut self, scores: &CellScores, appearance: &Appearance) {
+        let dims = appearance.dims;
+        let plane = scores.rows * scores.cols;
+        for cell in 0..plane {
+            let confident =
+                (1..scores.classes).any(|k| scores.probabilities[k * plane + cell] >= self.config.exclude_confidence);
+            for (k, &v) in appearance.cell(cell).iter().enumerate() {
+                let v = f64::from(v);
+                self.sum_all[cell * dims + k] += v;
+                self.sum_sq_all[cell * dims + k] += v * v;
+                if !confident {
+                    self.sum[cell * dims + k] += v;
+                    self.sum_sq[cell * dims + k] += v * v;
+                }
+            }
+            if confident {
+                self.confident[cell] += 1;
+            } else {
+                self.learnt[cell] += 1;
+            }
+        }
+    }
+
+    /// The Gaussians of the frames fitted so far, every learnt cell at the floor threshold.
+    fn fitted_baseline(&self) -> Result<CameraBaseline, BaselineError> {
+        let Some((rows, cols, dims)) = self.grid else {
+            return Err(BaselineError::Commissioning {
+                camera: self.key.camera_id.clone(),
+                reason: "no frames".into(),
+            });
+        };
+        let cells = rows * cols;
+        let mut mean = vec![0f32; cells * dims];
+        let mut var = vec![0f32; cells * dims];
+        // A cell the model called a defect in half or more of the frames is left out when
+        // its region is local; otherwise it is learnt from every frame.
+        let defect_cells: Vec<bool> = (0..cells).map(|c| self.confident[c] >= self.learnt[c]).collect();
+        // A defect on the asset is one or two compact regions; a model that calls many
+        // scattered spots or a large part of the view a defect is misreading the surface.
+        let largest = ((cells as f32 * self.config.max_defect_share).round() as usize).max(4);
+        let regions = connected_cells(&defect_cells, rows, cols);
+        let total: usize = regions.iter().map(Vec::len).sum();
+        let mut left_out = vec![false; cells];
+        if regions.len() <= MAX_DEFECTS_AT_COMMISSIONING && total <= largest {
+            regions.into_iter().flatten().for_each(|c| left_out[c] = true);
+        }
+        let is_learnt = |cell: usize| !left_out[cell];
+        for cell in (0..cells).filter(|&c| is_learnt(c)) {
+            let normal = self.learnt[cell] >= 3 && !defect_cells[cell];
+            let (sum, sum_sq, n) = if normal {
+                (&self.sum, &self.sum_sq, f64::from(self.learnt[cell]))
+            } else {
+                (&self.sum_all, &self.sum_sq_all, f64::from(self.learnt[cell] + self.confident[cell]).max(1.0))
+            };
+            for k in 0..dims {
+                let i = cell * dims + k;
+                let m = sum[i] / n;
+                mean[i] = m as f32;
+                var[i] = (sum_sq[i] / n - m * m).max(0.0) as f32;
+            }
+        }
+        // Each feature's floor: a tenth of its mean variance over the learnt cells.
+        let learnt_cells = (0..cells).filter(|&c| is_learnt(c)).count().max(1) as f32;
+        let floor: Vec<f32> = (0..dims)
+            .map(|k| {
+                let total: f32 = (0..cells).filter(|&c| is_learnt(c)).map(|c| var[c * dims + k]).sum();
+                0.1 * total / learnt_cells + 1e-4
+            })
+            .collect();
+        let inv_std = var.iter().enumerate().map(|(i, v)| 1.0 / (v + floor[i % dims]).sqrt()).collect();
+        let cell_threshold =
+            (0..cells).map(|c| if is_learnt(c) { self.config.min_threshold } else { f32::INFINITY }).collect();
+        let excluded = (0..cells)
+            .filter(|&c| !is_learnt(c))
+            .map(|c| ExcludedCell {
+                row: c / cols,
+                col: c % cols,
+                share: self.confident[c] as f32 / self.fit_frames.max(1) as f32,
+            })
+            .collect();
+        let header = BaselineHeader {
+            key: self.key.clone(),
+            rows,
+            cols,
+            dims,
+            fit_frames: self.fit_frames,
+            calibration_frames: 0,
+            threshold: self.config.min_threshold,
+            excluded,
+            brightness: (self.brightness.1 > 0).then_some(self.brightness.0 as f32),
+            sha256: String::new(),
+        };
+        Ok(CameraBaseline { header, mean, inv_std, cell_threshold })
+    }
+
+    fn calibrate(&mut self, scores: &CellScores) -> Result<(), BaselineError> {
+        let Some(fitted) = &self.fitted else { return Ok(()) };
+        let departure = fitted.departure(scores, &self.config)?;
+        let plane = scores.rows * scores.cols;
+        // A defect appearing while calibrating must not raise its cells' thresholds.
+        let confident = |cell: usize| {
+            (1..scores.classes).any(|k| scores.probabilities[k * plane + cell] >= self.config.exclude_confidence)
+        };
+        let mut peak = 0f32;
+        let cells = departure.relative.iter().zip(&mut self.cell_peaks).zip(&fitted.cell_threshold).enumerate();
+        for (cell, ((r, cell_peak), t)) in cells {
+            if t.is_finite() && !confident(cell) {
+                *cell_peak = cell_peak.max(*r);
+                peak = peak.max(*r);
+            }
+        }
+        self.frame_peaks.push(peak);
+        Ok(())
+    }
+
+    /// The baseline, its thresholds from calibration: frame-wide, the margin over the
+    /// typical frame's largest relative distance; per cell, at least the margin over its
+    /// own largest.
+    pub fn finish(mut self) -> Result<CameraBaseline, BaselineError> {
+        if !self.can_finish() {
+            return Err(BaselineError::Commissioning {
+                camera: self.key.camera_id.clone(),
+                reason: format!(
+                    "{} frames fitted and {} calibrated; it needs at least {MIN_FIT_FRAMES} and {MIN_CALIBRATION_FRAMES}: give it more seconds of footage",
+                    self.fit_frames, self.calibration_frames
+                ),
+            });
+        }
+        let mut baseline = self.fitted.take().ok_or_else(|| BaselineError::Commissioning {
+            camera: self.key.camera_id.clone(),
+            reason: "finished before the Gaussians were fitted".into(),
+        })?;
+        let margin = self.config.threshold_margin;
+        let threshold = (margin * median(&self.frame_peaks)).max(self.config.min_threshold);
+        for (t, peak) in baseline.cell_threshold.iter_mut().zip(&self.cell_peaks) {
+            if t.is_finite() {
+                *t = threshold.max(margin * peak);
+            }
+        }
+        baseline.header.threshold = threshold;
+        baseline.header.calibration_frames = self.calibration_frames;
+        baseline.header.sha256 = hex(&Sha256::digest(baseline.payload()));
+        Ok(baseline)
+    }
+}
