@@ -77,6 +77,27 @@ impl Persistence {
             })
             .collect()
     }
+
+    /// A disturbed frame (see [`Departure::disturbed`]) says nothing of any one cell: the
+    /// departures under way before it do not end by it.
+    pub fn hold(&mut self, capture_ms: u64) {
+        for (since, last) in self.since_ms.iter().zip(self.last_ms.iter_mut()) {
+            if *since != u64::MAX && capture_ms <= last.saturating_add(BRIDGED_GAP_MS) {
+                *last = (*last).max(capture_ms);
+            }
+        }
+    }
+
+    /// Per cell of `cells`: whether it has not departed within `window_ms` before
+    /// `capture_ms` (a cell its baseline may learn from).
+    pub fn quiet(&self, cells: usize, capture_ms: u64, window_ms: u64) -> Vec<bool> {
+        (0..cells)
+            .map(|i| match (self.since_ms.get(i), self.last_ms.get(i)) {
+                (Some(&since), Some(&last)) => since == u64::MAX || last.saturating_add(window_ms) < capture_ms,
+                _ => true,
+            })
+            .collect()
+    }
 }
 
 /// Gates one frame's cells with its camera's baseline; see the module documentation.
@@ -95,9 +116,12 @@ pub fn gate(
 ) -> Result<GatedFrame, BaselineError> {
     let Departure { relative: _, departs, departing_share, disturbed } = baseline.departure(scores, config)?;
     if disturbed {
+        persistence.hold(capture_ms);
         return Ok(GatedFrame { named: Vec::new(), unknown: Vec::new(), departing_share, disturbed });
     }
-    let departs = persistence.settle(&departs, capture_ms, config.settle_ms);
+    // A cell left out at commissioning was a defect all along: it has nothing to settle.
+    let settled = persistence.settle(&departs, capture_ms, config.settle_ms);
+    let departs: Vec<bool> = settled.iter().enumerate().map(|(i, s)| *s || !baseline.is_learnt(i)).collect();
     let classified = defect_cells(scores, min_confidence);
     let named_cells: Vec<bool> = classified.iter().zip(&departs).map(|(c, d)| *c && *d).collect();
     let named = group_defect_cells(scores, &named_cells, scale, frame);

@@ -3,7 +3,7 @@
 //! is refused for another camera, frame size or model.
 
 use defectflow_models::baseline::{BaselineConfig, BaselineError, BaselineKey, CameraBaseline, Commissioning};
-use defectflow_models::gate::{Persistence, UnknownDefects, gate};
+use defectflow_models::gate::{GatedFrame, Persistence, UnknownDefects, gate};
 use defectflow_models::inference::{Appearance, CellScores};
 use defectflow_schemas::DefectClass;
 use rand::{Rng, SeedableRng};
@@ -52,6 +52,18 @@ fn instant() -> BaselineConfig {
     BaselineConfig { settle_ms: 0, ..BaselineConfig::default() }
 }
 
+/// One frame gated at once (no persistence asked for), at confidence 0.5, in a
+/// 128×96 frame whose pixels are `scale` network pixels.
+fn gated_at_once(
+    scores: &CellScores,
+    baseline: &CameraBaseline,
+    unknown: UnknownDefects,
+    scale: (f32, f32),
+) -> GatedFrame {
+    let persistence = &mut Persistence::default();
+    gate(scores, baseline, &instant(), 0.5, unknown, (scale, (128.0, 96.0)), persistence, 0).expect("gated")
+}
+
 fn commissioned(rng: &mut ChaCha8Rng, defect: &[usize]) -> CameraBaseline {
     let mut learning = Commissioning::new(key(), BaselineConfig::default());
     for i in 0..40 {
@@ -85,17 +97,7 @@ fn a_change_of_the_whole_view_is_a_disturbance_not_a_defect() {
     // Shake: a third of the view (its edges) changes at once.
     let everything: Vec<usize> = (0..ROWS * COLS).filter(|c| c % 3 == 0).collect();
     let shaken = frame(&mut rng, &everything, 1.5, &[]);
-    let gated = gate(
-        &shaken,
-        &baseline,
-        &instant(),
-        0.5,
-        UnknownDefects::On,
-        ((8.0, 8.0), (128.0, 96.0)),
-        &mut Persistence::default(),
-        0,
-    )
-    .expect("gated");
+    let gated = gated_at_once(&shaken, &baseline, UnknownDefects::On, (8.0, 8.0));
     assert!(gated.disturbed, "a third of the view changed at once");
     assert!(gated.named.is_empty() && gated.unknown.is_empty());
 }
@@ -104,62 +106,21 @@ fn a_change_of_the_whole_view_is_a_disturbance_not_a_defect() {
 fn a_departure_the_classifier_names_is_a_defect_and_one_it_cannot_is_unknown() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let baseline = commissioned(&mut rng, &[]);
-    let config = instant();
     let scale = ((128 / COLS) as f32 / 8.0, (96 / ROWS) as f32 / 8.0);
     // The classifier calls the patch a crack and the view departs there: a crack.
     let named = frame(&mut rng, &patch(), 2.0, &patch());
-    let gated = gate(
-        &named,
-        &baseline,
-        &config,
-        0.5,
-        UnknownDefects::On,
-        (scale, (128.0, 96.0)),
-        &mut Persistence::default(),
-        0,
-    )
-    .expect("gated");
+    let gated = gated_at_once(&named, &baseline, UnknownDefects::On, scale);
     assert_eq!(gated.named.iter().map(|f| f.class).collect::<Vec<_>>(), vec![DefectClass::Crack]);
     assert!(gated.unknown.is_empty());
     // The classifier calls a cell a crack where nothing departs: nothing.
     let classifier_only = frame(&mut rng, &[], 0.0, &patch());
-    let gated = gate(
-        &classifier_only,
-        &baseline,
-        &config,
-        0.5,
-        UnknownDefects::On,
-        (scale, (128.0, 96.0)),
-        &mut Persistence::default(),
-        0,
-    )
-    .expect("gated");
+    let gated = gated_at_once(&classifier_only, &baseline, UnknownDefects::On, scale);
     assert!(gated.named.is_empty() && gated.unknown.is_empty(), "{gated:?}");
     // A departure no class fits: unknown, or nothing when unknown defects are off.
     let unnamed = frame(&mut rng, &patch(), 2.0, &[]);
-    let gated = gate(
-        &unnamed,
-        &baseline,
-        &config,
-        0.5,
-        UnknownDefects::On,
-        (scale, (128.0, 96.0)),
-        &mut Persistence::default(),
-        0,
-    )
-    .expect("gated");
+    let gated = gated_at_once(&unnamed, &baseline, UnknownDefects::On, scale);
     assert_eq!(gated.unknown.iter().map(|f| f.class).collect::<Vec<_>>(), vec![DefectClass::Unknown]);
-    let gated = gate(
-        &unnamed,
-        &baseline,
-        &config,
-        0.5,
-        UnknownDefects::Off,
-        (scale, (128.0, 96.0)),
-        &mut Persistence::default(),
-        0,
-    )
-    .expect("gated");
+    let gated = gated_at_once(&unnamed, &baseline, UnknownDefects::Off, scale);
     assert!(gated.unknown.is_empty());
 }
 
@@ -171,17 +132,7 @@ fn a_defect_present_while_commissioning_is_not_learnt_and_still_found() {
     let excluded: Vec<usize> = baseline.header.excluded.iter().map(|c| c.row * COLS + c.col).collect();
     assert_eq!(excluded, small, "the cells the model called a crack are reported, not learnt");
     let same = frame(&mut rng, &[], 0.0, &small);
-    let gated = gate(
-        &same,
-        &baseline,
-        &instant(),
-        0.5,
-        UnknownDefects::On,
-        ((1.0, 1.0), (128.0, 96.0)),
-        &mut Persistence::default(),
-        0,
-    )
-    .expect("gated");
+    let gated = gated_at_once(&same, &baseline, UnknownDefects::On, (1.0, 1.0));
     assert_eq!(gated.named.len(), 1, "the crack present at commissioning is still a crack");
 }
 
@@ -194,17 +145,7 @@ fn a_surface_the_model_misreads_everywhere_is_learnt_as_normal() {
     let baseline = commissioned(&mut rng, &texture);
     assert!(baseline.header.excluded.is_empty(), "{:?}", baseline.header.excluded);
     let same = frame(&mut rng, &[], 0.0, &texture);
-    let gated = gate(
-        &same,
-        &baseline,
-        &instant(),
-        0.5,
-        UnknownDefects::On,
-        ((1.0, 1.0), (128.0, 96.0)),
-        &mut Persistence::default(),
-        0,
-    )
-    .expect("gated");
+    let gated = gated_at_once(&same, &baseline, UnknownDefects::On, (1.0, 1.0));
     assert!(gated.named.is_empty() && gated.unknown.is_empty(), "{gated:?}");
 }
 
@@ -225,6 +166,43 @@ fn only_a_lasting_departure_counts() {
         settled = persistence.settle(&[true], t, 3_000);
     }
     assert_eq!(settled, vec![true]);
+}
+
+#[test]
+fn a_disturbed_frame_does_not_end_a_departure_under_way() {
+    let mut persistence = Persistence::default();
+    let mut settled = Vec::new();
+    for t in (0..=3_000).step_by(200) {
+        if (1_000..2_600).contains(&t) {
+            persistence.hold(t); // shake: 1.6 s of frames that say nothing of the cell
+        } else {
+            settled = persistence.settle(&[true], t, 3_000);
+        }
+    }
+    assert_eq!(settled, vec![true]);
+}
+
+#[test]
+fn the_baseline_follows_a_slow_change_but_never_a_cell_that_departs() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let commissioned = commissioned(&mut rng, &[]);
+    let config = BaselineConfig::default();
+    // Daylight through a window: 5 of the 16 columns slowly drift by 1.5.
+    let side: Vec<usize> = (0..ROWS * COLS).filter(|c| (5..10).contains(&(c % COLS))).collect();
+    // The patch, inside it, is under a live track: never quiet.
+    let quiet: Vec<bool> = (0..ROWS * COLS).map(|i| !patch().contains(&i)).collect();
+    let mut following = commissioned.clone();
+    for k in 0..=1_000 {
+        let scores = frame(&mut rng, &side, 1.5 * k as f32 / 1_000.0, &[]);
+        following.follow(&scores, &quiet, 0.05).expect("follows");
+    }
+    assert!(following.drift() > 0.1, "the drift is measured: {}", following.drift());
+    let now = frame(&mut rng, &side, 1.5, &[]);
+    let unfollowed = commissioned.departure(&now, &config).expect("departure");
+    assert!(unfollowed.disturbed, "without following, most of the view departs");
+    let followed = following.departure(&now, &config).expect("departure");
+    let departing: Vec<usize> = (0..ROWS * COLS).filter(|&i| followed.departs[i]).collect();
+    assert_eq!(departing, patch(), "the quiet cells followed the light, the patch did not");
 }
 
 #[test]

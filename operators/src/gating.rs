@@ -31,8 +31,30 @@ enum CameraNormal {
         from_ms: Option<u64>,
         last_ms: Option<u64>,
     },
-    Gated(Arc<CameraBaseline>, Persistence),
+    Gated(Box<Gated>),
 }
+
+/// A commissioned camera: its baseline (which follows slow changes), how long its cells
+/// have departed, and the capture time its baseline last followed.
+#[derive(Debug)]
+struct Gated {
+    baseline: CameraBaseline,
+    persistence: Persistence,
+    followed_ms: Option<u64>,
+}
+
+impl CameraNormal {
+    fn gated(baseline: CameraBaseline) -> CameraNormal {
+        CameraNormal::Gated(Box::new(Gated { baseline, persistence: Persistence::default(), followed_ms: None }))
+    }
+}
+
+/// A cell that departed within this long may still be under a live track (a track
+/// resolves 30 s after its last detection, by default): its baseline does not learn it.
+const QUIET_MS: u64 = 60_000;
+
+/// The most a baseline follows in one step, whatever the gap since the previous frame.
+const MAX_FOLLOW_WEIGHT: f32 = 0.05;
 
 /// The outcome of one frame.
 #[derive(Debug, Default)]
@@ -55,6 +77,9 @@ pub struct GateStats {
     pub disturbed_frames: u64,
     /// Frames commissioning learnt from.
     pub commissioning_frames: u64,
+    /// How far the camera's baseline has followed the view since it was commissioned
+    /// (see `CameraBaseline::drift`).
+    pub drift: f32,
 }
 
 #[derive(Debug)]
@@ -101,7 +126,7 @@ impl CameraGates {
             };
             let stored = folder.map(|f| baseline_path(f, &camera.camera_id)).filter(|p| p.is_file());
             let normal = match stored {
-                Some(path) => CameraNormal::Gated(Arc::new(CameraBaseline::load(&path, &key)?), Persistence::default()),
+                Some(path) => CameraNormal::gated(CameraBaseline::load(&path, &key)?),
                 None if config.commission_s > 0.0 => CameraNormal::Commissioning {
                     learning: Box::new(Commissioning::new(key, config.clone())),
                     from_ms: None,
@@ -134,7 +159,7 @@ impl CameraGates {
     pub fn normalised(&self, camera_id: &str, frame: &FrameView<'_>) -> Option<Vec<u8>> {
         let mut gate = lock(self.cameras.get(camera_id)?);
         match &mut gate.normal {
-            CameraNormal::Gated(baseline, _) => to_brightness(frame, baseline.header.brightness?),
+            CameraNormal::Gated(gated) => to_brightness(frame, gated.baseline.header.brightness?),
             CameraNormal::Commissioning { learning, .. } => {
                 let target = learning.brightness(frame);
                 to_brightness(frame, target)
@@ -181,7 +206,7 @@ impl CameraGates {
                 match done.finish() {
                     Ok(baseline) => {
                         self.commissioned(&baseline, stats.commissioning_frames);
-                        *normal = CameraNormal::Gated(Arc::new(baseline), Persistence::default());
+                        *normal = CameraNormal::gated(baseline);
                         stats.state = "gated";
                     }
                     Err(error) => {
@@ -192,25 +217,34 @@ impl CameraGates {
                 }
                 GateOutcome::default()
             }
-            CameraNormal::Gated(baseline, persistence) => {
-                self.gated(detector, baseline, (persistence, capture_ms), stats, scores, frame)
-            }
+            CameraNormal::Gated(gated) => self.gated(detector, gated, capture_ms, stats, scores, frame),
         }
     }
 
     fn gated<B: Backend>(
         &self,
         detector: &Detector<B>,
-        baseline: &CameraBaseline,
-        at: (&mut Persistence, u64),
+        camera: &mut Gated,
+        capture_ms: u64,
         stats: &mut GateStats,
         scores: &CellScores,
         frame: &FrameView<'_>,
     ) -> GateOutcome {
-        match detector.found_gated(scores, frame, baseline, &self.config, at) {
+        let Gated { baseline, persistence, followed_ms } = camera;
+        match detector.found_gated(scores, frame, baseline, &self.config, (persistence, capture_ms)) {
             Ok(gated) => {
                 stats.departing_share = gated.departing_share;
                 stats.disturbed_frames += u64::from(gated.disturbed);
+                if !gated.disturbed && self.config.follow_s > 0.0 {
+                    let since = capture_ms.saturating_sub(followed_ms.unwrap_or(capture_ms));
+                    let weight = (since as f64 / (self.config.follow_s * 1000.0)) as f32;
+                    let quiet = persistence.quiet(scores.rows * scores.cols, capture_ms, QUIET_MS);
+                    if let Err(error) = baseline.follow(scores, &quiet, weight.min(MAX_FOLLOW_WEIGHT)) {
+                        tracing::warn!(%error, "baseline did not follow the frame");
+                    }
+                    *followed_ms = Some(followed_ms.map_or(capture_ms, |t| t.max(capture_ms)));
+                    stats.drift = baseline.drift();
+                }
                 GateOutcome {
                     named: gated.named,
                     unknown: gated.unknown,

@@ -522,13 +522,11 @@ impl LiveTrack {
             None => self.class_hits.push((detection.class, 1)),
         }
         let track = &mut self.track;
-        // The class most frames say; on a tie, the one it has. A class the model names
-        // wins over `unknown` once any frame has named it.
-        let named = |c: &DefectClass| *c != DefectClass::Unknown;
-        let candidates =
-            || self.class_hits.iter().filter(|(c, _)| named(c) || !self.class_hits.iter().any(|(c, _)| named(c)));
-        let own = candidates().find(|(c, _)| *c == track.class).map_or(0, |(_, n)| *n);
-        if let Some((class, n)) = candidates().max_by_key(|(_, n)| *n)
+        // The class most frames say, `unknown` among them; on a tie, the one it has. A
+        // class the model names in a few frames of a departure it mostly cannot name is
+        // a guess: the wrong procedure and skill cost more than an inspection.
+        let own = self.class_hits.iter().find(|(c, _)| *c == track.class).map_or(0, |(_, n)| *n);
+        if let Some((class, n)) = self.class_hits.iter().max_by_key(|(_, n)| *n)
             && *n > own
         {
             track.class = *class;
@@ -692,5 +690,19 @@ mod tests {
         }
         assert_eq!(tracks.tracks.len(), 1);
         assert_eq!(tracks.tracks[0].track.class, DefectClass::MissingComponent);
+    }
+
+    #[test]
+    fn a_departure_named_in_a_few_frames_and_unknown_in_most_is_unknown() {
+        let config = TrackConfig { confirm_hits: 2, confirm_window_frames: 3, ..TrackConfig::default() };
+        let roi = Roi { asset_id: "A".into(), x: 0, y: 0, width: 100, height: 100, mm_per_px: None };
+        let mut tracks = CameraTracks { rois: vec![roi], ..CameraTracks::default() };
+        // Two frames name misalignment, then five cannot name it.
+        let classes = [DefectClass::Misalignment; 2].into_iter().chain([DefectClass::Unknown; 5]);
+        for (i, class) in classes.enumerate() {
+            tracks.observe(&frame(i as u64, class), &config, 3, None);
+        }
+        assert_eq!(tracks.tracks.len(), 1);
+        assert_eq!(tracks.tracks[0].track.class, DefectClass::Unknown);
     }
 }

@@ -322,6 +322,12 @@ fn validate_anomaly(anomaly: &defectflow_models::baseline::BaselineConfig) -> Re
     if !(anomaly.commission_s >= 0.0 && anomaly.commission_s <= 3600.0) {
         return field("commission_s", format!("must be 0 (off) to 3600 seconds, got {}", anomaly.commission_s));
     }
+    if !(anomaly.follow_s == 0.0 || (anomaly.follow_s >= 60.0 && anomaly.follow_s.is_finite())) {
+        return field(
+            "follow_s",
+            format!("must be 0 (never follows) or at least 60 seconds, got {}", anomaly.follow_s),
+        );
+    }
     let shares = [
         ("exclude_confidence", anomaly.exclude_confidence),
         ("disturbed_fraction", anomaly.disturbed_fraction),

@@ -154,9 +154,11 @@ impl Commissioning {
         let cells = rows * cols;
         let mut mean = vec![0f32; cells * dims];
         let mut var = vec![0f32; cells * dims];
-        // A cell the model called a defect in half or more of the frames is left out when
-        // its region is local; otherwise it is learnt from every frame.
-        let defect_cells: Vec<bool> = (0..cells).map(|c| self.confident[c] >= self.learnt[c]).collect();
+        // A cell the model called a defect in two frames of three or more is left out when
+        // its region is local; otherwise it is learnt from every frame. A defect there is
+        // there in every frame: the model naming a spot in barely half of them is the
+        // model hesitating over a blemish (lens dirt, a weld), which is normal.
+        let defect_cells: Vec<bool> = (0..cells).map(|c| self.confident[c] >= 2 * self.learnt[c]).collect();
         // A defect on the asset is one or two compact regions; a model that calls many
         // scattered spots or a large part of the view a defect is misreading the surface.
         let largest = ((cells as f32 * self.config.max_defect_share).round() as usize).max(4);
@@ -212,7 +214,7 @@ impl Commissioning {
             brightness: (self.brightness.1 > 0).then_some(self.brightness.0 as f32),
             sha256: String::new(),
         };
-        Ok(CameraBaseline { header, mean, inv_std, cell_threshold })
+        Ok(CameraBaseline { header, mean, inv_std, cell_threshold, commissioned_mean: None, drift: 0.0 })
     }
 
     fn calibrate(&mut self, scores: &CellScores) -> Result<(), BaselineError> {

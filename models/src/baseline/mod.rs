@@ -58,7 +58,7 @@ pub struct BaselineConfig {
     /// `off`.
     pub unknown: UnknownDefects,
     /// A cell whose most likely class is a defect with at least this probability, in
-    /// half or more of the commissioning frames, is not learnt as normal: a defect
+    /// two frames in three or more while commissioning, is not learnt as normal: a defect
     /// present on the day of commissioning still becomes a work order.
     pub exclude_confidence: f32,
     /// What the model calls a defect while commissioning is left out of the baseline only
@@ -78,9 +78,13 @@ pub struct BaselineConfig {
     /// calibrate the thresholds.
     pub fit_share: f32,
     /// A cell counts as departing only once it has departed this long (capture time;
-    /// gaps under a second bridged): a person, a vehicle, a shadow or steam passing
-    /// covers a cell for less, a defect stays.
+    /// gaps under a second bridged, disturbed frames skipped): a person, a vehicle, a
+    /// shadow or a plume of steam passing covers a cell for less, a defect stays.
     pub settle_ms: u64,
+    /// The baseline follows slow changes of the view (daylight, dust) with this time
+    /// constant, in seconds: a change that lasts this long is two-thirds learnt. Cells
+    /// departing now or lately (a live track's) are never learnt. 0: never follows.
+    pub follow_s: f64,
 }
 
 impl Default for BaselineConfig {
@@ -94,7 +98,8 @@ impl Default for BaselineConfig {
             min_threshold: 3.0,
             disturbed_fraction: 0.2,
             fit_share: 0.6,
-            settle_ms: 3000,
+            settle_ms: 20_000,
+            follow_s: 600.0,
         }
     }
 }
@@ -156,6 +161,10 @@ pub struct CameraBaseline {
     inv_std: Vec<f32>,
     /// Per cell: its threshold of the relative distance; infinite for a cell not learnt.
     cell_threshold: Vec<f32>,
+    /// The means as commissioned, once the baseline has followed the view (see
+    /// [`CameraBaseline::follow`]), and how far it has moved from them.
+    commissioned_mean: Option<Vec<f32>>,
+    drift: f32,
 }
 
 /// How far each cell of one frame departs from its camera's normal.
@@ -205,6 +214,41 @@ impl CameraBaseline {
         let departing = (departs.iter().zip(&self.cell_threshold)).filter(|(d, t)| **d && t.is_finite()).count();
         let departing_share = departing as f32 / learnt.len().max(1) as f32;
         Ok(Departure { relative, departs, departing_share, disturbed: departing_share > config.disturbed_fraction })
+    }
+
+    /// Follows slow changes of the view: each learnt cell in `quiet` (departing neither
+    /// now nor lately) moves its mean `weight` (0–1) of the way to this frame's
+    /// features. The spread and thresholds stay as commissioned, so how far the view may
+    /// wander before a cell departs does not grow.
+    pub fn follow(&mut self, scores: &CellScores, quiet: &[bool], weight: f32) -> Result<(), BaselineError> {
+        let appearance = self.check_grid(scores)?;
+        let (dims, weight) = (self.header.dims, weight.clamp(0.0, 1.0));
+        let commissioned = self.commissioned_mean.get_or_insert_with(|| self.mean.clone());
+        let (mut moved, mut cells) = (0.0f64, 0usize);
+        for (cell, threshold) in self.cell_threshold.iter().enumerate() {
+            if !threshold.is_finite() {
+                continue;
+            }
+            let at = cell * dims..(cell + 1) * dims;
+            let (mean, start, inv_std) = (&mut self.mean[at.clone()], &commissioned[at.clone()], &self.inv_std[at]);
+            if quiet.get(cell).copied().unwrap_or(false) {
+                for (m, f) in mean.iter_mut().zip(appearance.cell(cell)) {
+                    *m += weight * (f - *m);
+                }
+            }
+            let squared: f32 = (mean.iter().zip(start).zip(inv_std)).map(|((m, s), i)| ((m - s) * i).powi(2)).sum();
+            moved += f64::from(squared / dims as f32);
+            cells += 1;
+        }
+        self.drift = (moved / cells.max(1) as f64).sqrt() as f32;
+        Ok(())
+    }
+
+    /// How far the baseline has followed the view since it was commissioned: the root
+    /// mean square over learnt cells and features of its means' moves, in the
+    /// commissioned standard deviations (0 until it follows).
+    pub fn drift(&self) -> f32 {
+        self.drift
     }
 
     fn check_grid<'a>(&self, scores: &'a CellScores) -> Result<&'a Appearance, BaselineError> {
@@ -279,7 +323,7 @@ impl CameraBaseline {
         let mean = floats.by_ref().take(cells * dims).collect();
         let inv_std = floats.by_ref().take(cells * dims).collect();
         let cell_threshold = floats.collect();
-        Ok(CameraBaseline { header, mean, inv_std, cell_threshold })
+        Ok(CameraBaseline { header, mean, inv_std, cell_threshold, commissioned_mean: None, drift: 0.0 })
     }
 }
 
