@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::config::RunConfig;
 use crate::graph::{self, Hooks, StopWhen};
 use crate::metrics::{Metrics, Stage};
+use crate::reference::{WholeView, reference_with_cameras};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -199,22 +200,17 @@ const ASSETS: [(&str, &str, &str); 4] = [
 /// Writes the bench's reference folder (the demo plant's, with a region of interest per
 /// bench camera) and its config into `dir`.
 pub fn prepare(plan: &BenchPlan, dir: &Path) -> anyhow::Result<RunConfig> {
-    let reference = dir.join("reference");
-    std::fs::create_dir_all(&reference)?;
-    for file in ["assets.json", "failures.json", "procedures.json", "technicians.json", "inventory.json"] {
-        std::fs::copy(plan.reference.join(file), reference.join(file))
-            .map_err(|e| anyhow::anyhow!("{}: {e}", plan.reference.join(file).display()))?;
-    }
-    let cameras: Vec<serde_json::Value> = (0..plan.cameras)
-        .map(|i| {
-            serde_json::json!({
-                "camera_id": format!("bench-{i:02}"),
-                "rois": [{ "asset_id": ASSETS[i % ASSETS.len()].1, "x": 0, "y": 0,
-                           "width": plan.width, "height": plan.height, "mm_per_px": 0.6 }],
-            })
+    let ids: Vec<String> = (0..plan.cameras).map(|i| format!("bench-{i:02}")).collect();
+    let views: Vec<WholeView<'_>> = (ids.iter().enumerate())
+        .map(|(i, id)| WholeView {
+            camera_id: id,
+            asset_id: ASSETS[i % ASSETS.len()].1,
+            width: plan.width,
+            height: plan.height,
+            mm_per_px: 0.6,
         })
         .collect();
-    std::fs::write(reference.join("cameras.json"), serde_json::to_string_pretty(&cameras)?)?;
+    let reference = reference_with_cameras(&plan.reference, dir, &views)?;
     let mut toml = format!(
         "[runtime]\nworkers = {}\nidle_timeout_ms = 2000\nduration_s = {}\n\n[anomaly]\ncommission_s = {}\n[model]\n\n[plant]\nreference = \"{}\"\n\n",
         plan.workers,

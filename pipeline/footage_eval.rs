@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
 use crate::graph::{self, Hooks, StopWhen};
+use crate::reference::{WholeView, reference_with_cameras};
 
 /// `footage.json`: the clips of a footage folder and what is in them.
 #[derive(Clone, Debug, Deserialize)]
@@ -121,22 +122,17 @@ fn prepare(plan: &FootagePlan, truth: &FootageTruth, dir: &Path, out: &Path) -> 
     } else {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference")
     };
-    let reference = dir.join("reference");
-    std::fs::create_dir_all(&reference)?;
-    for file in ["assets.json", "failures.json", "procedures.json", "technicians.json", "inventory.json"] {
-        std::fs::copy(demo.join(file), reference.join(file)).with_context(|| demo.join(file).display().to_string())?;
-    }
     const ASSETS: [&str; 4] = ["CV-101-PUL", "MT-204", "FL-330", "GB-412"];
-    let cameras: Vec<serde_json::Value> = (truth.clips.iter().enumerate())
-        .map(|(i, clip)| {
-            serde_json::json!({
-                "camera_id": clip.camera_id,
-                "rois": [{ "asset_id": ASSETS[i % ASSETS.len()], "x": 0, "y": 0,
-                           "width": clip.width, "height": clip.height, "mm_per_px": 0.5 }],
-            })
+    let views: Vec<WholeView<'_>> = (truth.clips.iter().enumerate())
+        .map(|(i, clip)| WholeView {
+            camera_id: &clip.camera_id,
+            asset_id: ASSETS[i % ASSETS.len()],
+            width: clip.width,
+            height: clip.height,
+            mm_per_px: 0.5,
         })
         .collect();
-    std::fs::write(reference.join("cameras.json"), serde_json::to_string_pretty(&cameras)?)?;
+    let reference = reference_with_cameras(&demo, dir, &views)?;
     let mut toml = format!(
         "[runtime]\nworkers = 2\n[output]\ndir = {:?}\n[plant]\nreference = {:?}\n",
         out.display().to_string(),

@@ -104,3 +104,37 @@ fn table<T: DeserializeOwned>(dir: &Path, file: &str, text: Option<&str>) -> Res
     let Some(text) = text else { return Ok(Vec::new()) };
     serde_json::from_str(text).map_err(|source| ReferenceError::Parse { path: dir.join(file), source })
 }
+
+/// A camera whose whole view is one asset's region of interest, for the plants that
+/// benches and evaluations make up.
+#[derive(Clone, Debug)]
+pub struct WholeView<'a> {
+    pub camera_id: &'a str,
+    pub asset_id: &'a str,
+    pub width: u32,
+    pub height: u32,
+    pub mm_per_px: f64,
+}
+
+/// Writes `dir/reference`: the tables of the plant reference `from`, with a
+/// `cameras.json` of `cameras` instead of its own; returns the folder.
+pub fn reference_with_cameras(from: &Path, dir: &Path, cameras: &[WholeView<'_>]) -> anyhow::Result<PathBuf> {
+    let reference = dir.join("reference");
+    std::fs::create_dir_all(&reference)?;
+    for file in PlantReference::FILES.into_iter().filter(|f| *f != "cameras.json") {
+        std::fs::copy(from.join(file), reference.join(file))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", from.join(file).display()))?;
+    }
+    let cameras: Vec<serde_json::Value> = cameras
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "camera_id": c.camera_id,
+                "rois": [{ "asset_id": c.asset_id, "x": 0, "y": 0, "width": c.width, "height": c.height,
+                           "mm_per_px": c.mm_per_px }],
+            })
+        })
+        .collect();
+    std::fs::write(reference.join("cameras.json"), serde_json::to_string_pretty(&cameras)?)?;
+    Ok(reference)
+}

@@ -38,8 +38,14 @@ pub struct GatedFrame {
 /// Smallest departure, in cells, that is an `unknown` defect: a 16×16-pixel patch.
 pub const MIN_UNKNOWN_CELLS: usize = 4;
 
-/// Gaps shorter than this in a cell's departure are bridged (a frame at the threshold).
+/// Gaps shorter than this in a cell's departure are bridged (a frame at the threshold),
+/// or than a fifth of the settling time where that is longer: a faint defect dips under
+/// its threshold now and then, and a departure must not start over for it.
 const BRIDGED_GAP_MS: u64 = 1_000;
+
+fn bridged_gap_ms(settle_ms: u64) -> u64 {
+    (settle_ms / 5).max(BRIDGED_GAP_MS)
+}
 
 /// How long each cell of a camera has been departing, so that only lasting departures
 /// count (see [`BaselineConfig::settle_ms`]).
@@ -48,6 +54,8 @@ pub struct Persistence {
     /// Per cell: capture time its current departure began, and its latest departing frame.
     since_ms: Vec<u64>,
     last_ms: Vec<u64>,
+    /// The gap bridged, from the latest settling time asked for.
+    gap_ms: u64,
 }
 
 impl Persistence {
@@ -59,15 +67,15 @@ impl Persistence {
         if self.since_ms.len() != departs.len() {
             (self.since_ms, self.last_ms) = (vec![u64::MAX; departs.len()], vec![0; departs.len()]);
         }
+        self.gap_ms = bridged_gap_ms(settle_ms);
+        let gap = self.gap_ms;
         (0..departs.len())
             .map(|i| {
                 if !departs[i] {
                     return false;
                 }
                 let (since, last) = (self.since_ms[i], self.last_ms[i]);
-                let within = since != u64::MAX
-                    && capture_ms + BRIDGED_GAP_MS >= since
-                    && capture_ms <= last.saturating_add(BRIDGED_GAP_MS);
+                let within = since != u64::MAX && capture_ms + gap >= since && capture_ms <= last.saturating_add(gap);
                 if within {
                     (self.since_ms[i], self.last_ms[i]) = (since.min(capture_ms), last.max(capture_ms));
                 } else if since == u64::MAX || capture_ms > last {
@@ -82,7 +90,7 @@ impl Persistence {
     /// departures under way before it do not end by it.
     pub fn hold(&mut self, capture_ms: u64) {
         for (since, last) in self.since_ms.iter().zip(self.last_ms.iter_mut()) {
-            if *since != u64::MAX && capture_ms <= last.saturating_add(BRIDGED_GAP_MS) {
+            if *since != u64::MAX && capture_ms <= last.saturating_add(self.gap_ms.max(BRIDGED_GAP_MS)) {
                 *last = (*last).max(capture_ms);
             }
         }

@@ -78,7 +78,7 @@ pub struct BaselineConfig {
     /// calibrate the thresholds.
     pub fit_share: f32,
     /// A cell counts as departing only once it has departed this long (capture time;
-    /// gaps under a second bridged, disturbed frames skipped): a person, a vehicle, a
+    /// gaps under a fifth of it bridged, disturbed frames skipped): a person, a vehicle, a
     /// shadow or a plume of steam passing covers a cell for less, a defect stays.
     pub settle_ms: u64,
     /// The baseline follows slow changes of the view (daylight, dust) with this time
