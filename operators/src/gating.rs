@@ -53,8 +53,12 @@ impl CameraNormal {
 /// resolves 30 s after its last detection, by default): its baseline does not learn it.
 const QUIET_MS: u64 = 60_000;
 
-/// The most a baseline follows in one step, whatever the gap since the previous frame.
+/// The most a baseline follows in one step, whatever the gap since the previous one.
 const MAX_FOLLOW_WEIGHT: f32 = 0.05;
+
+/// A baseline follows its camera once a second at most (a step weighs the time since
+/// the previous one): slow changes need no more, and a frame's cost stays the gate's.
+const FOLLOW_EVERY_MS: u64 = 1_000;
 
 /// The outcome of one frame.
 #[derive(Debug, Default)]
@@ -235,8 +239,9 @@ impl CameraGates {
             Ok(gated) => {
                 stats.departing_share = gated.departing_share;
                 stats.disturbed_frames += u64::from(gated.disturbed);
-                if !gated.disturbed && self.config.follow_s > 0.0 {
-                    let since = capture_ms.saturating_sub(followed_ms.unwrap_or(capture_ms));
+                let since = capture_ms.saturating_sub(followed_ms.unwrap_or(capture_ms));
+                let due = followed_ms.is_none() || since >= FOLLOW_EVERY_MS;
+                if !gated.disturbed && self.config.follow_s > 0.0 && due {
                     let weight = (since as f64 / (self.config.follow_s * 1000.0)) as f32;
                     let quiet = persistence.quiet(scores.rows * scores.cols, capture_ms, QUIET_MS);
                     if let Err(error) = baseline.follow(scores, &quiet, weight.min(MAX_FOLLOW_WEIGHT)) {
