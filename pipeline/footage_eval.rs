@@ -142,8 +142,6 @@ fn prepare(plan: &FootagePlan, truth: &FootageTruth, dir: &Path, out: &Path) -> 
         "[model]\nbatch_size = 4\n{}",
         plan.model.as_ref().map(|m| format!("dir = {:?}\n", m.display().to_string())).unwrap_or_default()
     ));
-    toml.push_str(&plan.settings);
-    toml.push('\n');
     for clip in &truth.clips {
         let video = std::fs::canonicalize(plan.footage.join(&clip.file))
             .with_context(|| format!("clip {}", plan.footage.join(&clip.file).display()))?;
@@ -156,9 +154,29 @@ fn prepare(plan: &FootagePlan, truth: &FootageTruth, dir: &Path, out: &Path) -> 
             plan.max_fps
         ));
     }
+    let toml = with_settings(&toml, &plan.settings)?;
     let path = dir.join("footage-eval.toml");
     std::fs::write(&path, &toml)?;
     Ok(RunConfig::load(&path)?)
+}
+
+/// The evaluation's config with `settings` (TOML) over it: tables merge key by key, a
+/// value in `settings` replaces the evaluation's.
+fn with_settings(config: &str, settings: &str) -> anyhow::Result<String> {
+    fn merge(base: &mut toml::Table, over: toml::Table) {
+        for (key, value) in over {
+            match (base.get_mut(&key), value) {
+                (Some(toml::Value::Table(base)), toml::Value::Table(over)) => merge(base, over),
+                (_, value) => {
+                    base.insert(key, value);
+                }
+            }
+        }
+    }
+    let mut table: toml::Table = toml::from_str(config).context("the evaluation's config")?;
+    let over: toml::Table = toml::from_str(settings).context("--settings")?;
+    merge(&mut table, over);
+    Ok(toml::to_string(&table)?)
 }
 
 /// A work order as the evaluation reads it: its first revision's fields.
@@ -238,7 +256,8 @@ fn score(truth: &FootageTruth, orders: &[Order], deadline_s: f64) -> FootageRepo
         }
     }
     let clean: Vec<&ClipTruth> = truth.clips.iter().filter(|c| c.defects.is_empty()).collect();
-    let clean_camera_hours = clean.iter().map(|c| c.seconds).sum::<f64>() / 3600.0;
+    // Folded from +0: an empty float sum is -0, which would print as "-0.00".
+    let clean_camera_hours = clean.iter().fold(0.0, |hours, c| hours + c.seconds) / 3600.0;
     let false_orders: Vec<(String, String, f64)> = (0..orders.len())
         .filter(|&i| !matched[i])
         .map(|i| (orders[i].camera_id.clone(), orders[i].class.clone(), orders[i].created_s))
@@ -294,4 +313,23 @@ pub fn render(report: &FootageReport) -> String {
         out.push_str(&format!("  false: {camera} {class} at {at:.1} s\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_merge_into_the_evaluations_tables_whatever_their_order() {
+        let config = "[model]\nbatch_size = 4\n[anomaly]\ncommission_s = 30.0\n[[cameras]]\nid = \"a\"\n";
+        let settings = "[anomaly]\nsettle_ms = 5000\n[model]\nbatch_size = 2\n[track]\nmerge_gap_px = 10.0\n";
+        let merged: toml::Table = toml::from_str(&with_settings(config, settings).expect("merged")).expect("toml");
+        assert_eq!(merged["model"]["batch_size"].as_integer(), Some(2), "a setting replaces the evaluation's");
+        assert_eq!(merged["anomaly"]["commission_s"].as_float(), Some(30.0), "the rest of a table stays");
+        assert_eq!(merged["anomaly"]["settle_ms"].as_integer(), Some(5000));
+        assert_eq!(merged["track"]["merge_gap_px"].as_float(), Some(10.0));
+        assert_eq!(merged["cameras"][0]["id"].as_str(), Some("a"));
+        let error = with_settings(config, "[anomaly\n").expect_err("bad TOML");
+        assert!(format!("{error:#}").contains("--settings"), "{error:#}");
+    }
 }
