@@ -669,11 +669,16 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_defect_the_model_calls_by_another_class_stays_one_track_of_the_class_most_frames_say() {
+    /// A camera with one asset over its whole view, whose tracks confirm on 2 of 3 frames.
+    fn quickly_confirmed() -> (TrackConfig, CameraTracks) {
         let config = TrackConfig { confirm_hits: 2, confirm_window_frames: 3, ..TrackConfig::default() };
         let roi = Roi { asset_id: "A".into(), x: 0, y: 0, width: 100, height: 100, mm_per_px: None };
-        let mut tracks = CameraTracks { rois: vec![roi], ..CameraTracks::default() };
+        (config, CameraTracks { rois: vec![roi], ..CameraTracks::default() })
+    }
+
+    #[test]
+    fn a_defect_the_model_calls_by_another_class_stays_one_track_of_the_class_most_frames_say() {
+        let (config, mut tracks) = quickly_confirmed();
         // Four frames say crack, then three say missing component: one track, a crack.
         let classes = [DefectClass::Crack; 4].into_iter().chain([DefectClass::MissingComponent; 3]);
         let mut emitted = Vec::new();
@@ -694,9 +699,7 @@ mod tests {
 
     #[test]
     fn a_departure_named_in_a_few_frames_and_unknown_in_most_is_unknown() {
-        let config = TrackConfig { confirm_hits: 2, confirm_window_frames: 3, ..TrackConfig::default() };
-        let roi = Roi { asset_id: "A".into(), x: 0, y: 0, width: 100, height: 100, mm_per_px: None };
-        let mut tracks = CameraTracks { rois: vec![roi], ..CameraTracks::default() };
+        let (config, mut tracks) = quickly_confirmed();
         // Two frames name misalignment, then five cannot name it.
         let classes = [DefectClass::Misalignment; 2].into_iter().chain([DefectClass::Unknown; 5]);
         for (i, class) in classes.enumerate() {
