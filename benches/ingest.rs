@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use defectflow::config::RunConfig;
-use defectflow::footage::{Codec, Container, FootageOptions, write_plant};
-use defectflow::graph::{self, Hooks, StopWhen};
+use defectflow::run::{self, Hooks, StopWhen};
+use defectflow::tools::footage::{Codec, Container, FootageOptions, write_plant};
 use defectflow_models::synth::PlantOptions;
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -47,7 +47,7 @@ fn ingest(video: &Path, width: u32, height: u32) -> u64 {
     );
     let config = RunConfig::parse(&text, "bench").expect("config");
     let stop = StopWhen { after: None, interrupted: Arc::new(AtomicBool::new(false)) };
-    let reports = graph::run(&config, timely::Config::thread(), stop, Hooks::default()).expect("run");
+    let reports = run::run(&config, timely::Config::thread(), stop, Hooks::default()).expect("run");
     reports[0].kept
 }
 

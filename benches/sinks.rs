@@ -12,11 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
+use defectflow::kafka::KafkaConfig;
 use defectflow::sinks::audit::AuditLog;
 use defectflow::sinks::jsonl::JsonLinesSink;
-use defectflow::sinks::kafka::{KafkaConfig, KafkaSink};
-use defectflow::workflow::Emitted;
-use defectflow_schemas::{BoundingBox, DefectClass, Detection, WorkOrder};
+use defectflow::sinks::kafka::KafkaSink;
+use defectflow_schemas::{BoundingBox, DefectClass, Detection, Emitted, WorkOrder};
 
 /// As the `defectflow` binary runs when built with it.
 #[cfg(feature = "mimalloc")]

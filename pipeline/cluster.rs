@@ -1,5 +1,5 @@
 //! Worker layout from the command line: `-w` threads per process, and timely's cluster
-//! mode with `-n` processes, this one's index `-p` and a `-h` hostfile of addresses.
+//! mode with `-n` processes, this one's index `-p` and a `-H` hostfile of addresses.
 
 use std::path::PathBuf;
 
@@ -19,7 +19,7 @@ pub struct ClusterArgs {
     pub process: usize,
     /// File with one `host:port` per line, one line per process; without it, process i
     /// listens on 127.0.0.1:(2101 + i).
-    #[arg(short = 'h', long = "hostfile")]
+    #[arg(short = 'H', long = "hostfile")]
     pub hostfile: Option<PathBuf>,
 }
 

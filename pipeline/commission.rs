@@ -12,7 +12,7 @@ use defectflow_models::card::ModelCard;
 use defectflow_operators::gating::baseline_path;
 
 use crate::config::RunConfig;
-use crate::graph::{self, Hooks, StopWhen};
+use crate::run::{self, Hooks, StopWhen};
 
 /// What to commission.
 #[derive(Clone, Debug)]
@@ -73,7 +73,7 @@ pub fn commission(config: &RunConfig, plan: &CommissionPlan) -> anyhow::Result<V
     let hooks = stop_once_learnt(&run, seconds, &interrupted);
     let stop = StopWhen { after: run.runtime.duration_s.map(Duration::from_secs_f64), interrupted };
     let timely = timely::Config::process(run.runtime.workers);
-    graph::run(&run, timely, stop, hooks)?;
+    run::run(&run, timely, stop, hooks)?;
     let learnt = scratch.path().join("baselines");
     let mut stored = Vec::new();
     for camera in &run.cameras {
@@ -106,7 +106,7 @@ fn stop_once_learnt(run: &RunConfig, seconds: f64, interrupted: &Arc<AtomicBool>
     let done: Arc<Vec<AtomicBool>> = Arc::new(cameras.iter().map(|_| AtomicBool::new(false)).collect());
     let span_ms = (seconds * 1000.0) as u64 + 2_000;
     let interrupted = Arc::clone(interrupted);
-    let on_observation: graph::ObservationObserver = Arc::new(move |_, observation| {
+    let on_observation: run::ObservationObserver = Arc::new(move |_, observation| {
         let Some(i) = cameras.iter().position(|c| *c == observation.camera_id) else { return };
         let _ = first[i].compare_exchange(u64::MAX, observation.capture_ms, Ordering::Relaxed, Ordering::Relaxed);
         if observation.capture_ms >= first[i].load(Ordering::Relaxed).saturating_add(span_ms) {

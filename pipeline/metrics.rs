@@ -9,31 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::sources::camera::CameraStats;
-
-/// `[metrics]`: where the metrics are served.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// `host:port` to listen on.
-    #[serde(default = "default_address")]
-    pub address: String,
-}
-
-fn default_address() -> String {
-    "127.0.0.1:9464".into()
-}
-
-impl MetricsConfig {
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        self.address
-            .parse::<SocketAddr>()
-            .map(|_| ())
-            .map_err(|e| ("metrics.address".into(), format!("`{}` is not host:port ({e})", self.address)))
-    }
-}
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
 const BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -154,7 +130,7 @@ impl StageTimes {
     /// Records that something captured at `capture_ms` reached `stage` now.
     pub fn record(&self, stage: Stage, capture_ms: u64) {
         if self.enabled.load(Ordering::Relaxed) {
-            let seconds = crate::sources::camera::now_ms().saturating_sub(capture_ms) as f64 / 1000.0;
+            let seconds = crate::clock::now_ms().saturating_sub(capture_ms) as f64 / 1000.0;
             self.samples.lock().unwrap_or_else(|p| p.into_inner())[stage as usize].push(seconds);
         }
     }
@@ -175,7 +151,7 @@ impl Metrics {
     /// a delivery takes, or the audit log cannot write and holds all it may.
     pub fn output_stalled(&self) -> bool {
         let since = self.delivering_since_ms.load(Ordering::Relaxed);
-        let waiting = since != 0 && crate::sources::camera::now_ms().saturating_sub(since) > OUTPUT_STALL_MS;
+        let waiting = since != 0 && crate::clock::now_ms().saturating_sub(since) > OUTPUT_STALL_MS;
         waiting || self.audit_overfull.load(Ordering::Relaxed)
     }
 
@@ -196,6 +172,14 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        self.render_cameras(&mut out);
+        render_gates(self, &mut out);
+        self.render_stages(&mut out);
+        out
+    }
+
+    /// Each camera's counters and connection state.
+    fn render_cameras(&self, out: &mut String) {
         let cameras = self.cameras.lock().map(|c| c.clone()).unwrap_or_default();
         let per_camera = |out: &mut String, name: &str, help: &str, kind: &str, value: &dyn Fn(&CameraStats) -> u64| {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
@@ -203,29 +187,25 @@ impl Metrics {
                 out.push_str(&format!("{name}{{camera=\"{}\"}} {}\n", camera.camera_id, value(camera)));
             }
         };
-        per_camera(&mut out, "defectflow_frames_in_total", "Frames decoded per camera.", "counter", &|c| {
+        per_camera(out, "defectflow_frames_in_total", "Frames decoded per camera.", "counter", &|c| {
             c.received.load(Ordering::Relaxed)
         });
-        per_camera(&mut out, "defectflow_frames_dropped_total", "Frames lost to a full queue.", "counter", &|c| {
+        per_camera(out, "defectflow_frames_dropped_total", "Frames lost to a full queue.", "counter", &|c| {
             c.dropped.load(Ordering::Relaxed)
         });
         per_camera(
-            &mut out,
+            out,
             "defectflow_frames_late_total",
             "Frames that arrived behind the event-time frontier and were re-timed to it.",
             "counter",
             &|c| c.late.load(Ordering::Relaxed),
         );
-        per_camera(&mut out, "defectflow_camera_reconnects_total", "Reconnections after the first.", "counter", &|c| {
+        per_camera(out, "defectflow_camera_reconnects_total", "Reconnections after the first.", "counter", &|c| {
             c.reconnects.load(Ordering::Relaxed)
         });
-        per_camera(
-            &mut out,
-            "defectflow_camera_errors_total",
-            "Failed connections and broken streams.",
-            "counter",
-            &|c| c.errors.load(Ordering::Relaxed),
-        );
+        per_camera(out, "defectflow_camera_errors_total", "Failed connections and broken streams.", "counter", &|c| {
+            c.errors.load(Ordering::Relaxed)
+        });
         out.push_str("# HELP defectflow_camera_state 1 for the camera's current connection state.\n");
         out.push_str("# TYPE defectflow_camera_state gauge\n");
         for camera in &cameras {
@@ -238,33 +218,36 @@ impl Metrics {
                 ));
             }
         }
-        render_gates(self, &mut out);
+    }
+
+    /// The model's, the outputs' and the evidence's figures.
+    fn render_stages(&self, out: &mut String) {
         let counter = |out: &mut String, name: &str, help: &str, value: &AtomicU64| {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
                 value.load(Ordering::Relaxed)
             ));
         };
-        counter(&mut out, "defectflow_frames_inferred_total", "Frames scored by the model.", &self.frames_inferred);
-        self.inference.render("defectflow_inference_seconds", "Time in the network per batch.", &mut out);
+        counter(out, "defectflow_frames_inferred_total", "Frames scored by the model.", &self.frames_inferred);
+        self.inference.render("defectflow_inference_seconds", "Time in the network per batch.", out);
         self.detection_to_work_order.render(
             "defectflow_detection_to_work_order_seconds",
             "From a defect's first detection to its work order leaving defectflow.",
-            &mut out,
+            out,
         );
-        counter(&mut out, "defectflow_kafka_messages_sent_total", "Messages acknowledged by Kafka.", &self.kafka_sent);
-        counter(&mut out, "defectflow_kafka_delivery_errors_total", "Failed Kafka deliveries.", &self.kafka_errors);
-        counter(&mut out, "defectflow_dead_letters_total", "Inputs sent to the dead-letter topic.", &self.dead_letters);
-        counter(&mut out, "defectflow_evidence_written_total", "Evidence images written.", &self.evidence_written);
+        counter(out, "defectflow_kafka_messages_sent_total", "Messages acknowledged by Kafka.", &self.kafka_sent);
+        counter(out, "defectflow_kafka_delivery_errors_total", "Failed Kafka deliveries.", &self.kafka_errors);
+        counter(out, "defectflow_dead_letters_total", "Inputs sent to the dead-letter topic.", &self.dead_letters);
+        counter(out, "defectflow_evidence_written_total", "Evidence images written.", &self.evidence_written);
         counter(
-            &mut out,
+            out,
             "defectflow_evidence_missing_total",
             "Evidence asked for a frame no longer held.",
             &self.evidence_missing,
         );
-        counter(&mut out, "defectflow_evidence_errors_total", "Evidence images not written.", &self.evidence_errors);
+        counter(out, "defectflow_evidence_errors_total", "Evidence images not written.", &self.evidence_errors);
         counter(
-            &mut out,
+            out,
             "defectflow_evidence_frames_dropped_total",
             "Frames with detections let go before the tracker reached them.",
             &self.evidence_frames_dropped,
@@ -278,25 +261,24 @@ impl Metrics {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));
         };
         gauge(
-            &mut out,
+            out,
             "defectflow_output_stalled",
             "1 while an output is stuck (the cameras are held back): a delivery waiting for the broker over a second, or a failing audit log holding all the rows it may.",
             u64::from(self.output_stalled()),
         );
         gauge(
-            &mut out,
+            out,
             "defectflow_audit_failing",
             "1 while the audit log cannot write its files (its rows wait in memory and are written once it can).",
             u64::from(self.audit_failing.load(Ordering::Relaxed)),
         );
-        counter(&mut out, "defectflow_audit_write_errors_total", "Failed audit-log commits.", &self.audit_errors);
+        counter(out, "defectflow_audit_write_errors_total", "Failed audit-log commits.", &self.audit_errors);
         gauge(
-            &mut out,
+            out,
             "defectflow_evidence_frames_held",
             "Frames with detections held for evidence: awaiting the tracker, or the best frame of a live track.",
             self.evidence_frames_held.load(Ordering::Relaxed),
         );
-        out
     }
 }
 

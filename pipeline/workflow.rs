@@ -11,8 +11,8 @@ use defectflow_operators::inventory::{StockLevels, StockMeasure};
 use defectflow_operators::severity::{Score, SeverityConfig};
 use defectflow_operators::track::{Track, TrackConfig};
 use defectflow_schemas::{
-    Alert, Asset, Assignment, Camera, DeadLetter, DefectTrack, FailureRecord, FrameObservation, InventoryItem,
-    PartsStaging, Procedure, StockMovement, Technician, WoEvent, WorkOrder,
+    Asset, Camera, DeadLetter, Emitted, FailureRecord, FrameObservation, InventoryItem, Procedure, StockMovement,
+    Technician, WoEvent,
 };
 use differential_dataflow::input::{Input, InputSession};
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,7 @@ use timely::dataflow::operators::{Inspect, Probe};
 use timely::dataflow::{InputHandleVec as InputHandle, ProbeHandle, Scope};
 
 use crate::reference::PlantReference;
+use crate::sinks::AuditRow;
 
 /// Settings of the work-order stages: `[track]`, `[severity]` and `[work_orders]`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -35,73 +36,6 @@ pub struct WorkflowConfig {
     pub severity: SeverityConfig,
     #[serde(default)]
     pub work_orders: WorkOrderConfig,
-}
-
-/// One message of the work-order dataflow's output, as written to JSON lines: the
-/// variant names are the keys (`{"work_order": {…}}`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Emitted {
-    WorkOrder(Box<WorkOrder>),
-    Assignment(Assignment),
-    Alert(Alert),
-    PartsStaging(PartsStaging),
-    DeadLetter(DeadLetter),
-}
-
-/// What a run's messages came to, for its closing report: counts, not the messages
-/// themselves (a run may go on for months; the messages are in the sinks).
-#[derive(Clone, Debug, Default)]
-pub struct MessageSummary {
-    /// Work-order revisions.
-    pub revisions: u64,
-    /// Every work order revised in the run, with its latest revision's facts.
-    pub work_orders: BTreeMap<String, OrderSummary>,
-    pub assignments: u64,
-    pub alerts: u64,
-    pub parts_staging: u64,
-    pub dead_letters: u64,
-    /// Parts a work order of the run was short of.
-    pub shortages: std::collections::BTreeSet<String>,
-}
-
-/// One work order in a [`MessageSummary`].
-#[derive(Clone, Debug)]
-pub struct OrderSummary {
-    pub camera_id: String,
-    pub defect_class: defectflow_schemas::DefectClass,
-    pub track_id: String,
-    pub priority: defectflow_schemas::Priority,
-    /// Its revision 1 was in this run (it was not taken up from an earlier one).
-    pub opened: bool,
-}
-
-impl MessageSummary {
-    pub fn add(&mut self, message: &Emitted) {
-        match message {
-            Emitted::WorkOrder(w) => {
-                self.revisions += 1;
-                let order = self.work_orders.entry(w.work_order_id.clone()).or_insert_with(|| OrderSummary {
-                    camera_id: w.camera_id.clone(),
-                    defect_class: w.defect_class,
-                    track_id: w.track_id.clone(),
-                    priority: w.severity.priority,
-                    opened: false,
-                });
-                order.priority = w.severity.priority;
-                order.opened |= w.revision == 1;
-            }
-            Emitted::Assignment(_) => self.assignments += 1,
-            Emitted::Alert(_) => self.alerts += 1,
-            Emitted::PartsStaging(s) => {
-                self.parts_staging += 1;
-                if s.kind == defectflow_schemas::StagingKind::Shortage {
-                    self.shortages.insert(s.part_id.clone());
-                }
-            }
-            Emitted::DeadLetter(_) => self.dead_letters += 1,
-        }
-    }
 }
 
 /// The inputs of the work-order dataflow on one worker, when observations are fed by hand
@@ -210,6 +144,9 @@ impl PlantInputs {
     }
 }
 
+/// Items with their dataflow times.
+pub type Timed<T> = Vec<(u64, T)>;
+
 /// What worker 0 collects: the output messages in order and the final views.
 #[derive(Debug, Default)]
 pub struct Collected {
@@ -229,6 +166,18 @@ pub struct Collected {
     pub audit: Vec<(u64, AuditRow)>,
 }
 
+impl Collected {
+    /// The messages and audit rows of every time before `closed_before` (all complete),
+    /// taken out of those pending.
+    pub fn take_closed(&mut self, closed_before: u64) -> (Timed<Emitted>, Timed<AuditRow>) {
+        let (ready, later) = std::mem::take(&mut self.pending).into_iter().partition(|(t, _)| *t < closed_before);
+        self.pending = later;
+        let (rows, later) = std::mem::take(&mut self.audit).into_iter().partition(|(t, _)| *t < closed_before);
+        self.audit = later;
+        (ready, rows)
+    }
+}
+
 /// Adds `diff` to a view row's count; a row whose count comes to zero goes (the views
 /// change value for months: their past values must not pile up).
 fn add_count<K: Ord + Clone>(view: &mut BTreeMap<K, isize>, row: &K, diff: isize) {
@@ -237,17 +186,6 @@ fn add_count<K: Ord + Clone>(view: &mut BTreeMap<K, isize>, row: &K, diff: isize
     if *count == 0 {
         view.remove(row);
     }
-}
-
-/// A row for the audit log that is not a message.
-#[derive(Clone, Debug)]
-pub enum AuditRow {
-    /// A new snapshot of a track.
-    Track(Box<DefectTrack>),
-    /// A CMMS event the ledger applied.
-    Event(WoEvent),
-    /// An update of the stock view: (part, measure) has (+1) or no longer has (−1) a value.
-    Stock(String, StockMeasure, i64, isize),
 }
 
 /// Builds the work-order dataflow in `scope` with an input for observations; everything
@@ -298,37 +236,7 @@ pub fn build_on<'scope>(
     let stock = streams.reservations().stock_levels(movements.concat(consumed).map(|m| (m.part_id, m.delta)));
 
     let probe = ProbeHandle::new();
-    let sink = collected.clone();
-    streams
-        .outputs
-        .inspect_core(move |event| {
-            let Ok((stamp, outputs)) = event else { return };
-            // A container stamped with several times is complete once the last is.
-            let time = stamp.iter().max().copied().unwrap_or_default();
-            let mut sink = sink.borrow_mut();
-            for output in outputs {
-                let message = match output.clone() {
-                    LedgerOutput::Revision(w) => {
-                        if let Some(metrics) = &sink.metrics {
-                            metrics.stage_times.record(crate::metrics::Stage::Emitted, w.revised_at_ms);
-                        }
-                        Emitted::WorkOrder(w)
-                    }
-                    LedgerOutput::Assignment(a) => Emitted::Assignment(a),
-                    LedgerOutput::Alert(a) => Emitted::Alert(a),
-                    LedgerOutput::Staging(s) => Emitted::PartsStaging(s),
-                    LedgerOutput::DeadLetter(d) => Emitted::DeadLetter(d),
-                    LedgerOutput::Accepted(e) => {
-                        sink.audit.push((time, AuditRow::Event(e)));
-                        continue;
-                    }
-                    _ => continue,
-                };
-                sink.pending.push((time, message.clone()));
-                sink.messages.push(message);
-            }
-        })
-        .probe_with(&probe);
+    collect_messages(streams.outputs, &collected, &probe);
     let sink = collected.clone();
     gather(workload.inner, "GatherWorkload")
         .inspect(move |(row, _, diff)| add_count(&mut sink.borrow_mut().workload, row, *diff))
@@ -377,6 +285,45 @@ pub fn build_on<'scope>(
         movements: movements_handle,
     };
     (inputs, probe)
+}
+
+/// Gathers the ledger's messages on worker 0, in emission order, with the CMMS events
+/// it applied as audit rows.
+fn collect_messages<'scope>(
+    outputs: timely::dataflow::StreamVec<'scope, u64, LedgerOutput>,
+    collected: &Rc<RefCell<Collected>>,
+    probe: &ProbeHandle<u64>,
+) {
+    let sink = collected.clone();
+    outputs
+        .inspect_core(move |event| {
+            let Ok((stamp, outputs)) = event else { return };
+            // A container stamped with several times is complete once the last is.
+            let time = stamp.iter().max().copied().unwrap_or_default();
+            let mut sink = sink.borrow_mut();
+            for output in outputs {
+                let message = match output.clone() {
+                    LedgerOutput::Revision(w) => {
+                        if let Some(metrics) = &sink.metrics {
+                            metrics.stage_times.record(crate::metrics::Stage::Emitted, w.revised_at_ms);
+                        }
+                        Emitted::WorkOrder(w)
+                    }
+                    LedgerOutput::Assignment(a) => Emitted::Assignment(a),
+                    LedgerOutput::Alert(a) => Emitted::Alert(a),
+                    LedgerOutput::Staging(s) => Emitted::PartsStaging(s),
+                    LedgerOutput::DeadLetter(d) => Emitted::DeadLetter(d),
+                    LedgerOutput::Accepted(e) => {
+                        sink.audit.push((time, AuditRow::Event(e)));
+                        continue;
+                    }
+                    _ => continue,
+                };
+                sink.pending.push((time, message.clone()));
+                sink.messages.push(message);
+            }
+        })
+        .probe_with(probe);
 }
 
 /// Moves every update of a view to worker 0.

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs what defectflow needs to build, run and test on Debian 12 (as root).
+# Installs what defectflow needs to build and run on Debian 12 (as root); with `--test`,
+# also what the test suite needs (a Python environment with the independent readers
+# and Kafka client, and a Kafka-protocol broker).
 # Idempotent: packages already present are skipped by apt, a second run is quick.
 set -euo pipefail
 
@@ -35,6 +37,9 @@ for component in rustfmt clippy; do
     rustup component add "$component"
   fi
 done
+
+# The rest is for the test suite only: the demo does not wait for it.
+[[ "${1:-}" == "--test" ]] || exit 0
 
 # A Python environment with polars, pyarrow and DuckDB (the independent readers of the
 # Parquet audit log), the Kafka client of the tests, and what the analyst notebooks need.

@@ -3,7 +3,7 @@
 # end-to-end tests against real GStreamer pipelines and a real RTSP server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
+bash scripts/install.sh --test
 # The RTSP test server needs Debian's python3 with PyGObject, not another python on PATH.
 export DEFECTFLOW_PYTHON="${DEFECTFLOW_PYTHON:-/usr/bin/python3}"
 # The Parquet audit log is read back by polars from the environment install.sh made.

@@ -21,7 +21,7 @@ fn two_processes(dir: &Path, config: &Path, out: &Path) -> Vec<std::process::Out
     std::fs::write(&hostfile, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>()).expect("hosts");
     let processes: Vec<_> = (0..2)
         .map(|p| {
-            let cluster = ["-w", "1", "-n", "2", "-p", &p.to_string(), "-h", hostfile.to_str().expect("utf-8")];
+            let cluster = ["-w", "1", "-n", "2", "-p", &p.to_string(), "-H", hostfile.to_str().expect("utf-8")];
             defectflow(config, Some(out), None)
                 .args(cluster)
                 .stdout(std::process::Stdio::piped())

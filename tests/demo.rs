@@ -213,6 +213,11 @@ fn the_deploy_guide_documents_the_config_the_code_reads() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("reference.toml");
     std::fs::write(&path, block).expect("write");
+    // What the block names beside it: check-config checks that they are there.
+    std::os::unix::fs::symlink(root().join("models/weights"), dir.path().join("model")).expect("model");
+    std::os::unix::fs::symlink(root().join("examples/demo-plant/reference"), dir.path().join("reference"))
+        .expect("reference");
+    std::fs::write(dir.path().join("cmms-events.toml"), "").expect("script");
     let check = Command::new(env!("CARGO_BIN_EXE_defectflow"))
         .args(["check-config", path.to_str().expect("utf-8")])
         .env("DEFECTFLOW_KAFKA_PASSWORD", "not-a-secret")

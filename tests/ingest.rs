@@ -218,10 +218,11 @@ fn check_config_names_the_bad_field_and_run_reports_json() {
         .output()
         .expect("runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // With --json, standard output is the JSON report alone.
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let json: serde_json::Value = serde_json::from_str(&stdout[stdout.find('[').expect("json array")..]).expect("json");
-    assert_eq!(json[0]["camera_id"], "cam-1");
-    assert_eq!(json[0]["frames"], mp4_footage().frames(0));
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is one JSON document");
+    assert_eq!(json["cameras"][0]["camera_id"], "cam-1");
+    assert_eq!(json["cameras"][0]["frames"], mp4_footage().frames(0));
 }
 
 #[test]

@@ -11,8 +11,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use defectflow::config::RunConfig;
-use defectflow::footage::{Codec, Container, FootageOptions, write_scenes};
-use defectflow::graph::{self, Hooks, StopWhen};
+use defectflow::run::{self, Hooks, StopWhen};
+use defectflow::tools::footage::{Codec, Container, FootageOptions, write_scenes};
 use defectflow_models::metrics::iou;
 use defectflow_models::synth::{AssetKind, GroundTruth, PlantOptions, planned_scene};
 use defectflow_schemas::{DefectClass, FrameObservation};
@@ -81,7 +81,7 @@ fn shipped_weights_find_every_defect_soon_after_onset_and_nothing_on_a_clear_cam
         ..Hooks::default()
     };
     let stop = StopWhen { after: None, interrupted: Arc::new(AtomicBool::new(false)) };
-    let (_, stages) = graph::run_stages(&config, timely::Config::process(2), stop, hooks).expect("run");
+    let (_, stages) = run::run_stages(&config, timely::Config::process(2), stop, hooks).expect("run");
     let observations = seen.lock().expect("lock").clone();
     assert_eq!(stages.frames_inferred, 4 * 90, "every frame is inferred once");
     assert_eq!(observations.len(), 4 * 90, "one observation per frame, clear ones included");

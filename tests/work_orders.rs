@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use defectflow::scenario::{Scenario, replay};
+use defectflow::tools::scenario::{Scenario, replay};
 use serde_json::Value;
 
 fn scenarios() -> Vec<PathBuf> {
@@ -121,7 +121,7 @@ fn two_processes_give_the_same_stream_as_one() {
             .map(|p| {
                 std::process::Command::new(binary)
                     .args(["replay", scenario.to_str().expect("utf-8 path"), "--out", out.to_str().expect("utf-8")])
-                    .args(["-w", "1", "-n", "2", "-p", &p.to_string(), "-h", hostfile.to_str().expect("utf-8")])
+                    .args(["-w", "1", "-n", "2", "-p", &p.to_string(), "-H", hostfile.to_str().expect("utf-8")])
                     .spawn()
                     .expect("start defectflow")
             })

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| defectflow::fuzzing::kafka_input(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| defectflow::tools::fuzzing::kafka_input(data));

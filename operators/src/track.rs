@@ -301,6 +301,15 @@ impl CameraTracks {
         window: u32,
         evidence: Option<&dyn EvidenceFrames>,
     ) -> Vec<(DefectTrack, isize)> {
+        self.associate(frame, config, window);
+        let mut changes = self.advance(frame, config, evidence);
+        self.retire(frame, config, evidence, &mut changes);
+        changes
+    }
+
+    /// Each detection of the frame to the track it continues, as a piece of one seen in
+    /// this frame, or to a new track.
+    fn associate(&mut self, frame: &FrameObservation, config: &TrackConfig, window: u32) {
         let mask = if window == 64 { u64::MAX } else { (1u64 << window) - 1 };
         for live in &mut self.tracks {
             live.seen = (live.seen << 1) & mask;
@@ -360,7 +369,16 @@ impl CameraTracks {
                 None => self.tracks.push(LiveTrack::anchor(detection, roi)),
             }
         }
+    }
 
+    /// Tracks confirmed and resolved by the frame; the snapshots that changed enough to
+    /// be emitted again, with their evidence drawn.
+    fn advance(
+        &mut self,
+        frame: &FrameObservation,
+        config: &TrackConfig,
+        evidence: Option<&dyn EvidenceFrames>,
+    ) -> Vec<(DefectTrack, isize)> {
         let mut changes = Vec::new();
         for live in &mut self.tracks {
             let track = &mut live.track;
@@ -411,6 +429,18 @@ impl CameraTracks {
                 live.emitted = Some(track.clone());
             }
         }
+        changes
+    }
+
+    /// Resolved tracks kept for a while and then forgotten; flicker dropped; frames no
+    /// track needs released.
+    fn retire(
+        &mut self,
+        frame: &FrameObservation,
+        config: &TrackConfig,
+        evidence: Option<&dyn EvidenceFrames>,
+        changes: &mut Vec<(DefectTrack, isize)>,
+    ) {
         while self.resolved.front().is_some_and(|(at, _)| at + config.forget_resolved_after_ms <= frame.capture_ms) {
             if let Some((_, snapshot)) = self.resolved.pop_front() {
                 changes.push((snapshot, -1));
@@ -430,7 +460,6 @@ impl CameraTracks {
                 self.tracks.iter().filter(|live| live.best_here).map(|live| live.track.best_frame_index).collect();
             frames.release(&frame.camera_id, frame.frame_index, &keep);
         }
-        changes
     }
 }
 

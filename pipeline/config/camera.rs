@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::sources::synth::SynthParams;
+use super::SynthParams;
 
 /// One camera; `[[cameras]]` in the config.
 #[derive(Clone, Debug, Deserialize)]
@@ -45,6 +45,24 @@ pub struct CameraConfig {
     /// How a camera that fails or goes silent is reconnected.
     #[serde(default)]
     pub reconnect: ReconnectConfig,
+}
+
+impl CameraConfig {
+    /// Camera `id` at `url`, every other field at its default.
+    pub fn new(id: impl Into<String>, url: impl Into<String>) -> CameraConfig {
+        CameraConfig {
+            id: id.into(),
+            url: url.into(),
+            width: default_width(),
+            height: default_height(),
+            max_fps: None,
+            queue_frames: default_queue_frames(),
+            realtime: false,
+            start_ms: None,
+            credentials: None,
+            reconnect: ReconnectConfig::default(),
+        }
+    }
 }
 
 fn default_width() -> u32 {

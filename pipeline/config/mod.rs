@@ -2,6 +2,8 @@
 //! start so a mistake is reported with the field that holds it.
 
 mod camera;
+mod check;
+mod synth;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use camera::{CameraConfig, CredentialsConfig, ReconnectConfig, SourceUrl};
+pub use synth::SynthParams;
 
 /// Everything `defectflow run` needs.
 #[derive(Clone, Debug, Deserialize)]
@@ -44,10 +47,32 @@ pub struct RunConfig {
     pub output: OutputConfig,
     /// The Kafka broker the CMMS topics are on; absent: no Kafka output.
     #[serde(default)]
-    pub kafka: Option<crate::sinks::kafka::KafkaConfig>,
+    pub kafka: Option<crate::kafka::KafkaConfig>,
     /// Prometheus metrics and `/healthz`; absent: not served.
     #[serde(default)]
-    pub metrics: Option<crate::metrics::MetricsConfig>,
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `[metrics]`: where the metrics are served.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` to listen on.
+    #[serde(default = "default_address")]
+    pub address: String,
+}
+
+fn default_address() -> String {
+    "127.0.0.1:9464".into()
+}
+
+impl MetricsConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.address
+            .parse::<std::net::SocketAddr>()
+            .map(|_| ())
+            .map_err(|e| ("metrics.address".into(), format!("`{}` is not host:port ({e})", self.address)))
+    }
 }
 
 /// `[model]`: which weights, and how frames reach them.
@@ -231,6 +256,24 @@ pub enum ConfigError {
 }
 
 impl RunConfig {
+    /// A config of `cameras` with every table at its defaults, for a program that
+    /// builds its config as a value (not yet validated: see [`RunConfig::validate`]).
+    pub fn with_cameras(cameras: Vec<CameraConfig>) -> RunConfig {
+        RunConfig {
+            runtime: RuntimeConfig::default(),
+            cameras,
+            model: None,
+            plant: PlantConfig::default(),
+            anomaly: Default::default(),
+            track: Default::default(),
+            severity: Default::default(),
+            work_orders: Default::default(),
+            output: OutputConfig::default(),
+            kafka: None,
+            metrics: None,
+        }
+    }
+
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<RunConfig, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -240,6 +283,24 @@ impl RunConfig {
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<RunConfig, ConfigError> {
+        let config = RunConfig::parse_unchecked(text, origin)?;
+        config.validate().map_err(|(field, message)| ConfigError::Invalid {
+            path: origin.to_owned(),
+            field,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Reads and parses a config file, its paths made relative to it, without the checks
+    /// of [`RunConfig::problems`] (`check-config` lists them all).
+    pub fn load_unchecked(path: &Path) -> Result<RunConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        RunConfig::parse_unchecked(&text, &path.display().to_string())
+    }
+
+    fn parse_unchecked(text: &str, origin: &str) -> Result<RunConfig, ConfigError> {
         let mut config: RunConfig =
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_owned(), message: e.to_string() })?;
         // Paths in the file are relative to the file.
@@ -252,67 +313,72 @@ impl RunConfig {
         if let Some(kafka) = &mut config.kafka {
             kafka.secrets_from_file.values_mut().for_each(|f| *f = base.join(&*f));
         }
-        config.validate().map_err(|(field, message)| ConfigError::Invalid {
-            path: origin.to_owned(),
-            field,
-            message,
-        })?;
         Ok(config)
     }
 
-    /// Checks what serde cannot: ranges, uniqueness, URLs. Returns the field path at fault.
+    /// Checks what serde cannot: ranges, uniqueness, URLs. Returns the first field at
+    /// fault.
     pub fn validate(&self) -> Result<(), (String, String)> {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every field at fault, with what is wrong with it (each table's checks stop at its
+    /// first fault; every table and camera is checked).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut check = |result: Result<(), (String, String)>| problems.extend(result.err());
+        let fault = |field: &str, message: String| Err((field.to_owned(), message));
         if self.runtime.workers == 0 {
-            return Err(("runtime.workers".into(), "must be at least 1".into()));
+            check(fault("runtime.workers", "must be at least 1".into()));
         }
         if let Some(d) = self.runtime.duration_s
             && !(d > 0.0 && d.is_finite())
         {
-            return Err(("runtime.duration_s".into(), format!("must be a positive number of seconds, got {d}")));
+            check(fault("runtime.duration_s", format!("must be a positive number of seconds, got {d}")));
         }
         if let Some(model) = &self.model {
             if model.batch_size == 0 {
-                return Err(("model.batch_size".into(), "must be at least 1".into()));
+                check(fault("model.batch_size", "must be at least 1".into()));
             }
             if let Some(c) = model.min_confidence
                 && !(0.0..=1.0).contains(&c)
             {
-                return Err(("model.min_confidence".into(), format!("must be within [0, 1], got {c}")));
+                check(fault("model.min_confidence", format!("must be within [0, 1], got {c}")));
             }
         }
-        validate_anomaly(&self.anomaly)?;
+        check(validate_anomaly(&self.anomaly));
         if self.plant.cmms_script.is_some() && self.plant.reference.is_none() {
-            return Err(("plant.cmms_script".into(), "CMMS events need work orders: add `[plant] reference`".into()));
+            check(fault("plant.cmms_script", "CMMS events need work orders: add `[plant] reference`".into()));
         }
         if self.plant.reference.is_some() && self.model.is_none() {
-            return Err(("plant.reference".into(), "work orders need detections: add a `[model]` table".into()));
+            check(fault("plant.reference", "work orders need detections: add a `[model]` table".into()));
         }
         if self.output.audit_commit_rows == 0 {
-            return Err(("output.audit_commit_rows".into(), "must be at least 1".into()));
+            check(fault("output.audit_commit_rows", "must be at least 1".into()));
         }
         if !(self.output.audit_commit_s > 0.0 && self.output.audit_commit_s.is_finite()) {
-            return Err(("output.audit_commit_s".into(), "must be a positive number of seconds".into()));
+            check(fault("output.audit_commit_s", "must be a positive number of seconds".into()));
         }
         if let Some(metrics) = &self.metrics {
-            metrics.validate()?;
+            check(metrics.validate());
         }
         if let Some(kafka) = &self.kafka {
-            kafka.validate()?;
+            check(kafka.validate());
             if self.plant.reference.is_none() {
-                return Err(("kafka".into(), "work orders need the plant: add `[plant] reference`".into()));
+                check(fault("kafka", "work orders need the plant: add `[plant] reference`".into()));
             }
         }
         if self.cameras.is_empty() {
-            return Err(("cameras".into(), "at least one camera is needed".into()));
+            check(fault("cameras", "at least one camera is needed".into()));
         }
         let mut seen = HashSet::new();
         for (i, camera) in self.cameras.iter().enumerate() {
-            camera.validate().map_err(|(field, message)| (format!("cameras[{i}].{field}"), message))?;
+            check(camera.validate().map_err(|(field, message)| (format!("cameras[{i}].{field}"), message)));
             if !seen.insert(camera.id.as_str()) {
-                return Err((format!("cameras[{i}].id"), format!("`{}` is used by an earlier camera", camera.id)));
+                check(fault(&format!("cameras[{i}].id"), format!("`{}` is used by an earlier camera", camera.id)));
             }
         }
-        Ok(())
+        problems
     }
 }
 

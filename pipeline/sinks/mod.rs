@@ -1,48 +1,120 @@
-//! Where defectflow's outputs go. Every sink kind has its folder: `audit/` (the Parquet
-//! audit log), `evidence/` (the annotated images), `jsonl/` (work-orders.jsonl), `kafka/`
-//! (the CMMS topics).
+//! Where defectflow's outputs go. Every sink kind has its folder: `kafka/` (the CMMS
+//! topics), `jsonl/` (work-orders.jsonl), `audit/` (the Parquet audit log) and
+//! `evidence/` (the annotated images, which the tracker writes as it goes). [`open`]
+//! lists every sink a run delivers to; [`Outputs`] hands them each closed time's
+//! messages and audit rows, in that order.
 
 pub mod audit;
 pub mod evidence;
 pub mod jsonl;
 pub mod kafka;
+mod outputs;
 
-use defectflow_schemas::{StockMovement, WorkOrder, WorkOrderStatus};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
-/// What the work orders earlier runs delivered (their latest revisions, from the topic
-/// or the file) leave to this run: the open ones, taken up again, and the parts the
-/// completed ones consumed, taken out of the reference data's stock again.
-#[derive(Debug, Default, PartialEq)]
-pub struct EarlierOrders {
-    pub open: Vec<WorkOrder>,
-    /// Completed and false-positive work orders, known again (not taken up).
-    pub closed: Vec<WorkOrder>,
-    pub consumed: Vec<StockMovement>,
+use defectflow_operators::derive::TrackMeasures;
+use defectflow_schemas::{Detection, Emitted, WorkOrder};
+
+pub use audit::AuditRow;
+pub use outputs::Outputs;
+
+use crate::config::RunConfig;
+use crate::metrics::Metrics;
+
+/// The kinds of sink, in the order a closed time's messages reach them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkKind {
+    /// The CMMS topics on the broker.
+    Kafka,
+    /// `work-orders.jsonl` in the output folder.
+    JsonLines,
+    /// The Parquet audit log in the output folder.
+    Audit,
 }
 
-impl EarlierOrders {
-    /// Sorts the latest revisions into the open and what completed ones consumed: every
-    /// part line of a completed work order (a false positive consumes nothing), as the
-    /// ledger takes them out when the CMMS completes it.
-    pub fn from_latest(latest: Vec<WorkOrder>) -> EarlierOrders {
-        let mut earlier = EarlierOrders::default();
-        for order in latest {
-            match order.status {
-                WorkOrderStatus::Completed => {
-                    earlier.consumed.extend(order.parts.iter().map(|part| StockMovement {
-                        part_id: part.part_id.clone(),
-                        delta: -i64::from(part.quantity),
-                        at_ms: order.revised_at_ms,
-                        reason: format!("consumed:{}", order.work_order_id),
-                    }));
-                    earlier.closed.push(order);
-                }
-                WorkOrderStatus::FalsePositive => earlier.closed.push(order),
-                _ => earlier.open.push(order),
-            }
-        }
-        earlier
+impl SinkKind {
+    /// Whether the CMMS reads its messages (a work order has left defectflow once these
+    /// have it), as opposed to keeping a record of them.
+    pub fn carries_messages(self) -> bool {
+        matches!(self, SinkKind::Kafka | SinkKind::JsonLines)
     }
+}
+
+/// What a sink wrote in a run, and what it left out because an earlier run had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SinkCount {
+    pub kind: SinkKind,
+    pub written: u64,
+    pub earlier: u64,
+}
+
+/// What the dataflow completed before `closed_before`, for the sinks.
+#[derive(Debug)]
+pub struct Batch<'a> {
+    pub closed_before: u64,
+    /// The messages, with their dataflow times.
+    pub messages: &'a [(u64, Emitted)],
+    /// Rows for the audit log that are not messages, with their dataflow times.
+    pub rows: &'a [(u64, AuditRow)],
+    /// The model's detections, captured before `closed_before`.
+    pub detections: &'a [Detection],
+}
+
+/// One output of a run, owned by the worker that delivers.
+pub trait Sink: std::fmt::Debug {
+    fn kind(&self) -> SinkKind;
+
+    /// Takes a closed batch; an error stops the run. Returns how many messages a broker
+    /// acknowledged.
+    fn deliver(&mut self, batch: &Batch<'_>, metrics: &Metrics) -> anyhow::Result<u64>;
+
+    /// At the end of a run: everything taken is written, with what is left in `rest`
+    /// (detections the dataflow did not close).
+    fn flush(&mut self, _rest: &Batch<'_>) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// The latest revision of every work order that earlier runs delivered here, once
+    /// (`None`: this sink cannot tell).
+    fn take_latest_orders(&mut self) -> Option<Vec<WorkOrder>> {
+        None
+    }
+
+    /// The latest measures of `tracks` since `since_ms`, as earlier runs recorded them
+    /// (`None`: this sink keeps no tracks).
+    fn latest_track_measures(
+        &self,
+        _tracks: &BTreeSet<String>,
+        _since_ms: u64,
+    ) -> Option<anyhow::Result<BTreeMap<String, TrackMeasures>>> {
+        None
+    }
+
+    /// What it wrote in this run (`None`: nothing to count).
+    fn count(&self) -> Option<SinkCount> {
+        None
+    }
+}
+
+/// Opens every sink `config` asks for, in delivery order. Every sink kind is listed
+/// here. Shadow mode sends nothing to the CMMS: only the audit log is written.
+pub fn open(config: &RunConfig) -> anyhow::Result<Vec<Box<dyn Sink>>> {
+    let shadow = config.model.as_ref().is_some_and(|m| m.shadow);
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    match &config.kafka {
+        Some(kafka) if !shadow => sinks.push(Box::new(kafka::KafkaSink::start(kafka)?)),
+        Some(_) => tracing::info!("shadow mode: nothing goes to Kafka"),
+        None => {}
+    }
+    if let Some(dir) = &config.output.dir {
+        if !shadow {
+            sinks.push(Box::new(jsonl::JsonLinesSink::open(dir)?));
+        }
+        let max_age = Duration::from_secs_f64(config.output.audit_commit_s);
+        sinks.push(Box::new(audit::AuditSink::open(&dir.join("audit"), config.output.audit_commit_rows, max_age)?));
+    }
+    Ok(sinks)
 }
 
 /// Test hook: `DEFECTFLOW_FAILPOINT=<name>[:<n>]` aborts the process the n-th time (default
@@ -63,50 +135,5 @@ pub(crate) fn failpoint(name: &str) {
     if *count == nth {
         eprintln!("failpoint {name}: aborting");
         std::process::abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::workflow::Emitted;
-
-    /// The latest revision of each work order of a scenario's expected messages.
-    fn latest(scenario: &str) -> Vec<WorkOrder> {
-        let mut latest: std::collections::BTreeMap<String, WorkOrder> = Default::default();
-        for line in scenario.lines() {
-            if let Ok(Emitted::WorkOrder(w)) = serde_json::from_str::<Emitted>(line)
-                && latest.get(&w.work_order_id).is_none_or(|known| known.revision < w.revision)
-            {
-                latest.insert(w.work_order_id.clone(), *w);
-            }
-        }
-        latest.into_values().collect()
-    }
-
-    #[test]
-    fn completed_work_orders_consumed_their_parts_and_open_ones_are_taken_up() {
-        // A repair completed, then the defect came back: a new work order, open.
-        let earlier =
-            EarlierOrders::from_latest(latest(include_str!("../../tests/scenarios/repair_recurrence.expected.jsonl")));
-        let open: Vec<(&str, WorkOrderStatus)> =
-            earlier.open.iter().map(|w| (w.work_order_id.as_str(), w.status)).collect();
-        assert_eq!(open, [("WO-d800b06d7abb1ff8", WorkOrderStatus::Open)]);
-        assert_eq!(
-            earlier.consumed,
-            [StockMovement {
-                part_id: "BOLT-M20-GR8".into(),
-                delta: -1,
-                at_ms: 1_767_600_120_000,
-                reason: "consumed:WO-e27f05ae0f97331c".into(),
-            }]
-        );
-        let closed: Vec<&str> = earlier.closed.iter().map(|w| w.work_order_id.as_str()).collect();
-        assert_eq!(closed, ["WO-e27f05ae0f97331c"]);
-        // A false positive is closed and used nothing.
-        let earlier =
-            EarlierOrders::from_latest(latest(include_str!("../../tests/scenarios/false_positive.expected.jsonl")));
-        assert_eq!((earlier.open.len(), earlier.closed.len(), earlier.consumed.len()), (0, 1, 0));
-        assert_eq!(earlier.closed[0].status, WorkOrderStatus::FalsePositive);
     }
 }

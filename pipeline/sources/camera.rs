@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use gstreamer as gst;
@@ -15,6 +15,7 @@ use gstreamer_video as gst_video;
 use defectflow_operators::decode::Plane;
 
 use super::{CameraPipeline, SourceError, TimeBase};
+use crate::clock::now_ms;
 use crate::config::CameraConfig;
 
 /// Planar RGB bytes of one decoded frame, copied out of GStreamer's buffer as it
@@ -313,10 +314,6 @@ impl RawFrame {
             pixels: FramePixels::copied(&[0; 3], &Spare::default()),
         }
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// How one connection ended.

@@ -5,12 +5,14 @@ pub mod audit;
 pub mod defect;
 pub mod events;
 pub mod frame;
+pub mod message;
 pub mod reference;
 pub mod work_order;
 
 pub use defect::{BoundingBox, DefectClass, DefectTrack, Detection, FrameObservation, TrackState};
 pub use events::{Alert, Assignment, DeadLetter, PartsStaging, StagingKind, StockMovement};
 pub use frame::FrameMeta;
+pub use message::Emitted;
 pub use reference::{Asset, Camera, FailureRecord, InventoryItem, PartRequirement, Procedure, Roi, Shift, Technician};
 pub use work_order::{
     Evidence, PartLine, Priority, ProcedureRef, RevisionKind, SCHEMA_VERSION, Severity, SeverityComponents, WoEvent,

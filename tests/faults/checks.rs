@@ -54,9 +54,9 @@ pub fn audited_once(audit: &Path, keys: &BTreeSet<String>) {
     assert_eq!(&unique, keys, "the audit log against the work orders delivered");
 }
 
-/// The per-camera reports a run printed with `--json` (the last JSON array of stdout).
+/// The per-camera reports a run printed with `--json` (its whole standard output).
 pub fn camera_reports(stdout: &str) -> BTreeMap<String, Value> {
-    let start = stdout.rfind("\n[").map_or(0, |i| i + 1);
-    let reports: Vec<Value> = serde_json::from_str(&stdout[start..]).expect("camera reports as JSON");
+    let report: Value = serde_json::from_str(stdout).expect("the run's report as JSON");
+    let reports = report["cameras"].as_array().expect("cameras").clone();
     reports.into_iter().map(|r| (r["camera_id"].as_str().expect("id").to_owned(), r)).collect()
 }

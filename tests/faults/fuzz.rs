@@ -1,5 +1,5 @@
 //! The fuzz targets' corpus and every crash they found, replayed through the parsers
-//! (`defectflow::fuzzing`, the targets' own bodies) on the stable toolchain.
+//! (`defectflow::tools::fuzzing`, the targets' own bodies) on the stable toolchain.
 
 use std::path::Path;
 
@@ -17,7 +17,7 @@ fn inputs(folder: &Path) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn every_corpus_input_and_past_crash_goes_through_its_parser() {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
-    for (target, check) in defectflow::fuzzing::TARGETS {
+    for (target, check) in defectflow::tools::fuzzing::TARGETS {
         let corpus = inputs(&fuzz.join("corpus").join(target));
         assert!(!corpus.is_empty(), "fuzz/corpus/{target} is empty");
         for (name, bytes) in corpus.iter().chain(&inputs(&fuzz.join("regressions").join(target))) {

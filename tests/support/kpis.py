@@ -1,5 +1,5 @@
 """The KPIs of `defectflow report`, recomputed from the Parquet audit log with polars,
-independently of the Rust code (same definitions, see pipeline/report.rs). Prints JSON."""
+independently of the Rust code (same definitions, see pipeline/tools/report.rs). Prints JSON."""
 import json
 import math
 import sys

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use defectflow::config::RunConfig;
-use defectflow::footage::{Codec, Container, FootageOptions, write_plant, write_scenes};
-use defectflow::graph::{self, CameraReport, Hooks, StopWhen};
+use defectflow::run::{self, CameraReport, Hooks, StopWhen};
+use defectflow::tools::footage::{Codec, Container, FootageOptions, write_plant, write_scenes};
 use defectflow_models::synth::{AssetKind, GroundTruth, PlantOptions, planned_scene};
 use defectflow_schemas::DefectClass;
 
@@ -154,7 +154,7 @@ pub fn run_config(config: &RunConfig, workers: usize, after: Option<Duration>) -
         metrics: None,
     };
     let stop = StopWhen { after, interrupted: Arc::new(AtomicBool::new(false)) };
-    let reports = graph::run(config, timely::Config::process(workers), stop, hooks).expect("run completes");
+    let reports = run::run(config, timely::Config::process(workers), stop, hooks).expect("run completes");
     let seen = seen.lock().expect("lock").clone();
     let frontiers = frontiers.lock().expect("lock").clone();
     Outcome { reports, seen, frontiers }

@@ -22,20 +22,7 @@ impl Ledger {
         let track = &scored.track;
         let severity = scored.severity;
         let published = order.published.as_ref();
-        let material = match published {
-            None => true,
-            Some(last) => {
-                last.status != order.status
-                    || last.severity.priority != severity.priority
-                    || (last.severity.score / 10.0).floor() != (severity.score / 10.0).floor()
-                    || f64::from(track.area_px) >= f64::from(order.revision_area) * self.config.size_step
-                    || last.technician_id != order.technician
-                    || last.procedure.as_ref().map(|p| &p.procedure_id)
-                        != order.procedure.as_ref().map(|p| &p.procedure_id)
-                    || last.parts != parts
-                    || last.track_id != track.track_id
-            }
-        };
+        let material = published.is_none_or(|last| self.changed(order, last, &parts));
         if !material {
             return;
         }
@@ -47,34 +34,7 @@ impl Ledger {
         };
         let technician_changed = published.is_none_or(|last| last.technician_id != order.technician);
         let newly_reserved = published.is_none_or(|last| last.procedure.is_none()) && order.procedure.is_some();
-        let work_order = WorkOrder {
-            schema_version: SCHEMA_VERSION.to_owned(),
-            work_order_id: id.to_owned(),
-            revision,
-            revision_kind,
-            status: order.status,
-            asset_id: track.asset_id.clone(),
-            asset_name: scored.asset.name.clone(),
-            camera_id: track.camera_id.clone(),
-            track_id: track.track_id.clone(),
-            defect_class: track.class,
-            severity,
-            procedure: order.procedure.as_ref().map(|p| ProcedureRef {
-                procedure_id: p.procedure_id.clone(),
-                title: p.title.clone(),
-                required_skill: p.required_skill.clone(),
-                estimated_hours: p.estimated_hours,
-                steps: p.steps.clone(),
-            }),
-            parts: parts.clone(),
-            technician_id: order.technician.clone(),
-            evidence: track.evidence.clone(),
-            detected_at_ms: track.first_seen_ms,
-            revised_at_ms: time,
-            reopens: order.reopens.clone(),
-            model_version: track.model_version.clone(),
-            shadow: track.shadow,
-        };
+        let work_order = revision_of(order, id, time, (revision, revision_kind), &parts);
         // The revision goes first; what follows from it comes after.
         let mut follow = Vec::new();
         if technician_changed && order.is_open() {
@@ -101,8 +61,41 @@ impl Ledger {
                 ),
             }));
         }
+        self.stage(time, id, &parts, newly_reserved, &mut follow);
+        if let Some(order) = self.orders.get_mut(id) {
+            order.alerted |= alert;
+            order.revision_area = order.scored.track.area_px;
+            order.published = Some(work_order.clone());
+        }
+        out.push(LedgerOutput::Revision(Box::new(work_order)));
+        out.extend(follow);
+    }
+
+    /// Whether the order changed in a way its readers care about since `last`.
+    fn changed(&self, order: &Order, last: &WorkOrder, parts: &[PartLine]) -> bool {
+        let (track, severity) = (&order.scored.track, order.scored.severity);
+        last.status != order.status
+            || last.severity.priority != severity.priority
+            || (last.severity.score / 10.0).floor() != (severity.score / 10.0).floor()
+            || f64::from(track.area_px) >= f64::from(order.revision_area) * self.config.size_step
+            || last.technician_id != order.technician
+            || last.procedure.as_ref().map(|p| &p.procedure_id) != order.procedure.as_ref().map(|p| &p.procedure_id)
+            || last.parts != parts
+            || last.track_id != track.track_id
+    }
+
+    /// Parts staged (or short) for a newly reserved procedure, and reorders of parts
+    /// that fell to their reorder point.
+    fn stage(
+        &mut self,
+        time: EpochMillis,
+        id: &str,
+        parts: &[PartLine],
+        newly_reserved: bool,
+        follow: &mut Vec<LedgerOutput>,
+    ) {
         if newly_reserved {
-            for line in &parts {
+            for line in parts {
                 let level = self.stock.level(&line.part_id);
                 follow.push(LedgerOutput::Staging(PartsStaging {
                     kind: if line.available { StagingKind::Stage } else { StagingKind::Shortage },
@@ -114,7 +107,7 @@ impl Ledger {
                 }));
             }
         }
-        for line in &parts {
+        for line in parts {
             let level = self.stock.level(&line.part_id);
             let below = level.available <= self.stock.reorder_point(&line.part_id);
             if below && self.below_reorder.insert(line.part_id.clone()) {
@@ -130,12 +123,45 @@ impl Ledger {
                 self.below_reorder.remove(&line.part_id);
             }
         }
-        if let Some(order) = self.orders.get_mut(id) {
-            order.alerted |= alert;
-            order.revision_area = order.scored.track.area_px;
-            order.published = Some(work_order.clone());
-        }
-        out.push(LedgerOutput::Revision(Box::new(work_order)));
-        out.extend(follow);
+    }
+}
+
+/// The work order's revision `number` as published at `time`.
+fn revision_of(
+    order: &Order,
+    id: &str,
+    time: EpochMillis,
+    (revision, revision_kind): (u32, RevisionKind),
+    parts: &[PartLine],
+) -> WorkOrder {
+    let (scored, severity) = (&order.scored, order.scored.severity);
+    let track = &scored.track;
+    WorkOrder {
+        schema_version: SCHEMA_VERSION.to_owned(),
+        work_order_id: id.to_owned(),
+        revision,
+        revision_kind,
+        status: order.status,
+        asset_id: track.asset_id.clone(),
+        asset_name: scored.asset.name.clone(),
+        camera_id: track.camera_id.clone(),
+        track_id: track.track_id.clone(),
+        defect_class: track.class,
+        severity,
+        procedure: order.procedure.as_ref().map(|p| ProcedureRef {
+            procedure_id: p.procedure_id.clone(),
+            title: p.title.clone(),
+            required_skill: p.required_skill.clone(),
+            estimated_hours: p.estimated_hours,
+            steps: p.steps.clone(),
+        }),
+        parts: parts.to_vec(),
+        technician_id: order.technician.clone(),
+        evidence: track.evidence.clone(),
+        detected_at_ms: track.first_seen_ms,
+        revised_at_ms: time,
+        reopens: order.reopens.clone(),
+        model_version: track.model_version.clone(),
+        shadow: track.shadow,
     }
 }

@@ -12,6 +12,7 @@
 //! partial file nor a duplicate row.
 
 mod columns;
+mod sink;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -21,12 +22,16 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, RecordBatch};
 use defectflow_operators::derive::TrackMeasures;
 use defectflow_schemas::audit::AuditTable;
-use defectflow_schemas::{Assignment, DefectTrack, Detection, EpochMillis, WoEvent, WorkOrder};
+use defectflow_schemas::{Assignment, DefectTrack, Detection, Emitted, EpochMillis, WoEvent, WorkOrder};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{FileReader, SerializedFileReader};
+
+use crate::clock::utc_date;
+
+pub use sink::{AuditRow, AuditSink};
 
 /// A failure to write the audit log; names the file.
 #[derive(Debug, thiserror::Error)]
@@ -351,10 +356,9 @@ impl AuditStream {
     pub fn append(
         &mut self,
         closed_before: u64,
-        messages: &[(u64, crate::workflow::Emitted)],
+        messages: &[(u64, Emitted)],
         rows: AuditRows,
     ) -> Result<(), AuditError> {
-        use crate::workflow::Emitted;
         for (time, message) in messages {
             match message {
                 Emitted::WorkOrder(w) => self.work_orders.push(*time, (**w).clone()),
@@ -448,20 +452,6 @@ fn commit<T>(
     buffer.rows.clear();
     buffer.before = closed_before;
     Ok(())
-}
-
-/// `YYYY-MM-DD` of a UTC instant (days-from-civil inverse, proleptic Gregorian).
-pub fn utc_date(at_ms: EpochMillis) -> String {
-    let days = (at_ms / 86_400_000) as i64 + 719_468;
-    let era = days.div_euclid(146_097);
-    let day_of_era = days.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
 }
 
 #[cfg(test)]
@@ -575,13 +565,5 @@ mod tests {
         let reader = SerializedFileReader::new(File::open(&files[0]).expect("open")).expect("parquet");
         assert_eq!(reader.metadata().file_metadata().num_rows(), 8, "every held row, once");
         assert!(std::fs::read_dir(dir.path().join("detections")).expect("folder").count() == 1, "nothing left aside");
-    }
-
-    #[test]
-    fn dates_of_known_instants() {
-        assert_eq!(utc_date(0), "1970-01-01");
-        assert_eq!(utc_date(1_767_600_000_000), "2026-01-05");
-        assert_eq!(utc_date(951_782_400_000), "2000-02-29");
-        assert_eq!(utc_date(1_767_225_599_999), "2025-12-31");
     }
 }

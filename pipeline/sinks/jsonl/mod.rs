@@ -14,10 +14,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-use defectflow_schemas::WorkOrder;
+use defectflow_schemas::{Emitted, WorkOrder};
 use serde::{Deserialize, Serialize};
 
-use crate::workflow::Emitted;
+use crate::metrics::Metrics;
+use crate::sinks::{Batch, Sink, SinkCount, SinkKind};
 
 /// The file's name in the output folder.
 pub const FILE_NAME: &str = "work-orders.jsonl";
@@ -127,6 +128,26 @@ impl JsonLinesSink {
 }
 
 /// Names `path` in an I/O error.
+impl Sink for JsonLinesSink {
+    fn kind(&self) -> SinkKind {
+        SinkKind::JsonLines
+    }
+
+    fn deliver(&mut self, batch: &Batch<'_>, _: &Metrics) -> anyhow::Result<u64> {
+        JsonLinesSink::deliver(self, batch.closed_before, batch.messages)?;
+        Ok(0)
+    }
+
+    /// Without Kafka, the file is what the CMMS read.
+    fn take_latest_orders(&mut self) -> Option<Vec<WorkOrder>> {
+        Some(JsonLinesSink::take_latest_orders(self))
+    }
+
+    fn count(&self) -> Option<SinkCount> {
+        Some(SinkCount { kind: SinkKind::JsonLines, written: self.written, earlier: self.skipped })
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JsonLinesError {
     let path = path.to_owned();
     move |source| JsonLinesError::Io { path, source }

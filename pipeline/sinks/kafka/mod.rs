@@ -17,258 +17,21 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use defectflow_schemas::{SCHEMA_VERSION, WorkOrder};
+use defectflow_schemas::{Emitted, SCHEMA_VERSION, WorkOrder};
 use rdkafka::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::workflow::Emitted;
-
-/// `[kafka]`: the broker, the topics and the client's settings.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// Bootstrap servers, `host:port[,host:port…]`.
-    pub brokers: String,
-    #[serde(default)]
-    pub topics: TopicsConfig,
-    /// Wrap each closed timestamp in a Kafka transaction (Apache Kafka, Redpanda);
-    /// exactly-once holds without it.
-    #[serde(default)]
-    pub transactional: bool,
-    /// Names this sink's progress records and transactions: two runs with the same id
-    /// continue each other's delivery.
-    #[serde(default = "default_sink_id")]
-    pub sink_id: String,
-    /// The input topics the plant's systems write.
-    #[serde(default)]
-    pub inputs: crate::sources::kafka::InputsConfig,
-    /// Any librdkafka property (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`,
-    /// `message.timeout.ms`, ...), passed as given.
-    #[serde(default)]
-    pub properties: BTreeMap<String, String>,
-    /// librdkafka properties whose values are secrets, read from the named environment
-    /// variables at start (e.g. `"sasl.password" = "KAFKA_PASSWORD"`); never logged.
-    #[serde(default)]
-    pub secrets_from_env: BTreeMap<String, String>,
-    /// librdkafka properties whose values are secrets, read from the named files at
-    /// start (a mounted secret: `"sasl.password" = "/run/secrets/kafka"`, one trailing
-    /// newline dropped); never logged.
-    #[serde(default)]
-    pub secrets_from_file: BTreeMap<String, std::path::PathBuf>,
-}
-
-/// Whether a librdkafka property holds a credential, which must come from the
-/// environment or a file, never from the config's `properties`.
-pub fn is_secret(property: &str) -> bool {
-    property.ends_with("password")
-        || property.ends_with("secret")
-        || matches!(property, "ssl.key.pem" | "sasl.oauthbearer.config")
-}
-
-fn default_sink_id() -> String {
-    "defectflow".into()
-}
-
-impl std::fmt::Debug for KafkaConfig {
-    /// Property values may hold credentials: only their names are shown.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaConfig")
-            .field("brokers", &self.brokers)
-            .field("topics", &self.topics)
-            .field("transactional", &self.transactional)
-            .field("sink_id", &self.sink_id)
-            .field("inputs", &self.inputs)
-            .field("properties", &self.properties.keys().collect::<Vec<_>>())
-            .field("secrets_from_env", &self.secrets_from_env)
-            .field("secrets_from_file", &self.secrets_from_file)
-            .finish()
-    }
-}
-
-/// `[kafka.topics]`: topic names.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TopicsConfig {
-    #[serde(default = "topic::work_orders")]
-    pub work_orders: String,
-    #[serde(default = "topic::alerts")]
-    pub alerts: String,
-    #[serde(default = "topic::parts_staging")]
-    pub parts_staging: String,
-    #[serde(default = "topic::dead_letter")]
-    pub dead_letter: String,
-    /// The sink's progress records (one partition).
-    #[serde(default = "topic::progress")]
-    pub progress: String,
-}
-
-mod topic {
-    pub fn work_orders() -> String {
-        "defectflow.work-orders".into()
-    }
-    pub fn alerts() -> String {
-        "defectflow.alerts".into()
-    }
-    pub fn parts_staging() -> String {
-        "defectflow.parts-staging".into()
-    }
-    pub fn dead_letter() -> String {
-        "defectflow.dead-letter".into()
-    }
-    pub fn progress() -> String {
-        "defectflow.progress".into()
-    }
-}
-
-impl Default for TopicsConfig {
-    fn default() -> Self {
-        TopicsConfig {
-            work_orders: topic::work_orders(),
-            alerts: topic::alerts(),
-            parts_staging: topic::parts_staging(),
-            dead_letter: topic::dead_letter(),
-            progress: topic::progress(),
-        }
-    }
-}
-
-impl TopicsConfig {
-    fn outputs(&self) -> [&str; 4] {
-        [&self.work_orders, &self.alerts, &self.parts_staging, &self.dead_letter]
-    }
-}
-
-impl KafkaConfig {
-    /// Checks what serde cannot; returns the field at fault (under `kafka.`).
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        if self.brokers.trim().is_empty() {
-            return Err(("kafka.brokers".into(), "must name at least one host:port".into()));
-        }
-        let (t, i) = (&self.topics, &self.inputs);
-        for (field, name) in [
-            ("topics.work_orders", &t.work_orders),
-            ("topics.alerts", &t.alerts),
-            ("topics.parts_staging", &t.parts_staging),
-            ("topics.dead_letter", &t.dead_letter),
-            ("topics.progress", &t.progress),
-            ("inputs.wo_events", &i.wo_events),
-            ("inputs.inventory", &i.inventory),
-            ("inputs.technicians", &i.technicians),
-            ("inputs.assets", &i.assets),
-        ] {
-            let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-            if name.is_empty() || name.len() > 249 || !name.chars().all(legal) {
-                return Err((
-                    format!("kafka.{field}"),
-                    format!("`{name}` is not a Kafka topic name (1–249 of letters, digits, `.`, `_`, `-`)"),
-                ));
-            }
-        }
-        if let Some(property) = self.properties.keys().find(|p| is_secret(p)) {
-            return Err((
-                format!("kafka.properties.\"{property}\""),
-                "holds a credential: name the environment variable that holds it under \
-                 [kafka.secrets_from_env], or its file under [kafka.secrets_from_file]"
-                    .into(),
-            ));
-        }
-        for (property, variable) in &self.secrets_from_env {
-            if std::env::var_os(variable).is_none() {
-                return Err((
-                    format!("kafka.secrets_from_env.\"{property}\""),
-                    format!("environment variable `{variable}` is not set"),
-                ));
-            }
-        }
-        for (property, path) in &self.secrets_from_file {
-            if let Err(e) = std::fs::read(path) {
-                return Err((
-                    format!("kafka.secrets_from_file.\"{property}\""),
-                    format!("cannot read {}: {e}", path.display()),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// The librdkafka settings as `check-config` shows them: each property with its
-    /// value, a secret with where it comes from instead.
-    pub fn describe(&self) -> Vec<(String, String)> {
-        let mut out = vec![("bootstrap.servers".to_owned(), self.brokers.clone())];
-        out.extend(self.properties.iter().map(|(name, value)| (name.clone(), value.clone())));
-        out.extend(
-            self.secrets_from_env
-                .iter()
-                .map(|(name, variable)| (name.clone(), format!("<secret from environment variable {variable}>"))),
-        );
-        out.extend(
-            self.secrets_from_file
-                .iter()
-                .map(|(name, path)| (name.clone(), format!("<secret from file {}>", path.display()))),
-        );
-        out
-    }
-
-    /// The librdkafka settings common to the producer and the recovery consumer: the
-    /// `defaults`, then the configured properties over them.
-    pub(crate) fn client_config(&self, defaults: &[(&str, &str)]) -> Result<ClientConfig, SinkError> {
-        let mut client = ClientConfig::new();
-        client.set("bootstrap.servers", &self.brokers);
-        for (name, value) in defaults {
-            client.set(*name, *value);
-        }
-        for (name, value) in &self.properties {
-            client.set(name, value);
-        }
-        for (name, variable) in &self.secrets_from_env {
-            let value = std::env::var(variable).map_err(|_| SinkError::Secret { property: name.clone() })?;
-            client.set(name, value);
-        }
-        for (name, path) in &self.secrets_from_file {
-            let text = std::fs::read_to_string(path).map_err(|_| SinkError::Secret { property: name.clone() })?;
-            let value = text.strip_suffix('\n').unwrap_or(&text);
-            client.set(name, value.strip_suffix('\r').unwrap_or(value));
-        }
-        Ok(client)
-    }
-}
-
-/// A failure of the Kafka sink; never includes a property value.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    #[error("kafka: {context}: {source}")]
-    Kafka { context: String, source: KafkaError },
-    #[error("kafka: the secret for `{property}` (its environment variable or file) can no longer be read")]
-    Secret { property: String },
-    #[error("kafka: {count} message(s) not delivered, first: {first}")]
-    Undelivered { count: usize, first: String },
-    #[error("kafka: progress record at {topic}/0 offset {offset} is not readable: {reason}")]
-    Progress { topic: String, offset: i64, reason: String },
-}
-
-pub(crate) fn kafka(context: impl Into<String>) -> impl FnOnce(KafkaError) -> SinkError {
-    let context = context.into();
-    move |source| SinkError::Kafka { context, source: without_values(source) }
-}
-
-/// librdkafka's configuration errors quote the property's value, which may be a
-/// credential: the value is left out of the error.
-fn without_values(error: KafkaError) -> KafkaError {
-    match error {
-        KafkaError::ClientConfig(code, description, property, _) => {
-            KafkaError::ClientConfig(code, description, property, "(value not shown)".into())
-        }
-        other => other,
-    }
-}
+use crate::clock::now_ms;
+use crate::kafka::{BrokerError, KafkaConfig, Quiet, REQUEST_TIMEOUT, TopicsConfig, failed, read_messages};
+use crate::metrics::Metrics;
+use crate::sinks::{Batch, Sink, SinkCount, SinkKind};
 
 /// One message for an output topic.
 #[derive(Clone, Debug, PartialEq)]
@@ -400,11 +163,30 @@ pub struct KafkaSink {
     pub skipped: u64,
 }
 
-impl KafkaSink {
-    /// The latest revision of every work order earlier runs sent to the topic; empty
-    /// after the first call.
-    pub fn take_latest_orders(&mut self) -> Vec<WorkOrder> {
-        std::mem::take(&mut self.recovered.latest_orders)
+impl Sink for KafkaSink {
+    fn kind(&self) -> SinkKind {
+        SinkKind::Kafka
+    }
+
+    fn deliver(&mut self, batch: &Batch<'_>, metrics: &Metrics) -> anyhow::Result<u64> {
+        let before = self.sent;
+        metrics.delivering_since_ms.store(now_ms(), Ordering::Relaxed);
+        let delivered = KafkaSink::deliver(self, batch.closed_before, batch.messages);
+        metrics.delivering_since_ms.store(0, Ordering::Relaxed);
+        if let Err(error) = delivered {
+            metrics.kafka_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(error.into());
+        }
+        Ok(self.sent - before)
+    }
+
+    /// What earlier runs sent to the work-order topic: what the CMMS holds.
+    fn take_latest_orders(&mut self) -> Option<Vec<WorkOrder>> {
+        Some(std::mem::take(&mut self.recovered.latest_orders))
+    }
+
+    fn count(&self) -> Option<SinkCount> {
+        Some(SinkCount { kind: SinkKind::Kafka, written: self.sent, earlier: self.skipped })
     }
 }
 
@@ -415,7 +197,6 @@ impl std::fmt::Debug for KafkaSink {
 }
 
 /// How long a metadata or watermark request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a flush waits for the broker between warnings.
 const FLUSH_WARNING: Duration = Duration::from_secs(30);
 /// How often progress is recorded when no message went out.
@@ -423,7 +204,7 @@ const IDLE_PROGRESS: Duration = Duration::from_secs(1);
 
 impl KafkaSink {
     /// Connects, learns what earlier runs delivered, and (transactional) fences them.
-    pub fn start(config: &KafkaConfig) -> Result<KafkaSink, SinkError> {
+    pub fn start(config: &KafkaConfig) -> Result<KafkaSink, BrokerError> {
         // A message waits out a broker outage of up to five minutes; a transaction must
         // be allowed at least as long (Apache Kafka's largest by default, 15 minutes).
         let mut defaults = vec![("message.timeout.ms", "300000"), ("linger.ms", "5"), ("socket.nagle.disable", "true")];
@@ -436,9 +217,9 @@ impl KafkaSink {
             client.set("transactional.id", &config.sink_id);
         }
         let producer: BaseProducer<Deliveries> =
-            client.create_with_context(Deliveries::default()).map_err(kafka("creating the producer"))?;
+            client.create_with_context(Deliveries::default()).map_err(failed("creating the producer"))?;
         if config.transactional {
-            producer.init_transactions(REQUEST_TIMEOUT).map_err(kafka("initialising transactions"))?;
+            producer.init_transactions(REQUEST_TIMEOUT).map_err(failed("initialising transactions"))?;
         }
         let recovered = recover(config)?;
         let mut progress = recovered.progress.clone().unwrap_or_default();
@@ -470,7 +251,7 @@ impl KafkaSink {
 
     /// Delivers the messages of every dataflow time below `closed_before` (all of them
     /// complete), waits for the broker to acknowledge them, then records the progress.
-    pub fn deliver(&mut self, closed_before: u64, messages: &[(u64, Emitted)]) -> Result<(), SinkError> {
+    pub fn deliver(&mut self, closed_before: u64, messages: &[(u64, Emitted)]) -> Result<(), BrokerError> {
         let mut outgoing = Vec::new();
         for (time, message) in messages {
             let Some(message) = Outgoing::of(message, &self.config.topics) else { continue };
@@ -485,12 +266,12 @@ impl KafkaSink {
             return Ok(());
         }
         if self.config.transactional {
-            self.producer.begin_transaction().map_err(kafka("beginning a transaction"))?;
+            self.producer.begin_transaction().map_err(failed("beginning a transaction"))?;
         }
         for message in &outgoing {
             self.send(&message.topic, &message.key, &message.payload, Some(&message.idempotency_key))?;
         }
-        self.flush()?;
+        self.flush_producer()?;
         self.sent += outgoing.len() as u64;
         if !outgoing.is_empty() {
             tracing::debug!(closed_before, messages = outgoing.len(), "kafka: delivered");
@@ -512,7 +293,7 @@ impl KafkaSink {
         let progress_topic = self.config.topics.progress.clone();
         let key = self.config.sink_id.clone();
         self.send(&progress_topic, &key, &record, None)?;
-        self.flush()?;
+        self.flush_producer()?;
         if self.config.transactional {
             self.commit_transaction()?;
         }
@@ -525,7 +306,7 @@ impl KafkaSink {
     /// Commits the open transaction, waiting out a broker that does not answer (an outage
     /// that starts between the flush and the commit): librdkafka reports the end of each
     /// wait as retriable, and the next call resumes the same commit.
-    fn commit_transaction(&self) -> Result<(), SinkError> {
+    fn commit_transaction(&self) -> Result<(), BrokerError> {
         let started = Instant::now();
         loop {
             match self.producer.commit_transaction(REQUEST_TIMEOUT) {
@@ -534,12 +315,12 @@ impl KafkaSink {
                     let waited_s = started.elapsed().as_secs();
                     tracing::warn!(waited_s, %error, "kafka: committing a transaction waits for the broker");
                 }
-                Err(source) => return Err(SinkError::Kafka { context: "committing a transaction".into(), source }),
+                Err(source) => return Err(BrokerError::Kafka { context: "committing a transaction".into(), source }),
             }
         }
     }
 
-    fn send(&self, topic: &str, key: &str, payload: &[u8], idempotency_key: Option<&str>) -> Result<(), SinkError> {
+    fn send(&self, topic: &str, key: &str, payload: &[u8], idempotency_key: Option<&str>) -> Result<(), BrokerError> {
         let mut headers = OwnedHeaders::new()
             .insert(Header { key: headers::SCHEMA_VERSION, value: Some(SCHEMA_VERSION) })
             .insert(Header { key: headers::CONTENT_TYPE, value: Some("application/json") })
@@ -557,7 +338,7 @@ impl KafkaSink {
                     self.producer.poll(Duration::from_millis(100));
                 }
                 Err((error, _)) => {
-                    return Err(SinkError::Kafka { context: format!("sending to {topic}"), source: error });
+                    return Err(BrokerError::Kafka { context: format!("sending to {topic}"), source: error });
                 }
             }
         }
@@ -565,7 +346,7 @@ impl KafkaSink {
 
     /// Waits until every sent message is acknowledged (through a broker outage, up to
     /// `message.timeout.ms`), then reports any that failed.
-    fn flush(&self) -> Result<(), SinkError> {
+    fn flush_producer(&self) -> Result<(), BrokerError> {
         // rdkafka's `flush` polls in steps of 100 ms, which a delivery report does not cut
         // short; short polls hand the acknowledgement back within a millisecond.
         let mut waiting = Instant::now();
@@ -579,45 +360,25 @@ impl KafkaSink {
                         waiting = Instant::now();
                     }
                 }
-                Err(error) => return Err(SinkError::Kafka { context: "flushing".into(), source: error }),
+                Err(error) => return Err(BrokerError::Kafka { context: "flushing".into(), source: error }),
             }
         }
-        let failed = std::mem::take(
-            &mut *self
-                .producer
-                .context()
-                .failed
-                .lock()
-                .map_err(|_| SinkError::Undelivered { count: 1, first: "delivery report lock poisoned".into() })?,
-        );
+        let failed =
+            std::mem::take(
+                &mut *self.producer.context().failed.lock().map_err(|_| BrokerError::Undelivered {
+                    count: 1,
+                    first: "delivery report lock poisoned".into(),
+                })?,
+            );
         match failed.first() {
             None => Ok(()),
-            Some(first) => Err(SinkError::Undelivered { count: failed.len(), first: first.clone() }),
+            Some(first) => Err(BrokerError::Undelivered { count: failed.len(), first: first.clone() }),
         }
     }
 }
-
-/// The recovery consumer's context: reaching the end of a partition is what it reads
-/// for, not an error to log.
-struct Quiet;
-
-impl ClientContext for Quiet {
-    fn error(&self, error: KafkaError, reason: &str) {
-        // librdkafka reports a partition's end both ways.
-        let end = matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
-        );
-        if !end {
-            tracing::error!(%error, reason, "kafka");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for Quiet {}
 
 /// Reads the last progress record and the output messages after it.
-fn recover(config: &KafkaConfig) -> Result<Recovered, SinkError> {
+fn recover(config: &KafkaConfig) -> Result<Recovered, BrokerError> {
     let mut client = config.client_config(&[])?;
     // The end of a partition is found by reading to it (`enable.partition.eof`): some
     // brokers (tansu) report a high watermark behind the last record of a batch.
@@ -627,11 +388,11 @@ fn recover(config: &KafkaConfig) -> Result<Recovered, SinkError> {
         .set("auto.offset.reset", "earliest")
         .set("group.id", format!("{}-recovery", config.sink_id));
     let consumer: BaseConsumer<Quiet> =
-        client.create_with_context(Quiet).map_err(kafka("creating the recovery consumer"))?;
+        client.create_with_context(Quiet).map_err(failed("creating the recovery consumer"))?;
     let progress_topic = &config.topics.progress;
     let (low, high) = consumer
         .fetch_watermarks(progress_topic, 0, REQUEST_TIMEOUT)
-        .map_err(kafka(format!("reading the offsets of {progress_topic}")))?;
+        .map_err(failed(format!("reading the offsets of {progress_topic}")))?;
     let mut progress: Option<ProgressRecord> = None;
     {
         // The last record of this sink: scan back from the end (records of other sink
@@ -640,7 +401,7 @@ fn recover(config: &KafkaConfig) -> Result<Recovered, SinkError> {
         records.reverse();
         for (offset, key, payload) in records {
             if key.as_deref() == Some(config.sink_id.as_str()) {
-                let record = serde_json::from_slice(&payload).map_err(|e| SinkError::Progress {
+                let record = serde_json::from_slice(&payload).map_err(|e| BrokerError::Progress {
                     topic: progress_topic.clone(),
                     offset,
                     reason: e.to_string(),
@@ -655,13 +416,13 @@ fn recover(config: &KafkaConfig) -> Result<Recovered, SinkError> {
     for topic in config.topics.outputs() {
         let metadata = consumer
             .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-            .map_err(kafka(format!("reading the metadata of {topic}")))?;
+            .map_err(failed(format!("reading the metadata of {topic}")))?;
         let partitions: Vec<i32> =
             metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
         for partition in partitions {
             let (low, _) = consumer
                 .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
-                .map_err(kafka(format!("reading the offsets of {topic}/{partition}")))?;
+                .map_err(failed(format!("reading the offsets of {topic}/{partition}")))?;
             let from = progress
                 .as_ref()
                 .and_then(|p| p.offsets.get(topic).and_then(|o| o.get(&partition)))
@@ -680,16 +441,20 @@ fn recover(config: &KafkaConfig) -> Result<Recovered, SinkError> {
 /// The latest revision of every work order this sink (`sink_id`) sent to `topic`, read
 /// from its start: what the CMMS holds. A message that is not a work order is passed
 /// over (the topic is read as the CMMS reads it).
-fn latest_work_orders(consumer: &BaseConsumer<Quiet>, topic: &str, sink_id: &str) -> Result<Vec<WorkOrder>, SinkError> {
+fn latest_work_orders(
+    consumer: &BaseConsumer<Quiet>,
+    topic: &str,
+    sink_id: &str,
+) -> Result<Vec<WorkOrder>, BrokerError> {
     let metadata = consumer
         .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-        .map_err(kafka(format!("reading the metadata of {topic}")))?;
+        .map_err(failed(format!("reading the metadata of {topic}")))?;
     let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
     let mut latest: BTreeMap<String, WorkOrder> = BTreeMap::new();
     for partition in partitions {
         let (low, _) = consumer
             .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
-            .map_err(kafka(format!("reading the offsets of {topic}/{partition}")))?;
+            .map_err(failed(format!("reading the offsets of {topic}/{partition}")))?;
         read_messages(consumer, (topic, partition), low, None, |m| {
             let ours = m.headers().and_then(|h| h.iter().find(|h| h.key == headers::SINK_ID)).and_then(|h| h.value)
                 == Some(sink_id.as_bytes());
@@ -713,7 +478,7 @@ fn read_partition(
     topic: &str,
     partition: i32,
     from: i64,
-) -> Result<Vec<Record>, SinkError> {
+) -> Result<Vec<Record>, BrokerError> {
     let mut out = Vec::new();
     read_messages(consumer, (topic, partition), from, None, |m| {
         out.push((
@@ -730,7 +495,7 @@ fn read_idempotency_keys(
     topic: &str,
     partition: i32,
     from: i64,
-) -> Result<(Vec<String>, i64), SinkError> {
+) -> Result<(Vec<String>, i64), BrokerError> {
     let mut keys = Vec::new();
     let mut end = from;
     read_messages(consumer, (topic, partition), from, None, |m| {
@@ -741,45 +506,4 @@ fn read_idempotency_keys(
         }
     })?;
     Ok((keys, end))
-}
-
-/// Hands `each` every message of a partition from offset `from` to the partition's end,
-/// or to `below` (not included) if it comes first.
-pub(crate) fn read_messages<C: rdkafka::consumer::ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    (topic, partition): (&str, i32),
-    from: i64,
-    below: Option<i64>,
-    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
-) -> Result<(), SinkError> {
-    let below = below.unwrap_or(i64::MAX);
-    if from >= below {
-        return Ok(());
-    }
-    let reading = || format!("reading {topic}/{partition} from offset {from}");
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, partition, Offset::Offset(from))
-        .map_err(kafka(format!("assigning {topic}/{partition}")))?;
-    consumer.assign(&assignment).map_err(kafka(format!("assigning {topic}/{partition}")))?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if Instant::now() > deadline {
-            let source = KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut);
-            return Err(SinkError::Kafka { context: reading(), source });
-        }
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(message)) if message.offset() < below => {
-                each(&message);
-                if message.offset() + 1 >= below {
-                    break;
-                }
-            }
-            Some(Ok(_)) | Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(source)) => return Err(SinkError::Kafka { context: reading(), source }),
-            None => {}
-        }
-    }
-    consumer.unassign().map_err(kafka("unassigning"))?;
-    Ok(())
 }

@@ -15,77 +15,12 @@ use defectflow_schemas::{Asset, DeadLetter, StockMovement, Technician, WoEvent};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::clock::now_ms;
+use crate::kafka::{BrokerError, KafkaConfig, failed, read_messages};
 use crate::reference::PlantReference;
-use crate::sinks::kafka::{KafkaConfig, SinkError, read_messages};
-use crate::sources::camera::now_ms;
 use crate::workflow::PlantInputs;
-
-/// `[kafka.inputs]`: the input topics and how their messages are read.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct InputsConfig {
-    /// Read the input topics at all (a run can publish without consuming).
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    #[serde(default = "topic::wo_events")]
-    pub wo_events: String,
-    #[serde(default = "topic::inventory")]
-    pub inventory: String,
-    #[serde(default = "topic::technicians")]
-    pub technicians: String,
-    #[serde(default = "topic::assets")]
-    pub assets: String,
-    /// Consumer group whose committed offsets say where a run resumes.
-    #[serde(default = "default_group")]
-    pub group: String,
-    /// A larger message is a dead letter (its first KiB kept), not parsed.
-    #[serde(default = "default_max_message_bytes")]
-    pub max_message_bytes: usize,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn default_group() -> String {
-    "defectflow".into()
-}
-
-fn default_max_message_bytes() -> usize {
-    64 * 1024
-}
-
-mod topic {
-    pub fn wo_events() -> String {
-        "defectflow.wo-events".into()
-    }
-    pub fn inventory() -> String {
-        "defectflow.inventory".into()
-    }
-    pub fn technicians() -> String {
-        "defectflow.technicians".into()
-    }
-    pub fn assets() -> String {
-        "defectflow.assets".into()
-    }
-}
-
-impl Default for InputsConfig {
-    fn default() -> Self {
-        InputsConfig {
-            enabled: true,
-            wo_events: topic::wo_events(),
-            inventory: topic::inventory(),
-            technicians: topic::technicians(),
-            assets: topic::assets(),
-            group: default_group(),
-            max_message_bytes: default_max_message_bytes(),
-        }
-    }
-}
 
 /// What an input topic carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,7 +124,7 @@ pub fn dead_letter(source: String, bytes: &[u8], reason: String, at_ms: u64) -> 
 /// files as those messages changed them, not from the files alone. Returns the stock
 /// movements (the stock is a sum of them). A message that was a dead letter is passed
 /// over again; one no longer on the topic (retention) is named in a warning.
-pub fn replay(config: &KafkaConfig, reference: &mut PlantReference) -> Result<Vec<StockMovement>, SinkError> {
+pub fn replay(config: &KafkaConfig, reference: &mut PlantReference) -> Result<Vec<StockMovement>, BrokerError> {
     let inputs = &config.inputs;
     let consumer: BaseConsumer = config
         .client_config(&[("auto.offset.reset", "earliest")])?
@@ -197,7 +132,7 @@ pub fn replay(config: &KafkaConfig, reference: &mut PlantReference) -> Result<Ve
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .create()
-        .map_err(crate::sinks::kafka::kafka("creating the replay consumer"))?;
+        .map_err(failed("creating the replay consumer"))?;
     let mut movements = Vec::new();
     let mut replayed = 0u64;
     for (topic, kind) in [
@@ -207,7 +142,7 @@ pub fn replay(config: &KafkaConfig, reference: &mut PlantReference) -> Result<Ve
     ] {
         for (partition, end) in committed(&consumer, topic)? {
             let (low, _) = consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT).map_err(|source| {
-                SinkError::Kafka { context: format!("reading the offsets of {topic}/{partition}"), source }
+                BrokerError::Kafka { context: format!("reading the offsets of {topic}/{partition}"), source }
             })?;
             if low > 0 {
                 tracing::warn!(
@@ -246,14 +181,15 @@ fn upsert<T>(records: &mut Vec<T>, record: T, id: impl Fn(&T) -> &String) {
 }
 
 /// The group's committed offset of every partition of `topic` that has one.
-fn committed(consumer: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64)>, SinkError> {
+fn committed(consumer: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64)>, BrokerError> {
     let mut list = TopicPartitionList::new();
     for id in partitions(consumer, topic)? {
         list.add_partition(topic, id);
     }
-    let committed = consumer
-        .committed_offsets(list, REQUEST_TIMEOUT)
-        .map_err(|source| SinkError::Kafka { context: format!("reading the committed offsets of {topic}"), source })?;
+    let committed = consumer.committed_offsets(list, REQUEST_TIMEOUT).map_err(|source| BrokerError::Kafka {
+        context: format!("reading the committed offsets of {topic}"),
+        source,
+    })?;
     Ok(committed
         .elements()
         .iter()
@@ -266,14 +202,14 @@ fn committed(consumer: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64)>, Si
 
 /// The partition ids of an input topic, in order; a topic the broker does not have (or
 /// will not describe) is an error naming it.
-fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, SinkError> {
+fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, BrokerError> {
     let metadata = consumer
         .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-        .map_err(|source| SinkError::Kafka { context: format!("reading the metadata of {topic}"), source })?;
+        .map_err(|source| BrokerError::Kafka { context: format!("reading the metadata of {topic}"), source })?;
     let mut ids = Vec::new();
     for t in metadata.topics() {
         if let Some(error) = t.error() {
-            return Err(SinkError::Kafka {
+            return Err(BrokerError::Kafka {
                 context: format!("input topic {topic}"),
                 source: rdkafka::error::KafkaError::MetadataFetch(error.into()),
             });
@@ -317,14 +253,14 @@ impl KafkaInputs {
         reference: &PlantReference,
         worker: usize,
         peers: usize,
-    ) -> Result<Option<KafkaInputs>, SinkError> {
+    ) -> Result<Option<KafkaInputs>, BrokerError> {
         let inputs = &config.inputs;
         let consumer: BaseConsumer = config
             .client_config(&[("auto.offset.reset", "earliest")])?
             .set("group.id", &inputs.group)
             .set("enable.auto.commit", "false")
             .create()
-            .map_err(crate::sinks::kafka::kafka("creating the input consumer"))?;
+            .map_err(failed("creating the input consumer"))?;
         let topics: BTreeMap<String, InputKind> = [
             (inputs.wo_events.clone(), InputKind::WoEvents),
             (inputs.inventory.clone(), InputKind::Inventory),
@@ -348,7 +284,7 @@ impl KafkaInputs {
         tracing::info!(worker, partitions = %names.join(" "), "consuming input partitions");
         let committed = consumer
             .committed_offsets(partitions, REQUEST_TIMEOUT)
-            .map_err(|source| SinkError::Kafka { context: "reading the committed input offsets".into(), source })?;
+            .map_err(|source| BrokerError::Kafka { context: "reading the committed input offsets".into(), source })?;
         let mut assignment = TopicPartitionList::new();
         for element in committed.elements() {
             let offset = match element.offset() {
@@ -357,11 +293,11 @@ impl KafkaInputs {
             };
             assignment
                 .add_partition_offset(element.topic(), element.partition(), offset)
-                .map_err(|source| SinkError::Kafka { context: "assigning the inputs".into(), source })?;
+                .map_err(|source| BrokerError::Kafka { context: "assigning the inputs".into(), source })?;
         }
         consumer
             .assign(&assignment)
-            .map_err(|source| SinkError::Kafka { context: "assigning the inputs".into(), source })?;
+            .map_err(|source| BrokerError::Kafka { context: "assigning the inputs".into(), source })?;
         Ok(Some(KafkaInputs {
             consumer,
             topics,
@@ -437,7 +373,7 @@ impl KafkaInputs {
 
     /// Commits the offsets of the messages read at a time before `closed_before`: the
     /// outputs they led to are delivered.
-    pub fn commit(&mut self, closed_before: u64) -> Result<(), SinkError> {
+    pub fn commit(&mut self, closed_before: u64) -> Result<(), BrokerError> {
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         self.consumed.retain(|(time, topic, partition, offset)| {
             if *time >= closed_before {
@@ -454,11 +390,11 @@ impl KafkaInputs {
         for ((topic, partition), offset) in next {
             offsets
                 .add_partition_offset(&topic, partition, Offset::Offset(offset))
-                .map_err(|source| SinkError::Kafka { context: "committing input offsets".into(), source })?;
+                .map_err(|source| BrokerError::Kafka { context: "committing input offsets".into(), source })?;
         }
         self.consumer
             .commit(&offsets, CommitMode::Sync)
-            .map_err(|source| SinkError::Kafka { context: "committing input offsets".into(), source })
+            .map_err(|source| BrokerError::Kafka { context: "committing input offsets".into(), source })
     }
 }
 

@@ -1,5 +1,5 @@
 //! `defectflow report`: the headline maintenance KPIs from the Parquet audit log, read
-//! with polars. The figures and their definitions are those of the analyst notebooks
+//! with the Parquet crate's Arrow reader. The figures and their definitions are those of the analyst notebooks
 //! (`notebooks/`), so a data engineer gets them without Python:
 //!
 //! - work orders by status (from each one's latest revision) and open ones by priority;
@@ -21,8 +21,13 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use polars::prelude::*;
+use arrow_array::{
+    Array, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array,
+};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
+
+use super::stats::{mean, nearest_rank};
 
 /// Hours a work order of each priority may stay open before it is overdue.
 pub const OVERDUE_AFTER_H: [(&str, f64); 4] = [("P1", 8.0), ("P2", 72.0), ("P3", 336.0), ("P4", 720.0)];
@@ -122,10 +127,51 @@ pub fn kpis(audit: &Path) -> anyhow::Result<Kpis> {
             latest.insert(&r.id, r);
         }
     }
-    let closed = |status: &str| status == "completed" || status == "false_positive";
+    let latest: Vec<&Revision> = latest.into_values().collect();
+    let (work_orders, open_by_priority) = status_counts(&latest);
+    let (defects, false_positive_rate) = defect_counts(&latest);
+    let mut latencies: Vec<f64> =
+        revisions.iter().filter(|r| r.revision == 1).map(|r| (r.revised_ms - r.detected_ms) as f64 / 1000.0).collect();
+    latencies.sort_by(f64::total_cmp);
+    let latency_s = latencies.last().map(|&max| Latency {
+        p50: nearest_rank(&latencies, 0.50),
+        p99: nearest_rank(&latencies, 0.99),
+        max,
+    });
+    let as_of_ms = revisions.iter().map(|r| r.revised_ms).max().unwrap_or(0);
+    let target = |priority: &str| OVERDUE_AFTER_H.iter().find(|(p, _)| *p == priority).map_or(f64::INFINITY, |t| t.1);
+    let overdue =
+        latest.iter().filter(|r| !closed(&r.status) && hours(as_of_ms - r.detected_ms) > target(&r.priority)).count();
+    let shortages = match inventory {
+        Some(inventory) => shortages(&inventory)?,
+        None => Vec::new(),
+    };
+    Ok(Kpis {
+        backlog: Backlog { as_of_ms, open: work_orders.open, overdue },
+        work_orders,
+        open_by_priority,
+        assets: asset_kpis(&latest),
+        defects,
+        false_positive_rate,
+        latency_s,
+        technicians: technician_kpis(&latest),
+        shortages,
+    })
+}
+
+fn closed(status: &str) -> bool {
+    status == "completed" || status == "false_positive"
+}
+
+fn hours(ms: i64) -> f64 {
+    ms as f64 / 3_600_000.0
+}
+
+/// Work orders by status (of their latest revisions), and the open ones by priority.
+fn status_counts(latest: &[&Revision]) -> (StatusCounts, BTreeMap<String, usize>) {
     let mut counts = StatusCounts { total: latest.len(), ..StatusCounts::default() };
     let mut open_by_priority = BTreeMap::new();
-    for r in latest.values() {
+    for r in latest {
         match r.status.as_str() {
             "completed" => counts.completed += 1,
             "false_positive" => counts.false_positive += 1,
@@ -135,14 +181,17 @@ pub fn kpis(audit: &Path) -> anyhow::Result<Kpis> {
             }
         }
     }
+    (counts, open_by_priority)
+}
 
+/// Per asset: work orders, mean time to repair and mean time between failures (false
+/// positives left out).
+fn asset_kpis(latest: &[&Revision]) -> Vec<AssetKpis> {
     let mut by_asset: BTreeMap<&str, Vec<&Revision>> = BTreeMap::new();
-    for r in latest.values() {
+    for r in latest {
         by_asset.entry(&r.asset).or_default().push(r);
     }
-    let hours = |ms: i64| ms as f64 / 3_600_000.0;
-    let assets = by_asset
-        .iter()
+    (by_asset.iter())
         .map(|(asset, orders)| {
             let repairs: Vec<f64> = orders
                 .iter()
@@ -160,11 +209,15 @@ pub fn kpis(audit: &Path) -> anyhow::Result<Kpis> {
                 mtbf_h: mean(&gaps),
             }
         })
-        .collect();
+        .collect()
+}
 
+/// Defects per asset and class (false positives left out), and each class's share of
+/// false positives.
+fn defect_counts(latest: &[&Revision]) -> (Vec<DefectCount>, BTreeMap<String, f64>) {
     let mut defects: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     let mut per_class: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-    for r in latest.values() {
+    for r in latest {
         let class = per_class.entry(&r.class).or_default();
         class.1 += 1;
         if r.status == "false_positive" {
@@ -183,18 +236,13 @@ pub fn kpis(audit: &Path) -> anyhow::Result<Kpis> {
         .collect();
     let false_positive_rate =
         per_class.into_iter().map(|(class, (fp, all))| (class.to_owned(), fp as f64 / all as f64)).collect();
+    (defects, false_positive_rate)
+}
 
-    let mut latencies: Vec<f64> =
-        revisions.iter().filter(|r| r.revision == 1).map(|r| (r.revised_ms - r.detected_ms) as f64 / 1000.0).collect();
-    latencies.sort_by(f64::total_cmp);
-    let latency_s = latencies.last().map(|&max| Latency {
-        p50: nearest_rank(&latencies, 0.50),
-        p99: nearest_rank(&latencies, 0.99),
-        max,
-    });
-
+/// Per technician: work orders assigned, and the open ones with their hours.
+fn technician_kpis(latest: &[&Revision]) -> Vec<TechnicianKpis> {
     let mut technicians: BTreeMap<&str, TechnicianKpis> = BTreeMap::new();
-    for r in latest.values() {
+    for r in latest {
         let Some(id) = r.technician.as_deref() else { continue };
         let t = technicians.entry(id).or_insert_with(|| TechnicianKpis {
             technician_id: id.to_owned(),
@@ -208,43 +256,12 @@ pub fn kpis(audit: &Path) -> anyhow::Result<Kpis> {
             t.open_hours += r.hours.unwrap_or(0.0);
         }
     }
-
-    let as_of_ms = revisions.iter().map(|r| r.revised_ms).max().unwrap_or(0);
-    let target = |priority: &str| OVERDUE_AFTER_H.iter().find(|(p, _)| *p == priority).map_or(f64::INFINITY, |t| t.1);
-    let overdue =
-        latest.values().filter(|r| !closed(&r.status) && hours(as_of_ms - r.detected_ms) > target(&r.priority)).count();
-
-    let shortages = match inventory {
-        Some(inventory) => shortages(&inventory)?,
-        None => Vec::new(),
-    };
-    Ok(Kpis {
-        backlog: Backlog { as_of_ms, open: counts.open, overdue },
-        work_orders: counts,
-        open_by_priority,
-        assets,
-        defects,
-        false_positive_rate,
-        latency_s,
-        technicians: technicians.into_values().collect(),
-        shortages,
-    })
+    technicians.into_values().collect()
 }
 
-fn mean(values: &[f64]) -> Option<f64> {
-    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
-}
-
-/// The value at rank ⌈p·n⌉ of sorted `values` (n > 0): the nearest-rank percentile
-/// used wherever defectflow reports one.
-pub fn nearest_rank(values: &[f64], p: f64) -> f64 {
-    let rank = (p * values.len() as f64).ceil() as usize;
-    values[rank.clamp(1, values.len()) - 1]
-}
-
-/// Every committed file of a table (`<audit>/<table>/date=*/part-*.parquet`) in one
-/// frame; `None` if the table has none.
-fn read_table(audit: &Path, table: &str) -> anyhow::Result<Option<DataFrame>> {
+/// Every committed file of a table (`<audit>/<table>/date=*/part-*.parquet`) as record
+/// batches; `None` if the table has none.
+fn read_table(audit: &Path, table: &str) -> anyhow::Result<Option<Vec<RecordBatch>>> {
     let dir = audit.join(table);
     let mut files: Vec<PathBuf> = Vec::new();
     let Ok(partitions) = std::fs::read_dir(&dir) else { return Ok(None) };
@@ -260,83 +277,78 @@ fn read_table(audit: &Path, table: &str) -> anyhow::Result<Option<DataFrame>> {
             }
         }
     }
-    files.sort();
-    let mut frame: Option<DataFrame> = None;
-    for path in files {
-        let file = File::open(&path).with_context(|| format!("{}: cannot open", path.display()))?;
-        let part =
-            ParquetReader::new(file).finish().map_err(|e| anyhow::anyhow!("{}: not readable: {e}", path.display()))?;
-        frame = Some(match frame {
-            None => part,
-            Some(mut all) => {
-                all.vstack_mut(&part).map_err(|e| anyhow::anyhow!("{}: columns differ: {e}", path.display()))?;
-                all
-            }
-        });
+    if files.is_empty() {
+        return Ok(None);
     }
-    Ok(frame)
-}
-
-/// A polars error, naming the column.
-fn column_error(name: &str) -> impl Fn(PolarsError) -> anyhow::Error + '_ {
-    move |e| anyhow::anyhow!("audit column `{name}`: {e}")
-}
-
-fn strings(frame: &DataFrame, name: &str) -> anyhow::Result<Vec<Option<String>>> {
-    let column = frame.column(name).map_err(column_error(name))?;
-    Ok(column.str().map_err(column_error(name))?.iter().map(|s| s.map(str::to_owned)).collect())
-}
-
-fn numbers<T: PolarsNumericType>(frame: &DataFrame, name: &str) -> anyhow::Result<Vec<Option<T::Native>>> {
-    let column = frame.column(name).map_err(column_error(name))?;
-    let cast = column.cast(&T::get_static_dtype()).map_err(column_error(name))?;
-    let values = cast.as_materialized_series().unpack::<T>().map_err(column_error(name))?;
-    Ok(values.iter().collect())
-}
-
-fn revisions(orders: &DataFrame) -> anyhow::Result<Vec<Revision>> {
-    let id = strings(orders, "work_order_id")?;
-    let revision = numbers::<UInt32Type>(orders, "revision")?;
-    let status = strings(orders, "status")?;
-    let asset = strings(orders, "asset_id")?;
-    let class = strings(orders, "defect_class")?;
-    let priority = strings(orders, "priority")?;
-    let technician = strings(orders, "technician_id")?;
-    let hours = numbers::<Float64Type>(orders, "estimated_hours")?;
-    let detected = numbers::<Int64Type>(orders, "detected_at")?;
-    let revised = numbers::<Int64Type>(orders, "revised_at")?;
-    let text = |v: &Option<String>| v.clone().unwrap_or_default();
-    Ok((0..orders.height())
-        .map(|i| Revision {
-            id: text(&id[i]),
-            revision: revision[i].unwrap_or(0),
-            status: text(&status[i]),
-            asset: text(&asset[i]),
-            class: text(&class[i]),
-            priority: text(&priority[i]),
-            technician: technician[i].clone(),
-            hours: hours[i],
-            detected_ms: detected[i].unwrap_or(0),
-            revised_ms: revised[i].unwrap_or(0),
-        })
-        .collect())
-}
-
-fn shortages(inventory: &DataFrame) -> anyhow::Result<Vec<Shortage>> {
-    let part = strings(inventory, "part_id")?;
-    let available = numbers::<Int64Type>(inventory, "available")?;
-    let shortage = inventory.column("shortage").map_err(column_error("shortage"))?;
-    let shortage = shortage.bool().map_err(column_error("shortage"))?;
-    let mut short: BTreeMap<String, Shortage> = BTreeMap::new();
-    for (i, is_short) in shortage.iter().enumerate() {
-        if is_short != Some(true) {
-            continue;
+    files.sort();
+    let mut batches = Vec::new();
+    for path in files {
+        let unreadable = |e: parquet::errors::ParquetError| anyhow::anyhow!("{}: not readable: {e}", path.display());
+        let file = File::open(&path).with_context(|| format!("{}: cannot open", path.display()))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(unreadable)?.build().map_err(unreadable)?;
+        for batch in reader {
+            batches.push(batch.map_err(|e| anyhow::anyhow!("{}: not readable: {e}", path.display()))?);
         }
-        let id = part[i].clone().unwrap_or_default();
-        let level = available[i].unwrap_or(0);
-        let entry = short.entry(id.clone()).or_insert(Shortage { part_id: id, rows: 0, least_available: level });
-        entry.rows += 1;
-        entry.least_available = entry.least_available.min(level);
+    }
+    Ok(Some(batches))
+}
+
+/// A column of a batch as the array type the audit log writes it with.
+fn column<'a, T: Array + 'static>(batch: &'a RecordBatch, name: &str) -> anyhow::Result<&'a T> {
+    let column = batch.column_by_name(name).with_context(|| format!("audit column `{name}` is missing"))?;
+    column
+        .as_any()
+        .downcast_ref::<T>()
+        .with_context(|| format!("audit column `{name}`: {} is not the type written", column.data_type()))
+}
+
+/// Row `i` of a text column; `None` where null.
+fn text(array: &StringArray, i: usize) -> Option<String> {
+    (!array.is_null(i)).then(|| array.value(i).to_owned())
+}
+
+fn revisions(batches: &[RecordBatch]) -> anyhow::Result<Vec<Revision>> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let id = column::<StringArray>(batch, "work_order_id")?;
+        let revision = column::<UInt32Array>(batch, "revision")?;
+        let status = column::<StringArray>(batch, "status")?;
+        let asset = column::<StringArray>(batch, "asset_id")?;
+        let class = column::<StringArray>(batch, "defect_class")?;
+        let priority = column::<StringArray>(batch, "priority")?;
+        let technician = column::<StringArray>(batch, "technician_id")?;
+        let hours = column::<Float64Array>(batch, "estimated_hours")?;
+        let detected = column::<TimestampMillisecondArray>(batch, "detected_at")?;
+        let revised = column::<TimestampMillisecondArray>(batch, "revised_at")?;
+        out.extend((0..batch.num_rows()).map(|i| Revision {
+            id: text(id, i).unwrap_or_default(),
+            revision: revision.value(i),
+            status: text(status, i).unwrap_or_default(),
+            asset: text(asset, i).unwrap_or_default(),
+            class: text(class, i).unwrap_or_default(),
+            priority: text(priority, i).unwrap_or_default(),
+            technician: text(technician, i),
+            hours: (!hours.is_null(i)).then(|| hours.value(i)),
+            detected_ms: detected.value(i),
+            revised_ms: revised.value(i),
+        }));
+    }
+    Ok(out)
+}
+
+fn shortages(inventory: &[RecordBatch]) -> anyhow::Result<Vec<Shortage>> {
+    let mut short: BTreeMap<String, Shortage> = BTreeMap::new();
+    for batch in inventory {
+        let part = column::<StringArray>(batch, "part_id")?;
+        let available = column::<Int64Array>(batch, "available")?;
+        let shortage = column::<BooleanArray>(batch, "shortage")?;
+        for i in (0..batch.num_rows()).filter(|&i| shortage.value(i)) {
+            let id = text(part, i).unwrap_or_default();
+            let level = available.value(i);
+            let entry = short.entry(id.clone()).or_insert(Shortage { part_id: id, rows: 0, least_available: level });
+            entry.rows += 1;
+            entry.least_available = entry.least_available.min(level);
+        }
     }
     Ok(short.into_values().collect())
 }
@@ -357,7 +369,7 @@ pub fn render(k: &Kpis) -> String {
         "backlog: {} open, {} overdue (as of {})\n",
         k.backlog.open,
         k.backlog.overdue,
-        crate::sinks::audit::utc_date(k.backlog.as_of_ms.max(0) as u64)
+        crate::clock::utc_date(k.backlog.as_of_ms.max(0) as u64)
     ));
     if let Some(l) = &k.latency_s {
         out.push_str(&format!(

@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::RunConfig;
-use crate::graph::{self, Hooks, StopWhen};
+use super::stats::{Percentiles, percentiles_ms};
+use crate::config::{CameraConfig, ModelConfig, RunConfig};
+use crate::kafka::{InputsConfig, KafkaConfig};
 use crate::metrics::{Metrics, Stage};
 use crate::reference::{WholeView, reference_with_cameras};
+use crate::run::{self, Hooks, StopWhen};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -182,13 +184,6 @@ pub struct StageLatency {
     pub p99: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct Percentiles {
-    pub p50: f64,
-    pub p99: f64,
-    pub max: f64,
-}
-
 /// The four demo assets: (synth kind, asset id, defect class).
 const ASSETS: [(&str, &str, &str); 4] = [
     ("conveyor_pulley", "CV-101-PUL", "crack"),
@@ -198,7 +193,7 @@ const ASSETS: [(&str, &str, &str); 4] = [
 ];
 
 /// Writes the bench's reference folder (the demo plant's, with a region of interest per
-/// bench camera) and its config into `dir`.
+/// bench camera) into `dir`, and returns the bench's config.
 pub fn prepare(plan: &BenchPlan, dir: &Path) -> anyhow::Result<RunConfig> {
     let ids: Vec<String> = (0..plan.cameras).map(|i| format!("bench-{i:02}")).collect();
     let views: Vec<WholeView<'_>> = (ids.iter().enumerate())
@@ -211,38 +206,35 @@ pub fn prepare(plan: &BenchPlan, dir: &Path) -> anyhow::Result<RunConfig> {
         })
         .collect();
     let reference = reference_with_cameras(&plan.reference, dir, &views)?;
-    let mut toml = format!(
-        "[runtime]\nworkers = {}\nidle_timeout_ms = 2000\nduration_s = {}\n\n[anomaly]\ncommission_s = {}\n[model]\n\n[plant]\nreference = \"{}\"\n\n",
-        plan.workers,
-        plan.seconds,
-        plan.commission_s,
-        reference.display()
-    );
-    if let Some(out) = &plan.out {
-        toml.push_str(&format!("[output]\ndir = \"{}\"\n\n", out.display()));
-    }
-    if let Some(brokers) = &plan.brokers {
-        toml.push_str(&format!(
-            "[kafka]\nbrokers = \"{brokers}\"\nsink_id = \"defectflow-bench-{}\"\n[kafka.inputs]\nenabled = false\n\n",
-            std::process::id()
-        ));
-    }
-    for i in 0..plan.cameras {
-        let (kind, asset, class) = ASSETS[i % ASSETS.len()];
-        let onset = 1 + i % 4;
-        toml.push_str(&format!(
-            "[[cameras]]\nid = \"bench-{i:02}\"\nurl = \"synth://{kind}?seed={}&fps={}&asset_id={asset}&defects={class}@{onset}\"\n\
-             width = {}\nheight = {}\nqueue_frames = 16\n{}\n",
-            100 + i,
-            plan.fps,
-            plan.width,
-            plan.height,
-            plan.max_fps.map_or(String::new(), |f| format!("max_fps = {f}\n")),
-        ));
-    }
-    let path = dir.join("bench.toml");
-    std::fs::write(&path, &toml)?;
-    Ok(RunConfig::load(&path)?)
+    let cameras = (ids.into_iter().enumerate())
+        .map(|(i, id)| {
+            let (kind, asset, class) = ASSETS[i % ASSETS.len()];
+            let (seed, fps, onset) = (100 + i, plan.fps, 1 + i % 4);
+            let url = format!("synth://{kind}?seed={seed}&fps={fps}&asset_id={asset}&defects={class}@{onset}");
+            CameraConfig {
+                width: plan.width,
+                height: plan.height,
+                queue_frames: 16,
+                max_fps: plan.max_fps,
+                ..CameraConfig::new(id, url)
+            }
+        })
+        .collect();
+    let mut config = RunConfig::with_cameras(cameras);
+    config.runtime.workers = plan.workers;
+    config.runtime.idle_timeout_ms = 2000;
+    config.runtime.duration_s = Some(plan.seconds);
+    config.anomaly.commission_s = plan.commission_s;
+    config.model = Some(ModelConfig::default());
+    config.plant.reference = Some(reference);
+    config.output.dir = plan.out.clone();
+    config.kafka = plan.brokers.as_ref().map(|brokers| KafkaConfig {
+        sink_id: format!("defectflow-bench-{}", std::process::id()),
+        inputs: InputsConfig { enabled: false, ..InputsConfig::default() },
+        ..KafkaConfig::new(brokers)
+    });
+    config.validate().map_err(|(field, message)| anyhow::anyhow!("the bench's config: `{field}`: {message}"))?;
+    Ok(config)
 }
 
 /// Runs the plan and measures it.
@@ -259,7 +251,7 @@ pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
         std::thread::spawn(move || sample(&metrics, Duration::from_secs_f64(every.max(0.1)), &done))
     });
     let hooks = Hooks { time_stages: true, metrics: Some(metrics), ..Hooks::default() };
-    let ran = graph::run_stages(&config, timely::Config::process(plan.workers), stop, hooks);
+    let ran = run::run_stages(&config, timely::Config::process(plan.workers), stop, hooks);
     done.store(true, Ordering::Relaxed);
     let samples = sampler.map(|s| s.join().unwrap_or_default()).unwrap_or_default();
     let (cameras, stages) = ran?;
@@ -269,7 +261,7 @@ pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
     let offered_per_camera = plan.max_fps.map_or(f64::from(plan.fps), |m| m.min(f64::from(plan.fps)));
     let latency_ms = percentiles_ms(&stages.latencies_s);
     let revision_latency_ms = percentiles_ms(&stages.revision_latencies_s);
-    let opened: Vec<(&String, &crate::workflow::OrderSummary)> =
+    let opened: Vec<(&String, &crate::run::OrderSummary)> =
         stages.summary.work_orders.iter().filter(|(_, o)| o.opened).collect();
     let unexpected = (0..plan.cameras)
         .map(|i| format!("bench-{i:02}"))
@@ -319,14 +311,6 @@ pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
         stages_ms,
         samples,
     })
-}
-
-/// p50, p99 (nearest rank) and max of seconds, in milliseconds.
-pub fn percentiles_ms(seconds: &[f64]) -> Option<Percentiles> {
-    let mut sorted = seconds.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = |p: f64| crate::report::nearest_rank(&sorted, p) * 1000.0;
-    sorted.last().map(|max| Percentiles { p50: rank(0.5), p99: rank(0.99), max: max * 1000.0 })
 }
 
 /// User + system CPU seconds of this process so far (`/proc/self/stat`).

@@ -11,8 +11,8 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
-use crate::graph::{self, Hooks, StopWhen};
 use crate::reference::{WholeView, reference_with_cameras};
+use crate::run::{self, Hooks, StopWhen};
 
 /// `footage.json`: the clips of a footage folder and what is in them.
 #[derive(Clone, Debug, Deserialize)]
@@ -107,7 +107,7 @@ pub fn evaluate(plan: &FootagePlan) -> anyhow::Result<FootageReport> {
     let out = plan.out.clone().unwrap_or_else(|| scratch.path().join("out"));
     let config = prepare(plan, &truth, scratch.path(), &out)?;
     let stop = StopWhen { after: None, interrupted: Arc::new(AtomicBool::new(false)) };
-    graph::run(&config, timely::Config::process(config.runtime.workers), stop, Hooks::default())?;
+    run::run(&config, timely::Config::process(config.runtime.workers), stop, Hooks::default())?;
     let orders = read_orders(&out.join("work-orders.jsonl"))?;
     Ok(score(&truth, &orders, plan.deadline_s))
 }

@@ -8,8 +8,8 @@ use std::rc::Rc;
 
 use anyhow::Context;
 use defectflow_schemas::{
-    Asset, BoundingBox, DefectClass, Detection, FailureRecord, FrameObservation, StockMovement, Technician, WoEvent,
-    WoEventKind,
+    Asset, BoundingBox, DefectClass, Detection, Emitted, FailureRecord, FrameObservation, StockMovement, Technician,
+    WoEvent, WoEventKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use defectflow_operators::inventory::{StockLevel, StockMeasure};
 
 use crate::reference::PlantReference;
-use crate::workflow::{self, Collected, Emitted, WorkflowConfig};
+use crate::workflow::{self, Collected, WorkflowConfig};
 
 /// A scenario file.
 #[derive(Clone, Debug, Deserialize)]

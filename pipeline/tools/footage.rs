@@ -12,6 +12,8 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
+use super::progress::Progress;
+
 /// Video codec of the written footage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Codec {
@@ -55,6 +57,7 @@ pub fn write_scenes(out: &Path, scenes: &[SceneSpec], options: &FootageOptions) 
         Container::Mkv => "mkv",
     };
     let mut cameras = Vec::new();
+    let mut progress = Progress::new("cameras", scenes.len() as u64);
     for spec in scenes {
         let video = format!("{}.{extension}", spec.camera_id);
         let scene = Scene::new(spec.clone());
@@ -69,7 +72,9 @@ pub fn write_scenes(out: &Path, scenes: &[SceneSpec], options: &FootageOptions) 
             }
         }
         cameras.push(CameraTruth { scene: spec.clone(), video, frames });
+        progress.advance(1);
     }
+    progress.finish();
     let truth = GroundTruth {
         seed: plant.seed,
         fps: plant.fps,

@@ -21,6 +21,8 @@ use defectflow_models::training::{TrainConfig, final_loss, train};
 use defectflow_schemas::DefectClass;
 use image::codecs::jpeg::JpegEncoder;
 
+use super::progress::Progress;
+
 /// Renders every `every`-th frame of a random plant as JPEG with its YOLO labels:
 /// `images/<camera>_<frame>.jpg`, `labels/<camera>_<frame>.txt`, `classes.txt`,
 /// `ground_truth.json`.
@@ -33,7 +35,9 @@ pub fn write_yolo_set(out: &Path, plant: &PlantOptions, every: u64) -> anyhow::R
     fs::write(out.join("classes.txt"), classes.join("\n") + "\n")?;
     let frames = (plant.duration_s * plant.fps as f64).round() as u64;
     let mut cameras = Vec::new();
-    for spec in random_plant(plant) {
+    let specs = random_plant(plant);
+    let mut progress = Progress::new("cameras", specs.len() as u64);
+    for spec in specs {
         let scene = Scene::new(spec.clone());
         for index in (0..frames).step_by(every.max(1) as usize) {
             let rendered = scene.render(index);
@@ -51,7 +55,9 @@ pub fn write_yolo_set(out: &Path, plant: &PlantOptions, every: u64) -> anyhow::R
             fs::write(labels_dir.join(format!("{name}.txt")), labels)?;
         }
         cameras.push(CameraTruth { scene: spec, video: String::new(), frames });
+        progress.advance(1);
     }
+    progress.finish();
     let truth = GroundTruth {
         seed: plant.seed,
         fps: plant.fps,
@@ -104,23 +110,11 @@ pub fn train_model(options: &TrainOptions) -> anyhow::Result<ModelCard> {
         None => (None, options.architecture.clone(), None),
     };
     let started = Instant::now();
+    let mut progress = Progress::new("steps", options.config.steps as u64);
     let (net, losses) = train::<Autodiff<CpuBackend>>(&samples, &architecture, start, &options.config, &device, |p| {
-        let done = p.step * 30 / p.steps.max(1);
-        let eta = started.elapsed().as_secs_f64() / p.step as f64 * (p.steps - p.step) as f64;
-        eprint!(
-            "\rstep {:>6}/{} [{}{}] loss {:.4}  {:>6.1} crops/s  eta {:>4.0} s ",
-            p.step,
-            p.steps,
-            "=".repeat(done),
-            " ".repeat(30 - done),
-            p.loss,
-            p.images_per_s,
-            eta
-        );
-        if p.step == p.steps {
-            eprintln!();
-        }
+        progress.set(p.step as u64, format!("loss {:.4}, {:.1} crops/s", p.loss, p.images_per_s));
     });
+    progress.finish();
     let seconds = started.elapsed().as_secs_f64();
     let mut card = ModelCard {
         name: "defectflow-defectnet".into(),
@@ -178,9 +172,11 @@ pub fn evaluate_with<B: burn::tensor::backend::Backend>(
     folder.check_labels()?;
     let mut evaluator = Evaluator::new(0.3);
     let (w, h) = (detector.card().input_width, detector.card().input_height);
+    let mut progress = Progress::new("images", folder.items.len() as u64);
     for start in (0..folder.items.len()).step_by(8) {
         let batch: Vec<Sample> =
             (start..(start + 8).min(folder.items.len())).map(|i| folder.load(i)).collect::<Result<_, _>>()?;
+        progress.advance(batch.len() as u64);
         let views: Vec<FrameView<'_>> =
             batch.iter().map(|s| FrameView { width: s.width, height: s.height, pixels: &s.pixels }).collect();
         let scores = detector.score(&views);
@@ -206,6 +202,7 @@ pub fn evaluate_with<B: burn::tensor::backend::Backend>(
             }
         }
     }
+    progress.finish();
     Ok(evaluator.report(data.display().to_string(), folder_digest(&folder)?))
 }
 

@@ -1,0 +1,300 @@
+//! The command line's commands and flags.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use defectflow::cluster::ClusterArgs;
+use defectflow::tools::footage::{Codec, Container};
+
+#[derive(Debug, Parser)]
+// Every flag has its help text: `help_expected` makes clap's debug checks (the test
+// below) refuse one without.
+#[command(
+    name = "defectflow",
+    version,
+    about = "Plant camera frames in, maintenance work orders out",
+    help_expected = true
+)]
+pub struct Cli {
+    /// Log lines as JSON objects (one per line, for a log shipper) instead of text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the dataflow on the cameras of a config file.
+    Run(RunArgs),
+    /// Learns what each camera normally sees (its baseline), from its stream or a clip.
+    Commission(CommissionArgs),
+    /// Checks a config file, and what it needs of this machine (credentials, files,
+    /// folders, the model), and lists every field at fault.
+    CheckConfig {
+        /// The config file (TOML).
+        config: PathBuf,
+    },
+    /// Writes synthetic plant footage with YOLO labels and ground truth.
+    Synth(SynthArgs),
+    /// Replays a work-order scenario and prints the work-order stream as JSON lines.
+    Replay(ReplayArgs),
+    /// Trains the defect model on a YOLO folder (images/, labels/, a classes file).
+    Train(TrainArgs),
+    /// Evaluates a model on a YOLO folder: per-class precision, recall, F1, confusion.
+    Eval(EvalArgs),
+    /// Prints the headline maintenance KPIs from a Parquet audit log.
+    Report(ReportArgs),
+    /// Runs the whole graph on N synthetic cameras and reports what it sustained.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CommissionArgs {
+    /// The config file (TOML) naming the cameras.
+    #[arg(long, short = 'c')]
+    pub config: PathBuf,
+    /// Commission only this camera (by id); absent: every camera of the config.
+    #[arg(long)]
+    pub camera: Option<String>,
+    /// Learn from this recording of the camera's view instead of its stream (needs --camera).
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+    /// Seconds of footage to learn from; absent: `[anomaly] commission_s`.
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Folder to store the baselines in; absent: `<[output] dir>/baselines`, where `run` loads them.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Synthetic cameras.
+    #[arg(long, default_value_t = 8)]
+    pub cameras: usize,
+    /// Frames per second of each camera.
+    #[arg(long, default_value_t = 15)]
+    pub fps: u32,
+    /// Frame width, pixels.
+    #[arg(long, default_value_t = 640)]
+    pub width: u32,
+    /// Frame height, pixels.
+    #[arg(long, default_value_t = 360)]
+    pub height: u32,
+    /// Frames per second of each camera kept for the model (absent: all).
+    #[arg(long)]
+    pub max_fps: Option<f64>,
+    /// How long the bench runs, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub seconds: f64,
+    /// Worker threads.
+    #[arg(short = 'w', long, default_value_t = 2)]
+    pub workers: usize,
+    /// Kafka bootstrap servers (topics created); absent: no broker.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// The reference data the bench cameras are added to.
+    #[arg(long, default_value = "examples/demo-plant/reference")]
+    pub reference: PathBuf,
+    /// Write the run's outputs (work orders, audit log, evidence) here; absent: none.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Print memory, throughput and latency every this many seconds (a soak).
+    #[arg(long)]
+    pub sample_s: Option<f64>,
+    /// Seconds each camera is commissioned, then gated with its baseline; 0: not gated.
+    #[arg(long, default_value_t = 0.0)]
+    pub commission_s: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The audit folder (`<output>/audit`).
+    #[arg(long)]
+    pub audit: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// YOLO folder: images/ (.png, .jpg), labels/ (same names, .txt), classes.txt.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Where to write weights.bin and model.json (a folder that holds a model is
+    /// refused without --force: the shipped one is `models/weights`).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Overwrite the model in --out.
+    #[arg(long)]
+    pub force: bool,
+    /// Held-out YOLO folder to evaluate on after training; the result goes into the card.
+    #[arg(long)]
+    pub holdout: Option<PathBuf>,
+    /// Seed of the initial weights and of the crops drawn.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 4000)]
+    pub steps: usize,
+    /// Crops per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Side of the square training crops, in pixels (a multiple of 8).
+    #[arg(long, default_value_t = 128)]
+    pub crop_px: usize,
+    /// Adam's learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    pub learning_rate: f64,
+    /// Go on training the model in this directory (e.g. the shipped one, on your own
+    /// frames) instead of starting afresh.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Leave out the box head: boxes then follow the 8-pixel cell grid.
+    #[arg(long)]
+    pub no_box_head: bool,
+    /// With `--init`: train only the box head (adding one if the model has none) and
+    /// leave the cells' scores exactly as they were.
+    #[arg(long, requires = "init", conflicts_with = "no_box_head")]
+    pub box_head_only: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// YOLO folder to evaluate the model's frames on.
+    #[arg(long, required_unless_present = "footage", conflicts_with = "footage")]
+    pub data: Option<PathBuf>,
+    /// Footage folder (`footage.json` + clips) to run whole through the pipeline, with
+    /// commissioning and work orders, against its ground truth.
+    #[arg(long)]
+    pub footage: Option<PathBuf>,
+    /// With --footage: frames per second of each clip the model sees.
+    #[arg(long, default_value_t = 5.0)]
+    pub max_fps: f64,
+    /// With --footage: seconds after its onset within which a defect needs its work order.
+    #[arg(long, default_value_t = 60.0)]
+    pub deadline_s: f64,
+    /// With --footage: a TOML file of settings over the defaults (`[anomaly]`, `[track]`, ...).
+    #[arg(long)]
+    pub settings: Option<PathBuf>,
+    /// With --footage: keep the run's outputs (work orders, audit log, evidence) here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Model directory (model.json + weights.bin).
+    #[arg(long, default_value = "models/weights")]
+    pub model: PathBuf,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Also draw the per-class rates and the confusion matrix as a PNG here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Lowest cell probability that counts as a defect (default: the model card's).
+    #[arg(long)]
+    pub min_confidence: Option<f32>,
+    /// Write this evaluation (and `--min-confidence`, if given) into the model card: how a
+    /// threshold chosen on a validation set is recorded with its held-out result.
+    #[arg(long)]
+    pub record_in_card: bool,
+    /// Also write every missed object and false detection here, one JSON line each with
+    /// its image: the frames to look at (or relabel) first.
+    #[arg(long)]
+    pub mistakes: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The scenario file (TOML; see `tests/scenarios/`).
+    pub scenario: PathBuf,
+    /// Write the JSON lines here instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Also write the Parquet audit log (work_orders, assignments, wo_events) under this directory.
+    #[arg(long)]
+    pub audit: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The config file (TOML).
+    #[arg(long, short, default_value = "examples/demo-plant/defectflow.toml")]
+    pub config: PathBuf,
+    /// Worker threads (`-w`, overrides `runtime.workers`) and timely's cluster mode.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Stop after this many seconds (overrides `runtime.duration_s`).
+    #[arg(long)]
+    pub duration_s: Option<f64>,
+    /// Print the run's report as JSON instead of tables (alone on standard output: logs
+    /// go to standard error).
+    #[arg(long)]
+    pub json: bool,
+    /// Output folder (overrides `output.dir`): work-orders.jsonl and audit/.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed of the scenes: the same seed draws the same plant.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Cameras, one scene each.
+    #[arg(long, default_value_t = 6)]
+    pub cameras: usize,
+    /// Cameras (the last ones) that show no defect.
+    #[arg(long, default_value_t = 0)]
+    pub defect_free: usize,
+    /// Length of each camera's footage, seconds.
+    #[arg(long, default_value_t = 20.0)]
+    pub seconds: f64,
+    /// Frames per second.
+    #[arg(long, default_value_t = 15)]
+    pub fps: u32,
+    /// Frame width, pixels.
+    #[arg(long, default_value_t = 640)]
+    pub width: u32,
+    /// Frame height, pixels.
+    #[arg(long, default_value_t = 360)]
+    pub height: u32,
+    /// Video codec.
+    #[arg(long, value_enum, default_value = "h264")]
+    pub codec: Codec,
+    /// Container.
+    #[arg(long, value_enum, default_value = "mp4")]
+    pub container: Container,
+    /// `video`: one encoded video per camera; `yolo`: JPEG frames for training.
+    #[arg(long, value_enum, default_value = "video")]
+    pub format: SynthFormat,
+    /// With `--format yolo`: keep every n-th frame.
+    #[arg(long, default_value_t = 1)]
+    pub every: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SynthFormat {
+    Video,
+    Yolo,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn every_command_and_flag_has_help() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,239 @@
+//! The commands beside `run`: commission, synth, train, eval, replay, report, bench.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use defectflow::config::RunConfig;
+use defectflow::sinks::audit::AuditLog;
+use defectflow::tools::footage::{FootageOptions, write_plant};
+use defectflow::tools::scenario::Scenario;
+use defectflow_models::synth::PlantOptions;
+use defectflow_schemas::Emitted;
+
+use crate::args::{BenchArgs, CommissionArgs, EvalArgs, ReplayArgs, ReportArgs, SynthArgs, SynthFormat, TrainArgs};
+
+pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let plan = defectflow::tools::bench::BenchPlan {
+        cameras: args.cameras,
+        fps: args.fps,
+        width: args.width,
+        height: args.height,
+        max_fps: args.max_fps,
+        seconds: args.seconds,
+        workers: args.workers,
+        brokers: args.brokers,
+        reference: args.reference,
+        out: args.out,
+        sample_s: args.sample_s,
+        commission_s: args.commission_s,
+    };
+    let dir = tempfile::tempdir().context("a temporary folder for the bench's config")?;
+    let result = defectflow::tools::bench::run(&plan, dir.path())?;
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        print!("{}", defectflow::tools::bench::render(&result));
+    }
+    Ok(())
+}
+
+fn eval_footage(
+    footage: PathBuf,
+    model: PathBuf,
+    max_fps: f64,
+    deadline_s: f64,
+    settings: Option<PathBuf>,
+    out: Option<PathBuf>,
+    json: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let settings = match &settings {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+        None => String::new(),
+    };
+    anyhow::ensure!(max_fps > 0.0, "--max-fps must be above 0");
+    // The run's config lives in a temporary folder: the model is named by its full path
+    // (absent here: the shipped weights).
+    let model = std::fs::canonicalize(&model).ok();
+    let plan = defectflow::tools::footage_eval::FootagePlan { footage, model, max_fps, deadline_s, settings, out };
+    let report = defectflow::tools::footage_eval::evaluate(&plan)?;
+    print!("{}", defectflow::tools::footage_eval::render(&report));
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+pub fn commission(args: CommissionArgs) -> anyhow::Result<()> {
+    let config = RunConfig::load(&args.config)?;
+    let plan = defectflow::commission::CommissionPlan {
+        camera: args.camera,
+        from: args.from,
+        seconds: args.seconds,
+        out: args.out,
+    };
+    let stored = defectflow::commission::commission(&config, &plan)?;
+    print!("{}", defectflow::commission::render(&stored));
+    Ok(())
+}
+
+pub fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let kpis = defectflow::tools::report::kpis(&args.audit)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&kpis)?);
+    } else {
+        print!("{}", defectflow::tools::report::render(&kpis));
+    }
+    Ok(())
+}
+
+pub fn synth(args: SynthArgs) -> anyhow::Result<()> {
+    let options = FootageOptions {
+        plant: PlantOptions {
+            seed: args.seed,
+            cameras: args.cameras,
+            defect_free_cameras: args.defect_free,
+            duration_s: args.seconds,
+            fps: args.fps,
+            width: args.width,
+            height: args.height,
+        },
+        codec: args.codec,
+        container: args.container,
+    };
+    let truth = match args.format {
+        SynthFormat::Video => write_plant(&args.out, &options)?,
+        SynthFormat::Yolo => defectflow::tools::modelling::write_yolo_set(&args.out, &options.plant, args.every)?,
+    };
+    for camera in &truth.cameras {
+        let defects: Vec<String> = camera
+            .scene
+            .defects
+            .iter()
+            .map(|d| format!("{} at {:.1}s (+{:.1} px/s)", d.class, d.onset_s, d.growth_px_per_s))
+            .collect();
+        println!(
+            "{} {} {} frames: {}",
+            camera.video,
+            camera.scene.asset_kind,
+            camera.frames,
+            if defects.is_empty() { "no defects".into() } else { defects.join(", ") }
+        );
+    }
+    println!("wrote {}", args.out.join("ground_truth.json").display());
+    Ok(())
+}
+
+pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let config = defectflow_models::training::TrainConfig::new()
+        .with_seed(args.seed)
+        .with_steps(args.steps)
+        .with_batch_size(args.batch_size)
+        .with_crop_px(args.crop_px)
+        .with_learning_rate(args.learning_rate)
+        .with_box_head_only(args.box_head_only);
+    anyhow::ensure!(
+        args.crop_px >= 16 && args.crop_px.is_multiple_of(8),
+        "--crop-px must be a multiple of 8, at least 16"
+    );
+    anyhow::ensure!(args.steps > 0 && args.batch_size > 0, "--steps and --batch-size must be at least 1");
+    anyhow::ensure!(
+        args.force || !args.out.join("model.json").exists(),
+        "{} already holds a model: give another --out, or --force to overwrite it",
+        args.out.display()
+    );
+    let options = defectflow::tools::modelling::TrainOptions {
+        data: args.data,
+        out: args.out,
+        config,
+        architecture: defectflow_models::model::DefectNetConfig::new().with_box_head(!args.no_box_head),
+        holdout: args.holdout,
+        init: args.init,
+        command: std::iter::once("defectflow".to_owned()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" "),
+    };
+    defectflow::tools::modelling::train_model(&options)?;
+    Ok(())
+}
+
+pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    use defectflow_models::detector::{CpuBackend, Detector};
+    if let Some(footage) = args.footage {
+        return eval_footage(footage, args.model, args.max_fps, args.deadline_s, args.settings, args.out, args.json);
+    }
+    let data = args.data.context("--data or --footage is needed")?;
+    let mut detector = Detector::<CpuBackend>::load(&args.model, Default::default())?;
+    if let Some(c) = args.min_confidence {
+        anyhow::ensure!((0.0..=1.0).contains(&c), "--min-confidence must be within [0, 1]");
+        detector.min_confidence = c;
+    }
+    let mut mistakes = match &args.mistakes {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let report = defectflow::tools::modelling::evaluate_with(&detector, &data, |image, wrong| {
+        if let Some(out) = &mut mistakes {
+            for m in wrong {
+                let line = serde_json::json!({ "image": image, "mistake": m });
+                writeln!(out, "{line}")?;
+            }
+        }
+        Ok(())
+    })?;
+    if let Some(mut out) = mistakes {
+        out.flush()?;
+    }
+    defectflow::tools::modelling::print_report(&report);
+    if let Some(path) = &args.json {
+        defectflow::tools::modelling::write_json(path, &report)?;
+    }
+    if let Some(path) = &args.plot {
+        defectflow_models::plot::write_png(&report, path)?;
+    }
+    if args.record_in_card {
+        let mut card = detector.card().clone();
+        card.min_confidence = detector.min_confidence;
+        card.evaluation = Some(report);
+        card.save(&args.model)?;
+        println!("recorded in {}", args.model.join("model.json").display());
+    }
+    Ok(())
+}
+
+pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let (scenario, reference) = Scenario::load(&args.scenario)?;
+    let timely_config = args.cluster.timely_config(1)?;
+    let Some(replayed) = defectflow::tools::scenario::replay(&scenario, &reference, timely_config)? else {
+        return Ok(());
+    };
+    if let Some(dir) = &args.audit {
+        write_audit(dir, &replayed.messages, &scenario.wo_events())?;
+    }
+    let mut text = replayed.lines.join("\n");
+    text.push('\n');
+    match &args.out {
+        Some(path) => std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+fn write_audit(
+    dir: &std::path::Path,
+    messages: &[Emitted],
+    events: &[defectflow_schemas::WoEvent],
+) -> anyhow::Result<()> {
+    let audit = AuditLog::open(dir)?;
+    let work_orders: Vec<_> = messages
+        .iter()
+        .filter_map(|m| if let Emitted::WorkOrder(w) = m { Some((**w).clone()) } else { None })
+        .collect();
+    let assignments: Vec<_> =
+        messages.iter().filter_map(|m| if let Emitted::Assignment(a) = m { Some(a.clone()) } else { None }).collect();
+    audit.write_work_orders(&work_orders)?;
+    audit.write_assignments(&assignments)?;
+    audit.write_wo_events(events)?;
+    Ok(())
+}

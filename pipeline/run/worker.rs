@@ -1,0 +1,401 @@
+//! One timely worker of a run: its cameras, its share of the dataflow, and its loop —
+//! built, stepped until the run ends, closed once what was decoded is delivered.
+//!
+//! Worker 0 gathers the work-order messages and delivers them to the sinks it owns;
+//! every worker commits the input partitions it reads up to what worker 0 delivered.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use defectflow_operators::decode::{CameraSample, Decode, DecodeOutcome};
+use defectflow_operators::evidence::EvidenceFrames;
+use defectflow_operators::infer::{Infer, InferencePool};
+use defectflow_schemas::{Emitted, FrameMeta};
+use timely::dataflow::ProbeHandle;
+use timely::dataflow::operators::core::Probe;
+use timely::dataflow::operators::vec::UnorderedInput;
+use timely::dataflow::operators::vec::unordered_input::UnorderedHandle;
+use timely::dataflow::operators::{ActivateCapability, Inspect};
+
+use super::Process;
+use super::ingest::Ingest;
+use super::report::{CameraReport, MessageSummary};
+use crate::cluster::Delivered;
+use crate::metrics::Stage;
+use crate::sinks::{self, Batch, Outputs, SinkCount};
+use crate::sources::camera::{self, CameraHandle, FramePixels};
+use crate::sources::cmms_script::CmmsScript;
+use crate::sources::kafka::KafkaInputs;
+use crate::workflow::{self, Collected, PlantInputs};
+
+/// Per camera: frames kept and frames sampled out by decode.
+type KeptCounts = Arc<Mutex<HashMap<String, (u64, u64)>>>;
+
+/// What a worker came to: its cameras' figures; for worker 0, what it delivered.
+pub(super) struct WorkerOutcome {
+    pub cameras: Vec<CameraReport>,
+    pub delivered: Option<(MessageSummary, Vec<SinkCount>)>,
+    pub failure: Option<anyhow::Error>,
+}
+
+/// The handles of a worker's share of the dataflow.
+struct Dataflow {
+    input: UnorderedHandle<u64, CameraSample<FramePixels>>,
+    capability: ActivateCapability<u64>,
+    /// The plant's inputs, with the work-order stages.
+    plant: Option<PlantInputs>,
+    /// Frames (and observations) complete.
+    probe: ProbeHandle<u64>,
+    /// Work-order messages complete.
+    work_probe: Option<ProbeHandle<u64>>,
+}
+
+pub(super) struct Worker<'p> {
+    process: &'p Process,
+    index: usize,
+    dataflow: Dataflow,
+    /// The index of the frames' dataflow among the worker's dataflows.
+    main_dataflow: usize,
+    collected: Rc<RefCell<Collected>>,
+    kept: KeptCounts,
+    cameras: Vec<CameraHandle>,
+    ingest: Ingest,
+    /// Worker 0: the sinks.
+    outputs: Option<Outputs>,
+    /// This worker's share of the input topics' partitions.
+    inputs: Option<KafkaInputs>,
+    /// Worker 0: a scripted CMMS answering the work orders.
+    script: Option<CmmsScript>,
+    summary: MessageSummary,
+    delivery: Delivered,
+    started: Instant,
+    failure: Option<anyhow::Error>,
+}
+
+impl<'p> Worker<'p> {
+    /// Opens the worker's outputs and inputs, builds its dataflow (every worker builds
+    /// the same dataflows in the same order), takes up the earlier run and starts its
+    /// cameras. Something that cannot open stops the run (every worker still builds,
+    /// so the others can finish).
+    pub fn build(worker: &mut timely::worker::Worker, process: &'p Process) -> Worker<'p> {
+        let config = &process.config;
+        let (index, peers) = (worker.index(), worker.peers());
+        let shadow = config.model.as_ref().is_some_and(|m| m.shadow);
+        let mut failure = None;
+        let outputs = if index == 0 { opened(&mut failure, sinks::open(config)).map(Outputs::new) } else { None };
+        let inputs = match (&config.kafka, &process.reference) {
+            (Some(k), Some(reference)) if k.inputs.enabled && !shadow => {
+                opened(&mut failure, KafkaInputs::start(k, reference, index, peers).map_err(Into::into)).flatten()
+            }
+            _ => None,
+        };
+        let script = match &config.plant.cmms_script {
+            Some(path) if index == 0 => opened(&mut failure, CmmsScript::load(path)),
+            _ => None,
+        };
+        let delivery = Delivered::build(worker);
+        let main_dataflow = worker.next_dataflow_index();
+        let mine: Vec<_> =
+            config.cameras.iter().enumerate().filter(|(i, _)| i % peers == index).map(|(_, c)| c.clone()).collect();
+        let kept = KeptCounts::default();
+        let collected =
+            Rc::new(RefCell::new(Collected { metrics: Some(Arc::clone(&process.metrics)), ..Collected::default() }));
+        let dataflow = build_dataflow(worker, process, &mine, &kept, &collected);
+        let mut built = Worker {
+            process,
+            index,
+            dataflow,
+            main_dataflow,
+            collected,
+            kept,
+            cameras: Vec::new(),
+            ingest: Ingest::new(&mine),
+            outputs,
+            inputs,
+            script,
+            summary: MessageSummary::default(),
+            delivery,
+            started: Instant::now(),
+            failure: None,
+        };
+        if let Some(error) = failure {
+            built.fail(error);
+        }
+        if let (Some(plant), Some(reference), Some(outputs)) =
+            (&mut built.dataflow.plant, &process.reference, &mut built.outputs)
+        {
+            plant.load(reference, 0);
+            super::resume::take_up(plant, outputs, config, reference, &process.replayed);
+        }
+        if built.failure.is_none() {
+            let thread = std::thread::current();
+            built.cameras = mine.into_iter().map(|c| camera::spawn(c, thread.clone())).collect();
+            built.cameras.iter().for_each(|c| process.metrics.add_camera(Arc::clone(&c.stats)));
+        }
+        built.started = Instant::now();
+        built
+    }
+
+    /// Steps the worker until the run ends, then closes it.
+    pub fn run(mut self, worker: &mut timely::worker::Worker) -> WorkerOutcome {
+        while self.step(worker) {}
+        self.close(worker)
+    }
+
+    /// One turn: frames in, the frontier on, input topics polled, the scripted CMMS
+    /// answered, what is complete delivered. Returns whether the run goes on.
+    fn step(&mut self, worker: &mut timely::worker::Worker) -> bool {
+        let process = self.process;
+        let metrics = &process.metrics;
+        // A busy model holds back the sources (their queues fill and drop, counted),
+        // not memory. While the sink waits out a broker outage every worker holds back,
+        // so what waits is bounded by the cameras' queues (whose drops are counted).
+        let model_busy = process.pool.as_ref().is_some_and(InferencePool::is_full);
+        let Dataflow { input, capability, plant, .. } = &mut self.dataflow;
+        let delivered = !model_busy
+            && !metrics.output_stalled()
+            && self.ingest.drain(&self.cameras, |time, sample| {
+                metrics.stage_times.record(Stage::Ingested, sample.meta.capture_ms);
+                input.activate().session(&capability.delayed(&time)).give(sample);
+            });
+        if let Some(frontier) =
+            self.ingest.advance(&self.cameras, Duration::from_millis(process.config.runtime.idle_timeout_ms))
+        {
+            capability.downgrade(&frontier);
+            if let Some(plant) = plant {
+                plant.advance_to(frontier);
+            }
+            if let Some(on_frontier) = &process.hooks.on_frontier {
+                on_frontier(self.index, frontier);
+            }
+        }
+        if let (Some(inputs), Some(plant)) = (&mut self.inputs, &mut self.dataflow.plant) {
+            inputs.poll(plant, 256);
+        }
+        self.answer_cmms();
+        if let Err(error) = self.deliver() {
+            self.fail(error);
+        }
+        let stop = &process.stop;
+        let interrupted = stop.interrupted.load(Ordering::Relaxed);
+        let timed_out = stop.after.is_some_and(|d| self.started.elapsed() >= d);
+        let all_done = stop.after.is_none() && self.cameras.iter().all(|c| c.stats.finished() && c.frames.is_empty());
+        if interrupted || timed_out || all_done {
+            return false;
+        }
+        // Cameras unpark this thread when they queue a frame; the timeout only paces the
+        // wall-clock frontier of idle cameras.
+        worker.step_or_park(Some(if delivered { Duration::ZERO } else { Duration::from_millis(20) }));
+        true
+    }
+
+    /// The messages emitted since the last turn: counted for the report (the sinks take
+    /// them from `pending`), and shown to the CMMS script, whose due events go in.
+    fn answer_cmms(&mut self) {
+        let fresh = std::mem::take(&mut self.collected.borrow_mut().messages);
+        for message in &fresh {
+            self.summary.add(message);
+            if let (Some(script), Emitted::WorkOrder(order)) = (&mut self.script, message) {
+                script.observe(order);
+            }
+        }
+        if let (Some(script), Some(plant)) = (&mut self.script, &mut self.dataflow.plant) {
+            let now = *plant.events.time();
+            for event in script.due(now) {
+                tracing::info!(work_order = %event.work_order_id, event = ?event.event, "scripted CMMS event");
+                plant.events.send(event);
+            }
+        }
+    }
+
+    /// Worker 0 delivers what is complete; each worker commits its input partitions up
+    /// to what is delivered.
+    fn deliver(&mut self) -> anyhow::Result<()> {
+        let Some(outputs) = &mut self.outputs else { return self.commit_inputs(self.delivery.before()) };
+        // Without the work-order stages, the model's output is what has to be done.
+        let Dataflow { probe, work_probe, .. } = &self.dataflow;
+        let closed_before =
+            work_probe.as_ref().unwrap_or(probe).with_frontier(|f| f.first().copied().unwrap_or(u64::MAX));
+        emit(outputs, &self.collected, self.process, closed_before)?;
+        self.delivery.announce(closed_before);
+        self.commit_inputs(closed_before)
+    }
+
+    /// Commits the offsets of the input messages this worker read at times before `before`.
+    fn commit_inputs(&mut self, before: u64) -> anyhow::Result<()> {
+        commit(&mut self.inputs, before)
+    }
+
+    /// Something failed: the run stops (every worker), and fails with the first error.
+    fn fail(&mut self, error: anyhow::Error) {
+        self.process.metrics.healthy.store(false, Ordering::Relaxed);
+        self.process.stop.interrupted.store(true, Ordering::Relaxed);
+        self.failure.get_or_insert(error);
+    }
+
+    /// Stops the cameras, takes in what they already decoded (nothing received is
+    /// lost), completes the dataflow, delivers and flushes everything (worker 0), and
+    /// commits the inputs once worker 0 is done.
+    fn close(mut self, worker: &mut timely::worker::Worker) -> WorkerOutcome {
+        self.cameras.iter().for_each(CameraHandle::request_stop);
+        let Dataflow { input, capability, .. } = &mut self.dataflow;
+        loop {
+            let shut_down = self.cameras.iter().all(CameraHandle::is_shut_down);
+            self.ingest.drain(&self.cameras, |time, sample| {
+                input.activate().session(&capability.delayed(&time)).give(sample);
+            });
+            if shut_down {
+                break;
+            }
+            worker.step_or_park(Some(Duration::from_millis(2)));
+        }
+        self.cameras.iter_mut().for_each(CameraHandle::stop);
+        let Dataflow { input, capability, plant, probe, .. } = self.dataflow;
+        drop((capability, input, plant));
+        // Until the frames' dataflow is complete (the delivery dataflow is still open).
+        while !probe.done() || worker.installed_dataflows().contains(&self.main_dataflow) {
+            worker.step();
+        }
+        let delivered = self.outputs.take().map(|mut outputs| {
+            // Everything is complete: close up to the last input time, so a later run
+            // with later frames (a live camera) still delivers.
+            let last = self.collected.borrow().pending.iter().map(|(t, _)| t + 1).max().unwrap_or(0);
+            let closed_before = last.max(self.ingest.frontier);
+            let finished = match self.failure {
+                Some(_) => None,
+                None => Some(finish(&mut outputs, &self.collected, self.process, closed_before)),
+            };
+            self.delivery.close(matches!(finished, Some(Ok(()))));
+            if let Some(Err(error)) = finished {
+                self.failure.get_or_insert(error);
+            }
+            self.collected.borrow_mut().messages.drain(..).for_each(|m| self.summary.add(&m));
+            (std::mem::take(&mut self.summary), outputs.counts())
+        });
+        while !self.delivery.done() {
+            worker.step_or_park(Some(Duration::from_millis(10)));
+        }
+        if let Err(error) = commit(&mut self.inputs, self.delivery.before()) {
+            self.failure.get_or_insert(error);
+        }
+        let kept = self.kept.lock().map(|k| k.clone()).unwrap_or_default();
+        let cameras = (self.cameras.iter())
+            .map(|c| CameraReport::of(self.index, &c.stats, kept.get(&c.stats.camera_id).copied().unwrap_or_default()))
+            .collect();
+        WorkerOutcome { cameras, delivered, failure: self.failure }
+    }
+}
+
+/// The value opened, or `None` with the error kept in `failure` (the first one).
+fn opened<T>(failure: &mut Option<anyhow::Error>, result: anyhow::Result<T>) -> Option<T> {
+    result.map_err(|error| _ = failure.get_or_insert(error)).ok()
+}
+
+/// Commits the offsets of the input messages a worker read at times before `before`.
+fn commit(inputs: &mut Option<KafkaInputs>, before: u64) -> anyhow::Result<()> {
+    match inputs {
+        Some(inputs) => Ok(inputs.commit(before)?),
+        None => Ok(()),
+    }
+}
+
+/// Hands the messages, audit rows and detections of every time before `closed_before`
+/// (all complete) to the sinks.
+fn emit(
+    outputs: &mut Outputs,
+    collected: &RefCell<Collected>,
+    process: &Process,
+    closed_before: u64,
+) -> anyhow::Result<()> {
+    let (messages, rows) = collected.borrow_mut().take_closed(closed_before);
+    let detections = process.counters.take_detections(closed_before);
+    let batch = Batch { closed_before, messages: &messages, rows: &rows, detections: &detections };
+    outputs.emit(&batch, &process.metrics)
+}
+
+/// The last delivery of a run, then every sink flushed with the detections left.
+fn finish(
+    outputs: &mut Outputs,
+    collected: &RefCell<Collected>,
+    process: &Process,
+    closed_before: u64,
+) -> anyhow::Result<()> {
+    emit(outputs, collected, process, closed_before)?;
+    let detections = process.counters.take_detections(u64::MAX);
+    outputs.flush(&Batch { closed_before, messages: &[], rows: &[], detections: &detections })
+}
+
+/// Builds a worker's share of the frames' dataflow: decode, and with a model the model,
+/// and with the plant's reference the work-order stages.
+fn build_dataflow(
+    worker: &mut timely::worker::Worker,
+    process: &Process,
+    cameras: &[crate::config::CameraConfig],
+    kept: &KeptCounts,
+    collected: &Rc<RefCell<Collected>>,
+) -> Dataflow {
+    let index = worker.index();
+    let max_fps: HashMap<String, f64> = cameras.iter().filter_map(|c| c.max_fps.map(|f| (c.id.clone(), f))).collect();
+    let probe = ProbeHandle::new();
+    let (input, capability, plant, work_probe) = worker.dataflow::<u64, _, _>(|scope| {
+        let ((input, capability), samples) = scope.new_unordered_input::<CameraSample<FramePixels>>();
+        let counts = Arc::clone(kept);
+        let on_frame = process.hooks.on_frame.clone();
+        let frames = samples
+            .decode(max_fps, move |meta: &FrameMeta, outcome| {
+                let Ok(mut counts) = counts.lock() else { return };
+                // Allocate the camera's key once, not on every frame.
+                if !counts.contains_key(&meta.camera_id) {
+                    counts.insert(meta.camera_id.clone(), (0, 0));
+                }
+                let Some(entry) = counts.get_mut(&meta.camera_id) else { return };
+                match outcome {
+                    DecodeOutcome::Kept => entry.0 += 1,
+                    DecodeOutcome::Sampled => entry.1 += 1,
+                    DecodeOutcome::Failed(error) => tracing::warn!(%error, "frame not decoded"),
+                }
+            })
+            .inspect(move |tensor| {
+                if let Some(on_frame) = &on_frame {
+                    on_frame(index, tensor);
+                }
+            });
+        let (Some(pool), Some(model)) = (&process.pool, &process.config.model) else {
+            frames.probe_with(&probe);
+            return (input, capability, None, None);
+        };
+        let (counters, metrics) = (Arc::clone(&process.counters), Arc::clone(&process.metrics));
+        let on_observation = process.hooks.on_observation.clone();
+        let holder = process.evidence.clone();
+        let observations = frames
+            .infer(pool, model.infer_config(), move |frame, observation| {
+                if let Some(store) = &holder {
+                    store.hold(frame, observation);
+                }
+            })
+            .inspect(move |o| {
+                metrics.stage_times.record(Stage::Inferred, o.capture_ms);
+                counters.detections.fetch_add(o.detections.len() as u64, Ordering::Relaxed);
+                if !o.detections.is_empty() {
+                    counters.rows.lock().unwrap_or_else(|p| p.into_inner()).extend(o.detections.iter().cloned());
+                }
+                if let Some(on_observation) = &on_observation {
+                    on_observation(index, o);
+                }
+            });
+        if process.reference.is_none() {
+            observations.probe_with(&probe);
+            return (input, capability, None, None);
+        }
+        let drawer = process.evidence.clone().map(|store| store as Arc<dyn EvidenceFrames>);
+        let route = Some(Arc::clone(&process.route));
+        let (plant, work_probe) =
+            workflow::build_on(scope, observations, process.workflow.clone(), Rc::clone(collected), drawer, route);
+        (input, capability, Some(plant), Some(work_probe))
+    });
+    Dataflow { input, capability, plant, probe, work_probe }
+}

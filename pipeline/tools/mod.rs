@@ -1,0 +1,14 @@
+//! The tools beside the runtime: the end-to-end bench, the audit-log report, the
+//! model's data, training and evaluation, unseen-style footage and its evaluation, the
+//! fuzz targets' bodies and the work-order scenarios. The runtime never imports from
+//! here; what the tools share is in [`stats`].
+
+pub mod bench;
+pub mod footage;
+pub mod footage_eval;
+pub mod fuzzing;
+pub mod modelling;
+pub mod progress;
+pub mod report;
+pub mod scenario;
+pub mod stats;
