@@ -260,3 +260,26 @@ fn synth_writes_labels_that_match_its_ground_truth() {
         }
     }
 }
+
+/// An output that cannot open fails the run at its start, naming the file, on every
+/// worker (the others do not wait for a delivery that will never come).
+#[test]
+fn an_output_that_cannot_open_fails_the_run_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("out");
+    // work-orders.jsonl taken by a folder: the file cannot be opened.
+    std::fs::create_dir_all(out.join("work-orders.jsonl")).expect("a folder in the file's place");
+    let footage = mp4_footage();
+    let cameras: String = (0..2).map(|i| camera_toml(&format!("cam-{i}"), &file_url(&footage.video(i)), "")).collect();
+    let text = format!("[output]\ndir = \"{}\"\n\n{cameras}", out.display());
+    let config = RunConfig::parse(&text, "outputs.toml").expect("config");
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let stop = defectflow::run::StopWhen { after: None, interrupted: Default::default() };
+        let ran = defectflow::run::run(&config, timely::Config::process(2), stop, Default::default());
+        let _ = done_tx.send(ran.map(|_| ()));
+    });
+    let ran = done.recv_timeout(Duration::from_secs(120)).expect("the run ends instead of waiting forever");
+    let error = ran.expect_err("the run fails").to_string();
+    assert!(error.contains("work-orders.jsonl"), "{error}");
+}

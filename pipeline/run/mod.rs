@@ -146,6 +146,8 @@ struct Process {
     route: CameraRoute,
     stop: StopWhen,
     hooks: Hooks,
+    /// This process delivers the outputs (process 0 of a cluster).
+    delivers: bool,
 }
 
 impl Process {
@@ -224,6 +226,7 @@ impl Process {
             route,
             stop,
             hooks,
+            delivers: process == 0,
         })
     }
 }

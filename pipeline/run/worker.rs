@@ -276,6 +276,11 @@ impl<'p> Worker<'p> {
             self.collected.borrow_mut().messages.drain(..).for_each(|m| self.summary.add(&m));
             (std::mem::take(&mut self.summary), outputs.counts())
         });
+        if delivered.is_none() {
+            // Worker 0 without outputs (they could not open) has delivered nothing: the
+            // others must not wait for it. Elsewhere this does nothing.
+            self.delivery.close(false);
+        }
         while !self.delivery.done() {
             worker.step_or_park(Some(Duration::from_millis(10)));
         }
@@ -369,6 +374,9 @@ fn build_dataflow(
             return (input, capability, None, None);
         };
         let (counters, metrics) = (Arc::clone(&process.counters), Arc::clone(&process.metrics));
+        // Only the process that delivers writes the audit log: elsewhere the detections
+        // are counted, not kept.
+        let keep_rows = process.delivers;
         let on_observation = process.hooks.on_observation.clone();
         let holder = process.evidence.clone();
         let observations = frames
@@ -380,7 +388,7 @@ fn build_dataflow(
             .inspect(move |o| {
                 metrics.stage_times.record(Stage::Inferred, o.capture_ms);
                 counters.detections.fetch_add(o.detections.len() as u64, Ordering::Relaxed);
-                if !o.detections.is_empty() {
+                if keep_rows && !o.detections.is_empty() {
                     counters.rows.lock().unwrap_or_else(|p| p.into_inner()).extend(o.detections.iter().cloned());
                 }
                 if let Some(on_observation) = &on_observation {
