@@ -3,6 +3,7 @@
 //! camera's frames enter the dataflow exactly once), each worker's loop
 //! ([`worker`]), and what the run came to ([`report`]).
 
+mod dataflow;
 mod ingest;
 mod report;
 mod resume;
@@ -22,7 +23,7 @@ use defectflow_schemas::{FrameObservation, StockMovement};
 
 pub use report::{CameraReport, MessageSummary, OrderSummary, StageReport};
 
-use crate::config::RunConfig;
+use crate::config::{ModelConfig, RunConfig};
 use crate::metrics::Metrics;
 use crate::reference::PlantReference;
 use crate::sinks::evidence::EvidenceStore;
@@ -180,8 +181,8 @@ impl Process {
         metrics.stage_times.enabled.store(hooks.time_stages, Ordering::Relaxed);
         let counters = Arc::new(StageCounters::default());
         let (pool, model_version) = match &config.model {
-            Some(_) => {
-                let (pool, version) = start_model(&config, &metrics, &counters)?;
+            Some(model) => {
+                let (pool, version) = start_model(&config, model, &metrics, &counters)?;
                 (Some(pool), Some(version))
             }
             None => (None, None),
@@ -236,10 +237,10 @@ impl Process {
 /// file. Returns the pool and the model's version.
 fn start_model(
     config: &RunConfig,
+    model: &ModelConfig,
     metrics: &Arc<Metrics>,
     counters: &Arc<StageCounters>,
 ) -> anyhow::Result<(InferencePool, String)> {
-    let Some(model) = &config.model else { anyhow::bail!("no [model] to start") };
     let infer = model.infer_config();
     let detectors = (0..infer.thread_count())
         .map(|_| {

@@ -5,53 +5,31 @@
 //! every worker commits the input partitions it reads up to what worker 0 delivered.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use defectflow_operators::decode::{CameraSample, Decode, DecodeOutcome};
-use defectflow_operators::evidence::EvidenceFrames;
-use defectflow_operators::infer::{Infer, InferencePool};
-use defectflow_schemas::{Emitted, FrameMeta};
-use timely::dataflow::ProbeHandle;
-use timely::dataflow::operators::core::Probe;
-use timely::dataflow::operators::vec::UnorderedInput;
-use timely::dataflow::operators::vec::unordered_input::UnorderedHandle;
-use timely::dataflow::operators::{ActivateCapability, Inspect};
+use defectflow_operators::infer::InferencePool;
+use defectflow_schemas::Emitted;
 
 use super::Process;
+use super::dataflow::{Dataflow, KeptCounts, build_dataflow};
 use super::ingest::Ingest;
 use super::report::{CameraReport, MessageSummary};
 use crate::cluster::Delivered;
 use crate::metrics::Stage;
 use crate::sinks::{self, Batch, Outputs, SinkCount};
-use crate::sources::camera::{self, CameraHandle, FramePixels};
+use crate::sources::camera::{self, CameraHandle};
 use crate::sources::cmms_script::CmmsScript;
 use crate::sources::kafka::KafkaInputs;
-use crate::workflow::{self, Collected, PlantInputs};
-
-/// Per camera: frames kept and frames sampled out by decode.
-type KeptCounts = Arc<Mutex<HashMap<String, (u64, u64)>>>;
+use crate::workflow::Collected;
 
 /// What a worker came to: its cameras' figures; for worker 0, what it delivered.
 pub(super) struct WorkerOutcome {
     pub cameras: Vec<CameraReport>,
     pub delivered: Option<(MessageSummary, Vec<SinkCount>)>,
     pub failure: Option<anyhow::Error>,
-}
-
-/// The handles of a worker's share of the dataflow.
-struct Dataflow {
-    input: UnorderedHandle<u64, CameraSample<FramePixels>>,
-    capability: ActivateCapability<u64>,
-    /// The plant's inputs, with the work-order stages.
-    plant: Option<PlantInputs>,
-    /// Frames (and observations) complete.
-    probe: ProbeHandle<u64>,
-    /// Work-order messages complete.
-    work_probe: Option<ProbeHandle<u64>>,
 }
 
 pub(super) struct Worker<'p> {
@@ -332,78 +310,4 @@ fn finish(
     emit(outputs, collected, process, closed_before)?;
     let detections = process.counters.take_detections(u64::MAX);
     outputs.flush(&Batch { closed_before, messages: &[], rows: &[], detections: &detections })
-}
-
-/// Builds a worker's share of the frames' dataflow: decode, and with a model the model,
-/// and with the plant's reference the work-order stages.
-fn build_dataflow(
-    worker: &mut timely::worker::Worker,
-    process: &Process,
-    cameras: &[crate::config::CameraConfig],
-    kept: &KeptCounts,
-    collected: &Rc<RefCell<Collected>>,
-) -> Dataflow {
-    let index = worker.index();
-    let max_fps: HashMap<String, f64> = cameras.iter().filter_map(|c| c.max_fps.map(|f| (c.id.clone(), f))).collect();
-    let probe = ProbeHandle::new();
-    let (input, capability, plant, work_probe) = worker.dataflow::<u64, _, _>(|scope| {
-        let ((input, capability), samples) = scope.new_unordered_input::<CameraSample<FramePixels>>();
-        let counts = Arc::clone(kept);
-        let on_frame = process.hooks.on_frame.clone();
-        let frames = samples
-            .decode(max_fps, move |meta: &FrameMeta, outcome| {
-                let Ok(mut counts) = counts.lock() else { return };
-                // Allocate the camera's key once, not on every frame.
-                if !counts.contains_key(&meta.camera_id) {
-                    counts.insert(meta.camera_id.clone(), (0, 0));
-                }
-                let Some(entry) = counts.get_mut(&meta.camera_id) else { return };
-                match outcome {
-                    DecodeOutcome::Kept => entry.0 += 1,
-                    DecodeOutcome::Sampled => entry.1 += 1,
-                    DecodeOutcome::Failed(error) => tracing::warn!(%error, "frame not decoded"),
-                }
-            })
-            .inspect(move |tensor| {
-                if let Some(on_frame) = &on_frame {
-                    on_frame(index, tensor);
-                }
-            });
-        let (Some(pool), Some(model)) = (&process.pool, &process.config.model) else {
-            frames.probe_with(&probe);
-            return (input, capability, None, None);
-        };
-        let (counters, metrics) = (Arc::clone(&process.counters), Arc::clone(&process.metrics));
-        // Only the process that delivers writes the audit log: elsewhere the detections
-        // are counted, not kept.
-        let keep_rows = process.delivers;
-        let on_observation = process.hooks.on_observation.clone();
-        let holder = process.evidence.clone();
-        let observations = frames
-            .infer(pool, model.infer_config(), move |frame, observation| {
-                if let Some(store) = &holder {
-                    store.hold(frame, observation);
-                }
-            })
-            .inspect(move |o| {
-                metrics.stage_times.record(Stage::Inferred, o.capture_ms);
-                counters.detections.fetch_add(o.detections.len() as u64, Ordering::Relaxed);
-                if keep_rows && !o.detections.is_empty() {
-                    counters.rows.lock().unwrap_or_else(|p| p.into_inner()).extend(o.detections.iter().cloned());
-                }
-                if let Some(on_observation) = &on_observation {
-                    on_observation(index, o);
-                }
-            });
-        if process.reference.is_none() {
-            observations.probe_with(&probe);
-            return (input, capability, None, None);
-        }
-        let drawer = process.evidence.clone().map(|store| store as Arc<dyn EvidenceFrames>);
-        let route = Some(Arc::clone(&process.route));
-        let (plant, work_probe) =
-            workflow::build_on(scope, observations, process.workflow.clone(), Rc::clone(collected), drawer, route);
-        (input, capability, Some(plant), Some(work_probe))
-    });
-    Dataflow { input, capability, plant, probe, work_probe }
 }

@@ -75,6 +75,11 @@ pub fn write_scenes(out: &Path, scenes: &[SceneSpec], options: &FootageOptions) 
         progress.advance(1);
     }
     progress.finish();
+    write_truth(out, plant, cameras)
+}
+
+/// Writes `ground_truth.json` of a plant's cameras into `out`.
+pub(super) fn write_truth(out: &Path, plant: &PlantOptions, cameras: Vec<CameraTruth>) -> anyhow::Result<GroundTruth> {
     let truth = GroundTruth {
         seed: plant.seed,
         fps: plant.fps,

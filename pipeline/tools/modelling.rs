@@ -58,16 +58,7 @@ pub fn write_yolo_set(out: &Path, plant: &PlantOptions, every: u64) -> anyhow::R
         progress.advance(1);
     }
     progress.finish();
-    let truth = GroundTruth {
-        seed: plant.seed,
-        fps: plant.fps,
-        width: plant.width,
-        height: plant.height,
-        duration_s: plant.duration_s,
-        cameras,
-    };
-    fs::write(out.join("ground_truth.json"), serde_json::to_vec_pretty(&truth)?)?;
-    Ok(truth)
+    super::footage::write_truth(out, plant, cameras)
 }
 
 /// Options of `defectflow train`.
