@@ -4,8 +4,6 @@
 //! `cargo bench --bench ingest`
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -46,7 +44,7 @@ fn ingest(video: &Path, width: u32, height: u32) -> u64 {
         video.display()
     );
     let config = RunConfig::parse(&text, "bench").expect("config");
-    let stop = StopWhen { after: None, interrupted: Arc::new(AtomicBool::new(false)) };
+    let stop = StopWhen::after(None);
     let reports = run::run(&config, timely::Config::thread(), stop, Hooks::default()).expect("run");
     reports[0].kept
 }

@@ -71,7 +71,7 @@ pub fn commission(config: &RunConfig, plan: &CommissionPlan) -> anyhow::Result<V
     let card = ModelCard::load(&model.resolved_dir()).context("the model to commission with")?;
     let interrupted = Arc::new(AtomicBool::new(false));
     let hooks = stop_once_learnt(&run, seconds, &interrupted);
-    let stop = StopWhen { after: run.runtime.duration_s.map(Duration::from_secs_f64), interrupted };
+    let stop = StopWhen { interrupted, ..StopWhen::after(run.runtime.duration_s.map(Duration::from_secs_f64)) };
     let timely = timely::Config::process(run.runtime.workers);
     run::run(&run, timely, stop, hooks)?;
     let learnt = scratch.path().join("baselines");

@@ -275,7 +275,7 @@ fn an_output_that_cannot_open_fails_the_run_naming_it() {
     let config = RunConfig::parse(&text, "outputs.toml").expect("config");
     let (done_tx, done) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let stop = defectflow::run::StopWhen { after: None, interrupted: Default::default() };
+        let stop = defectflow::run::StopWhen::after(None);
         let ran = defectflow::run::run(&config, timely::Config::process(2), stop, Default::default());
         let _ = done_tx.send(ran.map(|_| ()));
     });

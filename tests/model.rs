@@ -7,7 +7,6 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use defectflow::config::RunConfig;
@@ -80,7 +79,7 @@ fn shipped_weights_find_every_defect_soon_after_onset_and_nothing_on_a_clear_cam
         on_observation: Some(Arc::new(move |_, o| sink.lock().expect("lock").push(o.clone()))),
         ..Hooks::default()
     };
-    let stop = StopWhen { after: None, interrupted: Arc::new(AtomicBool::new(false)) };
+    let stop = StopWhen::after(None);
     let (_, stages) = run::run_stages(&config, timely::Config::process(2), stop, hooks).expect("run");
     let observations = seen.lock().expect("lock").clone();
     assert_eq!(stages.frames_inferred, 4 * 90, "every frame is inferred once");

@@ -2,7 +2,7 @@
 //! commands beside `run`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -109,13 +109,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.out {
         config.output.dir = Some(out.clone());
     }
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let interrupted = Arc::clone(&interrupted);
-        ctrlc::set_handler(move || interrupted.store(true, Ordering::Relaxed))
-            .context("cannot install Ctrl-C handler")?;
-    }
-    let stop = StopWhen { after: config.runtime.duration_s.map(Duration::from_secs_f64), interrupted };
+    let stop = StopWhen::after(config.runtime.duration_s.map(Duration::from_secs_f64));
+    stop_on_signals(&stop)?;
+    bound_the_stop(&stop, Duration::from_secs_f64(config.runtime.stop_timeout_s));
     let timely_config = args.cluster.timely_config(config.runtime.workers)?;
     // In a cluster, process 0 delivers the work orders; each process reports its cameras.
     let delivers = args.cluster.process == 0;
@@ -143,6 +139,42 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// SIGINT and SIGTERM (and SIGHUP) ask the run to stop: the cameras stop, what they
+/// decoded is processed, the sinks flush and commit and the summary prints. A second
+/// signal exits at once (code 130), leaving what was not flushed to the next start.
+fn stop_on_signals(stop: &StopWhen) -> anyhow::Result<()> {
+    let interrupted = Arc::clone(&stop.interrupted);
+    let signals = AtomicUsize::new(0);
+    ctrlc::set_handler(move || {
+        if signals.fetch_add(1, Ordering::Relaxed) == 0 {
+            eprintln!("stopping: delivering and flushing what was seen (a second signal exits at once)");
+            interrupted.store(true, Ordering::Relaxed);
+        } else {
+            eprintln!("error: stopped by a second signal before the outputs were flushed");
+            std::process::exit(130);
+        }
+    })
+    .context("cannot install the SIGINT/SIGTERM handler")
+}
+
+/// Once a stop is asked for (a signal, or a failure), the process gets `timeout` to
+/// finish it; past that it exits with code 4, naming what each worker had left.
+fn bound_the_stop(stop: &StopWhen, timeout: Duration) {
+    let (interrupted, progress) = (Arc::clone(&stop.interrupted), Arc::clone(&stop.progress));
+    std::thread::spawn(move || {
+        while !interrupted.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(timeout);
+        eprintln!(
+            "error: the stop did not finish within runtime.stop_timeout_s = {} s; left: {}",
+            timeout.as_secs_f64(),
+            progress.left().join("; ")
+        );
+        std::process::exit(4);
+    });
 }
 
 /// The run's report as one JSON object: `cameras`, and (where the process delivers)

@@ -228,6 +228,11 @@ pub struct RuntimeConfig {
     /// (files) or until interrupted.
     #[serde(default)]
     pub duration_s: Option<f64>,
+    /// Once a stop is asked for (SIGTERM, SIGINT, a failure), the longest it may take to
+    /// take in what the cameras decoded, deliver, flush and commit; past it the process
+    /// exits with code 4, naming what was left.
+    #[serde(default = "default_stop_timeout_s")]
+    pub stop_timeout_s: f64,
 }
 
 fn default_workers() -> usize {
@@ -238,9 +243,18 @@ fn default_idle_timeout_ms() -> u64 {
     2_000
 }
 
+fn default_stop_timeout_s() -> f64 {
+    30.0
+}
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { workers: default_workers(), idle_timeout_ms: default_idle_timeout_ms(), duration_s: None }
+        RuntimeConfig {
+            workers: default_workers(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            duration_s: None,
+            stop_timeout_s: default_stop_timeout_s(),
+        }
     }
 }
 
@@ -335,6 +349,10 @@ impl RunConfig {
             && !(d > 0.0 && d.is_finite())
         {
             check(fault("runtime.duration_s", format!("must be a positive number of seconds, got {d}")));
+        }
+        let stop_timeout = self.runtime.stop_timeout_s;
+        if !(stop_timeout > 0.0 && stop_timeout.is_finite()) {
+            check(fault("runtime.stop_timeout_s", format!("must be a positive number of seconds, got {stop_timeout}")));
         }
         if let Some(model) = &self.model {
             if model.batch_size == 0 {

@@ -32,12 +32,46 @@ use report::StageCounters;
 use worker::{Worker, WorkerOutcome};
 
 /// How the run should end.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct StopWhen {
     /// After this long; `None`: when every camera has ended.
     pub after: Option<Duration>,
-    /// Set from outside (Ctrl-C) to stop early.
+    /// Set from outside (SIGINT, SIGTERM) to stop early.
     pub interrupted: Arc<AtomicBool>,
+    /// Where each worker is in its stop, for a caller that bounds how long it may take.
+    pub progress: Arc<StopProgress>,
+}
+
+impl StopWhen {
+    /// A run that ends after `after`, or when every camera has ended.
+    pub fn after(after: Option<Duration>) -> StopWhen {
+        StopWhen { after, ..StopWhen::default() }
+    }
+}
+
+/// What each worker is doing while the run stops (`worker index → step`); a worker that
+/// has finished is absent.
+#[derive(Debug, Default)]
+pub struct StopProgress(std::sync::Mutex<std::collections::BTreeMap<usize, String>>);
+
+impl StopProgress {
+    fn at(&self, worker: usize, step: impl Into<String>) {
+        if let Ok(mut steps) = self.0.lock() {
+            steps.insert(worker, step.into());
+        }
+    }
+
+    fn finished(&self, worker: usize) {
+        if let Ok(mut steps) = self.0.lock() {
+            steps.remove(&worker);
+        }
+    }
+
+    /// The steps not finished yet, one per worker that is still stopping.
+    pub fn left(&self) -> Vec<String> {
+        let steps = self.0.lock().map(|s| s.clone()).unwrap_or_default();
+        steps.into_iter().map(|(worker, step)| format!("worker {worker}: {step}")).collect()
+    }
 }
 
 /// Called on each worker for every frame tensor that leaves decode.

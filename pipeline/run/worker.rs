@@ -83,6 +83,7 @@ impl<'p> Worker<'p> {
         let collected =
             Rc::new(RefCell::new(Collected { metrics: Some(Arc::clone(&process.metrics)), ..Collected::default() }));
         let dataflow = build_dataflow(worker, process, &mine, &kept, &collected);
+        process.stop.progress.at(index, "running (had not begun to stop)");
         let mut built = Worker {
             process,
             index,
@@ -219,10 +220,14 @@ impl<'p> Worker<'p> {
     /// lost), completes the dataflow, delivers and flushes everything (worker 0), and
     /// commits the inputs once worker 0 is done.
     fn close(mut self, worker: &mut timely::worker::Worker) -> WorkerOutcome {
+        let progress = Arc::clone(&self.process.stop.progress);
         self.cameras.iter().for_each(CameraHandle::request_stop);
         let Dataflow { input, capability, .. } = &mut self.dataflow;
         loop {
-            let shut_down = self.cameras.iter().all(CameraHandle::is_shut_down);
+            let running: Vec<&str> =
+                (self.cameras.iter()).filter(|c| !c.is_shut_down()).map(|c| c.stats.camera_id.as_str()).collect();
+            progress.at(self.index, format!("stopping cameras {}", running.join(", ")));
+            let shut_down = running.is_empty();
             self.ingest.drain(&self.cameras, |time, sample| {
                 input.activate().session(&capability.delayed(&time)).give(sample);
             });
@@ -234,11 +239,13 @@ impl<'p> Worker<'p> {
         self.cameras.iter_mut().for_each(CameraHandle::stop);
         let Dataflow { input, capability, plant, probe, .. } = self.dataflow;
         drop((capability, input, plant));
+        progress.at(self.index, "processing the frames already decoded");
         // Until the frames' dataflow is complete (the delivery dataflow is still open).
         while !probe.done() || worker.installed_dataflows().contains(&self.main_dataflow) {
             worker.step();
         }
         let delivered = self.outputs.take().map(|mut outputs| {
+            progress.at(self.index, "delivering to the sinks and flushing them");
             // Everything is complete: close up to the last input time, so a later run
             // with later frames (a live camera) still delivers.
             let last = self.collected.borrow().pending.iter().map(|(t, _)| t + 1).max().unwrap_or(0);
@@ -259,12 +266,15 @@ impl<'p> Worker<'p> {
             // others must not wait for it. Elsewhere this does nothing.
             self.delivery.close(false);
         }
+        progress.at(self.index, "waiting for worker 0 to deliver");
         while !self.delivery.done() {
             worker.step_or_park(Some(Duration::from_millis(10)));
         }
+        progress.at(self.index, "committing its input offsets");
         if let Err(error) = commit(&mut self.inputs, self.delivery.before()) {
             self.failure.get_or_insert(error);
         }
+        progress.finished(self.index);
         let kept = self.kept.lock().map(|k| k.clone()).unwrap_or_default();
         let cameras = (self.cameras.iter())
             .map(|c| CameraReport::of(self.index, &c.stats, kept.get(&c.stats.camera_id).copied().unwrap_or_default()))

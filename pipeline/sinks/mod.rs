@@ -137,3 +137,14 @@ pub(crate) fn failpoint(name: &str) {
         std::process::abort();
     }
 }
+
+/// Test hook: `DEFECTFLOW_FAILPOINT=stall:<name>` blocks the thread that reaches the named
+/// point for good, as a disk or a network call that never answers would.
+pub(crate) fn stallpoint(name: &str) {
+    if std::env::var("DEFECTFLOW_FAILPOINT").is_ok_and(|spec| spec.strip_prefix("stall:") == Some(name)) {
+        eprintln!("failpoint stall:{name}: blocking");
+        loop {
+            std::thread::park();
+        }
+    }
+}

@@ -242,8 +242,7 @@ pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
     let config = prepare(plan, dir)?;
     let cpu_before = cpu_seconds();
     let started = Instant::now();
-    let stop =
-        StopWhen { after: Some(Duration::from_secs_f64(plan.seconds)), interrupted: Arc::new(AtomicBool::new(false)) };
+    let stop = StopWhen::after(Some(Duration::from_secs_f64(plan.seconds)));
     let metrics = Metrics::new();
     let done = Arc::new(AtomicBool::new(false));
     let sampler = plan.sample_s.map(|every| {

@@ -4,8 +4,6 @@
 //! orders it opened; false work orders per camera-hour on clips without defects.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
@@ -106,7 +104,7 @@ pub fn evaluate(plan: &FootagePlan) -> anyhow::Result<FootageReport> {
     let scratch = tempfile::tempdir().context("a temporary folder for the evaluation run")?;
     let out = plan.out.clone().unwrap_or_else(|| scratch.path().join("out"));
     let config = prepare(plan, &truth, scratch.path(), &out)?;
-    let stop = StopWhen { after: None, interrupted: Arc::new(AtomicBool::new(false)) };
+    let stop = StopWhen::after(None);
     run::run(&config, timely::Config::process(config.runtime.workers), stop, Hooks::default())?;
     let orders = read_orders(&out.join("work-orders.jsonl"))?;
     Ok(score(&truth, &orders, plan.deadline_s))

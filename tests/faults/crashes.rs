@@ -1,4 +1,5 @@
-//! defectflow killed with SIGKILL at random points of a run, restarted each time.
+//! defectflow killed with SIGKILL at random points of a run, restarted each time; and
+//! stopped with SIGTERM, which is graceful.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -150,4 +151,71 @@ fn without_kafka_a_killed_live_run_goes_on_with_the_work_order_its_file_left_ope
     let restarted_ms = now_ms();
     let stdout = run_to_end(&config, Some(&out));
     went_on_with_the_same_work_order_and_track(&before, &checks::jsonl_work_orders(&out), &out, restarted_ms, &stdout);
+}
+
+/// SIGTERM (what systemd, docker and Kubernetes send to stop a service) stops a live run
+/// gracefully: exit code 0, the summary printed, and every work-order revision that
+/// reached the file in the audit log too.
+#[test]
+fn sigterm_stops_a_live_run_with_every_output_flushed() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = live_pulley_config(dir.path(), 300, None);
+    let out = dir.path().join("out");
+    let (stdout_path, stderr_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let file = |path: &std::path::Path| Stdio::from(std::fs::File::create(path).expect("log file"));
+    let mut run = defectflow(&config, Some(&out), None)
+        .stdout(file(&stdout_path))
+        .stderr(file(&stderr_path))
+        .spawn()
+        .expect("run");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !std::fs::read_to_string(out.join("work-orders.jsonl")).unwrap_or_default().contains("\"work_order\"") {
+        assert!(std::time::Instant::now() < deadline, "no work order reached the file");
+        assert!(run.try_wait().expect("wait").is_none(), "the run ended before its work order");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A little later: revisions written since the audit log's last commit.
+    std::thread::sleep(Duration::from_secs(2));
+    let sent = std::process::Command::new("kill").args(["-TERM", &run.id().to_string()]).status().expect("kill");
+    assert!(sent.success(), "SIGTERM sent");
+    let status = run.wait().expect("reap");
+    let (stdout, stderr) = (
+        std::fs::read_to_string(&stdout_path).expect("stdout"),
+        std::fs::read_to_string(&stderr_path).expect("stderr"),
+    );
+    assert!(status.success(), "a SIGTERM stop exits 0: {status:?}\n{stdout}\n{stderr}");
+    assert!(stderr.contains("stopping:"), "the stop is announced: {stderr}");
+    assert!(stdout.contains("cam-pulley"), "the summary printed: {stdout}");
+    let keys: std::collections::BTreeSet<String> = checks::jsonl_work_orders(&out)
+        .iter()
+        .map(|w| format!("{}:{}", w["work_order_id"].as_str().expect("id"), w["revision"].as_u64().expect("revision")))
+        .collect();
+    assert!(!keys.is_empty());
+    checks::audited_once(&out.join("audit"), &keys);
+}
+
+/// A stop that cannot finish (the audit disk never answers the last flush) ends after
+/// `runtime.stop_timeout_s` with a non-zero exit code naming what was left.
+#[test]
+fn a_stop_that_cannot_finish_exits_after_its_timeout_naming_what_was_left() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = live_pulley_config(dir.path(), 300, None);
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace("duration_s = 300", "duration_s = 300\nstop_timeout_s = 2")).expect("config");
+    let mut run = defectflow(&config, Some(&dir.path().join("out")), Some("stall:audit-flush"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(run.try_wait().expect("wait").is_none(), "the run is still going");
+    let sent = std::process::Command::new("kill").args(["-TERM", &run.id().to_string()]).status().expect("kill");
+    assert!(sent.success(), "SIGTERM sent");
+    let output = run.wait_with_output().expect("reap");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("the stop did not finish within runtime.stop_timeout_s = 2 s"), "{stderr}");
+    assert!(stderr.contains("worker 0: delivering to the sinks and flushing them"), "what was left: {stderr}");
 }

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -153,7 +152,7 @@ pub fn run_config(config: &RunConfig, workers: usize, after: Option<Duration>) -
         time_stages: false,
         metrics: None,
     };
-    let stop = StopWhen { after, interrupted: Arc::new(AtomicBool::new(false)) };
+    let stop = StopWhen::after(after);
     let reports = run::run(config, timely::Config::process(workers), stop, hooks).expect("run completes");
     let seen = seen.lock().expect("lock").clone();
     let frontiers = frontiers.lock().expect("lock").clone();

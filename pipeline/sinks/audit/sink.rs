@@ -96,6 +96,7 @@ impl Sink for AuditSink {
     /// Commits what is buffered, with the detections left; a disk that cannot take it
     /// is given half a minute before the run fails, naming the file.
     fn flush(&mut self, rest: &Batch<'_>) -> anyhow::Result<()> {
+        crate::sinks::stallpoint("audit-flush");
         let detections = rest.detections.to_vec();
         // Whether this commits is up to the loop below.
         let _ = self.stream.append(0, &[], AuditRows { detections, ..AuditRows::default() });
