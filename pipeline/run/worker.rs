@@ -64,7 +64,11 @@ impl<'p> Worker<'p> {
         let (index, peers) = (worker.index(), worker.peers());
         let shadow = config.model.as_ref().is_some_and(|m| m.shadow);
         let mut failure = None;
-        let outputs = if index == 0 { opened(&mut failure, sinks::open(config)).map(Outputs::new) } else { None };
+        let mut outputs = if index == 0 { opened(&mut failure, sinks::open(config)).map(Outputs::new) } else { None };
+        if let Some(outputs) = &mut outputs {
+            let replayed = config.cameras.iter().filter(|c| c.start_ms.is_some()).map(|c| c.id.clone()).collect();
+            opened(&mut failure, outputs.recover(&replayed));
+        }
         let inputs = match (&config.kafka, &process.reference) {
             (Some(k), Some(reference)) if k.inputs.enabled && !shadow => {
                 opened(&mut failure, KafkaInputs::start(k, reference, index, peers).map_err(Into::into)).flatten()

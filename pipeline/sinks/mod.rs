@@ -95,24 +95,41 @@ pub trait Sink: std::fmt::Debug {
     fn count(&self) -> Option<SinkCount> {
         None
     }
+
+    /// Whether an earlier run delivered `message` (of dataflow time `time`) here for
+    /// good (`None`: this sink delivers nothing to the CMMS).
+    fn delivered_earlier(&self, _time: u64, _message: &Emitted) -> Option<bool> {
+        None
+    }
+
+    /// At start, before the first batch: takes in what an earlier run left uncommitted;
+    /// `keep` says which of its messages to keep. Returns how many rows (`None`: this
+    /// sink has nothing to recover).
+    fn recover(&mut self, _keep: &dyn Fn(u64, &Emitted) -> bool) -> Option<anyhow::Result<usize>> {
+        None
+    }
 }
 
 /// Opens every sink `config` asks for, in delivery order. Every sink kind is listed
-/// here. Shadow mode sends nothing to the CMMS: only the audit log is written.
+/// here. The audit log comes first: it writes each batch ahead before the CMMS can see
+/// it (see `audit/ahead.rs`). Shadow mode sends nothing to the CMMS: only the audit log
+/// is written.
 pub fn open(config: &RunConfig) -> anyhow::Result<Vec<Box<dyn Sink>>> {
     let shadow = config.model.as_ref().is_some_and(|m| m.shadow);
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if let Some(dir) = &config.output.dir {
+        let max_age = Duration::from_secs_f64(config.output.audit_commit_s);
+        sinks.push(Box::new(audit::AuditSink::open(&dir.join("audit"), config.output.audit_commit_rows, max_age)?));
+    }
     match &config.kafka {
         Some(kafka) if !shadow => sinks.push(Box::new(kafka::KafkaSink::start(kafka)?)),
         Some(_) => tracing::info!("shadow mode: nothing goes to Kafka"),
         None => {}
     }
-    if let Some(dir) = &config.output.dir {
-        if !shadow {
-            sinks.push(Box::new(jsonl::JsonLinesSink::open(dir)?));
-        }
-        let max_age = Duration::from_secs_f64(config.output.audit_commit_s);
-        sinks.push(Box::new(audit::AuditSink::open(&dir.join("audit"), config.output.audit_commit_rows, max_age)?));
+    if let Some(dir) = &config.output.dir
+        && !shadow
+    {
+        sinks.push(Box::new(jsonl::JsonLinesSink::open(dir)?));
     }
     Ok(sinks)
 }

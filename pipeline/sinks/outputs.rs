@@ -70,6 +70,35 @@ impl Outputs {
         self.sinks.iter().find_map(|s| s.latest_track_measures(tracks, since_ms)).unwrap_or_else(|| Ok(BTreeMap::new()))
     }
 
+    /// At start, before the first batch: the audit log takes in what an earlier run
+    /// wrote ahead and did not commit. Of its work orders and assignments it keeps those
+    /// the CMMS received (any sink that delivers to it says so; without one, all), and
+    /// all of cameras that replay footage (`replayed`), whose messages come again.
+    pub fn recover(&mut self, replayed: &HashSet<String>) -> anyhow::Result<()> {
+        let Some(i) = self.sinks.iter().position(|s| s.kind() == super::SinkKind::Audit) else { return Ok(()) };
+        let (before, rest) = self.sinks.split_at_mut(i);
+        let (audit, after) = rest.split_first_mut().expect("the audit sink");
+        let deliverers: Vec<&dyn Sink> = before.iter().chain(after.iter()).map(|s| &**s).collect();
+        let keep = |time: u64, message: &Emitted| {
+            if let Emitted::WorkOrder(w) = message
+                && replayed.contains(&w.camera_id)
+            {
+                return true;
+            }
+            let verdicts: Vec<bool> = deliverers.iter().filter_map(|s| s.delivered_earlier(time, message)).collect();
+            verdicts.is_empty() || verdicts.contains(&true)
+        };
+        let Some(recovered) = audit.recover(&keep) else { return Ok(()) };
+        let recovered = recovered?;
+        if recovered > 0 {
+            tracing::info!(
+                rows = recovered,
+                "the audit log took in the rows an earlier run had not committed (files marked recovered)"
+            );
+        }
+        Ok(())
+    }
+
     /// What each sink wrote in the run.
     pub fn counts(&self) -> Vec<SinkCount> {
         self.sinks.iter().filter_map(|s| s.count()).collect()

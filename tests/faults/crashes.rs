@@ -150,7 +150,21 @@ fn without_kafka_a_killed_live_run_goes_on_with_the_work_order_its_file_left_ope
 
     let restarted_ms = now_ms();
     let stdout = run_to_end(&config, Some(&out));
-    went_on_with_the_same_work_order_and_track(&before, &checks::jsonl_work_orders(&out), &out, restarted_ms, &stdout);
+    let after = checks::jsonl_work_orders(&out);
+    went_on_with_the_same_work_order_and_track(&before, &after, &out, restarted_ms, &stdout);
+    // The audit log had not committed the first run's revisions when it was killed
+    // (it commits every 10 s): the restart recovered them from its write-ahead log.
+    let keys = after
+        .iter()
+        .map(|w| format!("{}:{}", w["work_order_id"].as_str().expect("id"), w["revision"].as_u64().expect("revision")))
+        .collect();
+    checks::audited_once(&out.join("audit"), &keys);
+    let recovered = std::fs::read_dir(out.join("audit/work_orders"))
+        .expect("work_orders table")
+        .flatten()
+        .flat_map(|partition| std::fs::read_dir(partition.path()).into_iter().flatten().flatten())
+        .any(|file| file.file_name().to_string_lossy().ends_with("-recovered.parquet"));
+    assert!(recovered, "the first run's revisions are in files marked as recovered");
 }
 
 /// SIGTERM (what systemd, docker and Kubernetes send to stop a service) stops a live run

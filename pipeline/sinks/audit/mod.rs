@@ -9,12 +9,15 @@
 //! has passed. Each file records in its Parquet metadata the dataflow time
 //! it closes (`defectflow.closed_before`); a restarted run that replays its inputs
 //! skips the rows of times a committed file already holds, so a crash leaves neither a
-//! partial file nor a duplicate row.
+//! partial file nor a duplicate row. Rows not yet committed are written ahead
+//! ([`ahead`]), and the next start commits what a crash left there
+//! ([`AuditStream::recover`]).
 
+mod ahead;
 mod columns;
 mod sink;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +34,7 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 
 use crate::clock::utc_date;
 
+pub use ahead::AheadRows;
 pub use sink::{AuditRow, AuditSink};
 
 /// A failure to write the audit log; names the file.
@@ -83,7 +87,7 @@ impl AuditLog {
         event_time: impl Fn(&T) -> EpochMillis,
         columns: impl Fn(&[&T]) -> Vec<ArrayRef>,
     ) -> Result<Vec<PathBuf>, AuditError> {
-        self.write_closing(table, rows, event_time, columns, None)
+        self.write_closing(table, rows, event_time, columns, None, false)
     }
 
     /// [`AuditLog::write`], each file recording the dataflow time it closes.
@@ -94,6 +98,7 @@ impl AuditLog {
         event_time: impl Fn(&T) -> EpochMillis,
         columns: impl Fn(&[&T]) -> Vec<ArrayRef>,
         closed_before: Option<u64>,
+        recovered: bool,
     ) -> Result<Vec<PathBuf>, AuditError> {
         let mut by_date: BTreeMap<String, Vec<&T>> = BTreeMap::new();
         for row in rows {
@@ -106,7 +111,7 @@ impl AuditLog {
         for (date, rows) in by_date {
             let written = RecordBatch::try_new(table.schema(), columns(&rows))
                 .map_err(|source| AuditError::Arrow { table: table.name(), source })
-                .and_then(|batch| self.write_aside(table, &date, &batch, closed_before));
+                .and_then(|batch| self.write_aside(table, &date, &batch, closed_before, recovered));
             match written {
                 Ok(file) => aside.push(file),
                 Err(error) => {
@@ -130,6 +135,7 @@ impl AuditLog {
         date: &str,
         batch: &RecordBatch,
         closed_before: Option<u64>,
+        recovered: bool,
     ) -> Result<(PathBuf, PathBuf), AuditError> {
         let dir = self.dir.join(table.name()).join(format!("date={date}"));
         std::fs::create_dir_all(&dir).map_err(|source| AuditError::Io { path: dir.clone(), source })?;
@@ -140,15 +146,20 @@ impl AuditLog {
         let existing = std::fs::read_dir(&dir).map_err(io(&dir))?.count();
         let mut sequence = existing;
         let (aside, path) = loop {
-            let name = format!("part-{sequence:08}.parquet");
+            let name = format!("part-{sequence:08}{}.parquet", if recovered { "-recovered" } else { "" });
             let path = dir.join(&name);
-            if !path.exists() {
+            if !path.exists() && !dir.join(format!("part-{sequence:08}.parquet")).exists() {
                 break (dir.join(format!(".{name}.tmp")), path);
             }
             sequence += 1;
         };
         let file = File::create(&aside).map_err(io(&aside))?;
-        let metadata = closed_before.map(|t| vec![KeyValue::new(CLOSED_BEFORE.to_owned(), t.to_string())]);
+        let mut metadata: Vec<KeyValue> =
+            closed_before.map(|t| KeyValue::new(CLOSED_BEFORE.to_owned(), t.to_string())).into_iter().collect();
+        if recovered {
+            metadata.push(KeyValue::new(RECOVERED.to_owned(), "true".to_owned()));
+        }
+        let metadata = (!metadata.is_empty()).then_some(metadata);
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_key_value_metadata(metadata)
@@ -170,6 +181,8 @@ impl AuditLog {
 
 /// Parquet metadata key: the dataflow time before which a file holds all its table's rows.
 const CLOSED_BEFORE: &str = "defectflow.closed_before";
+/// Parquet metadata key of a file whose rows a start recovered from the write-ahead log.
+const RECOVERED: &str = "defectflow.recovered";
 
 impl AuditLog {
     /// The committed files of a table (`<table>/<partition>/*.parquet`), in the
@@ -266,7 +279,7 @@ impl AuditLog {
 }
 
 /// A part's stock after the changes of one dataflow time: a row of the inventory table.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StockRow {
     pub part_id: String,
     pub at_ms: EpochMillis,
@@ -288,11 +301,9 @@ impl<T> Buffer<T> {
         Ok(Buffer { rows: Vec::new(), before: log.committed_before(table)? })
     }
 
-    /// Keeps a row of dataflow time `time` unless a committed file already holds it.
-    fn push(&mut self, time: u64, row: T) {
-        if time >= self.before {
-            self.rows.push(row);
-        }
+    /// Whether a row of dataflow time `time` is new: no committed file holds it.
+    fn wants(&self, time: u64) -> bool {
+        time >= self.before
     }
 }
 
@@ -322,6 +333,12 @@ pub struct AuditStream {
     max_age: std::time::Duration,
     /// After a failed commit, when to try again (the rows wait in the buffers).
     retry_at: Option<std::time::Instant>,
+    /// The buffered rows, written ahead ([`ahead`]).
+    ahead: ahead::AheadLog,
+    /// What an earlier run wrote ahead and did not commit, until [`AuditStream::recover`].
+    left: Option<AheadRows>,
+    /// The next commit's files are marked as recovered.
+    recovering: bool,
 }
 
 /// How long a failed commit waits before the next try.
@@ -335,7 +352,11 @@ impl AuditStream {
     /// every `max_rows` rows or `max_age`, whichever comes first.
     pub fn open(dir: &Path, max_rows: usize, max_age: std::time::Duration) -> Result<AuditStream, AuditError> {
         let log = AuditLog::open(dir)?;
+        let (ahead, left) = ahead::AheadLog::open(dir)?;
         Ok(AuditStream {
+            ahead,
+            left: Some(left),
+            recovering: false,
             detections: Buffer::open(&log, AuditTable::Detections)?,
             tracks: Buffer::open(&log, AuditTable::Tracks)?,
             work_orders: Buffer::open(&log, AuditTable::WorkOrders)?,
@@ -353,26 +374,86 @@ impl AuditStream {
 
     /// Buffers the rows of dataflow times before `closed_before` (all complete) and
     /// commits when the buffer is full or old enough.
+    ///
+    /// The new rows are written ahead first; a write-ahead log that cannot be written
+    /// (the disk full) is an error like a failed commit, and the rows are kept in
+    /// memory all the same.
     pub fn append(
         &mut self,
         closed_before: u64,
         messages: &[(u64, Emitted)],
         rows: AuditRows,
     ) -> Result<(), AuditError> {
+        let mut new = AheadRows { closed_before, ..AheadRows::default() };
         for (time, message) in messages {
             match message {
-                Emitted::WorkOrder(w) => self.work_orders.push(*time, (**w).clone()),
-                Emitted::Assignment(a) => self.assignments.push(*time, a.clone()),
+                Emitted::WorkOrder(w) if self.work_orders.wants(*time) => new.work_orders.push((*time, (**w).clone())),
+                Emitted::Assignment(a) if self.assignments.wants(*time) => new.assignments.push((*time, a.clone())),
                 _ => {}
             }
         }
-        for d in rows.detections {
-            self.detections.push(d.capture_ms, d);
+        new.detections = rows.detections.into_iter().filter(|d| self.detections.wants(d.capture_ms)).collect();
+        new.tracks = rows.tracks.into_iter().filter(|(t, _)| self.tracks.wants(*t)).collect();
+        new.inventory = rows.inventory.into_iter().filter(|(t, _)| self.inventory.wants(*t)).collect();
+        new.wo_events = rows.wo_events.into_iter().filter(|(t, _)| self.wo_events.wants(*t)).collect();
+        let written = self.ahead.append(&new);
+        self.take(new);
+        let committed = self.commit_when_due();
+        written.and(committed)
+    }
+
+    /// Buffers rows for the next commit.
+    fn take(&mut self, rows: AheadRows) {
+        self.closed_before = self.closed_before.max(rows.closed_before);
+        self.work_orders.rows.extend(rows.work_orders.into_iter().map(|(_, w)| w));
+        self.assignments.rows.extend(rows.assignments.into_iter().map(|(_, a)| a));
+        self.detections.rows.extend(rows.detections);
+        self.tracks.rows.extend(rows.tracks.into_iter().map(|(_, t)| t));
+        self.inventory.rows.extend(rows.inventory.into_iter().map(|(_, r)| r));
+        self.wo_events.rows.extend(rows.wo_events.into_iter().map(|(_, e)| e));
+    }
+
+    /// At start, before the run's first batch: commits what an earlier run wrote ahead
+    /// and did not commit, in the same tables and partitions, in files marked as
+    /// recovered (`part-NNNNNNNN-recovered.parquet`, with `defectflow.recovered` in
+    /// their metadata). Work orders and assignments go in where `keep` says so (the
+    /// caller keeps those the CMMS received, and those a replay brings again; an
+    /// assignment goes with the revision that carries it). Returns how many rows were
+    /// recovered.
+    pub fn recover(&mut self, keep: impl Fn(u64, &Emitted) -> bool) -> Result<usize, AuditError> {
+        let Some(mut left) = self.left.take() else { return Ok(0) };
+        let revision = |id: &str, revision: u32| (id.to_owned(), revision);
+        let written: HashSet<_> =
+            left.work_orders.iter().map(|(_, w)| revision(&w.work_order_id, w.revision)).collect();
+        left.work_orders
+            .retain(|(t, w)| self.work_orders.wants(*t) && keep(*t, &Emitted::WorkOrder(Box::new(w.clone()))));
+        let kept: HashSet<_> = left.work_orders.iter().map(|(_, w)| revision(&w.work_order_id, w.revision)).collect();
+        left.assignments.retain(|(t, a)| {
+            let carrier = revision(&a.work_order_id, a.revision);
+            let keep = if written.contains(&carrier) {
+                kept.contains(&carrier)
+            } else {
+                keep(*t, &Emitted::Assignment(a.clone()))
+            };
+            self.assignments.wants(*t) && keep
+        });
+        left.detections.retain(|d| self.detections.wants(d.capture_ms));
+        left.tracks.retain(|(t, _)| self.tracks.wants(*t));
+        left.inventory.retain(|(t, _)| self.inventory.wants(*t));
+        left.wo_events.retain(|(t, _)| self.wo_events.wants(*t));
+        let recovered = left.len();
+        if recovered > 0 {
+            self.take(left);
+            self.recovering = true;
+            let committed = self.commit();
+            self.recovering = false;
+            committed?;
         }
-        rows.tracks.into_iter().for_each(|(time, t)| self.tracks.push(time, t));
-        rows.inventory.into_iter().for_each(|(time, r)| self.inventory.push(time, r));
-        rows.wo_events.into_iter().for_each(|(time, e)| self.wo_events.push(time, e));
-        self.closed_before = self.closed_before.max(closed_before);
+        self.ahead.clear()?;
+        Ok(recovered)
+    }
+
+    fn commit_when_due(&mut self) -> Result<(), AuditError> {
         let rows = self.held_rows();
         let due = rows >= self.max_rows || (rows > 0 && self.last_commit.elapsed() >= self.max_age);
         if due && self.retry_at.is_none_or(|at| std::time::Instant::now() >= at) {
@@ -415,23 +496,38 @@ impl AuditStream {
     }
 
     fn commit_tables(&mut self) -> Result<(), AuditError> {
-        let closed = self.closed_before;
+        let (closed, recovered) = (self.closed_before, self.recovering);
         let log = &self.log;
-        commit(log, &mut self.detections, closed, AuditTable::Detections, |d| d.capture_ms, columns::detections)?;
-        commit(log, &mut self.tracks, closed, AuditTable::Tracks, |t| t.last_seen_ms, columns::tracks)?;
-        commit(log, &mut self.work_orders, closed, AuditTable::WorkOrders, |w| w.revised_at_ms, columns::work_orders)?;
+        commit(
+            log,
+            &mut self.detections,
+            (closed, recovered),
+            AuditTable::Detections,
+            |d| d.capture_ms,
+            columns::detections,
+        )?;
+        commit(log, &mut self.tracks, (closed, recovered), AuditTable::Tracks, |t| t.last_seen_ms, columns::tracks)?;
+        commit(
+            log,
+            &mut self.work_orders,
+            (closed, recovered),
+            AuditTable::WorkOrders,
+            |w| w.revised_at_ms,
+            columns::work_orders,
+        )?;
         commit(
             log,
             &mut self.assignments,
-            closed,
+            (closed, recovered),
             AuditTable::Assignments,
             |a| a.assigned_at_ms,
             columns::assignments,
         )?;
-        commit(log, &mut self.inventory, closed, AuditTable::Inventory, |r| r.at_ms, columns::inventory)?;
-        commit(log, &mut self.wo_events, closed, AuditTable::WoEvents, |e| e.at_ms, columns::wo_events)?;
+        commit(log, &mut self.inventory, (closed, recovered), AuditTable::Inventory, |r| r.at_ms, columns::inventory)?;
+        commit(log, &mut self.wo_events, (closed, recovered), AuditTable::WoEvents, |e| e.at_ms, columns::wo_events)?;
         self.last_commit = std::time::Instant::now();
-        Ok(())
+        // Every row written ahead is committed now.
+        self.ahead.clear()
     }
 }
 
@@ -439,7 +535,7 @@ impl AuditStream {
 fn commit<T>(
     log: &AuditLog,
     buffer: &mut Buffer<T>,
-    closed_before: u64,
+    (closed_before, recovered): (u64, bool),
     table: AuditTable,
     event_time: impl Fn(&T) -> EpochMillis,
     columns: impl Fn(&[&T]) -> Vec<ArrayRef>,
@@ -448,7 +544,7 @@ fn commit<T>(
         return Ok(());
     }
     // The rows stay buffered until their files are in place.
-    log.write_closing(table, &buffer.rows, event_time, columns, Some(closed_before))?;
+    log.write_closing(table, &buffer.rows, event_time, columns, Some(closed_before), recovered)?;
     buffer.rows.clear();
     buffer.before = closed_before;
     Ok(())
@@ -480,6 +576,57 @@ mod tests {
             }
         }
         files
+    }
+
+    /// Rows written ahead and not committed (the process died) are committed by the next
+    /// start in files marked as recovered, once; a message the caller does not keep stays
+    /// out, and a last line cut short is passed over.
+    #[test]
+    fn rows_written_ahead_are_recovered_once_by_the_next_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hour = std::time::Duration::from_secs(3600);
+        let assignment = |id: &str| Assignment {
+            work_order_id: id.into(),
+            revision: 1,
+            technician_id: Some("T-1".into()),
+            estimated_hours: 1.5,
+            assigned_at_ms: 1_790_000_000_000,
+            reason: "least_workload".into(),
+        };
+        {
+            let mut stream = AuditStream::open(dir.path(), 1000, hour).expect("open");
+            let messages = vec![
+                (5, Emitted::Assignment(assignment("WO-delivered"))),
+                (6, Emitted::Assignment(assignment("WO-never-delivered"))),
+            ];
+            let rows = AuditRows { detections: vec![detection(0), detection(1)], ..AuditRows::default() };
+            stream.append(7, &messages, rows).expect("written ahead");
+            // Dropped without a commit, as a killed process leaves it.
+        }
+        let ahead = dir.path().join(ahead::FILE_NAME);
+        let mut file = std::fs::OpenOptions::new().append(true).open(&ahead).expect("ahead log");
+        std::io::Write::write_all(&mut file, b"{\"closed_before\":9,\"work_ord").expect("a torn line");
+
+        let mut stream = AuditStream::open(dir.path(), 1000, hour).expect("reopen");
+        let delivered = |_: u64, m: &Emitted| matches!(m, Emitted::Assignment(a) if a.work_order_id == "WO-delivered");
+        assert_eq!(stream.recover(delivered).expect("recovered"), 3, "one assignment and two detections");
+        let files: Vec<PathBuf> =
+            ["assignments", "detections"].iter().flat_map(|table| parquet_files(&dir.path().join(table))).collect();
+        assert_eq!(files.len(), 2, "{files:?}");
+        for path in &files {
+            assert!(path.to_string_lossy().ends_with("-recovered.parquet"), "{}", path.display());
+            let reader = SerializedFileReader::new(File::open(path).expect("file")).expect("parquet");
+            let metadata = reader.metadata().file_metadata();
+            let marked = (metadata.key_value_metadata().into_iter().flatten())
+                .any(|kv| kv.key == RECOVERED && kv.value.as_deref() == Some("true"));
+            assert!(marked, "{} is marked as recovered", path.display());
+            let expected = if path.to_string_lossy().contains("assignments") { 1 } else { 2 };
+            assert_eq!(metadata.num_rows(), expected, "{}", path.display());
+        }
+        assert_eq!(std::fs::metadata(&ahead).expect("ahead log").len(), 0, "cleared once committed");
+        drop(stream);
+        let mut again = AuditStream::open(dir.path(), 1000, hour).expect("reopen");
+        assert_eq!(again.recover(|_, _| true).expect("nothing left"), 0);
     }
 
     /// A restart reads back the latest snapshot of each track it takes up, and only of

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use defectflow_operators::derive::TrackMeasures;
 use defectflow_operators::inventory::StockMeasure;
-use defectflow_schemas::{DefectTrack, WoEvent};
+use defectflow_schemas::{DefectTrack, Emitted, WoEvent};
 
 use super::{AuditError, AuditRows, AuditStream, StockRow};
 use crate::metrics::Metrics;
@@ -113,6 +113,10 @@ impl Sink for AuditSink {
                 }
             }
         }
+    }
+
+    fn recover(&mut self, keep: &dyn Fn(u64, &Emitted) -> bool) -> Option<anyhow::Result<usize>> {
+        Some(self.stream.recover(keep).map_err(Into::into))
     }
 
     fn latest_track_measures(

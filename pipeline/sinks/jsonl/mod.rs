@@ -146,6 +146,12 @@ impl Sink for JsonLinesSink {
     fn count(&self) -> Option<SinkCount> {
         Some(SinkCount { kind: SinkKind::JsonLines, written: self.written, earlier: self.skipped })
     }
+
+    /// Lines after the progress record are cut off at the start: only the times it
+    /// closes were delivered for good.
+    fn delivered_earlier(&self, time: u64, _message: &Emitted) -> Option<bool> {
+        Some(time < self.progress.closed_before)
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JsonLinesError {

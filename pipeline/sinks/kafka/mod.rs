@@ -181,6 +181,19 @@ impl Sink for KafkaSink {
     }
 
     /// What earlier runs sent to the work-order topic: what the CMMS holds.
+    /// On the topic, or (an assignment, which travels inside its revision) its revision
+    /// is, or its time was closed.
+    fn delivered_earlier(&self, time: u64, message: &Emitted) -> Option<bool> {
+        Some(match (Outgoing::of(message, &self.config.topics), message) {
+            (Some(outgoing), _) => self.delivered_before(time, &outgoing),
+            (None, Emitted::Assignment(a)) => {
+                let closed = self.recovered.progress.as_ref().is_some_and(|p| time < p.closed_before);
+                closed || self.recovered.delivered_after.contains(&format!("{}:{}", a.work_order_id, a.revision))
+            }
+            (None, _) => false,
+        })
+    }
+
     fn take_latest_orders(&mut self) -> Option<Vec<WorkOrder>> {
         Some(std::mem::take(&mut self.recovered.latest_orders))
     }
