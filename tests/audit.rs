@@ -1,6 +1,7 @@
 //! The Parquet audit log written by `defectflow replay --audit` reads back with Python
-//! polars, pyarrow and DuckDB (hive partitioning) and holds exactly the revisions,
-//! assignments and events of the run, with no partial file left behind.
+//! polars, pyarrow and DuckDB (hive partitioning), signed integers and all, and holds
+//! exactly the revisions, assignments and events of the run, with no partial file left
+//! behind.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -31,6 +32,8 @@ for table in ["work_orders", "assignments", "wo_events"]:
             for s, a, b, c, d in zip(df["severity_score"], df["severity_size"], df["severity_growth"],
                                      df["severity_criticality"], df["severity_history"]))
         out[table]["revised_at_type"] = str(df.schema["revised_at"])
+    if table in ("work_orders", "assignments"):
+        out[table]["revision_type"] = str(df.schema["revision"])
 print(json.dumps(out))
 "#;
 
@@ -58,6 +61,9 @@ for table in ["work_orders", "assignments", "wo_events"]:
         out[table]["pyarrow_keys"] = sorted([r, i] for r, i in zip(arrow["revision"].to_pylist(), arrow["work_order_id"].to_pylist()))
         out[table]["duckdb_keys"] = sorted([r, i] for r, i in con.execute(f"select revision, work_order_id from {scan}").fetchall())
         out[table]["duckdb_revised_at_type"] = con.execute(f"select typeof(revised_at) from {scan} limit 1").fetchone()[0]
+    if table in ("work_orders", "assignments"):
+        out[table]["pyarrow_revision_type"] = str(arrow.schema.field("revision").type)
+        out[table]["duckdb_revision_type"] = con.execute(f"select typeof(revision) from {scan} limit 1").fetchone()[0]
 print(json.dumps(out))
 "#;
 
@@ -130,6 +136,14 @@ fn the_audit_log_reads_back_with_polars_and_matches_the_run() {
             assert_eq!(others["work_orders"][reader], read["work_orders"]["keys"], "{name}: {reader}");
         }
         assert_eq!(others["work_orders"]["duckdb_revised_at_type"], "TIMESTAMP WITH TIME ZONE", "{name}");
+        // Signed integers: what each reader's arithmetic and joins expect, without casts.
+        for table in ["work_orders", "assignments"] {
+            if read[table]["rows"].as_u64() > Some(0) {
+                assert_eq!(read[table]["revision_type"], "Int32", "{name}: {table} through polars");
+                assert_eq!(others[table]["pyarrow_revision_type"], "int32", "{name}: {table} through pyarrow");
+                assert_eq!(others[table]["duckdb_revision_type"], "INTEGER", "{name}: {table} through DuckDB");
+            }
+        }
 
         let leftovers: Vec<_> = walk(&audit).into_iter().filter(|p| !p.ends_with(".parquet")).collect();
         assert!(leftovers.is_empty(), "{name}: files other than committed parquet: {leftovers:?}");

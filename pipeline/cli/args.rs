@@ -47,6 +47,24 @@ pub enum Command {
     Report(ReportArgs),
     /// Runs the whole graph on N synthetic cameras and reports what it sustained.
     Bench(BenchArgs),
+    /// Looks after a Parquet audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Rewrites each date partition before --before as one file (and in the current
+    /// layout), swapping it in atomically: readers never see a partial state.
+    Compact {
+        /// The audit folder (`<output>/audit`).
+        #[arg(long)]
+        audit: PathBuf,
+        /// Compact the partitions of dates before this one (YYYY-MM-DD, UTC); choose a
+        /// date no run writes any more.
+        #[arg(long)]
+        before: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -74,6 +74,7 @@ fn run_cli() -> anyhow::Result<()> {
         Command::Eval(args) => tools::eval(args),
         Command::Report(args) => tools::report(args),
         Command::Bench(args) => tools::bench(args),
+        Command::Audit(command) => tools::audit(command),
     }
 }
 

@@ -11,7 +11,9 @@ use defectflow::tools::scenario::Scenario;
 use defectflow_models::synth::PlantOptions;
 use defectflow_schemas::Emitted;
 
-use crate::args::{BenchArgs, CommissionArgs, EvalArgs, ReplayArgs, ReportArgs, SynthArgs, SynthFormat, TrainArgs};
+use crate::args::{
+    AuditCommand, BenchArgs, CommissionArgs, EvalArgs, ReplayArgs, ReportArgs, SynthArgs, SynthFormat, TrainArgs,
+};
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let plan = defectflow::tools::bench::BenchPlan {
@@ -86,6 +88,26 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
         print!("{}", defectflow::tools::report::render(&kpis));
     }
     Ok(())
+}
+
+pub fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Compact { audit, before } => {
+            let valid = before.len() == 10
+                && before
+                    .chars()
+                    .enumerate()
+                    .all(|(i, c)| matches!(i, 4 | 7) == (c == '-') && (c == '-' || c.is_ascii_digit()));
+            anyhow::ensure!(valid, "--before: `{before}` is not a date (YYYY-MM-DD)");
+            anyhow::ensure!(audit.is_dir(), "--audit: {} is not a folder", audit.display());
+            let done = defectflow::sinks::audit::compact(&audit, &before)?;
+            println!(
+                "compacted {} partitions before {before}: {} files into {}, {} rows",
+                done.partitions, done.files_before, done.files_after, done.rows
+            );
+            Ok(())
+        }
+    }
 }
 
 pub fn synth(args: SynthArgs) -> anyhow::Result<()> {

@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use arrow_array::{
-    Array, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array,
+    Array, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    UInt32Array,
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
@@ -311,7 +312,11 @@ fn revisions(batches: &[RecordBatch]) -> anyhow::Result<Vec<Revision>> {
     let mut out = Vec::new();
     for batch in batches {
         let id = column::<StringArray>(batch, "work_order_id")?;
-        let revision = column::<UInt32Array>(batch, "revision")?;
+        // Signed now; unsigned in audit logs written by earlier versions.
+        let revision: Vec<u32> = match batch.column_by_name("revision").map(|c| c.data_type()) {
+            Some(arrow_schema::DataType::UInt32) => column::<UInt32Array>(batch, "revision")?.values().to_vec(),
+            _ => column::<Int32Array>(batch, "revision")?.values().iter().map(|v| (*v).max(0) as u32).collect(),
+        };
         let status = column::<StringArray>(batch, "status")?;
         let asset = column::<StringArray>(batch, "asset_id")?;
         let class = column::<StringArray>(batch, "defect_class")?;
@@ -322,7 +327,7 @@ fn revisions(batches: &[RecordBatch]) -> anyhow::Result<Vec<Revision>> {
         let revised = column::<TimestampMillisecondArray>(batch, "revised_at")?;
         out.extend((0..batch.num_rows()).map(|i| Revision {
             id: text(id, i).unwrap_or_default(),
-            revision: revision.value(i),
+            revision: revision[i],
             status: text(status, i).unwrap_or_default(),
             asset: text(asset, i).unwrap_or_default(),
             class: text(class, i).unwrap_or_default(),

@@ -45,7 +45,7 @@ impl AuditTable {
         let fields = match self {
             AuditTable::Detections => vec![
                 utf8("camera_id"),
-                Field::new("frame_index", DataType::UInt64, false),
+                Field::new("frame_index", DataType::Int64, false),
                 time("capture_time"),
                 utf8("class"),
                 Field::new("confidence", DataType::Float32, false),
@@ -65,16 +65,16 @@ impl AuditTable {
                 utf8("state"),
                 time("first_seen"),
                 time("last_seen"),
-                Field::new("hits", DataType::UInt64, false),
+                Field::new("hits", DataType::Int64, false),
                 Field::new("area_px", DataType::Float32, false),
                 Field::new("size_mm", DataType::Float64, true),
                 Field::new("growth_px_per_min", DataType::Float64, false),
-                Field::new("best_frame_index", DataType::UInt64, false),
+                Field::new("best_frame_index", DataType::Int64, false),
                 Field::new("evidence_uri", DataType::Utf8, true),
             ],
             AuditTable::WorkOrders => vec![
                 utf8("work_order_id"),
-                Field::new("revision", DataType::UInt32, false),
+                Field::new("revision", DataType::Int32, false),
                 utf8("revision_kind"),
                 utf8("status"),
                 utf8("asset_id"),
@@ -100,7 +100,7 @@ impl AuditTable {
             ],
             AuditTable::Assignments => vec![
                 utf8("work_order_id"),
-                Field::new("revision", DataType::UInt32, false),
+                Field::new("revision", DataType::Int32, false),
                 Field::new("technician_id", DataType::Utf8, true),
                 Field::new("estimated_hours", DataType::Float64, false),
                 time("assigned_at"),

@@ -3,10 +3,8 @@
 
 use std::sync::Arc;
 
-use arrow_array::Int64Array;
 use arrow_array::{
-    ArrayRef, BooleanArray, Float32Array, Float64Array, StringArray, TimestampMillisecondArray, UInt32Array,
-    UInt64Array,
+    ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
 };
 use defectflow_schemas::{Assignment, DefectTrack, Detection, WoEvent, WoEventKind, WorkOrder};
 
@@ -22,6 +20,16 @@ fn maybe_text<T>(rows: &[&T], f: impl Fn(&T) -> Option<&str>) -> ArrayRef {
 
 fn time<T>(rows: &[&T], f: impl Fn(&T) -> u64) -> ArrayRef {
     Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| f(r) as i64)).with_timezone("UTC"))
+}
+
+/// Counts and indexes as signed integers, which every analyst's tool reads without a
+/// cast (a value past the signed range, which no run reaches, is clamped).
+fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn signed32(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
 }
 
 fn float<T>(rows: &[&T], f: impl Fn(&T) -> f64) -> ArrayRef {
@@ -44,7 +52,7 @@ fn float32<T>(rows: &[&T], f: impl Fn(&T) -> f32) -> ArrayRef {
 pub(super) fn detections(rows: &[&Detection]) -> Vec<ArrayRef> {
     vec![
         text(rows, |d| &d.camera_id),
-        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|d| d.frame_index))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|d| signed(d.frame_index)))),
         time(rows, |d| d.capture_ms),
         text(rows, |d| d.class.as_str()),
         float32(rows, |d| d.confidence),
@@ -64,7 +72,7 @@ pub(super) fn work_orders(rows: &[&WorkOrder]) -> Vec<ArrayRef> {
     };
     vec![
         text(rows, |w| &w.work_order_id),
-        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|w| w.revision))),
+        Arc::new(Int32Array::from_iter_values(rows.iter().map(|w| signed32(w.revision)))),
         names(|w| name(&w.revision_kind)),
         names(|w| name(&w.status)),
         text(rows, |w| &w.asset_id),
@@ -93,7 +101,7 @@ pub(super) fn work_orders(rows: &[&WorkOrder]) -> Vec<ArrayRef> {
 pub(super) fn assignments(rows: &[&Assignment]) -> Vec<ArrayRef> {
     vec![
         text(rows, |a| &a.work_order_id),
-        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|a| a.revision))),
+        Arc::new(Int32Array::from_iter_values(rows.iter().map(|a| signed32(a.revision)))),
         maybe_text(rows, |a| a.technician_id.as_deref()),
         float(rows, |a| a.estimated_hours),
         time(rows, |a| a.assigned_at_ms),
@@ -121,11 +129,11 @@ pub(super) fn tracks(rows: &[&DefectTrack]) -> Vec<ArrayRef> {
         Arc::new(StringArray::from_iter_values(rows.iter().map(|t| name(&t.state)))),
         time(rows, |t| t.first_seen_ms),
         time(rows, |t| t.last_seen_ms),
-        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|t| t.hits))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|t| signed(t.hits)))),
         float32(rows, |t| t.area_px),
         maybe_float(rows, |t| t.size_mm),
         float(rows, |t| t.growth_px_per_min),
-        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|t| t.best_frame_index))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|t| signed(t.best_frame_index)))),
         maybe_text(rows, |t| t.evidence.as_ref().map(|e| e.uri.as_str())),
     ]
 }

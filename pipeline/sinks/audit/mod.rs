@@ -15,6 +15,8 @@
 
 mod ahead;
 mod columns;
+mod compact;
+mod manifest;
 mod sink;
 
 use std::collections::{BTreeMap, HashSet};
@@ -33,8 +35,10 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 
 use crate::clock::utc_date;
+use manifest::Manifest;
 
 pub use ahead::AheadRows;
+pub use compact::{Compacted, compact};
 pub use sink::{AuditRow, AuditSink};
 
 /// A failure to write the audit log; names the file.
@@ -52,13 +56,23 @@ pub enum AuditError {
 #[derive(Debug)]
 pub struct AuditLog {
     dir: PathBuf,
+    /// What the committed files hold ([`manifest`]), kept as commits go.
+    manifest: std::sync::Mutex<Manifest>,
 }
 
 impl AuditLog {
     /// An audit log rooted at `dir` (created if missing).
     pub fn open(dir: &Path) -> Result<AuditLog, AuditError> {
         std::fs::create_dir_all(dir).map_err(|source| AuditError::Io { path: dir.to_owned(), source })?;
-        Ok(AuditLog { dir: dir.to_owned() })
+        Ok(AuditLog { dir: dir.to_owned(), manifest: std::sync::Mutex::new(Manifest::read(dir)) })
+    }
+
+    /// Records committed files in the manifest, and writes it.
+    fn record(&self, table: AuditTable, files: &[PathBuf], closed_before: u64) -> Result<(), AuditError> {
+        let mut manifest = self.manifest.lock().unwrap_or_else(|p| p.into_inner());
+        let record = manifest.tables.entry(table.name().to_owned()).or_default();
+        files.iter().for_each(|file| record.add(file, closed_before));
+        manifest.write(&self.dir)
     }
 
     /// Every detection of the model, with its model version (and shadow flag).
@@ -194,10 +208,17 @@ impl AuditLog {
         files.map(|file| file.path()).filter(|path| path.extension().is_some_and(|e| e == "parquet")).collect()
     }
 
-    /// The latest `closed_before` among the table's committed files (0: none).
+    /// The latest `closed_before` among the table's committed files (0: none): the
+    /// manifest's, and the footers of the files it does not cover.
     fn committed_before(&self, table: AuditTable) -> Result<u64, AuditError> {
-        let mut latest = 0;
-        for path in self.committed_files(table, "") {
+        let record = self.manifest.lock().unwrap_or_else(|p| p.into_inner()).tables.get(table.name()).cloned();
+        let record = record.unwrap_or_default();
+        let covered = |path: &Path| {
+            let name = |p: Option<&std::ffi::OsStr>| p.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            record.covers(&name(path.parent().and_then(Path::file_name)), &name(path.file_name()))
+        };
+        let mut latest = record.closed_before;
+        for path in self.committed_files(table, "").into_iter().filter(|p| !covered(p)) {
             let open = File::open(&path).map_err(|source| AuditError::Io { path: path.clone(), source })?;
             let reader =
                 SerializedFileReader::new(open).map_err(|source| AuditError::Parquet { path: path.clone(), source })?;
@@ -221,7 +242,7 @@ impl AuditLog {
     ) -> Result<BTreeMap<String, TrackMeasures>, AuditError> {
         use arrow_array::Array;
         use arrow_array::cast::AsArray;
-        use arrow_array::types::{Float32Type, Float64Type, TimestampMillisecondType, UInt64Type};
+        use arrow_array::types::{Float32Type, Float64Type, Int64Type, TimestampMillisecondType, UInt64Type};
         use parquet::arrow::ProjectionMask;
         use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -247,18 +268,25 @@ impl AuditLog {
                 let ids = column("track_id")?.as_string::<i32>();
                 let state = column("state")?.as_string::<i32>();
                 let last_seen = column("last_seen")?.as_primitive::<TimestampMillisecondType>();
-                let hits = column("hits")?.as_primitive::<UInt64Type>();
+                // Signed now; unsigned in audit logs written by earlier versions.
+                let hits_column = column("hits")?;
+                let hits: Vec<u64> = match hits_column.as_primitive_opt::<UInt64Type>() {
+                    Some(unsigned) => unsigned.values().to_vec(),
+                    None => {
+                        hits_column.as_primitive::<Int64Type>().values().iter().map(|v| (*v).max(0) as u64).collect()
+                    }
+                };
                 let area = column("area_px")?.as_primitive::<Float32Type>();
                 let size = column("size_mm")?.as_primitive::<Float64Type>();
                 let growth = column("growth_px_per_min")?.as_primitive::<Float64Type>();
-                for row in 0..batch.num_rows() {
+                for (row, &hits) in hits.iter().enumerate() {
                     let id = ids.value(row);
                     if !track_ids.contains(id) {
                         continue;
                     }
                     let measures = TrackMeasures {
                         last_seen_ms: last_seen.value(row).max(0) as u64,
-                        hits: hits.value(row),
+                        hits,
                         area_px: area.value(row),
                         size_mm: size.is_valid(row).then(|| size.value(row)),
                         growth_px_per_min: growth.value(row),
@@ -544,7 +572,12 @@ fn commit<T>(
         return Ok(());
     }
     // The rows stay buffered until their files are in place.
-    log.write_closing(table, &buffer.rows, event_time, columns, Some(closed_before), recovered)?;
+    let files = log.write_closing(table, &buffer.rows, event_time, columns, Some(closed_before), recovered)?;
+    // The files are in place: a manifest that cannot be written only means their
+    // footers are read at the next start.
+    if let Err(error) = log.record(table, &files, closed_before) {
+        tracing::warn!(%error, "the audit log's manifest could not be written");
+    }
     buffer.rows.clear();
     buffer.before = closed_before;
     Ok(())
@@ -627,6 +660,32 @@ mod tests {
         drop(stream);
         let mut again = AuditStream::open(dir.path(), 1000, hour).expect("reopen");
         assert_eq!(again.recover(|_, _| true).expect("nothing left"), 0);
+    }
+
+    /// A start learns what is committed from the manifest, reading no footer of the
+    /// files it covers (here one is made unreadable): only newer files' footers.
+    #[test]
+    fn a_start_reads_the_manifest_not_every_footer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hour = std::time::Duration::from_secs(3600);
+        let mut stream = AuditStream::open(dir.path(), 1, hour).expect("open");
+        for (closed_before, i) in [(10, 0), (20, 1), (30, 2)] {
+            let rows = AuditRows { detections: vec![detection(i)], ..AuditRows::default() };
+            stream.append(closed_before, &[], rows).expect("committed");
+        }
+        drop(stream);
+        let mut files = parquet_files(&dir.path().join("detections"));
+        files.sort();
+        assert_eq!(files.len(), 3, "{files:?}");
+        std::fs::write(&files[0], b"not parquet").expect("made unreadable");
+        let reopened = AuditStream::open(dir.path(), 1, hour).expect("the covered footer is not read");
+        assert_eq!(reopened.detections.before, 30);
+        // A file the manifest does not cover (a commit the process died in) is read.
+        std::fs::copy(&files[1], files[1].with_file_name("part-00000009.parquet")).expect("copy");
+        assert_eq!(AuditStream::open(dir.path(), 1, hour).expect("open").detections.before, 30);
+        std::fs::remove_file(dir.path().join(manifest::FILE_NAME)).expect("manifest");
+        let error = AuditStream::open(dir.path(), 1, hour).expect_err("without it, every footer is read");
+        assert!(error.to_string().contains("part-00000000.parquet"), "{error}");
     }
 
     /// A restart reads back the latest snapshot of each track it takes up, and only of
