@@ -2,7 +2,8 @@
 //! acknowledged, and a progress record per closed timestamp) against a real broker
 //! (tansu on 127.0.0.1, as the tests use), and audit-log rows per second written to
 //! zstd Parquet, committed aside and renamed; and revisions per second appended to
-//! work-orders.jsonl with its progress record.
+//! work-orders.jsonl with its progress record; and the audit log's opening at start
+//! over 90 days of history (six tables, a commit an hour) against an empty log.
 //!
 //! `cargo bench --bench sinks`. Without `--bench` (as under `cargo test`) it runs each
 //! case once on small batches.
@@ -13,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use defectflow::kafka::KafkaConfig;
-use defectflow::sinks::audit::AuditLog;
+use defectflow::sinks::audit::{AuditLog, AuditRows, AuditStream, StockRow};
 use defectflow::sinks::jsonl::JsonLinesSink;
 use defectflow::sinks::kafka::KafkaSink;
-use defectflow_schemas::{BoundingBox, DefectClass, Detection, Emitted, WorkOrder};
+use defectflow_schemas::{
+    Assignment, BoundingBox, DefectClass, DefectTrack, Detection, Emitted, WoEvent, WoEventKind, WorkOrder,
+};
 
 /// As the `defectflow` binary runs when built with it.
 #[cfg(feature = "mimalloc")]
@@ -192,11 +195,117 @@ fn audit_log(c: &mut Criterion, rows: u64) {
     group.finish();
 }
 
+/// An audit log of `days` days with `commits` commits a day, each a file in every one
+/// of the six tables: months of history, as a run leaves it.
+fn history(dir: &Path, days: u64, commits: u64) {
+    const DAY: u64 = 86_400_000;
+    let t0 = 1_796_083_200_000; // 2026-12-01
+    let order = template();
+    let hour = Duration::from_secs(3600);
+    let mut stream = AuditStream::open(dir, 1, hour).unwrap_or_else(|e| panic!("{e}"));
+    for (i, at) in (0..days).flat_map(|d| (0..commits).map(move |c| t0 + d * DAY + c * (DAY / commits))).enumerate() {
+        let time = i as u64 + 1;
+        let mut w = order.clone();
+        (w.revision, w.revised_at_ms) = (time as u32, at);
+        let assignment = Assignment {
+            work_order_id: w.work_order_id.clone(),
+            revision: w.revision,
+            technician_id: Some("T-1".into()),
+            estimated_hours: 2.0,
+            assigned_at_ms: at,
+            reason: "least_workload".into(),
+        };
+        let detection = Detection { capture_ms: at, ..detections(1).remove(0) };
+        let track = DefectTrack {
+            track_id: "TR-1".into(),
+            camera_id: detection.camera_id.clone(),
+            asset_id: "A".into(),
+            class: detection.class,
+            state: defectflow_schemas::TrackState::Confirmed,
+            first_seen_ms: at,
+            last_seen_ms: at,
+            hits: 3,
+            bbox: detection.bbox,
+            area_px: 12.0,
+            size_mm: None,
+            growth_px_per_min: 0.0,
+            best_frame_index: 0,
+            best_bbox: detection.bbox,
+            best_capture_ms: at,
+            model_version: "m".into(),
+            shadow: false,
+            evidence: None,
+        };
+        let stock = StockRow { part_id: "P-1".into(), at_ms: at, on_hand: 4, reserved: 1, available: 3 };
+        let event = WoEvent {
+            work_order_id: w.work_order_id.clone(),
+            event: WoEventKind::Acknowledged,
+            at_ms: at,
+            technician_id: None,
+            note: None,
+        };
+        let rows = AuditRows {
+            detections: vec![detection],
+            tracks: vec![(time, track)],
+            inventory: vec![(time, stock)],
+            wo_events: vec![(time, event)],
+        };
+        let messages = [(time, Emitted::WorkOrder(Box::new(w))), (time, Emitted::Assignment(assignment))];
+        stream.append(time + 1, &messages, rows).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// Opening the audit log at start over months of history against an empty one: with
+/// the manifest, and without it (every footer read, as before the manifest).
+fn audit_start(c: &mut Criterion, days: u64, commits: u64) {
+    let empty = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let months = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let started = Instant::now();
+    history(months.path(), days, commits);
+    let files = walk_parquet(months.path());
+    eprintln!("audit_start: {days} days x {commits} commits: {files} files, written in {:?}", started.elapsed());
+    let bare = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    copy_tree(months.path(), bare.path());
+    std::fs::remove_file(bare.path().join(".manifest.json")).unwrap_or_else(|e| panic!("manifest: {e}"));
+    let hour = Duration::from_secs(3600);
+    let mut group = c.benchmark_group("audit_start");
+    group.sample_size(10);
+    for (name, dir) in [("empty", empty.path()), ("months", months.path()), ("months_no_manifest", bare.path())] {
+        group.bench_function(BenchmarkId::new(name, days), |b| {
+            b.iter(|| AuditStream::open(dir, 100_000, hour).unwrap_or_else(|e| panic!("{e}")))
+        });
+    }
+    group.finish();
+}
+
+fn walk_parquet(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .map(|p| if p.is_dir() { walk_parquet(&p) } else { usize::from(p.extension().is_some_and(|e| e == "parquet")) })
+        .sum()
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).into_iter().flatten().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            std::fs::create_dir_all(&target).unwrap_or_else(|e| panic!("{e}"));
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let mut c = Criterion::default().configure_from_args();
     kafka_sink(&mut c, if full { 10_000 } else { 100 });
     json_lines(&mut c, if full { 10_000 } else { 100 });
     audit_log(&mut c, if full { 100_000 } else { 1_000 });
+    audit_start(&mut c, if full { 90 } else { 3 }, if full { 24 } else { 2 });
     c.final_summary();
 }

@@ -1,7 +1,9 @@
-//! Prometheus metrics and a health check over HTTP (`[metrics]`): `GET /metrics` in the
+//! Prometheus metrics and health checks over HTTP (`[metrics]`): `GET /metrics` in the
 //! Prometheus text format, `GET /healthz` (200 while the run is healthy, 503 once a sink
-//! has failed). A small blocking server on its own thread; it binds 127.0.0.1 unless
-//! told otherwise.
+//! has failed: restart it) and `GET /readyz` (200 once the model, the sinks and the
+//! cameras are up and while the output flows; 503 with the reason while starting,
+//! stopping or stalled: send no traffic, wait). A small blocking server on its own
+//! thread; it binds 127.0.0.1 unless told otherwise.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -75,6 +77,14 @@ pub struct Metrics {
     pub work_orders_open: AtomicU64,
     /// Cleared when a sink fails: `/healthz` answers 503.
     pub healthy: AtomicBool,
+    /// Set once every worker of the process is up (the model loaded, the sinks open,
+    /// the cameras started), cleared when the run stops: `/readyz` (with the output
+    /// flowing).
+    pub started: AtomicBool,
+    /// Workers of the process that are up.
+    pub workers_up: AtomicU64,
+    /// The model's version, for `defectflow_build_info`.
+    pub model_version: Mutex<Option<String>>,
     /// Where the time goes between a frame's capture and its revision leaving.
     pub stage_times: StageTimes,
     /// Wall clock (ms) at which the sink began its current delivery; 0: none under way.
@@ -155,6 +165,20 @@ impl Metrics {
         waiting || self.audit_overfull.load(Ordering::Relaxed)
     }
 
+    /// Whether the process takes and delivers work: up, no sink failed, and the output
+    /// not stalled (`Err`: why not).
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if !self.started.load(Ordering::Relaxed) {
+            Err("not started, or stopping")
+        } else if !self.healthy.load(Ordering::Relaxed) {
+            Err("a sink failed")
+        } else if self.output_stalled() {
+            Err("the output is stalled (the broker or the audit disk)")
+        } else {
+            Ok(())
+        }
+    }
+
     /// Frames received and dropped, over every camera so far.
     pub fn camera_totals(&self) -> (u64, u64) {
         let cameras = self.cameras.lock().map(|c| c.clone()).unwrap_or_default();
@@ -172,6 +196,21 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let model = self.model_version.lock().map(|m| m.clone()).unwrap_or_default().unwrap_or_default();
+        out.push_str(&format!(
+            "# HELP defectflow_build_info The build and the model it runs.
+# TYPE defectflow_build_info gauge
+             defectflow_build_info{{version=\"{}\",model_version=\"{model}\"}} 1
+",
+            env!("CARGO_PKG_VERSION")
+        ));
+        out.push_str(&format!(
+            "# HELP defectflow_ready 1 while /readyz answers 200.
+# TYPE defectflow_ready gauge
+defectflow_ready {}
+",
+            u64::from(self.ready().is_ok())
+        ));
         self.render_cameras(&mut out);
         render_gates(self, &mut out);
         self.render_stages(&mut out);
@@ -282,7 +321,7 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `address` from a background thread.
+/// Serves `/metrics`, `/healthz` and `/readyz` on `address` from a background thread.
 pub fn serve(address: &str, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(address)?;
     let bound = listener.local_addr()?;
@@ -293,7 +332,7 @@ pub fn serve(address: &str, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr
             }
         }
     })?;
-    tracing::info!(%bound, "metrics on /metrics, health on /healthz");
+    tracing::info!(%bound, "metrics on /metrics, health on /healthz, readiness on /readyz");
     Ok(bound)
 }
 
@@ -306,7 +345,11 @@ fn answer(stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
         "/metrics" => ("200 OK", metrics.render()),
         "/healthz" if metrics.healthy.load(Ordering::Relaxed) => ("200 OK", "ok\n".to_owned()),
         "/healthz" => ("503 Service Unavailable", "a sink failed\n".to_owned()),
-        _ => ("404 Not Found", "try /metrics or /healthz\n".to_owned()),
+        "/readyz" => match metrics.ready() {
+            Ok(()) => ("200 OK", "ready\n".to_owned()),
+            Err(why) => ("503 Service Unavailable", format!("{why}\n")),
+        },
+        _ => ("404 Not Found", "try /metrics, /healthz or /readyz\n".to_owned()),
     };
     let mut stream = stream;
     write!(
@@ -379,8 +422,21 @@ mod tests {
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");
         assert!(body.contains("defectflow_kafka_messages_sent_total 3\n"), "{body}");
         assert!(get("/healthz").starts_with("HTTP/1.1 200"));
+        assert!(get("/readyz").starts_with("HTTP/1.1 503"), "not ready before the workers are up");
+        metrics.started.store(true, Ordering::Relaxed);
+        assert!(get("/readyz").starts_with("HTTP/1.1 200"));
+        metrics.delivering_since_ms.store(crate::clock::now_ms() - 5_000, Ordering::Relaxed);
+        let stalled = get("/readyz");
+        assert!(stalled.starts_with("HTTP/1.1 503") && stalled.contains("stalled"), "{stalled}");
+        metrics.delivering_since_ms.store(0, Ordering::Relaxed);
+        assert!(get("/readyz").starts_with("HTTP/1.1 200"));
+        *metrics.model_version.lock().expect("lock") = Some("abc123".into());
+        let info =
+            format!("defectflow_build_info{{version=\"{}\",model_version=\"abc123\"}} 1", env!("CARGO_PKG_VERSION"));
+        assert!(get("/metrics").contains(&info), "{info}");
         metrics.healthy.store(false, Ordering::Relaxed);
         assert!(get("/healthz").starts_with("HTTP/1.1 503"));
+        assert!(get("/readyz").starts_with("HTTP/1.1 503"));
         assert!(get("/nope").starts_with("HTTP/1.1 404"));
     }
 }

@@ -271,3 +271,34 @@ fn the_bench_reports_what_it_sustained() {
     assert!(latency["p50"].as_f64() <= latency["p99"].as_f64() && latency["p99"].as_f64() <= latency["max"].as_f64());
     assert!(number("peak_rss_mib") > 10.0 && number("cpu_cores") > 0.0, "{r}");
 }
+
+/// The shipped systemd unit: systemd accepts it (`systemd-analyze verify`, where
+/// systemd is installed), it runs the command line defectflow takes, does not restart a
+/// bad config (exit 78), stops with SIGTERM and waits longer than a stop may take.
+#[test]
+fn the_shipped_systemd_unit_matches_the_binary() {
+    let unit = std::fs::read_to_string(root().join("deploy/defectflow.service")).expect("deploy/defectflow.service");
+    let settings: BTreeMap<&str, &str> =
+        unit.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once('=')).collect();
+    let code = defectflow::config::ConfigError::EXIT_CODE.to_string();
+    assert_eq!(settings["RestartPreventExitStatus"], code);
+    assert_eq!(settings["KillSignal"], "SIGTERM");
+    let timeout: f64 = settings["TimeoutStopSec"].parse().expect("seconds");
+    assert!(timeout > defectflow::config::RuntimeConfig::default().stop_timeout_s, "systemd kills after {timeout} s");
+    let exec: Vec<&str> = settings["ExecStart"].split_whitespace().collect();
+    assert_eq!(&exec[..2], ["/usr/local/bin/defectflow", "run"]);
+    let help = Command::new(env!("CARGO_BIN_EXE_defectflow")).args(["run", "--help"]).output().expect("help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in exec.iter().filter(|a| a.starts_with("--")) {
+        assert!(help.contains(&format!("{flag} ")), "`run` takes no {flag}: {help}");
+    }
+    if Command::new("systemd-analyze").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join("defectflow.service");
+        std::fs::write(&copy, unit.replace("/usr/local/bin/defectflow", env!("CARGO_BIN_EXE_defectflow")))
+            .expect("unit");
+        let verify = Command::new("systemd-analyze").arg("verify").arg(&copy).output().expect("systemd-analyze");
+        let said = String::from_utf8_lossy(&verify.stderr);
+        assert!(verify.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+    }
+}

@@ -206,6 +206,13 @@ fn a_live_run_killed_and_restarted_goes_on_with_the_work_order_it_left_open() {
     let stdout = run_to_end(&config, Some(&out));
     let after = work_orders(&broker.messages("defectflow.work-orders"));
     went_on_with_the_same_work_order_and_track(&before, &after, &out, restarted_ms, &stdout);
+    // The first run's revisions were not committed to the audit log when it was killed:
+    // the restart recovered them from its write-ahead log. The audit log holds exactly
+    // the topic's (id, revision) pairs, each once.
+    let on_topic: BTreeSet<String> = after.iter().map(revision_key).collect();
+    let audited = audited_revisions(&out.join("audit"));
+    assert_eq!(audited.len(), on_topic.len(), "one audit row per revision: {audited:?}");
+    assert_eq!(audited.into_iter().collect::<BTreeSet<_>>(), on_topic);
 }
 
 /// A live run's work order completed by the CMMS consumed its parts; a restart (a new

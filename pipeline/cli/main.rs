@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use defectflow::config::RunConfig;
+use defectflow::config::{ConfigError, RunConfig};
 use defectflow::run::{self, CameraReport, Hooks, StopWhen};
 use defectflow::sinks::SinkKind;
 
@@ -27,7 +27,12 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            // A bad config stays bad: a supervisor must not restart the process for it.
+            if error.chain().any(|cause| cause.downcast_ref::<ConfigError>().is_some()) {
+                std::process::ExitCode::from(ConfigError::EXIT_CODE)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
@@ -55,7 +60,10 @@ fn run_cli() -> anyhow::Result<()> {
             for (field, message) in &problems {
                 eprintln!("config {}: `{field}`: {message}", path.display());
             }
-            anyhow::ensure!(problems.is_empty(), "config {}: {} problem(s)", path.display(), problems.len());
+            if !problems.is_empty() {
+                let count = problems.len();
+                return Err(ConfigError::Problems { path: path.display().to_string(), count }.into());
+            }
             println!("config ok: {} camera(s)", config.cameras.len());
             // What goes to librdkafka, credentials shown by where they come from.
             if let Some(kafka) = &config.kafka {

@@ -267,6 +267,14 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("config {path}: `{field}`: {message}")]
     Invalid { path: String, field: String, message: String },
+    #[error("config {path}: {count} problem(s)")]
+    Problems { path: String, count: usize },
+}
+
+impl ConfigError {
+    /// The exit code of a process stopped by a bad config: `EX_CONFIG` (sysexits.h), so
+    /// a supervisor does not restart it in a loop (`RestartPreventExitStatus=78`).
+    pub const EXIT_CODE: u8 = 78;
 }
 
 impl RunConfig {

@@ -221,6 +221,7 @@ impl Process {
             }
             None => (None, None),
         };
+        *metrics.model_version.lock().unwrap_or_else(|p| p.into_inner()) = model_version.clone();
         // Evidence needs frames (a model), tracks (reference data) and somewhere to write.
         let evidence = match (&config.output.dir, &reference, &config.model) {
             (Some(dir), Some(_), Some(_)) if config.output.evidence => {

@@ -118,6 +118,11 @@ impl<'p> Worker<'p> {
             let thread = std::thread::current();
             built.cameras = mine.into_iter().map(|c| camera::spawn(c, thread.clone())).collect();
             built.cameras.iter().for_each(|c| process.metrics.add_camera(Arc::clone(&c.stats)));
+            // Ready (`/readyz`) once every worker of the process is up.
+            let up = process.metrics.workers_up.fetch_add(1, Ordering::Relaxed) + 1;
+            if up == peers_here(worker, config) {
+                process.metrics.started.store(true, Ordering::Relaxed);
+            }
         }
         built.started = Instant::now();
         built
@@ -224,6 +229,7 @@ impl<'p> Worker<'p> {
     /// lost), completes the dataflow, delivers and flushes everything (worker 0), and
     /// commits the inputs once worker 0 is done.
     fn close(mut self, worker: &mut timely::worker::Worker) -> WorkerOutcome {
+        self.process.metrics.started.store(false, Ordering::Relaxed);
         let progress = Arc::clone(&self.process.stop.progress);
         self.cameras.iter().for_each(CameraHandle::request_stop);
         let Dataflow { input, capability, .. } = &mut self.dataflow;
@@ -285,6 +291,11 @@ impl<'p> Worker<'p> {
             .collect();
         WorkerOutcome { cameras, delivered, failure: self.failure }
     }
+}
+
+/// The workers of this process (a cluster's other processes have their own).
+fn peers_here(worker: &timely::worker::Worker, config: &crate::config::RunConfig) -> u64 {
+    (config.runtime.workers.min(worker.peers())).max(1) as u64
 }
 
 /// The value opened, or `None` with the error kept in `failure` (the first one).

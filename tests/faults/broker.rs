@@ -1,4 +1,5 @@
-//! The broker away for 30 s, and the broker slow: nothing lost, nothing twice.
+//! The broker away for 30 s, and the broker slow: nothing lost, nothing twice; not ready
+//! (`/readyz`) while the broker is away.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -42,23 +43,29 @@ fn the_broker_gone_for_30_s_loses_and_duplicates_nothing() {
     let mut run =
         defectflow(&plant.config, Some(&out), None).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run");
     assert!(wait_for_first_delivery(metrics, &mut run), "no revision reached the topic");
+    let ready = || http_get(metrics, "/readyz").map(|(status, body)| format!("{status} {body}"));
+    assert!(ready().is_some_and(|r| r.starts_with("HTTP/1.1 200")), "ready once delivering: {:?}", ready());
     proxy.down();
     let gone = Instant::now();
-    let mut stalled = false;
+    let (mut stalled, mut not_ready) = (false, None);
     while gone.elapsed() < Duration::from_secs(30) {
         let shown = http_get(metrics, "/metrics").and_then(|(_, body)| sample(&body, "defectflow_output_stalled"));
         stalled |= shown == Some(1.0);
+        not_ready = not_ready.or(ready().filter(|r| r.starts_with("HTTP/1.1 503")));
         std::thread::sleep(Duration::from_millis(500));
     }
     proxy.up();
     assert!(stalled, "the metrics never showed the output stalled while the broker was gone");
+    let not_ready = not_ready.expect("/readyz never answered 503 while the broker was gone");
+    assert!(not_ready.contains("stalled"), "{not_ready}");
     // Healthy again once the broker is back: deliveries go through, the stall clears.
     let back = Instant::now();
     loop {
         let body = http_get(metrics, "/metrics").map(|(_, body)| body);
         let health = http_get(metrics, "/healthz").map(|(status, _)| status);
         let stalled = body.as_deref().and_then(|b| sample(b, "defectflow_output_stalled"));
-        if stalled == Some(0.0) && health.as_deref() == Some("HTTP/1.1 200 OK") {
+        let ready = ready().is_some_and(|r| r.starts_with("HTTP/1.1 200"));
+        if stalled == Some(0.0) && health.as_deref() == Some("HTTP/1.1 200 OK") && ready {
             break;
         }
         assert!(

@@ -154,11 +154,7 @@ fn without_kafka_a_killed_live_run_goes_on_with_the_work_order_its_file_left_ope
     went_on_with_the_same_work_order_and_track(&before, &after, &out, restarted_ms, &stdout);
     // The audit log had not committed the first run's revisions when it was killed
     // (it commits every 10 s): the restart recovered them from its write-ahead log.
-    let keys = after
-        .iter()
-        .map(|w| format!("{}:{}", w["work_order_id"].as_str().expect("id"), w["revision"].as_u64().expect("revision")))
-        .collect();
-    checks::audited_once(&out.join("audit"), &keys);
+    checks::audited_once(&out.join("audit"), &after.iter().map(revision_key).collect());
     let recovered = std::fs::read_dir(out.join("audit/work_orders"))
         .expect("work_orders table")
         .flatten()
@@ -168,13 +164,14 @@ fn without_kafka_a_killed_live_run_goes_on_with_the_work_order_its_file_left_ope
 }
 
 /// SIGTERM (what systemd, docker and Kubernetes send to stop a service) stops a live run
-/// gracefully: exit code 0, the summary printed, and every work-order revision that
-/// reached the file in the audit log too.
+/// gracefully: exit code 0, the summary printed, and the audit log's work_orders table
+/// holding exactly the (id, revision) pairs on the topic and in the file.
 #[test]
 fn sigterm_stops_a_live_run_with_every_output_flushed() {
-    let _serial = serial();
+    let broker = Broker::start();
+    broker.create_topics(&TOPICS);
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = live_pulley_config(dir.path(), 300, None);
+    let config = live_pulley_config(dir.path(), 300, Some((&broker.bootstrap, "sigterm")));
     let out = dir.path().join("out");
     let (stdout_path, stderr_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let file = |path: &std::path::Path| Stdio::from(std::fs::File::create(path).expect("log file"));
@@ -201,11 +198,10 @@ fn sigterm_stops_a_live_run_with_every_output_flushed() {
     assert!(status.success(), "a SIGTERM stop exits 0: {status:?}\n{stdout}\n{stderr}");
     assert!(stderr.contains("stopping:"), "the stop is announced: {stderr}");
     assert!(stdout.contains("cam-pulley"), "the summary printed: {stdout}");
-    let keys: std::collections::BTreeSet<String> = checks::jsonl_work_orders(&out)
-        .iter()
-        .map(|w| format!("{}:{}", w["work_order_id"].as_str().expect("id"), w["revision"].as_u64().expect("revision")))
-        .collect();
+    let keys: std::collections::BTreeSet<String> = checks::jsonl_work_orders(&out).iter().map(revision_key).collect();
     assert!(!keys.is_empty());
+    let on_topic = work_orders(&broker.messages("defectflow.work-orders")).iter().map(revision_key).collect();
+    assert_eq!(keys, on_topic, "the file and the topic");
     checks::audited_once(&out.join("audit"), &keys);
 }
 
@@ -232,4 +228,44 @@ fn a_stop_that_cannot_finish_exits_after_its_timeout_naming_what_was_left() {
     assert_eq!(output.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("the stop did not finish within runtime.stop_timeout_s = 2 s"), "{stderr}");
     assert!(stderr.contains("worker 0: delivering to the sinks and flushing them"), "what was left: {stderr}");
+}
+
+/// A live camera into a real broker, killed with SIGKILL at random points (the audit log
+/// commits every 10 s, so some fall between a delivery and its audit commit) and started
+/// again each time, then stopped with SIGTERM: the audit log's work_orders table holds
+/// exactly the topic's (id, revision) pairs, each once.
+#[test]
+fn sigkill_at_random_points_of_a_live_run_leaves_the_audit_log_complete() {
+    let broker = Broker::start();
+    broker.create_topics(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = live_pulley_config(dir.path(), 300, Some((&broker.bootstrap, "live-kills")));
+    let out = dir.path().join("out");
+    let seed = std::env::var("DEFECTFLOW_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64
+    });
+    let times = kill_times(seed, 3);
+    eprintln!("kill times after the first revision (DEFECTFLOW_FAULT_SEED={seed}): {times:?}");
+    for (i, after) in times.iter().enumerate() {
+        let mut run =
+            defectflow(&config, Some(&out), None).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
+        if i == 0 {
+            assert!(broker.wait_for_revisions(0, &mut run), "the first run sent no work order");
+        }
+        std::thread::sleep(*after);
+        run.kill().expect("SIGKILL");
+        run.wait().expect("reap");
+    }
+    let mut last =
+        defectflow(&config, Some(&out), None).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
+    std::thread::sleep(Duration::from_secs(4));
+    let sent = std::process::Command::new("kill").args(["-TERM", &last.id().to_string()]).status().expect("kill");
+    assert!(sent.success(), "SIGTERM sent");
+    assert!(last.wait().expect("reap").success(), "the graceful stop exits 0");
+
+    let on_topic: Vec<String> =
+        work_orders(&broker.messages("defectflow.work-orders")).iter().map(revision_key).collect();
+    let unique: std::collections::BTreeSet<String> = on_topic.iter().cloned().collect();
+    assert_eq!(unique.len(), on_topic.len(), "a revision twice on the topic: {on_topic:?}");
+    checks::audited_once(&out.join("audit"), &unique);
 }

@@ -96,7 +96,7 @@ fn ids_that_look_like_paths_never_name_a_file() {
 
 /// A camera id is a name, never a path: the config says which field is wrong.
 #[test]
-fn a_camera_id_that_is_a_path_fails_the_config() {
+fn a_camera_id_that_is_a_path_fails_the_config_with_exit_code_78() {
     let dir = tempfile::tempdir().expect("tempdir");
     for id in ["../cam", "/tmp/cam", "cam/../../x", ".."] {
         let config = dir.path().join("bad.toml");
@@ -105,6 +105,10 @@ fn a_camera_id_that_is_a_path_fails_the_config() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{id} accepted");
         assert!(stderr.contains("cameras[0].id"), "{id}: {stderr}");
+        // EX_CONFIG, which the shipped systemd unit does not restart on; `run` as well.
+        assert_eq!(output.status.code(), Some(78), "{id}: {stderr}");
+        let run = defectflow(&["run", "--config", config.to_str().expect("utf-8")]);
+        assert_eq!(run.status.code(), Some(78), "{id}: {}", String::from_utf8_lossy(&run.stderr));
     }
 }
 

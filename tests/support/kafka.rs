@@ -375,6 +375,11 @@ print(json.dumps([int(t.timestamp() * 1000) for t in df["last_seen"]]))
 }
 
 /// The work-order values of a dump, in offset order per partition.
+/// `<work order id>:<revision>` of a work-order revision.
+pub fn revision_key(w: &Value) -> String {
+    format!("{}:{}", w["work_order_id"].as_str().expect("id"), w["revision"].as_u64().expect("revision"))
+}
+
 pub fn work_orders(messages: &[Value]) -> Vec<Value> {
     messages.iter().map(|m| serde_json::from_str(m["value"].as_str().expect("value")).expect("json")).collect()
 }
