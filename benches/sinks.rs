@@ -3,7 +3,8 @@
 //! (tansu on 127.0.0.1, as the tests use), and audit-log rows per second written to
 //! zstd Parquet, committed aside and renamed; and revisions per second appended to
 //! work-orders.jsonl with its progress record; and the audit log's opening at start
-//! over 90 days of history (six tables, a commit an hour) against an empty log.
+//! over 90 days of history (six tables, a commit an hour) against an empty log
+//! (`DEFECTFLOW_BENCH_KEEP_HISTORY=DIR` leaves that history in DIR).
 //!
 //! `cargo bench --bench sinks`. Without `--bench` (as under `cargo test`) it runs each
 //! case once on small batches.
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use defectflow::kafka::KafkaConfig;
 use defectflow::sinks::audit::{AuditLog, AuditRows, AuditStream, StockRow};
 use defectflow::sinks::jsonl::JsonLinesSink;
@@ -262,19 +263,32 @@ fn audit_start(c: &mut Criterion, days: u64, commits: u64) {
     let months = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let started = Instant::now();
     history(months.path(), days, commits);
+    // To time a whole start over it: `defectflow run --out` a folder whose audit/ it is.
+    if let Some(keep) = std::env::var_os("DEFECTFLOW_BENCH_KEEP_HISTORY") {
+        std::fs::create_dir_all(&keep).unwrap_or_else(|e| panic!("{e}"));
+        copy_tree(months.path(), Path::new(&keep));
+    }
     let files = walk_parquet(months.path());
     eprintln!("audit_start: {days} days x {commits} commits: {files} files, written in {:?}", started.elapsed());
     let bare = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     copy_tree(months.path(), bare.path());
-    std::fs::remove_file(bare.path().join(".manifest.json")).unwrap_or_else(|e| panic!("manifest: {e}"));
     let hour = Duration::from_secs(3600);
     let mut group = c.benchmark_group("audit_start");
     group.sample_size(10);
-    for (name, dir) in [("empty", empty.path()), ("months", months.path()), ("months_no_manifest", bare.path())] {
+    for (name, dir) in [("empty", empty.path()), ("months", months.path())] {
         group.bench_function(BenchmarkId::new(name, days), |b| {
             b.iter(|| AuditStream::open(dir, 100_000, hour).unwrap_or_else(|e| panic!("{e}")))
         });
     }
+    // A start writes the manifest it learnt: each iteration starts without one.
+    let manifest = bare.path().join(".manifest.json");
+    group.bench_function(BenchmarkId::new("months_no_manifest", days), |b| {
+        b.iter_batched(
+            || drop(std::fs::remove_file(&manifest)),
+            |()| AuditStream::open(bare.path(), 100_000, hour).unwrap_or_else(|e| panic!("{e}")),
+            BatchSize::PerIteration,
+        )
+    });
     group.finish();
 }
 

@@ -9,7 +9,7 @@
 //! file or the new one. A reader that listed the old files and opens one after the swap
 //! gets an error naming it, and reads again. Files marked as recovered keep their names
 //! and their mark. The new file records the latest `closed_before` of those it
-//! replaces, and is numbered above them, so the next start reads its footer.
+//! replaces (which the manifest already holds) and is numbered above them.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

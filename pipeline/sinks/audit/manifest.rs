@@ -1,9 +1,11 @@
 //! `audit/.manifest.json`: what the committed files hold, so that a start does not read
 //! the footer of every file of a log that grows for months. Per table it records the
 //! latest dataflow time a commit closed and, per date partition, the highest file
-//! number that record covers. A start reads only the footers of files numbered above
-//! it (written after the record, by a commit the process died in, or by a compaction).
-//! The record is written aside and renamed into place after each commit.
+//! number that record covers. Files are numbered one after another in a partition, so a
+//! start looks only for the files numbered after that (a commit the process died in
+//! before recording it), by name, and reads their footers; it lists only partitions the
+//! manifest does not know. The record is written aside and renamed into place after
+//! each commit, and after a start that learnt something.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,11 +27,6 @@ pub struct TableRecord {
 }
 
 impl TableRecord {
-    /// Whether `file` (`<partition>/part-NNNNNNNN….parquet`) is covered.
-    pub fn covers(&self, partition: &str, file: &str) -> bool {
-        file_number(file).is_some_and(|n| self.partitions.get(partition).is_some_and(|&covered| n <= covered))
-    }
-
     /// Records a committed file closing `closed_before`.
     pub fn add(&mut self, path: &Path, closed_before: u64) {
         self.closed_before = self.closed_before.max(closed_before);
@@ -40,6 +37,11 @@ impl TableRecord {
             *covered = (*covered).max(number);
         }
     }
+}
+
+/// Whether `path` is a committed file's (`part-NNNNNNNN….parquet`, not hidden).
+pub fn is_part(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| file_number(&n.to_string_lossy()).is_some())
 }
 
 /// The number of a file named `part-NNNNNNNN.parquet` or `part-NNNNNNNN-….parquet`.

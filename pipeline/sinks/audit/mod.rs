@@ -157,8 +157,12 @@ impl AuditLog {
             let path = path.to_owned();
             move |source| AuditError::Io { path, source }
         };
-        let existing = std::fs::read_dir(&dir).map_err(io(&dir))?.count();
-        let mut sequence = existing;
+        // The next number after the highest there: the files of a partition are numbered
+        // one after another (the manifest relies on it).
+        let highest = (std::fs::read_dir(&dir).map_err(io(&dir))?.flatten())
+            .filter_map(|f| manifest::file_number(&f.file_name().to_string_lossy()))
+            .max();
+        let mut sequence = highest.map_or(0, |n| n + 1);
         let (aside, path) = loop {
             let name = format!("part-{sequence:08}{}.parquet", if recovered { "-recovered" } else { "" });
             let path = dir.join(&name);
@@ -209,26 +213,61 @@ impl AuditLog {
     }
 
     /// The latest `closed_before` among the table's committed files (0: none): the
-    /// manifest's, and the footers of the files it does not cover.
+    /// manifest's, and the footers of the files it does not cover. Files are numbered
+    /// one after another in each partition, so those after the covered number are found
+    /// by name, without listing a partition the manifest knows; a partition it does
+    /// not know is listed. What is found is added to the manifest (in memory).
     fn committed_before(&self, table: AuditTable) -> Result<u64, AuditError> {
-        let record = self.manifest.lock().unwrap_or_else(|p| p.into_inner()).tables.get(table.name()).cloned();
-        let record = record.unwrap_or_default();
-        let covered = |path: &Path| {
-            let name = |p: Option<&std::ffi::OsStr>| p.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            record.covers(&name(path.parent().and_then(Path::file_name)), &name(path.file_name()))
-        };
-        let mut latest = record.closed_before;
-        for path in self.committed_files(table, "").into_iter().filter(|p| !covered(p)) {
+        let mut manifest = self.manifest.lock().unwrap_or_else(|p| p.into_inner());
+        let record = manifest.tables.entry(table.name().to_owned()).or_default();
+        let Ok(partitions) = std::fs::read_dir(self.dir.join(table.name())) else { return Ok(record.closed_before) };
+        let mut uncovered = Vec::new();
+        for partition in partitions.flatten().map(|p| p.path()) {
+            let name = partition.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if name.starts_with('.') {
+                continue;
+            }
+            match record.partitions.get(&name) {
+                Some(&covered) => uncovered.extend(numbered_after(&partition, covered)),
+                None => uncovered.extend(parquet_files(&partition)),
+            }
+        }
+        for path in uncovered {
             let open = File::open(&path).map_err(|source| AuditError::Io { path: path.clone(), source })?;
             let reader =
                 SerializedFileReader::new(open).map_err(|source| AuditError::Parquet { path: path.clone(), source })?;
             let closed = reader.metadata().file_metadata().key_value_metadata().and_then(|kv| {
                 kv.iter().find(|k| k.key == CLOSED_BEFORE).and_then(|k| k.value.as_deref()?.parse::<u64>().ok())
             });
-            latest = latest.max(closed.unwrap_or(0));
+            record.add(&path, closed.unwrap_or(0));
         }
-        Ok(latest)
+        Ok(record.closed_before)
     }
+
+    /// Writes the manifest as it stands (after a start has learnt what it lacked).
+    fn write_manifest(&self) -> Result<(), AuditError> {
+        self.manifest.lock().unwrap_or_else(|p| p.into_inner()).write(&self.dir)
+    }
+}
+
+/// The committed files of a partition.
+fn parquet_files(partition: &Path) -> Vec<PathBuf> {
+    let files = std::fs::read_dir(partition).into_iter().flatten().flatten().map(|f| f.path());
+    files.filter(|p| p.extension().is_some_and(|e| e == "parquet")).filter(|p| manifest::is_part(p)).collect()
+}
+
+/// The files of a partition numbered after `covered`, found by name.
+fn numbered_after(partition: &Path, covered: u64) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for number in covered + 1.. {
+        let names = [format!("part-{number:08}.parquet"), format!("part-{number:08}-recovered.parquet")];
+        let here: Vec<PathBuf> = names.iter().map(|n| partition.join(n)).filter(|p| p.exists()).collect();
+        if here.is_empty() {
+            break;
+        }
+        found.extend(here);
+    }
+    found
 }
 
 impl AuditLog {
@@ -381,16 +420,30 @@ impl AuditStream {
     pub fn open(dir: &Path, max_rows: usize, max_age: std::time::Duration) -> Result<AuditStream, AuditError> {
         let log = AuditLog::open(dir)?;
         let (ahead, left) = ahead::AheadLog::open(dir)?;
+        let buffers = (
+            Buffer::open(&log, AuditTable::Detections)?,
+            Buffer::open(&log, AuditTable::Tracks)?,
+            Buffer::open(&log, AuditTable::WorkOrders)?,
+            Buffer::open(&log, AuditTable::Assignments)?,
+            Buffer::open(&log, AuditTable::Inventory)?,
+            Buffer::open(&log, AuditTable::WoEvents)?,
+        );
+        // What the start learnt beyond the manifest; a disk that refuses it only means
+        // the same footers are read at the next start.
+        if let Err(error) = log.write_manifest() {
+            tracing::warn!(%error, "the audit log's manifest could not be written");
+        }
+        let (detections, tracks, work_orders, assignments, inventory, wo_events) = buffers;
         Ok(AuditStream {
+            detections,
+            tracks,
+            work_orders,
+            assignments,
+            inventory,
+            wo_events,
             ahead,
             left: Some(left),
             recovering: false,
-            detections: Buffer::open(&log, AuditTable::Detections)?,
-            tracks: Buffer::open(&log, AuditTable::Tracks)?,
-            work_orders: Buffer::open(&log, AuditTable::WorkOrders)?,
-            assignments: Buffer::open(&log, AuditTable::Assignments)?,
-            inventory: Buffer::open(&log, AuditTable::Inventory)?,
-            wo_events: Buffer::open(&log, AuditTable::WoEvents)?,
             log,
             closed_before: 0,
             last_commit: std::time::Instant::now(),
@@ -680,9 +733,16 @@ mod tests {
         std::fs::write(&files[0], b"not parquet").expect("made unreadable");
         let reopened = AuditStream::open(dir.path(), 1, hour).expect("the covered footer is not read");
         assert_eq!(reopened.detections.before, 30);
-        // A file the manifest does not cover (a commit the process died in) is read.
-        std::fs::copy(&files[1], files[1].with_file_name("part-00000009.parquet")).expect("copy");
-        assert_eq!(AuditStream::open(dir.path(), 1, hour).expect("open").detections.before, 30);
+        // A commit whose manifest was never written (the process died between): its
+        // file is found by its number and read.
+        let manifest = std::fs::read(dir.path().join(manifest::FILE_NAME)).expect("manifest");
+        let mut stream = reopened;
+        stream
+            .append(40, &[], AuditRows { detections: vec![detection(3)], ..AuditRows::default() })
+            .expect("committed");
+        drop(stream);
+        std::fs::write(dir.path().join(manifest::FILE_NAME), manifest).expect("the manifest as before that commit");
+        assert_eq!(AuditStream::open(dir.path(), 1, hour).expect("open").detections.before, 40);
         std::fs::remove_file(dir.path().join(manifest::FILE_NAME)).expect("manifest");
         let error = AuditStream::open(dir.path(), 1, hour).expect_err("without it, every footer is read");
         assert!(error.to_string().contains("part-00000000.parquet"), "{error}");
