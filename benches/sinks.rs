@@ -3,7 +3,7 @@
 //! (tansu on 127.0.0.1, as the tests use), and audit-log rows per second written to
 //! zstd Parquet, committed aside and renamed; and revisions per second appended to
 //! work-orders.jsonl with its progress record; and the audit log's opening at start
-//! over 90 days of history (six tables, a commit an hour) against an empty log
+//! over 90 days of history (six of the tables, a commit an hour) against an empty log
 //! (`DEFECTFLOW_BENCH_KEEP_HISTORY=DIR` leaves that history in DIR).
 //!
 //! `cargo bench --bench sinks`. Without `--bench` (as under `cargo test`) it runs each
@@ -197,7 +197,7 @@ fn audit_log(c: &mut Criterion, rows: u64) {
 }
 
 /// An audit log of `days` days with `commits` commits a day, each a file in every one
-/// of the six tables: months of history, as a run leaves it.
+/// of six tables (not alerts, which are rare): months of history, as a run leaves it.
 fn history(dir: &Path, days: u64, commits: u64) {
     const DAY: u64 = 86_400_000;
     let t0 = 1_796_083_200_000; // 2026-12-01

@@ -19,7 +19,7 @@ import glob, json, sys
 import polars as pl
 root = sys.argv[1]
 out = {}
-for table in ["work_orders", "assignments", "wo_events"]:
+for table in ["work_orders", "assignments", "wo_events", "alerts"]:
     if not glob.glob(f"{root}/{table}/**/*.parquet", recursive=True):
         out[table] = {"rows": 0, "dates": []}
         continue
@@ -93,6 +93,7 @@ fn the_audit_log_reads_back_with_polars_and_matches_the_run() {
             .map(|w| (w["revision"].as_u64().expect("revision"), w["work_order_id"].as_str().expect("id").to_owned()))
             .collect();
         let assignments = lines.iter().filter(|l| l.get("assignment").is_some()).count();
+        let alerts = lines.iter().filter(|l| l.get("alert").is_some()).count();
         let events = std::fs::read_to_string(&scenario).expect("scenario").matches("[[events]]").count();
 
         let output = Command::new(analytics_python())
@@ -115,6 +116,7 @@ fn the_audit_log_reads_back_with_polars_and_matches_the_run() {
         assert_eq!(read["work_orders"]["dates"], serde_json::json!(["2026-01-05"]), "{name}: date partition");
         assert_eq!(read["assignments"]["rows"].as_u64(), Some(assignments as u64), "{name}: assignments");
         assert_eq!(read["wo_events"]["rows"].as_u64(), Some(events as u64), "{name}: events");
+        assert_eq!(read["alerts"]["rows"].as_u64(), Some(alerts as u64), "{name}: alerts");
 
         // pyarrow and DuckDB read the same rows, partitions and keys.
         let output = Command::new(analytics_python())

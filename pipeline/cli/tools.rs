@@ -254,8 +254,11 @@ fn write_audit(
         .collect();
     let assignments: Vec<_> =
         messages.iter().filter_map(|m| if let Emitted::Assignment(a) = m { Some(a.clone()) } else { None }).collect();
+    let alerts: Vec<_> =
+        messages.iter().filter_map(|m| if let Emitted::Alert(a) = m { Some(a.clone()) } else { None }).collect();
     audit.write_work_orders(&work_orders)?;
     audit.write_assignments(&assignments)?;
     audit.write_wo_events(events)?;
+    audit.write_alerts(&alerts)?;
     Ok(())
 }

@@ -16,16 +16,18 @@ pub enum AuditTable {
     Assignments,
     Inventory,
     WoEvents,
+    Alerts,
 }
 
 impl AuditTable {
-    pub const ALL: [AuditTable; 6] = [
+    pub const ALL: [AuditTable; 7] = [
         AuditTable::Detections,
         AuditTable::Tracks,
         AuditTable::WorkOrders,
         AuditTable::Assignments,
         AuditTable::Inventory,
         AuditTable::WoEvents,
+        AuditTable::Alerts,
     ];
 
     /// Directory name under `audit/`.
@@ -37,6 +39,7 @@ impl AuditTable {
             AuditTable::Assignments => "assignments",
             AuditTable::Inventory => "inventory",
             AuditTable::WoEvents => "wo_events",
+            AuditTable::Alerts => "alerts",
         }
     }
 
@@ -120,6 +123,14 @@ impl AuditTable {
                 time("at"),
                 Field::new("technician_id", DataType::Utf8, true),
                 Field::new("note", DataType::Utf8, true),
+            ],
+            AuditTable::Alerts => vec![
+                utf8("work_order_id"),
+                utf8("asset_id"),
+                utf8("priority"),
+                Field::new("severity_score", DataType::Float64, false),
+                time("at"),
+                utf8("message"),
             ],
         };
         Arc::new(Schema::new(fields))

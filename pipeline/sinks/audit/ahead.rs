@@ -8,7 +8,7 @@
 //!
 //! A line is written with one `write` call: after a crash of the process (SIGKILL, a
 //! panic) the operating system still has it. It is synced to the disk when its batch
-//! carries work orders or assignments, before they go to the CMMS, so that not even a
+//! carries work orders, assignments or alerts, before they go to the CMMS, so that not even a
 //! power cut leaves the CMMS ahead of the audit log; detections and tracks alone ride
 //! along with the next synced line (a power cut may lose those since then).
 
@@ -16,7 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use defectflow_schemas::{Assignment, DefectTrack, Detection, WoEvent, WorkOrder};
+use defectflow_schemas::{Alert, Assignment, DefectTrack, Detection, WoEvent, WorkOrder};
 use serde::{Deserialize, Serialize};
 
 use super::{AuditError, StockRow};
@@ -31,6 +31,8 @@ pub struct AheadRows {
     pub closed_before: u64,
     pub work_orders: Vec<(u64, WorkOrder)>,
     pub assignments: Vec<(u64, Assignment)>,
+    #[serde(default)]
+    pub alerts: Vec<(u64, Alert)>,
     pub detections: Vec<Detection>,
     pub tracks: Vec<(u64, DefectTrack)>,
     pub inventory: Vec<(u64, StockRow)>,
@@ -41,6 +43,7 @@ impl AheadRows {
     pub fn is_empty(&self) -> bool {
         self.work_orders.is_empty()
             && self.assignments.is_empty()
+            && self.alerts.is_empty()
             && self.detections.is_empty()
             && self.tracks.is_empty()
             && self.inventory.is_empty()
@@ -50,21 +53,23 @@ impl AheadRows {
     pub fn len(&self) -> usize {
         self.work_orders.len()
             + self.assignments.len()
+            + self.alerts.len()
             + self.detections.len()
             + self.tracks.len()
             + self.inventory.len()
             + self.wo_events.len()
     }
 
-    /// Whether the CMMS may see some of these rows (work orders and assignments).
+    /// Whether the CMMS may see some of these rows (work orders, assignments, alerts).
     fn reach_the_cmms(&self) -> bool {
-        !self.work_orders.is_empty() || !self.assignments.is_empty()
+        !self.work_orders.is_empty() || !self.assignments.is_empty() || !self.alerts.is_empty()
     }
 
     fn extend(&mut self, more: AheadRows) {
         self.closed_before = self.closed_before.max(more.closed_before);
         self.work_orders.extend(more.work_orders);
         self.assignments.extend(more.assignments);
+        self.alerts.extend(more.alerts);
         self.detections.extend(more.detections);
         self.tracks.extend(more.tracks);
         self.inventory.extend(more.inventory);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow_array::{
     ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
 };
-use defectflow_schemas::{Assignment, DefectTrack, Detection, WoEvent, WoEventKind, WorkOrder};
+use defectflow_schemas::{Alert, Assignment, DefectTrack, Detection, WoEvent, WoEventKind, WorkOrder};
 
 use super::StockRow;
 
@@ -117,6 +117,17 @@ pub(super) fn wo_events(rows: &[&WoEvent]) -> Vec<ArrayRef> {
         time(rows, |e| e.at_ms),
         maybe_text(rows, |e| e.technician_id.as_deref()),
         maybe_text(rows, |e| e.note.as_deref()),
+    ]
+}
+
+pub(super) fn alerts(rows: &[&Alert]) -> Vec<ArrayRef> {
+    vec![
+        text(rows, |a| &a.work_order_id),
+        text(rows, |a| &a.asset_id),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|a| name(&a.priority)))),
+        float(rows, |a| a.severity_score),
+        time(rows, |a| a.at_ms),
+        text(rows, |a| &a.message),
     ]
 }
 

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, RecordBatch};
 use defectflow_operators::derive::TrackMeasures;
 use defectflow_schemas::audit::AuditTable;
-use defectflow_schemas::{Assignment, DefectTrack, Detection, Emitted, EpochMillis, WoEvent, WorkOrder};
+use defectflow_schemas::{Alert, Assignment, DefectTrack, Detection, Emitted, EpochMillis, WoEvent, WorkOrder};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -92,6 +92,11 @@ impl AuditLog {
     /// CMMS status events as received.
     pub fn write_wo_events(&self, rows: &[WoEvent]) -> Result<Vec<PathBuf>, AuditError> {
         self.write(AuditTable::WoEvents, rows, |e| e.at_ms, columns::wo_events)
+    }
+
+    /// Alerts as sent to supervisors.
+    pub fn write_alerts(&self, rows: &[Alert]) -> Result<Vec<PathBuf>, AuditError> {
+        self.write(AuditTable::Alerts, rows, |a| a.at_ms, columns::alerts)
     }
 
     fn write<T>(
@@ -393,6 +398,7 @@ pub struct AuditStream {
     assignments: Buffer<Assignment>,
     inventory: Buffer<StockRow>,
     wo_events: Buffer<WoEvent>,
+    alerts: Buffer<Alert>,
     /// The buffered rows' closed time.
     closed_before: u64,
     last_commit: std::time::Instant,
@@ -427,13 +433,14 @@ impl AuditStream {
             Buffer::open(&log, AuditTable::Assignments)?,
             Buffer::open(&log, AuditTable::Inventory)?,
             Buffer::open(&log, AuditTable::WoEvents)?,
+            Buffer::open(&log, AuditTable::Alerts)?,
         );
         // What the start learnt beyond the manifest; a disk that refuses it only means
         // the same footers are read at the next start.
         if let Err(error) = log.write_manifest() {
             tracing::warn!(%error, "the audit log's manifest could not be written");
         }
-        let (detections, tracks, work_orders, assignments, inventory, wo_events) = buffers;
+        let (detections, tracks, work_orders, assignments, inventory, wo_events, alerts) = buffers;
         Ok(AuditStream {
             detections,
             tracks,
@@ -441,6 +448,7 @@ impl AuditStream {
             assignments,
             inventory,
             wo_events,
+            alerts,
             ahead,
             left: Some(left),
             recovering: false,
@@ -470,6 +478,7 @@ impl AuditStream {
             match message {
                 Emitted::WorkOrder(w) if self.work_orders.wants(*time) => new.work_orders.push((*time, (**w).clone())),
                 Emitted::Assignment(a) if self.assignments.wants(*time) => new.assignments.push((*time, a.clone())),
+                Emitted::Alert(a) if self.alerts.wants(*time) => new.alerts.push((*time, a.clone())),
                 _ => {}
             }
         }
@@ -488,6 +497,7 @@ impl AuditStream {
         self.closed_before = self.closed_before.max(rows.closed_before);
         self.work_orders.rows.extend(rows.work_orders.into_iter().map(|(_, w)| w));
         self.assignments.rows.extend(rows.assignments.into_iter().map(|(_, a)| a));
+        self.alerts.rows.extend(rows.alerts.into_iter().map(|(_, a)| a));
         self.detections.rows.extend(rows.detections);
         self.tracks.rows.extend(rows.tracks.into_iter().map(|(_, t)| t));
         self.inventory.rows.extend(rows.inventory.into_iter().map(|(_, r)| r));
@@ -518,6 +528,7 @@ impl AuditStream {
             };
             self.assignments.wants(*t) && keep
         });
+        left.alerts.retain(|(t, a)| self.alerts.wants(*t) && keep(*t, &Emitted::Alert(a.clone())));
         left.detections.retain(|d| self.detections.wants(d.capture_ms));
         left.tracks.retain(|(t, _)| self.tracks.wants(*t));
         left.inventory.retain(|(t, _)| self.inventory.wants(*t));
@@ -566,6 +577,7 @@ impl AuditStream {
             + self.assignments.rows.len()
             + self.inventory.rows.len()
             + self.wo_events.rows.len()
+            + self.alerts.rows.len()
     }
 
     /// Commits the buffered rows. A table whose files cannot be written keeps its rows
@@ -606,6 +618,7 @@ impl AuditStream {
         )?;
         commit(log, &mut self.inventory, (closed, recovered), AuditTable::Inventory, |r| r.at_ms, columns::inventory)?;
         commit(log, &mut self.wo_events, (closed, recovered), AuditTable::WoEvents, |e| e.at_ms, columns::wo_events)?;
+        commit(log, &mut self.alerts, (closed, recovered), AuditTable::Alerts, |a| a.at_ms, columns::alerts)?;
         self.last_commit = std::time::Instant::now();
         // Every row written ahead is committed now.
         self.ahead.clear()
