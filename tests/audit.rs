@@ -69,18 +69,12 @@ print(json.dumps(out))
 
 #[test]
 fn the_audit_log_reads_back_with_polars_and_matches_the_run() {
-    let binary = env!("CARGO_BIN_EXE_defectflow");
     for name in ["repair_recurrence", "crack_grows"] {
         let dir = tempfile::tempdir().expect("temp dir");
         let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/scenarios/{name}.toml"));
         let jsonl = dir.path().join("out.jsonl");
         let audit = dir.path().join("audit");
-        let status = Command::new(binary)
-            .args(["replay", scenario.to_str().expect("utf-8")])
-            .args(["--out", jsonl.to_str().expect("utf-8"), "--audit", audit.to_str().expect("utf-8")])
-            .status()
-            .expect("run defectflow");
-        assert!(status.success(), "{name}: replay failed");
+        replay(name, &jsonl, &audit);
 
         let lines: Vec<Value> = std::fs::read_to_string(&jsonl)
             .expect("jsonl")
@@ -152,6 +146,17 @@ fn the_audit_log_reads_back_with_polars_and_matches_the_run() {
     }
 }
 
+/// Replays the golden scenario `name` into `jsonl` and the audit folder `audit`.
+fn replay(name: &str, jsonl: &Path, audit: &Path) {
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/scenarios/{name}.toml"));
+    let status = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+        .args(["replay", scenario.to_str().expect("utf-8")])
+        .args(["--out", jsonl.to_str().expect("utf-8"), "--audit", audit.to_str().expect("utf-8")])
+        .status()
+        .expect("run defectflow");
+    assert!(status.success(), "{name}: replay failed");
+}
+
 fn walk(dir: &Path) -> Vec<String> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).expect("readable dir") {
@@ -173,14 +178,7 @@ fn compaction_leaves_identical_query_results_with_fewer_files() {
     let dir = tempfile::tempdir().expect("temp dir");
     let audit = dir.path().join("audit");
     for name in ["repair_recurrence", "crack_grows", "two_defects"] {
-        let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/scenarios/{name}.toml"));
-        let jsonl = dir.path().join(format!("{name}.jsonl"));
-        let status = Command::new(binary)
-            .args(["replay", scenario.to_str().expect("utf-8")])
-            .args(["--out", jsonl.to_str().expect("utf-8"), "--audit", audit.to_str().expect("utf-8")])
-            .status()
-            .expect("run defectflow");
-        assert!(status.success(), "{name}: replay failed");
+        replay(name, &dir.path().join(format!("{name}.jsonl")), &audit);
     }
     const QUERY: &str = r#"
 import glob, json, sys

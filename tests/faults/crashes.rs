@@ -131,22 +131,10 @@ fn without_kafka_a_killed_live_run_goes_on_with_the_work_order_its_file_left_ope
     let out = dir.path().join("out");
     let mut first =
         defectflow(&config, Some(&out), None).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    // Whole lines only: the run may be writing the file.
-    let orders_in_file = || -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(out.join("work-orders.jsonl")).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("work_order").cloned())
-            .collect()
-    };
-    while orders_in_file().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no work order reached the file");
-        assert!(first.try_wait().expect("wait").is_none(), "the first run ended before its work order");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_a_work_order_in_the_file(&out, &mut first, Duration::from_secs(60));
     first.kill().expect("SIGKILL");
     first.wait().expect("reap");
-    let before = orders_in_file();
+    let before = orders_in_file(&out);
 
     let restarted_ms = now_ms();
     let stdout = run_to_end(&config, Some(&out));
@@ -180,16 +168,10 @@ fn sigterm_stops_a_live_run_with_every_output_flushed() {
         .stderr(file(&stderr_path))
         .spawn()
         .expect("run");
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while !std::fs::read_to_string(out.join("work-orders.jsonl")).unwrap_or_default().contains("\"work_order\"") {
-        assert!(std::time::Instant::now() < deadline, "no work order reached the file");
-        assert!(run.try_wait().expect("wait").is_none(), "the run ended before its work order");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_a_work_order_in_the_file(&out, &mut run, Duration::from_secs(90));
     // A little later: revisions written since the audit log's last commit.
     std::thread::sleep(Duration::from_secs(2));
-    let sent = std::process::Command::new("kill").args(["-TERM", &run.id().to_string()]).status().expect("kill");
-    assert!(sent.success(), "SIGTERM sent");
+    sigterm(&run);
     let status = run.wait().expect("reap");
     let (stdout, stderr) = (
         std::fs::read_to_string(&stdout_path).expect("stdout"),
@@ -221,8 +203,7 @@ fn a_stop_that_cannot_finish_exits_after_its_timeout_naming_what_was_left() {
         .expect("run");
     std::thread::sleep(Duration::from_secs(3));
     assert!(run.try_wait().expect("wait").is_none(), "the run is still going");
-    let sent = std::process::Command::new("kill").args(["-TERM", &run.id().to_string()]).status().expect("kill");
-    assert!(sent.success(), "SIGTERM sent");
+    sigterm(&run);
     let output = run.wait_with_output().expect("reap");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(4), "{stderr}");
@@ -259,8 +240,7 @@ fn sigkill_at_random_points_of_a_live_run_leaves_the_audit_log_complete() {
     let mut last =
         defectflow(&config, Some(&out), None).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
     std::thread::sleep(Duration::from_secs(4));
-    let sent = std::process::Command::new("kill").args(["-TERM", &last.id().to_string()]).status().expect("kill");
-    assert!(sent.success(), "SIGTERM sent");
+    sigterm(&last);
     assert!(last.wait().expect("reap").success(), "the graceful stop exits 0");
 
     let on_topic: Vec<String> =
@@ -268,4 +248,27 @@ fn sigkill_at_random_points_of_a_live_run_leaves_the_audit_log_complete() {
     let unique: std::collections::BTreeSet<String> = on_topic.iter().cloned().collect();
     assert_eq!(unique.len(), on_topic.len(), "a revision twice on the topic: {on_topic:?}");
     checks::audited_once(&out.join("audit"), &unique);
+}
+
+/// The work-order revisions in the run's `work-orders.jsonl`, whole lines only (the run
+/// may be writing the file).
+fn orders_in_file(out: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(out.join("work-orders.jsonl")).unwrap_or_default();
+    text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("work_order").cloned()).collect()
+}
+
+/// Waits until a work order is in the file of `run`, which must still be running.
+fn wait_for_a_work_order_in_the_file(out: &std::path::Path, run: &mut std::process::Child, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while orders_in_file(out).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no work order reached the file");
+        assert!(run.try_wait().expect("wait").is_none(), "the run ended before its work order");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends SIGTERM to a run this test started (by its PID).
+fn sigterm(run: &std::process::Child) {
+    let sent = std::process::Command::new("kill").args(["-TERM", &run.id().to_string()]).status().expect("kill");
+    assert!(sent.success(), "SIGTERM sent");
 }
