@@ -99,8 +99,9 @@ fn bench_gating(c: &mut Criterion) {
             // The baseline following its camera once a second, every fifth frame at 5
             // fps (a run skips it on a disturbed frame; counted here whatever the frame).
             if at.is_multiple_of(1_000) {
-                let quiet = persistence.quiet(scores[0].rows * scores[0].cols, at, 60_000);
-                baseline.follow(&scores[0], &quiet, 1_000.0 / 600_000.0).expect("follows");
+                let cells = scores[0].rows * scores[0].cols;
+                let weights = persistence.follow_weights(cells, at, 60_000, (1_000.0 / 600_000.0, 0.1));
+                baseline.follow(&scores[0], &weights).expect("follows");
             }
             gated
         })

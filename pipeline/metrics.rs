@@ -382,6 +382,11 @@ fn render_gates(metrics: &Metrics, out: &mut String) {
     for (camera, stats) in &gates {
         out.push_str(&format!("defectflow_frames_disturbed_total{{camera=\"{camera}\"}} {}\n", stats.disturbed_frames));
     }
+    out.push_str("# HELP defectflow_scene_changes_total Changes of the whole scene (lighting, exposure: many regions departing together) re-learnt instead of reported.\n");
+    out.push_str("# TYPE defectflow_scene_changes_total counter\n");
+    for (camera, stats) in &gates {
+        out.push_str(&format!("defectflow_scene_changes_total{{camera=\"{camera}\"}} {}\n", stats.scene_changes));
+    }
     out.push_str("# HELP defectflow_baseline_drift How far the camera's baseline has followed the view since it was commissioned, in standard deviations.\n");
     out.push_str("# TYPE defectflow_baseline_drift gauge\n");
     for (camera, stats) in &gates {

@@ -44,6 +44,9 @@ pub struct TrainingRecord {
     pub batch_size: usize,
     pub crop_px: usize,
     pub learning_rate: f64,
+    /// Share of crops domain-randomised (`train --randomise`); absent: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub randomise: f64,
     /// Mean loss over the last 5% of the steps.
     pub final_loss: f32,
     pub seconds: f64,
@@ -51,6 +54,10 @@ pub struct TrainingRecord {
     /// and its own training record, so the whole chain can be reproduced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continued_from: Option<Box<EarlierModel>>,
+}
+
+fn is_zero(share: &f64) -> bool {
+    *share == 0.0
 }
 
 /// The model a training run started from.
@@ -110,6 +117,7 @@ impl ModelCard {
                 batch_size: 0,
                 crop_px: 0,
                 learning_rate: 0.0,
+                randomise: 0.0,
                 final_loss: f32::NAN,
                 seconds: 0.0,
                 continued_from: None,

@@ -199,6 +199,13 @@ pub fn group_defect_cells(scores: &CellScores, active: &[bool], scale: (f32, f32
 /// Groups of `active` cells (row-major indices) in which each cell is at most two cells
 /// from another of its group, so a thin crack whose middle cell is faint stays one.
 pub fn connected_cells(active: &[bool], rows: usize, cols: usize) -> Vec<Vec<usize>> {
+    connected_cells_within(active, rows, cols, 2)
+}
+
+/// Groups of `active` cells, a cell joining a group when it lies within `reach` cells of
+/// one of its members (rows and columns).
+pub fn connected_cells_within(active: &[bool], rows: usize, cols: usize, reach: usize) -> Vec<Vec<usize>> {
+    let reach = reach as i64;
     let mut seen = vec![false; rows * cols];
     let mut groups = Vec::new();
     for start in 0..rows * cols {
@@ -211,8 +218,8 @@ pub fn connected_cells(active: &[bool], rows: usize, cols: usize) -> Vec<Vec<usi
         while let Some(i) = stack.pop() {
             let (r, c) = (i / cols, i % cols);
             members.push(i);
-            for dr in -2i64..=2 {
-                for dc in -2i64..=2 {
+            for dr in -reach..=reach {
+                for dc in -reach..=reach {
                     let (nr, nc) = (r as i64 + dr, c as i64 + dc);
                     if nr < 0 || nc < 0 || nr >= rows as i64 || nc >= cols as i64 {
                         continue;

@@ -11,5 +11,6 @@ pub mod metrics;
 pub mod model;
 pub mod packed;
 pub mod plot;
+pub mod randomise;
 pub mod synth;
 pub mod training;

@@ -20,6 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::data::{IGNORE, Sample, cell_targets_with_boxes};
 use crate::inference::{FrameView, score_batch};
 use crate::model::{BOX_OUTPUTS, CELL_PX, DefectNet, DefectNetConfig};
+use crate::randomise::randomise;
 
 /// Training hyperparameters, recorded in the model card.
 #[derive(Config, Debug, PartialEq)]
@@ -55,6 +56,10 @@ pub struct TrainConfig {
     /// Train the box head alone, everything else frozen (going on from a trained model).
     #[config(default = false)]
     pub box_head_only: bool,
+    /// Share of crops given another surface, light, colour and camera
+    /// ([`crate::randomise`]); 0: crops as the frames show them.
+    #[config(default = 0.0)]
+    pub randomise: f64,
 }
 
 /// Reported every few steps.
@@ -145,7 +150,12 @@ pub fn train<B: AutodiffBackend>(
                 (&prepared[rng.random_range(0..prepared.len())], None)
             };
             let (row0, col0) = crop_origin(item, crop_cells, around, &mut rng);
+            let from = pixels.len();
             crop(item, row0, col0, crop_cells, config.defect_weight, &mut pixels, &mut targets, &mut weights);
+            // No draw at all without randomisation: the same seed trains the same network.
+            if config.randomise > 0.0 && rng.random_bool(config.randomise.min(1.0)) {
+                randomise(&mut pixels[from..], crop_cells * CELL_PX, &mut rng);
+            }
             crop_boxes(item, row0, col0, crop_cells, &mut box_targets, &mut box_mask);
         }
         let side = crop_cells * CELL_PX;

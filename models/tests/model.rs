@@ -283,6 +283,7 @@ fn training_lowers_the_loss_and_a_saved_model_reloads_to_identical_outputs() {
             batch_size: 4,
             crop_px: 64,
             learning_rate: config.learning_rate,
+            randomise: 0.0,
             final_loss: last,
             seconds: 0.0,
             continued_from: None,

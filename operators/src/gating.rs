@@ -11,7 +11,7 @@ use defectflow_models::baseline::{
     BaselineConfig, BaselineError, BaselineKey, CameraBaseline, Commissioning, to_brightness,
 };
 use defectflow_models::detector::Detector;
-use defectflow_models::gate::{Persistence, UnknownDefects};
+use defectflow_models::gate::{Persistence, SCENE_HOLD_MS, SCENE_RELEARN_MS, UnknownDefects};
 use defectflow_models::inference::{CellScores, Found, FrameView};
 
 /// Where the baseline of `camera_id` is stored in a folder of baselines.
@@ -41,11 +41,19 @@ struct Gated {
     baseline: CameraBaseline,
     persistence: Persistence,
     followed_ms: Option<u64>,
+    /// Capture time of the latest frame in which cells were found departing because the
+    /// scene changed.
+    scene_ms: Option<u64>,
 }
 
 impl CameraNormal {
     fn gated(baseline: CameraBaseline) -> CameraNormal {
-        CameraNormal::Gated(Box::new(Gated { baseline, persistence: Persistence::default(), followed_ms: None }))
+        CameraNormal::Gated(Box::new(Gated {
+            baseline,
+            persistence: Persistence::default(),
+            followed_ms: None,
+            scene_ms: None,
+        }))
     }
 }
 
@@ -55,6 +63,9 @@ const QUIET_MS: u64 = 60_000;
 
 /// The most a baseline follows in one step, whatever the gap since the previous one.
 const MAX_FOLLOW_WEIGHT: f32 = 0.05;
+
+/// The most a cell departing because the scene changed re-learns in one step.
+const MAX_SCENE_WEIGHT: f32 = 0.5;
 
 /// A baseline follows its camera once a second at most (a step weighs the time since
 /// the previous one): slow changes need no more, and a frame's cost stays the gate's.
@@ -79,6 +90,8 @@ pub struct GateStats {
     pub departing_share: f32,
     /// Frames in which the whole view changed and nothing was looked for.
     pub disturbed_frames: u64,
+    /// Changes of the scene (many regions departing together) re-learnt, not reported.
+    pub scene_changes: u64,
     /// Frames commissioning learnt from.
     pub commissioning_frames: u64,
     /// How far the camera's baseline has followed the view since it was commissioned
@@ -234,17 +247,35 @@ impl CameraGates {
         scores: &CellScores,
         frame: &FrameView<'_>,
     ) -> GateOutcome {
-        let Gated { baseline, persistence, followed_ms } = camera;
+        let Gated { baseline, persistence, followed_ms, scene_ms } = camera;
         match detector.found_gated(scores, frame, baseline, &self.config, (persistence, capture_ms)) {
             Ok(gated) => {
                 stats.departing_share = gated.departing_share;
                 stats.disturbed_frames += u64::from(gated.disturbed);
+                // One change of the scene: the cells it moves, judged over a few frames.
+                if gated.scene_cells > 0 {
+                    if scene_ms.is_none_or(|at| capture_ms > at + SCENE_HOLD_MS) {
+                        stats.scene_changes += 1;
+                        tracing::info!(
+                            camera = baseline.header.key.camera_id.as_str(),
+                            cells = gated.scene_cells,
+                            "the scene changed (many regions of the view at once): re-learning them, not reporting them"
+                        );
+                    }
+                    *scene_ms = Some(scene_ms.map_or(capture_ms, |at| at.max(capture_ms)));
+                }
                 let since = capture_ms.saturating_sub(followed_ms.unwrap_or(capture_ms));
                 let due = followed_ms.is_none() || since >= FOLLOW_EVERY_MS;
                 if !gated.disturbed && self.config.follow_s > 0.0 && due {
-                    let weight = (since as f64 / (self.config.follow_s * 1000.0)) as f32;
-                    let quiet = persistence.quiet(scores.rows * scores.cols, capture_ms, QUIET_MS);
-                    if let Err(error) = baseline.follow(scores, &quiet, weight.min(MAX_FOLLOW_WEIGHT)) {
+                    let weight = ((since as f64 / (self.config.follow_s * 1000.0)) as f32).min(MAX_FOLLOW_WEIGHT);
+                    let scene_weight = (since as f32 / SCENE_RELEARN_MS as f32).min(MAX_SCENE_WEIGHT);
+                    let weights = persistence.follow_weights(
+                        scores.rows * scores.cols,
+                        capture_ms,
+                        QUIET_MS,
+                        (weight, scene_weight),
+                    );
+                    if let Err(error) = baseline.follow(scores, &weights) {
                         tracing::warn!(%error, "baseline did not follow the frame");
                     }
                     *followed_ms = Some(followed_ms.map_or(capture_ms, |t| t.max(capture_ms)));

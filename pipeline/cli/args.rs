@@ -180,6 +180,11 @@ pub struct TrainArgs {
     /// leave the cells' scores exactly as they were.
     #[arg(long, requires = "init", conflicts_with = "no_box_head")]
     pub box_head_only: bool,
+    /// Share of training crops (0–1) given another surface texture, light, colour,
+    /// blur, noise and codec artefacts (domain randomisation), so the model learns the
+    /// defect rather than the look of the frames it trains on.
+    #[arg(long, default_value_t = 0.0)]
+    pub randomise: f64,
 }
 
 #[derive(Debug, Args)]

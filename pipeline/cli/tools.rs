@@ -154,7 +154,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         .with_batch_size(args.batch_size)
         .with_crop_px(args.crop_px)
         .with_learning_rate(args.learning_rate)
-        .with_box_head_only(args.box_head_only);
+        .with_box_head_only(args.box_head_only)
+        .with_randomise(args.randomise);
+    anyhow::ensure!((0.0..=1.0).contains(&args.randomise), "--randomise must be a share from 0 to 1");
     anyhow::ensure!(
         args.crop_px >= 16 && args.crop_px.is_multiple_of(8),
         "--crop-px must be a multiple of 8, at least 16"

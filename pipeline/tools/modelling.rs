@@ -126,6 +126,7 @@ pub fn train_model(options: &TrainOptions) -> anyhow::Result<ModelCard> {
             batch_size: options.config.batch_size,
             crop_px: options.config.crop_px,
             learning_rate: options.config.learning_rate,
+            randomise: options.config.randomise,
             final_loss: final_loss(&losses),
             seconds,
             continued_from,

@@ -371,9 +371,11 @@ pub fn went_on_with_the_same_work_order_and_track(
 /// Whether the demo plant's `technician` works at `hour` (UTC, the plant's time zone).
 fn on_shift(technician: &str, hour: u8) -> bool {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference/technicians.json");
-    let technicians: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(path).expect("technicians")).expect("json");
+    let technicians: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("technicians")).expect("json");
     let shift = &technicians.iter().find(|t| t["technician_id"] == technician).expect("known technician")["shift"];
-    let (start, end) = (shift["start_hour"].as_u64().expect("start") as u8, shift["end_hour"].as_u64().expect("end") as u8);
+    let (start, end) =
+        (shift["start_hour"].as_u64().expect("start") as u8, shift["end_hour"].as_u64().expect("end") as u8);
     if start <= end { (start..end).contains(&hour) } else { hour >= start || hour < end }
 }
 

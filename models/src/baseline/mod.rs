@@ -85,6 +85,11 @@ pub struct BaselineConfig {
     /// constant, in seconds: a change that lasts this long is two-thirds learnt. Cells
     /// departing now or lately (a live track's) are never learnt. 0: never follows.
     pub follow_s: f64,
+    /// Cells that began departing within 2 s of one another in at least this many
+    /// separate regions of the view are the scene changing (a lamp, daylight through a
+    /// door, a shift in exposure), not the asset: they are re-learnt within seconds and
+    /// never reported. 0: never.
+    pub scene_regions: usize,
 }
 
 impl Default for BaselineConfig {
@@ -100,6 +105,7 @@ impl Default for BaselineConfig {
             fit_share: 0.6,
             settle_ms: 20_000,
             follow_s: 600.0,
+            scene_regions: 3,
         }
     }
 }
@@ -216,13 +222,13 @@ impl CameraBaseline {
         Ok(Departure { relative, departs, departing_share, disturbed: departing_share > config.disturbed_fraction })
     }
 
-    /// Follows slow changes of the view: each learnt cell in `quiet` (departing neither
-    /// now nor lately) moves its mean `weight` (0–1) of the way to this frame's
-    /// features. The spread and thresholds stay as commissioned, so how far the view may
-    /// wander before a cell departs does not grow.
-    pub fn follow(&mut self, scores: &CellScores, quiet: &[bool], weight: f32) -> Result<(), BaselineError> {
+    /// Follows changes of the view: each learnt cell moves its mean its `weights` (0–1,
+    /// per cell; 0 for a cell under a defect) of the way to this frame's features. The
+    /// spread and thresholds stay as commissioned, so how far the view may wander before
+    /// a cell departs does not grow.
+    pub fn follow(&mut self, scores: &CellScores, weights: &[f32]) -> Result<(), BaselineError> {
         let appearance = self.check_grid(scores)?;
-        let (dims, weight) = (self.header.dims, weight.clamp(0.0, 1.0));
+        let dims = self.header.dims;
         let commissioned = self.commissioned_mean.get_or_insert_with(|| self.mean.clone());
         let (mut moved, mut cells) = (0.0f64, 0usize);
         for (cell, threshold) in self.cell_threshold.iter().enumerate() {
@@ -231,7 +237,8 @@ impl CameraBaseline {
             }
             let at = cell * dims..(cell + 1) * dims;
             let (mean, start, inv_std) = (&mut self.mean[at.clone()], &commissioned[at.clone()], &self.inv_std[at]);
-            if quiet.get(cell).copied().unwrap_or(false) {
+            let weight = weights.get(cell).copied().unwrap_or(0.0).clamp(0.0, 1.0);
+            if weight > 0.0 {
                 for (m, f) in mean.iter_mut().zip(appearance.cell(cell)) {
                     *m += weight * (f - *m);
                 }
