@@ -266,6 +266,9 @@ fn the_baseline_follows_a_slow_change_but_never_a_cell_that_departs() {
     let followed = following.departure(&now, &config).expect("departure");
     let departing: Vec<usize> = (0..ROWS * COLS).filter(|&i| followed.departs[i]).collect();
     assert_eq!(departing, patch(), "the quiet cells followed the light, the patch did not");
+    // The light as it was when the camera was commissioned is normal still.
+    let back = following.departure(&frame(&mut rng, &[], 0.0, &[]), &config).expect("departure");
+    assert_eq!(back.departs.iter().filter(|d| **d).count(), 0, "the commissioned view departs nowhere");
 }
 
 #[test]

@@ -196,18 +196,19 @@ impl CameraBaseline {
     /// The baseline's per-cell distances for one frame (mean squared z-score over the
     /// features), before they are made relative.
     fn distances(&self, appearance: &Appearance) -> Vec<f32> {
-        let dims = self.header.dims;
-        (0..self.header.rows * self.header.cols)
-            .map(|cell| {
-                let (f, m, s) =
-                    (appearance.cell(cell), &self.mean[cell * dims..][..dims], &self.inv_std[cell * dims..][..dims]);
-                let sum: f32 = f.iter().zip(m).zip(s).map(|((f, m), s)| ((f - m) * s).powi(2)).sum();
-                sum / dims as f32
-            })
-            .collect()
+        (0..self.header.rows * self.header.cols).map(|cell| self.distance(appearance, cell, &self.mean)).collect()
     }
 
-    /// How far the cells of a frame scored with appearance depart from normal.
+    /// One cell's distance from `means` (the followed or the commissioned ones).
+    fn distance(&self, appearance: &Appearance, cell: usize, means: &[f32]) -> f32 {
+        let dims = self.header.dims;
+        let (f, m, s) = (appearance.cell(cell), &means[cell * dims..][..dims], &self.inv_std[cell * dims..][..dims]);
+        let sum: f32 = f.iter().zip(m).zip(s).map(|((f, m), s)| ((f - m) * s).powi(2)).sum();
+        sum / dims as f32
+    }
+
+    /// How far the cells of a frame scored with appearance depart from normal: the view
+    /// as commissioned, or as the baseline has followed it since.
     pub fn departure(&self, scores: &CellScores, config: &BaselineConfig) -> Result<Departure, BaselineError> {
         let appearance = self.check_grid(scores)?;
         let distances = self.distances(appearance);
@@ -215,8 +216,20 @@ impl CameraBaseline {
             (distances.iter().zip(&self.cell_threshold)).filter(|(_, t)| t.is_finite()).map(|(d, _)| *d).collect();
         let median = median(&learnt).max(1.0);
         let relative: Vec<f32> = distances.iter().map(|d| d / median).collect();
-        let departs: Vec<bool> =
-            relative.iter().zip(&self.cell_threshold).map(|(r, t)| r > t || !t.is_finite()).collect();
+        // Normal is what the camera saw when commissioned or what its baseline has
+        // followed since: a cell departs only from both. A look the baseline learnt
+        // while it re-learnt a change of the scene is then no trap when the view goes
+        // back to what it was, and a defect departs from both.
+        let departs: Vec<bool> = (relative.iter().zip(&self.cell_threshold).enumerate())
+            .map(|(cell, (r, t))| {
+                !t.is_finite()
+                    || (r > t
+                        && self
+                            .commissioned_mean
+                            .as_ref()
+                            .is_none_or(|commissioned| self.distance(appearance, cell, commissioned) / median > *t))
+            })
+            .collect();
         let departing = (departs.iter().zip(&self.cell_threshold)).filter(|(d, t)| **d && t.is_finite()).count();
         let departing_share = departing as f32 / learnt.len().max(1) as f32;
         Ok(Departure { relative, departs, departing_share, disturbed: departing_share > config.disturbed_fraction })
