@@ -137,9 +137,9 @@ impl Persistence {
     /// A disturbed frame (see [`Departure::disturbed`]) says nothing of any one cell: the
     /// departures under way before it do not end by it.
     pub fn hold(&mut self, capture_ms: u64) {
-        for (since, last) in self.since_ms.iter().zip(self.last_ms.iter_mut()) {
-            if *since != u64::MAX && capture_ms <= last.saturating_add(self.gap_ms.max(BRIDGED_GAP_MS)) {
-                *last = (*last).max(capture_ms);
+        for i in 0..self.since_ms.len() {
+            if self.departing(i, capture_ms) {
+                self.last_ms[i] = self.last_ms[i].max(capture_ms);
             }
         }
     }
@@ -186,9 +186,13 @@ impl Persistence {
         let (mut local_onsets, mut changes) = (Vec::new(), 0);
         for i in due {
             let onset = self.since_ms[i];
-            if self.cause[i] != Cause::Unjudged || local_onsets.contains(&onset) {
-                self.cause[i] = if self.cause[i] == Cause::Scene { Cause::Scene } else { Cause::Asset };
-                continue;
+            match self.cause[i] {
+                Cause::Unjudged if local_onsets.contains(&onset) => {
+                    self.cause[i] = Cause::Asset;
+                    continue;
+                }
+                Cause::Unjudged => {}
+                _ => continue, // judged with an earlier cell's cohort
             }
             let mut together = vec![false; cells];
             for &j in &departing {

@@ -190,12 +190,7 @@ fn kafka_security_settings_reach_librdkafka() {
         ),
     )
     .expect("config");
-    let output = Command::new(env!("CARGO_BIN_EXE_defectflow"))
-        .args(["run", "--config", config.to_str().expect("utf-8")])
-        .env("DEFECTFLOW_TEST_KEY_PASSWORD", "key-secret-3e9b")
-        .output()
-        .expect("run");
-    let shown = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let (output, shown) = run_with_secret(&config, "DEFECTFLOW_TEST_KEY_PASSWORD", "key-secret-3e9b");
     assert!(!output.status.success(), "{shown}");
     assert!(shown.contains("ssl.ca.location") || shown.contains("no-such-ca.pem"), "{shown}");
     assert!(!shown.contains("key-secret-3e9b"), "{shown}");
@@ -245,12 +240,7 @@ fn sasl_scram_is_spoken_with_the_broker_and_the_password_never_shown() {
     let mut attempts = 0;
     let (output, shown) = loop {
         attempts += 1;
-        let output = Command::new(env!("CARGO_BIN_EXE_defectflow"))
-            .args(["run", "--config", config.to_str().expect("utf-8")])
-            .env("DEFECTFLOW_TEST_SASL_PASSWORD", "sasl-secret-c41d")
-            .output()
-            .expect("run");
-        let shown = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        let (output, shown) = run_with_secret(&config, "DEFECTFLOW_TEST_SASL_PASSWORD", "sasl-secret-c41d");
         let timed_out = shown.contains("BrokerTransportFailure") && !shown.contains("SASL");
         if !timed_out || attempts == 3 {
             break (output, shown);
@@ -264,4 +254,16 @@ fn sasl_scram_is_spoken_with_the_broker_and_the_password_never_shown() {
     // callback is served before the start gives up; either way the start fails.
     assert!((shown.contains("SASL") && shown.contains("unknown-user")) || shown.contains("AllBrokersDown"), "{shown}");
     assert!(!shown.contains("sasl-secret-c41d"), "{shown}");
+}
+
+/// `defectflow run` of `config` to its end with the secret `value` in environment
+/// variable `variable`; its output, and its stdout and stderr together.
+fn run_with_secret(config: &Path, variable: &str, value: &str) -> (std::process::Output, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+        .args(["run", "--config", config.to_str().expect("utf-8")])
+        .env(variable, value)
+        .output()
+        .expect("run");
+    let shown = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output, shown)
 }
