@@ -124,12 +124,13 @@ pub fn render(stored: &[(PathBuf, BaselineHeader)]) -> String {
     let mut out = String::new();
     for (path, header) in stored {
         out.push_str(&format!(
-            "{}: {} frames fitted, {} calibrated, threshold {:.2}, {} cells the model called a defect (not learnt) -> {}\n",
+            "{}: {} frames fitted, {} calibrated, threshold {:.2}, {} cells the model called a defect (not learnt), {} regions it called a defect with lookalikes in the view (learnt) -> {}\n",
             header.key.camera_id,
             header.fit_frames,
             header.calibration_frames,
             header.threshold,
             header.excluded.len(),
+            header.lookalike_regions,
             shown(path),
         ));
     }

@@ -64,12 +64,18 @@ fn gated_at_once(
     gate(scores, baseline, &instant(), 0.5, unknown, (scale, (128.0, 96.0)), persistence, 0).expect("gated")
 }
 
-fn commissioned(rng: &mut ChaCha8Rng, defect: &[usize]) -> CameraBaseline {
+/// A baseline learnt from 40 frames where the classifier calls `defect` a crack, its
+/// features shifted by `shift` (a real defect looks unlike the rest of the view).
+fn commissioned_with(rng: &mut ChaCha8Rng, defect: &[usize], shift: f32) -> CameraBaseline {
     let mut learning = Commissioning::new(key(), BaselineConfig::default());
     for i in 0..40 {
-        learning.observe(&frame(rng, &[], 0.0, defect), i as f32 / 40.0).expect("a frame");
+        learning.observe(&frame(rng, defect, shift, defect), i as f32 / 40.0).expect("a frame");
     }
     learning.finish().expect("a baseline")
+}
+
+fn commissioned(rng: &mut ChaCha8Rng, defect: &[usize]) -> CameraBaseline {
+    commissioned_with(rng, defect, 0.0)
 }
 
 fn patch() -> Vec<usize> {
@@ -128,12 +134,34 @@ fn a_departure_the_classifier_names_is_a_defect_and_one_it_cannot_is_unknown() {
 fn a_defect_present_while_commissioning_is_not_learnt_and_still_found() {
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     let small: Vec<usize> = [5 * COLS + 7, 5 * COLS + 8, 6 * COLS + 7, 6 * COLS + 8].into();
-    let baseline = commissioned(&mut rng, &small);
+    let baseline = commissioned_with(&mut rng, &small, 2.0);
     let excluded: Vec<usize> = baseline.header.excluded.iter().map(|c| c.row * COLS + c.col).collect();
     assert_eq!(excluded, small, "the cells the model called a crack are reported, not learnt");
-    let same = frame(&mut rng, &[], 0.0, &small);
+    assert_eq!(baseline.header.lookalike_regions, 0);
+    let same = frame(&mut rng, &small, 2.0, &small);
     let gated = gated_at_once(&same, &baseline, UnknownDefects::On, (1.0, 1.0));
     assert_eq!(gated.named.len(), 1, "the crack present at commissioning is still a crack");
+}
+
+#[test]
+fn a_spot_the_model_calls_a_defect_that_looks_like_elsewhere_in_the_view_is_learnt() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    // The model calls a crack where the surface looks as it does in many other cells (the
+    // view repeats every 11 cells): a texture misread, not a defect.
+    let spot: Vec<usize> = [5 * COLS + 7, 5 * COLS + 8].into();
+    let baseline = commissioned_with(&mut rng, &spot, 0.0);
+    assert!(baseline.header.excluded.is_empty(), "{:?}", baseline.header.excluded);
+    assert_eq!(baseline.header.lookalike_regions, 1);
+    let same = frame(&mut rng, &[], 0.0, &spot);
+    let gated = gated_at_once(&same, &baseline, UnknownDefects::On, (1.0, 1.0));
+    assert!(gated.named.is_empty() && gated.unknown.is_empty(), "{gated:?}");
+    // Without the test of lookalikes, the spot is left out and reported.
+    let mut learning =
+        Commissioning::new(key(), BaselineConfig { exclude_uniqueness: 0.0, ..BaselineConfig::default() });
+    for i in 0..40 {
+        learning.observe(&frame(&mut rng, &[], 0.0, &spot), i as f32 / 40.0).expect("a frame");
+    }
+    assert_eq!(learning.finish().expect("a baseline").header.excluded.len(), 2);
 }
 
 #[test]

@@ -303,8 +303,16 @@ impl CameraGates {
             frames,
             threshold = header.threshold,
             defect_cells_at_commissioning = header.excluded.len(),
+            lookalike_regions = header.lookalike_regions,
             "camera commissioned"
         );
+        if header.lookalike_regions > 0 {
+            tracing::info!(
+                camera,
+                regions = header.lookalike_regions,
+                "the model called part of the view a defect while commissioning, but it has lookalikes elsewhere in the view: learnt as normal"
+            );
+        }
         if !header.excluded.is_empty() {
             tracing::warn!(
                 camera,

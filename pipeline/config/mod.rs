@@ -430,6 +430,9 @@ fn validate_anomaly(anomaly: &defectflow_models::baseline::BaselineConfig) -> Re
             return field(name, format!("must be between 0 and 1, got {value}"));
         }
     }
+    if !(anomaly.exclude_uniqueness >= 0.0 && anomaly.exclude_uniqueness.is_finite()) {
+        return field("exclude_uniqueness", format!("must be 0 (off) or more, got {}", anomaly.exclude_uniqueness));
+    }
     for (name, value) in [("threshold_margin", anomaly.threshold_margin), ("min_threshold", anomaly.min_threshold)] {
         if !(value >= 1.0 && value.is_finite()) {
             return field(name, format!("must be at least 1, got {value}"));

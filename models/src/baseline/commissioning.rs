@@ -165,8 +165,18 @@ impl Commissioning {
         let regions = connected_cells(&defect_cells, rows, cols);
         let total: usize = regions.iter().map(Vec::len).sum();
         let mut left_out = vec![false; cells];
-        if regions.len() <= MAX_DEFECTS_AT_COMMISSIONING && total <= largest {
-            regions.into_iter().flatten().for_each(|c| left_out[c] = true);
+        let mut alike = 0;
+        if !regions.is_empty() && regions.len() <= MAX_DEFECTS_AT_COMMISSIONING && total <= largest {
+            // A defect is unlike the rest of its view; a spot the model misreads on a
+            // surface it never saw has lookalikes elsewhere in the view.
+            let view = Lookalikes::new(self.mean_features(), rows, cols, dims);
+            for region in regions {
+                if view.uniqueness(&region) >= self.config.exclude_uniqueness {
+                    region.into_iter().for_each(|c| left_out[c] = true);
+                } else {
+                    alike += 1;
+                }
+            }
         }
         let is_learnt = |cell: usize| !left_out[cell];
         for cell in (0..cells).filter(|&c| is_learnt(c)) {
@@ -211,10 +221,18 @@ impl Commissioning {
             calibration_frames: 0,
             threshold: self.config.min_threshold,
             excluded,
+            lookalike_regions: alike,
             brightness: (self.brightness.1 > 0).then_some(self.brightness.0 as f32),
             sha256: String::new(),
         };
         Ok(CameraBaseline { header, mean, inv_std, cell_threshold, commissioned_mean: None, drift: 0.0 })
+    }
+
+    /// Per cell and feature, the mean over every frame fitted (confident defects included).
+    fn mean_features(&self) -> Vec<f32> {
+        let dims = self.grid.map_or(1, |g| g.2);
+        let frames = |cell: usize| f64::from(self.learnt[cell] + self.confident[cell]).max(1.0);
+        self.sum_all.iter().enumerate().map(|(i, sum)| (sum / frames(i / dims)) as f32).collect()
     }
 
     fn calibrate(&mut self, scores: &CellScores) -> Result<(), BaselineError> {
@@ -265,5 +283,71 @@ impl Commissioning {
         baseline.header.calibration_frames = self.calibration_frames;
         baseline.header.sha256 = hex(&Sha256::digest(baseline.payload()));
         Ok(baseline)
+    }
+}
+
+/// How unlike the rest of its view a region is: the distance from each of its cells to
+/// the nearest lookalike cell elsewhere in the view, in units of how far an ordinary
+/// cell is from its own nearest lookalike.
+///
+/// It is the mutual scoring of MuSc (Li et al., "MuSc: Zero-Shot Industrial Anomaly
+/// Classification and Segmentation with Mutual Scoring of the Unlabeled Images", ICLR
+/// 2024, arXiv:2401.16753) within one view instead of across a batch of images: a
+/// patch of normal surface has close lookalikes among the other patches, a defect has
+/// none. Commissioning asks it of what the classifier already calls a defect, so a
+/// surface the model never trained on, misread in one spot, is learnt as normal.
+struct Lookalikes {
+    /// Per cell, its mean features standardised over the view.
+    z: Vec<f32>,
+    cols: usize,
+    dims: usize,
+    /// How far an ordinary cell is from its nearest lookalike: the 99th percentile.
+    ordinary: f32,
+}
+
+/// Cells within this many rows and columns of a region are its own neighbourhood, not
+/// lookalikes elsewhere.
+const LOOKALIKE_REACH: usize = 2;
+
+/// An ordinary cell's distance is sampled at every this-many cells (commissioning
+/// stays well under a second for a 640×360 view).
+const LOOKALIKE_SAMPLE: usize = 5;
+
+impl Lookalikes {
+    fn new(mut z: Vec<f32>, rows: usize, cols: usize, dims: usize) -> Lookalikes {
+        let cells = rows * cols;
+        for k in 0..dims {
+            let mean = (0..cells).map(|c| z[c * dims + k]).sum::<f32>() / cells as f32;
+            let var = (0..cells).map(|c| (z[c * dims + k] - mean).powi(2)).sum::<f32>() / cells as f32;
+            let std = var.sqrt().max(1e-6);
+            (0..cells).for_each(|c| z[c * dims + k] = (z[c * dims + k] - mean) / std);
+        }
+        let mut view = Lookalikes { z, cols, dims, ordinary: 0.0 };
+        let mut nearest: Vec<f32> = (0..cells).step_by(LOOKALIKE_SAMPLE).map(|c| view.nearest(c, &[c])).collect();
+        nearest.sort_by(f32::total_cmp);
+        view.ordinary = nearest.get((nearest.len().saturating_sub(1)) * 99 / 100).copied().unwrap_or(0.0).max(1e-6);
+        view
+    }
+
+    fn near(&self, a: usize, b: usize) -> bool {
+        (a / self.cols).abs_diff(b / self.cols) <= LOOKALIKE_REACH
+            && (a % self.cols).abs_diff(b % self.cols) <= LOOKALIKE_REACH
+    }
+
+    /// Distance from `cell` to the closest cell outside the neighbourhood of `region`.
+    fn nearest(&self, cell: usize, region: &[usize]) -> f32 {
+        let d = self.dims;
+        let features = &self.z[cell * d..(cell + 1) * d];
+        (0..self.z.len() / d)
+            .filter(|&other| !region.iter().any(|&r| self.near(r, other)))
+            .map(|other| features.iter().zip(&self.z[other * d..(other + 1) * d]).map(|(a, b)| (a - b) * (a - b)).sum())
+            .fold(f32::INFINITY, f32::min)
+            .sqrt()
+    }
+
+    /// The region's least typical cell's distance to its nearest lookalike, over an
+    /// ordinary cell's.
+    fn uniqueness(&self, region: &[usize]) -> f32 {
+        region.iter().map(|&c| self.nearest(c, region)).fold(0.0, f32::max) / self.ordinary
     }
 }

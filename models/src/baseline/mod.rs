@@ -66,6 +66,11 @@ pub struct BaselineConfig {
     /// a defect is local, and more is the model misreading the surface (a texture it
     /// never saw), learnt as normal.
     pub max_defect_share: f32,
+    /// ... and only a region this unlike the rest of the view: its cells at least this
+    /// many times as far from their nearest lookalike elsewhere in the view as an
+    /// ordinary cell is (see `Lookalikes`). A defect has no lookalike; a spot of a
+    /// surface the model never saw, misread, has. 0: every such region is left out.
+    pub exclude_uniqueness: f32,
     /// The calibrated threshold is this many times the largest relative distance seen
     /// on the camera's own normal frames (the typical frame's largest, and each cell's own).
     pub threshold_margin: f32,
@@ -99,6 +104,7 @@ impl Default for BaselineConfig {
             unknown: UnknownDefects::On,
             exclude_confidence: 0.9,
             max_defect_share: 0.02,
+            exclude_uniqueness: 2.0,
             threshold_margin: 1.5,
             min_threshold: 3.0,
             disturbed_fraction: 0.2,
@@ -149,6 +155,10 @@ pub struct BaselineHeader {
     pub threshold: f32,
     /// Cells not learnt as normal because the classifier called them a defect.
     pub excluded: Vec<ExcludedCell>,
+    /// Regions the classifier called a defect that have lookalikes elsewhere in the
+    /// view: a surface it misread, learnt as normal (see `exclude_uniqueness`).
+    #[serde(default)]
+    pub lookalike_regions: usize,
     /// Mean pixel value (0–255) of the commissioning frames; frames are brought to it
     /// before they are scored, so a lighting step is not a change of the asset.
     #[serde(default)]
