@@ -197,7 +197,8 @@ fn check_evidence(out: &Path, truth: &GroundTruth, w: &serde_json::Value) {
     let left = image.get_pixel((bbox.x.floor() as u32).saturating_sub(1), (bbox.y + bbox.height / 2.0) as u32).0;
     assert!(left[0] > 180 && left[1] < 110, "{uri}: outline at the box's left edge, got {left:?}");
     let capture = evidence["capture_ms"].as_u64().expect("capture_ms");
-    assert!(w["detected_at_ms"].as_u64() <= Some(capture) && Some(capture) <= w["revised_at_ms"].as_u64(), "{w}");
+    let at = |k: &str| w[k].as_u64().unwrap_or_else(|| panic!("{k} in {w}"));
+    assert!(at("detected_at_ms") <= capture && capture <= at("revised_at_ms"), "{w}");
     let camera = truth.cameras.iter().find(|c| w["camera_id"] == c.scene.camera_id.as_str()).expect("camera");
     let scene = defectflow_models::synth::Scene::new(camera.scene.clone());
     let frame = evidence["frame_index"].as_u64().expect("frame_index");

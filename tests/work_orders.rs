@@ -1,6 +1,7 @@
 //! Golden work-order scenarios: every `tests/scenarios/*.toml` replayed through the
-//! work-order dataflow must give exactly its `.expected.jsonl`. Set
-//! `DEFECTFLOW_BLESS=1` to rewrite the expected files after a reviewed change.
+//! work-order dataflow must give exactly its `.expected.jsonl`. The tests never write
+//! an expected file: after a reviewed change, `defectflow replay X.toml --out
+//! X.expected.jsonl` rewrites one, and its diff is reviewed line by line.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,15 +37,17 @@ fn every_scenario_gives_its_expected_work_order_stream() {
     for path in &scenarios {
         let actual = run(path, timely::Config::thread()).join("\n") + "\n";
         let expected_path = path.with_extension("expected.jsonl");
-        if std::env::var_os("DEFECTFLOW_BLESS").is_some() {
-            std::fs::write(&expected_path, &actual).expect("write expected file");
-            continue;
-        }
-        let expected = std::fs::read_to_string(&expected_path)
-            .unwrap_or_else(|e| panic!("{}: {e} (bless with DEFECTFLOW_BLESS=1)", expected_path.display()));
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (write it with `defectflow replay {} --out {}` and review it)",
+                expected_path.display(),
+                path.display(),
+                expected_path.display()
+            )
+        });
         if actual != expected {
-            let first = actual.lines().zip(expected.lines()).position(|(a, e)| a != e);
-            failures.push(format!("{}: differs at line {:?}", path.display(), first.map(|i| i + 1)));
+            let first = (0..).find(|&i| actual.lines().nth(i) != expected.lines().nth(i)).unwrap_or(0);
+            failures.push(format!("{}: differs from line {}", path.display(), first + 1));
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");

@@ -424,21 +424,57 @@ mod tests {
     use super::*;
     use crate::model::DefectNetConfig;
 
+    /// The stem computed the plain way: per output pixel and channel, the 27 taps of the
+    /// normalised, zero-padded input times the convolution's weights, plus its bias, ReLU.
+    fn stem_by_definition(frame: &FrameView<'_>, weight: &[f32], bias: &[f32]) -> Vec<f32> {
+        let (height, width, channels) = (frame.height, frame.width, bias.len());
+        let (out_h, out_w) = (height.div_ceil(2), width.div_ceil(2));
+        let input = |c: usize, y: isize, x: isize| -> f32 {
+            if y < 0 || x < 0 || y >= height as isize || x >= width as isize {
+                return 0.0;
+            }
+            f32::from(frame.pixels[(c * height + y as usize) * width + x as usize]) / 255.0 - 0.5
+        };
+        let mut out = Vec::with_capacity(out_h * out_w * channels);
+        for oy in 0..out_h {
+            for ox in 0..out_w {
+                for k in 0..channels {
+                    let mut sum = bias[k];
+                    for c in 0..3 {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (y, x) = ((2 * oy + ky) as isize - 1, (2 * ox + kx) as isize - 1);
+                                sum += weight[((k * 3 + c) * 3 + ky) * 3 + kx] * input(c, y, x);
+                            }
+                        }
+                    }
+                    out.push(sum.max(0.0));
+                }
+            }
+        }
+        out
+    }
+
     #[test]
-    fn the_portable_stem_computes_what_the_avx2_one_does() {
+    fn both_stems_compute_the_convolution_by_its_definition() {
         let net = DefectNetConfig::new().init::<CpuBackend>(&Default::default());
         let stem = Stem::new(&net.stem);
+        let weight = values(net.stem.weight.val());
+        let bias = net.stem.bias.as_ref().map(|b| values(b.val())).expect("the stem has a bias");
         let (width, height) = (45, 23);
         let pixels: Vec<u8> = (0..3 * width * height).map(|i| (i * 7919 % 251) as u8).collect();
         let frame = FrameView { width, height, pixels: &pixels };
+        let expected = stem_by_definition(&frame, &weight, &bias);
+        assert!(expected.iter().any(|&v| v > 0.0) && expected.contains(&0.0));
         let buffers = Mutex::default();
-        let fast = stem_direct_on(&frame, &stem, &buffers, true);
-        let portable = stem_direct_on(&frame, &stem, &buffers, false);
-        assert_eq!((portable.height, portable.width, portable.channels), (12, 23, 16));
-        assert_eq!(fast.values.len(), portable.values.len());
-        assert!(portable.values.iter().any(|&v| v > 0.0));
-        for (a, b) in fast.values.iter().zip(&portable.values) {
-            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+        // The AVX2 path where the CPU has it (the portable one otherwise), and the portable path.
+        for avx2 in [true, false] {
+            let found = stem_direct_on(&frame, &stem, &buffers, avx2);
+            assert_eq!((found.height, found.width, found.channels), (12, 23, 16));
+            assert_eq!(found.values.len(), expected.len());
+            for (a, b) in found.values.iter().zip(&expected) {
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "avx2 {avx2}: {a} vs {b}");
+            }
         }
     }
 

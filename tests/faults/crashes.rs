@@ -18,11 +18,19 @@ fn kill_times(seed: u64, count: usize) -> Vec<Duration> {
             state ^= state << 25;
             state ^= state >> 27;
             let r = state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
-            // Between 1 and 9 s into a run of the 6 s recording played in real time
-            // (the start, the middle of sending, the end).
-            Duration::from_millis(1_000 + r % 8_000)
+            // Between 1 and 5 s into a run of the 6 s recording played in real time
+            // (the start, the middle of sending): every kill lands on a live run.
+            Duration::from_millis(1_000 + r % 4_000)
         })
         .collect()
+}
+
+/// SIGKILL to `run` (by its own PID), which must still be running: a kill that came
+/// after the run ended would test nothing.
+fn kill_live(run: &mut std::process::Child) {
+    assert!(run.try_wait().expect("wait").is_none(), "the run ended before it was killed");
+    run.kill().expect("SIGKILL");
+    run.wait().expect("reap");
 }
 
 #[test]
@@ -41,13 +49,12 @@ fn sigkill_at_random_points_then_a_restart_loses_and_duplicates_nothing() {
             .spawn()
             .expect("run");
         std::thread::sleep(*after);
-        // SIGKILL (by its own PID); a run that already ended is simply reaped.
-        let _ = run.kill();
-        run.wait().expect("reap");
+        kill_live(&mut run);
     }
     // The last run goes to the end.
+    let before = plant.broker.output_messages();
     let stdout = run_to_end(&plant.config, Some(&out));
-    assert!(stdout.contains("kafka:"), "{stdout}");
+    assert_eq!(sent_to_kafka(&stdout), plant.broker.output_messages() - before, "{stdout}");
     let messages = plant.broker.messages("defectflow.work-orders");
     check_exactly_once(&messages, &out, &plant.truth);
     let keys = checks::one_work_order_per_defect(&work_orders(&messages), &checks::defects(&plant.truth));
@@ -57,6 +64,10 @@ fn sigkill_at_random_points_then_a_restart_loses_and_duplicates_nothing() {
         checks::one_work_order_per_defect(&checks::jsonl_work_orders(&out), &checks::defects(&plant.truth)),
         keys
     );
+    // Every topic, the file and every audit table hold what a run that never crashed
+    // writes from the same recording.
+    let crashed = run_outputs(&plant.broker, "defectflow.", &out);
+    same_as_uncrashed(&crashed, &uncrashed_run(&plant.broker, plant.dir.path(), &plant.config));
     // No partial file is left where a reader looks (files are written aside, renamed).
     let mut stack = vec![out.join("audit")];
     while let Some(dir) = stack.pop() {
@@ -108,8 +119,7 @@ fn without_kafka_crashes_leave_each_line_of_the_file_once() {
     let mut run =
         defectflow(&config, Some(&out), None).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
     std::thread::sleep(after);
-    let _ = run.kill();
-    run.wait().expect("reap");
+    kill_live(&mut run);
     let stdout = run_to_end(&config, Some(&out));
     assert!(stdout.contains("written by an earlier run"), "{stdout}");
 
@@ -234,8 +244,7 @@ fn sigkill_at_random_points_of_a_live_run_leaves_the_audit_log_complete() {
             assert!(broker.wait_for_revisions(0, &mut run), "the first run sent no work order");
         }
         std::thread::sleep(*after);
-        run.kill().expect("SIGKILL");
-        run.wait().expect("reap");
+        kill_live(&mut run);
     }
     let mut last =
         defectflow(&config, Some(&out), None).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");

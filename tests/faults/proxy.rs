@@ -1,6 +1,7 @@
 //! A TCP proxy on 127.0.0.1 between defectflow and the broker, to take the broker away
 //! (every connection cut, new ones refused: as a broker process killed) and bring it
-//! back, or to delay every chunk of bytes in both directions (a slow broker).
+//! back, or to delay every chunk of bytes in both directions (a slow broker); it keeps
+//! what clients sent, to show what went over the wire.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -17,7 +18,12 @@ struct State {
     stop: AtomicBool,
     /// Both ends of every open connection, to cut them.
     open: Mutex<Vec<TcpStream>>,
+    /// The first bytes clients sent, over all connections.
+    from_clients: Mutex<Vec<u8>>,
 }
+
+/// Most bytes from clients kept.
+const KEPT_BYTES: usize = 1 << 20;
 
 /// Forwards 127.0.0.1:`port` to 127.0.0.1:`origin` until dropped.
 #[derive(Debug)]
@@ -48,6 +54,11 @@ impl Proxy {
 
     pub fn up(&self) {
         self.state.down.store(false, Ordering::SeqCst);
+    }
+
+    /// What clients sent, over all connections so far (the first MiB).
+    pub fn sent_by_clients(&self) -> Vec<u8> {
+        self.state.from_clients.lock().expect("lock").clone()
     }
 
     /// Every chunk of bytes, either way, waits this long.
@@ -81,11 +92,13 @@ fn accept(port: u16, origin: u16, state: &Arc<State>) {
                         open.push(stream.try_clone().expect("clone"));
                     }
                     drop(open);
-                    for (from, to) in
-                        [(client.try_clone().expect("clone"), server.try_clone().expect("clone")), (server, client)]
-                    {
+                    let ways = [
+                        (client.try_clone().expect("clone"), server.try_clone().expect("clone"), true),
+                        (server, client, false),
+                    ];
+                    for (from, to, from_client) in ways {
                         let state = Arc::clone(state);
-                        std::thread::spawn(move || pump(from, to, &state));
+                        std::thread::spawn(move || pump(from, to, &state, from_client));
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
@@ -96,13 +109,18 @@ fn accept(port: u16, origin: u16, state: &Arc<State>) {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, state: &State) {
+fn pump(mut from: TcpStream, mut to: TcpStream, state: &State, from_client: bool) {
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buffer) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if from_client {
+            let mut kept = state.from_clients.lock().expect("lock");
+            let room = KEPT_BYTES.saturating_sub(kept.len());
+            kept.extend_from_slice(&buffer[..n.min(room)]);
+        }
         let delay = state.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));

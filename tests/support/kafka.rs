@@ -111,6 +111,12 @@ impl Broker {
     pub fn messages(&self, topic: &str) -> Vec<Value> {
         serde_json::from_slice(&self.client(&["dump", topic]).stdout).expect("json")
     }
+
+    /// How many messages the output topics hold together (what a run's summary counts
+    /// as sent to Kafka; progress records are not counted).
+    pub fn output_messages(&self) -> usize {
+        OUTPUT_TOPICS.iter().map(|topic| self.messages(topic).len()).sum()
+    }
 }
 
 impl Drop for Broker {
@@ -181,6 +187,28 @@ pub fn defectflow(config: &Path, out: Option<&Path>, failpoint: Option<&str>) ->
         None => command.env_remove("DEFECTFLOW_FAILPOINT"),
     };
     command
+}
+
+/// The topics a run sends messages to.
+pub const OUTPUT_TOPICS: [&str; 4] =
+    ["defectflow.work-orders", "defectflow.alerts", "defectflow.parts-staging", "defectflow.dead-letter"];
+
+/// The number of messages a run's summary says it sent to Kafka (`kafka: N sent, …`).
+pub fn sent_to_kafka(stdout: &str) -> usize {
+    let line =
+        stdout.lines().find_map(|l| l.strip_prefix("kafka: ")).unwrap_or_else(|| panic!("no kafka line: {stdout}"));
+    let count = line.split_once(" sent").unwrap_or_else(|| panic!("no count sent: {line}")).0;
+    count.parse().unwrap_or_else(|e| panic!("{count:?} in {line:?}: {e}"))
+}
+
+/// Kills `run` (SIGKILL, by its own PID) once the work-order topic holds more than
+/// `more_than` messages; panics if the run ended before, so every kill lands on a live
+/// run that had got past sending.
+pub fn kill_once_sending(broker: &Broker, more_than: usize, run: &mut Child) {
+    assert!(broker.wait_for_revisions(more_than, run), "the run ended before it sent more revisions");
+    assert!(run.try_wait().expect("wait").is_none(), "the run ended before it was killed");
+    run.kill().expect("SIGKILL");
+    run.wait().expect("reap");
 }
 
 pub fn run_to_end(config: &Path, out: Option<&Path>) -> String {
@@ -402,4 +430,113 @@ pub fn revision_key(w: &Value) -> String {
 
 pub fn work_orders(messages: &[Value]) -> Vec<Value> {
     messages.iter().map(|m| serde_json::from_str(m["value"].as_str().expect("value")).expect("json")).collect()
+}
+
+/// What a run of the plant left behind, to compare a crashed run with an uncrashed one
+/// of the same recorded inputs: each output topic's payloads by idempotency key, the
+/// work-orders.jsonl file, and every audit table's rows.
+#[derive(Debug)]
+pub struct RunOutputs {
+    /// Per output topic (without its prefix): idempotency key → record key and payload.
+    pub topics: BTreeMap<String, BTreeMap<String, String>>,
+    pub jsonl: String,
+    /// Per audit table: its rows as JSON objects with sorted keys, sorted (a row written
+    /// twice appears twice).
+    pub audit: BTreeMap<String, Vec<String>>,
+}
+
+/// The uncrashed run's topics are `reference.*` on the same broker.
+const REFERENCE_TOPICS: [&str; 5] = [
+    "reference.work-orders:3",
+    "reference.alerts:1",
+    "reference.parts-staging:1",
+    "reference.dead-letter:1",
+    "reference.progress:1",
+];
+
+/// Runs the plant's recording once to its end without any fault, on its own output and
+/// progress topics (`reference.*`) and its own folder, and returns what it wrote.
+pub fn uncrashed_run(broker: &Broker, dir: &Path, config: &Path) -> RunOutputs {
+    broker.create_topics(&REFERENCE_TOPICS);
+    let topics = "[kafka.topics]\nwork_orders = \"reference.work-orders\"\nalerts = \"reference.alerts\"\n\
+                  parts_staging = \"reference.parts-staging\"\ndead_letter = \"reference.dead-letter\"\n\
+                  progress = \"reference.progress\"\n";
+    let text = std::fs::read_to_string(config).expect("config");
+    assert!(text.contains("[kafka.properties]"), "{text}");
+    let text = text.replacen("[kafka.properties]", &format!("{topics}[kafka.properties]"), 1);
+    let config = dir.join("uncrashed.toml");
+    std::fs::write(&config, text).expect("config");
+    let out = dir.join("uncrashed");
+    run_to_end(&config, Some(&out));
+    run_outputs(broker, "reference.", &out)
+}
+
+/// What the runs with output folder `out` and topics `<prefix>…` left behind; every
+/// topic holds each idempotency key once.
+pub fn run_outputs(broker: &Broker, prefix: &str, out: &Path) -> RunOutputs {
+    let mut topics = BTreeMap::new();
+    for topic in OUTPUT_TOPICS {
+        let name = topic.trim_start_matches("defectflow.");
+        let mut payloads = BTreeMap::new();
+        for m in broker.messages(&format!("{prefix}{name}")) {
+            let key = m["headers"]["idempotency-key"].as_str().expect("idempotency key header").to_owned();
+            let value = format!("{} {}", m["key"], m["value"].as_str().expect("a text payload"));
+            if let Some(earlier) = payloads.insert(key.clone(), value) {
+                panic!("{prefix}{name}: {key} delivered twice (first {earlier})");
+            }
+        }
+        topics.insert(name.to_owned(), payloads);
+    }
+    let jsonl = std::fs::read_to_string(out.join("work-orders.jsonl")).expect("work-orders.jsonl");
+    RunOutputs { topics, jsonl, audit: audit_rows(&out.join("audit")) }
+}
+
+/// Every row of every audit table, read by polars (which fails on a partial file).
+pub fn audit_rows(audit: &Path) -> BTreeMap<String, Vec<String>> {
+    let python = std::env::var("DEFECTFLOW_ANALYTICS_PYTHON").expect("DEFECTFLOW_ANALYTICS_PYTHON");
+    let script = r#"
+import json, os, sys
+import polars as pl
+tables = {}
+for table in ["detections", "tracks", "work_orders", "assignments", "inventory", "wo_events", "alerts"]:
+    folder = os.path.join(sys.argv[1], table)
+    if not os.path.isdir(folder) or not any(f.endswith(".parquet") for _, _, fs in os.walk(folder) for f in fs):
+        tables[table] = []
+        continue
+    df = pl.scan_parquet(folder + "/**/*.parquet", hive_partitioning=True).collect()
+    tables[table] = sorted(json.dumps(r, sort_keys=True, default=str) for r in df.iter_rows(named=True))
+print(json.dumps(tables))
+"#;
+    let output = Command::new(python).args(["-c", script, audit.to_str().expect("utf-8")]).output().expect("python");
+    assert!(output.status.success(), "polars: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("json")
+}
+
+/// The crashed runs left exactly what the uncrashed run did: on every output topic the
+/// same idempotency keys with the same payloads byte for byte, the same
+/// work-orders.jsonl byte for byte, and the same rows in every audit table.
+pub fn same_as_uncrashed(crashed: &RunOutputs, uncrashed: &RunOutputs) {
+    assert!(!uncrashed.topics["work-orders"].is_empty(), "the uncrashed run sent work orders");
+    for (topic, expected) in &uncrashed.topics {
+        let found = &crashed.topics[topic];
+        let missing: Vec<&String> = expected.keys().filter(|k| !found.contains_key(*k)).collect();
+        let extra: Vec<&String> = found.keys().filter(|k| !expected.contains_key(*k)).collect();
+        assert!(missing.is_empty() && extra.is_empty(), "{topic}: missing {missing:?}, extra {extra:?}");
+        for (key, payload) in expected {
+            assert_eq!(&found[key], payload, "{topic}: {key} differs");
+        }
+    }
+    assert_eq!(crashed.jsonl, uncrashed.jsonl, "work-orders.jsonl differs");
+    for (table, expected) in &uncrashed.audit {
+        let found = &crashed.audit[table];
+        if found != expected {
+            let missing: Vec<&String> = expected.iter().filter(|r| !found.contains(r)).take(3).collect();
+            let extra: Vec<&String> = found.iter().filter(|r| !expected.contains(r)).take(3).collect();
+            panic!(
+                "audit table {table}: {} rows after the crashes, {} without; missing {missing:?}, extra {extra:?}",
+                found.len(),
+                expected.len()
+            );
+        }
+    }
 }
