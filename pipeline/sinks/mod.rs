@@ -134,9 +134,33 @@ pub fn open(config: &RunConfig) -> anyhow::Result<Vec<Box<dyn Sink>>> {
     Ok(sinks)
 }
 
+/// Every failpoint, in the order a run reaches them: the fault suite crashes at each.
+pub const FAILPOINTS: [&str; 12] = [
+    "kafka-after-recovery",
+    "audit-after-recovery",
+    "kafka-between-sends",
+    "after-send",
+    "before-commit",
+    "after-progress",
+    "jsonl-after-append",
+    "jsonl-before-progress-rename",
+    "jsonl-after-progress",
+    "audit-after-aside",
+    "audit-after-rename",
+    "audit-after-manifest",
+];
+
 /// Test hook: `DEFECTFLOW_FAILPOINT=<name>[:<n>]` aborts the process the n-th time (default
-/// the first) it reaches the named point, as a crash there would.
+/// the first) it reaches the named point, as a crash there would. Only in builds with
+/// debug assertions (what `cargo build` and `cargo test` make) or the `failpoints`
+/// feature: a release build has none.
+#[cfg(not(any(debug_assertions, feature = "failpoints")))]
+pub(crate) fn failpoint(_name: &str) {}
+
+/// See the other `failpoint`.
+#[cfg(any(debug_assertions, feature = "failpoints"))]
 pub(crate) fn failpoint(name: &str) {
+    debug_assert!(FAILPOINTS.contains(&name), "{name} is listed in FAILPOINTS");
     static HITS: std::sync::Mutex<Option<std::collections::HashMap<String, u32>>> = std::sync::Mutex::new(None);
     let Ok(spec) = std::env::var("DEFECTFLOW_FAILPOINT") else { return };
     let (point, nth) = match spec.split_once(':') {
@@ -156,7 +180,13 @@ pub(crate) fn failpoint(name: &str) {
 }
 
 /// Test hook: `DEFECTFLOW_FAILPOINT=stall:<name>` blocks the thread that reaches the named
-/// point for good, as a disk or a network call that never answers would.
+/// point for good, as a disk or a network call that never answers would (builds as for
+/// [`failpoint`]).
+#[cfg(not(any(debug_assertions, feature = "failpoints")))]
+pub(crate) fn stallpoint(_name: &str) {}
+
+/// See the other `stallpoint`.
+#[cfg(any(debug_assertions, feature = "failpoints"))]
 pub(crate) fn stallpoint(name: &str) {
     if std::env::var("DEFECTFLOW_FAILPOINT").is_ok_and(|spec| spec.strip_prefix("stall:") == Some(name)) {
         eprintln!("failpoint stall:{name}: blocking");

@@ -90,6 +90,7 @@ impl Outputs {
         };
         let Some(recovered) = audit.recover(&keep) else { return Ok(()) };
         let recovered = recovered?;
+        super::failpoint("audit-after-recovery");
         if recovered > 0 {
             tracing::info!(
                 rows = recovered,

@@ -1,11 +1,14 @@
-//! defectflow killed with SIGKILL at random points of a run, restarted each time; and
-//! stopped with SIGTERM, which is graceful.
+//! defectflow crashed at every failpoint and killed with SIGKILL at random points of a
+//! run, restarted each time, and compared with a run that never crashed; and stopped
+//! with SIGTERM, which is graceful.
 
+use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::Duration;
 
 use crate::checks;
 use crate::support::kafka::*;
+use defectflow::sinks::FAILPOINTS;
 
 /// A small deterministic generator for the kill times (its seed is printed, and can be
 /// set with `DEFECTFLOW_FAULT_SEED` to repeat a run).
@@ -81,6 +84,45 @@ fn sigkill_at_random_points_then_a_restart_loses_and_duplicates_nothing() {
             }
         }
     }
+}
+
+/// Crashes at every failpoint, each the first time a run reaches it, in chains (crash,
+/// restart, crash at the next point, ...) that end with a run to the end; then every
+/// topic, the file and every audit table as a run that never crashed. Without
+/// transactions every point but `before-commit`; with them, the points around the
+/// commit. Each recovery point follows a crash after sending, so the start has
+/// something to recover.
+#[test]
+fn a_crash_at_every_failpoint_then_a_restart_gives_what_an_uncrashed_run_gives() {
+    let plant = plant("");
+    // The recording as fast as it decodes, not at its frame rate: its capture times are
+    // fixed, so every run derives the same outputs either way.
+    let text = std::fs::read_to_string(&plant.config).expect("config");
+    assert!(text.contains("realtime = true\n"), "{text}");
+    std::fs::write(&plant.config, text.replace("realtime = true\n", "")).expect("config");
+    let uncrashed = uncrashed_run(&plant.broker, plant.dir.path(), &plant.config);
+    let chains: [(&[&str], bool); 5] = [
+        (&["after-send", "kafka-after-recovery", "after-send:2", "audit-after-recovery"], false),
+        (&["kafka-between-sends", "after-progress:2"], false),
+        (&["jsonl-after-append", "jsonl-before-progress-rename", "jsonl-after-progress"], false),
+        (&["audit-after-aside", "audit-after-rename", "audit-after-manifest"], false),
+        (&["kafka-between-sends", "before-commit", "after-progress"], true),
+    ];
+    let mut reached = BTreeSet::new();
+    for (i, (points, transactions)) in chains.into_iter().enumerate() {
+        let prefix = format!("crash-{i}.");
+        let extra = if transactions { "transactional = true\n" } else { "" };
+        let (config, out) = config_on_topics(&plant.broker, plant.dir.path(), &plant.config, &prefix, extra);
+        let started = std::time::Instant::now();
+        for point in points {
+            crash_at(&config, &out, point);
+            reached.insert(point.split(':').next().unwrap_or(point));
+        }
+        run_to_end(&config, Some(&out));
+        eprintln!("crashed at {points:?} (transactions: {transactions}) in {:?}", started.elapsed());
+        same_as_uncrashed(&run_outputs(&plant.broker, &prefix, &out), &uncrashed);
+    }
+    assert_eq!(reached, FAILPOINTS.into_iter().collect(), "every failpoint crashed at");
 }
 
 /// A config for the demo plant's recordings played in real time, without Kafka: the

@@ -445,47 +445,71 @@ pub struct RunOutputs {
     pub audit: BTreeMap<String, Vec<String>>,
 }
 
-/// The uncrashed run's topics are `reference.*` on the same broker.
-const REFERENCE_TOPICS: [&str; 5] = [
-    "reference.work-orders:3",
-    "reference.alerts:1",
-    "reference.parts-staging:1",
-    "reference.dead-letter:1",
-    "reference.progress:1",
-];
+/// A copy of the plant's `config` whose output and progress topics are `<prefix>…`
+/// (created on `broker`), with `kafka_extra` added to `[kafka]`, and an output folder
+/// of its own: a run on it shares nothing with the plant's runs but the inputs.
+pub fn config_on_topics(
+    broker: &Broker,
+    dir: &Path,
+    config: &Path,
+    prefix: &str,
+    kafka_extra: &str,
+) -> (PathBuf, PathBuf) {
+    let name = prefix.trim_end_matches('.');
+    let topics: Vec<String> = ["work-orders:3", "alerts:1", "parts-staging:1", "dead-letter:1", "progress:1"]
+        .iter()
+        .map(|t| format!("{prefix}{t}"))
+        .collect();
+    broker.create_topics(&topics.iter().map(String::as_str).collect::<Vec<_>>());
+    let table = format!(
+        "{kafka_extra}[kafka.topics]\nwork_orders = \"{prefix}work-orders\"\nalerts = \"{prefix}alerts\"\n\
+         parts_staging = \"{prefix}parts-staging\"\ndead_letter = \"{prefix}dead-letter\"\nprogress = \"{prefix}progress\"\n"
+    );
+    let text = std::fs::read_to_string(config).expect("config");
+    assert!(text.contains("[kafka.properties]"), "{text}");
+    let text = text.replacen("[kafka.properties]", &format!("{table}[kafka.properties]"), 1);
+    let copy = dir.join(format!("{name}.toml"));
+    std::fs::write(&copy, text).expect("config");
+    (copy, dir.join(name))
+}
 
 /// Runs the plant's recording once to its end without any fault, on its own output and
 /// progress topics (`reference.*`) and its own folder, and returns what it wrote.
 pub fn uncrashed_run(broker: &Broker, dir: &Path, config: &Path) -> RunOutputs {
-    broker.create_topics(&REFERENCE_TOPICS);
-    let topics = "[kafka.topics]\nwork_orders = \"reference.work-orders\"\nalerts = \"reference.alerts\"\n\
-                  parts_staging = \"reference.parts-staging\"\ndead_letter = \"reference.dead-letter\"\n\
-                  progress = \"reference.progress\"\n";
-    let text = std::fs::read_to_string(config).expect("config");
-    assert!(text.contains("[kafka.properties]"), "{text}");
-    let text = text.replacen("[kafka.properties]", &format!("{topics}[kafka.properties]"), 1);
-    let config = dir.join("uncrashed.toml");
-    std::fs::write(&config, text).expect("config");
-    let out = dir.join("uncrashed");
+    let (config, out) = config_on_topics(broker, dir, config, "reference.", "");
     run_to_end(&config, Some(&out));
     run_outputs(broker, "reference.", &out)
 }
 
-/// What the runs with output folder `out` and topics `<prefix>…` left behind; every
-/// topic holds each idempotency key once.
+/// What the runs with output folder `out` and topics `<prefix>…` left behind, as a
+/// consumer reading committed messages sees the topics; every topic holds each
+/// idempotency key once. Without transactions every message is committed; with them,
+/// what an aborted transaction left on the raw topic must be a copy of a committed
+/// message.
 pub fn run_outputs(broker: &Broker, prefix: &str, out: &Path) -> RunOutputs {
+    let names: Vec<String> =
+        OUTPUT_TOPICS.iter().map(|t| format!("{prefix}{}", t.trim_start_matches("defectflow."))).collect();
+    let mut args = vec!["dump-outputs"];
+    args.extend(names.iter().map(String::as_str));
+    let output = broker.client(&args);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let dumped: Value = serde_json::from_slice(&output.stdout).expect("json");
     let mut topics = BTreeMap::new();
-    for topic in OUTPUT_TOPICS {
-        let name = topic.trim_start_matches("defectflow.");
+    for topic in &names {
+        let text = |m: &Value| format!("{} {}", m["key"], m["value"].as_str().expect("a text payload"));
+        let idempotency_key = |m: &Value| m["headers"]["idempotency-key"].as_str().expect("idempotency key").to_owned();
         let mut payloads = BTreeMap::new();
-        for m in broker.messages(&format!("{prefix}{name}")) {
-            let key = m["headers"]["idempotency-key"].as_str().expect("idempotency key header").to_owned();
-            let value = format!("{} {}", m["key"], m["value"].as_str().expect("a text payload"));
-            if let Some(earlier) = payloads.insert(key.clone(), value) {
-                panic!("{prefix}{name}: {key} delivered twice (first {earlier})");
+        for m in dumped[topic]["committed"].as_array().expect("committed messages") {
+            let key = idempotency_key(m);
+            if let Some(earlier) = payloads.insert(key.clone(), text(m)) {
+                panic!("{topic}: {key} delivered twice (first {earlier})");
             }
         }
-        topics.insert(name.to_owned(), payloads);
+        for m in dumped[topic]["raw"].as_array().expect("raw messages") {
+            let key = idempotency_key(m);
+            assert_eq!(payloads.get(&key), Some(&text(m)), "{topic}: {key} on the raw topic is not committed so");
+        }
+        topics.insert(topic.trim_start_matches(prefix).to_owned(), payloads);
     }
     let jsonl = std::fs::read_to_string(out.join("work-orders.jsonl")).expect("work-orders.jsonl");
     RunOutputs { topics, jsonl, audit: audit_rows(&out.join("audit")) }

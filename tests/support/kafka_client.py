@@ -3,6 +3,8 @@ binding): creates topics and dumps a topic as JSON.
 
 usage: kafka_client.py create BOOTSTRAP NAME:PARTITIONS...
        kafka_client.py dump BOOTSTRAP TOPIC      -> [{partition, offset, key, value, headers}]
+       kafka_client.py dump-outputs BOOTSTRAP TOPIC...  -> {topic: {"committed": [...], "raw": [...]}}: each
+                                                    topic as dump gives it, and as a read_committed consumer sees it
        kafka_client.py count BOOTSTRAP TOPIC     -> number of messages
        kafka_client.py produce BOOTSTRAP TOPIC   <- JSON lines {"value": text} or {"bytes": n},
                                                     optionally with "partition": n
@@ -34,7 +36,7 @@ def create(bootstrap, specs):
             time.sleep(0.2)
 
 
-def messages(bootstrap, topic):
+def messages(bootstrap, topic, isolation="read_uncommitted"):
     consumer = Consumer({
         "bootstrap.servers": bootstrap,
         "group.id": "defectflow-tests",
@@ -43,8 +45,9 @@ def messages(bootstrap, topic):
         # Read to the end of each partition rather than to its high watermark, which
         # tansu reports behind the last record of a batch.
         "enable.partition.eof": True,
-        # The raw topic, aborted transactions included: exactly-once is checked on it.
-        "isolation.level": "read_uncommitted",
+        # By default the raw topic, aborted transactions included: exactly-once is
+        # checked on it.
+        "isolation.level": isolation,
     })
     metadata = consumer.list_topics(topic, timeout=10)
     if metadata.topics[topic].error is not None:
@@ -93,6 +96,11 @@ def main():
         create(bootstrap, rest)
     elif command == "dump":
         print(json.dumps(messages(bootstrap, rest[0])))
+    elif command == "dump-outputs":
+        print(json.dumps({
+            topic: {"committed": messages(bootstrap, topic, "read_committed"), "raw": messages(bootstrap, topic)}
+            for topic in rest
+        }))
     elif command == "produce":
         produce(bootstrap, rest[0])
     elif command == "count":

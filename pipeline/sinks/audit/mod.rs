@@ -141,12 +141,15 @@ impl AuditLog {
                 }
             }
         }
-        aside
+        super::failpoint("audit-after-aside");
+        let renamed = aside
             .into_iter()
             .map(|(file, path)| {
                 std::fs::rename(&file, &path).map(|()| path.clone()).map_err(|source| AuditError::Io { path, source })
             })
-            .collect()
+            .collect();
+        super::failpoint("audit-after-rename");
+        renamed
     }
 
     /// Writes the batch to a hidden file beside its place; returns (that file, its place).

@@ -297,6 +297,7 @@ fn commit<T>(
     if let Err(error) = log.record(table, &files, closed_before) {
         tracing::warn!(%error, "the audit log's manifest could not be written");
     }
+    crate::sinks::failpoint("audit-after-manifest");
     buffer.rows.clear();
     buffer.before = closed_before;
     Ok(())

@@ -121,7 +121,9 @@ impl JsonLinesSink {
             serde_json::to_vec(&progress).map_err(|e| JsonLinesError::Io { path: aside.clone(), source: e.into() })?;
         let mut file = File::create(&aside).map_err(io(&aside))?;
         file.write_all(&record).and_then(|()| file.sync_all()).map_err(io(&aside))?;
+        super::failpoint("jsonl-before-progress-rename");
         std::fs::rename(&aside, &self.progress_path).map_err(io(&self.progress_path))?;
+        super::failpoint("jsonl-after-progress");
         self.progress = progress;
         Ok(())
     }

@@ -235,6 +235,7 @@ impl KafkaSink {
             producer.init_transactions(REQUEST_TIMEOUT).map_err(failed("initialising transactions"))?;
         }
         let recovered = recover(config)?;
+        super::failpoint("kafka-after-recovery");
         let mut progress = recovered.progress.clone().unwrap_or_default();
         // The next record also covers what a crashed run sent after its last record.
         progress.offsets = recovered.ends.clone();
@@ -281,7 +282,10 @@ impl KafkaSink {
         if self.config.transactional {
             self.producer.begin_transaction().map_err(failed("beginning a transaction"))?;
         }
-        for message in &outgoing {
+        for (i, message) in outgoing.iter().enumerate() {
+            if i == 1 {
+                super::failpoint("kafka-between-sends");
+            }
             self.send(&message.topic, &message.key, &message.payload, Some(&message.idempotency_key))?;
         }
         self.flush_producer()?;
@@ -308,6 +312,7 @@ impl KafkaSink {
         self.send(&progress_topic, &key, &record, None)?;
         self.flush_producer()?;
         if self.config.transactional {
+            super::failpoint("before-commit");
             self.commit_transaction()?;
         }
         super::failpoint("after-progress");
