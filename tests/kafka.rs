@@ -96,6 +96,9 @@ fn transactions_and_a_broker_outage_lose_and_duplicate_nothing() {
     let replay = run_to_end(&config, None);
     assert!(replay.contains("kafka: 0 sent"), "the replay differs from the run\nreplay: {replay}\nrun: {stdout}");
     check_exactly_once(&broker.messages("defectflow.work-orders"), &out, &truth);
+    // Every topic (as a read_committed consumer sees it), the file and every audit table
+    // as a run without the outage.
+    same_as_uncrashed(&run_outputs(&broker, "defectflow.", &out), &uncrashed_run(&broker, dir.path(), &config));
 }
 
 #[test]

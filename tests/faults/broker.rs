@@ -21,14 +21,17 @@ fn plant_behind_proxy() -> (Plant, Proxy, u16) {
     (plant, proxy, metrics)
 }
 
-/// Checks the run's topic and audit log against the footage, and that a replay after it
-/// sends nothing.
+/// Checks the run's topic and audit log against the footage, that a replay after it
+/// sends nothing, and that every topic, the file and every audit table hold what a run
+/// without the fault writes from the same recording.
 fn check_delivered_once(plant: &Plant, out: &std::path::Path) {
     let messages = plant.broker.messages("defectflow.work-orders");
     check_exactly_once(&messages, out, &plant.truth);
     let keys = checks::one_work_order_per_defect(&work_orders(&messages), &checks::defects(&plant.truth));
     checks::audited_once(&out.join("audit"), &keys);
     assert!(run_to_end(&plant.config, None).contains("kafka: 0 sent"), "a replay sends nothing again");
+    let faulty = run_outputs(&plant.broker, "defectflow.", out);
+    same_as_uncrashed(&faulty, &uncrashed_run(&plant.broker, plant.dir.path(), &plant.config));
 }
 
 /// The broker goes away (every connection cut, new ones refused, as when its process is

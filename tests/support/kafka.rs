@@ -474,9 +474,13 @@ pub fn config_on_topics(
 }
 
 /// Runs the plant's recording once to its end without any fault, on its own output and
-/// progress topics (`reference.*`) and its own folder, and returns what it wrote.
+/// progress topics (`reference.*`) and its own folder, and returns what it wrote. A
+/// `duration_s` (a run kept up after its footage) is dropped: the recording decides.
 pub fn uncrashed_run(broker: &Broker, dir: &Path, config: &Path) -> RunOutputs {
     let (config, out) = config_on_topics(broker, dir, config, "reference.", "");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("duration_s")).collect();
+    std::fs::write(&config, kept.join("\n") + "\n").expect("config");
     run_to_end(&config, Some(&out));
     run_outputs(broker, "reference.", &out)
 }
