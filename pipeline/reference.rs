@@ -138,3 +138,71 @@ pub fn reference_with_cameras(from: &Path, dir: &Path, cameras: &[WholeView<'_>]
     std::fs::write(reference.join("cameras.json"), serde_json::to_string_pretty(&cameras)?)?;
     Ok(reference)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// The demo plant's reference with `change` made to the first entry of `file`, as
+    /// [`PlantReference::parse`] judges it.
+    fn with_change(file: &str, change: impl Fn(&mut Value)) -> Result<PlantReference, ReferenceError> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
+        let texts = PlantReference::FILES.map(|name| {
+            let text = std::fs::read_to_string(dir.join(name)).expect("a demo reference file");
+            if name != file {
+                return text;
+            }
+            let mut table: Value = serde_json::from_str(&text).expect("json");
+            change(&mut table[0]);
+            table.to_string()
+        });
+        PlantReference::parse(&dir, texts.each_ref().map(|t| Some(t.as_str())))
+    }
+
+    /// A file, a change to its first entry, and what the refusal must name.
+    type Case = (&'static str, Box<dyn Fn(&mut Value)>, &'static str);
+
+    /// Every file, broken each way a plant could break it, is refused with a message
+    /// naming the file and the entry and field at fault.
+    #[test]
+    fn every_reference_file_that_is_wrong_is_named_with_its_field() {
+        with_change("assets.json", |_| {}).expect("the demo plant's reference is valid");
+        let mut cases: Vec<Case> = vec![
+            ("assets.json", Box::new(|a| a["criticality"] = json!(9)), "[0].criticality"),
+            ("cameras.json", Box::new(|c| c["rois"][0]["asset_id"] = json!("NO-SUCH-ASSET")), "[0].rois[0].asset_id"),
+            ("technicians.json", Box::new(|t| t["shift"]["start_hour"] = json!(25)), "[0].shift"),
+            ("procedures.json", Box::new(|p| p["estimated_hours"] = json!(-1.0)), "[0].estimated_hours"),
+            ("failures.json", Box::new(|f| f["failed_at_ms"] = json!("yesterday")), "yesterday"),
+            ("inventory.json", Box::new(|i| i["on_hand"] = json!("three")), "three"),
+        ];
+        // A required field missing from each file.
+        let required = [
+            ("assets.json", "asset_id"),
+            ("cameras.json", "camera_id"),
+            ("failures.json", "asset_id"),
+            ("procedures.json", "procedure_id"),
+            ("technicians.json", "technician_id"),
+            ("inventory.json", "part_id"),
+        ];
+        for (file, field) in required {
+            cases.push((
+                file,
+                Box::new(move |entry| {
+                    entry.as_object_mut().expect("an object").remove(field);
+                }),
+                field,
+            ));
+        }
+        for (file, change, named) in &cases {
+            let error = with_change(file, change).expect_err(&format!("{file}: {named} accepted")).to_string();
+            assert!(error.contains(file) && error.contains(named), "{file} {named}: {error}");
+        }
+        // A file that is not JSON at all.
+        let dir = Path::new("/plant/reference");
+        let broken = PlantReference::parse(dir, [Some("[{"), None, None, None, None, None]);
+        let error = broken.expect_err("not JSON").to_string();
+        assert!(error.contains("/plant/reference/assets.json") && error.contains("line 1"), "{error}");
+    }
+}

@@ -90,7 +90,9 @@ fn sigkill_at_random_points_then_a_restart_loses_and_duplicates_nothing() {
 /// restart, crash at the next point, ...) that end with a run to the end; then every
 /// topic, the file and every audit table as a run that never crashed. Without
 /// transactions every point but `before-commit`; with them, the points around the
-/// commit. Each recovery point follows a crash after sending, so the start has
+/// commit. Each crash of a chain leaves the next run work that reaches the next point
+/// whatever the batching (a recording not played in real time may be sent in one
+/// batch): the recovery points follow a crash after sending, so the start has
 /// something to recover.
 #[test]
 fn a_crash_at_every_failpoint_then_a_restart_gives_what_an_uncrashed_run_gives() {
@@ -102,8 +104,8 @@ fn a_crash_at_every_failpoint_then_a_restart_gives_what_an_uncrashed_run_gives()
     std::fs::write(&plant.config, text.replace("realtime = true\n", "")).expect("config");
     let uncrashed = uncrashed_run(&plant.broker, plant.dir.path(), &plant.config);
     let chains: [(&[&str], bool); 5] = [
-        (&["after-send", "kafka-after-recovery", "after-send:2", "audit-after-recovery"], false),
-        (&["kafka-between-sends", "after-progress:2"], false),
+        (&["after-send", "kafka-after-recovery", "audit-after-recovery"], false),
+        (&["kafka-between-sends", "after-progress"], false),
         (&["jsonl-after-append", "jsonl-before-progress-rename", "jsonl-after-progress"], false),
         (&["audit-after-aside", "audit-after-rename", "audit-after-manifest"], false),
         (&["kafka-between-sends", "before-commit", "after-progress"], true),
