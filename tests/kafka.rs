@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::kafka::*;
+use support::outputs::*;
 
 #[test]
 fn each_revision_reaches_the_topic_once_across_crashes_and_replays() {

@@ -150,45 +150,34 @@ pub const FAILPOINTS: [&str; 12] = [
     "audit-after-manifest",
 ];
 
-/// Test hook: `DEFECTFLOW_FAILPOINT=<name>[:<n>]` aborts the process the n-th time (default
-/// the first) it reaches the named point, as a crash there would. Only in builds with
-/// debug assertions (what `cargo build` and `cargo test` make) or the `failpoints`
-/// feature: a release build has none.
-#[cfg(not(any(debug_assertions, feature = "failpoints")))]
-pub(crate) fn failpoint(_name: &str) {}
+/// Whether this build has failpoints: builds with debug assertions (what `cargo build`
+/// and `cargo test` make) or the `failpoints` feature; a release build has none.
+const FAILPOINTS_BUILT: bool = cfg!(any(debug_assertions, feature = "failpoints"));
 
-/// See the other `failpoint`.
-#[cfg(any(debug_assertions, feature = "failpoints"))]
+/// `DEFECTFLOW_FAILPOINT`, read once (never in a build without failpoints).
+fn failpoint_spec() -> Option<&'static str> {
+    static SPEC: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    SPEC.get_or_init(|| if FAILPOINTS_BUILT { std::env::var("DEFECTFLOW_FAILPOINT").ok() } else { None }).as_deref()
+}
+
+/// Test hook: `DEFECTFLOW_FAILPOINT=<name>[:<n>]` aborts the process the n-th time (default
+/// the first) it reaches the named point, as a crash there would (see `FAILPOINTS_BUILT`).
 pub(crate) fn failpoint(name: &str) {
     debug_assert!(FAILPOINTS.contains(&name), "{name} is listed in FAILPOINTS");
-    static HITS: std::sync::Mutex<Option<std::collections::HashMap<String, u32>>> = std::sync::Mutex::new(None);
-    let Ok(spec) = std::env::var("DEFECTFLOW_FAILPOINT") else { return };
-    let (point, nth) = match spec.split_once(':') {
-        Some((point, n)) => (point.to_owned(), n.parse().unwrap_or(1)),
-        None => (spec, 1),
-    };
-    if point != name {
-        return;
-    }
-    let Ok(mut hits) = HITS.lock() else { return };
-    let count = hits.get_or_insert_with(std::collections::HashMap::new).entry(point).or_insert(0);
-    *count += 1;
-    if *count == nth {
+    // A spec names one point: the hits of that point.
+    static HITS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let Some(spec) = failpoint_spec() else { return };
+    let (point, nth) = spec.split_once(':').map_or((spec, 1), |(point, n)| (point, n.parse().unwrap_or(1)));
+    if point == name && HITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == nth {
         eprintln!("failpoint {name}: aborting");
         std::process::abort();
     }
 }
 
 /// Test hook: `DEFECTFLOW_FAILPOINT=stall:<name>` blocks the thread that reaches the named
-/// point for good, as a disk or a network call that never answers would (builds as for
-/// [`failpoint`]).
-#[cfg(not(any(debug_assertions, feature = "failpoints")))]
-pub(crate) fn stallpoint(_name: &str) {}
-
-/// See the other `stallpoint`.
-#[cfg(any(debug_assertions, feature = "failpoints"))]
+/// point for good, as a disk or a network call that never answers would.
 pub(crate) fn stallpoint(name: &str) {
-    if std::env::var("DEFECTFLOW_FAILPOINT").is_ok_and(|spec| spec.strip_prefix("stall:") == Some(name)) {
+    if failpoint_spec().and_then(|spec| spec.strip_prefix("stall:")) == Some(name) {
         eprintln!("failpoint stall:{name}: blocking");
         loop {
             std::thread::park();

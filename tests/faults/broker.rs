@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::checks;
 use crate::proxy::Proxy;
-use crate::support::{self, kafka::*};
+use crate::support::{self, kafka::*, outputs::*};
 
 /// A plant whose broker is reached through a [`Proxy`], with metrics on a free port.
 fn plant_behind_proxy() -> (Plant, Proxy, u16) {

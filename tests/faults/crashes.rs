@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::checks;
 use crate::support::kafka::*;
+use crate::support::outputs::*;
 use defectflow::sinks::FAILPOINTS;
 
 /// A small deterministic generator for the kill times (its seed is printed, and can be
@@ -26,14 +27,6 @@ fn kill_times(seed: u64, count: usize) -> Vec<Duration> {
             Duration::from_millis(1_000 + r % 4_000)
         })
         .collect()
-}
-
-/// SIGKILL to `run` (by its own PID), which must still be running: a kill that came
-/// after the run ended would test nothing.
-fn kill_live(run: &mut std::process::Child) {
-    assert!(run.try_wait().expect("wait").is_none(), "the run ended before it was killed");
-    run.kill().expect("SIGKILL");
-    run.wait().expect("reap");
 }
 
 #[test]

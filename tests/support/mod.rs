@@ -15,6 +15,7 @@ use defectflow_models::synth::{AssetKind, GroundTruth, PlantOptions, planned_sce
 use defectflow_schemas::DefectClass;
 
 pub mod kafka;
+pub mod outputs;
 
 /// Footage written once per test binary and shared by its tests.
 pub struct Footage {
