@@ -10,6 +10,11 @@
 //! gets an error naming it, and reads again. Files marked as recovered keep their names
 //! and their mark. The new file records the latest `closed_before` of those it
 //! replaces (which the manifest already holds) and is numbered above them.
+//!
+//! It may run beside a run writing the same dates ([`locks`]): each partition is held
+//! from its listing to the swap, and a commit into it waits (or the compaction waits for
+//! the commit). Files the manifest does not cover yet (a commit whose process died
+//! before recording it) keep their names, so that a start still finds them by number.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -23,8 +28,8 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
-use super::manifest::file_number;
-use super::{AuditError, CLOSED_BEFORE};
+use super::manifest::{Manifest, file_number};
+use super::{AuditError, CLOSED_BEFORE, locks};
 
 /// What a compaction did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -38,9 +43,9 @@ pub struct Compacted {
 }
 
 /// Compacts every table's partitions of dates before `before` (`YYYY-MM-DD`) under the
-/// audit folder `dir`. Run it on dates no run writes any more (a replay of old footage
-/// writes the dates of its frames).
+/// audit folder `dir`; refused while another compaction runs on it.
 pub fn compact(dir: &Path, before: &str) -> Result<Compacted, AuditError> {
+    let _only = locks::only_compaction(dir)?;
     let mut done = Compacted::default();
     for table in AuditTable::ALL {
         let Ok(partitions) = std::fs::read_dir(dir.join(table.name())) else { continue };
@@ -72,15 +77,21 @@ fn parquet(path: &Path) -> impl FnOnce(parquet::errors::ParquetError) -> AuditEr
     move |source| AuditError::Parquet { path, source }
 }
 
-/// A partition's files: (those to merge, those marked as recovered).
-fn files_of(partition: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), AuditError> {
+/// A partition's files: (those to merge, those kept as they are: marked as recovered,
+/// or numbered after `covered`, the manifest's record of the partition).
+fn files_of(partition: &Path, covered: Option<u64>) -> Result<(Vec<PathBuf>, Vec<PathBuf>), AuditError> {
     let mut files: Vec<PathBuf> = (std::fs::read_dir(partition).map_err(io(partition))?.flatten())
         .map(|f| f.path())
         .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
         .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
         .collect();
     files.sort();
-    Ok(files.into_iter().partition(|p| !p.to_string_lossy().ends_with("-recovered.parquet")))
+    let kept = |path: &PathBuf| {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let uncovered = covered.is_some_and(|covered| file_number(&name).is_some_and(|n| n > covered));
+        name.ends_with("-recovered.parquet") || uncovered
+    };
+    Ok(files.into_iter().partition(|p| !kept(p)))
 }
 
 /// A file's rows in the table's current layout, and the time it closes.
@@ -115,7 +126,14 @@ fn read(table: AuditTable, path: &Path) -> Result<(Vec<RecordBatch>, u64, bool),
 }
 
 fn compact_partition(dir: &Path, table: AuditTable, partition: &Path, done: &mut Compacted) -> Result<(), AuditError> {
-    let (merge, recovered) = files_of(partition)?;
+    let name = partition.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let _held = locks::compaction(dir, table, &name)?;
+    // Read under the lock: a commit records its files before letting go of it. A
+    // partition the manifest does not know is listed whole at a start, whatever its
+    // numbers.
+    let covered =
+        (Manifest::read(dir).tables.get(table.name())).and_then(|record| record.partitions.get(&name).copied());
+    let (merge, kept) = files_of(partition, covered)?;
     let mut batches = Vec::new();
     let (mut closed_before, mut all_current) = (None::<u64>, true);
     for path in &merge {
@@ -127,16 +145,13 @@ fn compact_partition(dir: &Path, table: AuditTable, partition: &Path, done: &mut
     if merge.len() < 2 && all_current {
         return Ok(());
     }
-    let name = partition.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let staging = dir.join(".compacting").join(table.name()).join(&name);
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
     }
     std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-    let highest = (merge.iter().chain(&recovered))
-        .filter_map(|p| file_number(&p.file_name()?.to_string_lossy()))
-        .max()
-        .unwrap_or(0);
+    let highest =
+        (merge.iter().chain(&kept)).filter_map(|p| file_number(&p.file_name()?.to_string_lossy())).max().unwrap_or(0);
     let merged = staging.join(format!("part-{:08}.parquet", highest + 1));
     let metadata = closed_before.map(|t| vec![KeyValue::new(CLOSED_BEFORE.to_owned(), t.to_string())]);
     let properties = WriterProperties::builder()
@@ -151,7 +166,7 @@ fn compact_partition(dir: &Path, table: AuditTable, partition: &Path, done: &mut
         writer.write(batch).map_err(parquet(&merged))?;
     }
     writer.into_inner().map_err(parquet(&merged))?.sync_all().map_err(io(&merged))?;
-    for path in &recovered {
+    for path in &kept {
         let link = staging.join(path.file_name().unwrap_or_default());
         std::fs::hard_link(path, &link).map_err(io(&link))?;
     }
@@ -160,8 +175,8 @@ fn compact_partition(dir: &Path, table: AuditTable, partition: &Path, done: &mut
     // `staging` now holds the old files.
     std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
     done.partitions += 1;
-    done.files_before += merge.len() + recovered.len();
-    done.files_after += 1 + recovered.len();
+    done.files_before += merge.len() + kept.len();
+    done.files_after += 1 + kept.len();
     done.rows += rows;
     Ok(())
 }
@@ -212,49 +227,142 @@ mod tests {
         (rows, kind)
     }
 
-    /// Three commits and a file of the older, unsigned layout in one day become one file
-    /// of the current layout with every row; a recovered file keeps its name; the day
-    /// not before the date is left alone; a start still knows what is committed.
-    #[test]
-    fn a_day_of_small_files_becomes_one_file_with_every_row() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let hour = std::time::Duration::from_secs(3600);
-        let mut stream = AuditStream::open(dir.path(), 1, hour).expect("open");
-        for (closed_before, at) in [(10, T0 + 1), (20, T0 + 2), (30, T0 + 3), (40, T0 + DAY + 1)] {
-            let rows = AuditRows { detections: vec![detection(at)], ..AuditRows::default() };
-            stream.append(closed_before, &[], rows).expect("committed");
-        }
-        drop(stream);
-        let day = dir.path().join("detections/date=2026-12-01");
-        let next = dir.path().join("detections/date=2026-12-02");
-        // A file as an earlier version wrote it: frame_index unsigned.
-        let first = day.join("part-00000000.parquet");
-        let (batch, _) = {
-            let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(&first).expect("file")).expect("parquet");
-            (builder.build().expect("reader").next().expect("a batch").expect("batch"), ())
-        };
+    /// Writes the first file of a day again in the older layout (frame_index unsigned), as
+    /// an earlier version wrote it.
+    fn as_older_layout(file: &Path) {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(file).expect("file")).expect("parquet");
+        let batch = builder.build().expect("reader").next().expect("a batch").expect("batch");
         let mut fields: Vec<arrow_schema::Field> = batch.schema().fields().iter().map(|f| (**f).clone()).collect();
         let index = batch.schema().index_of("frame_index").expect("column");
         fields[index] = arrow_schema::Field::new("frame_index", arrow_schema::DataType::UInt64, false);
         let mut columns = batch.columns().to_vec();
         columns[index] = arrow_cast::cast(&columns[index], &arrow_schema::DataType::UInt64).expect("cast");
         let old = RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), columns).expect("batch");
-        let old_file = day.join("part-00000003.parquet");
+        let metadata = vec![KeyValue::new(CLOSED_BEFORE.to_owned(), "10".to_owned())];
+        let properties = WriterProperties::builder().set_key_value_metadata(Some(metadata)).build();
         let mut writer =
-            ArrowWriter::try_new(File::create(&old_file).expect("file"), old.schema(), None).expect("writer");
+            ArrowWriter::try_new(File::create(file).expect("file"), old.schema(), Some(properties)).expect("writer");
         writer.write(&old).expect("written");
         writer.close().expect("closed");
-        std::fs::copy(&first, day.join("part-00000004-recovered.parquet")).expect("a recovered file");
+        assert_eq!(rows_and_type(file), (1, arrow_schema::DataType::UInt64));
+    }
+
+    fn commit_each(dir: &Path, commits: &[(u64, u64)]) {
+        let mut stream = AuditStream::open(dir, 1, std::time::Duration::from_secs(3600)).expect("open");
+        for &(closed_before, at) in commits {
+            let rows = AuditRows { detections: vec![detection(at)], ..AuditRows::default() };
+            stream.append(closed_before, &[], rows).expect("committed");
+        }
+    }
+
+    fn committed_before(dir: &Path) -> u64 {
+        AuditStream::open(dir, 1, std::time::Duration::from_secs(3600)).expect("reopen").detections.before
+    }
+
+    /// Three commits in one day, the first in the older, unsigned layout, become one file
+    /// of the current layout with every row; a recovered file keeps its name; the day
+    /// not before the date is left alone; a start still knows what is committed.
+    #[test]
+    fn a_day_of_small_files_becomes_one_file_with_every_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        commit_each(dir.path(), &[(10, T0 + 1), (20, T0 + 2), (30, T0 + 3), (40, T0 + DAY + 1)]);
+        let day = dir.path().join("detections/date=2026-12-01");
+        let next = dir.path().join("detections/date=2026-12-02");
+        as_older_layout(&day.join("part-00000000.parquet"));
+        std::fs::copy(day.join("part-00000001.parquet"), day.join("part-00000003-recovered.parquet"))
+            .expect("a recovered file");
         let untouched = files(&next);
 
         let done = compact(dir.path(), "2026-12-02").expect("compacted");
-        assert_eq!(done, Compacted { partitions: 1, files_before: 5, files_after: 2, rows: 4 });
-        assert_eq!(files(&day), ["part-00000004-recovered.parquet", "part-00000005.parquet"]);
-        assert_eq!(rows_and_type(&day.join("part-00000005.parquet")), (4, arrow_schema::DataType::Int64));
+        assert_eq!(done, Compacted { partitions: 1, files_before: 4, files_after: 2, rows: 3 });
+        assert_eq!(files(&day), ["part-00000003-recovered.parquet", "part-00000004.parquet"]);
+        assert_eq!(rows_and_type(&day.join("part-00000004.parquet")), (3, arrow_schema::DataType::Int64));
         assert_eq!(files(&next), untouched, "a day not before --before");
         assert!(!dir.path().join(".compacting").exists(), "the old files are gone");
-        let reopened = AuditStream::open(dir.path(), 1, hour).expect("reopen");
-        assert_eq!(reopened.detections.before, 40);
+        assert_eq!(committed_before(dir.path()), 40);
         assert_eq!(compact(dir.path(), "2026-12-02").expect("again"), Compacted::default(), "nothing left to do");
+    }
+
+    /// A commit whose process died before the manifest recorded it: its file is left
+    /// as it is, so a start that looks for the files after the manifest's by number
+    /// still finds it and the later ones (merged, it would leave a gap in the numbers,
+    /// the start would stop there and the run would write its rows again).
+    #[test]
+    fn a_file_the_manifest_does_not_cover_keeps_its_number() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        commit_each(dir.path(), &[(10, T0 + 1), (20, T0 + 2)]);
+        let manifest = std::fs::read(dir.path().join(super::super::manifest::FILE_NAME)).expect("manifest");
+        commit_each(dir.path(), &[(30, T0 + 3)]);
+        std::fs::write(dir.path().join(super::super::manifest::FILE_NAME), manifest).expect("the manifest before");
+        let day = dir.path().join("detections/date=2026-12-01");
+
+        let done = compact(dir.path(), "2026-12-02").expect("compacted");
+        assert_eq!(done, Compacted { partitions: 1, files_before: 3, files_after: 2, rows: 2 });
+        assert_eq!(files(&day), ["part-00000002.parquet", "part-00000003.parquet"]);
+        assert_eq!(committed_before(dir.path()), 30, "the start found the file after the manifest's");
+    }
+
+    /// A file removed by hand from the top of a partition does not free its number: the
+    /// next commit is numbered after what the manifest has seen, where a start looks.
+    #[test]
+    fn a_commit_is_numbered_after_the_manifest_whatever_was_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        commit_each(dir.path(), &[(10, T0 + 1), (20, T0 + 2)]);
+        let day = dir.path().join("detections/date=2026-12-01");
+        std::fs::remove_file(day.join("part-00000001.parquet")).expect("removed by hand");
+        commit_each(dir.path(), &[(30, T0 + 3)]);
+        assert_eq!(files(&day), ["part-00000000.parquet", "part-00000002.parquet"]);
+    }
+
+    /// A run commits into the day being compacted, over and over: every row is in the
+    /// log once at the end, and a start knows the last commit. Without the partition
+    /// held, a file renamed into the old partition between the listing and the swap was
+    /// thrown away with it.
+    #[test]
+    fn a_compaction_beside_a_run_writing_the_same_day_loses_no_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let commits = 300u64;
+        let writer = {
+            let dir = dir.path().to_owned();
+            std::thread::spawn(move || {
+                let all: Vec<(u64, u64)> = (1..=commits).map(|i| (i * 10, T0 + i)).collect();
+                commit_each(&dir, &all);
+            })
+        };
+        let mut compactions = 0;
+        while !writer.is_finished() {
+            compactions += compact(dir.path(), "2026-12-02").expect("compacted").partitions;
+        }
+        writer.join().expect("the writer");
+        assert!(compactions > 0, "no compaction ran beside the commits");
+        let day = dir.path().join("detections/date=2026-12-01");
+        let mut rows = Vec::new();
+        for name in files(&day) {
+            let file = File::open(day.join(&name)).expect("file");
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet").build().expect("reader");
+            for batch in reader {
+                let batch = batch.expect("batch");
+                let column = batch.column_by_name("capture_time").expect("capture_time");
+                let column = arrow_cast::cast(column, &arrow_schema::DataType::Int64).expect("cast");
+                let values = column.as_any().downcast_ref::<arrow_array::Int64Array>().expect("int64");
+                rows.extend(values.values().iter().map(|&v| v as u64));
+            }
+        }
+        rows.sort_unstable();
+        let expected: Vec<u64> = (1..=commits).map(|i| T0 + i).collect();
+        assert_eq!(rows, expected, "every row once, after {compactions} compactions");
+        assert_eq!(committed_before(dir.path()), commits * 10);
+    }
+
+    /// One compaction at a time: a second is refused at once, saying why.
+    #[test]
+    fn a_second_compaction_is_refused_while_one_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        commit_each(dir.path(), &[(10, T0 + 1), (20, T0 + 2)]);
+        let running = locks::only_compaction(dir.path()).expect("the first");
+        let error = compact(dir.path(), "2026-12-02").expect_err("refused").to_string();
+        assert!(error.contains("another `defectflow audit compact`"), "{error}");
+        drop(running);
+        assert_eq!(compact(dir.path(), "2026-12-02").expect("then it runs").partitions, 1);
     }
 }

@@ -16,6 +16,7 @@
 mod ahead;
 mod columns;
 mod compact;
+mod locks;
 mod manifest;
 mod sink;
 mod stream;
@@ -125,6 +126,11 @@ impl AuditLog {
         for row in rows {
             by_date.entry(utc_date(event_time(row))).or_default().push(row);
         }
+        // The partitions are held until the manifest records the files: a compaction
+        // of one of them waits, and does not throw a file away with the old partition.
+        let _held = (by_date.keys())
+            .map(|date| locks::commit(&self.dir, table, &format!("date={date}")))
+            .collect::<Result<Vec<_>, _>>()?;
         // Every file is written aside first, then all are renamed into place: a write
         // that fails (disk full, read-only) leaves no file behind, so the caller can keep
         // the rows and write them again later without writing any twice.
@@ -142,14 +148,22 @@ impl AuditLog {
             }
         }
         super::failpoint("audit-after-aside");
-        let renamed = aside
+        let renamed: Result<Vec<PathBuf>, AuditError> = aside
             .into_iter()
             .map(|(file, path)| {
                 std::fs::rename(&file, &path).map(|()| path.clone()).map_err(|source| AuditError::Io { path, source })
             })
             .collect();
         super::failpoint("audit-after-rename");
-        renamed
+        let files = renamed?;
+        // The files are in place: a manifest that cannot be written only means their
+        // footers are read at the next start.
+        if let Some(closed_before) = closed_before
+            && let Err(error) = self.record(table, &files, closed_before)
+        {
+            tracing::warn!(%error, "the audit log's manifest could not be written");
+        }
+        Ok(files)
     }
 
     /// Writes the batch to a hidden file beside its place; returns (that file, its place).
@@ -167,10 +181,15 @@ impl AuditLog {
             let path = path.to_owned();
             move |source| AuditError::Io { path, source }
         };
-        // The next number after the highest there: the files of a partition are numbered
-        // one after another (the manifest relies on it).
+        // The next number after the highest there, or the manifest has seen (a file
+        // removed by hand): the files of a partition are numbered one after another, and
+        // a start looks for those after the manifest's by name.
+        let partition = format!("date={date}");
+        let covered = (self.manifest.lock().unwrap_or_else(|p| p.into_inner()).tables.get(table.name()))
+            .and_then(|record| record.partitions.get(&partition).copied());
         let highest = (std::fs::read_dir(&dir).map_err(io(&dir))?.flatten())
             .filter_map(|f| manifest::file_number(&f.file_name().to_string_lossy()))
+            .chain(covered)
             .max();
         let mut sequence = highest.map_or(0, |n| n + 1);
         let (aside, path) = loop {

@@ -291,12 +291,7 @@ fn commit<T>(
         return Ok(());
     }
     // The rows stay buffered until their files are in place.
-    let files = log.write_closing(table, &buffer.rows, event_time, columns, Some(closed_before), recovered)?;
-    // The files are in place: a manifest that cannot be written only means their
-    // footers are read at the next start.
-    if let Err(error) = log.record(table, &files, closed_before) {
-        tracing::warn!(%error, "the audit log's manifest could not be written");
-    }
+    log.write_closing(table, &buffer.rows, event_time, columns, Some(closed_before), recovered)?;
     crate::sinks::failpoint("audit-after-manifest");
     buffer.rows.clear();
     buffer.before = closed_before;
