@@ -1,13 +1,14 @@
 //! The audit log's disk refusing writes mid-run (its folder made immutable: even root
 //! cannot create a file there): a clear error, the metrics show it, the work orders go
-//! on, the rows wait and are written once the disk takes them again, nothing lost,
-//! nothing twice.
+//! on, the rows wait and are written once the disk takes them again: every audit table
+//! and work-orders.jsonl as a run whose disk never refused them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::checks;
+use crate::support::outputs::{file_outputs, same_as_uncrashed};
 use crate::support::{self, kafka::http_get, kafka::sample};
 
 /// `chattr -R ±i` on a folder; made writable again when dropped.
@@ -73,7 +74,11 @@ fn an_audit_disk_that_refuses_writes_holds_the_rows_until_it_takes_them() {
     // The work orders go on meanwhile: a few commits' worth of rows may wait.
     assert_eq!(metric(port, "defectflow_output_stalled"), Some(0.0), "the cameras are not held back yet");
     assert!(metric(port, "defectflow_audit_write_errors_total").is_some_and(|n| n >= 1.0));
-    std::thread::sleep(Duration::from_secs(8));
+    // The disk takes files again once the run has tried and failed a few times (a try a
+    // second) with rows waiting.
+    wait_for("three failed commits", Duration::from_secs(60), || {
+        metric(port, "defectflow_audit_write_errors_total").is_some_and(|n| n >= 3.0)
+    });
     drop(immutable);
     wait_for("the audit log writing again", Duration::from_secs(20), || {
         metric(port, "defectflow_audit_failing") == Some(0.0)
@@ -90,4 +95,14 @@ fn an_audit_disk_that_refuses_writes_holds_the_rows_until_it_takes_them() {
 
     let keys = checks::one_work_order_per_defect(&checks::jsonl_work_orders(&out), &checks::defects(&truth));
     checks::audited_once(&audit, &keys);
+    // Every audit table and the file as a run whose disk never refused them.
+    let uncrashed = dir.path().join("uncrashed");
+    let status = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+        .args(["run", "--config", config.to_str().expect("utf-8"), "--out", uncrashed.to_str().expect("utf-8")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run");
+    assert!(status.success(), "the run without the outage");
+    same_as_uncrashed(&file_outputs(&out), &file_outputs(&uncrashed));
 }

@@ -36,7 +36,7 @@ fn camera_faults_leave_one_work_order_per_defect_and_the_others_flowing() {
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-plant/reference");
     let retry = "[cameras.reconnect]\ninitial_backoff_ms = 200\nmax_backoff_ms = 1000\nstall_timeout_ms = 2000\n";
     let config = format!(
-        "[runtime]\nworkers = 2\nduration_s = 40\n[anomaly]\ncommission_s = 0\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
+        "[runtime]\nworkers = 2\nduration_s = 300\n[anomaly]\ncommission_s = 0\n[model]\nbatch_size = 4\n[plant]\nreference = \"{}\"\n\
          [metrics]\naddress = \"127.0.0.1:{metrics}\"\n\
          [[cameras]]\nid = \"cam-pulley\"\nurl = \"rtsp://127.0.0.1:{rtsp}/cam\"\nmax_fps = 5\n{retry}\
          [[cameras]]\nid = \"cam-motor\"\nurl = \"synth://motor_housing?seed=12&fps=15&asset_id=MT-204&defects=corrosion@3\"\nmax_fps = 5\n\
@@ -50,7 +50,6 @@ fn camera_faults_leave_one_work_order_per_defect_and_the_others_flowing() {
     let out = dir.path().join("out");
 
     let server = RtspServer::serving(rtsp, Some(&recording));
-    let started = Instant::now();
     let run = Command::new(env!("CARGO_BIN_EXE_defectflow"))
         .args([
             "run",
@@ -64,26 +63,40 @@ fn camera_faults_leave_one_work_order_per_defect_and_the_others_flowing() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run");
-    // The server is killed and restarted twice while the crack is in view.
-    let at = |s: u64| {
-        let wake = started + Duration::from_secs(s);
-        std::thread::sleep(wake.saturating_duration_since(Instant::now()));
+    // The server is killed and restarted twice while the crack is in view: each time
+    // once the pulley has played 6 s more (90 frames), and started again once the camera
+    // has counted the broken stream.
+    let series = |name: &str, camera: &str| {
+        http_get(metrics, "/metrics").and_then(|(_, body)| sample(&body, &format!("{name}{{camera=\"{camera}\"}}")))
     };
-    at(9);
-    server.kill();
-    at(12);
-    let server = RtspServer::serving(rtsp, Some(&recording));
-    at(19);
-    server.kill();
-    at(22);
-    let _server = RtspServer::serving(rtsp, Some(&recording));
+    let frames = |camera: &str| series("defectflow_frames_in_total", camera).unwrap_or(0.0);
+    let errors = |camera: &str| series("defectflow_camera_errors_total", camera).unwrap_or(0.0);
+    let mut run = run;
+    let mut server = Some(server);
+    for _ in 0..2 {
+        let played = frames("cam-pulley");
+        wait_while_running(&mut run, "the pulley 90 frames on", || frames("cam-pulley") >= played + 90.0);
+        let broken = errors("cam-pulley");
+        if let Some(server) = server.take() {
+            server.kill();
+        }
+        wait_while_running(&mut run, "the pulley's broken stream counted", || errors("cam-pulley") > broken);
+        server = Some(RtspServer::serving(rtsp, Some(&recording)));
+    }
     // Healthy once the pulley plays again, the broken cameras still retried or failed.
-    at(30);
+    let played = frames("cam-pulley");
+    wait_while_running(&mut run, "the pulley playing again", || frames("cam-pulley") >= played + 90.0);
+    wait_while_running(&mut run, "the motor's 300th frame and the flange's third failure", || {
+        frames("cam-motor") >= 300.0 && errors("cam-flange") >= 3.0
+    });
     let (status, _) = http_get(metrics, "/healthz").expect("healthz");
     assert_eq!(status, "HTTP/1.1 200 OK");
     let (_, body) = http_get(metrics, "/metrics").expect("metrics");
     assert_eq!(sample(&body, "defectflow_camera_state{camera=\"cam-pulley\",state=\"playing\"}"), Some(1.0), "{body}");
     assert_eq!(sample(&body, "defectflow_camera_state{camera=\"cam-motor\",state=\"playing\"}"), Some(1.0), "{body}");
+    // Stopped as a service is (graceful: everything flushed).
+    let stopped = Command::new("kill").args(["-TERM", &run.id().to_string()]).status().expect("kill");
+    assert!(stopped.success(), "SIGTERM sent");
 
     let output = run.wait_with_output().expect("run");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -97,11 +110,21 @@ fn camera_faults_leave_one_work_order_per_defect_and_the_others_flowing() {
     let gearbox = &reports["cam-gearbox"];
     assert_eq!(gearbox["state"], "failed", "{gearbox}");
     assert!(gearbox["last_error"].as_str().is_some_and(|e| e.contains("cam-gearbox")), "{gearbox}");
-    assert!(reports["cam-motor"]["frames"].as_u64().expect("frames") > 300, "{}", reports["cam-motor"]);
+    assert!(reports["cam-motor"]["frames"].as_u64().expect("frames") >= 300, "{}", reports["cam-motor"]);
 
     // The crack (over three connections) and the corrosion: one work order each.
     let mut expected = checks::defects(&truth);
     expected.insert(("MT-204".into(), "corrosion".into()));
     let keys = checks::one_work_order_per_defect(&checks::jsonl_work_orders(&out), &expected);
     checks::audited_once(&out.join("audit"), &keys);
+}
+
+/// Waits until `done` (within a minute) while `run` goes on.
+fn wait_while_running(run: &mut std::process::Child, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within a minute");
+        assert!(run.try_wait().expect("wait").is_none(), "{what}: the run ended first");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -31,9 +31,7 @@ fn kill_times(seed: u64, count: usize) -> Vec<Duration> {
 
 #[test]
 fn sigkill_at_random_points_then_a_restart_loses_and_duplicates_nothing() {
-    let seed = std::env::var("DEFECTFLOW_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64
-    });
+    let seed = fault_seed();
     let times = kill_times(seed, 4);
     eprintln!("kill times (DEFECTFLOW_FAULT_SEED={seed}): {times:?}");
     let plant = plant("");
@@ -64,15 +62,18 @@ fn sigkill_at_random_points_then_a_restart_loses_and_duplicates_nothing() {
     // writes from the same recording.
     let crashed = run_outputs(&plant.broker, "defectflow.", &out);
     same_as_uncrashed(&crashed, &uncrashed_run(&plant.broker, plant.dir.path(), &plant.config));
-    // No partial file is left where a reader looks (files are written aside, renamed).
+    // No partial file is left where a reader looks (files are written aside, renamed;
+    // hidden folders, such as the locks', are no table's).
     let mut stack = vec![out.join("audit")];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).expect("audit folder") {
             let path = entry.expect("entry").path();
+            let name = path.file_name().expect("name").to_string_lossy().into_owned();
             if path.is_dir() {
-                stack.push(path);
+                if !name.starts_with('.') {
+                    stack.push(path);
+                }
             } else {
-                let name = path.file_name().expect("name").to_string_lossy().into_owned();
                 assert!(name.ends_with(".parquet") || name.starts_with('.'), "unexpected file {}", path.display());
             }
         }
@@ -86,7 +87,8 @@ fn sigkill_at_random_points_then_a_restart_loses_and_duplicates_nothing() {
 /// commit. Each crash of a chain leaves the next run work that reaches the next point
 /// whatever the batching (a recording not played in real time may be sent in one
 /// batch): the recovery points follow a crash after sending, so the start has
-/// something to recover.
+/// something to recover. Then a seeded random schedule of crashes in one output, also
+/// compared with the run that never crashed.
 #[test]
 fn a_crash_at_every_failpoint_then_a_restart_gives_what_an_uncrashed_run_gives() {
     let plant = plant("");
@@ -118,6 +120,65 @@ fn a_crash_at_every_failpoint_then_a_restart_gives_what_an_uncrashed_run_gives()
         same_as_uncrashed(&run_outputs(&plant.broker, &prefix, &out), &uncrashed);
     }
     assert_eq!(reached, FAILPOINTS.into_iter().collect(), "every failpoint crashed at");
+
+    // Then a seeded random schedule in one output: four crashes, each at a point and hit
+    // drawn at random (a point the run has no work left for lets it end instead, which
+    // is fine: the next run starts from a finished one).
+    // The recording in real time, so that each run has many batches to reach a point's
+    // later hits in.
+    let seed = fault_seed();
+    let schedule = random_failpoints(seed, 4);
+    eprintln!("failpoint schedule (DEFECTFLOW_FAULT_SEED={seed}): {schedule:?}");
+    let realtime = plant.dir.path().join("realtime.toml");
+    std::fs::write(&realtime, &text).expect("config");
+    let (config, out) = config_on_topics(&plant.broker, plant.dir.path(), &realtime, "random.", "");
+    let crashed: Vec<bool> = schedule.iter().map(|spec| crash_at_or_end(&config, &out, spec)).collect();
+    assert!(crashed[0], "the first run reaches every point once: {schedule:?}");
+    run_to_end(&config, Some(&out));
+    same_as_uncrashed(&run_outputs(&plant.broker, "random.", &out), &uncrashed);
+}
+
+/// The seed of a test's random faults: `DEFECTFLOW_FAULT_SEED` to repeat a run, else
+/// the clock (printed by the test).
+fn fault_seed() -> u64 {
+    std::env::var("DEFECTFLOW_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64
+    })
+}
+
+/// `count` failpoint specs (`point:hit`) drawn from `seed`: any point but the
+/// transactions' own; the first time a run reaches it for the first spec and the points
+/// a start passes once, else the first to the third.
+fn random_failpoints(seed: u64, count: usize) -> Vec<String> {
+    let points: Vec<&str> = FAILPOINTS.into_iter().filter(|p| *p != "before-commit").collect();
+    let mut state = seed.max(1);
+    let mut next = move || {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11
+    };
+    (0..count)
+        .map(|i| {
+            let point = points[next() as usize % points.len()];
+            let once = i == 0 || point.ends_with("-recovery");
+            format!("{point}:{}", if once { 1 } else { 1 + next() % 3 })
+        })
+        .collect()
+}
+
+/// Runs to `failpoint` (`point:hit`) and crashes there (true), or to the end if the run
+/// never reaches it (false); anything else fails the test.
+fn crash_at_or_end(config: &std::path::Path, out: &std::path::Path, failpoint: &str) -> bool {
+    let output = defectflow(config, Some(out), Some(failpoint)).output().expect("run defectflow");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.success() {
+        return false;
+    }
+    let point = failpoint.split(':').next().unwrap_or(failpoint);
+    assert!(stderr.contains(&format!("failpoint {point}: aborting")), "{failpoint}: {stderr}");
+    true
 }
 
 /// A config for the demo plant's recordings played in real time, without Kafka: the
@@ -150,7 +211,7 @@ fn without_kafka_crashes_leave_each_line_of_the_file_once() {
     crash_at(&config, &out, "jsonl-after-append:1");
     let written = std::fs::metadata(out.join("work-orders.jsonl")).expect("the crashed run wrote lines").len();
     assert!(written > 0, "the crashed run appended lines before it stopped");
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64;
+    let seed = fault_seed();
     let after = kill_times(seed, 1)[0];
     eprintln!("kill after {after:?} (DEFECTFLOW_FAULT_SEED={seed})");
     let mut run =
@@ -216,8 +277,10 @@ fn sigterm_stops_a_live_run_with_every_output_flushed() {
         .spawn()
         .expect("run");
     wait_for_a_work_order_in_the_file(&out, &mut run, Duration::from_secs(90));
-    // A little later: revisions written since the audit log's last commit.
-    std::thread::sleep(Duration::from_secs(2));
+    // With rows written ahead that the audit log has not committed yet.
+    wait_while_running(&mut run, "rows written ahead of the audit log's commit", Duration::from_secs(60), || {
+        std::fs::metadata(out.join("audit/.ahead.jsonl")).is_ok_and(|m| m.len() > 0)
+    });
     sigterm(&run);
     let status = run.wait().expect("reap");
     let (stdout, stderr) = (
@@ -243,13 +306,13 @@ fn a_stop_that_cannot_finish_exits_after_its_timeout_naming_what_was_left() {
     let config = live_pulley_config(dir.path(), 300, None);
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, text.replace("duration_s = 300", "duration_s = 300\nstop_timeout_s = 2")).expect("config");
+    let (config, port) = with_metrics(&config);
     let mut run = defectflow(&config, Some(&dir.path().join("out")), Some("stall:audit-flush"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run");
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(run.try_wait().expect("wait").is_none(), "the run is still going");
+    wait_until_ready(port, &mut run);
     sigterm(&run);
     let output = run.wait_with_output().expect("reap");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -269,9 +332,7 @@ fn sigkill_at_random_points_of_a_live_run_leaves_the_audit_log_complete() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = live_pulley_config(dir.path(), 300, Some((&broker.bootstrap, "live-kills")));
     let out = dir.path().join("out");
-    let seed = std::env::var("DEFECTFLOW_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64
-    });
+    let seed = fault_seed();
     let times = kill_times(seed, 3);
     eprintln!("kill times after the first revision (DEFECTFLOW_FAULT_SEED={seed}): {times:?}");
     for (i, after) in times.iter().enumerate() {
@@ -283,9 +344,11 @@ fn sigkill_at_random_points_of_a_live_run_leaves_the_audit_log_complete() {
         std::thread::sleep(*after);
         kill_live(&mut run);
     }
+    let (config, port) = with_metrics(&config);
     let mut last =
         defectflow(&config, Some(&out), None).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
-    std::thread::sleep(Duration::from_secs(4));
+    // Up again (what the crash left taken up, the camera playing), then stopped.
+    wait_until_ready(port, &mut last);
     sigterm(&last);
     assert!(last.wait().expect("reap").success(), "the graceful stop exits 0");
 
@@ -303,14 +366,37 @@ fn orders_in_file(out: &std::path::Path) -> Vec<serde_json::Value> {
     text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("work_order").cloned()).collect()
 }
 
-/// Waits until a work order is in the file of `run`, which must still be running.
-fn wait_for_a_work_order_in_the_file(out: &std::path::Path, run: &mut std::process::Child, within: Duration) {
+/// Waits until `done`, within `within`, while `run` is still running.
+fn wait_while_running(run: &mut std::process::Child, what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + within;
-    while orders_in_file(out).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no work order reached the file");
-        assert!(run.try_wait().expect("wait").is_none(), "the run ended before its work order");
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}: not within {within:?}");
+        assert!(run.try_wait().expect("wait").is_none(), "{what}: the run ended first");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A copy of `config` serving its metrics and readiness on a free port of 127.0.0.1,
+/// and that port.
+fn with_metrics(config: &std::path::Path) -> (std::path::PathBuf, u16) {
+    let port = crate::support::free_port();
+    let text = std::fs::read_to_string(config).expect("config");
+    let copy = config.with_extension("metrics.toml");
+    std::fs::write(&copy, format!("{text}[metrics]\naddress = \"127.0.0.1:{port}\"\n")).expect("config");
+    (copy, port)
+}
+
+/// Waits until `run` answers `/readyz` with 200: the model, the sinks and the cameras
+/// up (after a crash, what it left taken up).
+fn wait_until_ready(port: u16, run: &mut std::process::Child) {
+    wait_while_running(run, "/readyz 200", Duration::from_secs(90), || {
+        http_get(port, "/readyz").is_some_and(|(status, _)| status.starts_with("HTTP/1.1 200"))
+    });
+}
+
+/// Waits until a work order is in the file of `run`, which must still be running.
+fn wait_for_a_work_order_in_the_file(out: &std::path::Path, run: &mut std::process::Child, within: Duration) {
+    wait_while_running(run, "a work order in the file", within, || !orders_in_file(out).is_empty());
 }
 
 /// Sends SIGTERM to a run this test started (by its PID).

@@ -81,6 +81,10 @@ fn ids_that_look_like_paths_never_name_a_file() {
                     && track[3..].chars().all(|c| c.is_ascii_hexdigit())
                     && image.strip_suffix(".jpg").is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()))
             }
+            ["audit", ".locks", table, lock] => {
+                table.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    && lock.strip_prefix("date=").and_then(|l| l.strip_suffix(".lock")).is_some_and(|d| d.len() == 10)
+            }
             ["audit", table, date, name] => {
                 table.chars().all(|c| c.is_ascii_lowercase() || c == '_')
                     && date.strip_prefix("date=").is_some_and(|d| d.len() == 10)

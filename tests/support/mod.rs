@@ -123,7 +123,51 @@ pub fn run(config_text: &str, workers: usize, after: Option<Duration>) -> Outcom
 }
 
 pub fn run_config(config: &RunConfig, workers: usize, after: Option<Duration>) -> Outcome {
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    run_seen(config, workers, StopWhen::after(after), Arc::new(Mutex::new(Vec::new())))
+}
+
+/// A run going on in the background: the frames seen so far, and a stop.
+pub struct Running {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    interrupted: Arc<std::sync::atomic::AtomicBool>,
+    run: std::thread::JoinHandle<Outcome>,
+}
+
+impl Running {
+    /// Starts a run of a config text with `workers` threads that goes on until stopped
+    /// (or its cameras end).
+    pub fn start(config_text: &str, workers: usize) -> Running {
+        let config = RunConfig::parse(config_text, "test config").expect("config is valid");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = StopWhen::after(None);
+        let interrupted = Arc::clone(&stop.interrupted);
+        let run = std::thread::spawn({
+            let seen = Arc::clone(&seen);
+            move || run_seen(&config, workers, stop, seen)
+        });
+        Running { seen, interrupted, run }
+    }
+
+    /// Waits until `done` holds of the frames seen so far, within `within`, while the
+    /// run goes on; returns when it did.
+    pub fn wait_until(&self, what: &str, within: Duration, done: impl Fn(&[Seen]) -> bool) -> Instant {
+        let deadline = Instant::now() + within;
+        while !done(&self.seen.lock().expect("lock")) {
+            assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+            assert!(!self.run.is_finished(), "{what}: the run ended first");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Instant::now()
+    }
+
+    /// Stops the run as a signal would, and returns what it produced.
+    pub fn stop(self) -> Outcome {
+        self.interrupted.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.run.join().expect("run thread")
+    }
+}
+
+fn run_seen(config: &RunConfig, workers: usize, stop: StopWhen, seen: Arc<Mutex<Vec<Seen>>>) -> Outcome {
     let frontiers = Arc::new(Mutex::new(Vec::new()));
     let hooks = Hooks {
         on_frame: Some({
@@ -153,7 +197,6 @@ pub fn run_config(config: &RunConfig, workers: usize, after: Option<Duration>) -
         time_stages: false,
         metrics: None,
     };
-    let stop = StopWhen::after(after);
     let reports = run::run(config, timely::Config::process(workers), stop, hooks).expect("run completes");
     let seen = seen.lock().expect("lock").clone();
     let frontiers = frontiers.lock().expect("lock").clone();

@@ -95,6 +95,12 @@ pub fn run_outputs(broker: &Broker, prefix: &str, out: &Path) -> RunOutputs {
     RunOutputs { topics, jsonl, audit: audit_rows(&out.join("audit")) }
 }
 
+/// What a run without Kafka left behind in `out`: work-orders.jsonl and every audit table.
+pub fn file_outputs(out: &Path) -> RunOutputs {
+    let jsonl = std::fs::read_to_string(out.join("work-orders.jsonl")).expect("work-orders.jsonl");
+    RunOutputs { topics: BTreeMap::new(), jsonl, audit: audit_rows(&out.join("audit")) }
+}
+
 /// Every row of every audit table, read by polars (which fails on a partial file).
 pub fn audit_rows(audit: &Path) -> BTreeMap<String, Vec<String>> {
     let python = std::env::var("DEFECTFLOW_ANALYTICS_PYTHON").expect("DEFECTFLOW_ANALYTICS_PYTHON");
@@ -120,7 +126,12 @@ print(json.dumps(tables))
 /// same idempotency keys with the same payloads byte for byte, the same
 /// work-orders.jsonl byte for byte, and the same rows in every audit table.
 pub fn same_as_uncrashed(crashed: &RunOutputs, uncrashed: &RunOutputs) {
-    assert!(!uncrashed.topics["work-orders"].is_empty(), "the uncrashed run sent work orders");
+    assert!(
+        uncrashed.topics.get("work-orders").is_none_or(|sent| !sent.is_empty()),
+        "the uncrashed run sent work orders"
+    );
+    assert!(!uncrashed.jsonl.is_empty(), "the uncrashed run wrote work orders");
+    assert!(!uncrashed.audit["work_orders"].is_empty(), "the uncrashed run audited work orders");
     for (topic, expected) in &uncrashed.topics {
         let found = &crashed.topics[topic];
         let missing: Vec<&String> = expected.keys().filter(|k| !found.contains_key(*k)).collect();
