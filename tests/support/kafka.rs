@@ -201,11 +201,19 @@ pub fn sent_to_kafka(stdout: &str) -> usize {
     count.parse().unwrap_or_else(|e| panic!("{count:?} in {line:?}: {e}"))
 }
 
-/// Kills `run` (SIGKILL, by its own PID) once the work-order topic holds more than
-/// `more_than` messages; panics if the run ended before, so every kill lands on a live
-/// run that had got past sending.
-pub fn kill_once_sending(broker: &Broker, more_than: usize, run: &mut Child) {
-    assert!(broker.wait_for_revisions(more_than, run), "the run ended before it sent more revisions");
+/// Kills `run` (SIGKILL, by its own PID) once it has delivered its first revisions
+/// (its `work-orders.jsonl` in `out` has a line); panics if the run ended before, so
+/// every kill lands on a live run that had got past sending.
+pub fn kill_once_sending(out: &Path, run: &mut Child) {
+    // The file is written right after the topic acknowledges, and is cheaper to watch
+    // than the topic: the kill lands soon after the first delivery, with more to send.
+    let file = out.join("work-orders.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&file).is_ok_and(|text| text.contains('\n')) {
+        assert!(Instant::now() < deadline, "no revision delivered within two minutes");
+        assert!(run.try_wait().expect("wait").is_none(), "the run ended before it delivered a revision");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     kill_live(run);
 }
 
@@ -243,6 +251,19 @@ pub fn delivered(messages: &[Value]) -> BTreeMap<String, usize> {
         assert_eq!(headers["content-type"], "application/json", "{m}");
         assert!(headers["schema_version"].is_string(), "{m}");
         let key = headers["idempotency-key"].as_str().expect("idempotency key header").to_owned();
+        // A CloudEvent in binary mode, timed by its event, not by its sending.
+        assert_eq!(headers["ce_specversion"], "1.0", "{m}");
+        assert_eq!(headers["ce_id"].as_str(), Some(key.as_str()), "{m}");
+        assert!(headers["ce_type"].as_str().is_some_and(|t| t.starts_with("io.defectflow.")), "{m}");
+        assert!(headers["ce_source"].as_str().is_some_and(|s| s.starts_with("/defectflow/")), "{m}");
+        assert_eq!(headers["ce_subject"], m["key"], "{m}");
+        let timestamp = m["timestamp"].as_u64().expect("a record timestamp");
+        assert_eq!(headers["ce_time"].as_str(), Some(defectflow::clock::rfc3339(timestamp).as_str()), "{m}");
+        if headers["ce_type"] == "io.defectflow.work_order.revision" {
+            let order: Value = serde_json::from_str(m["value"].as_str().expect("payload")).expect("json");
+            assert_eq!(order["revised_at_ms"].as_u64(), Some(timestamp), "the revision's time: {m}");
+            assert!(headers["ce_dataschema"].as_str().is_some_and(|s| s.contains("work-order")), "{m}");
+        }
         *counts.entry(key).or_insert(0) += 1;
     }
     counts

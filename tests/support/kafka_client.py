@@ -2,7 +2,7 @@
 binding): creates topics and dumps a topic as JSON.
 
 usage: kafka_client.py create BOOTSTRAP NAME:PARTITIONS...
-       kafka_client.py dump BOOTSTRAP TOPIC      -> [{partition, offset, key, value, headers}]
+       kafka_client.py dump BOOTSTRAP TOPIC      -> [{partition, offset, key, value, headers, timestamp}]
        kafka_client.py dump-outputs BOOTSTRAP TOPIC...  -> {topic: {"committed": [...], "raw": [...]}}: each
                                                     topic as dump gives it, and as a read_committed consumer sees it
        kafka_client.py count BOOTSTRAP TOPIC     -> number of messages
@@ -72,6 +72,7 @@ def messages(bootstrap, topic, isolation="read_uncommitted"):
                 "key": message.key().decode() if message.key() is not None else None,
                 "value": message.value().decode() if message.value() is not None else None,
                 "headers": {k: (v.decode() if v is not None else None) for k, v in (message.headers() or [])},
+                "timestamp": message.timestamp()[1],
             })
     consumer.close()
     return out

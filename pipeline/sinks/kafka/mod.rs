@@ -29,63 +29,13 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
-use crate::kafka::{BrokerError, KafkaConfig, Quiet, REQUEST_TIMEOUT, TopicsConfig, failed, read_messages};
+use crate::kafka::{BrokerError, KafkaConfig, Quiet, REQUEST_TIMEOUT, failed, read_messages};
 use crate::metrics::Metrics;
 use crate::sinks::{Batch, Sink, SinkCount, SinkKind};
 
-/// One message for an output topic.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Outgoing {
-    pub topic: String,
-    pub key: String,
-    /// Names the message across runs: `<work order>:<revision>` for a revision.
-    pub idempotency_key: String,
-    pub payload: Vec<u8>,
-}
+mod outgoing;
 
-impl Outgoing {
-    /// The message for one dataflow output, or `None` for outputs that do not go to
-    /// Kafka (assignments travel inside their work-order revision and the audit log).
-    pub fn of(message: &Emitted, topics: &TopicsConfig) -> Option<Outgoing> {
-        let (topic, key, idempotency_key, payload) = match message {
-            Emitted::WorkOrder(w) => (
-                &topics.work_orders,
-                w.work_order_id.clone(),
-                format!("{}:{}", w.work_order_id, w.revision),
-                serde_json::to_vec(w),
-            ),
-            Emitted::Alert(a) => (
-                &topics.alerts,
-                a.work_order_id.clone(),
-                format!("alert:{}:{}:{:?}", a.work_order_id, a.at_ms, a.priority),
-                serde_json::to_vec(a),
-            ),
-            Emitted::PartsStaging(s) => {
-                let order = s.work_order_id.as_deref().unwrap_or("-");
-                (
-                    &topics.parts_staging,
-                    s.part_id.clone(),
-                    format!("staging:{:?}:{}:{}:{}:{}", s.kind, s.part_id, order, s.quantity, s.at_ms),
-                    serde_json::to_vec(s),
-                )
-            }
-            Emitted::DeadLetter(d) => (
-                &topics.dead_letter,
-                d.source.clone(),
-                format!("dead:{}:{}:{:016x}", d.source, d.at_ms, fnv(d.payload.as_bytes())),
-                serde_json::to_vec(d),
-            ),
-            Emitted::Assignment(_) => return None,
-        };
-        // The schema types serialise infallibly (no maps with non-string keys).
-        let payload = payload.ok()?;
-        Some(Outgoing { topic: topic.clone(), key, idempotency_key, payload })
-    }
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    defectflow_operators::ids::stable_hash(&[bytes])
-}
+pub use outgoing::{Outgoing, ce};
 
 /// What the sink has recorded: the last closed timestamp and where each output
 /// partition stood then.
@@ -286,7 +236,7 @@ impl KafkaSink {
             if i == 1 {
                 super::failpoint("kafka-between-sends");
             }
-            self.send(&message.topic, &message.key, &message.payload, Some(&message.idempotency_key))?;
+            self.send(&message.topic, &message.key, &message.payload, Some(message))?;
         }
         self.flush_producer()?;
         self.sent += outgoing.len() as u64;
@@ -338,15 +288,23 @@ impl KafkaSink {
         }
     }
 
-    fn send(&self, topic: &str, key: &str, payload: &[u8], idempotency_key: Option<&str>) -> Result<(), BrokerError> {
+    /// Sends a record; an output `event` adds its idempotency key, its CloudEvents
+    /// attributes and its event time as the record's timestamp.
+    fn send(&self, topic: &str, key: &str, payload: &[u8], event: Option<&Outgoing>) -> Result<(), BrokerError> {
         let mut headers = OwnedHeaders::new()
             .insert(Header { key: headers::SCHEMA_VERSION, value: Some(SCHEMA_VERSION) })
             .insert(Header { key: headers::CONTENT_TYPE, value: Some("application/json") })
             .insert(Header { key: headers::SINK_ID, value: Some(self.config.sink_id.as_str()) });
-        if let Some(idempotency_key) = idempotency_key {
-            headers = headers.insert(Header { key: headers::IDEMPOTENCY_KEY, value: Some(idempotency_key) });
+        if let Some(event) = event {
+            headers = headers.insert(Header { key: headers::IDEMPOTENCY_KEY, value: Some(&event.idempotency_key) });
+            for (name, value) in event.cloud_event(&self.config.sink_id) {
+                headers = headers.insert(Header { key: name, value: Some(&value) });
+            }
         }
         let mut record = BaseRecord::to(topic).key(key).payload(payload).headers(headers);
+        if let Some(event) = event {
+            record = record.timestamp(event.event_ms as i64);
+        }
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),

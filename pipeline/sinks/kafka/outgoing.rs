@@ -1,0 +1,117 @@
+//! One message for an output topic: its record key, idempotency key and payload, and
+//! the CloudEvents attributes it carries in binary mode (CloudEvents 1.0, Kafka protocol
+//! binding: each attribute a `ce_` header, `content-type` the data's media type), so
+//! that a CMMS's CloudEvents SDK, router or schema-aware consumer reads it as an event.
+//! The record's timestamp is the event's time, not the time it was sent.
+
+use defectflow_schemas::{Emitted, SCHEMA_VERSION};
+
+use crate::clock::rfc3339;
+use crate::kafka::TopicsConfig;
+
+/// CloudEvents attribute headers (binary content mode).
+pub mod ce {
+    pub const SPECVERSION: &str = "ce_specversion";
+    /// The idempotency key: the same event sent again has the same id.
+    pub const ID: &str = "ce_id";
+    pub const TYPE: &str = "ce_type";
+    /// `/defectflow/<sink_id>`.
+    pub const SOURCE: &str = "ce_source";
+    /// The work order (revisions, alerts), the part (parts staging) or the input topic
+    /// (dead letters) the event is about.
+    pub const SUBJECT: &str = "ce_subject";
+    /// The event's time, RFC 3339 in UTC with milliseconds.
+    pub const TIME: &str = "ce_time";
+    /// The work order's JSON Schema, on work-order revisions.
+    pub const DATASCHEMA: &str = "ce_dataschema";
+}
+
+/// The CloudEvents version the headers follow.
+pub const SPECVERSION: &str = "1.0";
+
+/// One message for an output topic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outgoing {
+    pub topic: String,
+    pub key: String,
+    /// Names the message across runs: `<work order>:<revision>` for a revision.
+    pub idempotency_key: String,
+    pub payload: Vec<u8>,
+    /// The event's time (ms since the epoch): the record's timestamp and `ce_time`.
+    pub event_ms: u64,
+    /// `ce_type`, for example `io.defectflow.work_order.revision`.
+    pub event_type: &'static str,
+    /// `ce_subject`.
+    pub subject: String,
+}
+
+impl Outgoing {
+    /// The message for one dataflow output, or `None` for outputs that do not go to
+    /// Kafka (assignments travel inside their work-order revision and the audit log).
+    pub fn of(message: &Emitted, topics: &TopicsConfig) -> Option<Outgoing> {
+        let (topic, key, idempotency_key, payload, event_ms, event_type) = match message {
+            Emitted::WorkOrder(w) => (
+                &topics.work_orders,
+                w.work_order_id.clone(),
+                format!("{}:{}", w.work_order_id, w.revision),
+                serde_json::to_vec(w),
+                w.revised_at_ms,
+                "io.defectflow.work_order.revision",
+            ),
+            Emitted::Alert(a) => (
+                &topics.alerts,
+                a.work_order_id.clone(),
+                format!("alert:{}:{}:{:?}", a.work_order_id, a.at_ms, a.priority),
+                serde_json::to_vec(a),
+                a.at_ms,
+                "io.defectflow.alert",
+            ),
+            Emitted::PartsStaging(s) => {
+                let order = s.work_order_id.as_deref().unwrap_or("-");
+                (
+                    &topics.parts_staging,
+                    s.part_id.clone(),
+                    format!("staging:{:?}:{}:{}:{}:{}", s.kind, s.part_id, order, s.quantity, s.at_ms),
+                    serde_json::to_vec(s),
+                    s.at_ms,
+                    "io.defectflow.parts_staging",
+                )
+            }
+            Emitted::DeadLetter(d) => (
+                &topics.dead_letter,
+                d.source.clone(),
+                format!("dead:{}:{}:{:016x}", d.source, d.at_ms, fnv(d.payload.as_bytes())),
+                serde_json::to_vec(d),
+                d.at_ms,
+                "io.defectflow.dead_letter",
+            ),
+            Emitted::Assignment(_) => return None,
+        };
+        // The schema types serialise infallibly (no maps with non-string keys).
+        let payload = payload.ok()?;
+        // The record key names what the event is about.
+        let subject = key.clone();
+        Some(Outgoing { topic: topic.clone(), key, idempotency_key, payload, event_ms, event_type, subject })
+    }
+
+    /// The CloudEvents attributes of the message sent by sink `sink_id`, as
+    /// (header, value) pairs.
+    pub fn cloud_event(&self, sink_id: &str) -> Vec<(&'static str, String)> {
+        let mut attributes = vec![
+            (ce::SPECVERSION, SPECVERSION.to_owned()),
+            (ce::ID, self.idempotency_key.clone()),
+            (ce::TYPE, self.event_type.to_owned()),
+            (ce::SOURCE, format!("/defectflow/{sink_id}")),
+            (ce::SUBJECT, self.subject.clone()),
+            (ce::TIME, rfc3339(self.event_ms)),
+        ];
+        if self.event_type == "io.defectflow.work_order.revision" {
+            attributes.push((ce::DATASCHEMA, format!("urn:defectflow:schema:work-order:{SCHEMA_VERSION}")));
+        }
+        attributes
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    defectflow_operators::ids::stable_hash(&[bytes])
+}
