@@ -254,15 +254,17 @@ pub fn delivered(messages: &[Value]) -> BTreeMap<String, usize> {
         // A CloudEvent in binary mode, timed by its event, not by its sending.
         assert_eq!(headers["ce_specversion"], "1.0", "{m}");
         assert_eq!(headers["ce_id"].as_str(), Some(key.as_str()), "{m}");
-        assert!(headers["ce_type"].as_str().is_some_and(|t| t.starts_with("io.defectflow.")), "{m}");
+        assert!(headers["ce_type"].as_str().is_some_and(|t| t.starts_with("dev.defectflow.")), "{m}");
         assert!(headers["ce_source"].as_str().is_some_and(|s| s.starts_with("/defectflow/")), "{m}");
         assert_eq!(headers["ce_subject"], m["key"], "{m}");
         let timestamp = m["timestamp"].as_u64().expect("a record timestamp");
         assert_eq!(headers["ce_time"].as_str(), Some(defectflow::clock::rfc3339(timestamp).as_str()), "{m}");
-        if headers["ce_type"] == "io.defectflow.work_order.revision" {
+        if headers["ce_type"] == "dev.defectflow.work_order.revision" {
             let order: Value = serde_json::from_str(m["value"].as_str().expect("payload")).expect("json");
             assert_eq!(order["revised_at_ms"].as_u64(), Some(timestamp), "the revision's time: {m}");
-            assert!(headers["ce_dataschema"].as_str().is_some_and(|s| s.contains("work-order")), "{m}");
+            let schema: Value =
+                serde_json::from_str(defectflow_schemas::WORK_ORDER_JSON_SCHEMA).expect("the work-order schema");
+            assert_eq!(headers["ce_dataschema"], schema["$id"], "the schema's $id: {m}");
         }
         *counts.entry(key).or_insert(0) += 1;
     }

@@ -130,7 +130,7 @@ pub fn run_config(config: &RunConfig, workers: usize, after: Option<Duration>) -
 pub struct Running {
     seen: Arc<Mutex<Vec<Seen>>>,
     interrupted: Arc<std::sync::atomic::AtomicBool>,
-    run: std::thread::JoinHandle<Outcome>,
+    run: Option<std::thread::JoinHandle<Outcome>>,
 }
 
 impl Running {
@@ -145,25 +145,33 @@ impl Running {
             let seen = Arc::clone(&seen);
             move || run_seen(&config, workers, stop, seen)
         });
-        Running { seen, interrupted, run }
+        Running { seen, interrupted, run: Some(run) }
     }
 
     /// Waits until `done` holds of the frames seen so far, within `within`, while the
     /// run goes on; returns when it did.
     pub fn wait_until(&self, what: &str, within: Duration, done: impl Fn(&[Seen]) -> bool) -> Instant {
         let deadline = Instant::now() + within;
-        while !done(&self.seen.lock().expect("lock")) {
+        // On a copy: `done` may ask the metrics, and the run must not wait for it.
+        while !done(&self.seen.lock().expect("lock").clone()) {
             assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-            assert!(!self.run.is_finished(), "{what}: the run ended first");
+            assert!(!self.run.as_ref().is_some_and(|r| r.is_finished()), "{what}: the run ended first");
             std::thread::sleep(Duration::from_millis(50));
         }
         Instant::now()
     }
 
     /// Stops the run as a signal would, and returns what it produced.
-    pub fn stop(self) -> Outcome {
+    pub fn stop(mut self) -> Outcome {
         self.interrupted.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.run.join().expect("run thread")
+        self.run.take().expect("a running run").join().expect("run thread")
+    }
+}
+
+impl Drop for Running {
+    /// A test that fails while the run goes on stops it.
+    fn drop(&mut self) {
+        self.interrupted.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -131,7 +131,10 @@ pub fn same_as_uncrashed(crashed: &RunOutputs, uncrashed: &RunOutputs) {
         "the uncrashed run sent work orders"
     );
     assert!(!uncrashed.jsonl.is_empty(), "the uncrashed run wrote work orders");
-    assert!(!uncrashed.audit["work_orders"].is_empty(), "the uncrashed run audited work orders");
+    assert!(
+        uncrashed.audit.get("work_orders").is_some_and(|rows| !rows.is_empty()),
+        "the uncrashed run audited work orders"
+    );
     for (topic, expected) in &uncrashed.topics {
         let found = &crashed.topics[topic];
         let missing: Vec<&String> = expected.keys().filter(|k| !found.contains_key(*k)).collect();

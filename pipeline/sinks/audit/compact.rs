@@ -11,10 +11,12 @@
 //! and their mark. The new file records the latest `closed_before` of those it
 //! replaces (which the manifest already holds) and is numbered above them.
 //!
-//! It may run beside a run writing the same dates ([`locks`]): each partition is held
-//! from its listing to the swap, and a commit into it waits (or the compaction waits for
-//! the commit). Files the manifest does not cover yet (a commit whose process died
-//! before recording it) keep their names, so that a start still finds them by number.
+//! It may run beside a run writing the same dates ([`locks`]): the files are merged
+//! without holding the partition, then, holding it (a commit into it waits, or the
+//! compaction waits for the commit), the partition is listed again, what was committed
+//! since is kept beside the merged file, and the swap is made. Files the manifest does
+//! not cover yet (a commit whose process died before recording it) keep their names, so
+//! that a start still finds them by number.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -77,21 +79,27 @@ fn parquet(path: &Path) -> impl FnOnce(parquet::errors::ParquetError) -> AuditEr
     move |source| AuditError::Parquet { path, source }
 }
 
-/// A partition's files: (those to merge, those kept as they are: marked as recovered,
-/// or numbered after `covered`, the manifest's record of the partition).
-fn files_of(partition: &Path, covered: Option<u64>) -> Result<(Vec<PathBuf>, Vec<PathBuf>), AuditError> {
+/// A partition's committed files (hidden ones, such as a commit's file written aside,
+/// are not), sorted.
+fn parts(partition: &Path) -> Result<Vec<PathBuf>, AuditError> {
     let mut files: Vec<PathBuf> = (std::fs::read_dir(partition).map_err(io(partition))?.flatten())
         .map(|f| f.path())
         .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
         .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
         .collect();
     files.sort();
-    let kept = |path: &PathBuf| {
+    Ok(files)
+}
+
+/// The files of a partition to merge: all but those marked as recovered and those
+/// numbered after `covered`, the manifest's record of the partition.
+fn to_merge(partition: &Path, covered: Option<u64>) -> Result<Vec<PathBuf>, AuditError> {
+    let merged = |path: &PathBuf| {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let uncovered = covered.is_some_and(|covered| file_number(&name).is_some_and(|n| n > covered));
-        name.ends_with("-recovered.parquet") || uncovered
+        !name.ends_with("-recovered.parquet") && !uncovered
     };
-    Ok(files.into_iter().partition(|p| !kept(p)))
+    Ok(parts(partition)?.into_iter().filter(merged).collect())
 }
 
 /// A file's rows in the table's current layout, and the time it closes.
@@ -125,15 +133,18 @@ fn read(table: AuditTable, path: &Path) -> Result<(Vec<RecordBatch>, u64, bool),
     Ok((batches, closed_before, current))
 }
 
+/// Merges a partition's files into one beside the log, without holding the partition:
+/// commits into it go on meanwhile. Then, holding it, keeps what was committed since
+/// (numbered after the merged file's first number) beside the merged file, numbers the
+/// merged file after everything there, and swaps the new partition in.
 fn compact_partition(dir: &Path, table: AuditTable, partition: &Path, done: &mut Compacted) -> Result<(), AuditError> {
     let name = partition.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let _held = locks::compaction(dir, table, &name)?;
-    // Read under the lock: a commit records its files before letting go of it. A
-    // partition the manifest does not know is listed whole at a start, whatever its
-    // numbers.
+    // A partition the manifest does not know is listed whole at a start, whatever its
+    // numbers; files it does not cover yet (a commit recording itself, or one whose
+    // process died before it did) keep their numbers for a start to find.
     let covered =
         (Manifest::read(dir).tables.get(table.name())).and_then(|record| record.partitions.get(&name).copied());
-    let (merge, kept) = files_of(partition, covered)?;
+    let merge = to_merge(partition, covered)?;
     let mut batches = Vec::new();
     let (mut closed_before, mut all_current) = (None::<u64>, true);
     for path in &merge {
@@ -150,9 +161,7 @@ fn compact_partition(dir: &Path, table: AuditTable, partition: &Path, done: &mut
         std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
     }
     std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-    let highest =
-        (merge.iter().chain(&kept)).filter_map(|p| file_number(&p.file_name()?.to_string_lossy())).max().unwrap_or(0);
-    let merged = staging.join(format!("part-{:08}.parquet", highest + 1));
+    let merged = staging.join(".merged.parquet");
     let metadata = closed_before.map(|t| vec![KeyValue::new(CLOSED_BEFORE.to_owned(), t.to_string())]);
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -166,16 +175,33 @@ fn compact_partition(dir: &Path, table: AuditTable, partition: &Path, done: &mut
         writer.write(batch).map_err(parquet(&merged))?;
     }
     writer.into_inner().map_err(parquet(&merged))?.sync_all().map_err(io(&merged))?;
+
+    let held = locks::compaction(dir, table, &name)?;
+    let now = parts(partition)?;
+    if let Some(gone) = merge.iter().find(|path| !now.contains(path)) {
+        // Removed meanwhile (by hand): the merged file would bring its rows back.
+        drop(held);
+        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+        return Err(AuditError::Io {
+            path: gone.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "removed while its day was compacted"),
+        });
+    }
+    let kept: Vec<&PathBuf> = now.iter().filter(|path| !merge.contains(path)).collect();
     for path in &kept {
         let link = staging.join(path.file_name().unwrap_or_default());
         std::fs::hard_link(path, &link).map_err(io(&link))?;
     }
+    let highest = now.iter().filter_map(|p| file_number(&p.file_name()?.to_string_lossy())).max().unwrap_or(0);
+    let numbered = staging.join(format!("part-{:08}.parquet", highest + 1));
+    std::fs::rename(&merged, &numbered).map_err(io(&numbered))?;
     File::open(&staging).and_then(|d| d.sync_all()).map_err(io(&staging))?;
     swap(&staging, partition)?;
+    drop(held);
     // `staging` now holds the old files.
     std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
     done.partitions += 1;
-    done.files_before += merge.len() + kept.len();
+    done.files_before += now.len();
     done.files_after += 1 + kept.len();
     done.rows += rows;
     Ok(())

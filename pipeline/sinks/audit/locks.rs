@@ -3,11 +3,13 @@
 //! outside every table's glob:
 //!
 //! - `<table>/date=YYYY-MM-DD.lock`, one per partition. A commit holds it shared from
-//!   writing its file aside until the manifest records the file; a compaction holds it
-//!   exclusively from listing the partition's files until it has swapped the new
-//!   partition in. A file committed while a day is compacted therefore lands either
-//!   before the listing (and is merged) or after the swap (beside the merged file),
-//!   never in the old partition that the swap throws away.
+//!   writing its file aside until the manifest records the file; a compaction, having
+//!   merged the files it listed without it, holds it exclusively from listing the
+//!   partition again until it has swapped the new partition in (links and renames
+//!   only, so a commit waits briefly). A file committed while a day is compacted
+//!   therefore lands either before the second listing (and is kept beside the merged
+//!   file) or after the swap (beside it too), never in the old partition that the swap
+//!   throws away.
 //! - `compact.lock`: one compaction at a time per audit log.
 //!
 //! The kernel drops a lock with the process that held it, so a crash leaves none behind.

@@ -22,7 +22,7 @@ pub mod ce {
     pub const SUBJECT: &str = "ce_subject";
     /// The event's time, RFC 3339 in UTC with milliseconds.
     pub const TIME: &str = "ce_time";
-    /// The work order's JSON Schema, on work-order revisions.
+    /// The work order's JSON Schema (its `$id`), on work-order revisions.
     pub const DATASCHEMA: &str = "ce_dataschema";
 }
 
@@ -39,7 +39,8 @@ pub struct Outgoing {
     pub payload: Vec<u8>,
     /// The event's time (ms since the epoch): the record's timestamp and `ce_time`.
     pub event_ms: u64,
-    /// `ce_type`, for example `io.defectflow.work_order.revision`.
+    /// `ce_type`, for example `dev.defectflow.work_order.revision` (reverse DNS of the
+    /// schemas' domain).
     pub event_type: &'static str,
     /// `ce_subject`.
     pub subject: String,
@@ -56,7 +57,7 @@ impl Outgoing {
                 format!("{}:{}", w.work_order_id, w.revision),
                 serde_json::to_vec(w),
                 w.revised_at_ms,
-                "io.defectflow.work_order.revision",
+                "dev.defectflow.work_order.revision",
             ),
             Emitted::Alert(a) => (
                 &topics.alerts,
@@ -64,7 +65,7 @@ impl Outgoing {
                 format!("alert:{}:{}:{:?}", a.work_order_id, a.at_ms, a.priority),
                 serde_json::to_vec(a),
                 a.at_ms,
-                "io.defectflow.alert",
+                "dev.defectflow.alert",
             ),
             Emitted::PartsStaging(s) => {
                 let order = s.work_order_id.as_deref().unwrap_or("-");
@@ -74,7 +75,7 @@ impl Outgoing {
                     format!("staging:{:?}:{}:{}:{}:{}", s.kind, s.part_id, order, s.quantity, s.at_ms),
                     serde_json::to_vec(s),
                     s.at_ms,
-                    "io.defectflow.parts_staging",
+                    "dev.defectflow.parts_staging",
                 )
             }
             Emitted::DeadLetter(d) => (
@@ -83,7 +84,7 @@ impl Outgoing {
                 format!("dead:{}:{}:{:016x}", d.source, d.at_ms, fnv(d.payload.as_bytes())),
                 serde_json::to_vec(d),
                 d.at_ms,
-                "io.defectflow.dead_letter",
+                "dev.defectflow.dead_letter",
             ),
             Emitted::Assignment(_) => return None,
         };
@@ -105,8 +106,8 @@ impl Outgoing {
             (ce::SUBJECT, self.subject.clone()),
             (ce::TIME, rfc3339(self.event_ms)),
         ];
-        if self.event_type == "io.defectflow.work_order.revision" {
-            attributes.push((ce::DATASCHEMA, format!("urn:defectflow:schema:work-order:{SCHEMA_VERSION}")));
+        if self.event_type == "dev.defectflow.work_order.revision" {
+            attributes.push((ce::DATASCHEMA, format!("https://defectflow.dev/schemas/work-order/{SCHEMA_VERSION}")));
         }
         attributes
     }
@@ -114,4 +115,35 @@ impl Outgoing {
 
 fn fnv(bytes: &[u8]) -> u64 {
     defectflow_operators::ids::stable_hash(&[bytes])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use defectflow_schemas::DeadLetter;
+
+    /// A dead letter's event: its id is its idempotency key, its subject the input it
+    /// came from, its time the letter's, in RFC 3339; no data schema (only revisions
+    /// have one).
+    #[test]
+    fn a_dead_letter_is_an_event_about_its_input() {
+        let letter = DeadLetter {
+            source: "inventory".into(),
+            payload: "{not json".into(),
+            reason: "expected value at line 1 column 2".into(),
+            at_ms: 1_790_000_000_250,
+        };
+        let topics = TopicsConfig::default();
+        let message = Outgoing::of(&Emitted::DeadLetter(letter), &topics).expect("a dead letter goes to Kafka");
+        assert_eq!(message.topic, topics.dead_letter);
+        assert_eq!((message.key.as_str(), message.event_ms), ("inventory", 1_790_000_000_250));
+        let event: std::collections::BTreeMap<&str, String> = message.cloud_event("plant-a").into_iter().collect();
+        assert_eq!(event[ce::SPECVERSION], "1.0");
+        assert_eq!(event[ce::ID], message.idempotency_key);
+        assert_eq!(event[ce::TYPE], "dev.defectflow.dead_letter");
+        assert_eq!(event[ce::SOURCE], "/defectflow/plant-a");
+        assert_eq!(event[ce::SUBJECT], "inventory");
+        assert_eq!(event[ce::TIME], "2026-09-21T14:13:20.250Z");
+        assert!(!event.contains_key(ce::DATASCHEMA));
+    }
 }
