@@ -5,11 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::checks;
 use crate::support::outputs::{file_outputs, same_as_uncrashed};
-use crate::support::{self, kafka::http_get, kafka::sample};
+use crate::support::{self, kafka::http_get, kafka::sample, kafka::wait_while_running};
 
 /// `chattr -R ±i` on a folder; made writable again when dropped.
 struct Immutable(PathBuf);
@@ -32,14 +32,6 @@ fn metric(port: u16, series: &str) -> Option<f64> {
     http_get(port, "/metrics").and_then(|(_, body)| sample(&body, series))
 }
 
-fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn an_audit_disk_that_refuses_writes_holds_the_rows_until_it_takes_them() {
     let _serial = crate::support::kafka::serial();
@@ -56,7 +48,7 @@ fn an_audit_disk_that_refuses_writes_holds_the_rows_until_it_takes_them() {
     let config = dir.path().join("audit.toml");
     std::fs::write(&config, toml).expect("config");
     let out = dir.path().join("out");
-    let run = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+    let mut run = Command::new(env!("CARGO_BIN_EXE_defectflow"))
         .args(["run", "--config", config.to_str().expect("utf-8"), "--out", out.to_str().expect("utf-8")])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -64,11 +56,11 @@ fn an_audit_disk_that_refuses_writes_holds_the_rows_until_it_takes_them() {
         .expect("run");
     // Once the first rows are committed, the disk refuses every new file for 8 s.
     let audit = out.join("audit");
-    wait_for("a first audit file", Duration::from_secs(60), || {
+    wait_while_running(&mut run, "a first audit file", Duration::from_secs(60), || {
         std::fs::read_dir(audit.join("detections")).is_ok_and(|mut d| d.next().is_some())
     });
     let immutable = Immutable::set(&audit);
-    wait_for("the metrics showing the audit log failing", Duration::from_secs(20), || {
+    wait_while_running(&mut run, "the metrics showing the audit log failing", Duration::from_secs(20), || {
         metric(port, "defectflow_audit_failing") == Some(1.0)
     });
     // The work orders go on meanwhile: a few commits' worth of rows may wait.
@@ -76,11 +68,11 @@ fn an_audit_disk_that_refuses_writes_holds_the_rows_until_it_takes_them() {
     assert!(metric(port, "defectflow_audit_write_errors_total").is_some_and(|n| n >= 1.0));
     // The disk takes files again once the run has tried and failed a few times (a try a
     // second) with rows waiting.
-    wait_for("three failed commits", Duration::from_secs(60), || {
+    wait_while_running(&mut run, "three failed commits", Duration::from_secs(60), || {
         metric(port, "defectflow_audit_write_errors_total").is_some_and(|n| n >= 3.0)
     });
     drop(immutable);
-    wait_for("the audit log writing again", Duration::from_secs(20), || {
+    wait_while_running(&mut run, "the audit log writing again", Duration::from_secs(20), || {
         metric(port, "defectflow_audit_failing") == Some(0.0)
             && http_get(port, "/healthz").is_some_and(|(status, _)| status == "HTTP/1.1 200 OK")
     });

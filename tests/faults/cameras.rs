@@ -4,13 +4,13 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use defectflow_models::synth::{AssetKind, planned_scene};
 use defectflow_schemas::DefectClass;
 
 use crate::checks;
-use crate::support::{self, RtspServer, kafka::http_get, kafka::sample};
+use crate::support::{self, RtspServer, kafka::http_get, kafka::sample, kafka::wait_while_running};
 
 #[test]
 fn camera_faults_leave_one_work_order_per_defect_and_the_others_flowing() {
@@ -75,20 +75,29 @@ fn camera_faults_leave_one_work_order_per_defect_and_the_others_flowing() {
     let mut server = Some(server);
     for _ in 0..2 {
         let played = frames("cam-pulley");
-        wait_while_running(&mut run, "the pulley 90 frames on", || frames("cam-pulley") >= played + 90.0);
+        wait_while_running(&mut run, "the pulley 90 frames on", Duration::from_secs(60), || {
+            frames("cam-pulley") >= played + 90.0
+        });
         let broken = errors("cam-pulley");
         if let Some(server) = server.take() {
             server.kill();
         }
-        wait_while_running(&mut run, "the pulley's broken stream counted", || errors("cam-pulley") > broken);
+        wait_while_running(&mut run, "the pulley's broken stream counted", Duration::from_secs(60), || {
+            errors("cam-pulley") > broken
+        });
         server = Some(RtspServer::serving(rtsp, Some(&recording)));
     }
     // Healthy once the pulley plays again, the broken cameras still retried or failed.
     let played = frames("cam-pulley");
-    wait_while_running(&mut run, "the pulley playing again", || frames("cam-pulley") >= played + 90.0);
-    wait_while_running(&mut run, "the motor's 300th frame and the flange's third failure", || {
-        frames("cam-motor") >= 300.0 && errors("cam-flange") >= 3.0
+    wait_while_running(&mut run, "the pulley playing again", Duration::from_secs(60), || {
+        frames("cam-pulley") >= played + 90.0
     });
+    wait_while_running(
+        &mut run,
+        "the motor's 300th frame and the flange's third failure",
+        Duration::from_secs(60),
+        || frames("cam-motor") >= 300.0 && errors("cam-flange") >= 3.0,
+    );
     let (status, _) = http_get(metrics, "/healthz").expect("healthz");
     assert_eq!(status, "HTTP/1.1 200 OK");
     let (_, body) = http_get(metrics, "/metrics").expect("metrics");
@@ -117,14 +126,4 @@ fn camera_faults_leave_one_work_order_per_defect_and_the_others_flowing() {
     expected.insert(("MT-204".into(), "corrosion".into()));
     let keys = checks::one_work_order_per_defect(&checks::jsonl_work_orders(&out), &expected);
     checks::audited_once(&out.join("audit"), &keys);
-}
-
-/// Waits until `done` (within a minute) while `run` goes on.
-fn wait_while_running(run: &mut std::process::Child, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within a minute");
-        assert!(run.try_wait().expect("wait").is_none(), "{what}: the run ended first");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }

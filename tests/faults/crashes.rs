@@ -366,16 +366,6 @@ fn orders_in_file(out: &std::path::Path) -> Vec<serde_json::Value> {
     text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("work_order").cloned()).collect()
 }
 
-/// Waits until `done`, within `within`, while `run` is still running.
-fn wait_while_running(run: &mut std::process::Child, what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + within;
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "{what}: not within {within:?}");
-        assert!(run.try_wait().expect("wait").is_none(), "{what}: the run ended first");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// A copy of `config` serving its metrics and readiness on a free port of 127.0.0.1,
 /// and that port.
 fn with_metrics(config: &std::path::Path) -> (std::path::PathBuf, u16) {

@@ -225,6 +225,16 @@ pub fn kill_live(run: &mut Child) {
     run.wait().expect("reap");
 }
 
+/// Waits until `done`, within `within`, while `run` is still running.
+pub fn wait_while_running(run: &mut std::process::Child, what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        assert!(run.try_wait().expect("wait").is_none(), "{what}: the run ended first");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn run_to_end(config: &Path, out: Option<&Path>) -> String {
     let output = defectflow(config, out, None).output().expect("run defectflow");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
