@@ -244,6 +244,7 @@ fn history(dir: &Path, days: u64, commits: u64) {
             at_ms: at,
             technician_id: None,
             note: None,
+            reason: None,
         };
         let rows = AuditRows {
             detections: vec![detection],

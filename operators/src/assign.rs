@@ -17,10 +17,42 @@ pub fn centi_hours(hours: f64) -> CentiHours {
     (hours * 100.0).round() as CentiHours
 }
 
-/// Hour of the day (0–23) at `at_ms` in plant local time.
-pub fn hour_of_day(at_ms: EpochMillis, utc_offset_minutes: i32) -> u8 {
-    let local = at_ms as i64 + i64::from(utc_offset_minutes) * 60_000;
-    (local.rem_euclid(86_400_000) / 3_600_000) as u8
+/// The plant's local time, in which technician shifts are given: an IANA time zone
+/// (daylight saving included) or a fixed offset from UTC.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PlantClock {
+    /// Local time minus UTC, in minutes, all year.
+    Offset(i32),
+    Zone(chrono_tz::Tz),
+}
+
+impl Default for PlantClock {
+    fn default() -> Self {
+        PlantClock::Offset(0)
+    }
+}
+
+impl PlantClock {
+    /// Hour of the day (0–23) at `at_ms` in plant local time.
+    pub fn hour_of_day(self, at_ms: EpochMillis) -> u8 {
+        use chrono::Timelike;
+        match self {
+            PlantClock::Offset(minutes) => {
+                let local = at_ms as i64 + i64::from(minutes) * 60_000;
+                (local.rem_euclid(86_400_000) / 3_600_000) as u8
+            }
+            PlantClock::Zone(zone) => match chrono::DateTime::from_timestamp_millis(at_ms as i64) {
+                Some(utc) => utc.with_timezone(&zone).hour() as u8,
+                None => PlantClock::Offset(0).hour_of_day(at_ms),
+            },
+        }
+    }
+}
+
+/// The IANA time zone named `name` (`Europe/Oslo`), or why not.
+pub fn time_zone(name: &str) -> Result<chrono_tz::Tz, String> {
+    name.parse::<chrono_tz::Tz>()
+        .map_err(|_| format!("`{name}` is not an IANA time zone name (for example `Europe/Oslo` or `America/Chicago`)"))
 }
 
 /// Technicians, procedures and the open workload of each technician.
@@ -29,12 +61,12 @@ pub struct Dispatcher {
     technicians: BTreeMap<String, Technician>,
     procedures: BTreeMap<(String, DefectClass), Procedure>,
     workload: HashMap<String, CentiHours>,
-    utc_offset_minutes: i32,
+    clock: PlantClock,
 }
 
 impl Dispatcher {
-    pub fn new(utc_offset_minutes: i32) -> Self {
-        Dispatcher { utc_offset_minutes, ..Dispatcher::default() }
+    pub fn new(clock: PlantClock) -> Self {
+        Dispatcher { clock, ..Dispatcher::default() }
     }
 
     /// Applies a technician update: `diff > 0` inserts or replaces, `diff < 0` removes
@@ -68,14 +100,14 @@ impl Dispatcher {
 
     /// Whether the technician exists, holds the skill and is on shift at `at_ms`.
     pub fn can_work(&self, technician_id: &str, skill: &str, at_ms: EpochMillis) -> bool {
-        let hour = hour_of_day(at_ms, self.utc_offset_minutes);
+        let hour = self.clock.hour_of_day(at_ms);
         self.technicians.get(technician_id).is_some_and(|t| t.shift.covers(hour) && t.skills.iter().any(|s| s == skill))
     }
 
     /// The technician to give work needing `skill` on an asset in `zone`, if anyone
     /// eligible is on shift.
     pub fn choose(&self, skill: &str, zone: &str, at_ms: EpochMillis) -> Option<&Technician> {
-        let hour = hour_of_day(at_ms, self.utc_offset_minutes);
+        let hour = self.clock.hour_of_day(at_ms);
         self.technicians
             .values()
             .filter(|t| t.shift.covers(hour) && t.skills.iter().any(|s| s == skill))

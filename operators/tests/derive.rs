@@ -232,6 +232,7 @@ fn a_completed_work_order_leaves_the_workload_and_releases_its_parts() {
                     at_ms: T0 + 9000,
                     technician_id: None,
                     note: None,
+                    reason: None,
                 }]
             } else {
                 vec![]
@@ -433,6 +434,7 @@ fn a_work_order_completed_before_a_restart_is_reopened_by_its_defect_coming_back
         at_ms,
         technician_id: None,
         note: None,
+        reason: None,
     };
 
     let mut first = Ledger::new(WorkOrderConfig::default());
@@ -464,4 +466,124 @@ fn a_work_order_completed_before_a_restart_is_reopened_by_its_defect_coming_back
     assert_eq!(reopened.len(), 1, "{reopened:?}");
     assert_ne!(reopened[0].work_order_id, created.work_order_id);
     assert_eq!(reopened[0].reopens.as_deref(), Some(created.work_order_id.as_str()));
+}
+
+/// A work order put on hold keeps its technician and its parts, but its hours leave the
+/// technician's open workload until it resumes; a cancelled one releases both, consumes
+/// nothing and its defect does not open another. Every revision carries its work type
+/// and due date from the configured targets.
+#[test]
+fn on_hold_frees_the_hours_but_keeps_the_parts_and_cancelled_releases_both() {
+    use defectflow_operators::derive::{Ledger, LedgerInput};
+    let (asset, procedure, technician) = pump_plant();
+    let event = |id: &str, kind: WoEventKind, at_ms: u64, reason: Option<&str>| {
+        LedgerInput::Event(WoEvent {
+            work_order_id: id.into(),
+            event: kind,
+            at_ms,
+            technician_id: None,
+            note: None,
+            reason: reason.map(Into::into),
+        })
+    };
+    let mut config = WorkOrderConfig::default();
+    config.due_hours.insert(Priority::P3, 10.0);
+    config.due_hours.insert(Priority::P4, 10.0);
+    config.work_types.by_class.insert(DefectClass::Crack, WorkType::Predictive);
+    let mut ledger = Ledger::new(config);
+    ledger.step(
+        0,
+        vec![
+            LedgerInput::Technician(technician.clone(), 1),
+            LedgerInput::Procedure(procedure.clone(), 1),
+            LedgerInput::Movement(
+                StockMovement { part_id: "ROD".into(), delta: 10, at_ms: 0, reason: String::new() },
+                1,
+            ),
+        ],
+    );
+    let [created] =
+        revisions_of(&ledger.step(T0 + 1000, vec![scored_input(scored(400.0, 1), &asset)])).try_into().expect("one");
+    let id = created.work_order_id.clone();
+    assert_eq!(created.work_type, WorkType::Predictive, "the configured type of a crack below P1");
+    assert_eq!(created.due_at_ms, Some(created.detected_at_ms + 10 * 3_600_000), "{:?}", created.severity);
+    assert_eq!(ledger.dispatcher.workloads().get("T-1"), Some(&250));
+    assert_eq!(ledger.stock.level("ROD").available, 7);
+
+    let held = ledger.step(T0 + 2000, vec![event(&id, WoEventKind::OnHold, T0 + 2000, Some("waiting_for_parts"))]);
+    let [revision] = revisions_of(&held).try_into().expect("a revision");
+    assert_eq!(
+        (revision.status, revision.hold_reason.as_deref()),
+        (WorkOrderStatus::OnHold, Some("waiting_for_parts"))
+    );
+    assert_eq!(revision.technician_id.as_deref(), Some("T-1"), "the work stays theirs");
+    assert!(held.contains(&LedgerOutput::Workload("T-1".into(), id.clone(), 250, -1)), "{held:?}");
+    assert_eq!(ledger.dispatcher.workloads().get("T-1"), None, "no open hours while it waits");
+    assert_eq!(ledger.stock.level("ROD").available, 7, "its parts stay reserved");
+    let again = ledger.step(T0 + 2500, vec![event(&id, WoEventKind::OnHold, T0 + 2500, None)]);
+    assert!(
+        matches!(again.as_slice(), [LedgerOutput::DeadLetter(l)] if l.reason.contains("already on_hold")),
+        "{again:?}"
+    );
+
+    let resumed = ledger.step(T0 + 3000, vec![event(&id, WoEventKind::Resumed, T0 + 3000, None)]);
+    let [revision] = revisions_of(&resumed).try_into().expect("a revision");
+    assert_eq!((revision.status, revision.hold_reason), (WorkOrderStatus::Open, None), "back where it was held");
+    assert_eq!(ledger.dispatcher.workloads().get("T-1"), Some(&250));
+    let not_held = ledger.step(T0 + 3500, vec![event(&id, WoEventKind::Resumed, T0 + 3500, None)]);
+    assert!(matches!(not_held.as_slice(), [LedgerOutput::DeadLetter(l)] if l.reason.contains("not on hold")));
+
+    ledger.step(T0 + 4000, vec![event(&id, WoEventKind::OnHold, T0 + 4000, Some("shutdown"))]);
+    let cancelled = ledger.step(T0 + 5000, vec![event(&id, WoEventKind::Cancelled, T0 + 5000, Some("duplicate"))]);
+    let [revision] = revisions_of(&cancelled).try_into().expect("the closing revision");
+    assert_eq!((revision.revision_kind, revision.status), (RevisionKind::Closed, WorkOrderStatus::Cancelled));
+    assert!(!cancelled.iter().any(|o| matches!(o, LedgerOutput::Consumed(_))), "nothing consumed: {cancelled:?}");
+    assert!(!cancelled.iter().any(|o| matches!(o, LedgerOutput::Workload(..))), "its hours left at the hold");
+    assert!(cancelled.contains(&LedgerOutput::Reservation("ROD".into(), id.clone(), 3, -1)));
+    assert_eq!(ledger.stock.level("ROD").available, 10);
+    assert_eq!(ledger.dispatcher.workloads().get("T-1"), None);
+    let seen_again = ledger.step(T0 + 300_000, vec![scored_input(scored(900.0, 300), &asset)]);
+    assert_eq!(revisions_of(&seen_again), vec![], "the cancelled defect opens nothing new");
+}
+
+/// Shifts follow the plant's clock across the spring-forward night: in Europe/Oslo the
+/// clocks go from 02:00 to 03:00 on 28 March 2027 (01:00 UTC). At 04:30 UTC it is
+/// 06:30 there, so the day shift (06–14) has begun and the night shift (22–06) has
+/// ended; a fixed winter offset (+60 min) would still say 05:30 and give the work to
+/// the night shift. The day before, 04:30 UTC is 05:30 and the night shift has it.
+#[test]
+fn shifts_follow_the_plant_time_zone_across_the_spring_forward_night() {
+    use defectflow_operators::assign::{PlantClock, time_zone};
+    use defectflow_operators::derive::{Ledger, LedgerInput};
+    let oslo = time_zone("Europe/Oslo").expect("an IANA zone");
+    assert!(time_zone("Europe/Olso").is_err_and(|e| e.contains("not an IANA time zone")));
+    const BEFORE: u64 = 1_806_121_800_000; // 2027-03-27T04:30:00Z, 05:30 CET
+    const AFTER: u64 = 1_806_208_200_000; // 2027-03-28T04:30:00Z, 06:30 CEST
+    assert_eq!((PlantClock::Zone(oslo).hour_of_day(BEFORE), PlantClock::Zone(oslo).hour_of_day(AFTER)), (5, 6));
+    assert_eq!(PlantClock::Offset(60).hour_of_day(AFTER), 5, "a fixed offset misses the change");
+
+    let (asset, procedure, day) = pump_plant();
+    let day = Technician { technician_id: "T-DAY".into(), shift: Shift { start_hour: 6, end_hour: 14 }, ..day };
+    let night =
+        Technician { technician_id: "T-NIGHT".into(), shift: Shift { start_hour: 22, end_hour: 6 }, ..day.clone() };
+    let assigned = |clock: (Option<chrono_tz::Tz>, i32), at_ms: u64| {
+        let config = WorkOrderConfig { time_zone: clock.0, utc_offset_minutes: clock.1, ..WorkOrderConfig::default() };
+        let mut ledger = Ledger::new(config);
+        ledger.step(
+            0,
+            vec![
+                LedgerInput::Technician(day.clone(), 1),
+                LedgerInput::Technician(night.clone(), 1),
+                LedgerInput::Procedure(procedure.clone(), 1),
+            ],
+        );
+        let mut track = scored(400.0, 1);
+        track.first_seen_ms = at_ms - 1000;
+        track.last_seen_ms = at_ms;
+        let revisions = revisions_of(&ledger.step(at_ms, vec![scored_input(track, &asset)]));
+        revisions.first().and_then(|w| w.technician_id.clone())
+    };
+    assert_eq!(assigned((Some(oslo), 0), AFTER).as_deref(), Some("T-DAY"));
+    assert_eq!(assigned((Some(oslo), 0), BEFORE).as_deref(), Some("T-NIGHT"));
+    assert_eq!(assigned((None, 60), AFTER).as_deref(), Some("T-NIGHT"), "the fixed offset's mistake");
 }

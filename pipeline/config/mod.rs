@@ -158,6 +158,21 @@ pub struct PlantConfig {
     /// asset and defect class, relative to the config file. For demos and rehearsals.
     #[serde(default)]
     pub cmms_script: Option<PathBuf>,
+    /// The plant's IANA time zone (`Europe/Oslo`): technician shifts are in its local
+    /// hours, daylight saving included. Without it, `[work_orders] utc_offset_minutes`.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+}
+
+impl PlantConfig {
+    /// The work-order settings with the plant's time zone.
+    pub fn work_orders(
+        &self,
+        work_orders: &defectflow_operators::derive::WorkOrderConfig,
+    ) -> defectflow_operators::derive::WorkOrderConfig {
+        let time_zone = self.time_zone.as_deref().and_then(|name| defectflow_operators::assign::time_zone(name).ok());
+        defectflow_operators::derive::WorkOrderConfig { time_zone, ..work_orders.clone() }
+    }
 }
 
 /// `[output]`: where a run leaves work orders and the audit log.
@@ -378,6 +393,23 @@ impl RunConfig {
         }
         if self.plant.reference.is_some() && self.model.is_none() {
             check(fault("plant.reference", "work orders need detections: add a `[model]` table".into()));
+        }
+        if let Some(name) = &self.plant.time_zone {
+            check(defectflow_operators::assign::time_zone(name).map(|_| ()).map_err(|e| ("plant.time_zone".into(), e)));
+            if self.work_orders.utc_offset_minutes != 0 {
+                check(fault(
+                    "work_orders.utc_offset_minutes",
+                    "`[plant] time_zone` gives the local time: leave out the fixed offset".into(),
+                ));
+            }
+        }
+        for (priority, hours) in &self.work_orders.due_hours {
+            if !(*hours > 0.0 && hours.is_finite()) {
+                check(fault(
+                    &format!("work_orders.due_hours.{priority:?}"),
+                    format!("must be a positive number of hours, got {hours}"),
+                ));
+            }
         }
         if self.output.audit_commit_rows == 0 {
             check(fault("output.audit_commit_rows", "must be at least 1".into()));

@@ -72,6 +72,12 @@ fn every_validated_field_is_named_when_it_is_wrong() {
         ("[anomaly]\nmin_threshold = 0.5\n", "anomaly.min_threshold"),
         ("[plant]\ncmms_script = \"events.toml\"\n", "plant.cmms_script"),
         ("[plant]\nreference = \"ref\"\n", "plant.reference"),
+        ("[plant]\ntime_zone = \"Europe/Olso\"\n", "plant.time_zone"),
+        (
+            "[plant]\ntime_zone = \"Europe/Oslo\"\n[work_orders]\nutc_offset_minutes = 60\n",
+            "work_orders.utc_offset_minutes",
+        ),
+        ("[work_orders.due_hours]\nP2 = -4.0\n", "work_orders.due_hours.P2"),
         ("[output]\naudit_commit_rows = 0\n", "output.audit_commit_rows"),
         ("[output]\naudit_commit_s = 0.0\n", "output.audit_commit_s"),
         ("[metrics]\naddress = \"localhost\"\n", "metrics.address"),

@@ -247,7 +247,7 @@ impl Process {
         let workflow = WorkflowConfig {
             track: config.track.clone(),
             severity: config.severity.clone(),
-            work_orders: config.work_orders.clone(),
+            work_orders: config.plant.work_orders(&config.work_orders),
         };
         Ok(Process {
             config,

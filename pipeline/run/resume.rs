@@ -73,7 +73,7 @@ impl EarlierOrders {
                     }));
                     earlier.closed.push(order);
                 }
-                WorkOrderStatus::FalsePositive => earlier.closed.push(order),
+                WorkOrderStatus::FalsePositive | WorkOrderStatus::Cancelled => earlier.closed.push(order),
                 _ => earlier.open.push(order),
             }
         }

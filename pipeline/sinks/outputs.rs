@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::Ordering;
 
 use defectflow_operators::derive::TrackMeasures;
-use defectflow_schemas::{Emitted, WorkOrder, WorkOrderStatus};
+use defectflow_schemas::{Emitted, WorkOrder};
 
 use super::{Batch, Sink, SinkCount};
 use crate::clock::now_ms;
@@ -129,7 +129,7 @@ fn left(messages: &[(u64, Emitted)], acknowledged: u64, metrics: &Metrics, open_
                     metrics.new_work_order_latencies.lock().unwrap_or_else(|p| p.into_inner()).push(seconds);
                 }
                 // Closed ones go: a run may close thousands over the months.
-                if matches!(w.status, WorkOrderStatus::Completed | WorkOrderStatus::FalsePositive) {
+                if w.status.is_closed() {
                     open_orders.remove(&w.work_order_id);
                 } else {
                     open_orders.insert(w.work_order_id.clone());

@@ -40,6 +40,9 @@ pub struct ScriptLine {
     pub technician_id: Option<String>,
     #[serde(default)]
     pub note: Option<String>,
+    /// Why the work is on hold or cancelled (`on_hold`, `cancelled`).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// The lines of a script and how far each has got.
@@ -96,6 +99,7 @@ impl CmmsScript {
                     at_ms: now,
                     technician_id: line.technician_id.clone(),
                     note: line.note.clone(),
+                    reason: line.reason.clone(),
                 });
                 *stage = Stage::Sent;
             }

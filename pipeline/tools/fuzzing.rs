@@ -13,12 +13,14 @@ use crate::config::RunConfig;
 use crate::reference::PlantReference;
 use crate::sources::kafka::{Input, InputKind, parse};
 
-/// A message of an input topic (the first byte picks the topic).
+/// A message of an input topic (the first byte picks the topic, and with its high bit
+/// makes the rest the key of a tombstone).
 pub fn kafka_input(data: &[u8]) {
     let Some((&first, bytes)) = data.split_first() else { return };
     let kinds = [InputKind::WoEvents, InputKind::Inventory, InputKind::Technicians, InputKind::Assets];
-    let kind = kinds[usize::from(first) % kinds.len()];
-    match parse(kind, bytes, 64 * 1024) {
+    let kind = kinds[usize::from(first & 0x7f) % kinds.len()];
+    let (key, value) = if first & 0x80 != 0 { (Some(bytes), None) } else { (None, Some(bytes)) };
+    match parse(kind, key, value, 64 * 1024) {
         Ok(input) => {
             let id = match &input {
                 Input::Event(e) => &e.work_order_id,
@@ -26,6 +28,7 @@ pub fn kafka_input(data: &[u8]) {
                 Input::Technician(t) => &t.technician_id,
                 Input::TechnicianRemoved(id) => id,
                 Input::Asset(a) => &a.asset_id,
+                Input::AssetRemoved(id) => id,
             };
             assert!(!id.is_empty(), "accepted without an id: {input:?}");
         }

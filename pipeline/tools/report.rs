@@ -12,8 +12,10 @@
 //!   seconds): p50, p99 (nearest rank) and max;
 //! - per technician: work orders whose latest revision names them, open ones and their
 //!   estimated hours;
-//! - the backlog as of the latest revision in the log: open, and overdue (open longer
-//!   than the target for its priority: P1 8 h, P2 72 h, P3 14 days, P4 30 days);
+//! - the backlog as of the latest revision in the log: open, and overdue (open past its
+//!   `due_at`, which the run set from `[work_orders.due_hours]`; rows written before
+//!   work orders had one use the default targets, P1 8 h, P2 72 h, P3 14 days, P4 30
+//!   days);
 //! - parts short at some point (an inventory row with less available than reserved).
 
 use std::collections::BTreeMap;
@@ -29,9 +31,6 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 
 use super::stats::{mean, nearest_rank};
-
-/// Hours a work order of each priority may stay open before it is overdue.
-pub const OVERDUE_AFTER_H: [(&str, f64); 4] = [("P1", 8.0), ("P2", 72.0), ("P3", 336.0), ("P4", 720.0)];
 
 /// The KPIs, as `--json` prints them.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -51,8 +50,11 @@ pub struct Kpis {
 pub struct StatusCounts {
     pub total: usize,
     pub open: usize,
+    /// Open, but on hold.
+    pub on_hold: usize,
     pub completed: usize,
     pub false_positive: usize,
+    pub cancelled: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -114,6 +116,8 @@ struct Revision {
     hours: Option<f64>,
     detected_ms: i64,
     revised_ms: i64,
+    /// `None` in rows written before work orders had a due date.
+    due_ms: Option<i64>,
 }
 
 /// Reads the audit log under `audit` and computes the KPIs.
@@ -140,9 +144,7 @@ pub fn kpis(audit: &Path) -> anyhow::Result<Kpis> {
         max,
     });
     let as_of_ms = revisions.iter().map(|r| r.revised_ms).max().unwrap_or(0);
-    let target = |priority: &str| OVERDUE_AFTER_H.iter().find(|(p, _)| *p == priority).map_or(f64::INFINITY, |t| t.1);
-    let overdue =
-        latest.iter().filter(|r| !closed(&r.status) && hours(as_of_ms - r.detected_ms) > target(&r.priority)).count();
+    let overdue = latest.iter().filter(|r| !closed(&r.status) && due_ms(r).is_some_and(|due| as_of_ms > due)).count();
     let shortages = match inventory {
         Some(inventory) => shortages(&inventory)?,
         None => Vec::new(),
@@ -161,7 +163,17 @@ pub fn kpis(audit: &Path) -> anyhow::Result<Kpis> {
 }
 
 fn closed(status: &str) -> bool {
-    status == "completed" || status == "false_positive"
+    matches!(status, "completed" | "false_positive" | "cancelled")
+}
+
+/// When the work order is due: as the run set it, or for rows written before work
+/// orders had a due date, the default target of its priority.
+fn due_ms(r: &Revision) -> Option<i64> {
+    r.due_ms.or_else(|| {
+        let defaults = defectflow_operators::derive::WorkOrderConfig::default();
+        let (_, hours) = defaults.due_hours.iter().find(|(p, _)| format!("{p:?}") == r.priority)?;
+        Some(r.detected_ms + (hours * 3_600_000.0).round() as i64)
+    })
 }
 
 fn hours(ms: i64) -> f64 {
@@ -176,7 +188,9 @@ fn status_counts(latest: &[&Revision]) -> (StatusCounts, BTreeMap<String, usize>
         match r.status.as_str() {
             "completed" => counts.completed += 1,
             "false_positive" => counts.false_positive += 1,
-            _ => {
+            "cancelled" => counts.cancelled += 1,
+            status => {
+                counts.on_hold += usize::from(status == "on_hold");
                 counts.open += 1;
                 *open_by_priority.entry(r.priority.clone()).or_insert(0) += 1;
             }
@@ -325,6 +339,11 @@ fn revisions(batches: &[RecordBatch]) -> anyhow::Result<Vec<Revision>> {
         let hours = column::<Float64Array>(batch, "estimated_hours")?;
         let detected = column::<TimestampMillisecondArray>(batch, "detected_at")?;
         let revised = column::<TimestampMillisecondArray>(batch, "revised_at")?;
+        // Not in files written before work orders had a due date.
+        let due = match batch.column_by_name("due_at") {
+            Some(_) => Some(column::<TimestampMillisecondArray>(batch, "due_at")?),
+            None => None,
+        };
         out.extend((0..batch.num_rows()).map(|i| Revision {
             id: text(id, i).unwrap_or_default(),
             revision: revision[i],
@@ -336,6 +355,7 @@ fn revisions(batches: &[RecordBatch]) -> anyhow::Result<Vec<Revision>> {
             hours: (!hours.is_null(i)).then(|| hours.value(i)),
             detected_ms: detected.value(i),
             revised_ms: revised.value(i),
+            due_ms: due.filter(|d| !d.is_null(i)).map(|d| d.value(i)),
         }));
     }
     Ok(out)
@@ -363,11 +383,13 @@ pub fn render(k: &Kpis) -> String {
     let mut out = String::new();
     let w = &k.work_orders;
     out.push_str(&format!(
-        "work orders: {} ({} open, {} completed, {} false positive); open by priority: {}\n",
+        "work orders: {} ({} open of which {} on hold, {} completed, {} false positive, {} cancelled); open by priority: {}\n",
         w.total,
         w.open,
+        w.on_hold,
         w.completed,
         w.false_positive,
+        w.cancelled,
         k.open_by_priority.iter().map(|(p, n)| format!("{p} {n}")).collect::<Vec<_>>().join(", ")
     ));
     out.push_str(&format!(

@@ -112,6 +112,9 @@ pub struct ScenarioEvent {
     pub event: WoEventKind,
     #[serde(default)]
     pub technician_id: Option<String>,
+    /// Why the work is on hold or cancelled.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// Stock received or corrected.
@@ -161,6 +164,7 @@ impl Scenario {
                 at_ms: self.at(e.at_s),
                 technician_id: e.technician_id.clone(),
                 note: None,
+                reason: e.reason.clone(),
             })
             .collect()
     }

@@ -100,6 +100,10 @@ impl AuditTable {
                 Field::new("reopens", DataType::Utf8, true),
                 utf8("model_version"),
                 Field::new("shadow", DataType::Boolean, false),
+                // Since work-order 1.2.0; null in rows written before.
+                Field::new("work_type", DataType::Utf8, true),
+                maybe_time("due_at"),
+                Field::new("hold_reason", DataType::Utf8, true),
             ],
             AuditTable::Assignments => vec![
                 utf8("work_order_id"),
@@ -123,6 +127,7 @@ impl AuditTable {
                 time("at"),
                 Field::new("technician_id", DataType::Utf8, true),
                 Field::new("note", DataType::Utf8, true),
+                Field::new("reason", DataType::Utf8, true),
             ],
             AuditTable::Alerts => vec![
                 utf8("work_order_id"),
@@ -143,6 +148,10 @@ fn utf8(name: &str) -> Field {
 
 fn time(name: &str) -> Field {
     Field::new(name, DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false)
+}
+
+fn maybe_time(name: &str) -> Field {
+    Field::new(name, DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true)
 }
 
 #[cfg(test)]

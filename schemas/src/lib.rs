@@ -1,5 +1,5 @@
 //! Record types shared by every stage of defectflow, the Arrow schemas of the audit
-//! tables and the work-order JSON Schema.
+//! tables and the JSON Schemas of every topic.
 
 pub mod audit;
 pub mod defect;
@@ -7,6 +7,7 @@ pub mod events;
 pub mod frame;
 pub mod message;
 pub mod reference;
+pub mod registry;
 pub mod work_order;
 
 pub use defect::{BoundingBox, DefectClass, DefectTrack, Detection, FrameObservation, TrackState};
@@ -16,11 +17,8 @@ pub use message::Emitted;
 pub use reference::{Asset, Camera, FailureRecord, InventoryItem, PartRequirement, Procedure, Roi, Shift, Technician};
 pub use work_order::{
     Evidence, PartLine, Priority, ProcedureRef, RevisionKind, SCHEMA_VERSION, Severity, SeverityComponents, WoEvent,
-    WoEventKind, WorkOrder, WorkOrderStatus,
+    WoEventKind, WorkOrder, WorkOrderStatus, WorkType,
 };
-
-/// The work-order JSON Schema (2020-12) as shipped in `schemas/work-order.schema.json`.
-pub const WORK_ORDER_JSON_SCHEMA: &str = include_str!("../work-order.schema.json");
 
 /// Milliseconds since the Unix epoch: every event time in defectflow uses this unit.
 pub type EpochMillis = u64;

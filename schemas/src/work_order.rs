@@ -6,7 +6,7 @@ use crate::{BoundingBox, DefectClass, EpochMillis};
 
 /// Version of the work-order message; bumped on any incompatible change (see
 /// `docs/work-order-topic.md`).
-pub const SCHEMA_VERSION: &str = "1.1.0";
+pub const SCHEMA_VERSION: &str = "1.2.0";
 
 /// Urgency of a work order. P1 is the most urgent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -53,6 +53,57 @@ pub enum WorkOrderStatus {
     InProgress,
     Completed,
     FalsePositive,
+    /// Waiting (for parts, for a shutdown): its parts stay reserved, its hours leave
+    /// the technician's open workload until it resumes. Since 1.2.0.
+    OnHold,
+    /// Called off by the CMMS: closed, its reservations and hours released. Since 1.2.0.
+    Cancelled,
+}
+
+impl WorkOrderStatus {
+    /// Whether the work order is closed: completed, a false positive or cancelled.
+    pub fn is_closed(self) -> bool {
+        matches!(self, WorkOrderStatus::Completed | WorkOrderStatus::FalsePositive | WorkOrderStatus::Cancelled)
+    }
+
+    /// The status as serialised (`in_progress`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkOrderStatus::Open => "open",
+            WorkOrderStatus::Acknowledged => "acknowledged",
+            WorkOrderStatus::InProgress => "in_progress",
+            WorkOrderStatus::Completed => "completed",
+            WorkOrderStatus::FalsePositive => "false_positive",
+            WorkOrderStatus::OnHold => "on_hold",
+            WorkOrderStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What kind of work a work order asks for. Since 1.2.0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkType {
+    /// Repair a defect found (revisions before 1.2.0 read as this).
+    #[default]
+    Corrective,
+    /// Act on a developing condition before it fails.
+    Predictive,
+    /// Now: the most urgent priority.
+    Emergency,
+    /// Look at something the model cannot name.
+    Inspection,
+}
+
+impl WorkType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkType::Corrective => "corrective",
+            WorkType::Predictive => "predictive",
+            WorkType::Emergency => "emergency",
+            WorkType::Inspection => "inspection",
+        }
+    }
 }
 
 /// The repair procedure chosen for the defect.
@@ -95,6 +146,17 @@ pub struct WorkOrder {
     pub revision: u32,
     pub revision_kind: RevisionKind,
     pub status: WorkOrderStatus,
+    /// Why an `on_hold` work order waits (`waiting_for_parts`, ...); `None` otherwise.
+    /// Since 1.2.0.
+    #[serde(default)]
+    pub hold_reason: Option<String>,
+    /// Since 1.2.0.
+    #[serde(default)]
+    pub work_type: WorkType,
+    /// `detected_at_ms` plus the priority's target (`[work_orders.due_hours]`); `None`
+    /// where the priority has none. Since 1.2.0.
+    #[serde(default)]
+    pub due_at_ms: Option<EpochMillis>,
     pub asset_id: String,
     pub asset_name: String,
     pub camera_id: String,
@@ -125,6 +187,12 @@ pub enum WoEventKind {
     Completed,
     FalsePositive,
     Reassigned,
+    /// The work waits; `reason` says why (since 1.1.0 of the wo-event schema).
+    OnHold,
+    /// Work on hold goes on.
+    Resumed,
+    /// The CMMS called the work off.
+    Cancelled,
 }
 
 /// A CMMS status event for a work order.
@@ -139,6 +207,9 @@ pub struct WoEvent {
     pub technician_id: Option<String>,
     #[serde(default)]
     pub note: Option<String>,
+    /// Why the work is on hold or cancelled (`waiting_for_parts`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 crate::reference::total_order_by_key!(SeverityComponents, |c| [c.size, c.growth, c.criticality, c.history]

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use defectflow_models::synth::GroundTruth;
-use defectflow_schemas::WORK_ORDER_JSON_SCHEMA;
+use defectflow_schemas::registry;
 use serde_json::Value;
 
 /// A tansu broker on a free port of 127.0.0.1, in memory, stopped (by its PID) on drop.
@@ -269,12 +269,18 @@ pub fn delivered(messages: &[Value]) -> BTreeMap<String, usize> {
         assert_eq!(headers["ce_subject"], m["key"], "{m}");
         let timestamp = m["timestamp"].as_u64().expect("a record timestamp");
         assert_eq!(headers["ce_time"].as_str(), Some(defectflow::clock::rfc3339(timestamp).as_str()), "{m}");
-        if headers["ce_type"] == "dev.defectflow.work_order.revision" {
-            let order: Value = serde_json::from_str(m["value"].as_str().expect("payload")).expect("json");
-            assert_eq!(order["revised_at_ms"].as_u64(), Some(timestamp), "the revision's time: {m}");
-            let schema: Value =
-                serde_json::from_str(defectflow_schemas::WORK_ORDER_JSON_SCHEMA).expect("the work-order schema");
-            assert_eq!(headers["ce_dataschema"], schema["$id"], "the schema's $id: {m}");
+        // The payload follows the current schema of its subject, which the headers name.
+        let subject =
+            registry::by_event_type(headers["ce_type"].as_str().unwrap_or_default()).expect("a known ce_type");
+        assert_eq!(headers["ce_dataschema"].as_str(), Some(subject.id().as_str()), "the schema's $id: {m}");
+        assert_eq!(headers["schema_version"].as_str(), Some(subject.version()), "{m}");
+        let value: Value = serde_json::from_str(m["value"].as_str().expect("payload")).expect("json");
+        let validator = jsonschema::draft202012::new(&subject.schema()).expect("a valid schema");
+        let errors: Vec<String> =
+            validator.iter_errors(&value).map(|e| format!("{e} at {}", e.instance_path())).collect();
+        assert!(errors.is_empty(), "{errors:?} in {m}");
+        if subject.name == registry::WORK_ORDER.name {
+            assert_eq!(value["revised_at_ms"].as_u64(), Some(timestamp), "the revision's time: {m}");
         }
         *counts.entry(key).or_insert(0) += 1;
     }
@@ -300,8 +306,7 @@ pub fn check_exactly_once(messages: &[Value], out: &Path, truth: &GroundTruth) {
     assert_eq!(counts.keys().cloned().collect::<BTreeSet<_>>(), derived, "topic against the derived revisions");
 
     // Valid against the schema, keyed by work order, one work order per defect.
-    let schema: Value = serde_json::from_str(WORK_ORDER_JSON_SCHEMA).expect("schema");
-    let validator = jsonschema::draft202012::new(&schema).expect("valid schema");
+    let validator = jsonschema::draft202012::new(&registry::WORK_ORDER.schema()).expect("valid schema");
     let mut opened: BTreeMap<String, (String, String)> = BTreeMap::new();
     for m in messages {
         let value: Value = serde_json::from_str(m["value"].as_str().expect("value")).expect("json value");

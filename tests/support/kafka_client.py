@@ -82,11 +82,13 @@ def produce(bootstrap, topic):
     producer = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 4_000_000})
     for line in sys.stdin:
         spec = json.loads(line)
-        value = spec["value"].encode() if "value" in spec else b"x" * spec["bytes"]
+        # {"value": null} with a key is a tombstone.
+        value = b"x" * spec["bytes"] if "bytes" in spec else spec["value"] and spec["value"].encode()
+        key = spec["key"].encode() if spec.get("key") is not None else None
         if "partition" in spec:
-            producer.produce(topic, value=value, partition=spec["partition"])
+            producer.produce(topic, value=value, key=key, partition=spec["partition"])
         else:
-            producer.produce(topic, value=value)
+            producer.produce(topic, value=value, key=key)
     if producer.flush(30) != 0:
         raise SystemExit(f"not all messages reached {topic}")
 

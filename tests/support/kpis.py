@@ -10,13 +10,15 @@ audit = sys.argv[1]
 wo = pl.scan_parquet(f"{audit}/work_orders/**/*.parquet", hive_partitioning=True).collect()
 latest = wo.sort("revision").group_by("work_order_id").last()
 ms = lambda a, b: (pl.col(a) - pl.col(b)).dt.total_milliseconds()
-is_closed = pl.col("status").is_in(["completed", "false_positive"])
+is_closed = pl.col("status").is_in(["completed", "false_positive", "cancelled"])
 
 counts = {
     "total": latest.height,
     "open": latest.filter(~is_closed).height,
+    "on_hold": latest.filter(pl.col("status") == "on_hold").height,
     "completed": latest.filter(pl.col("status") == "completed").height,
     "false_positive": latest.filter(pl.col("status") == "false_positive").height,
+    "cancelled": latest.filter(pl.col("status") == "cancelled").height,
 }
 open_by_priority = dict(latest.filter(~is_closed).group_by("priority").len().iter_rows())
 
@@ -56,12 +58,9 @@ for tech in sorted(held["technician_id"].unique()):
         "open_hours": float(still["estimated_hours"].fill_null(0).sum()),
     })
 
-target_h = {"P1": 8, "P2": 72, "P3": 336, "P4": 720}
+# Overdue: open past the due date the run set from its [work_orders.due_hours].
 as_of = wo["revised_at"].max()
-overdue = sum(
-    1 for d, p in latest.filter(~is_closed).select("detected_at", "priority").iter_rows()
-    if (as_of - d).total_seconds() / 3600 > target_h.get(p, math.inf)
-)
+overdue = latest.filter(~is_closed & pl.col("due_at").is_not_null() & (pl.col("due_at") < as_of)).height
 backlog = {"as_of_ms": int(as_of.timestamp() * 1000), "open": counts["open"], "overdue": overdue}
 
 shortages = []

@@ -1,4 +1,5 @@
-//! CMMS status events: acknowledge, start, reassign, complete, false positive.
+//! CMMS status events: acknowledge, start, reassign, hold and resume, complete, false
+//! positive, cancel.
 
 use super::*;
 
@@ -22,7 +23,7 @@ impl Ledger {
             return reject(format!("unknown work order `{}`", event.work_order_id), out);
         };
         if !order.is_open() {
-            let status = status_name(order.status);
+            let status = order.status.as_str();
             return reject(format!("work order `{}` is already closed ({status})", event.work_order_id), out);
         }
         let technician_known =
@@ -32,12 +33,26 @@ impl Ledger {
                 order.status = WorkOrderStatus::Acknowledged
             }
             WoEventKind::Acknowledged => {
-                let status = status_name(order.status);
+                let status = order.status.as_str();
                 return reject(format!("work order `{}` is already {status}", event.work_order_id), out);
             }
+            WoEventKind::OnHold if order.status == WorkOrderStatus::OnHold => {
+                return reject(format!("work order `{}` is already on_hold", event.work_order_id), out);
+            }
+            WoEventKind::OnHold => {
+                // Parts stay reserved; the hours leave the technician's open workload.
+                let reason = event.reason.clone().or_else(|| event.note.clone());
+                self.hold(&event.work_order_id, reason, out);
+            }
+            WoEventKind::Resumed if order.status != WorkOrderStatus::OnHold => {
+                let status = order.status.as_str();
+                return reject(format!("work order `{}` is not on hold ({status})", event.work_order_id), out);
+            }
+            WoEventKind::Resumed => self.resume(&event.work_order_id, None, out),
             WoEventKind::Started => {
-                order.status = WorkOrderStatus::InProgress;
-                if technician_known(&event.technician_id) {
+                let known = technician_known(&event.technician_id);
+                self.resume(&event.work_order_id, Some(WorkOrderStatus::InProgress), out);
+                if known {
                     self.set_technician(&event.work_order_id, event.technician_id.clone(), "started", out);
                 }
             }
@@ -47,7 +62,7 @@ impl Ledger {
             WoEventKind::Reassigned => {
                 return reject(format!("`reassigned` needs a known technician_id, got {:?}", event.technician_id), out);
             }
-            WoEventKind::Completed | WoEventKind::FalsePositive => {
+            WoEventKind::Completed | WoEventKind::FalsePositive | WoEventKind::Cancelled => {
                 self.close(time, &event.work_order_id, event.event, out);
             }
         }
@@ -55,12 +70,42 @@ impl Ledger {
         out.push(LedgerOutput::Accepted(event));
     }
 
+    /// Puts an open work order on hold: its hours leave its technician's workload.
+    fn hold(&mut self, id: &str, reason: Option<String>, out: &mut Vec<LedgerOutput>) {
+        let Some(order) = self.orders.get_mut(id) else { return };
+        let hours = order.hours();
+        if let Some(technician) = order.technician.as_ref().filter(|_| hours != 0) {
+            self.dispatcher.add_workload(technician, -hours);
+            out.push(LedgerOutput::Workload(technician.clone(), id.to_owned(), hours, -1));
+        }
+        order.resume_to = order.status;
+        order.status = WorkOrderStatus::OnHold;
+        order.hold_reason = Some(reason.unwrap_or_else(|| "unspecified".to_owned()));
+    }
+
+    /// Takes a work order off hold (to `to`, or the status it was held from) and
+    /// counts its hours again; sets `to` on one that is not on hold.
+    fn resume(&mut self, id: &str, to: Option<WorkOrderStatus>, out: &mut Vec<LedgerOutput>) {
+        let Some(order) = self.orders.get_mut(id) else { return };
+        if order.status != WorkOrderStatus::OnHold {
+            order.status = to.unwrap_or(order.status);
+            return;
+        }
+        order.status = to.unwrap_or(order.resume_to);
+        order.hold_reason = None;
+        let hours = order.hours();
+        if let Some(technician) = order.technician.as_ref().filter(|_| hours != 0) {
+            self.dispatcher.add_workload(technician, hours);
+            out.push(LedgerOutput::Workload(technician.clone(), id.to_owned(), hours, 1));
+        }
+    }
+
     pub(super) fn close(&mut self, time: EpochMillis, id: &str, kind: WoEventKind, out: &mut Vec<LedgerOutput>) {
         let Some(order) = self.orders.get_mut(id) else { return };
         // The closed revision still names its technician and procedure; only the hours
         // and the reservations are released.
         let hours = order.hours();
-        if let Some(technician) = &order.technician {
+        if let Some(technician) = order.technician.as_ref().filter(|_| hours != 0) {
             self.dispatcher.add_workload(technician, -hours);
             out.push(LedgerOutput::Workload(technician.clone(), id.to_owned(), hours, -1));
         }
@@ -68,6 +113,7 @@ impl Ledger {
             self.stock.release(&part.part_id, order.opened_at, id);
             out.push(LedgerOutput::Reservation(part.part_id.clone(), id.to_owned(), i64::from(part.quantity), -1));
         }
+        order.hold_reason = None;
         let track = &order.scored.track;
         if kind == WoEventKind::Completed {
             order.status = WorkOrderStatus::Completed;
@@ -84,18 +130,14 @@ impl Ledger {
                 out.push(LedgerOutput::Consumed(movement));
             }
         } else {
-            order.status = WorkOrderStatus::FalsePositive;
+            // A false positive or a cancelled work order: the same defect does not open
+            // another while its track lasts.
+            order.status = if kind == WoEventKind::Cancelled {
+                WorkOrderStatus::Cancelled
+            } else {
+                WorkOrderStatus::FalsePositive
+            };
             self.tracks.entry(track.track_id.clone()).or_default().suppressed = true;
         }
-    }
-}
-
-fn status_name(status: WorkOrderStatus) -> &'static str {
-    match status {
-        WorkOrderStatus::Open => "open",
-        WorkOrderStatus::Acknowledged => "acknowledged",
-        WorkOrderStatus::InProgress => "in_progress",
-        WorkOrderStatus::Completed => "completed",
-        WorkOrderStatus::FalsePositive => "false_positive",
     }
 }

@@ -13,11 +13,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use defectflow_schemas::{
     Alert, Assignment, DeadLetter, DefectClass, EpochMillis, InventoryItem, PartLine, PartsStaging, Priority,
     Procedure, ProcedureRef, RevisionKind, SCHEMA_VERSION, StagingKind, StockMovement, Technician, WoEvent,
-    WoEventKind, WorkOrder, WorkOrderStatus,
+    WoEventKind, WorkOrder, WorkOrderStatus, WorkType,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::assign::{CentiHours, Dispatcher, centi_hours};
+use crate::assign::{CentiHours, Dispatcher, PlantClock, centi_hours};
 use crate::ids::stable_hash;
 use crate::inventory::Stock;
 use crate::severity::ScoredTrack;
@@ -33,12 +33,83 @@ pub struct WorkOrderConfig {
     /// A defect still seen this long after its repair was completed opens a new work order.
     pub recheck_after_ms: u64,
     /// Plant local time minus UTC, in minutes: technician shifts are in local hours.
+    /// Without daylight saving: where the plant's clocks change, set `[plant] time_zone`.
     pub utc_offset_minutes: i32,
+    /// The plant's IANA time zone (`[plant] time_zone`), which takes the place of
+    /// `utc_offset_minutes`.
+    #[serde(skip)]
+    pub time_zone: Option<chrono_tz::Tz>,
+    /// Hours from first detection to due, per priority (`[work_orders.due_hours]`); a
+    /// priority without one gets no due date.
+    pub due_hours: BTreeMap<Priority, f64>,
+    /// How the work type follows from the defect (`[work_orders.work_types]`).
+    pub work_types: WorkTypes,
 }
 
 impl Default for WorkOrderConfig {
     fn default() -> Self {
-        WorkOrderConfig { open_score: 20.0, size_step: 1.5, recheck_after_ms: 120_000, utc_offset_minutes: 0 }
+        WorkOrderConfig {
+            open_score: 20.0,
+            size_step: 1.5,
+            recheck_after_ms: 120_000,
+            utc_offset_minutes: 0,
+            time_zone: None,
+            due_hours: [(Priority::P1, 8.0), (Priority::P2, 72.0), (Priority::P3, 336.0), (Priority::P4, 720.0)].into(),
+            work_types: WorkTypes::default(),
+        }
+    }
+}
+
+impl WorkOrderConfig {
+    /// The plant's local time, for shifts.
+    pub fn clock(&self) -> PlantClock {
+        self.time_zone.map_or(PlantClock::Offset(self.utc_offset_minutes), PlantClock::Zone)
+    }
+
+    /// When a work order of `priority` first detected at `detected_at_ms` is due.
+    pub fn due_at(&self, priority: Priority, detected_at_ms: EpochMillis) -> Option<EpochMillis> {
+        let hours = self.due_hours.get(&priority)?;
+        Some(detected_at_ms + (hours * 3_600_000.0).round() as EpochMillis)
+    }
+}
+
+/// `[work_orders.work_types]`: a work order at one of `emergency_priorities` is an
+/// emergency; otherwise its type is its defect class's in `by_class` (corrective where
+/// the class has none).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkTypes {
+    pub emergency_priorities: Vec<Priority>,
+    pub by_class: BTreeMap<DefectClass, WorkType>,
+}
+
+impl Default for WorkTypes {
+    fn default() -> Self {
+        use DefectClass::*;
+        WorkTypes {
+            emergency_priorities: vec![Priority::P1],
+            // Conditions that develop (wear, corrosion, misalignment) are caught before
+            // they fail; what has failed (a crack, a missing part, spillage) is repaired.
+            by_class: [
+                (Crack, WorkType::Corrective),
+                (Corrosion, WorkType::Predictive),
+                (Misalignment, WorkType::Predictive),
+                (Wear, WorkType::Predictive),
+                (Contamination, WorkType::Corrective),
+                (MissingComponent, WorkType::Corrective),
+                (Unknown, WorkType::Inspection),
+            ]
+            .into(),
+        }
+    }
+}
+
+impl WorkTypes {
+    pub fn of(&self, class: DefectClass, priority: Priority) -> WorkType {
+        if self.emergency_priorities.contains(&priority) {
+            return WorkType::Emergency;
+        }
+        self.by_class.get(&class).copied().unwrap_or(WorkType::Corrective)
     }
 }
 
@@ -81,9 +152,9 @@ pub struct TrackMeasures {
 }
 
 impl RestoredOrder {
-    /// Whether the work order is still open (neither completed nor a false positive).
+    /// Whether the work order is still open (not completed, a false positive or cancelled).
     pub fn is_open(&self) -> bool {
-        !matches!(self.work_order.status, WorkOrderStatus::Completed | WorkOrderStatus::FalsePositive)
+        !self.work_order.status.is_closed()
     }
 
     /// The defect's track as the earlier run left it: confirmed (or resolved, if the
@@ -179,6 +250,10 @@ struct Order {
     revision_area: f32,
     completed_at: Option<EpochMillis>,
     alerted: bool,
+    /// Why it is on hold, while it is.
+    hold_reason: Option<String>,
+    /// The status a `resumed` event returns an on-hold work order to.
+    resume_to: WorkOrderStatus,
 }
 
 impl Order {
@@ -198,14 +273,21 @@ impl Order {
             published: None,
             completed_at: None,
             alerted: false,
+            hold_reason: None,
+            resume_to: WorkOrderStatus::Acknowledged,
         }
     }
 
     fn is_open(&self) -> bool {
-        !matches!(self.status, WorkOrderStatus::Completed | WorkOrderStatus::FalsePositive)
+        !self.status.is_closed()
     }
 
+    /// The hours the order counts in its technician's open workload: none while it is
+    /// on hold.
     fn hours(&self) -> CentiHours {
+        if self.status == WorkOrderStatus::OnHold {
+            return 0;
+        }
         self.procedure.as_ref().map_or(0, |p| centi_hours(p.estimated_hours))
     }
 }
@@ -233,7 +315,7 @@ pub struct Ledger {
 impl Ledger {
     pub fn new(config: WorkOrderConfig) -> Self {
         Ledger {
-            dispatcher: Dispatcher::new(config.utc_offset_minutes),
+            dispatcher: Dispatcher::new(config.clock()),
             config,
             stock: Stock::default(),
             tracks: HashMap::new(),
@@ -398,6 +480,7 @@ impl Ledger {
         let scored = ScoredTrack { track, asset, recent_failures: 0, severity: wo.severity };
         let mut order = Order::new(id.clone(), scored, wo.detected_at_ms, wo.reopens.clone());
         order.status = wo.status;
+        order.hold_reason = wo.hold_reason.clone();
         if !order.is_open() {
             let completed_at = (wo.status == WorkOrderStatus::Completed).then_some(wo.revised_at_ms);
             order.completed_at = completed_at;

@@ -6,7 +6,8 @@ impl Ledger {
     /// Procedure, reservations and technician of an open work order.
     pub(super) fn plan(&mut self, time: EpochMillis, id: &str, out: &mut Vec<LedgerOutput>) {
         let Some(order) = self.orders.get(id) else { return };
-        if !order.is_open() {
+        // Work on hold keeps its technician and parts until it resumes.
+        if !order.is_open() || order.status == WorkOrderStatus::OnHold {
             return;
         }
         let procedure = self.dispatcher.procedure(&order.scored.asset.asset_class, order.scored.track.class).cloned();
@@ -51,12 +52,13 @@ impl Ledger {
         out: &mut Vec<LedgerOutput>,
     ) {
         let Some(order) = self.orders.get_mut(id) else { return };
+        // No hours (on hold): no open assignment row.
         let hours = order.hours();
-        if let Some(old) = order.technician.take() {
+        if let Some(old) = order.technician.take().filter(|_| hours != 0) {
             self.dispatcher.add_workload(&old, -hours);
             out.push(LedgerOutput::Workload(old, id.to_owned(), hours, -1));
         }
-        if let Some(new) = &technician {
+        if let Some(new) = technician.as_ref().filter(|_| hours != 0) {
             self.dispatcher.add_workload(new, hours);
             out.push(LedgerOutput::Workload(new.clone(), id.to_owned(), hours, 1));
         }

@@ -34,7 +34,7 @@ impl Ledger {
         };
         let technician_changed = published.is_none_or(|last| last.technician_id != order.technician);
         let newly_reserved = published.is_none_or(|last| last.procedure.is_none()) && order.procedure.is_some();
-        let work_order = revision_of(order, id, time, (revision, revision_kind), &parts);
+        let work_order = revision_of(&self.config, order, id, time, (revision, revision_kind), &parts);
         // The revision goes first; what follows from it comes after.
         let mut follow = Vec::new();
         if technician_changed && order.is_open() {
@@ -128,6 +128,7 @@ impl Ledger {
 
 /// The work order's revision `number` as published at `time`.
 fn revision_of(
+    config: &WorkOrderConfig,
     order: &Order,
     id: &str,
     time: EpochMillis,
@@ -142,6 +143,9 @@ fn revision_of(
         revision,
         revision_kind,
         status: order.status,
+        hold_reason: order.hold_reason.clone(),
+        work_type: config.work_types.of(track.class, severity.priority),
+        due_at_ms: config.due_at(severity.priority, track.first_seen_ms),
         asset_id: track.asset_id.clone(),
         asset_name: scored.asset.name.clone(),
         camera_id: track.camera_id.clone(),

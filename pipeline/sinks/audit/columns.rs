@@ -22,6 +22,10 @@ fn time<T>(rows: &[&T], f: impl Fn(&T) -> u64) -> ArrayRef {
     Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| f(r) as i64)).with_timezone("UTC"))
 }
 
+fn maybe_time<T>(rows: &[&T], f: impl Fn(&T) -> Option<u64>) -> ArrayRef {
+    Arc::new(rows.iter().map(|r| f(r).map(|ms| ms as i64)).collect::<TimestampMillisecondArray>().with_timezone("UTC"))
+}
+
 /// Counts and indexes as signed integers, which every analyst's tool reads without a
 /// cast (a value past the signed range, which no run reaches, is clamped).
 fn signed(value: u64) -> i64 {
@@ -95,6 +99,9 @@ pub(super) fn work_orders(rows: &[&WorkOrder]) -> Vec<ArrayRef> {
         maybe_text(rows, |w| w.reopens.as_deref()),
         text(rows, |w| &w.model_version),
         Arc::new(rows.iter().map(|w| Some(w.shadow)).collect::<BooleanArray>()),
+        maybe_text(rows, |w| Some(w.work_type.as_str())),
+        maybe_time(rows, |w| w.due_at_ms),
+        maybe_text(rows, |w| w.hold_reason.as_deref()),
     ]
 }
 
@@ -117,6 +124,7 @@ pub(super) fn wo_events(rows: &[&WoEvent]) -> Vec<ArrayRef> {
         time(rows, |e| e.at_ms),
         maybe_text(rows, |e| e.technician_id.as_deref()),
         maybe_text(rows, |e| e.note.as_deref()),
+        maybe_text(rows, |e| e.reason.as_deref()),
     ]
 }
 

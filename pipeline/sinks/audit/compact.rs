@@ -118,13 +118,17 @@ fn read(table: AuditTable, path: &Path) -> Result<(Vec<RecordBatch>, u64, bool),
         let batch = batch.map_err(arrow)?;
         let columns = (schema.fields().iter())
             .map(|field| {
-                let column = batch.column_by_name(field.name()).ok_or_else(|| {
-                    arrow(arrow_schema::ArrowError::SchemaError(format!(
+                let Some(column) = batch.column_by_name(field.name()) else {
+                    // A column added since the file was written: null in its rows.
+                    if field.is_nullable() {
+                        return Ok(arrow_array::new_null_array(field.data_type(), batch.num_rows()));
+                    }
+                    return Err(arrow(arrow_schema::ArrowError::SchemaError(format!(
                         "{}: no column {}",
                         path.display(),
                         field.name()
-                    )))
-                })?;
+                    ))));
+                };
                 arrow_cast::cast(column, field.data_type()).map_err(arrow)
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -291,8 +291,10 @@ impl KafkaSink {
     /// Sends a record; an output `event` adds its idempotency key, its CloudEvents
     /// attributes and its event time as the record's timestamp.
     fn send(&self, topic: &str, key: &str, payload: &[u8], event: Option<&Outgoing>) -> Result<(), BrokerError> {
+        // The version of the payload's schema (the work order's for progress records).
+        let version = event.map_or(SCHEMA_VERSION, |e| e.schema.version());
         let mut headers = OwnedHeaders::new()
-            .insert(Header { key: headers::SCHEMA_VERSION, value: Some(SCHEMA_VERSION) })
+            .insert(Header { key: headers::SCHEMA_VERSION, value: Some(version) })
             .insert(Header { key: headers::CONTENT_TYPE, value: Some("application/json") })
             .insert(Header { key: headers::SINK_ID, value: Some(self.config.sink_id.as_str()) });
         if let Some(event) = event {

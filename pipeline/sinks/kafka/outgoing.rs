@@ -4,7 +4,8 @@
 //! that a CMMS's CloudEvents SDK, router or schema-aware consumer reads it as an event.
 //! The record's timestamp is the event's time, not the time it was sent.
 
-use defectflow_schemas::{Emitted, SCHEMA_VERSION};
+use defectflow_schemas::Emitted;
+use defectflow_schemas::registry::{self, Subject};
 
 use crate::clock::rfc3339;
 use crate::kafka::TopicsConfig;
@@ -22,7 +23,7 @@ pub mod ce {
     pub const SUBJECT: &str = "ce_subject";
     /// The event's time, RFC 3339 in UTC with milliseconds.
     pub const TIME: &str = "ce_time";
-    /// The work order's JSON Schema (its `$id`), on work-order revisions.
+    /// The `$id` of the JSON Schema (`schemas/json/`) the message's data follows.
     pub const DATASCHEMA: &str = "ce_dataschema";
 }
 
@@ -39,9 +40,9 @@ pub struct Outgoing {
     pub payload: Vec<u8>,
     /// The event's time (ms since the epoch): the record's timestamp and `ce_time`.
     pub event_ms: u64,
-    /// `ce_type`, for example `dev.defectflow.work_order.revision` (reverse DNS of the
-    /// schemas' domain).
-    pub event_type: &'static str,
+    /// The schema subject of the payload; its `event_type` is `ce_type`, for example
+    /// `dev.defectflow.work_order.revision` (reverse DNS of the schemas' domain).
+    pub schema: &'static Subject,
     /// `ce_subject`.
     pub subject: String,
 }
@@ -50,14 +51,14 @@ impl Outgoing {
     /// The message for one dataflow output, or `None` for outputs that do not go to
     /// Kafka (assignments travel inside their work-order revision and the audit log).
     pub fn of(message: &Emitted, topics: &TopicsConfig) -> Option<Outgoing> {
-        let (topic, key, idempotency_key, payload, event_ms, event_type) = match message {
+        let (topic, key, idempotency_key, payload, event_ms, schema) = match message {
             Emitted::WorkOrder(w) => (
                 &topics.work_orders,
                 w.work_order_id.clone(),
                 format!("{}:{}", w.work_order_id, w.revision),
                 serde_json::to_vec(w),
                 w.revised_at_ms,
-                "dev.defectflow.work_order.revision",
+                &registry::WORK_ORDER,
             ),
             Emitted::Alert(a) => (
                 &topics.alerts,
@@ -65,7 +66,7 @@ impl Outgoing {
                 format!("alert:{}:{}:{:?}", a.work_order_id, a.at_ms, a.priority),
                 serde_json::to_vec(a),
                 a.at_ms,
-                "dev.defectflow.alert",
+                &registry::ALERT,
             ),
             Emitted::PartsStaging(s) => {
                 let order = s.work_order_id.as_deref().unwrap_or("-");
@@ -75,7 +76,7 @@ impl Outgoing {
                     format!("staging:{:?}:{}:{}:{}:{}", s.kind, s.part_id, order, s.quantity, s.at_ms),
                     serde_json::to_vec(s),
                     s.at_ms,
-                    "dev.defectflow.parts_staging",
+                    &registry::PARTS_STAGING,
                 )
             }
             Emitted::DeadLetter(d) => (
@@ -84,7 +85,7 @@ impl Outgoing {
                 format!("dead:{}:{}:{:016x}", d.source, d.at_ms, fnv(d.payload.as_bytes())),
                 serde_json::to_vec(d),
                 d.at_ms,
-                "dev.defectflow.dead_letter",
+                &registry::DEAD_LETTER,
             ),
             Emitted::Assignment(_) => return None,
         };
@@ -92,24 +93,21 @@ impl Outgoing {
         let payload = payload.ok()?;
         // The record key names what the event is about.
         let subject = key.clone();
-        Some(Outgoing { topic: topic.clone(), key, idempotency_key, payload, event_ms, event_type, subject })
+        Some(Outgoing { topic: topic.clone(), key, idempotency_key, payload, event_ms, schema, subject })
     }
 
     /// The CloudEvents attributes of the message sent by sink `sink_id`, as
     /// (header, value) pairs.
     pub fn cloud_event(&self, sink_id: &str) -> Vec<(&'static str, String)> {
-        let mut attributes = vec![
+        vec![
             (ce::SPECVERSION, SPECVERSION.to_owned()),
             (ce::ID, self.idempotency_key.clone()),
-            (ce::TYPE, self.event_type.to_owned()),
+            (ce::TYPE, self.schema.event_type.unwrap_or_default().to_owned()),
             (ce::SOURCE, format!("/defectflow/{sink_id}")),
             (ce::SUBJECT, self.subject.clone()),
             (ce::TIME, rfc3339(self.event_ms)),
-        ];
-        if self.event_type == "dev.defectflow.work_order.revision" {
-            attributes.push((ce::DATASCHEMA, format!("https://defectflow.dev/schemas/work-order/{SCHEMA_VERSION}")));
-        }
-        attributes
+            (ce::DATASCHEMA, self.schema.id()),
+        ]
     }
 }
 
@@ -123,8 +121,8 @@ mod tests {
     use defectflow_schemas::DeadLetter;
 
     /// A dead letter's event: its id is its idempotency key, its subject the input it
-    /// came from, its time the letter's, in RFC 3339; no data schema (only revisions
-    /// have one).
+    /// came from, its time the letter's, in RFC 3339; its data schema the dead-letter
+    /// subject's current version.
     #[test]
     fn a_dead_letter_is_an_event_about_its_input() {
         let letter = DeadLetter {
@@ -144,6 +142,6 @@ mod tests {
         assert_eq!(event[ce::SOURCE], "/defectflow/plant-a");
         assert_eq!(event[ce::SUBJECT], "inventory");
         assert_eq!(event[ce::TIME], "2026-09-21T14:13:20.250Z");
-        assert!(!event.contains_key(ce::DATASCHEMA));
+        assert_eq!(event[ce::DATASCHEMA], "https://defectflow.dev/schemas/dead-letter/1.0.0");
     }
 }

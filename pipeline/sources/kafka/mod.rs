@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use defectflow_schemas::registry::{self, Subject};
 use defectflow_schemas::{Asset, DeadLetter, StockMovement, Technician, WoEvent};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -36,6 +37,16 @@ impl InputKind {
     fn is_upsert(self) -> bool {
         matches!(self, InputKind::Technicians | InputKind::Assets)
     }
+
+    /// The schema subject of the topic's messages.
+    fn subject(self) -> &'static Subject {
+        match self {
+            InputKind::WoEvents => &registry::WO_EVENT,
+            InputKind::Inventory => &registry::STOCK_MOVEMENT,
+            InputKind::Technicians => &registry::TECHNICIAN,
+            InputKind::Assets => &registry::ASSET,
+        }
+    }
 }
 
 /// Worker `worker`'s share (of `peers`) of the input partitions, in (topic, partition)
@@ -57,9 +68,12 @@ pub enum Input {
     Event(WoEvent),
     Movement(StockMovement),
     Technician(Technician),
-    /// `{"technician_id": …, "removed": true}`: the technician leaves the roster.
+    /// `{"technician_id": …, "removed": true}`, or a tombstone under the id: the
+    /// technician leaves the roster.
     TechnicianRemoved(String),
     Asset(Asset),
+    /// A tombstone under the asset id: the asset leaves the registry.
+    AssetRemoved(String),
 }
 
 /// A technicians message that takes someone off the roster.
@@ -70,38 +84,52 @@ struct Removal {
     removed: bool,
 }
 
-/// Parses one message of an input topic; the error is the reason for its dead letter.
-pub fn parse(kind: InputKind, bytes: &[u8], max_bytes: usize) -> Result<Input, String> {
+/// Parses one message of an input topic (`None`: a tombstone, a null value, under
+/// `key`); the error is the reason for its dead letter. Fields the topic's schema does
+/// not know (a later minor version's) are dropped, as its evolution rules ask of a
+/// consumer; a tombstone deletes the record with its key on the compacted topics.
+pub fn parse(kind: InputKind, key: Option<&[u8]>, value: Option<&[u8]>, max_bytes: usize) -> Result<Input, String> {
+    let Some(bytes) = value else {
+        let id = key.and_then(|k| std::str::from_utf8(k).ok()).filter(|k| !k.is_empty());
+        return match (kind, id) {
+            (InputKind::Technicians, Some(id)) => Ok(Input::TechnicianRemoved(id.to_owned())),
+            (InputKind::Assets, Some(id)) => Ok(Input::AssetRemoved(id.to_owned())),
+            (InputKind::Technicians | InputKind::Assets, None) => {
+                Err("a tombstone (null value) without a UTF-8 key: it names no record to delete".into())
+            }
+            _ => Err("a null value: this topic is not compacted, so a tombstone deletes nothing".into()),
+        };
+    };
     if bytes.len() > max_bytes {
         return Err(format!("{} bytes exceed max_message_bytes ({max_bytes})", bytes.len()));
     }
-    fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-        let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+    fn json<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
+        serde_path_to_error::deserialize(value).map_err(|e| {
             let (path, inner) = (e.path().to_string(), e.inner());
-            match inner.classify() {
-                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => format!("not JSON: {inner}"),
-                _ if path == "." => format!("not a valid record: {inner}"),
-                _ => format!("not a valid record: `{path}`: {inner}"),
+            if path == "." {
+                format!("not a valid record: {inner}")
+            } else {
+                format!("not a valid record: `{path}`: {inner}")
             }
-        })?;
-        deserializer.end().map_err(|e| format!("not JSON: {e}"))?;
-        Ok(value)
+        })
     }
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    registry::drop_unknown_fields(&kind.subject().schema(), &mut value);
     let input = match kind {
-        InputKind::WoEvents => Input::Event(json(bytes)?),
-        InputKind::Inventory => Input::Movement(json(bytes)?),
-        InputKind::Technicians => match serde_json::from_slice::<Removal>(bytes) {
+        InputKind::WoEvents => Input::Event(json(value)?),
+        InputKind::Inventory => Input::Movement(json(value)?),
+        InputKind::Technicians => match serde_json::from_value::<Removal>(value.clone()) {
             Ok(Removal { technician_id, removed: true }) => Input::TechnicianRemoved(technician_id),
-            _ => Input::Technician(json(bytes)?),
+            _ => Input::Technician(json(value)?),
         },
-        InputKind::Assets => Input::Asset(json(bytes)?),
+        InputKind::Assets => Input::Asset(json(value)?),
     };
     match &input {
         Input::Event(e) if e.work_order_id.is_empty() => Err("`work_order_id` is empty".into()),
         Input::Movement(m) if m.part_id.is_empty() => Err("`part_id` is empty".into()),
         Input::Technician(t) if t.technician_id.is_empty() => Err("`technician_id` is empty".into()),
         Input::TechnicianRemoved(id) if id.is_empty() => Err("`technician_id` is empty".into()),
+        Input::AssetRemoved(id) if id.is_empty() => Err("`asset_id` is empty".into()),
         Input::Asset(a) if a.asset_id.is_empty() => Err("`asset_id` is empty".into()),
         _ => Ok(input),
     }
@@ -153,13 +181,13 @@ pub fn replay(config: &KafkaConfig, reference: &mut PlantReference) -> Result<Ve
                 );
             }
             read_messages(&consumer, (topic.as_str(), partition), low, Some(end), |message| {
-                let bytes = message.payload().unwrap_or_default();
-                let Ok(input) = parse(kind, bytes, inputs.max_message_bytes) else { return };
+                let Ok(input) = parse(kind, message.key(), message.payload(), inputs.max_message_bytes) else { return };
                 replayed += 1;
                 match input {
                     Input::Technician(t) => upsert(&mut reference.technicians, t, |t| &t.technician_id),
                     Input::TechnicianRemoved(id) => reference.technicians.retain(|t| t.technician_id != id),
                     Input::Asset(a) => upsert(&mut reference.assets, a, |a| &a.asset_id),
+                    Input::AssetRemoved(id) => reference.assets.retain(|a| a.asset_id != id),
                     Input::Movement(m) => movements.push(m),
                     Input::Event(_) => {}
                 }
@@ -328,7 +356,7 @@ impl KafkaInputs {
             self.consumed.push((time, topic.clone(), partition, offset));
             let Some(&kind) = self.topics.get(&topic) else { continue };
             let bytes = message.payload().unwrap_or_default();
-            match parse(kind, bytes, self.max_bytes) {
+            match parse(kind, message.key(), message.payload(), self.max_bytes) {
                 Ok(input) => {
                     self.used += 1;
                     self.apply(input, plant);
@@ -368,6 +396,10 @@ impl KafkaInputs {
                 }
                 plant.assets.insert(asset);
             }
+            Input::AssetRemoved(id) => match self.assets.remove(&id) {
+                Some(old) => plant.assets.remove(old),
+                None => tracing::warn!(asset = %id, "kafka input: tombstone of an asset not in the registry"),
+            },
         }
     }
 
@@ -404,14 +436,44 @@ mod tests {
 
     #[test]
     fn unusable_messages_say_why() {
-        let reason = |kind, bytes: &[u8]| parse(kind, bytes, 100).expect_err("unusable");
+        let reason = |kind, bytes: &[u8]| parse(kind, None, Some(bytes), 100).expect_err("unusable");
         assert!(reason(InputKind::WoEvents, b"{not json").starts_with("not JSON"));
         let wrong = reason(InputKind::WoEvents, br#"{"work_order_id": 7, "event": "started", "at_ms": 1}"#);
         assert!(wrong.starts_with("not a valid record") && wrong.contains("work_order_id"), "{wrong}");
         assert!(reason(InputKind::Inventory, br#"{"part_id": "B-1", "delta": "two", "at_ms": 1}"#).contains("delta"));
         assert!(reason(InputKind::Assets, &[b' '; 101]).contains("101 bytes exceed"));
-        let ok = parse(InputKind::Inventory, br#"{"part_id": "B-1", "delta": 2, "at_ms": 1}"#, 100);
+        let ok = parse(InputKind::Inventory, None, Some(br#"{"part_id": "B-1", "delta": 2, "at_ms": 1}"#), 100);
         assert!(matches!(ok, Ok(Input::Movement(m)) if m.delta == 2));
+    }
+
+    /// A field of a later minor version is ignored, at any depth; a missing required
+    /// one is still an error.
+    #[test]
+    fn fields_of_a_later_version_are_ignored() {
+        let technician = br#"{"technician_id": "T-9", "name": "Ida", "skills": ["electrical"], "zone": "B",
+            "shift": {"start_hour": 6, "end_hour": 14, "break_minutes": 30}, "badge": "0042"}"#;
+        let parsed = parse(InputKind::Technicians, Some(b"T-9"), Some(technician), 1000);
+        assert!(matches!(&parsed, Ok(Input::Technician(t)) if t.shift.end_hour == 14), "{parsed:?}");
+        let event =
+            br#"{"work_order_id": "WO-1", "event": "on_hold", "at_ms": 1, "reason": "waiting_for_parts", "eta_ms": 9}"#;
+        let parsed = parse(InputKind::WoEvents, None, Some(event), 1000);
+        assert!(
+            matches!(&parsed, Ok(Input::Event(e)) if e.reason.as_deref() == Some("waiting_for_parts")),
+            "{parsed:?}"
+        );
+        let missing = parse(InputKind::Assets, None, Some(br#"{"asset_id": "A-1", "name": "Fan", "extra": 1}"#), 1000);
+        assert!(missing.is_err_and(|e| e.contains("missing field")));
+    }
+
+    /// A null value deletes the record under its key on the compacted topics, and is a
+    /// dead letter elsewhere or without a key.
+    #[test]
+    fn a_tombstone_deletes_on_compacted_topics() {
+        assert_eq!(parse(InputKind::Technicians, Some(b"T-9"), None, 10), Ok(Input::TechnicianRemoved("T-9".into())));
+        assert_eq!(parse(InputKind::Assets, Some(b"CV-101"), None, 10), Ok(Input::AssetRemoved("CV-101".into())));
+        assert!(parse(InputKind::Assets, None, None, 10).is_err_and(|e| e.contains("without a UTF-8 key")));
+        assert!(parse(InputKind::WoEvents, Some(b"WO-1"), None, 10).is_err_and(|e| e.contains("not compacted")));
+        assert!(parse(InputKind::Inventory, Some(b"B-1"), None, 10).is_err_and(|e| e.contains("not compacted")));
     }
 
     #[test]
