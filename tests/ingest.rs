@@ -71,6 +71,48 @@ fn max_fps_keeps_the_configured_rate() {
     assert_eq!(outcome.seen.len() as u64, report.kept);
 }
 
+/// Frames beyond `max_fps` are dropped before conversion: the dataflow is handed only
+/// the frames it keeps, and the rest are counted as skipped by the source.
+#[test]
+fn max_fps_drops_frames_before_conversion() {
+    let footage = mp4_footage();
+    let outcome = run(
+        &camera_toml(
+            "cam-thin",
+            &file_url(&footage.video(0)),
+            "max_fps = 3.0
+decode = \"all\"",
+        ),
+        1,
+        None,
+    );
+    let report = outcome.report("cam-thin");
+    assert_eq!(report.sampled_out, 0, "nothing left for the dataflow to thin");
+    assert_eq!(report.received + report.skipped_decoded, footage.frames(0), "{report:?}");
+    assert!((11..=13).contains(&report.received), "4 s at 3 fps: {report:?}");
+    assert_eq!(report.skipped_undecoded, 0, "`all` decodes every frame");
+}
+
+/// Keyframe mode decodes exactly the keyframes of a file with a known GOP (the footage
+/// has a keyframe every 30 frames at 15 fps: frames 0 and 30 of its 60), at their
+/// capture times; the delta units are skipped before the decoder and counted.
+#[test]
+fn keyframe_mode_yields_exactly_the_keyframes_with_their_capture_times() {
+    let footage = mp4_footage();
+    let start_ms = 1_790_000_000_000u64;
+    let extra = format!("decode = \"keyframes\"\nstart_ms = {start_ms}");
+    let outcome = run(&camera_toml("cam-key", &file_url(&footage.video(0)), &extra), 1, None);
+    let times: Vec<u64> = outcome.seen.iter().map(|s| s.capture_ms - start_ms).collect();
+    assert_eq!(times, vec![0, 2000], "capture times of frames 0 and 30");
+    let pts: Vec<u64> = outcome.seen.iter().map(|s| s.pts_ns.expect("files carry timestamps")).collect();
+    assert!(pts.len() == 2 && pts[0] < 1_000_000 && pts[1].abs_diff(30 * FRAME_NS) < 1_000_000, "{pts:?}");
+    for s in &outcome.seen {
+        assert!(s.mean > 0.1 && s.mean < 0.9, "keyframe {} decodes to a picture: mean {}", s.frame_index, s.mean);
+    }
+    let report = outcome.report("cam-key");
+    assert_eq!((report.state.as_str(), report.received, report.skipped_undecoded), ("ended", 2, footage.frames(0) - 2));
+}
+
 #[test]
 fn broken_files_fail_their_own_camera_and_the_others_keep_flowing() {
     let footage = mp4_footage();

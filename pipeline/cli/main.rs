@@ -213,12 +213,23 @@ fn run_json(reports: &[CameraReport], stages: Option<&run::StageReport>) -> serd
 
 fn print_reports(reports: &[CameraReport]) {
     println!(
-        "{:<12} {:>6} {:<8} {:>9} {:>7} {:>7} {:>8} {:>7} {:>5} {:>10} {:>6}",
-        "camera", "worker", "state", "frames", "kept", "fps", "sampled", "dropped", "late", "reconnects", "errors"
+        "{:<12} {:>6} {:<8} {:>9} {:>7} {:>7} {:>8} {:>9} {:>7} {:>5} {:>10} {:>6}",
+        "camera",
+        "worker",
+        "state",
+        "frames",
+        "kept",
+        "fps",
+        "sampled",
+        "skipped",
+        "dropped",
+        "late",
+        "reconnects",
+        "errors"
     );
     for r in reports {
         println!(
-            "{:<12} {:>6} {:<8} {:>9} {:>7} {:>7.1} {:>8} {:>7} {:>5} {:>10} {:>6}",
+            "{:<12} {:>6} {:<8} {:>9} {:>7} {:>7.1} {:>8} {:>9} {:>7} {:>5} {:>10} {:>6}",
             r.camera_id,
             r.worker,
             r.state,
@@ -226,6 +237,7 @@ fn print_reports(reports: &[CameraReport]) {
             r.kept,
             r.fps,
             r.sampled_out,
+            r.skipped_undecoded + r.skipped_decoded,
             r.dropped,
             r.late,
             r.reconnects,
@@ -288,6 +300,7 @@ fn report_json(r: &CameraReport) -> serde_json::Value {
     serde_json::json!({
         "camera_id": r.camera_id, "worker": r.worker, "state": r.state, "frames": r.received,
         "kept": r.kept, "fps": r.fps, "sampled_out": r.sampled_out, "dropped": r.dropped,
+        "skipped_undecoded": r.skipped_undecoded, "skipped_decoded": r.skipped_decoded,
         "late": r.late, "reconnects": r.reconnects, "errors": r.errors, "last_error": r.last_error,
     })
 }

@@ -26,6 +26,9 @@ pub struct CameraConfig {
     /// absent: keep every frame.
     #[serde(default)]
     pub max_fps: Option<f64>,
+    /// Which frames of an encoded stream are decoded (`auto`, `keyframes`, `all`).
+    #[serde(default)]
+    pub decode: DecodeMode,
     /// Decoded frames buffered between the camera and the dataflow. When full, a live
     /// camera drops (and counts) frames; a file waits.
     #[serde(default = "default_queue_frames")]
@@ -56,6 +59,7 @@ impl CameraConfig {
             width: default_width(),
             height: default_height(),
             max_fps: None,
+            decode: DecodeMode::Auto,
             queue_frames: default_queue_frames(),
             realtime: false,
             start_ms: None,
@@ -63,6 +67,21 @@ impl CameraConfig {
             reconnect: ReconnectConfig::default(),
         }
     }
+}
+
+/// Which frames of a camera's encoded stream are decoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecodeMode {
+    /// Keyframes only while they come at least `max_fps` times a second (measured on
+    /// the stream); otherwise every frame, those beyond `max_fps` dropped before
+    /// conversion.
+    #[default]
+    Auto,
+    /// Keyframes only, whatever `max_fps` asks: the GOP length bounds the model's rate.
+    Keyframes,
+    /// Every frame (those beyond `max_fps` still dropped before conversion).
+    All,
 }
 
 fn default_width() -> u32 {
@@ -182,6 +201,9 @@ impl CameraConfig {
             && !(fps > 0.0 && fps.is_finite())
         {
             return field("max_fps", format!("must be a positive number, got {fps}"));
+        }
+        if self.decode == DecodeMode::Keyframes && matches!(self.source_url(), Ok(SourceUrl::Synth(_))) {
+            return field("decode", "a synth:// camera is not encoded: only `auto` or `all`".into());
         }
         if self.queue_frames == 0 {
             return field("queue_frames", "must be at least 1".into());

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use camera::{CameraConfig, CredentialsConfig, ReconnectConfig, SourceUrl};
+pub use camera::{CameraConfig, CredentialsConfig, DecodeMode, ReconnectConfig, SourceUrl};
 pub use synth::SynthParams;
 
 /// Everything `defectflow run` needs.

@@ -22,6 +22,10 @@ pub struct CameraReport {
     pub sampled_out: u64,
     /// Frames lost to a full queue.
     pub dropped: u64,
+    /// Delta units the source did not decode (keyframe mode).
+    pub skipped_undecoded: u64,
+    /// Decoded frames the source did not convert (beyond `max_fps`).
+    pub skipped_decoded: u64,
     pub late: u64,
     pub reconnects: u64,
     pub errors: u64,
@@ -46,6 +50,8 @@ impl CameraReport {
             kept,
             sampled_out,
             dropped: stats.dropped.load(Ordering::Relaxed),
+            skipped_undecoded: stats.skipped.undecoded.load(Ordering::Relaxed),
+            skipped_decoded: stats.skipped.decoded.load(Ordering::Relaxed),
             late: stats.late.load(Ordering::Relaxed),
             reconnects: stats.reconnects.load(Ordering::Relaxed),
             errors: stats.errors.load(Ordering::Relaxed),

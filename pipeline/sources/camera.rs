@@ -134,6 +134,8 @@ pub struct CameraStats {
     /// Capture time of the first frame, ms since the epoch (0: none yet).
     pub first_capture_ms: AtomicU64,
     pub last_capture_ms: AtomicU64,
+    /// Frames the source did not decode or convert (keyframe mode, `max_fps`).
+    pub skipped: Arc<super::gate::Skipped>,
 }
 
 impl CameraStats {
@@ -151,6 +153,7 @@ impl CameraStats {
             holding: AtomicBool::new(false),
             first_capture_ms: AtomicU64::new(0),
             last_capture_ms: AtomicU64::new(0),
+            skipped: Arc::default(),
         }
     }
 
@@ -343,7 +346,7 @@ fn supervise(
     loop {
         stats.set_state(CameraState::Connecting);
         let received_before = stats.received.load(Ordering::Relaxed);
-        let outcome = match super::build(camera) {
+        let outcome = match super::build(camera, &stats.skipped) {
             Ok(pipeline) => run_once(camera, pipeline, sender, stats, stop, (&next_index, &spare), consumer),
             Err(e @ SourceError::MissingElement { .. }) => {
                 stats.record_error(format!("camera {}: {e}", camera.id));
@@ -407,10 +410,13 @@ fn run_once(
     (next_index, spare): (&Arc<AtomicU64>, &Spare),
     consumer: &std::thread::Thread,
 ) -> Outcome {
-    let CameraPipeline { pipeline, sink, live, time_base, feeder } = built;
+    let CameraPipeline { pipeline, sink, live, time_base, feeder, gate } = built;
     let started = Instant::now();
     // A recording may be replayed with its own capture times (see `start_ms`).
     let base_ms = camera.start_ms.filter(|_| !live).unwrap_or_else(now_ms);
+    if let Some(gate) = &gate {
+        gate.start(base_ms);
+    }
     let halted = Arc::new(AtomicBool::new(false));
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
@@ -472,6 +478,7 @@ fn run_once(
         // Silent since its last frame, or since this connection began. A file that is
         // merely slow to be consumed (the queue is full) is not stalled.
         let silent = stats.silent_for().min(started.elapsed());
+        let stall = gate.as_ref().map_or(stall, |g| g.stall_allowance(stall));
         if silent > stall && (live || sender.is_empty()) {
             break Outcome::Broken(format!("no frame for {} ms", silent.as_millis()));
         }

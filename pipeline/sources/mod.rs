@@ -5,6 +5,7 @@
 pub mod camera;
 pub mod cmms_script;
 pub mod file;
+pub mod gate;
 pub mod kafka;
 pub mod rtsp;
 pub mod synth;
@@ -45,16 +46,67 @@ pub struct CameraPipeline {
     pub time_base: TimeBase,
     /// Generator thread feeding an `appsrc`, for `synth://` cameras.
     pub feeder: Option<synth::Feeder>,
+    /// What the source decodes and converts (encoded streams).
+    pub gate: Option<std::sync::Arc<gate::Gate>>,
 }
 
-/// Builds the pipeline for a camera. Every source kind is registered here.
-pub fn build(camera: &CameraConfig) -> Result<CameraPipeline, SourceError> {
+/// Builds the pipeline for a camera. Every source kind is registered here; what an
+/// encoded source leaves out is counted in `skipped`.
+pub fn build(camera: &CameraConfig, skipped: &std::sync::Arc<gate::Skipped>) -> Result<CameraPipeline, SourceError> {
     let url = camera.source_url().map_err(SourceError::Stream)?;
     match url {
-        SourceUrl::File(path) => file::pipeline(camera, &path),
-        SourceUrl::Rtsp(location) => rtsp::pipeline(camera, &location),
+        SourceUrl::File(path) => file::pipeline(camera, &path, skipped),
+        SourceUrl::Rtsp(location) => rtsp::pipeline(camera, &location, skipped),
         SourceUrl::Synth(params) => synth::pipeline(camera, &params),
     }
+}
+
+/// The decoding middle of an encoded camera pipeline, after its source:
+/// `parsebin ! identity ! decodebin`, the identity's input guarded by the gate (delta
+/// units dropped in keyframe mode) and the decoded frames guarded again before they
+/// reach `tail` (beyond `max_fps`). Links `src`'s stream pad to parsebin when it appears.
+pub(crate) fn add_gated_decoder(
+    pipeline: &gst::Pipeline,
+    src: &gst::Element,
+    tail: &gst::Element,
+    gate: &std::sync::Arc<gate::Gate>,
+) -> Result<(), SourceError> {
+    let base = "gstreamer1.0-plugins-base";
+    let parse = element("parsebin", base)?;
+    let valve = gst::ElementFactory::make("identity")
+        .name("keyframe-gate")
+        .build()
+        .map_err(|_| SourceError::MissingElement { factory: "identity", hint: "gstreamer1.0 core" })?;
+    let decode = element("decodebin", base)?;
+    if gate.single_threaded_decoder() {
+        // A decoder's frame threads each hold frames (and their memory): fed a keyframe a
+        // second, it would hand one out seconds late. With a model sampling the camera,
+        // one thread per camera keeps up, and the cameras are the parallelism.
+        if let Some(bin) = decode.downcast_ref::<gst::Bin>() {
+            bin.connect_element_added(|_, child| {
+                if child.has_property("max-threads") {
+                    child.set_property("max-threads", 1i32);
+                }
+            });
+        }
+    }
+    pipeline.add_many([&parse, &valve, &decode]).map_err(|e| SourceError::Stream(e.to_string()))?;
+    valve.link(&decode).map_err(|_| SourceError::Link { from: "identity".into(), to: "decodebin".into() })?;
+    match src.static_pad("src") {
+        Some(_) => {
+            src.link(&parse).map_err(|_| SourceError::Link { from: src.name().into(), to: "parsebin".into() })?
+        }
+        None => link_video_pad_when_added(src, &parse),
+    }
+    link_video_pad_when_added(&parse, &valve);
+    link_video_pad_when_added(&decode, tail);
+    if let Some(pad) = valve.static_pad("sink") {
+        gate.guard_parsed(&pad);
+    }
+    if let Some(pad) = tail.static_pad("sink") {
+        gate.guard_decoded(&pad);
+    }
+    Ok(())
 }
 
 /// Initialises GStreamer once per process.
@@ -67,9 +119,10 @@ pub(crate) fn element(factory: &'static str, hint: &'static str) -> Result<gst::
 }
 
 /// The common end of every camera pipeline:
-/// `videoconvert ! videoscale ! video/x-raw,format=RGBP,width=W,height=H ! appsink`.
-/// Planar RGB is what the model reads, so decode only copies planes.
-/// Returns the first element (to link the decoder to) and the sink.
+/// `videoscale ! video/x-raw,width=W,height=H ! videoconvert ! video/x-raw,format=RGBP ! appsink`.
+/// Scaling comes first, in the decoder's format (YUV for a camera), so only the model's
+/// pixels are converted; planar RGB is what the model reads, so decode only copies
+/// planes. Returns the first element (to link the decoder to) and the sink.
 pub(crate) fn add_raw_tail(
     pipeline: &gst::Pipeline,
     camera: &CameraConfig,
@@ -78,6 +131,15 @@ pub(crate) fn add_raw_tail(
     let base = "gstreamer1.0-plugins-base";
     let convert = element("videoconvert", base)?;
     let scale = element("videoscale", base)?;
+    let size = gst::Caps::builder("video/x-raw")
+        .field("width", camera.width as i32)
+        .field("height", camera.height as i32)
+        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+        .build();
+    let sized = gst::ElementFactory::make("capsfilter")
+        .property("caps", &size)
+        .build()
+        .map_err(|_| SourceError::MissingElement { factory: "capsfilter", hint: "gstreamer1.0 core" })?;
     let caps = gst::Caps::builder("video/x-raw")
         .field("format", "RGBP")
         .field("width", camera.width as i32)
@@ -90,16 +152,30 @@ pub(crate) fn add_raw_tail(
         .map_err(|_| SourceError::MissingElement { factory: "capsfilter", hint: "gstreamer1.0 core" })?;
     let sink = gst_app::AppSink::builder().caps(&caps).max_buffers(2).drop(false).sync(sync).build();
     pipeline
-        .add_many([&convert, &scale, &filter, sink.upcast_ref()])
+        .add_many([&scale, &sized, &convert, &filter, sink.upcast_ref()])
         .map_err(|e| SourceError::Stream(e.to_string()))?;
-    gst::Element::link_many([&convert, &scale, &filter, sink.upcast_ref()])
-        .map_err(|_| SourceError::Link { from: "videoconvert".into(), to: "appsink".into() })?;
-    Ok((convert, sink))
+    gst::Element::link_many([&scale, &sized, &convert, &filter, sink.upcast_ref()])
+        .map_err(|_| SourceError::Link { from: "videoscale".into(), to: "appsink".into() })?;
+    Ok((scale, sink))
 }
 
-/// Links `src`'s video pad to `sink` once it appears (decodebin and rtspsrc create
-/// their pads only when they know what the stream holds).
+/// Links `src`'s video pad to `sink` once it appears (decodebin, parsebin and rtspsrc
+/// create their pads only when they know what the stream holds).
 pub(crate) fn link_video_pad_when_added(src: &gst::Element, sink: &gst::Element) {
+    link_pad_when_added(src, sink, |caps| {
+        caps.structure(0).is_some_and(|s| {
+            s.name().starts_with("video/")
+                || (s.name() == "application/x-rtp" && s.get::<&str>("media").is_ok_and(|m| m == "video"))
+        })
+    });
+}
+
+/// Links the first pad of `src` whose caps `wanted` accepts to `sink` once it appears.
+fn link_pad_when_added(
+    src: &gst::Element,
+    sink: &gst::Element,
+    wanted: impl Fn(&gst::Caps) -> bool + Send + Sync + 'static,
+) {
     let sink = sink.downgrade();
     src.connect_pad_added(move |_, pad| {
         let Some(sink) = sink.upgrade() else { return };
@@ -108,11 +184,9 @@ pub(crate) fn link_video_pad_when_added(src: &gst::Element, sink: &gst::Element)
             return;
         }
         let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-        let is_video = caps.structure(0).is_some_and(|s| {
-            s.name().starts_with("video/")
-                || (s.name() == "application/x-rtp" && s.get::<&str>("media").is_ok_and(|m| m == "video"))
-        });
-        if is_video && let Err(error) = pad.link(&sink_pad) {
+        if wanted(&caps)
+            && let Err(error) = pad.link(&sink_pad)
+        {
             tracing::warn!(pad = %pad.name(), %error, "cannot link video pad");
         }
     });

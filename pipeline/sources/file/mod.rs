@@ -1,15 +1,18 @@
 //! `file://` cameras: recorded MP4 or MKV footage, H.264 or H.265.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use super::{CameraPipeline, SourceError, TimeBase, add_raw_tail, element, link_video_pad_when_added};
+use super::gate::{Gate, Skipped};
+use super::{CameraPipeline, SourceError, TimeBase, add_gated_decoder, add_raw_tail};
 use crate::config::CameraConfig;
 
-/// `filesrc location=PATH ! decodebin ! videoconvert ! videoscale ! RGBP caps ! appsink`
-pub fn pipeline(camera: &CameraConfig, path: &Path) -> Result<CameraPipeline, SourceError> {
+/// `filesrc location=PATH ! parsebin ! (keyframe gate) ! decodebin ! (max_fps gate) !
+/// videoscale ! videoconvert ! RGBP caps ! appsink`
+pub fn pipeline(camera: &CameraConfig, path: &Path, skipped: &Arc<Skipped>) -> Result<CameraPipeline, SourceError> {
     if !path.is_file() {
         return Err(SourceError::Stream(format!("no such video file: {}", path.display())));
     }
@@ -18,10 +21,9 @@ pub fn pipeline(camera: &CameraConfig, path: &Path) -> Result<CameraPipeline, So
         .property("location", path.to_string_lossy().as_ref())
         .build()
         .map_err(|_| SourceError::MissingElement { factory: "filesrc", hint: "gstreamer1.0 core" })?;
-    let decode = element("decodebin", "gstreamer1.0-plugins-base")?;
-    pipeline.add_many([&src, &decode]).map_err(|e| SourceError::Stream(e.to_string()))?;
-    src.link(&decode).map_err(|_| SourceError::Link { from: "filesrc".into(), to: "decodebin".into() })?;
-    let (convert, sink) = add_raw_tail(&pipeline, camera, camera.realtime)?;
-    link_video_pad_when_added(&decode, &convert);
-    Ok(CameraPipeline { pipeline, sink, live: false, time_base: TimeBase::Pts, feeder: None })
+    pipeline.add(&src).map_err(|e| SourceError::Stream(e.to_string()))?;
+    let (scale, sink) = add_raw_tail(&pipeline, camera, camera.realtime)?;
+    let gate = Gate::new(camera, TimeBase::Pts, skipped);
+    add_gated_decoder(&pipeline, &src, &scale, &gate)?;
+    Ok(CameraPipeline { pipeline, sink, live: false, time_base: TimeBase::Pts, feeder: None, gate: Some(gate) })
 }

@@ -3,16 +3,20 @@
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use super::{CameraPipeline, SourceError, TimeBase, add_raw_tail, element, link_video_pad_when_added};
+use std::sync::Arc;
+
+use super::gate::{Gate, Skipped};
+use super::{CameraPipeline, SourceError, TimeBase, add_gated_decoder, add_raw_tail, element};
 use crate::config::CameraConfig;
 
 /// Latency budget of the RTP jitter buffer.
 const JITTER_LATENCY_MS: u32 = 200;
 
-/// `rtspsrc location=URL protocols=tcp ! decodebin ! videoconvert ! videoscale ! RGBP caps ! appsink`
+/// `rtspsrc location=URL protocols=tcp ! parsebin ! (keyframe gate) ! decodebin !
+/// (max_fps gate) ! videoscale ! videoconvert ! RGBP caps ! appsink`
 ///
 /// TCP is used so a server that goes away is noticed at once, not after a UDP timeout.
-pub fn pipeline(camera: &CameraConfig, location: &str) -> Result<CameraPipeline, SourceError> {
+pub fn pipeline(camera: &CameraConfig, location: &str, skipped: &Arc<Skipped>) -> Result<CameraPipeline, SourceError> {
     let pipeline = gst::Pipeline::with_name(&format!("camera-{}", camera.id));
     let src = element("rtspsrc", "gstreamer1.0-plugins-good")?;
     src.set_property("location", location);
@@ -26,10 +30,9 @@ pub fn pipeline(camera: &CameraConfig, location: &str) -> Result<CameraPipeline,
         src.set_property("user-id", read(&credentials.username_env)?);
         src.set_property("user-pw", read(&credentials.password_env)?);
     }
-    let decode = element("decodebin", "gstreamer1.0-plugins-base")?;
-    pipeline.add_many([&src, &decode]).map_err(|e| SourceError::Stream(e.to_string()))?;
-    link_video_pad_when_added(&src, &decode);
-    let (convert, sink) = add_raw_tail(&pipeline, camera, false)?;
-    link_video_pad_when_added(&decode, &convert);
-    Ok(CameraPipeline { pipeline, sink, live: true, time_base: TimeBase::Arrival, feeder: None })
+    pipeline.add(&src).map_err(|e| SourceError::Stream(e.to_string()))?;
+    let (scale, sink) = add_raw_tail(&pipeline, camera, false)?;
+    let gate = Gate::new(camera, TimeBase::Arrival, skipped);
+    add_gated_decoder(&pipeline, &src, &scale, &gate)?;
+    Ok(CameraPipeline { pipeline, sink, live: true, time_base: TimeBase::Arrival, feeder: None, gate: Some(gate) })
 }

@@ -104,5 +104,6 @@ pub fn pipeline(camera: &CameraConfig, params: &SynthParams) -> Result<CameraPip
         live: true,
         time_base: TimeBase::Pts,
         feeder: Some(Feeder { stop, thread: Some(thread) }),
+        gate: None,
     })
 }
