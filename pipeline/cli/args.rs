@@ -127,6 +127,14 @@ pub struct BenchArgs {
     /// Seconds each camera is commissioned, then gated with its baseline; 0: not gated.
     #[arg(long, default_value_t = 0.0)]
     pub commission_s: f64,
+    /// Every camera plays this recording (MP4 or MKV, H.264 or H.265) in real time
+    /// instead of drawing synthetic frames: the cameras' decode is measured on real
+    /// footage; frames are scaled to --width x --height.
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    /// Which frames of --source are decoded: auto, keyframes or all.
+    #[arg(long, default_value = "auto")]
+    pub decode: String,
 }
 
 #[derive(Debug, Args)]

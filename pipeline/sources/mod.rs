@@ -131,25 +131,26 @@ pub(crate) fn add_raw_tail(
     let base = "gstreamer1.0-plugins-base";
     let convert = element("videoconvert", base)?;
     let scale = element("videoscale", base)?;
-    let size = gst::Caps::builder("video/x-raw")
-        .field("width", camera.width as i32)
-        .field("height", camera.height as i32)
-        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-        .build();
-    let sized = gst::ElementFactory::make("capsfilter")
-        .property("caps", &size)
-        .build()
-        .map_err(|_| SourceError::MissingElement { factory: "capsfilter", hint: "gstreamer1.0 core" })?;
-    let caps = gst::Caps::builder("video/x-raw")
-        .field("format", "RGBP")
-        .field("width", camera.width as i32)
-        .field("height", camera.height as i32)
-        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-        .build();
-    let filter = gst::ElementFactory::make("capsfilter")
-        .property("caps", &caps)
-        .build()
-        .map_err(|_| SourceError::MissingElement { factory: "capsfilter", hint: "gstreamer1.0 core" })?;
+    // The model's size in whatever format the decoder gives, then in planar RGB.
+    let sized_caps = |format: Option<&str>| {
+        let caps = gst::Caps::builder("video/x-raw")
+            .field("width", camera.width as i32)
+            .field("height", camera.height as i32)
+            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
+        match format {
+            Some(format) => caps.field("format", format).build(),
+            None => caps.build(),
+        }
+    };
+    let capsfilter = |caps: &gst::Caps| {
+        gst::ElementFactory::make("capsfilter")
+            .property("caps", caps)
+            .build()
+            .map_err(|_| SourceError::MissingElement { factory: "capsfilter", hint: "gstreamer1.0 core" })
+    };
+    let sized = capsfilter(&sized_caps(None))?;
+    let caps = sized_caps(Some("RGBP"));
+    let filter = capsfilter(&caps)?;
     let sink = gst_app::AppSink::builder().caps(&caps).max_buffers(2).drop(false).sync(sync).build();
     pipeline
         .add_many([&scale, &sized, &convert, &filter, sink.upcast_ref()])

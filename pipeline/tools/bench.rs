@@ -1,6 +1,7 @@
 //! `defectflow bench`: the whole graph under a chosen load. N synthetic cameras (the
 //! demo plant's four asset kinds in turn, each with a defect appearing in its first
-//! seconds) at a resolution and frame rate, through decode, the model, tracks,
+//! seconds), or N cameras playing a recording in real time (`--source`, decoded as
+//! `--decode` says), at a resolution and frame rate, through decode, the model, tracks,
 //! severity and work orders, into Kafka when a broker is given. Reports what was
 //! sustained: frames per second in and through the model, frames dropped, latency
 //! from a defect's first detection (capture time) to its work order acknowledged by
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::stats::{Percentiles, percentiles_ms};
-use crate::config::{CameraConfig, ModelConfig, RunConfig};
+use crate::config::{CameraConfig, DecodeMode, ModelConfig, RunConfig};
 use crate::kafka::{InputsConfig, KafkaConfig};
 use crate::metrics::{Metrics, Stage};
 use crate::reference::{WholeView, reference_with_cameras};
@@ -43,6 +44,10 @@ pub struct BenchPlan {
     /// Seconds each camera is commissioned before it is gated (`[anomaly] commission_s`);
     /// 0: the classifier alone decides.
     pub commission_s: f64,
+    /// A recording every camera plays in real time instead of synthetic frames.
+    pub source: Option<std::path::PathBuf>,
+    /// Which frames of the recording are decoded.
+    pub decode: DecodeMode,
 }
 
 /// What it sustained.
@@ -57,6 +62,9 @@ pub struct BenchResult {
     /// Frames the model scored, per second, and what was asked of it.
     pub frames_inferred_per_s: f64,
     pub frames_offered_per_s: f64,
+    /// Frames the cameras' sources did not decode (keyframe mode) or convert (beyond
+    /// `max_fps`), per second.
+    pub frames_skipped_per_s: f64,
     pub dropped: u64,
     pub late: u64,
     pub work_orders: usize,
@@ -210,12 +218,17 @@ pub fn prepare(plan: &BenchPlan, dir: &Path) -> anyhow::Result<RunConfig> {
         .map(|(i, id)| {
             let (kind, asset, class) = ASSETS[i % ASSETS.len()];
             let (seed, fps, onset) = (100 + i, plan.fps, 1 + i % 4);
-            let url = format!("synth://{kind}?seed={seed}&fps={fps}&asset_id={asset}&defects={class}@{onset}");
+            let url = match &plan.source {
+                Some(file) => format!("file://{}", file.display()),
+                None => format!("synth://{kind}?seed={seed}&fps={fps}&asset_id={asset}&defects={class}@{onset}"),
+            };
             CameraConfig {
                 width: plan.width,
                 height: plan.height,
                 queue_frames: 16,
                 max_fps: plan.max_fps,
+                realtime: plan.source.is_some(),
+                decode: plan.decode,
                 ..CameraConfig::new(id, url)
             }
         })
@@ -262,7 +275,8 @@ pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
     let revision_latency_ms = percentiles_ms(&stages.revision_latencies_s);
     let opened: Vec<(&String, &crate::run::OrderSummary)> =
         stages.summary.work_orders.iter().filter(|(_, o)| o.opened).collect();
-    let unexpected = (0..plan.cameras)
+    // A recording shows what it shows: one work order a camera is the synthetic cameras' promise.
+    let unexpected = (0..plan.cameras * usize::from(plan.source.is_none()))
         .map(|i| format!("bench-{i:02}"))
         .filter_map(|camera| {
             let orders: Vec<String> = opened
@@ -293,6 +307,8 @@ pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
         frames_in_per_s: received as f64 / plan.seconds,
         frames_inferred_per_s: stages.frames_inferred as f64 / plan.seconds,
         frames_offered_per_s: plan.cameras as f64 * offered_per_camera,
+        frames_skipped_per_s: cameras.iter().map(|c| c.skipped_undecoded + c.skipped_decoded).sum::<u64>() as f64
+            / plan.seconds,
         dropped: cameras.iter().map(|c| c.dropped).sum(),
         late: cameras.iter().map(|c| c.late).sum(),
         work_orders: opened.len(),
@@ -353,7 +369,7 @@ pub fn render(r: &BenchResult) -> String {
         .collect();
     format!(
         "{} cameras {} at {} fps for {:.0} s{}\n\
-         frames in: {:.1}/s; through the model: {:.1}/s of {:.1}/s asked; dropped {}, late {}\n\
+         frames in: {:.1}/s (and {:.1}/s skipped at the source); through the model: {:.1}/s of {:.1}/s asked; dropped {}, late {}\n\
          work orders: {} for {} defects; first detection to work order {}: {latency}\n{}\
          frame capture to its revision out ({} revisions): {revision}\n\
          CPU: {:.2} cores; peak memory {:.0} MiB; the network {:.1} ms a frame, at least {:.0}% of the CPU\n\
@@ -364,6 +380,7 @@ pub fn render(r: &BenchResult) -> String {
         r.seconds,
         if r.kafka { ", into Kafka" } else { ", no broker" },
         r.frames_in_per_s,
+        r.frames_skipped_per_s,
         r.frames_inferred_per_s,
         r.frames_offered_per_s,
         r.dropped,

@@ -289,6 +289,64 @@ mod tests {
         AuditStream::open(dir, 1, std::time::Duration::from_secs(3600)).expect("reopen").detections.before
     }
 
+    /// A file written before a table gained a column (wo_events' `reason`, nullable) is
+    /// merged with null in that column; a newer file keeps its values.
+    #[test]
+    fn a_column_added_since_a_file_was_written_is_null_in_its_rows() {
+        use arrow_array::Array;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut stream = AuditStream::open(dir.path(), 1, std::time::Duration::from_secs(3600)).expect("open");
+        for (closed_before, at, reason) in [(10, T0 + 1, None), (20, T0 + 2, Some("waiting_for_parts"))] {
+            let event = defectflow_schemas::WoEvent {
+                work_order_id: "WO-1".into(),
+                event: defectflow_schemas::WoEventKind::OnHold,
+                at_ms: at,
+                technician_id: None,
+                note: None,
+                reason: reason.map(Into::into),
+            };
+            let rows = AuditRows { wo_events: vec![(at, event)], ..AuditRows::default() };
+            stream.append(closed_before, &[], rows).expect("committed");
+        }
+        drop(stream);
+        let day = dir.path().join("wo_events/date=2026-12-01");
+        let first = day.join(&files(&day)[0]);
+        // The first file as written before the column existed.
+        let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(&first).expect("file")).expect("parquet");
+        let batch = builder.build().expect("reader").next().expect("a batch").expect("batch");
+        let index = batch.schema().index_of("reason").expect("column");
+        let mut old = batch.clone();
+        old.remove_column(index);
+        let metadata = vec![KeyValue::new(CLOSED_BEFORE.to_owned(), "10".to_owned())];
+        let properties = WriterProperties::builder().set_key_value_metadata(Some(metadata)).build();
+        let mut writer =
+            ArrowWriter::try_new(File::create(&first).expect("file"), old.schema(), Some(properties)).expect("writer");
+        writer.write(&old).expect("written");
+        writer.close().expect("closed");
+
+        compact(dir.path(), "2026-12-02").expect("compacted");
+        let [merged] = files(&day).try_into().expect("one file");
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(File::open(day.join(merged)).expect("file")).expect("parquet");
+        let batches: Vec<RecordBatch> = builder.build().expect("reader").map(|b| b.expect("batch")).collect();
+        let reasons: Vec<Option<String>> = batches
+            .iter()
+            .flat_map(|b| {
+                let column = b
+                    .column_by_name("reason")
+                    .expect("the column")
+                    .as_any()
+                    .downcast_ref::<arrow_array::StringArray>()
+                    .expect("text")
+                    .clone();
+                (0..column.len())
+                    .map(move |i| (!column.is_null(i)).then(|| column.value(i).to_owned()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(reasons, vec![None, Some("waiting_for_parts".to_owned())]);
+    }
+
     /// Three commits in one day, the first in the older, unsigned layout, become one file
     /// of the current layout with every row; a recovered file keeps its name; the day
     /// not before the date is left alone; a start still knows what is committed.

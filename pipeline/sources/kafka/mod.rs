@@ -114,7 +114,7 @@ pub fn parse(kind: InputKind, key: Option<&[u8]>, value: Option<&[u8]>, max_byte
         })
     }
     let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    registry::drop_unknown_fields(&kind.subject().schema(), &mut value);
+    registry::drop_unknown_fields(kind.subject().parsed(), &mut value);
     let input = match kind {
         InputKind::WoEvents => Input::Event(json(value)?),
         InputKind::Inventory => Input::Movement(json(value)?),
