@@ -49,16 +49,25 @@ fn ingest(video: &Path, width: u32, height: u32) -> u64 {
     reports[0].kept
 }
 
-/// The same pipeline, bare: `filesrc ! decodebin ! videoconvert ! videoscale ! RGBP caps ! appsink`.
+/// The same pipeline, bare: `filesrc ! parsebin ! decodebin ! videoscale ! size caps !
+/// videoconvert ! RGBP caps ! appsink` (a camera decoding every frame, without the
+/// gates' probes, the queue or the dataflow).
 fn bare(video: &Path, width: u32, height: u32) -> u64 {
     let pipeline = gst::Pipeline::new();
     let src = gst::ElementFactory::make("filesrc")
         .property("location", video.to_string_lossy().as_ref())
         .build()
         .expect("filesrc");
+    let parse = gst::ElementFactory::make("parsebin").build().expect("parsebin");
     let decode = gst::ElementFactory::make("decodebin").build().expect("decodebin");
-    let convert = gst::ElementFactory::make("videoconvert").build().expect("videoconvert");
     let scale = gst::ElementFactory::make("videoscale").build().expect("videoscale");
+    let size = gst::Caps::builder("video/x-raw")
+        .field("width", width as i32)
+        .field("height", height as i32)
+        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+        .build();
+    let sized = gst::ElementFactory::make("capsfilter").property("caps", &size).build().expect("capsfilter");
+    let convert = gst::ElementFactory::make("videoconvert").build().expect("videoconvert");
     let caps = gst::Caps::builder("video/x-raw")
         .field("format", "RGBP")
         .field("width", width as i32)
@@ -66,13 +75,19 @@ fn bare(video: &Path, width: u32, height: u32) -> u64 {
         .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
         .build();
     let sink = gst_app::AppSink::builder().caps(&caps).max_buffers(2).sync(false).build();
-    pipeline.add_many([&src, &decode, &convert, &scale, sink.upcast_ref()]).expect("add");
-    src.link(&decode).expect("link");
-    gst::Element::link_many([&convert, &scale, sink.upcast_ref()]).expect("link");
-    let convert_weak = convert.downgrade();
+    pipeline.add_many([&src, &parse, &decode, &scale, &sized, &convert, sink.upcast_ref()]).expect("add");
+    src.link(&parse).expect("link");
+    gst::Element::link_many([&scale, &sized, &convert, sink.upcast_ref()]).expect("link");
+    let decode_weak = decode.downgrade();
+    parse.connect_pad_added(move |_, pad| {
+        if let Some(decode) = decode_weak.upgrade() {
+            let _ = pad.link(&decode.static_pad("sink").expect("sink pad"));
+        }
+    });
+    let scale_weak = scale.downgrade();
     decode.connect_pad_added(move |_, pad| {
-        if let Some(convert) = convert_weak.upgrade() {
-            let _ = pad.link(&convert.static_pad("sink").expect("sink pad"));
+        if let Some(scale) = scale_weak.upgrade() {
+            let _ = pad.link(&scale.static_pad("sink").expect("sink pad"));
         }
     });
     pipeline.set_state(gst::State::Playing).expect("play");
