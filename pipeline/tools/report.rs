@@ -169,8 +169,9 @@ fn closed(status: &str) -> bool {
 /// When the work order is due: as the run set it, or for rows written before work
 /// orders had a due date, the default target of its priority.
 fn due_ms(r: &Revision) -> Option<i64> {
+    static DEFAULTS: std::sync::OnceLock<defectflow_operators::derive::WorkOrderConfig> = std::sync::OnceLock::new();
     r.due_ms.or_else(|| {
-        let defaults = defectflow_operators::derive::WorkOrderConfig::default();
+        let defaults = DEFAULTS.get_or_init(Default::default);
         let (_, hours) = defaults.due_hours.iter().find(|(p, _)| format!("{p:?}") == r.priority)?;
         Some(r.detected_ms + (hours * 3_600_000.0).round() as i64)
     })

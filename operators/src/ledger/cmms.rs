@@ -72,12 +72,8 @@ impl Ledger {
 
     /// Puts an open work order on hold: its hours leave its technician's workload.
     fn hold(&mut self, id: &str, reason: Option<String>, out: &mut Vec<LedgerOutput>) {
+        self.count_hours(id, -1, out);
         let Some(order) = self.orders.get_mut(id) else { return };
-        let hours = order.hours();
-        if let Some(technician) = order.technician.as_ref().filter(|_| hours != 0) {
-            self.dispatcher.add_workload(technician, -hours);
-            out.push(LedgerOutput::Workload(technician.clone(), id.to_owned(), hours, -1));
-        }
         order.resume_to = order.status;
         order.status = WorkOrderStatus::OnHold;
         order.hold_reason = Some(reason.unwrap_or_else(|| "unspecified".to_owned()));
@@ -93,22 +89,14 @@ impl Ledger {
         }
         order.status = to.unwrap_or(order.resume_to);
         order.hold_reason = None;
-        let hours = order.hours();
-        if let Some(technician) = order.technician.as_ref().filter(|_| hours != 0) {
-            self.dispatcher.add_workload(technician, hours);
-            out.push(LedgerOutput::Workload(technician.clone(), id.to_owned(), hours, 1));
-        }
+        self.count_hours(id, 1, out);
     }
 
     pub(super) fn close(&mut self, time: EpochMillis, id: &str, kind: WoEventKind, out: &mut Vec<LedgerOutput>) {
-        let Some(order) = self.orders.get_mut(id) else { return };
         // The closed revision still names its technician and procedure; only the hours
         // and the reservations are released.
-        let hours = order.hours();
-        if let Some(technician) = order.technician.as_ref().filter(|_| hours != 0) {
-            self.dispatcher.add_workload(technician, -hours);
-            out.push(LedgerOutput::Workload(technician.clone(), id.to_owned(), hours, -1));
-        }
+        self.count_hours(id, -1, out);
+        let Some(order) = self.orders.get_mut(id) else { return };
         for part in order.procedure.iter().flat_map(|p| &p.parts) {
             self.stock.release(&part.part_id, order.opened_at, id);
             out.push(LedgerOutput::Reservation(part.part_id.clone(), id.to_owned(), i64::from(part.quantity), -1));

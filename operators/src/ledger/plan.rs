@@ -51,20 +51,24 @@ impl Ledger {
         reason: &str,
         out: &mut Vec<LedgerOutput>,
     ) {
+        self.count_hours(id, -1, out);
         let Some(order) = self.orders.get_mut(id) else { return };
-        // No hours (on hold): no open assignment row.
-        let hours = order.hours();
-        if let Some(old) = order.technician.take().filter(|_| hours != 0) {
-            self.dispatcher.add_workload(&old, -hours);
-            out.push(LedgerOutput::Workload(old, id.to_owned(), hours, -1));
-        }
-        if let Some(new) = technician.as_ref().filter(|_| hours != 0) {
-            self.dispatcher.add_workload(new, hours);
-            out.push(LedgerOutput::Workload(new.clone(), id.to_owned(), hours, 1));
-        }
         order.pinned = matches!(reason, "manual" | "started");
         order.technician = technician;
         order.assign_reason = reason.to_owned();
+        self.count_hours(id, 1, out);
+    }
+
+    /// Adds (`diff` 1) or takes away (−1) the work order's hours in its technician's open
+    /// workload, with the assignment row of the workload view. An order without hours
+    /// (none estimated, or on hold) has no row.
+    pub(super) fn count_hours(&mut self, id: &str, diff: isize, out: &mut Vec<LedgerOutput>) {
+        let Some(order) = self.orders.get(id) else { return };
+        let hours = order.hours();
+        if let Some(technician) = order.technician.clone().filter(|_| hours != 0) {
+            self.dispatcher.add_workload(&technician, hours * diff as CentiHours);
+            out.push(LedgerOutput::Workload(technician, id.to_owned(), hours, diff));
+        }
     }
 
     pub(super) fn set_procedure(&mut self, id: &str, procedure: Option<Procedure>, out: &mut Vec<LedgerOutput>) {

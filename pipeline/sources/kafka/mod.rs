@@ -118,7 +118,7 @@ pub fn parse(kind: InputKind, key: Option<&[u8]>, value: Option<&[u8]>, max_byte
     let input = match kind {
         InputKind::WoEvents => Input::Event(json(value)?),
         InputKind::Inventory => Input::Movement(json(value)?),
-        InputKind::Technicians => match serde_json::from_value::<Removal>(value.clone()) {
+        InputKind::Technicians => match <Removal as serde::Deserialize>::deserialize(&value) {
             Ok(Removal { technician_id, removed: true }) => Input::TechnicianRemoved(technician_id),
             _ => Input::Technician(json(value)?),
         },
