@@ -50,6 +50,20 @@ pub enum Command {
     /// Looks after a Parquet audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Pushes each work-order revision into a CMMS over its REST API (Maximo, SAP PM,
+    /// MaintainX, a webhook) and turns the CMMS's status changes into wo-events.
+    Bridge(BridgeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BridgeArgs {
+    /// The config file (TOML) with [kafka] and [cmms]; the run's own file can hold both.
+    #[arg(long, short = 'c')]
+    pub config: PathBuf,
+    /// Stop once every revision on the topic at start is acknowledged and committed
+    /// (a backfill, or a benchmark), instead of running until stopped.
+    #[arg(long)]
+    pub until_caught_up: bool,
 }
 
 #[derive(Debug, Subcommand)]

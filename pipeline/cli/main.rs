@@ -2,7 +2,7 @@
 //! commands beside `run`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,7 +11,7 @@ use defectflow::config::{ConfigError, RunConfig};
 use defectflow::run::{self, CameraReport, Hooks, StopWhen};
 use defectflow::sinks::SinkKind;
 
-use args::{Cli, Command, RunArgs};
+use args::{BridgeArgs, Cli, Command, RunArgs};
 
 /// With the `mimalloc` feature, Rust's allocations go through mimalloc (the default is
 /// the system allocator: see the feature's note in Cargo.toml).
@@ -83,6 +83,7 @@ fn run_cli() -> anyhow::Result<()> {
         Command::Report(args) => tools::report(args),
         Command::Bench(args) => tools::bench(args),
         Command::Audit(command) => tools::audit(command),
+        Command::Bridge(args) => bridge(args),
     }
 }
 
@@ -147,6 +148,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             print_outputs(&dir, &stages, shadow);
         }
     }
+    Ok(())
+}
+
+/// `defectflow bridge`: runs until SIGINT/SIGTERM (requests in flight finish; what the
+/// CMMS has not acknowledged stays uncommitted) and prints its summary as JSON.
+fn bridge(args: BridgeArgs) -> anyhow::Result<()> {
+    let config = defectflow::bridge::BridgeConfig::load(&args.config)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
+        .context("cannot install the SIGINT/SIGTERM handler")?;
+    let summary = defectflow::bridge::run(&config, stop, args.until_caught_up)?;
+    println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }
 

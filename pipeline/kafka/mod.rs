@@ -131,3 +131,43 @@ pub(crate) fn read_messages<C: rdkafka::consumer::ConsumerContext>(
     consumer.unassign().map_err(failed("unassigning"))?;
     Ok(())
 }
+
+/// The group's committed offset of every partition of `topic` that has one.
+pub(crate) fn committed(consumer: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64)>, BrokerError> {
+    let mut list = TopicPartitionList::new();
+    for id in partitions(consumer, topic)? {
+        list.add_partition(topic, id);
+    }
+    let committed = consumer.committed_offsets(list, REQUEST_TIMEOUT).map_err(|source| BrokerError::Kafka {
+        context: format!("reading the committed offsets of {topic}"),
+        source,
+    })?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(end) if end > 0 => Some((e.partition(), end)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The partition ids of a topic, in order; a topic the broker does not have (or
+/// will not describe) is an error naming it.
+pub(crate) fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, BrokerError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .map_err(|source| BrokerError::Kafka { context: format!("reading the metadata of {topic}"), source })?;
+    let mut ids = Vec::new();
+    for t in metadata.topics() {
+        if let Some(error) = t.error() {
+            return Err(BrokerError::Kafka {
+                context: format!("topic {topic}"),
+                source: rdkafka::error::KafkaError::MetadataFetch(error.into()),
+            });
+        }
+        ids.extend(t.partitions().iter().map(|p| p.id()));
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}

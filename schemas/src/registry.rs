@@ -17,7 +17,8 @@ pub struct Subject {
     pub name: &'static str,
     /// `(version, schema text)`, oldest first; the last is the current one.
     pub versions: &'static [(&'static str, &'static str)],
-    /// The CloudEvents `ce_type` of the messages defectflow writes (outputs only).
+    /// The CloudEvents `ce_type` of the messages defectflow writes (outputs, and the
+    /// wo-events of `defectflow bridge`).
     pub event_type: Option<&'static str>,
 }
 
@@ -68,9 +69,12 @@ pub const WORK_ORDER: Subject = Subject {
     versions: versions!("work-order": "1.0.0", "1.1.0", "1.2.0"),
     event_type: Some("dev.defectflow.work_order.revision"),
 };
-/// CMMS status events (`defectflow.wo-events`, in).
-pub const WO_EVENT: Subject =
-    Subject { name: "wo-event", versions: versions!("wo-event": "1.0.0", "1.1.0"), event_type: None };
+/// CMMS status events (`defectflow.wo-events`, in; `defectflow bridge` writes them).
+pub const WO_EVENT: Subject = Subject {
+    name: "wo-event",
+    versions: versions!("wo-event": "1.0.0", "1.1.0"),
+    event_type: Some("dev.defectflow.wo_event"),
+};
 /// Stock movements (`defectflow.inventory`, in; parts consumed are written there too).
 pub const STOCK_MOVEMENT: Subject =
     Subject { name: "stock-movement", versions: versions!("stock-movement": "1.0.0"), event_type: None };

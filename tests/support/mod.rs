@@ -14,6 +14,7 @@ use defectflow::tools::footage::{Codec, Container, FootageOptions, write_plant, 
 use defectflow_models::synth::{AssetKind, GroundTruth, PlantOptions, planned_scene};
 use defectflow_schemas::DefectClass;
 
+pub mod cmms;
 pub mod kafka;
 pub mod outputs;
 

@@ -35,7 +35,7 @@ use crate::sinks::{Batch, Sink, SinkCount, SinkKind};
 
 mod outgoing;
 
-pub use outgoing::{Outgoing, ce};
+pub use outgoing::{Outgoing, ce, headers};
 
 /// What the sink has recorded: the last closed timestamp and where each output
 /// partition stood then.
@@ -57,16 +57,6 @@ pub struct Recovered {
     pub ends: BTreeMap<String, BTreeMap<i32, i64>>,
     /// The latest revision of every work order this sink sent to the topic.
     pub latest_orders: Vec<WorkOrder>,
-}
-
-/// Header names on every output message.
-pub mod headers {
-    pub const SCHEMA_VERSION: &str = "schema_version";
-    pub const CONTENT_TYPE: &str = "content-type";
-    pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-    /// The `sink_id` of the run that sent the message: a restart takes up its own work
-    /// orders only.
-    pub const SINK_ID: &str = "defectflow-sink-id";
 }
 
 /// Collects delivery reports: the next offset per partition, and failures.
@@ -291,18 +281,14 @@ impl KafkaSink {
     /// Sends a record; an output `event` adds its idempotency key, its CloudEvents
     /// attributes and its event time as the record's timestamp.
     fn send(&self, topic: &str, key: &str, payload: &[u8], event: Option<&Outgoing>) -> Result<(), BrokerError> {
-        // The version of the payload's schema (the work order's for progress records).
-        let version = event.map_or(SCHEMA_VERSION, |e| e.schema.version());
-        let mut headers = OwnedHeaders::new()
-            .insert(Header { key: headers::SCHEMA_VERSION, value: Some(version) })
-            .insert(Header { key: headers::CONTENT_TYPE, value: Some("application/json") })
-            .insert(Header { key: headers::SINK_ID, value: Some(self.config.sink_id.as_str()) });
-        if let Some(event) = event {
-            headers = headers.insert(Header { key: headers::IDEMPOTENCY_KEY, value: Some(&event.idempotency_key) });
-            for (name, value) in event.cloud_event(&self.config.sink_id) {
-                headers = headers.insert(Header { key: name, value: Some(&value) });
-            }
-        }
+        let headers = match event {
+            Some(event) => event.headers(&self.config.sink_id),
+            // A progress record: the work order's schema version.
+            None => OwnedHeaders::new()
+                .insert(Header { key: headers::SCHEMA_VERSION, value: Some(SCHEMA_VERSION) })
+                .insert(Header { key: headers::CONTENT_TYPE, value: Some("application/json") })
+                .insert(Header { key: headers::SINK_ID, value: Some(self.config.sink_id.as_str()) }),
+        };
         let mut record = BaseRecord::to(topic).key(key).payload(payload).headers(headers);
         if let Some(event) = event {
             record = record.timestamp(event.event_ms as i64);

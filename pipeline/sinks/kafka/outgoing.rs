@@ -6,9 +6,20 @@
 
 use defectflow_schemas::Emitted;
 use defectflow_schemas::registry::{self, Subject};
+use rdkafka::message::{Header, OwnedHeaders};
 
 use crate::clock::rfc3339;
 use crate::kafka::TopicsConfig;
+
+/// Header names on every output message.
+pub mod headers {
+    pub const SCHEMA_VERSION: &str = "schema_version";
+    pub const CONTENT_TYPE: &str = "content-type";
+    pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+    /// The `sink_id` of the run that sent the message: a restart takes up its own work
+    /// orders only.
+    pub const SINK_ID: &str = "defectflow-sink-id";
+}
 
 /// CloudEvents attribute headers (binary content mode).
 pub mod ce {
@@ -94,6 +105,20 @@ impl Outgoing {
         // The record key names what the event is about.
         let subject = key.clone();
         Some(Outgoing { topic: topic.clone(), key, idempotency_key, payload, event_ms, schema, subject })
+    }
+
+    /// Every header of the message sent by sink `sink_id`: its schema's version, the
+    /// content type, the idempotency key, the sink and the CloudEvents attributes.
+    pub fn headers(&self, sink_id: &str) -> OwnedHeaders {
+        let mut out = OwnedHeaders::new()
+            .insert(Header { key: headers::SCHEMA_VERSION, value: Some(self.schema.version()) })
+            .insert(Header { key: headers::CONTENT_TYPE, value: Some("application/json") })
+            .insert(Header { key: headers::SINK_ID, value: Some(sink_id) })
+            .insert(Header { key: headers::IDEMPOTENCY_KEY, value: Some(&self.idempotency_key) });
+        for (name, value) in self.cloud_event(sink_id) {
+            out = out.insert(Header { key: name, value: Some(&value) });
+        }
+        out
     }
 
     /// The CloudEvents attributes of the message sent by sink `sink_id`, as

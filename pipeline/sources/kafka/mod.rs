@@ -19,7 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::de::DeserializeOwned;
 
 use crate::clock::now_ms;
-use crate::kafka::{BrokerError, KafkaConfig, failed, read_messages};
+use crate::kafka::{BrokerError, KafkaConfig, committed, failed, partitions, read_messages};
 use crate::reference::PlantReference;
 use crate::workflow::PlantInputs;
 
@@ -206,46 +206,6 @@ fn upsert<T>(records: &mut Vec<T>, record: T, id: impl Fn(&T) -> &String) {
         Some(i) => records[i] = record,
         None => records.push(record),
     }
-}
-
-/// The group's committed offset of every partition of `topic` that has one.
-fn committed(consumer: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64)>, BrokerError> {
-    let mut list = TopicPartitionList::new();
-    for id in partitions(consumer, topic)? {
-        list.add_partition(topic, id);
-    }
-    let committed = consumer.committed_offsets(list, REQUEST_TIMEOUT).map_err(|source| BrokerError::Kafka {
-        context: format!("reading the committed offsets of {topic}"),
-        source,
-    })?;
-    Ok(committed
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(end) if end > 0 => Some((e.partition(), end)),
-            _ => None,
-        })
-        .collect())
-}
-
-/// The partition ids of an input topic, in order; a topic the broker does not have (or
-/// will not describe) is an error naming it.
-fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, BrokerError> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-        .map_err(|source| BrokerError::Kafka { context: format!("reading the metadata of {topic}"), source })?;
-    let mut ids = Vec::new();
-    for t in metadata.topics() {
-        if let Some(error) = t.error() {
-            return Err(BrokerError::Kafka {
-                context: format!("input topic {topic}"),
-                source: rdkafka::error::KafkaError::MetadataFetch(error.into()),
-            });
-        }
-        ids.extend(t.partitions().iter().map(|p| p.id()));
-    }
-    ids.sort_unstable();
-    Ok(ids)
 }
 
 /// A worker's consumer of its share of the input partitions (see [`deal`]), and (on

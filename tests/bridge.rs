@@ -1,0 +1,283 @@
+//! `defectflow bridge` against local servers that answer as IBM Maximo, SAP PM,
+//! MaintainX and a webhook do, fed through a real Kafka-protocol broker: every revision
+//! reaches the CMMS once and in order per work order through 503s, 429s, a 20 s outage
+//! and SIGKILLs of the bridge; a revision the CMMS refuses is a dead letter with its
+//! answer; a status changed in the CMMS comes back as a wo-event, and closes the work
+//! order in a live run.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::cmms::{FakeCmms, Faults, Flavor, SECRET};
+use support::kafka::*;
+
+const SECRET_VARIABLE: &str = "DEFECTFLOW_TEST_CMMS_SECRET";
+
+/// A valid work-order revision (the work-order schema's current version).
+fn revision(id: &str, revision: u32, asset: &str) -> Value {
+    let kind = if revision == 1 { "created" } else { "updated" };
+    json!({
+        "schema_version": "1.2.0", "work_order_id": id, "revision": revision, "revision_kind": kind,
+        "status": "open", "hold_reason": null, "work_type": "corrective", "due_at_ms": 1_795_700_339_856u64,
+        "asset_id": asset, "asset_name": "Conveyor 101 head pulley", "camera_id": "cam-pulley",
+        "track_id": format!("TR-{id}"), "defect_class": "crack",
+        "severity": {"score": 40.0 + f64::from(revision), "priority": "P2",
+                     "components": {"size": 5.0, "growth": 10.0 + f64::from(revision), "criticality": 25.0, "history": 0.0}},
+        "procedure": {"procedure_id": "PR-PUL-CRACK", "title": "Inspect and replace cracked pulley shell",
+                      "required_skill": "mechanical", "estimated_hours": 6.0, "steps": ["Lock out conveyor 101", "Replace the shell"]},
+        "parts": [{"part_id": "PUL-600-SHELL", "quantity": 1, "available": true}],
+        "technician_id": "T-ADA", "evidence": null,
+        "detected_at_ms": 1_795_441_139_856u64, "revised_at_ms": 1_795_441_139_856u64 + u64::from(revision) * 1000,
+        "reopens": null, "model_version": "fd043778fd0c", "shadow": false
+    })
+}
+
+/// `count` work orders of `revisions` revisions each on `topic` (ids `WO-<prefix>…`, the
+/// prefix a hex digit), a work order's revisions in one partition and in order.
+fn produce_work_orders(broker: &Broker, topic: &str, prefix: &str, count: usize, revisions: u32) -> Vec<String> {
+    let ids: Vec<String> = (0..count).map(|i| format!("WO-{prefix}{i:015x}")).collect();
+    let mut messages = Vec::new();
+    for r in 1..=revisions {
+        for (i, id) in ids.iter().enumerate() {
+            let value = revision(id, r, "CV-101-PUL").to_string();
+            messages.push(json!({"value": value, "key": id, "partition": i % 3}));
+        }
+    }
+    broker.produce(topic, &messages);
+    ids
+}
+
+fn bridge_config(dir: &Path, broker: &Broker, cmms: &FakeCmms, mapping: &str, topic: &str) -> PathBuf {
+    let path = dir.join(format!("bridge-{mapping}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\n[kafka.topics]\nwork_orders = \"{topic}\"\n\
+             [cmms]\nmapping = \"{mapping}\"\nurl = \"{}\"\nsecret_from_env = \"{SECRET_VARIABLE}\"\n\
+             state_dir = \"state-{mapping}\"\ngroup = \"bridge-{mapping}\"\nconcurrency = 8\nmax_backoff_s = 2\n\
+             timeout_s = 5\npoll_s = 0.5\npoll_lookback_s = 600\n\
+             [cmms.values]\nsiteid = \"BEDFORD\"\norgid = \"EAGLENA\"\nnotification_type = \"M2\"\n\
+             technical_object_type = \"EAMS_EQUI\"\nplanning_plant = \"1010\"\n",
+            broker.bootstrap, cmms.url
+        ),
+    )
+    .expect("config");
+    path
+}
+
+fn bridge(config: &Path, until_caught_up: bool) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_defectflow"));
+    command.args(["bridge", "--config", config.to_str().expect("utf-8")]).env(SECRET_VARIABLE, SECRET);
+    if until_caught_up {
+        command.arg("--until-caught-up");
+    }
+    command
+}
+
+fn start_bridge(config: &Path) -> Child {
+    bridge(config, false).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start the bridge")
+}
+
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn distinct(applied: &[(String, u32)]) -> usize {
+    applied.iter().collect::<std::collections::BTreeSet<_>>().len()
+}
+
+/// Each (work order, revision) applied once, a work order's revisions in order, and
+/// every one of `ids` up to `revisions`.
+fn once_and_in_order(applied: &[(String, u32)], ids: &[String], revisions: u32) {
+    let mut by_order: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (id, r) in applied {
+        by_order.entry(id.as_str()).or_default().push(*r);
+    }
+    for id in ids {
+        let got = by_order.get(id.as_str()).cloned().unwrap_or_default();
+        assert_eq!(got, (1..=revisions).collect::<Vec<_>>(), "{id}: revisions applied, in the order applied");
+    }
+}
+
+fn sigterm(child: &mut Child) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "the bridge stopped with {status}");
+}
+
+/// The wo-events on the topic: (work order, event, reason).
+fn wo_events(broker: &Broker) -> Vec<(String, String, Option<String>)> {
+    let messages = broker.messages("defectflow.wo-events");
+    // Headers, CloudEvents attributes and the wo-event schema, checked.
+    assert!(delivered(&messages).values().all(|n| *n == 1), "a wo-event twice: {messages:#?}");
+    messages
+        .iter()
+        .map(|m| {
+            let v: Value = serde_json::from_str(m["value"].as_str().expect("value")).expect("json");
+            let reason = v["reason"].as_str().map(str::to_owned);
+            (
+                v["work_order_id"].as_str().unwrap_or_default().to_owned(),
+                v["event"].as_str().unwrap_or_default().to_owned(),
+                reason,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn maximo_gets_every_revision_once_in_order_through_faults_an_outage_and_kills() {
+    let broker = Broker::start();
+    broker.create_topics(&["wo-maximo:3", "defectflow.wo-events:1", "defectflow.dead-letter:1"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let faults = Faults {
+        unavailable_every: Some(7),
+        limited_every: Some(13),
+        unknown_asset: Some("NO-SUCH".into()),
+        ..Faults::default()
+    };
+    let cmms = FakeCmms::start(Flavor::Maximo, faults);
+    let ids = produce_work_orders(&broker, "wo-maximo", "a", 40, 3);
+    let refused = "WO-bad0000000000001";
+    broker.produce("wo-maximo", &[json!({"value": revision(refused, 1, "NO-SUCH").to_string(), "partition": 0})]);
+    let config = bridge_config(dir.path(), &broker, &cmms, "maximo", "wo-maximo");
+
+    // Killed twice: once while it runs, once while the CMMS is down.
+    let mut run = start_bridge(&config);
+    wait_until("30 revisions applied", Duration::from_secs(60), || distinct(&cmms.applied()) >= 30);
+    run.kill().expect("SIGKILL");
+    run.wait().expect("reap");
+    let mut run = start_bridge(&config);
+    wait_until("70 revisions applied", Duration::from_secs(60), || distinct(&cmms.applied()) >= 70);
+    cmms.set_down(true);
+    let down = Instant::now();
+    std::thread::sleep(Duration::from_secs(8));
+    run.kill().expect("SIGKILL");
+    run.wait().expect("reap");
+    let mut run = start_bridge(&config);
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(down.elapsed()));
+    let during = cmms.applied().len();
+    cmms.set_down(false);
+    wait_until("all 120 revisions applied", Duration::from_secs(90), || distinct(&cmms.applied()) >= 120);
+    assert!(during < 120, "the outage came too late to matter");
+
+    // Statuses changed in Maximo come back as wo-events, each once.
+    cmms.set_status(&ids[0], "COMP");
+    cmms.set_status(&ids[1], "WMATL");
+    cmms.set_status(&ids[2], "INPRG");
+    cmms.set_status(&ids[3], "WSCH");
+    wait_until("3 wo-events", Duration::from_secs(30), || broker.messages("defectflow.wo-events").len() >= 3);
+    // CLOSE after COMP is the same event: not sent again.
+    cmms.set_status(&ids[0], "CLOSE");
+    std::thread::sleep(Duration::from_secs(3));
+    sigterm(&mut run);
+
+    let applied = cmms.applied();
+    once_and_in_order(&applied, &ids, 3);
+    assert_eq!(applied.len(), 120, "a revision applied twice: {applied:?}");
+    let mut events = wo_events(&broker);
+    events.sort();
+    let mut expected = vec![
+        (ids[0].clone(), "completed".to_owned(), None),
+        (ids[1].clone(), "on_hold".to_owned(), Some("waiting_for_parts".to_owned())),
+        (ids[2].clone(), "started".to_owned(), None),
+    ];
+    expected.sort();
+    assert_eq!(events, expected);
+
+    // The refused revision: a dead letter with Maximo's answer, never applied.
+    let letters = broker.messages("defectflow.dead-letter");
+    assert_eq!(delivered(&letters).len(), 1, "{letters:#?}");
+    let letter: Value = serde_json::from_str(letters[0]["value"].as_str().expect("value")).expect("json");
+    let reason = letter["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("HTTP 400") && reason.contains("asset is not valid"), "{letter}");
+    assert!(letter["payload"].as_str().is_some_and(|p| p.contains(refused)), "{letter}");
+    assert_eq!(letter["source"], "cmms:maximo");
+    assert!(applied.iter().all(|(id, _)| id != refused));
+
+    // Everything acknowledged was committed: a new bridge has nothing to send.
+    let writes = cmms.writes();
+    let output = bridge(&config, true).output().expect("bridge");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(cmms.writes(), writes, "a caught-up bridge wrote again");
+}
+
+#[test]
+fn sap_pm_maintainx_and_a_webhook_each_get_their_own_requests() {
+    let broker = Broker::start();
+    broker.create_topics(&["wo-sap:3", "wo-mx:3", "wo-hook:3", "defectflow.wo-events:1", "defectflow.dead-letter:1"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (flavor, mapping, topic, prefix, change) in [
+        (Flavor::SapPm, "sap-pm", "wo-sap", "b", Some(("4", "completed"))),
+        (Flavor::MaintainX, "maintainx", "wo-mx", "c", Some(("ON_HOLD", "on_hold"))),
+        (Flavor::Webhook, "webhook", "wo-hook", "d", None),
+    ] {
+        let cmms = FakeCmms::start(flavor, Faults { limited_every: Some(5), ..Faults::default() });
+        let ids = produce_work_orders(&broker, topic, prefix, 6, 2);
+        let config = bridge_config(dir.path(), &broker, &cmms, mapping, topic);
+        let mut run = start_bridge(&config);
+        wait_until(&format!("{mapping}: 12 revisions applied"), Duration::from_secs(60), || cmms.applied().len() >= 12);
+        once_and_in_order(&cmms.applied(), &ids, 2);
+        if let Some((status, event)) = change {
+            let before = wo_events(&broker).len();
+            cmms.set_status(&ids[4], status);
+            wait_until(&format!("{mapping}: a wo-event"), Duration::from_secs(30), || {
+                wo_events(&broker).len() > before
+            });
+            let events = wo_events(&broker);
+            assert_eq!(events.last().map(|(id, e, _)| (id.as_str(), e.as_str())), Some((ids[4].as_str(), event)));
+        }
+        sigterm(&mut run);
+        assert_eq!(cmms.applied().len(), 12, "{mapping}: {:?}", cmms.applied());
+        assert!(broker.messages("defectflow.dead-letter").is_empty(), "{mapping}: dead letters");
+    }
+}
+
+/// The loop closed: a live run's work order reaches Maximo; completed there, it comes
+/// back as a wo-event, the run closes the work order, and the closing revision reaches
+/// Maximo too.
+#[test]
+fn a_work_order_completed_in_the_cmms_is_closed_in_defectflow() {
+    let broker = Broker::start();
+    broker.create_topics(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run_config = live_pulley_config(dir.path(), 25, Some((&broker.bootstrap, "closed-loop")));
+    let cmms = FakeCmms::start(Flavor::Maximo, Faults::default());
+    let config = bridge_config(dir.path(), &broker, &cmms, "maximo", "defectflow.work-orders");
+    let mut pipeline = defectflow(&run_config, Some(&dir.path().join("out")), None)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run");
+    let mut run = start_bridge(&config);
+    wait_until("the work order in Maximo", Duration::from_secs(60), || !cmms.applied().is_empty());
+    let (id, _) = cmms.applied()[0].clone();
+    cmms.set_status(&id, "COMP");
+    let closed = |broker: &Broker| {
+        work_orders(&broker.messages("defectflow.work-orders"))
+            .into_iter()
+            .find(|w| w["work_order_id"] == id.as_str() && w["status"] == "completed")
+    };
+    wait_until("the run closed the work order", Duration::from_secs(60), || closed(&broker).is_some());
+    let closing = closed(&broker).expect("closing revision");
+    assert_eq!(closing["revision_kind"], "closed", "{closing}");
+    let closing_revision = closing["revision"].as_u64().expect("revision") as u32;
+    wait_until("the closing revision in Maximo", Duration::from_secs(30), || {
+        cmms.applied().contains(&(id.clone(), closing_revision))
+    });
+    assert!(pipeline.wait().expect("wait").success(), "the run failed");
+    sigterm(&mut run);
+    let events = wo_events(&broker);
+    assert_eq!(events, vec![(id.clone(), "completed".to_owned(), None)]);
+    // No revision of the work order twice, and in order.
+    let mine: Vec<u32> = cmms.applied().iter().filter(|(w, _)| *w == id).map(|(_, r)| *r).collect();
+    assert!(mine.windows(2).all(|w| w[0] < w[1]), "{mine:?}");
+}
