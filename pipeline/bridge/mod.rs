@@ -28,6 +28,7 @@ use crossbeam_channel::{Receiver, Sender};
 use defectflow_schemas::registry::{self, WORK_ORDER};
 use defectflow_schemas::{DeadLetter, WorkOrder};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
@@ -64,8 +65,8 @@ struct Job {
     raw: Value,
 }
 
-/// Runs the bridge until `stop` (or, with `until_caught_up`, until every revision that
-/// was on the topic at start is acknowledged and committed).
+/// Runs the bridge until `stop` (or, with `until_caught_up`, until it has read every
+/// partition to its end and every revision read is acknowledged and committed).
 pub fn run(config: &BridgeConfig, stop: Arc<AtomicBool>, until_caught_up: bool) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let cmms = &config.cmms;
@@ -212,8 +213,9 @@ struct Reader {
     /// The offset after the last one read.
     next: HashMap<i32, i64>,
     committed: HashMap<i32, i64>,
-    /// The partitions' ends when the bridge started.
-    ends: HashMap<i32, i64>,
+    /// Partitions read to their end (librdkafka's end-of-partition event: the high
+    /// watermark can lag the last record of a batch on some brokers).
+    at_end: BTreeSet<i32>,
     /// The message read last, until taken.
     message: Option<(i32, i64, Option<Vec<u8>>)>,
 }
@@ -228,18 +230,17 @@ impl Reader {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", &config.cmms.start)
+            .set("enable.partition.eof", "true")
             .create()
             .map_err(failed("creating the bridge's consumer"))?;
         let ids = partitions(&consumer, &topic)?;
         let committed: HashMap<i32, i64> = committed(&consumer, &topic)?.into_iter().collect();
         let mut assignment = TopicPartitionList::new();
-        let mut ends = HashMap::new();
         let mut next = HashMap::new();
         for &id in &ids {
             let (low, high) = consumer
                 .fetch_watermarks(&topic, id, REQUEST_TIMEOUT)
                 .map_err(failed(format!("reading {topic}/{id}")))?;
-            ends.insert(id, high);
             let from = match committed.get(&id) {
                 Some(&offset) => offset,
                 None if config.cmms.start == "latest" => high,
@@ -250,7 +251,7 @@ impl Reader {
         }
         consumer.assign(&assignment).map_err(failed(format!("assigning {topic}")))?;
         let committed = next.clone();
-        Ok(Reader { consumer, topic, pending: HashMap::new(), next, committed, ends, message: None })
+        Ok(Reader { consumer, topic, pending: HashMap::new(), next, committed, at_end: BTreeSet::new(), message: None })
     }
 
     /// The next message's (partition, offset), if one came.
@@ -260,8 +261,13 @@ impl Reader {
                 let (partition, offset) = (m.partition(), m.offset());
                 self.message = Some((partition, offset, m.payload().map(<[u8]>::to_vec)));
                 self.next.insert(partition, offset + 1);
+                self.at_end.remove(&partition);
                 self.pending.entry(partition).or_default().insert(offset);
                 Ok(Some((partition, offset)))
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                self.at_end.insert(partition);
+                Ok(None)
             }
             Some(Err(error)) => {
                 tracing::warn!(%error, "reading the work-order topic");
@@ -298,9 +304,9 @@ impl Reader {
         }
     }
 
-    /// Whether everything on the topic at start is done and committed.
+    /// Whether every partition was read to its end, and all of it is done and committed.
     fn caught_up(&self) -> bool {
-        self.ends.iter().all(|(p, end)| self.committed.get(p).is_some_and(|c| c >= end))
+        self.next.iter().all(|(p, next)| self.at_end.contains(p) && self.committed.get(p).is_some_and(|c| c >= next))
     }
 
     /// Syncs the journal, then commits, per partition, the first offset not yet done.
