@@ -98,30 +98,53 @@ impl BridgeConfig {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let mut config: BridgeConfig =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let cmms = &mut config.cmms;
-        if !cmms.state_dir.is_absolute() {
-            cmms.state_dir = base.join(&cmms.state_dir);
-        }
-        if let Some(file) = &mut cmms.secret_from_file
-            && !file.is_absolute()
-        {
-            *file = base.join(&*file);
-        }
-        let is_built_in = super::mapping::BUILT_IN.iter().any(|(name, _)| *name == cmms.mapping);
-        if !is_built_in && !Path::new(&cmms.mapping).is_absolute() {
-            cmms.mapping = base.join(&cmms.mapping).to_string_lossy().into_owned();
-        }
+        config.cmms.resolve(path.parent().unwrap_or(Path::new(".")));
         if let Err((field, problem)) = config.validate() {
             anyhow::bail!("{}: `{field}` {problem}", path.display());
         }
         Ok(config)
     }
 
-    /// Checks what serde cannot; returns the field at fault.
+    /// Checks what serde cannot, and that the credential can be read; returns the
+    /// field at fault.
     pub fn validate(&self) -> Result<(), (String, String)> {
         self.kafka.validate()?;
-        let c = &self.cmms;
+        self.cmms.validate()?;
+        self.cmms.secret().map(|_| ())
+    }
+
+    /// The mapping, with `[cmms.maps]` over its own maps.
+    pub fn mapping(&self) -> Result<Mapping, String> {
+        self.cmms.mapping()
+    }
+
+    /// The credential, from the environment or its file.
+    pub fn secret(&self) -> Result<Option<String>, (String, String)> {
+        self.cmms.secret()
+    }
+}
+
+impl CmmsConfig {
+    /// Makes the paths in the table relative to the config file's folder `base`.
+    pub fn resolve(&mut self, base: &Path) {
+        if !self.state_dir.is_absolute() {
+            self.state_dir = base.join(&self.state_dir);
+        }
+        if let Some(file) = &mut self.secret_from_file
+            && !file.is_absolute()
+        {
+            *file = base.join(&*file);
+        }
+        let is_built_in = super::mapping::BUILT_IN.iter().any(|(name, _)| *name == self.mapping);
+        if !is_built_in && !Path::new(&self.mapping).is_absolute() {
+            self.mapping = base.join(&self.mapping).to_string_lossy().into_owned();
+        }
+    }
+
+    /// Checks what serde cannot (not the credential: see [`CmmsConfig::secret`]);
+    /// returns the field at fault.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let c = self;
         let field = |name: &str| format!("cmms.{name}");
         if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
             return Err((field("url"), format!("`{}` is not an http:// or https:// URL", c.url)));
@@ -138,13 +161,13 @@ impl BridgeConfig {
         if !matches!(c.start.as_str(), "earliest" | "latest") {
             return Err((field("start"), format!("must be `earliest` or `latest`, not `{}`", c.start)));
         }
-        self.secret().map(|_| ())
+        Ok(())
     }
 
     /// The mapping, with `[cmms.maps]` over its own maps.
     pub fn mapping(&self) -> Result<Mapping, String> {
-        let mut mapping = Mapping::load(&self.cmms.mapping)?;
-        for (name, table) in &self.cmms.maps {
+        let mut mapping = Mapping::load(&self.mapping)?;
+        for (name, table) in &self.maps {
             mapping.maps.entry(name.clone()).or_default().extend(table.clone());
         }
         Ok(mapping)
@@ -152,17 +175,13 @@ impl BridgeConfig {
 
     /// The credential, from the environment or its file.
     pub fn secret(&self) -> Result<Option<String>, (String, String)> {
-        let c = &self.cmms;
-        if let Some(variable) = &c.secret_from_env {
+        if let Some(variable) = &self.secret_from_env {
             let value = std::env::var(variable).map_err(|_| {
-                (
-                    "cmms.secret_from_env".to_owned(),
-                    format!("names environment variable `{variable}`, which is not set"),
-                )
+                ("cmms.secret_from_env".to_owned(), format!("names environment variable `{variable}`, which is not set"))
             })?;
             return Ok(Some(value));
         }
-        if let Some(path) = &c.secret_from_file {
+        if let Some(path) = &self.secret_from_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| ("cmms.secret_from_file".to_owned(), format!("cannot read {}: {e}", path.display())))?;
             return Ok(Some(text.strip_suffix('\n').unwrap_or(&text).to_owned()));

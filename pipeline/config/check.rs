@@ -30,6 +30,11 @@ impl RunConfig {
                 problems.push((format!("cameras[{i}].url"), format!("{} is not a file", path.display())));
             }
         }
+        if let Some(cmms) = &self.cmms
+            && let Err(problem) = cmms.secret()
+        {
+            problems.push(problem);
+        }
         if let Some(model) = &self.model {
             let dir = model.resolved_dir();
             match ModelCard::load(&dir) {

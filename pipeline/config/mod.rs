@@ -51,6 +51,10 @@ pub struct RunConfig {
     /// Prometheus metrics and `/healthz`; absent: not served.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// The CMMS `defectflow bridge` writes to (the run itself does not read it): one
+    /// file can configure both.
+    #[serde(default)]
+    pub cmms: Option<crate::bridge::CmmsConfig>,
 }
 
 /// `[metrics]`: where the metrics are served.
@@ -308,6 +312,7 @@ impl RunConfig {
             output: OutputConfig::default(),
             kafka: None,
             metrics: None,
+            cmms: None,
         }
     }
 
@@ -349,6 +354,9 @@ impl RunConfig {
         config.plant.cmms_script = config.plant.cmms_script.map(|f| base.join(f));
         if let Some(kafka) = &mut config.kafka {
             kafka.secrets_from_file.values_mut().for_each(|f| *f = base.join(&*f));
+        }
+        if let Some(cmms) = &mut config.cmms {
+            cmms.resolve(base);
         }
         Ok(config)
     }
@@ -424,6 +432,12 @@ impl RunConfig {
             check(kafka.validate());
             if self.plant.reference.is_none() {
                 check(fault("kafka", "work orders need the plant: add `[plant] reference`".into()));
+            }
+        }
+        if let Some(cmms) = &self.cmms {
+            check(cmms.validate());
+            if self.kafka.is_none() {
+                check(fault("cmms", "the bridge reads the work-order topic: add `[kafka]`".into()));
             }
         }
         if self.cameras.is_empty() {

@@ -152,3 +152,22 @@ fn every_validated_field_is_named_when_it_is_wrong() {
     RunConfig::parse(camera, "t.toml").expect("the camera alone is valid");
     RunConfig::parse(&format!("{kafka}{camera}"), "t.toml").expect("kafka with a plant is valid");
 }
+
+#[test]
+fn the_bridge_table_rides_in_the_run_config_and_is_checked() {
+    let camera = "[[cameras]]\nid = \"c1\"\nurl = \"file:///tmp/a.mp4\"\n";
+    let cmms = "[cmms]\nmapping = \"maximo\"\nurl = \"https://maximo.example.com\"\nsecret_from_env = \"DEFECTFLOW_NO_SUCH_SECRET\"\n";
+    // Without [kafka] the bridge has nothing to read.
+    assert_eq!(field_of(&format!("{cmms}{camera}")), "cmms");
+    let bad = cmms.replace("https://maximo.example.com", "maximo.example.com");
+    assert_eq!(field_of(&format!("{bad}{camera}")), "cmms.url");
+    // The bridge's credential is the bridge's business: the run starts without it, and
+    // check-config names it.
+    let text = format!("[kafka]\nbrokers = \"127.0.0.1:9092\"\n{cmms}{camera}");
+    let config = RunConfig::parse_unchecked(&text, "dir/t.toml").expect("parses");
+    let problems = config.problems();
+    assert_eq!(problems.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(), vec!["kafka"], "{problems:?}");
+    let environment = config.environment_problems();
+    assert!(environment.iter().any(|(f, m)| f == "cmms.secret_from_env" && m.contains("DEFECTFLOW_NO_SUCH_SECRET")));
+    assert_eq!(config.cmms.map(|c| c.state_dir), Some(PathBuf::from("dir/bridge-state")));
+}
