@@ -208,6 +208,21 @@ fn maximo_gets_every_revision_once_in_order_through_faults_an_outage_and_kills()
     let output = bridge(&config, true).output().expect("bridge");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(cmms.writes(), writes, "a caught-up bridge wrote again");
+
+    // A bridge that lost its journal and its offsets (a new state folder and group)
+    // sends every revision again: Maximo's transactionid answers each as a duplicate,
+    // which counts as applied; nothing is applied twice.
+    let text = std::fs::read_to_string(&config).expect("config");
+    let lost =
+        text.replace("state_dir = \"state-maximo\"", "state_dir = \"lost\"").replace("bridge-maximo", "bridge-lost");
+    let lost_config = dir.path().join("lost.toml");
+    std::fs::write(&lost_config, lost).expect("config");
+    let output = bridge(&lost_config, true).output().expect("bridge");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: Value = serde_json::from_slice(&output.stdout).expect("summary");
+    assert_eq!((summary["applied"].as_u64(), summary["already_applied"].as_u64()), (Some(0), Some(120)), "{summary}");
+    assert_eq!(summary["refused"], 1, "{summary}");
+    assert_eq!(cmms.applied().len(), 120, "applied twice");
 }
 
 #[test]

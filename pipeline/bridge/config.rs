@@ -177,7 +177,10 @@ impl CmmsConfig {
     pub fn secret(&self) -> Result<Option<String>, (String, String)> {
         if let Some(variable) = &self.secret_from_env {
             let value = std::env::var(variable).map_err(|_| {
-                ("cmms.secret_from_env".to_owned(), format!("names environment variable `{variable}`, which is not set"))
+                (
+                    "cmms.secret_from_env".to_owned(),
+                    format!("names environment variable `{variable}`, which is not set"),
+                )
             })?;
             return Ok(Some(value));
         }
