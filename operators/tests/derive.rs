@@ -587,3 +587,75 @@ fn shifts_follow_the_plant_time_zone_across_the_spring_forward_night() {
     assert_eq!(assigned((Some(oslo), 0), BEFORE).as_deref(), Some("T-NIGHT"));
     assert_eq!(assigned((None, 60), AFTER).as_deref(), Some("T-NIGHT"), "the fixed offset's mistake");
 }
+
+/// A false positive keeps its camera, asset, class and spot from opening work orders:
+/// the same spot seen by new tracks opens nothing, before and after a restart (the
+/// closed work order restored), while another spot does; once the suppression expires
+/// (or a person lifts it with a wo-event) the spot opens a work order again.
+#[test]
+fn a_false_positive_suppresses_its_spot_across_tracks_and_a_restart_until_it_expires_or_is_lifted() {
+    use defectflow_operators::derive::{Ledger, LedgerInput, RestoredOrder};
+    let (asset, procedure, technician) = pump_plant();
+    let config = WorkOrderConfig { suppress_false_positive_hours: 1.0, ..WorkOrderConfig::default() };
+    let reference =
+        || vec![LedgerInput::Technician(technician.clone(), 1), LedgerInput::Procedure(procedure.clone(), 1)];
+    let event = |id: &str, kind: WoEventKind, at_ms: u64| {
+        LedgerInput::Event(WoEvent {
+            work_order_id: id.into(),
+            event: kind,
+            at_ms,
+            technician_id: None,
+            note: None,
+            reason: None,
+        })
+    };
+    let seen = |ledger: &mut Ledger, track_id: &str, at_s: u64, x: f32| {
+        let mut track = scored(400.0, at_s);
+        track.track_id = track_id.into();
+        track.bbox.x = x;
+        revisions_of(&ledger.step(T0 + at_s * 1000, vec![scored_input(track, &asset)]))
+    };
+
+    let mut first = Ledger::new(config.clone());
+    first.step(0, reference());
+    let [created] = seen(&mut first, "TR-1", 1, 0.0).try_into().expect("one work order");
+    let id = created.work_order_id.clone();
+    let [closed] = revisions_of(&first.step(T0 + 2000, vec![event(&id, WoEventKind::FalsePositive, T0 + 2000)]))
+        .try_into()
+        .expect("the closing revision");
+    assert_eq!(closed.status, WorkOrderStatus::FalsePositive);
+    assert_eq!(seen(&mut first, "TR-2", 60, 2.0), vec![], "the same spot, a new track: suppressed");
+    assert_eq!(seen(&mut first, "TR-far", 61, 300.0).len(), 1, "another spot opens its work order");
+
+    // After a restart the closed work order, restored, still suppresses its spot.
+    let restart = |config: &WorkOrderConfig| {
+        let mut ledger = Ledger::new(config.clone());
+        let mut start = reference();
+        start.push(LedgerInput::Restore(Box::new(RestoredOrder {
+            work_order: closed.clone(),
+            asset: asset.clone(),
+            measures: None,
+        })));
+        ledger.step(0, start);
+        ledger
+    };
+    let mut second = restart(&config);
+    assert_eq!(seen(&mut second, "TR-3", 600, 0.0), vec![], "suppressed after the restart");
+    // An hour after the false positive: expired, the spot opens a work order again.
+    let reopened = seen(&mut second, "TR-4", 3_700, 0.0);
+    assert_eq!(reopened.len(), 1, "{reopened:?}");
+    assert_ne!(reopened[0].work_order_id, id);
+
+    // Lifted by a person before it expires.
+    let mut third = restart(&config);
+    let lifted = third.step(T0 + 5000, vec![event(&id, WoEventKind::SuppressionLifted, T0 + 5000)]);
+    assert!(matches!(lifted.as_slice(), [LedgerOutput::Accepted(_)]), "{lifted:?}");
+    assert_eq!(seen(&mut third, "TR-5", 6, 0.0).len(), 1, "lifted: the spot opens a work order");
+    let again = third.step(T0 + 7000, vec![event(&id, WoEventKind::SuppressionLifted, T0 + 7000)]);
+    let [LedgerOutput::DeadLetter(letter)] = again.as_slice() else { panic!("{again:?}") };
+    assert!(letter.reason.contains("suppresses nothing"), "{letter:?}");
+
+    // Without a suppression time, only the false positive's own track stays quiet.
+    let mut untimed = restart(&WorkOrderConfig { suppress_false_positive_hours: 0.0, ..config });
+    assert_eq!(seen(&mut untimed, "TR-6", 600, 0.0).len(), 1);
+}

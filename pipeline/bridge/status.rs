@@ -185,7 +185,7 @@ fn implied_status(event: WoEventKind) -> Option<&'static str> {
         WoEventKind::FalsePositive => "false_positive",
         WoEventKind::OnHold => "on_hold",
         WoEventKind::Cancelled => "cancelled",
-        WoEventKind::Reassigned => return None,
+        WoEventKind::Reassigned | WoEventKind::SuppressionLifted => return None,
     })
 }
 

@@ -411,6 +411,13 @@ impl RunConfig {
                 ));
             }
         }
+        let suppress = self.work_orders.suppress_false_positive_hours;
+        if !(suppress >= 0.0 && suppress.is_finite()) {
+            check(fault(
+                "work_orders.suppress_false_positive_hours",
+                format!("must be a number of hours, 0 or more, got {suppress}"),
+            ));
+        }
         for (priority, hours) in &self.work_orders.due_hours {
             if !(*hours > 0.0 && hours.is_finite()) {
                 check(fault(

@@ -193,6 +193,9 @@ pub enum WoEventKind {
     Resumed,
     /// The CMMS called the work off.
     Cancelled,
+    /// On a false-positive work order: its camera, asset, class and spot may open work
+    /// orders again before the suppression expires (since 1.2.0 of the wo-event schema).
+    SuppressionLifted,
 }
 
 /// A CMMS status event for a work order.

@@ -1,5 +1,5 @@
 //! CMMS status events: acknowledge, start, reassign, hold and resume, complete, false
-//! positive, cancel.
+//! positive (which suppresses its spot for a while), cancel, lift a suppression.
 
 use super::*;
 
@@ -19,6 +19,19 @@ impl Ledger {
                 at_ms: time,
             }));
         };
+        if event.event == WoEventKind::SuppressionLifted {
+            let before = self.suppressions.len();
+            self.suppressions.retain(|s| s.work_order_id != event.work_order_id);
+            if self.suppressions.len() == before {
+                let id = &event.work_order_id;
+                return reject(
+                    format!("work order `{id}` suppresses nothing (not a false positive, or expired or lifted)"),
+                    out,
+                );
+            }
+            out.push(LedgerOutput::Accepted(event));
+            return;
+        }
         let Some(order) = self.orders.get_mut(&event.work_order_id) else {
             return reject(format!("unknown work order `{}`", event.work_order_id), out);
         };
@@ -65,6 +78,8 @@ impl Ledger {
             WoEventKind::Completed | WoEventKind::FalsePositive | WoEventKind::Cancelled => {
                 self.close(time, &event.work_order_id, event.event, out);
             }
+            // Handled above: an open work order suppresses nothing.
+            WoEventKind::SuppressionLifted => return,
         }
         touched.insert(event.work_order_id.clone());
         out.push(LedgerOutput::Accepted(event));
@@ -126,6 +141,12 @@ impl Ledger {
                 WorkOrderStatus::FalsePositive
             };
             self.tracks.entry(track.track_id.clone()).or_default().suppressed = true;
+            if kind == WoEventKind::FalsePositive
+                && let Some(order) = self.orders.remove(id)
+            {
+                self.suppress(&order, time);
+                self.orders.insert(id.to_owned(), order);
+            }
         }
     }
 }

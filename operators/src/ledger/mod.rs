@@ -44,6 +44,10 @@ pub struct WorkOrderConfig {
     pub due_hours: BTreeMap<Priority, f64>,
     /// How the work type follows from the defect (`[work_orders.work_types]`).
     pub work_types: WorkTypes,
+    /// Hours a false positive keeps its camera, asset, class and spot from opening work
+    /// orders (a person lifts it sooner with a `suppression_lifted` wo-event); 0: only
+    /// its own track, while it lasts.
+    pub suppress_false_positive_hours: f64,
 }
 
 impl Default for WorkOrderConfig {
@@ -56,6 +60,7 @@ impl Default for WorkOrderConfig {
             time_zone: None,
             due_hours: [(Priority::P1, 8.0), (Priority::P2, 72.0), (Priority::P3, 336.0), (Priority::P4, 720.0)].into(),
             work_types: WorkTypes::default(),
+            suppress_false_positive_hours: 168.0,
         }
     }
 }
@@ -292,6 +297,27 @@ impl Order {
     }
 }
 
+/// A spot a false positive keeps from opening work orders until `until_ms`.
+#[derive(Debug)]
+struct Suppression {
+    work_order_id: String,
+    camera_id: String,
+    asset_id: String,
+    class: DefectClass,
+    bbox: defectflow_schemas::BoundingBox,
+    until_ms: EpochMillis,
+}
+
+impl Suppression {
+    fn covers(&self, track: &defectflow_schemas::DefectTrack) -> bool {
+        track.last_seen_ms < self.until_ms
+            && track.camera_id == self.camera_id
+            && track.asset_id == self.asset_id
+            && track.class == self.class
+            && (self.bbox.overlaps_or_unknown(&track.bbox) || track.bbox.overlaps_or_unknown(&self.bbox))
+    }
+}
+
 #[derive(Debug, Default)]
 struct TrackEntry {
     work_order: Option<String>,
@@ -307,6 +333,8 @@ pub struct Ledger {
     pub stock: Stock,
     tracks: HashMap<String, TrackEntry>,
     orders: BTreeMap<String, Order>,
+    /// Spots closed as false positives (restored with their work orders after a restart).
+    suppressions: Vec<Suppression>,
     last_completed: HashMap<(String, DefectClass), String>,
     below_reorder: BTreeSet<String>,
     last_time: Option<EpochMillis>,
@@ -320,6 +348,7 @@ impl Ledger {
             stock: Stock::default(),
             tracks: HashMap::new(),
             orders: BTreeMap::new(),
+            suppressions: Vec::new(),
             last_completed: HashMap::new(),
             below_reorder: BTreeSet::new(),
             last_time: None,
@@ -447,6 +476,11 @@ impl Ledger {
                     touched.insert(order.work_order_id.clone());
                     return;
                 }
+                // A spot closed as a false positive opens nothing until it expires.
+                if let Some(s) = self.suppressions.iter().find(|s| s.covers(track)) {
+                    tracing::debug!(track = %track.track_id, false_positive = %s.work_order_id, "suppressed");
+                    return;
+                }
                 self.last_completed.get(&(track.asset_id.clone(), track.class)).cloned()
             }
         };
@@ -462,6 +496,25 @@ impl Ledger {
         touched.insert(work_order_id.clone());
         let opened_at = track.last_seen_ms;
         self.orders.insert(work_order_id.clone(), Order::new(work_order_id, scored, opened_at, reopens));
+    }
+
+    /// Keeps the spot of `order`, a false positive closed at `closed_at`, from opening
+    /// work orders for the configured time.
+    fn suppress(&mut self, order: &Order, closed_at: EpochMillis) {
+        let hours = self.config.suppress_false_positive_hours;
+        if hours <= 0.0 {
+            return;
+        }
+        let track = &order.scored.track;
+        self.suppressions.retain(|s| s.until_ms > closed_at);
+        self.suppressions.push(Suppression {
+            work_order_id: order.work_order_id.clone(),
+            camera_id: track.camera_id.clone(),
+            asset_id: track.asset_id.clone(),
+            class: track.class,
+            bbox: track.bbox,
+            until_ms: closed_at + (hours * 3_600_000.0).round() as EpochMillis,
+        });
     }
 
     /// Takes up a work order an earlier run published. An open one has its procedure and
@@ -483,6 +536,7 @@ impl Ledger {
         order.hold_reason = wo.hold_reason.clone();
         if !order.is_open() {
             let completed_at = (wo.status == WorkOrderStatus::Completed).then_some(wo.revised_at_ms);
+            let false_positive_at = (wo.status == WorkOrderStatus::FalsePositive).then_some(wo.revised_at_ms);
             order.completed_at = completed_at;
             order.published = Some(wo);
             let key = (order.scored.track.asset_id.clone(), order.scored.track.class);
@@ -495,8 +549,13 @@ impl Ledger {
                 if later {
                     self.last_completed.insert(key, id.clone());
                 }
-            } else if let Some(entry) = self.tracks.get_mut(&order.scored.track.track_id) {
-                entry.suppressed = true;
+            } else {
+                if let Some(entry) = self.tracks.get_mut(&order.scored.track.track_id) {
+                    entry.suppressed = true;
+                }
+                if let Some(closed_at) = false_positive_at {
+                    self.suppress(&order, closed_at);
+                }
             }
             self.orders.insert(id, order);
             return;
