@@ -1,6 +1,7 @@
 //! defectflow: camera frames in, maintenance work orders out. This crate assembles the
 //! pipeline: configuration, camera sources, the dataflow graph and synthetic footage.
 
+pub mod board;
 pub mod bridge;
 pub mod clock;
 pub mod cluster;

@@ -96,6 +96,8 @@ pub struct Metrics {
     pub audit_overfull: AtomicBool,
     /// Each camera's normal (commissioning and gating), once the model is loaded.
     pub gates: Mutex<Option<defectflow_operators::gating::CameraGates>>,
+    /// The work orders as they left: backlog, overdue, open hours, shortages, outcomes.
+    pub board: Mutex<crate::board::Board>,
 }
 
 /// A delivery taking longer than this is a broker away or overloaded: the sources
@@ -214,6 +216,7 @@ defectflow_ready {}
         self.render_cameras(&mut out);
         render_gates(self, &mut out);
         self.render_stages(&mut out);
+        self.board.lock().unwrap_or_else(|p| p.into_inner()).render(crate::clock::now_ms(), &mut out);
         out
     }
 

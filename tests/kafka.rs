@@ -198,6 +198,17 @@ fn metrics_and_health_are_served_while_it_runs() {
     assert!(sample(&body, "defectflow_detection_to_work_order_seconds_count").is_some_and(|n| n > 0.0), "{body}");
     assert!(sample(&body, "defectflow_work_orders_open").is_some_and(|n| n >= 1.0), "{body}");
     assert_eq!(sample(&body, "defectflow_kafka_delivery_errors_total"), Some(0.0), "{body}");
+    // The live board: the crack's work order in the backlog at its priority.
+    let backlog: f64 = ["P1", "P2", "P3", "P4"]
+        .iter()
+        .filter_map(|p| sample(&body, &format!("defectflow_backlog_work_orders{{priority=\"{p}\"}}")))
+        .sum();
+    assert!(backlog >= 1.0, "{body}");
+    // Every metric the shipped dashboard and alert rules query is served.
+    for queried in dashboard_and_alert_metrics() {
+        let family = ["_bucket", "_sum", "_count"].iter().fold(queried.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+        assert!(body.contains(&format!("# TYPE {family} ")), "{queried} is queried by deploy/ but not served:\n{body}");
+    }
     let (status, health) = http_get(port, "/healthz").expect("healthz");
     assert_eq!((status.as_str(), health.as_str()), ("HTTP/1.1 200 OK", "ok\n"));
     assert!(child.wait().expect("wait").success());
@@ -283,4 +294,32 @@ fn the_parts_a_completed_work_order_consumed_stay_consumed_after_a_restart() {
         assert_eq!(w["reopens"].as_str(), Some(id.as_str()), "{w}");
     }
     assert!(broker.messages("defectflow.dead-letter").is_empty(), "the completion was not read again");
+}
+
+/// The metric names the Grafana dashboard's and the Prometheus alert rules' expressions
+/// under deploy/ name.
+fn dashboard_and_alert_metrics() -> BTreeSet<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("deploy/grafana/defectflow.json")).expect("dashboard"))
+            .expect("the dashboard is JSON");
+    let mut expressions: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    let rules = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).expect("alert rules");
+    expressions.extend(rules.lines().filter_map(|l| l.trim().strip_prefix("expr:").map(str::to_owned)));
+    assert!(expressions.len() > 20, "{expressions:?}");
+    let mut names = BTreeSet::new();
+    for expression in expressions {
+        for (at, _) in expression.match_indices("defectflow_") {
+            let name: String =
+                expression[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            names.insert(name);
+        }
+    }
+    names
 }

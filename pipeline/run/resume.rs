@@ -21,6 +21,7 @@ pub(super) fn take_up(
     config: &RunConfig,
     reference: &PlantReference,
     replayed: &[StockMovement],
+    metrics: &crate::metrics::Metrics,
 ) {
     let live: HashSet<&str> = config.cameras.iter().filter(|c| c.start_ms.is_none()).map(|c| c.id.as_str()).collect();
     let latest = outputs.take_latest_orders().into_iter().filter(|o| live.contains(o.camera_id.as_str())).collect();
@@ -34,6 +35,11 @@ pub(super) fn take_up(
         );
     }
     replayed.iter().chain(&earlier.consumed).for_each(|m| plant.movements.insert(m.clone()));
+    // The open ones count on the live board again.
+    let mut board = metrics.board.lock().unwrap_or_else(|p| p.into_inner());
+    earlier.open.iter().for_each(|w| board.revise(w));
+    metrics.work_orders_open.store(board.open_count() as u64, std::sync::atomic::Ordering::Relaxed);
+    drop(board);
     // Their tracks go on from their latest snapshots in the audit log (area, size,
     // growth), which the work orders do not carry.
     let tracks: BTreeSet<String> = earlier.open.iter().map(|w| w.track_id.clone()).collect();

@@ -112,7 +112,7 @@ impl<'p> Worker<'p> {
             (&mut built.dataflow.plant, &process.reference, &mut built.outputs)
         {
             plant.load(reference, 0);
-            super::resume::take_up(plant, outputs, config, reference, &process.replayed);
+            super::resume::take_up(plant, outputs, config, reference, &process.replayed, &process.metrics);
         }
         if built.failure.is_none() {
             let thread = std::thread::current();

@@ -15,13 +15,11 @@ use crate::metrics::{Metrics, Stage};
 #[derive(Debug)]
 pub struct Outputs {
     sinks: Vec<Box<dyn Sink>>,
-    /// Work orders open as of their last revision.
-    open_orders: HashSet<String>,
 }
 
 impl Outputs {
     pub fn new(sinks: Vec<Box<dyn Sink>>) -> Outputs {
-        Outputs { sinks, open_orders: HashSet::new() }
+        Outputs { sinks }
     }
 
     /// Hands a closed batch to every sink, in order. Once the sinks the CMMS reads have
@@ -38,12 +36,12 @@ impl Outputs {
         let mut acknowledged = 0;
         for (i, sink) in self.sinks.iter_mut().enumerate() {
             if i == carriers {
-                left(batch.messages, acknowledged, metrics, &mut self.open_orders);
+                left(batch.messages, acknowledged, metrics);
             }
             acknowledged += sink.deliver(batch, metrics)?;
         }
         if carriers == self.sinks.len() {
-            left(batch.messages, acknowledged, metrics, &mut self.open_orders);
+            left(batch.messages, acknowledged, metrics);
         }
         Ok(())
     }
@@ -107,13 +105,15 @@ impl Outputs {
 }
 
 /// Metrics of messages leaving defectflow: latency from detection to a new work order,
-/// work orders open, dead letters, and then messages acknowledged.
-fn left(messages: &[(u64, Emitted)], acknowledged: u64, metrics: &Metrics, open_orders: &mut HashSet<String>) {
+/// the work orders' board (open, overdue, hours, outcomes), dead letters, and then
+/// messages acknowledged.
+fn left(messages: &[(u64, Emitted)], acknowledged: u64, metrics: &Metrics) {
     // Only the worker that delivers sees messages; the others must not reset the gauge.
     if messages.is_empty() {
         return;
     }
     let now = now_ms();
+    let mut board = metrics.board.lock().unwrap_or_else(|p| p.into_inner());
     for (_, message) in messages {
         match message {
             Emitted::WorkOrder(w) => {
@@ -128,12 +128,8 @@ fn left(messages: &[(u64, Emitted)], acknowledged: u64, metrics: &Metrics, open_
                     metrics.detection_to_work_order.observe(seconds);
                     metrics.new_work_order_latencies.lock().unwrap_or_else(|p| p.into_inner()).push(seconds);
                 }
-                // Closed ones go: a run may close thousands over the months.
-                if w.status.is_closed() {
-                    open_orders.remove(&w.work_order_id);
-                } else {
-                    open_orders.insert(w.work_order_id.clone());
-                }
+                // Closed ones leave the board (a run may close thousands over the months).
+                board.revise(w);
             }
             Emitted::DeadLetter(_) => {
                 metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
@@ -141,6 +137,7 @@ fn left(messages: &[(u64, Emitted)], acknowledged: u64, metrics: &Metrics, open_
             _ => {}
         }
     }
-    metrics.work_orders_open.store(open_orders.len() as u64, Ordering::Relaxed);
+    metrics.work_orders_open.store(board.open_count() as u64, Ordering::Relaxed);
+    drop(board);
     metrics.kafka_sent.fetch_add(acknowledged, Ordering::Relaxed);
 }
