@@ -1,5 +1,6 @@
 //! RTSP ingest from a real RTSP server on 127.0.0.1, killed and restarted mid-stream,
-//! by a camera decoding every frame and one decoding keyframes only.
+//! by a camera decoding every frame and one decoding keyframes only; and ONVIF discovery
+//! of a camera whose stream is that server's.
 
 mod support;
 
@@ -70,4 +71,159 @@ fn rtsp_camera_reconnects_after_its_server_restarts_while_another_camera_keeps_f
     // 15 frames before the server came back is that check.
     let outage = when("cam-synth").into_iter().filter(|t| *t > killed && *t < restarted).count();
     eprintln!("cam-synth: {outage} frames while cam-rtsp was away");
+}
+
+/// A local service answering as an ONVIF Profile S camera does (SOAP 1.2: GetCapabilities
+/// names the media service, GetProfiles two profiles, GetStreamUri their RTSP URIs),
+/// which refuses a request whose WS-Security UsernameToken digest does not check out.
+/// Its main profile streams from the real RTSP server on `rtsp_port`.
+fn onvif_camera(rtsp_port: u16, user: &'static str, password: &'static str) -> u16 {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let body = String::from_utf8_lossy(&body).into_owned();
+            let between = |open: &str, close: &str| {
+                body.split(open).nth(1).and_then(|r| r.split(close).next()).unwrap_or_default().to_owned()
+            };
+            let nonce = between("Base64Binary\">", "</wsse:Nonce>");
+            let created = between("<wsu:Created>", "</wsu:Created>");
+            let sent = between("#PasswordDigest\">", "</wsse:Password>");
+            let nonce = base64_decode(&nonce);
+            let authorised = between("<wsse:Username>", "</wsse:Username>") == user
+                && defectflow::tools::onvif::password_digest(&nonce, &created, password) == sent;
+            let answer = if !authorised {
+                (400, "<s:Fault><s:Code><s:Value>s:Sender</s:Value><s:Subcode><s:Value>ter:NotAuthorized</s:Value></s:Subcode></s:Code><s:Reason><s:Text xml:lang=\"en\">Sender not Authorized</s:Text></s:Reason></s:Fault>".to_owned())
+            } else if body.contains("GetCapabilities") {
+                (
+                    200,
+                    format!(
+                        "<tds:GetCapabilitiesResponse><tds:Capabilities><tt:Media><tt:XAddr>http://127.0.0.1:{port}/onvif/media_service</tt:XAddr></tt:Media></tds:Capabilities></tds:GetCapabilitiesResponse>"
+                    ),
+                )
+            } else if body.contains("GetProfiles") {
+                let profile = |token: &str, name: &str, w: u32, h: u32| {
+                    format!(
+                        "<trt:Profiles token=\"{token}\" fixed=\"true\"><tt:Name>{name}</tt:Name><tt:VideoEncoderConfiguration token=\"enc-{token}\"><tt:Encoding>H264</tt:Encoding><tt:Resolution><tt:Width>{w}</tt:Width><tt:Height>{h}</tt:Height></tt:Resolution></tt:VideoEncoderConfiguration></trt:Profiles>"
+                    )
+                };
+                (
+                    200,
+                    format!(
+                        "<trt:GetProfilesResponse>{}{}</trt:GetProfilesResponse>",
+                        profile("main", "Main stream", 1920, 1080),
+                        profile("sub", "Sub stream", 640, 360)
+                    ),
+                )
+            } else if body.contains("<trt:ProfileToken>main</trt:ProfileToken>") {
+                (
+                    200,
+                    format!(
+                        "<trt:GetStreamUriResponse><trt:MediaUri><tt:Uri>rtsp://127.0.0.1:{rtsp_port}/cam</tt:Uri><tt:Timeout>PT0S</tt:Timeout></trt:MediaUri></trt:GetStreamUriResponse>"
+                    ),
+                )
+            } else {
+                (200, "<trt:GetStreamUriResponse><trt:MediaUri><tt:Uri>rtsp://127.0.0.1:1/sub?a=1&amp;b=2</tt:Uri></trt:MediaUri></trt:GetStreamUriResponse>".to_owned())
+            };
+            let envelope = format!(
+                "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\" xmlns:tt=\"http://www.onvif.org/ver10/schema\" xmlns:tds=\"http://www.onvif.org/ver10/device/wsdl\" xmlns:trt=\"http://www.onvif.org/ver10/media/wsdl\"><s:Body>{}</s:Body></s:Envelope>",
+                answer.1
+            );
+            let mut stream = stream;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {} X\r\nContent-Type: application/soap+xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{envelope}",
+                answer.0,
+                envelope.len()
+            );
+        }
+    });
+    port
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let values: Vec<u32> = text
+        .bytes()
+        .filter(|b| *b != b'=')
+        .filter_map(|b| ALPHABET.iter().position(|a| *a == b))
+        .map(|v| v as u32)
+        .collect();
+    let mut out = Vec::new();
+    for chunk in values.chunks(4) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, v)| n | v << (18 - 6 * i));
+        for i in 0..chunk.len().saturating_sub(1) {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
+
+/// `defectflow discover --onvif` against the local ONVIF service: with the right
+/// credentials it prints a `[[cameras]]` entry per profile (credentials by environment
+/// variable, never the secret), and the main profile's entry, pasted into a config,
+/// streams from the real RTSP server; with a wrong password it fails saying so.
+#[test]
+fn onvif_discovery_prints_camera_entries_that_stream() {
+    let rtsp = free_port();
+    let _server = RtspServer::start(rtsp);
+    let onvif = onvif_camera(rtsp, "viewer", "s3cret");
+    let discover = |password: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_defectflow"))
+            .args(["discover", "--onvif", &format!("http://127.0.0.1:{onvif}/onvif/device_service")])
+            .env("ONVIF_USERNAME", "viewer")
+            .env("ONVIF_PASSWORD", password)
+            .output()
+            .expect("discover")
+    };
+    let refused = discover("wrong");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("GetCapabilities") && stderr.contains("refused the credentials"), "{stderr}");
+
+    let found = discover("s3cret");
+    let entries = String::from_utf8_lossy(&found.stdout).into_owned();
+    assert!(found.status.success(), "{}", String::from_utf8_lossy(&found.stderr));
+    assert!(!entries.contains("s3cret"), "the secret is printed:\n{entries}");
+    let config: toml::Value = toml::from_str(&entries).expect("the entries are TOML");
+    let cameras = config["cameras"].as_array().expect("cameras");
+    assert_eq!(cameras.len(), 2, "{entries}");
+    assert_eq!(cameras[0]["id"].as_str(), Some("cam-127.0.0.1-main"));
+    assert_eq!(cameras[0]["url"].as_str(), Some(format!("rtsp://127.0.0.1:{rtsp}/cam").as_str()));
+    assert_eq!(cameras[0]["credentials"]["password_env"].as_str(), Some("ONVIF_PASSWORD"));
+    assert_eq!(cameras[1]["url"].as_str(), Some("rtsp://127.0.0.1:1/sub?a=1&b=2"), "entities unescaped");
+    assert!(entries.contains("# Main stream (H264, 1920x1080)"), "{entries}");
+
+    // The main profile's entry as pasted into a config, its credentials from the environment.
+    let main = entries.split("\n\n").next().expect("first entry");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("discovered.toml");
+    std::fs::write(&config, main).expect("config");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_defectflow"))
+        .args(["run", "--json", "--duration-s", "5", "--config"])
+        .arg(&config)
+        .env("ONVIF_USERNAME", "viewer")
+        .env("ONVIF_PASSWORD", "s3cret")
+        .output()
+        .expect("run");
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).expect("the JSON report");
+    assert_eq!(report["cameras"][0]["camera_id"], "cam-127.0.0.1-main");
+    assert!(report["cameras"][0]["frames"].as_u64().is_some_and(|n| n >= 10), "{report}");
 }

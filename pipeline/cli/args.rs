@@ -53,6 +53,25 @@ pub enum Command {
     /// Pushes each work-order revision into a CMMS over its REST API (Maximo, SAP PM,
     /// MaintainX, a webhook) and turns the CMMS's status changes into wo-events.
     Bridge(BridgeArgs),
+    /// Asks an ONVIF camera (Profile S) for its media profiles and stream URIs and prints
+    /// ready-to-paste `[[cameras]]` entries.
+    Discover(DiscoverArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiscoverArgs {
+    /// The camera's ONVIF device service (`http://10.1.4.20/onvif/device_service`).
+    #[arg(long)]
+    pub onvif: String,
+    /// Environment variable holding the ONVIF user name (the entries name it for RTSP too).
+    #[arg(long, default_value = "ONVIF_USERNAME")]
+    pub username_env: String,
+    /// Environment variable holding the password; neither set: no credentials are sent.
+    #[arg(long, default_value = "ONVIF_PASSWORD")]
+    pub password_env: String,
+    /// Camera ids start with this (then the profile's token); absent: the camera's host.
+    #[arg(long)]
+    pub prefix: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -84,6 +84,7 @@ fn run_cli() -> anyhow::Result<()> {
         Command::Bench(args) => tools::bench(args),
         Command::Audit(command) => tools::audit(command),
         Command::Bridge(args) => bridge(args),
+        Command::Discover(args) => tools::discover(args),
     }
 }
 

@@ -12,7 +12,8 @@ use defectflow_models::synth::PlantOptions;
 use defectflow_schemas::Emitted;
 
 use crate::args::{
-    AuditCommand, BenchArgs, CommissionArgs, EvalArgs, ReplayArgs, ReportArgs, SynthArgs, SynthFormat, TrainArgs,
+    AuditCommand, BenchArgs, CommissionArgs, DiscoverArgs, EvalArgs, ReplayArgs, ReportArgs, SynthArgs, SynthFormat,
+    TrainArgs,
 };
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -265,5 +266,33 @@ fn write_audit(
     audit.write_assignments(&assignments)?;
     audit.write_wo_events(events)?;
     audit.write_alerts(&alerts)?;
+    Ok(())
+}
+
+/// `defectflow discover --onvif URL`: the camera's profiles as `[[cameras]]` entries.
+pub fn discover(args: DiscoverArgs) -> anyhow::Result<()> {
+    use defectflow::tools::onvif;
+    let username = std::env::var(&args.username_env).ok();
+    let password = std::env::var(&args.password_env).ok();
+    let login = match (username, password) {
+        (Some(username), Some(password)) => Some(onvif::Login {
+            username,
+            password,
+            username_env: args.username_env.clone(),
+            password_env: args.password_env.clone(),
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            anyhow::bail!("{} is set but {} is not: set both, or neither", args.username_env, args.password_env)
+        }
+        (None, Some(_)) => {
+            anyhow::bail!("{} is set but {} is not: set both, or neither", args.password_env, args.username_env)
+        }
+    };
+    let profiles = onvif::discover(&args.onvif, login.as_ref())?;
+    anyhow::ensure!(!profiles.is_empty(), "the camera at {} has no media profiles", args.onvif);
+    let host = args.onvif.split("://").nth(1).unwrap_or(&args.onvif).split(['/', ':']).next().unwrap_or("camera");
+    let prefix = args.prefix.clone().unwrap_or_else(|| format!("cam-{host}"));
+    print!("{}", onvif::camera_entries(&prefix, &profiles, login.as_ref()));
     Ok(())
 }

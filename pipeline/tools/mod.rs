@@ -1,6 +1,6 @@
 //! The tools beside the runtime: the end-to-end bench, the audit-log report, the
 //! model's data, training and evaluation, unseen-style footage and its evaluation, the
-//! fuzz targets' bodies and the work-order scenarios. The runtime never imports from
+//! fuzz targets' bodies, the work-order scenarios and ONVIF camera discovery. The runtime never imports from
 //! here; what the tools share is in [`stats`].
 
 pub mod bench;
@@ -8,6 +8,7 @@ pub mod footage;
 pub mod footage_eval;
 pub mod fuzzing;
 pub mod modelling;
+pub mod onvif;
 pub mod progress;
 pub mod report;
 pub mod scenario;
