@@ -193,7 +193,8 @@ fn maximo_gets_every_revision_once_in_order_through_faults_an_outage_and_kills()
     expected.sort();
     assert_eq!(events, expected);
 
-    // The refused revision: a dead letter with Maximo's answer, never applied.
+    // The refused revision: a dead letter with Maximo's answer, never applied (sent again
+    // if the bridge was killed before committing past it: the same idempotency key).
     let letters = broker.messages("defectflow.dead-letter");
     assert_eq!(delivered(&letters).len(), 1, "{letters:#?}");
     let letter: Value = serde_json::from_str(letters[0]["value"].as_str().expect("value")).expect("json");

@@ -191,6 +191,12 @@ impl Mapping {
                 strings(body, &mut templates);
             }
         }
+        if let Some(token) = &self.token {
+            templates.push(&token.path);
+            templates.extend(token.headers.values().map(String::as_str));
+        }
+        templates.extend(self.lookup.iter().map(|l| l.path.as_str()));
+        templates.extend(self.poll.iter().map(|p| p.path.as_str()));
         for template in templates {
             for (_, filters) in placeholders(template) {
                 for filter in filters {

@@ -188,11 +188,13 @@ fn work(
         match pusher.push(&job.order, &job.raw) {
             Outcome::Applied | Outcome::AlreadyApplied => {}
             Outcome::Refused(reason) => {
+                // Timed by the revision: a letter sent again after a restart has the same
+                // idempotency key (`ce_id`), so a consumer can tell the repeat.
                 let letter = DeadLetter {
                     source: format!("cmms:{}", pusher.client.mapping.name),
                     payload: job.raw.to_string(),
                     reason,
-                    at_ms: now_ms(),
+                    at_ms: job.order.revised_at_ms,
                 };
                 if !publisher.send_until_delivered(&letter, topics, &pusher.stop) {
                     continue;

@@ -262,7 +262,20 @@ fn handle(flavor: Flavor, state: &Mutex<State>, request: &Request, url: &str) ->
         }
     }
     match flavor {
-        Flavor::Maximo => maximo(&mut state, request, url),
+        Flavor::Maximo => {
+            // Maximo keeps the transactionid of a request it carried out: a repeat is a 409.
+            let key = request.headers.get("transactionid").filter(|_| write).cloned();
+            if key.as_ref().is_some_and(|k| state.keys.contains(k)) {
+                return answer(409, json!({"Error": {"statusCode": "409", "message": "duplicate transaction"}}));
+            }
+            let response = maximo(&mut state, request, url);
+            if response.status < 300
+                && let Some(key) = key
+            {
+                state.keys.insert(key);
+            }
+            response
+        }
         Flavor::SapPm => sap(&mut state, request),
         Flavor::MaintainX => maintainx(&mut state, request),
         Flavor::Webhook => webhook(&mut state, request),
@@ -308,11 +321,6 @@ fn maximo(state: &mut State, request: &Request, url: &str) -> Response {
     }
     let base = "/maximo/oslc/os/mxwo";
     if request.method == "POST" {
-        if let Some(key) = request.headers.get("transactionid")
-            && !state.keys.insert(key.clone())
-        {
-            return answer(409, json!({"Error": {"statusCode": "409", "message": "duplicate transaction"}}));
-        }
         let body = &request.body;
         if request.path == base {
             let missing = ["siteid", "description", "externalrefid", "assetnum", "worktype", "wopriority"]
