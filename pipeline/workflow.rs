@@ -223,10 +223,12 @@ pub fn build_on<'scope>(
 
     let restored_tracks = restored.clone().flat_map(|order| order.is_open().then(|| order.track()));
     let tracks = observations.track_with_evidence(cameras, restored_tracks, config.track, evidence, route);
+    // The ledger scores a track again once a repair it saw completed counts as a failure.
+    let work_orders = WorkOrderConfig { severity: config.severity.clone(), ..config.work_orders };
     let scored = tracks.clone().severity(assets, failures, config.severity);
     let streams = scored.work_orders(
         LedgerInputs { events, technicians, procedures, inventory, movements: movements.clone(), restored },
-        config.work_orders,
+        work_orders,
     );
     let workload = streams.open_assignments().workload();
     let consumed = differential_dataflow::AsCollection::as_collection(streams.consumed().map(|m| {

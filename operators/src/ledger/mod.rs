@@ -48,6 +48,10 @@ pub struct WorkOrderConfig {
     /// orders (a person lifts it sooner with a `suppression_lifted` wo-event); 0: only
     /// its own track, while it lasts.
     pub suppress_false_positive_hours: f64,
+    /// How tracks are scored (`[severity]`): the ledger scores a track again once a
+    /// repair it saw completed counts in its asset's history.
+    #[serde(skip)]
+    pub severity: crate::severity::SeverityConfig,
 }
 
 impl Default for WorkOrderConfig {
@@ -61,6 +65,7 @@ impl Default for WorkOrderConfig {
             due_hours: [(Priority::P1, 8.0), (Priority::P2, 72.0), (Priority::P3, 336.0), (Priority::P4, 720.0)].into(),
             work_types: WorkTypes::default(),
             suppress_false_positive_hours: 168.0,
+            severity: crate::severity::SeverityConfig::default(),
         }
     }
 }
@@ -335,6 +340,10 @@ pub struct Ledger {
     orders: BTreeMap<String, Order>,
     /// Spots closed as false positives (restored with their work orders after a restart).
     suppressions: Vec<Suppression>,
+    /// Per asset, when the defects of the repairs completed since the start were first
+    /// seen (restored completed work orders included): failures the reference's history
+    /// does not hold yet.
+    repairs: HashMap<String, Vec<EpochMillis>>,
     last_completed: HashMap<(String, DefectClass), String>,
     below_reorder: BTreeSet<String>,
     last_time: Option<EpochMillis>,
@@ -349,6 +358,7 @@ impl Ledger {
             tracks: HashMap::new(),
             orders: BTreeMap::new(),
             suppressions: Vec::new(),
+            repairs: HashMap::new(),
             last_completed: HashMap::new(),
             below_reorder: BTreeSet::new(),
             last_time: None,
@@ -431,8 +441,23 @@ impl Ledger {
             .collect()
     }
 
+    /// The track's score with the repairs this ledger saw completed on its asset (within
+    /// the history window, before the track was last seen) added to its failures.
+    fn with_repairs(&self, mut scored: ScoredTrack) -> ScoredTrack {
+        let Some(repairs) = self.repairs.get(&scored.track.asset_id) else { return scored };
+        let last_seen = scored.track.last_seen_ms;
+        let from = last_seen.saturating_sub(self.config.severity.history_window_days * 86_400_000);
+        let extra = repairs.iter().filter(|at| **at >= from && **at <= last_seen).count() as u32;
+        if extra > 0 {
+            scored.recent_failures += extra;
+            scored.severity = self.config.severity.score(&scored.track, &scored.asset, scored.recent_failures);
+        }
+        scored
+    }
+
     fn apply_track(&mut self, scored: ScoredTrack, touched: &mut BTreeSet<String>) {
         use defectflow_schemas::TrackState;
+        let scored = self.with_repairs(scored);
         let track = &scored.track;
         let entry = self.tracks.entry(track.track_id.clone()).or_default();
         if entry.suppressed {
@@ -541,6 +566,11 @@ impl Ledger {
             order.published = Some(wo);
             let key = (order.scored.track.asset_id.clone(), order.scored.track.class);
             if completed_at.is_some() {
+                // Its repair counts in the asset's failure history again.
+                let work_type = self.config.work_types.of(order.scored.track.class, order.scored.severity.priority);
+                if matches!(work_type, WorkType::Corrective | WorkType::Emergency) {
+                    self.repairs.entry(order.scored.track.asset_id.clone()).or_default().push(order.opened_at);
+                }
                 // The latest completion of the asset's defect class is the one reopened.
                 let later =
                     self.last_completed.get(&key).and_then(|other| self.orders.get(other)).is_none_or(|other| {
