@@ -303,8 +303,8 @@ fn json_number(n: f64) -> Value {
     }
 }
 
-/// Standard base64 with padding (RFC 4648), for basic authentication.
-fn base64(bytes: &[u8]) -> String {
+/// Standard base64 with padding (RFC 4648): basic authentication, WS-Security digests.
+pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use sha1::{Digest, Sha1};
 
+use crate::bridge::mapping::base64;
+
 const DEVICE_NS: &str = "http://www.onvif.org/ver10/device/wsdl";
 const MEDIA_NS: &str = "http://www.onvif.org/ver10/media/wsdl";
 
@@ -195,18 +197,6 @@ fn nonce() -> Vec<u8> {
     sha.update(std::process::id().to_le_bytes());
     sha.update(n.to_le_bytes());
     sha.finalize()[..16].to_vec()
-}
-
-pub fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            out.push(if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
-        }
-    }
-    out
 }
 
 fn escape(text: &str) -> String {
