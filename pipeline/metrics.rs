@@ -73,8 +73,6 @@ pub struct Metrics {
     pub evidence_frames_dropped: AtomicU64,
     /// Frames with detections held now for evidence, over all cameras of the process.
     pub evidence_frames_held: AtomicU64,
-    /// Work orders not closed, as of the last revision of each.
-    pub work_orders_open: AtomicU64,
     /// Cleared when a sink fails: `/healthz` answers 503.
     pub healthy: AtomicBool,
     /// Set once every worker of the process is up (the model loaded, the sinks open,
@@ -297,7 +295,7 @@ defectflow_ready {}
         out.push_str(&format!(
             "# HELP defectflow_work_orders_open Work orders not closed.\n# TYPE defectflow_work_orders_open gauge\n\
              defectflow_work_orders_open {}\n",
-            self.work_orders_open.load(Ordering::Relaxed)
+            self.board.lock().unwrap_or_else(|p| p.into_inner()).open_count()
         ));
         let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));

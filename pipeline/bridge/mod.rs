@@ -31,7 +31,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use config::{BridgeConfig, CmmsConfig};
@@ -295,8 +295,8 @@ impl Reader {
         let mut raw: Value = serde_json::from_slice(&payload)
             .map_err(|e| letter(&payload, format!("not a work-order revision (JSON): {e}")))?;
         registry::drop_unknown_fields(WORK_ORDER.parsed(), &mut raw);
-        let order: WorkOrder = serde_json::from_value(raw.clone())
-            .map_err(|e| letter(&payload, format!("not a work-order revision: {e}")))?;
+        let order =
+            WorkOrder::deserialize(&raw).map_err(|e| letter(&payload, format!("not a work-order revision: {e}")))?;
         Ok(Job { partition, offset, order, raw })
     }
 

@@ -38,7 +38,6 @@ pub(super) fn take_up(
     // The open ones count on the live board again.
     let mut board = metrics.board.lock().unwrap_or_else(|p| p.into_inner());
     earlier.open.iter().for_each(|w| board.revise(w));
-    metrics.work_orders_open.store(board.open_count() as u64, std::sync::atomic::Ordering::Relaxed);
     drop(board);
     // Their tracks go on from their latest snapshots in the audit log (area, size,
     // growth), which the work orders do not carry.

@@ -137,7 +137,6 @@ fn left(messages: &[(u64, Emitted)], acknowledged: u64, metrics: &Metrics) {
             _ => {}
         }
     }
-    metrics.work_orders_open.store(board.open_count() as u64, Ordering::Relaxed);
     drop(board);
     metrics.kafka_sent.fetch_add(acknowledged, Ordering::Relaxed);
 }

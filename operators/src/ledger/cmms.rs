@@ -122,10 +122,7 @@ impl Ledger {
             order.status = WorkOrderStatus::Completed;
             order.completed_at = Some(time);
             // A repair: its asset's next scores count it as a failure (see `with_repairs`).
-            let work_type = self.config.work_types.of(track.class, order.scored.severity.priority);
-            if matches!(work_type, WorkType::Corrective | WorkType::Emergency) {
-                self.repairs.entry(track.asset_id.clone()).or_default().push(track.first_seen_ms);
-            }
+            record_repair(&mut self.repairs, &self.config, &order.scored, track.first_seen_ms);
             self.last_completed.insert((track.asset_id.clone(), track.class), id.to_owned());
             for part in order.procedure.iter().flat_map(|p| &p.parts) {
                 let movement = StockMovement {

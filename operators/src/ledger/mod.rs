@@ -567,10 +567,7 @@ impl Ledger {
             let key = (order.scored.track.asset_id.clone(), order.scored.track.class);
             if completed_at.is_some() {
                 // Its repair counts in the asset's failure history again.
-                let work_type = self.config.work_types.of(order.scored.track.class, order.scored.severity.priority);
-                if matches!(work_type, WorkType::Corrective | WorkType::Emergency) {
-                    self.repairs.entry(order.scored.track.asset_id.clone()).or_default().push(order.opened_at);
-                }
+                record_repair(&mut self.repairs, &self.config, &order.scored, order.opened_at);
                 // The latest completion of the asset's defect class is the one reopened.
                 let later =
                     self.last_completed.get(&key).and_then(|other| self.orders.get(other)).is_none_or(|other| {
@@ -601,5 +598,19 @@ impl Ledger {
         if let Some(order) = self.orders.get_mut(&id) {
             order.published = Some(wo);
         }
+    }
+}
+
+/// Counts a completed repair (corrective or emergency work; inspections and predictive
+/// work are not failures) in its asset's history, its defect first seen at `seen_ms`.
+fn record_repair(
+    repairs: &mut HashMap<String, Vec<EpochMillis>>,
+    config: &WorkOrderConfig,
+    scored: &ScoredTrack,
+    seen_ms: EpochMillis,
+) {
+    let work_type = config.work_types.of(scored.track.class, scored.severity.priority);
+    if matches!(work_type, WorkType::Corrective | WorkType::Emergency) {
+        repairs.entry(scored.track.asset_id.clone()).or_default().push(seen_ms);
     }
 }
