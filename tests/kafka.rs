@@ -65,6 +65,66 @@ fn each_revision_reaches_the_topic_once_across_crashes_and_replays() {
     same_as_uncrashed(&run_outputs(&broker, "defectflow.", &out), &uncrashed_run(&broker, dir.path(), &config));
 }
 
+/// A run that crashed between sending a batch and recording it left messages after its
+/// last record; the next run's first record closes a shorter time than that batch did.
+/// A third start still knows every message was delivered (and the run that sends past
+/// them records offsets past them): nothing goes out twice. The crash is a copy of the
+/// earlier record sent after the batch's own, which is what the restart then reads.
+#[test]
+fn messages_sent_ahead_of_a_record_stay_known_after_a_shorter_record() {
+    use defectflow::sinks::Sink;
+    use defectflow::sinks::kafka::KafkaSink;
+    use defectflow_schemas::{DeadLetter, Emitted};
+
+    let broker = Broker::start();
+    broker.create_topics(&TOPICS);
+    let config: defectflow::kafka::KafkaConfig =
+        toml::from_str(&format!("brokers = \"{}\"\nsink_id = \"ahead\"\n", broker.bootstrap)).expect("config");
+    let letter = |at_ms: u64| {
+        Emitted::DeadLetter(DeadLetter {
+            source: "inventory".into(),
+            payload: format!("#{at_ms}"),
+            reason: "test".into(),
+            at_ms,
+        })
+    };
+    let start = || KafkaSink::start(&config).unwrap_or_else(|e| panic!("{e}"));
+
+    let mut first = start();
+    first.deliver(4, &[(2, letter(2))]).expect("deliver");
+    let record = broker.messages("defectflow.progress").last().expect("a progress record")["value"].clone();
+    first.deliver(10, &[(8, letter(8))]).expect("deliver");
+    drop(first);
+    broker.produce("defectflow.progress", &[serde_json::json!({"key": "ahead", "value": record})]);
+
+    let mut second = start();
+    second.deliver(6, &[(2, letter(2)), (5, letter(5))]).expect("deliver");
+    assert_eq!(second.sent, 1, "only the new letter went out");
+    drop(second);
+
+    let mut third = start();
+    for (time, message) in [(2, letter(2)), (5, letter(5)), (8, letter(8))] {
+        assert_eq!(third.delivered_earlier(time, &message), Some(true), "the letter of time {time} is known");
+    }
+    third.deliver(12, &[(2, letter(2)), (5, letter(5)), (8, letter(8)), (11, letter(11))]).expect("deliver");
+    assert_eq!(third.sent, 1, "only the letter of time 11 went out");
+    drop(third);
+
+    let sent: Vec<String> = broker
+        .messages("defectflow.dead-letter")
+        .iter()
+        .map(|m| m["headers"]["defectflow-time"].as_str().expect("the dataflow time").to_owned())
+        .collect();
+    assert_eq!(sent, ["2", "8", "5", "11"], "each letter once, in the order sent");
+    // The third run's record covers all four: a restart reads nothing after it.
+    let last: Value = serde_json::from_str(
+        broker.messages("defectflow.progress").last().expect("a progress record")["value"].as_str().expect("text"),
+    )
+    .expect("json");
+    assert_eq!(last["closed_before"], 12, "{last}");
+    assert_eq!(last["offsets"]["defectflow.dead-letter"]["0"], 4, "{last}");
+}
+
 #[test]
 fn transactions_and_a_broker_outage_lose_and_duplicate_nothing() {
     let Plant { broker, dir, truth, config } = plant("transactional = true\n");

@@ -54,7 +54,7 @@ impl Publisher {
 
     /// Sends `message` and waits until the broker has it.
     pub fn send(&self, message: &Outgoing) -> Result<(), String> {
-        let headers = message.headers(&self.sink_id);
+        let headers = message.headers(&self.sink_id, None);
         let mut record = BaseRecord::to(&message.topic)
             .key(&message.key)
             .payload(&message.payload)

@@ -79,11 +79,18 @@ pub fn run_outputs(broker: &Broker, prefix: &str, out: &Path) -> RunOutputs {
         let text = |m: &Value| format!("{} {}", m["key"], m["value"].as_str().expect("a text payload"));
         let idempotency_key = |m: &Value| m["headers"]["idempotency-key"].as_str().expect("idempotency key").to_owned();
         let mut payloads = BTreeMap::new();
+        let mut offsets = BTreeMap::new();
         for m in dumped[topic]["committed"].as_array().expect("committed messages") {
             let key = idempotency_key(m);
+            let at = format!("partition {} offset {}", m["partition"], m["offset"]);
             if let Some(earlier) = payloads.insert(key.clone(), text(m)) {
-                panic!("{topic}: {key} delivered twice (first {earlier})");
+                panic!(
+                    "{topic}: {key} delivered twice, at {} and at {at} (first {earlier}, then {})",
+                    offsets[&key],
+                    text(m)
+                );
             }
+            offsets.insert(key, at);
         }
         for m in dumped[topic]["raw"].as_array().expect("raw messages") {
             let key = idempotency_key(m);

@@ -9,13 +9,16 @@
 //! partition. A restarted sink reads the last record, then the output topics from those
 //! offsets to their end, and so learns every message already delivered, including those
 //! sent after the record when the process died between sending and recording; it sends
-//! none of them again. (Materialize's Kafka sink keeps progress the same way.)
+//! none of them again. (Materialize's Kafka sink keeps progress the same way.) Its own
+//! records keep the recovered offsets until their closed timestamp covers every message
+//! found after them (each carries its dataflow time in `defectflow-time`), or the run
+//! derived it again: a later restart still learns of them.
 //!
 //! The producer is always idempotent (no duplicates from its own retries). With
 //! `transactional = true`, each closed timestamp's messages and its progress record go
 //! in one transaction, for brokers whose consumers hide aborted transactions.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -51,8 +54,9 @@ pub struct ProgressRecord {
 #[derive(Clone, Debug, Default)]
 pub struct Recovered {
     pub progress: Option<ProgressRecord>,
-    /// Idempotency keys of the messages found after the progress record.
-    pub delivered_after: HashSet<String>,
+    /// Idempotency keys of the messages found after the progress record, with the
+    /// dataflow time each was derived at (`None`: sent without one).
+    pub delivered_after: HashMap<String, Option<u64>>,
     /// The next offset of every output partition, as read to its end.
     pub ends: BTreeMap<String, BTreeMap<i32, i64>>,
     /// The latest revision of every work order this sink sent to the topic.
@@ -96,6 +100,10 @@ pub struct KafkaSink {
     recovered: Recovered,
     /// The last progress written (or recovered).
     progress: ProgressRecord,
+    /// Messages found after the recovered record that no record of this run covers
+    /// yet (idempotency key → dataflow time): until none is left, records keep the
+    /// recovered offsets.
+    unsettled: HashMap<String, Option<u64>>,
     last_recorded: Instant,
     /// Messages sent by this process, for the run's report.
     pub sent: u64,
@@ -128,7 +136,7 @@ impl Sink for KafkaSink {
             (Some(outgoing), _) => self.delivered_before(time, &outgoing),
             (None, Emitted::Assignment(a)) => {
                 let closed = self.recovered.progress.as_ref().is_some_and(|p| time < p.closed_before);
-                closed || self.recovered.delivered_after.contains(&format!("{}:{}", a.work_order_id, a.revision))
+                closed || self.recovered.delivered_after.contains_key(&format!("{}:{}", a.work_order_id, a.revision))
             }
             (None, _) => false,
         })
@@ -176,9 +184,10 @@ impl KafkaSink {
         }
         let recovered = recover(config)?;
         super::failpoint("kafka-after-recovery");
-        let mut progress = recovered.progress.clone().unwrap_or_default();
-        // The next record also covers what a crashed run sent after its last record.
-        progress.offsets = recovered.ends.clone();
+        // Records start from the recovered one: what a crashed run sent after it may
+        // be of times its closed timestamp does not cover yet.
+        let progress = recovered.progress.clone().unwrap_or_default();
+        let unsettled = recovered.delivered_after.clone();
         if let Some(p) = &recovered.progress {
             tracing::info!(
                 closed_before = p.closed_before,
@@ -191,6 +200,7 @@ impl KafkaSink {
             producer,
             recovered,
             progress,
+            unsettled,
             last_recorded: Instant::now(),
             sent: 0,
             skipped: 0,
@@ -200,7 +210,7 @@ impl KafkaSink {
     /// Whether an earlier run delivered this message.
     fn delivered_before(&self, time: u64, message: &Outgoing) -> bool {
         let closed = self.recovered.progress.as_ref().is_some_and(|p| time < p.closed_before);
-        closed || self.recovered.delivered_after.contains(&message.idempotency_key)
+        closed || self.recovered.delivered_after.contains_key(&message.idempotency_key)
     }
 
     /// Delivers the messages of every dataflow time below `closed_before` (all of them
@@ -211,8 +221,9 @@ impl KafkaSink {
             let Some(message) = Outgoing::of(message, &self.config.topics) else { continue };
             if self.delivered_before(*time, &message) {
                 self.skipped += 1;
+                self.unsettled.remove(&message.idempotency_key);
             } else {
-                outgoing.push(message);
+                outgoing.push((*time, message));
             }
         }
         let quiet = self.last_recorded.elapsed() < IDLE_PROGRESS;
@@ -222,11 +233,11 @@ impl KafkaSink {
         if self.config.transactional {
             self.producer.begin_transaction().map_err(failed("beginning a transaction"))?;
         }
-        for (i, message) in outgoing.iter().enumerate() {
+        for (i, (time, message)) in outgoing.iter().enumerate() {
             if i == 1 {
                 super::failpoint("kafka-between-sends");
             }
-            self.send(&message.topic, &message.key, &message.payload, Some(message))?;
+            self.send(&message.topic, &message.key, &message.payload, Some((message, *time)))?;
         }
         self.flush_producer()?;
         self.sent += outgoing.len() as u64;
@@ -236,9 +247,15 @@ impl KafkaSink {
         if !outgoing.is_empty() {
             super::failpoint("after-send");
         }
+        self.unsettled.retain(|_, time| time.is_none_or(|t| t >= closed_before));
         let mut progress = ProgressRecord { closed_before, offsets: self.progress.offsets.clone() };
-        if let Ok(next) = self.producer.context().next_offsets.lock() {
-            for (topic, partitions) in next.iter().filter(|(topic, _)| **topic != self.config.topics.progress) {
+        if self.unsettled.is_empty()
+            && let Ok(next) = self.producer.context().next_offsets.lock()
+        {
+            // Every message before the ends is covered: by this record's closed
+            // timestamp, or as one this run derived again (its time is then closed).
+            let sent = next.iter().filter(|(topic, _)| **topic != self.config.topics.progress);
+            for (topic, partitions) in self.recovered.ends.iter().chain(sent) {
                 let known = progress.offsets.entry(topic.clone()).or_default();
                 for (&partition, &offset) in partitions {
                     let at = known.entry(partition).or_insert(offset);
@@ -278,11 +295,11 @@ impl KafkaSink {
         }
     }
 
-    /// Sends a record; an output `event` adds its idempotency key, its CloudEvents
-    /// attributes and its event time as the record's timestamp.
-    fn send(&self, topic: &str, key: &str, payload: &[u8], event: Option<&Outgoing>) -> Result<(), BrokerError> {
+    /// Sends a record; an output `event` (with its dataflow time) adds its idempotency
+    /// key, its CloudEvents attributes and its event time as the record's timestamp.
+    fn send(&self, topic: &str, key: &str, payload: &[u8], event: Option<(&Outgoing, u64)>) -> Result<(), BrokerError> {
         let headers = match event {
-            Some(event) => event.headers(&self.config.sink_id),
+            Some((event, time)) => event.headers(&self.config.sink_id, Some(time)),
             // A progress record: the work order's schema version.
             None => OwnedHeaders::new()
                 .insert(Header { key: headers::SCHEMA_VERSION, value: Some(SCHEMA_VERSION) })
@@ -290,7 +307,7 @@ impl KafkaSink {
                 .insert(Header { key: headers::SINK_ID, value: Some(self.config.sink_id.as_str()) }),
         };
         let mut record = BaseRecord::to(topic).key(key).payload(payload).headers(headers);
-        if let Some(event) = event {
+        if let Some((event, _)) = event {
             record = record.timestamp(event.event_ms as i64);
         }
         loop {
@@ -375,7 +392,7 @@ fn recover(config: &KafkaConfig) -> Result<Recovered, BrokerError> {
             }
         }
     }
-    let mut delivered_after = HashSet::new();
+    let mut delivered_after = HashMap::new();
     let mut ends: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
     for topic in config.topics.outputs() {
         let metadata = consumer
@@ -393,8 +410,7 @@ fn recover(config: &KafkaConfig) -> Result<Recovered, BrokerError> {
                 .copied()
                 .unwrap_or(low)
                 .max(low);
-            let (keys, end) = read_idempotency_keys(&consumer, topic, partition, from)?;
-            delivered_after.extend(keys);
+            let end = read_idempotency_keys(&consumer, (topic, partition), from, &mut delivered_after)?;
             ends.entry(topic.to_owned()).or_default().insert(partition, end);
         }
     }
@@ -454,20 +470,24 @@ fn read_partition(
     Ok(out)
 }
 
+/// The idempotency key and dataflow time of every message of one partition from `from`
+/// to its end, into `keys`; returns the end.
 fn read_idempotency_keys(
     consumer: &BaseConsumer<Quiet>,
-    topic: &str,
-    partition: i32,
+    (topic, partition): (&str, i32),
     from: i64,
-) -> Result<(Vec<String>, i64), BrokerError> {
-    let mut keys = Vec::new();
+    keys: &mut HashMap<String, Option<u64>>,
+) -> Result<i64, BrokerError> {
     let mut end = from;
     read_messages(consumer, (topic, partition), from, None, |m| {
         end = end.max(m.offset() + 1);
-        let header = m.headers().and_then(|h| h.iter().find(|h| h.key == headers::IDEMPOTENCY_KEY));
-        if let Some(value) = header.and_then(|h| h.value) {
-            keys.push(String::from_utf8_lossy(value).into_owned());
+        let header = |name: &str| {
+            let value = m.headers().and_then(|h| h.iter().find(|h| h.key == name)).and_then(|h| h.value);
+            value.map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        if let Some(key) = header(headers::IDEMPOTENCY_KEY) {
+            keys.insert(key, header(headers::TIME).and_then(|t| t.parse().ok()));
         }
     })?;
-    Ok((keys, end))
+    Ok(end)
 }

@@ -19,6 +19,10 @@ pub mod headers {
     /// The `sink_id` of the run that sent the message: a restart takes up its own work
     /// orders only.
     pub const SINK_ID: &str = "defectflow-sink-id";
+    /// The dataflow time the message was derived at (decimal): a restarted sink learns
+    /// which of the messages a crashed run sent ahead of its progress record a later
+    /// record covers.
+    pub const TIME: &str = "defectflow-time";
 }
 
 /// CloudEvents attribute headers (binary content mode).
@@ -107,14 +111,18 @@ impl Outgoing {
         Some(Outgoing { topic: topic.clone(), key, idempotency_key, payload, event_ms, schema, subject })
     }
 
-    /// Every header of the message sent by sink `sink_id`: its schema's version, the
-    /// content type, the idempotency key, the sink and the CloudEvents attributes.
-    pub fn headers(&self, sink_id: &str) -> OwnedHeaders {
+    /// Every header of the message sent by sink `sink_id` (from the dataflow, at `time`):
+    /// its schema's version, the content type, the idempotency key, the sink, the time
+    /// and the CloudEvents attributes.
+    pub fn headers(&self, sink_id: &str, time: Option<u64>) -> OwnedHeaders {
         let mut out = OwnedHeaders::new()
             .insert(Header { key: headers::SCHEMA_VERSION, value: Some(self.schema.version()) })
             .insert(Header { key: headers::CONTENT_TYPE, value: Some("application/json") })
             .insert(Header { key: headers::SINK_ID, value: Some(sink_id) })
             .insert(Header { key: headers::IDEMPOTENCY_KEY, value: Some(&self.idempotency_key) });
+        if let Some(time) = time {
+            out = out.insert(Header { key: headers::TIME, value: Some(&time.to_string()) });
+        }
         for (name, value) in self.cloud_event(sink_id) {
             out = out.insert(Header { key: name, value: Some(&value) });
         }
