@@ -12,6 +12,7 @@ pub mod kafka;
 mod layering;
 pub mod memory;
 pub mod metrics;
+pub mod notify;
 pub mod reference;
 pub mod run;
 pub mod sinks;

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use defectflow_operators::assign::Workload;
 use defectflow_operators::derive::{Derive, LedgerInputs, LedgerOutput, RestoredOrder, TrackMeasures, WorkOrderConfig};
 use defectflow_operators::inventory::{StockLevels, StockMeasure};
+use defectflow_operators::notify::Routing;
 use defectflow_operators::severity::{Score, SeverityConfig};
 use defectflow_operators::track::{Track, TrackConfig};
 use defectflow_schemas::{
@@ -36,6 +37,9 @@ pub struct WorkflowConfig {
     pub severity: SeverityConfig,
     #[serde(default)]
     pub work_orders: WorkOrderConfig,
+    /// `[notify]`: alert rules and escalation; absent: one unrouted alert per P1.
+    #[serde(default)]
+    pub notify: Option<Routing>,
 }
 
 /// The inputs of the work-order dataflow on one worker, when observations are fed by hand
@@ -223,8 +227,9 @@ pub fn build_on<'scope>(
 
     let restored_tracks = restored.clone().flat_map(|order| order.is_open().then(|| order.track()));
     let tracks = observations.track_with_evidence(cameras, restored_tracks, config.track, evidence, route);
+    let notify = config.notify.unwrap_or_else(Routing::off);
     // The ledger scores a track again once a repair it saw completed counts as a failure.
-    let work_orders = WorkOrderConfig { severity: config.severity.clone(), ..config.work_orders };
+    let work_orders = WorkOrderConfig { severity: config.severity.clone(), notify, ..config.work_orders };
     let scored = tracks.clone().severity(assets, failures, config.severity);
     let streams = scored.work_orders(
         LedgerInputs { events, technicians, procedures, inventory, movements: movements.clone(), restored },

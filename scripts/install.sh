@@ -44,7 +44,7 @@ done
 # A Python environment with polars, pyarrow and DuckDB (the independent readers of the
 # Parquet audit log), the Kafka client of the tests, and what the analyst notebooks need.
 VENV="${DEFECTFLOW_VENV:-$HOME/.cache/defectflow/venv}"
-if ! "$VENV/bin/python" -c "import polars, pyarrow, duckdb, confluent_kafka, matplotlib, papermill, ipykernel" >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c "import polars, pyarrow, duckdb, confluent_kafka, aiosmtpd, matplotlib, papermill, ipykernel" >/dev/null 2>&1; then
   if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
     SUDO=""
     [[ $(id -u) -eq 0 ]] || SUDO="sudo"

@@ -297,3 +297,126 @@ fn a_work_order_completed_in_the_cmms_is_closed_in_defectflow() {
     let mine: Vec<u32> = cmms.applied().iter().filter(|(w, _)| *w == id).map(|(_, r)| *r).collect();
     assert!(mine.windows(2).all(|w| w[0] < w[1]), "{mine:?}");
 }
+
+/// A run of the demo plant with alert rules, then `defectflow notify` against a real
+/// SMTP server and a webhook (which answers 503 once): every alert on the topic reaches
+/// its recipient once on each of their channels (the north's supervisor by mail and by
+/// webhook, each assigned technician by webhook), the mail names the work order, a
+/// second start delivers nothing again, and a file naming an unknown recipient fails
+/// naming the field.
+#[test]
+fn alerts_reach_their_people_by_mail_and_webhook_once() {
+    let plant = plant("");
+    let python = std::env::var("DEFECTFLOW_ANALYTICS_PYTHON").expect("DEFECTFLOW_ANALYTICS_PYTHON");
+    let received = plant.dir.path().join("received.jsonl");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/notify_servers.py");
+    let mut servers = Command::new(python)
+        .arg(script)
+        .arg(&received)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the SMTP and webhook servers");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(servers.stdout.take().expect("stdout")), &mut ready)
+        .expect("ready line");
+    let ports: Vec<u16> = ready.split_whitespace().skip(1).map(|p| p.parse().expect("port")).collect();
+    assert_eq!(ports.len(), 2, "{ready}");
+    let notify = format!(
+        "[notify]\n\
+         [[notify.recipients]]\nid = \"SUP-NORTH\"\nname = \"Noor\"\nrole = \"supervisor\"\nzones = [\"north\"]\n\
+         email = \"noor@plant.test\"\n\
+         [[notify.recipients]]\nid = \"SUP-SOUTH\"\nrole = \"supervisor\"\nzones = [\"south\"]\nemail = \"sam@plant.test\"\n\
+         [[notify.rules]]\nname = \"north-work\"\nzones = [\"north\"]\nnotify = [\"supervisor\"]\n\
+         [notifier]\nstate_dir = \"notify-state\"\nmax_backoff_s = 1\n\
+         [notifier.webhook]\nurl = \"http://127.0.0.1:{}/alerts\"\n\
+         [notifier.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"defectflow <defectflow@plant.test>\"\n",
+        ports[1], ports[0]
+    );
+    let text = std::fs::read_to_string(&plant.config).expect("config");
+    std::fs::write(&plant.config, format!("{notify}{text}")).expect("config");
+    run_to_end(&plant.config, Some(&plant.dir.path().join("out")));
+
+    let alerts = plant.broker.messages("defectflow.alerts");
+    let routed = |kind: &str| -> Vec<&Value> {
+        alerts
+            .iter()
+            .filter(|m| {
+                serde_json::from_str::<Value>(m["value"].as_str().expect("text")).expect("json")["kind"] == kind
+            })
+            .collect()
+    };
+    assert!(!routed("raised").is_empty() && !routed("assigned").is_empty(), "raised and assigned alerts: {alerts:?}");
+    for m in &alerts {
+        let alert: Value = serde_json::from_str(m["value"].as_str().expect("text")).expect("json");
+        assert_eq!(m["key"], alert["recipient_id"], "keyed by recipient: {m}");
+        if alert["kind"] == "raised" {
+            assert_eq!(alert["recipient_id"], "SUP-NORTH", "only the north's supervisor: {alert}");
+            assert_eq!(alert["rule"], "north-work");
+        }
+    }
+
+    let run_notify = || {
+        let output = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+            .args(["notify", "--until-caught-up", "--config", plant.config.to_str().expect("utf-8")])
+            .output()
+            .expect("run defectflow notify");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "notify failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_str::<Value>(stdout.trim()).expect("summary")
+    };
+    let summary = run_notify();
+    let raised = routed("raised").len() as u64;
+    assert_eq!(summary["alerts"], alerts.len() as u64, "{summary}");
+    assert_eq!(summary["webhooks"], alerts.len() as u64, "{summary}");
+    assert_eq!(summary["emails"], raised, "{summary}");
+    assert!(summary["retries"].as_u64().is_some_and(|r| r >= 1), "the 503 was tried again: {summary}");
+
+    let deliveries: Vec<Value> = std::fs::read_to_string(&received)
+        .expect("received")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let hooks: Vec<&Value> = deliveries.iter().filter(|d| d["channel"] == "webhook").collect();
+    let mails: Vec<&Value> = deliveries.iter().filter(|d| d["channel"] == "email").collect();
+    // Each alert once per channel: the webhook's keys are distinct and name every alert.
+    let keys: std::collections::BTreeSet<String> =
+        hooks.iter().map(|h| h["idempotency_key"].as_str().expect("key").to_owned()).collect();
+    assert_eq!(keys.len(), hooks.len(), "a webhook delivered twice");
+    let expected: std::collections::BTreeSet<String> = alerts
+        .iter()
+        .map(|m| {
+            format!("{}>{}", m["headers"]["idempotency-key"].as_str().expect("key"), m["key"].as_str().expect("key"))
+        })
+        .collect();
+    assert_eq!(keys, expected);
+    for hook in &hooks {
+        let alert = &hook["body"]["alert"];
+        assert_eq!(hook["body"]["recipient"]["id"], alert["recipient_id"], "{hook}");
+    }
+    assert_eq!(mails.len() as u64, raised, "{mails:?}");
+    for mail in &mails {
+        assert_eq!(mail["to"], json!(["noor@plant.test"]), "{mail}");
+        let subject = mail["subject"].as_str().expect("subject");
+        assert!(subject.starts_with("[defectflow] ") && subject.contains("WO-"), "{subject}");
+        assert!(mail["body"].as_str().expect("body").contains("alert rule `north-work`"), "{mail}");
+    }
+
+    // Delivered and committed: a second start has nothing to do.
+    let again = run_notify();
+    assert_eq!(again["alerts"], 0, "{again}");
+    assert_eq!(std::fs::read_to_string(&received).expect("received").lines().count(), deliveries.len());
+
+    // A recipient nobody lists fails the start, naming the field.
+    let text = std::fs::read_to_string(&plant.config).expect("config");
+    std::fs::write(&plant.config, text.replace("[notifier]\n", "[notifier]\nunrouted_to = [\"control-room\"]\n"))
+        .expect("config");
+    let output = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+        .args(["notify", "--config", plant.config.to_str().expect("utf-8")])
+        .output()
+        .expect("run defectflow notify");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("`notifier.unrouted_to`"), "{stderr}");
+    let _ = servers.kill();
+    let _ = servers.wait();
+}

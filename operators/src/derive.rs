@@ -165,9 +165,8 @@ impl<'scope> Derive<'scope> for VecCollection<'scope, u64, ScoredTrack> {
                 });
                 // Hour boundaries the frontier passed with no input: shift changes.
                 let earliest = in_order.earliest();
-                if let (Some(last), Some(lower), Some(earliest)) =
-                    (last_time, InOrder::<LedgerInput>::lower(frontier), earliest)
-                {
+                let lower = InOrder::<LedgerInput>::lower(frontier);
+                if let (Some(last), Some(lower), Some(earliest)) = (last_time, lower, earliest) {
                     let mut boundary = (last.max(earliest.saturating_sub(1)) / HOUR_MS + 1) * HOUR_MS;
                     let mut ticks = 0;
                     while boundary < lower && ticks < 48 {
@@ -175,12 +174,26 @@ impl<'scope> Derive<'scope> for VecCollection<'scope, u64, ScoredTrack> {
                         boundary += HOUR_MS;
                         ticks += 1;
                     }
+                    // An escalation due before the frontier, at its own time.
+                    if let Some(due) = ledger.next_escalation().filter(|due| *due > last && *due < lower) {
+                        in_order.stash(due.max(earliest), []);
+                    }
                 }
-                for (capability, batch) in in_order.ready(frontier) {
+                let mut ready = in_order.ready(frontier).into_iter().peekable();
+                while let Some((mut capability, batch)) = ready.next() {
                     let time = *capability.time();
                     last_time = Some(time);
                     let decisions = ledger.step(time, batch);
                     output.session(&capability).give_iterator(decisions.into_iter());
+                    // Escalations that fall due before the next batch (and the frontier)
+                    // are stepped at their own times: whatever the batching, the same.
+                    let next = ready.peek().map(|(c, _)| *c.time()).or(lower);
+                    while let Some(due) = ledger.next_escalation().filter(|due| next.is_some_and(|n| *due < n)) {
+                        capability = capability.delayed(&due);
+                        last_time = Some(due);
+                        let decisions = ledger.step(due, Vec::new());
+                        output.session(&capability).give_iterator(decisions.into_iter());
+                    }
                 }
             }
         });

@@ -11,5 +11,6 @@ mod in_order;
 pub mod infer;
 pub mod inventory;
 pub mod ledger;
+pub mod notify;
 pub mod severity;
 pub mod track;

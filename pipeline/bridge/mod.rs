@@ -19,7 +19,6 @@ mod publish;
 mod push;
 mod status;
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,10 +26,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use defectflow_schemas::registry::{self, WORK_ORDER};
 use defectflow_schemas::{DeadLetter, WorkOrder};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -38,8 +33,8 @@ pub use config::{BridgeConfig, CmmsConfig};
 pub use push::Counters;
 
 use crate::clock::now_ms;
-use crate::kafka::{REQUEST_TIMEOUT, committed, failed, partitions};
-use publish::Publisher;
+use crate::kafka::reader::{Read, TopicReader};
+pub(crate) use publish::Publisher;
 use push::{Outcome, Pusher};
 
 /// How often done offsets are committed.
@@ -86,7 +81,8 @@ pub fn run(config: &BridgeConfig, stop: Arc<AtomicBool>, until_caught_up: bool) 
         counters: counters.clone(),
     });
     let publisher = Arc::new(Publisher::start(&config.kafka, &format!("{}-bridge", config.kafka.sink_id))?);
-    let mut reader = Reader::start(config)?;
+    let topic = &config.kafka.topics.work_orders;
+    let mut reader = TopicReader::start(&config.kafka, topic, &cmms.group, &cmms.start, "bridge")?;
     tracing::info!(
         cmms = %pusher.client.mapping.name, url = %cmms.url, partitions = reader.next.len(),
         "bridge started"
@@ -112,10 +108,9 @@ pub fn run(config: &BridgeConfig, stop: Arc<AtomicBool>, until_caught_up: bool) 
     let mut last_commit = Instant::now();
     let mut last_report = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        if let Some(message) = reader.poll()? {
-            let (partition, offset) = message;
-            let job = reader.take(partition, offset);
-            match job {
+        if let Some(read) = reader.poll() {
+            let (partition, offset) = (read.partition, read.offset);
+            match job(topic, read) {
                 Ok(job) => {
                     let lane = defectflow_operators::ids::stable_hash(&[job.order.work_order_id.as_bytes()]) as usize
                         % lanes.len();
@@ -133,7 +128,7 @@ pub fn run(config: &BridgeConfig, stop: Arc<AtomicBool>, until_caught_up: bool) 
             reader.done(partition, offset);
         }
         if last_commit.elapsed() >= COMMIT_EVERY {
-            reader.commit(&pusher)?;
+            reader.commit(|| sync(&pusher))?;
             last_commit = Instant::now();
         }
         if last_report.elapsed() >= Duration::from_secs(10) {
@@ -152,11 +147,17 @@ pub fn run(config: &BridgeConfig, stop: Arc<AtomicBool>, until_caught_up: bool) 
     for (partition, offset) in done_rx.try_iter() {
         reader.done(partition, offset);
     }
-    reader.commit(&pusher)?;
+    reader.commit(|| sync(&pusher))?;
     poller.join();
     let summary = summary(&counters, started);
     tracing::info!(?summary, "bridge stopped");
     Ok(summary)
+}
+
+/// Syncs the journal: what it recorded is durable before the offsets move past it.
+fn sync(pusher: &Pusher) -> anyhow::Result<()> {
+    let mut journal = pusher.journal.lock().unwrap_or_else(|p| p.into_inner());
+    journal.sync().map_err(|e| anyhow::anyhow!("syncing the bridge journal: {e}"))
 }
 
 fn summary(c: &Counters, started: Instant) -> Summary {
@@ -206,136 +207,22 @@ fn work(
     }
 }
 
-/// The work-order topic's consumer and, per partition, what is done.
-struct Reader {
-    consumer: BaseConsumer,
-    topic: String,
-    /// Offsets handed out and not yet done.
-    pending: HashMap<i32, BTreeSet<i64>>,
-    /// The offset after the last one read.
-    next: HashMap<i32, i64>,
-    committed: HashMap<i32, i64>,
-    /// Partitions read to their end (librdkafka's end-of-partition event: the high
-    /// watermark can lag the last record of a batch on some brokers).
-    at_end: BTreeSet<i32>,
-    /// The message read last, until taken.
-    message: Option<(i32, i64, Option<Vec<u8>>)>,
-}
-
-impl Reader {
-    fn start(config: &BridgeConfig) -> anyhow::Result<Reader> {
-        let topic = config.kafka.topics.work_orders.clone();
-        let consumer: BaseConsumer = config
-            .kafka
-            .client_config(&[])?
-            .set("group.id", &config.cmms.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", &config.cmms.start)
-            .set("enable.partition.eof", "true")
-            .create()
-            .map_err(failed("creating the bridge's consumer"))?;
-        let ids = partitions(&consumer, &topic)?;
-        let committed: HashMap<i32, i64> = committed(&consumer, &topic)?.into_iter().collect();
-        let mut assignment = TopicPartitionList::new();
-        let mut next = HashMap::new();
-        for &id in &ids {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, id, REQUEST_TIMEOUT)
-                .map_err(failed(format!("reading {topic}/{id}")))?;
-            let from = match committed.get(&id) {
-                Some(&offset) => offset,
-                None if config.cmms.start == "latest" => high,
-                None => low,
-            };
-            next.insert(id, from);
-            assignment.add_partition_offset(&topic, id, Offset::Offset(from)).map_err(failed("assigning"))?;
-        }
-        consumer.assign(&assignment).map_err(failed(format!("assigning {topic}")))?;
-        let committed = next.clone();
-        Ok(Reader { consumer, topic, pending: HashMap::new(), next, committed, at_end: BTreeSet::new(), message: None })
-    }
-
-    /// The next message's (partition, offset), if one came.
-    fn poll(&mut self) -> anyhow::Result<Option<(i32, i64)>> {
-        match self.consumer.poll(Duration::from_millis(20)) {
-            Some(Ok(m)) => {
-                let (partition, offset) = (m.partition(), m.offset());
-                self.message = Some((partition, offset, m.payload().map(<[u8]>::to_vec)));
-                self.next.insert(partition, offset + 1);
-                self.at_end.remove(&partition);
-                self.pending.entry(partition).or_default().insert(offset);
-                Ok(Some((partition, offset)))
-            }
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                self.at_end.insert(partition);
-                Ok(None)
-            }
-            Some(Err(error)) => {
-                tracing::warn!(%error, "reading the work-order topic");
-                std::thread::sleep(Duration::from_millis(200));
-                Ok(None)
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// The revision read last, or the dead letter it is.
-    fn take(&mut self, partition: i32, offset: i64) -> Result<Job, DeadLetter> {
-        let payload = self.message.take().and_then(|(_, _, p)| p);
-        let letter = |payload: &[u8], reason: String| DeadLetter {
-            source: format!("{}/{partition}@{offset}", self.topic),
-            payload: String::from_utf8_lossy(payload).into_owned(),
-            reason,
-            at_ms: now_ms(),
-        };
-        let Some(payload) = payload else {
-            return Err(letter(b"", "a work-order revision with no value".into()));
-        };
-        let mut raw: Value = serde_json::from_slice(&payload)
-            .map_err(|e| letter(&payload, format!("not a work-order revision (JSON): {e}")))?;
-        registry::drop_unknown_fields(WORK_ORDER.parsed(), &mut raw);
-        let order =
-            WorkOrder::deserialize(&raw).map_err(|e| letter(&payload, format!("not a work-order revision: {e}")))?;
-        Ok(Job { partition, offset, order, raw })
-    }
-
-    fn done(&mut self, partition: i32, offset: i64) {
-        if let Some(pending) = self.pending.get_mut(&partition) {
-            pending.remove(&offset);
-        }
-    }
-
-    /// Whether every partition was read to its end, and all of it is done and committed.
-    fn caught_up(&self) -> bool {
-        self.next.iter().all(|(p, next)| self.at_end.contains(p) && self.committed.get(p).is_some_and(|c| c >= next))
-    }
-
-    /// Syncs the journal, then commits, per partition, the first offset not yet done.
-    fn commit(&mut self, pusher: &Pusher) -> anyhow::Result<()> {
-        let mut offsets = TopicPartitionList::new();
-        let mut moved = Vec::new();
-        for (&partition, &next) in &self.next {
-            let first_pending = self.pending.get(&partition).and_then(|p| p.first().copied());
-            let upto = first_pending.unwrap_or(next);
-            if upto > self.committed.get(&partition).copied().unwrap_or(-1) {
-                offsets
-                    .add_partition_offset(&self.topic, partition, Offset::Offset(upto))
-                    .map_err(failed("committing"))?;
-                moved.push((partition, upto));
-            }
-        }
-        if moved.is_empty() {
-            return Ok(());
-        }
-        let mut journal = pusher.journal.lock().unwrap_or_else(|p| p.into_inner());
-        journal.sync().map_err(|e| anyhow::anyhow!("syncing the bridge journal: {e}"))?;
-        drop(journal);
-        match self.consumer.commit(&offsets, CommitMode::Sync) {
-            Ok(()) => self.committed.extend(moved),
-            // Committed next time; what is not committed is sent again, not lost.
-            Err(error) => tracing::warn!(%error, "committing the bridge's offsets"),
-        }
-        Ok(())
-    }
+/// The revision a message holds, or the dead letter it is.
+fn job(topic: &str, read: Read) -> Result<Job, DeadLetter> {
+    let Read { partition, offset, payload, .. } = read;
+    let letter = |payload: &[u8], reason: String| DeadLetter {
+        source: format!("{topic}/{partition}@{offset}"),
+        payload: String::from_utf8_lossy(payload).into_owned(),
+        reason,
+        at_ms: now_ms(),
+    };
+    let Some(payload) = payload else {
+        return Err(letter(b"", "a work-order revision with no value".into()));
+    };
+    let mut raw: Value = serde_json::from_slice(&payload)
+        .map_err(|e| letter(&payload, format!("not a work-order revision (JSON): {e}")))?;
+    registry::drop_unknown_fields(WORK_ORDER.parsed(), &mut raw);
+    let order =
+        WorkOrder::deserialize(&raw).map_err(|e| letter(&payload, format!("not a work-order revision: {e}")))?;
+    Ok(Job { partition, offset, order, raw })
 }

@@ -53,6 +53,9 @@ pub enum Command {
     /// Pushes each work-order revision into a CMMS over its REST API (Maximo, SAP PM,
     /// MaintainX, a webhook) and turns the CMMS's status changes into wo-events.
     Bridge(BridgeArgs),
+    /// Delivers the alerts topic to the people it names: a webhook per alert and mail
+    /// through an SMTP server ([notify] recipients, [notifier] delivery).
+    Notify(NotifyArgs),
     /// Asks an ONVIF camera (Profile S) for its media profiles and stream URIs and prints
     /// ready-to-paste `[[cameras]]` entries.
     Discover(DiscoverArgs),
@@ -81,6 +84,18 @@ pub struct BridgeArgs {
     pub config: PathBuf,
     /// Stop once every revision on the topic at start is acknowledged and committed
     /// (a backfill, or a benchmark), instead of running until stopped.
+    #[arg(long)]
+    pub until_caught_up: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NotifyArgs {
+    /// The config file (TOML) with [kafka], [notify] and [notifier]; the run's own file
+    /// can hold them.
+    #[arg(long, short = 'c')]
+    pub config: PathBuf,
+    /// Stop once every alert on the topic at start is delivered and committed, instead
+    /// of running until stopped.
     #[arg(long)]
     pub until_caught_up: bool,
 }

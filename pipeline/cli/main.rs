@@ -11,7 +11,7 @@ use defectflow::config::{ConfigError, RunConfig};
 use defectflow::run::{self, CameraReport, Hooks, StopWhen};
 use defectflow::sinks::SinkKind;
 
-use args::{BridgeArgs, Cli, Command, RunArgs};
+use args::{BridgeArgs, Cli, Command, NotifyArgs, RunArgs};
 
 /// With the `mimalloc` feature, Rust's allocations go through mimalloc (the default is
 /// the system allocator: see the feature's note in Cargo.toml).
@@ -84,6 +84,7 @@ fn run_cli() -> anyhow::Result<()> {
         Command::Bench(args) => tools::bench(args),
         Command::Audit(command) => tools::audit(command),
         Command::Bridge(args) => bridge(args),
+        Command::Notify(args) => notify(args),
         Command::Discover(args) => tools::discover(args),
     }
 }
@@ -161,6 +162,19 @@ fn bridge(args: BridgeArgs) -> anyhow::Result<()> {
     ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
         .context("cannot install the SIGINT/SIGTERM handler")?;
     let summary = defectflow::bridge::run(&config, stop, args.until_caught_up)?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
+/// `defectflow notify`: runs until SIGINT/SIGTERM (an alert being delivered stays
+/// uncommitted) and prints its summary as JSON.
+fn notify(args: NotifyArgs) -> anyhow::Result<()> {
+    let config = defectflow::notify::NotifyFile::load(&args.config)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
+        .context("cannot install the SIGINT/SIGTERM handler")?;
+    let summary = defectflow::notify::run(&config, stop, args.until_caught_up)?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }

@@ -55,6 +55,14 @@ pub struct RunConfig {
     /// file can configure both.
     #[serde(default)]
     pub cmms: Option<crate::bridge::CmmsConfig>,
+    /// Who is told of what: alert rules, recipients, escalation (docs/notify.md);
+    /// absent: one unrouted alert per P1 work order.
+    #[serde(default)]
+    pub notify: Option<defectflow_operators::notify::Routing>,
+    /// How `defectflow notify` delivers alerts (webhook, email); the run itself does
+    /// not read it.
+    #[serde(default)]
+    pub notifier: Option<crate::notify::NotifierConfig>,
 }
 
 /// `[metrics]`: where the metrics are served.
@@ -313,6 +321,8 @@ impl RunConfig {
             kafka: None,
             metrics: None,
             cmms: None,
+            notify: None,
+            notifier: None,
         }
     }
 
@@ -410,6 +420,12 @@ impl RunConfig {
                     "`[plant] time_zone` gives the local time: leave out the fixed offset".into(),
                 ));
             }
+        }
+        if let Some(notify) = &self.notify {
+            check(notify.check());
+        }
+        if let Some(notifier) = &self.notifier {
+            check(notifier.validate());
         }
         let suppress = self.work_orders.suppress_false_positive_hours;
         if !(suppress >= 0.0 && suppress.is_finite()) {

@@ -3,6 +3,7 @@
 //! property's value).
 
 mod config;
+pub(crate) mod reader;
 
 use std::time::{Duration, Instant};
 

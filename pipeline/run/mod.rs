@@ -248,6 +248,7 @@ impl Process {
             track: config.track.clone(),
             severity: config.severity.clone(),
             work_orders: config.plant.work_orders(&config.work_orders),
+            notify: config.notify.clone(),
         };
         Ok(Process {
             config,

@@ -136,6 +136,9 @@ impl AuditTable {
                 Field::new("severity_score", DataType::Float64, false),
                 time("at"),
                 utf8("message"),
+                utf8("kind"),
+                Field::new("recipient_id", DataType::Utf8, true),
+                Field::new("rule", DataType::Utf8, true),
             ],
         };
         Arc::new(Schema::new(fields))

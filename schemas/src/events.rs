@@ -35,7 +35,8 @@ pub struct Assignment {
     pub reason: String,
 }
 
-/// A notification for supervisors on `defectflow.alerts`.
+/// A notification on `defectflow.alerts`: a work order someone must hear of, for the
+/// recipient a rule routed it to (the record key), or unrouted (keyed by the work order).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     pub work_order_id: String,
@@ -44,6 +45,39 @@ pub struct Alert {
     pub severity_score: f64,
     pub at_ms: EpochMillis,
     pub message: String,
+    /// Why (since 1.1.0 of the alert schema; before, every alert was `raised`).
+    #[serde(default)]
+    pub kind: AlertKind,
+    /// Who it is for: a `[[notify.recipients]]` id or, for an assignment, the
+    /// technician's (since 1.1.0). None: no rule routed it, or nobody was on shift.
+    #[serde(default)]
+    pub recipient_id: Option<String>,
+    /// The `[[notify.rules]]` name that routed it, or `escalation` (since 1.1.0).
+    #[serde(default)]
+    pub rule: Option<String>,
+}
+
+/// Why an alert was sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// The work order matched a rule (without rules: it reached P1).
+    #[default]
+    Raised,
+    /// A P1 nobody acknowledged within `escalate_after_minutes`.
+    Escalated,
+    /// The work order was assigned to the recipient, a technician.
+    Assigned,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Raised => "raised",
+            AlertKind::Escalated => "escalated",
+            AlertKind::Assigned => "assigned",
+        }
+    }
 }
 
 /// Why parts are to be moved or bought.

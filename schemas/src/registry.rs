@@ -85,7 +85,7 @@ pub const TECHNICIAN: Subject =
 pub const ASSET: Subject = Subject { name: "asset", versions: versions!("asset": "1.0.0"), event_type: None };
 /// Supervisor alerts (`defectflow.alerts`, out).
 pub const ALERT: Subject =
-    Subject { name: "alert", versions: versions!("alert": "1.0.0"), event_type: Some("dev.defectflow.alert") };
+    Subject { name: "alert", versions: versions!("alert": "1.0.0", "1.1.0"), event_type: Some("dev.defectflow.alert") };
 /// Parts staging (`defectflow.parts-staging`, out).
 pub const PARTS_STAGING: Subject = Subject {
     name: "parts-staging",

@@ -6,9 +6,9 @@ mod compatibility;
 
 use defectflow_schemas::registry::{self, Subject};
 use defectflow_schemas::{
-    Alert, Asset, BoundingBox, DeadLetter, DefectClass, Evidence, PartLine, PartsStaging, Priority, ProcedureRef,
-    RevisionKind, SCHEMA_VERSION, Severity, SeverityComponents, Shift, StagingKind, StockMovement, Technician, WoEvent,
-    WoEventKind, WorkOrder, WorkOrderStatus, WorkType,
+    Alert, AlertKind, Asset, BoundingBox, DeadLetter, DefectClass, Evidence, PartLine, PartsStaging, Priority,
+    ProcedureRef, RevisionKind, SCHEMA_VERSION, Severity, SeverityComponents, Shift, StagingKind, StockMovement,
+    Technician, WoEvent, WoEventKind, WorkOrder, WorkOrderStatus, WorkType,
 };
 use serde_json::Value;
 
@@ -173,6 +173,9 @@ fn messages() -> Vec<(&'static Subject, Value)> {
                 severity_score: 82.5,
                 at_ms: 1,
                 message: "P1 crack".into(),
+                kind: AlertKind::Escalated,
+                recipient_id: Some("SUP-NORTH".into()),
+                rule: Some("escalation".into()),
             }),
         ),
         (

@@ -4,6 +4,7 @@
 //! Everything it decides is a function of its inputs, so a replay gives the same ids,
 //! revisions and bytes.
 
+mod alerts;
 mod cmms;
 mod plan;
 mod revision;
@@ -52,6 +53,9 @@ pub struct WorkOrderConfig {
     /// repair it saw completed counts in its asset's history.
     #[serde(skip)]
     pub severity: crate::severity::SeverityConfig,
+    /// Who is told of what (`[notify]`); off: one unrouted alert per P1.
+    #[serde(skip)]
+    pub notify: crate::notify::Routing,
 }
 
 impl Default for WorkOrderConfig {
@@ -66,6 +70,7 @@ impl Default for WorkOrderConfig {
             work_types: WorkTypes::default(),
             suppress_false_positive_hours: 168.0,
             severity: crate::severity::SeverityConfig::default(),
+            notify: crate::notify::Routing::off(),
         }
     }
 }
@@ -260,6 +265,10 @@ struct Order {
     revision_area: f32,
     completed_at: Option<EpochMillis>,
     alerted: bool,
+    /// The (rule, recipient) pairs told of it (recipient `""`: nobody was on shift).
+    told: BTreeSet<(String, String)>,
+    /// When it was first published at P1, while escalation is on.
+    p1_since: Option<EpochMillis>,
     /// Why it is on hold, while it is.
     hold_reason: Option<String>,
     /// The status a `resumed` event returns an on-hold work order to.
@@ -283,6 +292,8 @@ impl Order {
             published: None,
             completed_at: None,
             alerted: false,
+            told: BTreeSet::new(),
+            p1_since: None,
             hold_reason: None,
             resume_to: WorkOrderStatus::Acknowledged,
         }
@@ -346,6 +357,8 @@ pub struct Ledger {
     repairs: HashMap<String, Vec<EpochMillis>>,
     last_completed: HashMap<(String, DefectClass), String>,
     below_reorder: BTreeSet<String>,
+    /// Pending escalations: (due, work order).
+    escalations: BTreeSet<(EpochMillis, String)>,
     last_time: Option<EpochMillis>,
 }
 
@@ -361,6 +374,7 @@ impl Ledger {
             repairs: HashMap::new(),
             last_completed: HashMap::new(),
             below_reorder: BTreeSet::new(),
+            escalations: BTreeSet::new(),
             last_time: None,
         }
     }
@@ -430,6 +444,7 @@ impl Ledger {
         for (_, _, id) in &queue {
             self.publish(time, id, &mut out);
         }
+        self.escalate(time, &mut out);
         out
     }
 
@@ -587,8 +602,22 @@ impl Ledger {
             self.orders.insert(id, order);
             return;
         }
-        // Its alert went out when it was published at P1.
+        // Its alerts went out when it was published: at P1, or to those the rules
+        // reached then.
         order.alerted = wo.severity.priority == Priority::P1;
+        let routing = &self.config.notify;
+        let subject = crate::notify::AlertSubject {
+            priority: wo.severity.priority,
+            class: wo.defect_class,
+            criticality: order.scored.asset.criticality,
+            zone: &order.scored.asset.zone,
+        };
+        for reached in routing.route(self.config.clock(), wo.revised_at_ms, &subject) {
+            order.told.insert((reached.rule.to_owned(), String::new()));
+            order.told.extend(reached.recipients.iter().map(|r| (reached.rule.to_owned(), r.id.clone())));
+        }
+        let open_p1 = order.status == WorkOrderStatus::Open && order.alerted;
+        let revised_at = wo.revised_at_ms;
         let procedure = self.dispatcher.procedure(&order.scored.asset.asset_class, wo.defect_class).cloned();
         self.orders.insert(id.clone(), order);
         self.set_procedure(&id, procedure, out);
@@ -597,6 +626,10 @@ impl Ledger {
         self.set_technician(&id, wo.technician_id.clone(), reason, out);
         if let Some(order) = self.orders.get_mut(&id) {
             order.published = Some(wo);
+        }
+        if open_p1 {
+            // Unacknowledged still: it escalates as if first published at P1 then.
+            self.watch_escalation(revised_at, &id);
         }
     }
 }

@@ -18,9 +18,7 @@ impl Ledger {
                 available: !order.is_open() || self.stock.covers(&part.part_id, order.opened_at, id),
             })
             .collect();
-        let scored = &order.scored;
-        let track = &scored.track;
-        let severity = scored.severity;
+        let severity = order.scored.severity;
         let published = order.published.as_ref();
         let material = published.is_none_or(|last| self.changed(order, last, &parts));
         if !material {
@@ -46,24 +44,20 @@ impl Ledger {
                 assigned_at_ms: time,
                 reason: order.assign_reason.clone(),
             }));
+            if let Some(told) = order.technician.as_deref().and_then(|t| self.assigned(time, order, t)) {
+                follow.push(LedgerOutput::Alert(told));
+            }
         }
-        let alert = order.is_open() && severity.priority == Priority::P1 && !order.alerted;
-        if alert {
-            follow.push(LedgerOutput::Alert(Alert {
-                work_order_id: id.to_owned(),
-                asset_id: track.asset_id.clone(),
-                priority: severity.priority,
-                severity_score: severity.score,
-                at_ms: time,
-                message: format!(
-                    "P1 {} on {} ({}), severity {:.1}",
-                    track.class, scored.asset.name, track.asset_id, severity.score
-                ),
-            }));
-        }
+        let (alerts, told) = self.raised(time, order);
+        let alerted = order.is_open() && severity.priority == Priority::P1;
+        follow.extend(alerts.into_iter().map(LedgerOutput::Alert));
         self.stage(time, id, &parts, newly_reserved, &mut follow);
+        if alerted {
+            self.watch_escalation(time, id);
+        }
         if let Some(order) = self.orders.get_mut(id) {
-            order.alerted |= alert;
+            order.alerted |= alerted;
+            order.told.extend(told);
             order.revision_area = order.scored.track.area_px;
             order.published = Some(work_order.clone());
         }

@@ -136,6 +136,9 @@ pub(super) fn alerts(rows: &[&Alert]) -> Vec<ArrayRef> {
         float(rows, |a| a.severity_score),
         time(rows, |a| a.at_ms),
         text(rows, |a| &a.message),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|a| a.kind.as_str()))),
+        maybe_text(rows, |a| a.recipient_id.as_deref()),
+        maybe_text(rows, |a| a.rule.as_deref()),
     ]
 }
 

@@ -4,8 +4,8 @@
 //! that a CMMS's CloudEvents SDK, router or schema-aware consumer reads it as an event.
 //! The record's timestamp is the event's time, not the time it was sent.
 
-use defectflow_schemas::Emitted;
 use defectflow_schemas::registry::{self, Subject};
+use defectflow_schemas::{AlertKind, Emitted};
 use rdkafka::message::{Header, OwnedHeaders};
 
 use crate::clock::rfc3339;
@@ -75,10 +75,21 @@ impl Outgoing {
                 w.revised_at_ms,
                 &registry::WORK_ORDER,
             ),
+            // Keyed by its recipient: each person's alerts in order on one partition.
             Emitted::Alert(a) => (
                 &topics.alerts,
-                a.work_order_id.clone(),
-                format!("alert:{}:{}:{:?}", a.work_order_id, a.at_ms, a.priority),
+                a.recipient_id.clone().unwrap_or_else(|| a.work_order_id.clone()),
+                match (&a.recipient_id, a.kind) {
+                    (None, AlertKind::Raised) => format!("alert:{}:{}:{:?}", a.work_order_id, a.at_ms, a.priority),
+                    (recipient, kind) => format!(
+                        "alert:{}:{}:{:?}:{}:{}",
+                        a.work_order_id,
+                        a.at_ms,
+                        a.priority,
+                        kind.as_str(),
+                        recipient.as_deref().unwrap_or("-")
+                    ),
+                },
                 serde_json::to_vec(a),
                 a.at_ms,
                 &registry::ALERT,
@@ -106,8 +117,12 @@ impl Outgoing {
         };
         // The schema types serialise infallibly (no maps with non-string keys).
         let payload = payload.ok()?;
-        // The record key names what the event is about.
-        let subject = key.clone();
+        // What the event is about: the record key, but an alert's work order (its key
+        // is its recipient).
+        let subject = match message {
+            Emitted::Alert(a) => a.work_order_id.clone(),
+            _ => key.clone(),
+        };
         Some(Outgoing { topic: topic.clone(), key, idempotency_key, payload, event_ms, schema, subject })
     }
 
