@@ -226,13 +226,13 @@ pub fn build_on<'scope>(
     let (movements_handle, movements) = scope.new_collection::<StockMovement, isize>();
 
     let restored_tracks = restored.clone().flat_map(|order| order.is_open().then(|| order.track()));
-    let tracks = observations.track_with_evidence(cameras, restored_tracks, config.track, evidence, route);
+    let tracks = observations.track_with_evidence(cameras.clone(), restored_tracks, config.track, evidence, route);
     let notify = config.notify.unwrap_or_else(Routing::off);
     // The ledger scores a track again once a repair it saw completed counts as a failure.
     let work_orders = WorkOrderConfig { severity: config.severity.clone(), notify, ..config.work_orders };
     let scored = tracks.clone().severity(assets, failures, config.severity);
     let streams = scored.work_orders(
-        LedgerInputs { events, technicians, procedures, inventory, movements: movements.clone(), restored },
+        LedgerInputs { events, technicians, procedures, cameras, inventory, movements: movements.clone(), restored },
         work_orders,
     );
     let workload = streams.open_assignments().workload();

@@ -7,7 +7,7 @@
 //! changed, not frames. The views it feeds are differential and spread over all workers.
 
 use defectflow_schemas::{
-    Alert, Assignment, DeadLetter, InventoryItem, PartsStaging, Procedure, StockMovement, Technician, WoEvent,
+    Alert, Assignment, Camera, DeadLetter, InventoryItem, PartsStaging, Procedure, StockMovement, Technician, WoEvent,
     WorkOrder,
 };
 use differential_dataflow::{AsCollection, VecCollection};
@@ -31,6 +31,8 @@ pub struct LedgerInputs<'scope> {
     pub events: StreamVec<'scope, u64, WoEvent>,
     pub technicians: VecCollection<'scope, u64, Technician>,
     pub procedures: VecCollection<'scope, u64, Procedure>,
+    /// Cameras and their ROIs: regions of an asset that cameras share.
+    pub cameras: VecCollection<'scope, u64, Camera>,
     /// Parts and their reorder points.
     pub inventory: VecCollection<'scope, u64, InventoryItem>,
     /// Stock received, counted or consumed elsewhere.
@@ -141,6 +143,7 @@ impl<'scope> Derive<'scope> for VecCollection<'scope, u64, ScoredTrack> {
         });
         let technicians = inputs.technicians.inner.map(|(t, time, diff)| (LedgerInput::Technician(t, diff), time));
         let procedures = inputs.procedures.inner.map(|(p, time, diff)| (LedgerInput::Procedure(p, diff), time));
+        let cameras = inputs.cameras.inner.map(|(c, time, diff)| (LedgerInput::Camera(c, diff), time));
         let inventory = inputs.inventory.inner.map(|(i, time, diff)| (LedgerInput::Item(i, diff), time));
         let movements = inputs.movements.inner.map(|(m, time, diff)| (LedgerInput::Movement(m, diff), time));
         let restored = timed(inputs.restored.map(|r| (LedgerInput::Restore(Box::new(r)), 0)));
@@ -149,6 +152,7 @@ impl<'scope> Derive<'scope> for VecCollection<'scope, u64, ScoredTrack> {
             .concat(events)
             .concat(technicians)
             .concat(procedures)
+            .concat(cameras)
             .concat(inventory)
             .concat(movements);
         let outputs = all.unary_frontier(Exchange::new(|_: &(LedgerInput, u64)| 0), "Derive", move |capability, _| {

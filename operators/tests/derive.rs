@@ -16,7 +16,7 @@ const T0: u64 = 1_767_600_000_000; // 2026-01-05T08:00:00Z
 fn camera() -> Camera {
     Camera {
         camera_id: "cam".into(),
-        rois: vec![Roi { asset_id: "P-1".into(), x: 0, y: 0, width: 200, height: 200, mm_per_px: None }],
+        rois: vec![Roi { asset_id: "P-1".into(), x: 0, y: 0, width: 200, height: 200, mm_per_px: None, region: None }],
     }
 }
 
@@ -241,6 +241,7 @@ fn a_completed_work_order_leaves_the_workload_and_releases_its_parts() {
                 events: events.to_stream(scope).at_time(|e| e.at_ms),
                 technicians: vec![(technician, 0u64, 1isize)].to_stream(scope).as_collection(),
                 procedures: vec![(procedure, 0u64, 1isize)].to_stream(scope).as_collection(),
+                cameras: vec![(camera(), 0u64, 1isize)].to_stream(scope).as_collection(),
                 inventory: Vec::<(InventoryItem, u64, isize)>::new().to_stream(scope).as_collection(),
                 movements: vec![(
                     StockMovement { part_id: "ROD".into(), delta: 10, at_ms: 0, reason: "initial".into() },

@@ -8,8 +8,8 @@ use std::rc::Rc;
 
 use anyhow::Context;
 use defectflow_schemas::{
-    Asset, BoundingBox, DefectClass, Detection, Emitted, FailureRecord, FrameObservation, StockMovement, Technician,
-    WoEvent, WoEventKind,
+    Asset, BoundingBox, Camera, DefectClass, Detection, Emitted, FailureRecord, FrameObservation, StockMovement,
+    Technician, WoEvent, WoEventKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +61,9 @@ pub struct ReferenceChange {
     pub remove_technician: Option<String>,
     #[serde(default)]
     pub failure: Option<FailureRecord>,
+    /// A camera and its ROIs, added or replacing the one with its id.
+    #[serde(default)]
+    pub camera: Option<Camera>,
 }
 
 /// A camera sending frames at `fps` from `from_s` until (not including) `until_s`.
@@ -264,6 +267,7 @@ pub fn replay(
             inputs.load(&reference, 0);
             let mut assets = reference.assets.clone();
             let mut technicians = reference.technicians.clone();
+            let mut cameras = reference.cameras.clone();
             let mut changes: Vec<(u64, ReferenceChange)> =
                 scenario.changes.iter().map(|c| (scenario.at(c.at_s), c.clone())).collect();
             changes.sort_by_key(|(at, _)| *at);
@@ -306,6 +310,9 @@ pub fn replay(
                     }
                     if let Some(failure) = change.failure {
                         inputs.plant.failures.insert(failure);
+                    }
+                    if let Some(camera) = change.camera {
+                        upsert(&mut cameras, camera, |c| &c.camera_id, &mut inputs.plant.cameras);
                     }
                 }
                 worker.step();

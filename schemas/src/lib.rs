@@ -16,8 +16,8 @@ pub use frame::FrameMeta;
 pub use message::Emitted;
 pub use reference::{Asset, Camera, FailureRecord, InventoryItem, PartRequirement, Procedure, Roi, Shift, Technician};
 pub use work_order::{
-    Evidence, PartLine, Priority, ProcedureRef, RevisionKind, SCHEMA_VERSION, Severity, SeverityComponents, WoEvent,
-    WoEventKind, WorkOrder, WorkOrderStatus, WorkType,
+    Evidence, PartLine, Priority, ProcedureRef, RevisionKind, SCHEMA_VERSION, Severity, SeverityComponents, View,
+    WoEvent, WoEventKind, WorkOrder, WorkOrderStatus, WorkType,
 };
 
 /// Milliseconds since the Unix epoch: every event time in defectflow uses this unit.

@@ -35,6 +35,11 @@ pub struct Roi {
     /// Millimetres per pixel at the asset's surface, where the camera is calibrated.
     #[serde(default)]
     pub mm_per_px: Option<f64>,
+    /// A surface of the asset that other cameras' ROIs naming the same region show too,
+    /// each rectangle spanning the same surface edge to edge: a defect two cameras see
+    /// at the same place in the region is one defect, one work order.
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 impl Roi {
@@ -167,7 +172,12 @@ macro_rules! total_order_by_key {
 }
 pub(crate) use total_order_by_key;
 
-total_order_by_key!(Roi, |r| (r.asset_id.clone(), [r.x, r.y, r.width, r.height], r.mm_per_px.map(f64::to_bits)));
+total_order_by_key!(Roi, |r| (
+    r.asset_id.clone(),
+    [r.x, r.y, r.width, r.height],
+    r.mm_per_px.map(f64::to_bits),
+    r.region.clone()
+));
 total_order_by_key!(FailureRecord, |f| (
     f.asset_id.clone(),
     f.failed_at_ms,

@@ -66,7 +66,7 @@ macro_rules! versions {
 /// Work-order revisions (`defectflow.work-orders`, out).
 pub const WORK_ORDER: Subject = Subject {
     name: "work-order",
-    versions: versions!("work-order": "1.0.0", "1.1.0", "1.2.0"),
+    versions: versions!("work-order": "1.0.0", "1.1.0", "1.2.0", "1.3.0"),
     event_type: Some("dev.defectflow.work_order.revision"),
 };
 /// CMMS status events (`defectflow.wo-events`, in; `defectflow bridge` writes them).

@@ -6,7 +6,7 @@ use crate::{BoundingBox, DefectClass, EpochMillis};
 
 /// Version of the work-order message; bumped on any incompatible change (see
 /// `docs/work-order-topic.md`).
-pub const SCHEMA_VERSION: &str = "1.2.0";
+pub const SCHEMA_VERSION: &str = "1.3.0";
 
 /// Urgency of a work order. P1 is the most urgent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -136,6 +136,14 @@ pub struct Evidence {
     pub bbox: BoundingBox,
 }
 
+/// A defect as one more camera sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct View {
+    pub camera_id: String,
+    pub track_id: String,
+    pub evidence: Option<Evidence>,
+}
+
 /// One revision of a work order: the message on `defectflow.work-orders`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkOrder {
@@ -167,6 +175,10 @@ pub struct WorkOrder {
     pub parts: Vec<PartLine>,
     pub technician_id: Option<String>,
     pub evidence: Option<Evidence>,
+    /// The same defect as other cameras see it (their ROIs share a region of the
+    /// asset), each with its own track and evidence. Since 1.3.0.
+    #[serde(default)]
+    pub other_views: Vec<View>,
     /// Event time of the first detection of the defect.
     pub detected_at_ms: EpochMillis,
     /// Event time at which this revision was made.
@@ -210,8 +222,10 @@ pub struct WoEvent {
     pub technician_id: Option<String>,
     #[serde(default)]
     pub note: Option<String>,
-    /// Why the work is on hold or cancelled (`waiting_for_parts`, ...).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Why the work is on hold or cancelled (`waiting_for_parts`, ...). Always written
+    /// (null when none): events cross processes of a cluster in bincode, which has no
+    /// field names to tell a left-out field by.
+    #[serde(default)]
     pub reason: Option<String>,
 }
 

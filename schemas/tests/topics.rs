@@ -8,7 +8,7 @@ use defectflow_schemas::registry::{self, Subject};
 use defectflow_schemas::{
     Alert, AlertKind, Asset, BoundingBox, DeadLetter, DefectClass, Evidence, PartLine, PartsStaging, Priority,
     ProcedureRef, RevisionKind, SCHEMA_VERSION, Severity, SeverityComponents, Shift, StagingKind, StockMovement,
-    Technician, WoEvent, WoEventKind, WorkOrder, WorkOrderStatus, WorkType,
+    Technician, View, WoEvent, WoEventKind, WorkOrder, WorkOrderStatus, WorkType,
 };
 use serde_json::Value;
 
@@ -56,6 +56,11 @@ fn crack_on_pulley() -> WorkOrder {
             capture_ms: 1_795_000_000_000,
             bbox: BoundingBox { x: 120.0, y: 80.0, width: 40.0, height: 12.0 },
         }),
+        other_views: vec![View {
+            camera_id: "cam-pulley-west".into(),
+            track_id: "TR-0a1b2c3d4e5f6071".into(),
+            evidence: None,
+        }],
         detected_at_ms: 1_795_000_000_000,
         revised_at_ms: 1_795_000_060_000,
         reopens: None,

@@ -8,11 +8,12 @@ mod alerts;
 mod cmms;
 mod plan;
 mod revision;
+mod views;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use defectflow_schemas::{
-    Alert, Assignment, DeadLetter, DefectClass, EpochMillis, InventoryItem, PartLine, PartsStaging, Priority,
+    Alert, Assignment, Camera, DeadLetter, DefectClass, EpochMillis, InventoryItem, PartLine, PartsStaging, Priority,
     Procedure, ProcedureRef, RevisionKind, SCHEMA_VERSION, StagingKind, StockMovement, Technician, WoEvent,
     WoEventKind, WorkOrder, WorkOrderStatus, WorkType,
 };
@@ -133,6 +134,8 @@ impl WorkTypes {
 pub enum LedgerInput {
     Technician(Technician, isize),
     Procedure(Procedure, isize),
+    /// A camera's ROIs: where cameras share a region of an asset.
+    Camera(Camera, isize),
     Item(InventoryItem, isize),
     Movement(StockMovement, isize),
     /// A work order an earlier run published, taken up again (see [`RestoredOrder`]).
@@ -269,6 +272,8 @@ struct Order {
     told: BTreeSet<(String, String)>,
     /// When it was first published at P1, while escalation is on.
     p1_since: Option<EpochMillis>,
+    /// The same defect as other cameras see it, by camera.
+    views: BTreeMap<String, defectflow_schemas::View>,
     /// Why it is on hold, while it is.
     hold_reason: Option<String>,
     /// The status a `resumed` event returns an on-hold work order to.
@@ -294,6 +299,7 @@ impl Order {
             alerted: false,
             told: BTreeSet::new(),
             p1_since: None,
+            views: BTreeMap::new(),
             hold_reason: None,
             resume_to: WorkOrderStatus::Acknowledged,
         }
@@ -359,6 +365,8 @@ pub struct Ledger {
     below_reorder: BTreeSet<String>,
     /// Pending escalations: (due, work order).
     escalations: BTreeSet<(EpochMillis, String)>,
+    /// Each camera's ROIs, for regions cameras share.
+    rois: HashMap<String, Vec<defectflow_schemas::Roi>>,
     last_time: Option<EpochMillis>,
 }
 
@@ -375,6 +383,7 @@ impl Ledger {
             last_completed: HashMap::new(),
             below_reorder: BTreeSet::new(),
             escalations: BTreeSet::new(),
+            rois: HashMap::new(),
             last_time: None,
         }
     }
@@ -400,6 +409,7 @@ impl Ledger {
                     self.dispatcher.apply_procedure(&procedure, diff);
                     reconsider_all = true;
                 }
+                LedgerInput::Camera(camera, diff) => self.apply_camera(&camera, diff),
                 LedgerInput::Item(item, diff) => {
                     self.stock.set_reorder_point(&item.part_id, (diff > 0).then_some(item.reorder_point));
                 }
@@ -480,6 +490,12 @@ impl Ledger {
         }
         let current = entry.work_order.as_ref().and_then(|id| self.orders.get_mut(id));
         let reopens = match current {
+            // Another camera's view of the defect: its view follows the track.
+            Some(order) if order.is_open() && order.views.contains_key(&track.camera_id) => {
+                order.views.insert(track.camera_id.clone(), views::view_of(track));
+                touched.insert(order.work_order_id.clone());
+                return;
+            }
             Some(order) if order.is_open() => {
                 order.scored = scored;
                 touched.insert(order.work_order_id.clone());
@@ -514,6 +530,15 @@ impl Ledger {
                     entry.work_order = Some(order.work_order_id.clone());
                     order.scored = scored;
                     touched.insert(order.work_order_id.clone());
+                    return;
+                }
+                // The same defect as another camera sees it, where the two share a region.
+                if let Some(id) = views::seen_by_another_camera(&self.rois, &self.orders, track)
+                    && let Some(order) = self.orders.get_mut(&id)
+                {
+                    order.views.insert(track.camera_id.clone(), views::view_of(track));
+                    entry.work_order = Some(id.clone());
+                    touched.insert(id);
                     return;
                 }
                 // A spot closed as a false positive opens nothing until it expires.
@@ -574,6 +599,10 @@ impl Ledger {
         let mut order = Order::new(id.clone(), scored, wo.detected_at_ms, wo.reopens.clone());
         order.status = wo.status;
         order.hold_reason = wo.hold_reason.clone();
+        for view in &wo.other_views {
+            self.tracks.entry(view.track_id.clone()).or_default().work_order = Some(id.clone());
+            order.views.insert(view.camera_id.clone(), view.clone());
+        }
         if !order.is_open() {
             let completed_at = (wo.status == WorkOrderStatus::Completed).then_some(wo.revised_at_ms);
             let false_positive_at = (wo.status == WorkOrderStatus::FalsePositive).then_some(wo.revised_at_ms);

@@ -76,6 +76,7 @@ impl Ledger {
             || last.procedure.as_ref().map(|p| &p.procedure_id) != order.procedure.as_ref().map(|p| &p.procedure_id)
             || last.parts != parts
             || last.track_id != track.track_id
+            || last.other_views.len() != order.views.len()
     }
 
     /// Parts staged (or short) for a newly reserved procedure, and reorders of parts
@@ -156,6 +157,7 @@ fn revision_of(
         parts: parts.to_vec(),
         technician_id: order.technician.clone(),
         evidence: track.evidence.clone(),
+        other_views: order.views.values().cloned().collect(),
         detected_at_ms: track.first_seen_ms,
         revised_at_ms: time,
         reopens: order.reopens.clone(),
