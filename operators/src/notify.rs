@@ -16,7 +16,7 @@ pub struct Routing {
     pub recipients: Vec<Recipient>,
     pub rules: Vec<AlertRule>,
     /// Minutes after which a P1 still open (nobody acknowledged, started or held it)
-    /// escalates to `escalate_to`; 0: never.
+    /// escalates to `escalate_to`; 0 (or nobody in `escalate_to`): never.
     pub escalate_after_minutes: f64,
     /// Roles or recipient ids an escalation goes to (those on shift, in the zone).
     pub escalate_to: Vec<String>,
@@ -166,6 +166,16 @@ impl Routing {
             if !ids.insert(r.id.as_str()) {
                 return fault(format!("notify.recipients[{i}].id"), format!("`{}` is listed twice", r.id));
             }
+            if let Some(url) = r.webhook.as_deref().filter(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+            {
+                return fault(
+                    format!("notify.recipients[{i}].webhook"),
+                    format!("must be an http:// or https:// URL, got `{url}`"),
+                );
+            }
+            if let Some(email) = r.email.as_deref().filter(|e| !e.contains('@') || e.contains(char::is_whitespace)) {
+                return fault(format!("notify.recipients[{i}].email"), format!("`{email}` is not a mail address"));
+            }
             if let Some(shift) = r.shift
                 && (shift.start_hour > 23 || shift.end_hour > 24)
             {
@@ -174,7 +184,14 @@ impl Routing {
         }
         let known = |name: &String| self.recipients.iter().any(|r| r.id == *name || r.role == *name);
         let unknown = |name: &String| format!("`{name}` is neither a recipient id nor a role of notify.recipients");
+        let mut names = std::collections::BTreeSet::new();
         for (i, rule) in self.rules.iter().enumerate() {
+            if rule.name.is_empty() || rule.name == "escalation" {
+                return fault(format!("notify.rules[{i}].name"), format!("`{}` is empty or reserved", rule.name));
+            }
+            if !names.insert(rule.name.as_str()) {
+                return fault(format!("notify.rules[{i}].name"), format!("`{}` names two rules", rule.name));
+            }
             if rule.notify.is_empty() {
                 return fault(format!("notify.rules[{i}].notify"), format!("rule `{}` tells nobody", rule.name));
             }

@@ -8,8 +8,9 @@
 //! backoff until it answers; one that refuses for good gives a dead letter naming the
 //! answer. Each delivery is recorded in a journal (synced before the group's offsets
 //! move past it), so an alert read again after a crash is not sent again on a channel
-//! that had it; the window between a server accepting and the journal recording is
-//! covered by the webhook's `Idempotency-Key` and the mail's Message-ID.
+//! that had it; in the window between a server accepting and the journal recording, a
+//! webhook receiver can tell the repeat by its `Idempotency-Key` (a mail is sent again,
+//! with the same Message-ID).
 
 mod config;
 mod deliver;
@@ -77,10 +78,26 @@ pub fn run(config: &NotifyFile, stop: Arc<AtomicBool>, until_caught_up: bool) ->
                     let recipients = recipients(config, &alert);
                     let mut all = true;
                     for recipient in &recipients {
+                        let letter = |channel: &str, reason: String| DeadLetter {
+                            source: format!("notify:{channel}:{}", recipient.id),
+                            payload: serde_json::to_string(&alert).unwrap_or_default(),
+                            reason,
+                            at_ms: alert.at_ms,
+                        };
                         let channels = deliverer.channels(recipient);
                         if channels.is_empty() {
-                            summary.unreachable += 1;
-                            tracing::warn!(recipient = %recipient.id, alert = %id, "no webhook or mail address to reach them on");
+                            // Nobody can be reached: said on the dead-letter topic, once.
+                            let key = format!("{id}>{}>none", recipient.id);
+                            if !journal.has(&key) {
+                                summary.unreachable += 1;
+                                let why = format!("no webhook or mail address reaches recipient `{}`", recipient.id);
+                                tracing::warn!(alert = %id, "{why}");
+                                if !publisher.send_until_delivered(&letter("none", why), &config.kafka.topics, &stop) {
+                                    all = false;
+                                    break;
+                                }
+                                journal.record(&key)?;
+                            }
                         }
                         for channel in channels {
                             let key = format!("{id}>{}>{}", recipient.id, channel.name());
@@ -93,12 +110,7 @@ pub fn run(config: &NotifyFile, stop: Arc<AtomicBool>, until_caught_up: bool) ->
                                 Some(Ok(())) => {}
                                 Some(Err(reason)) => {
                                     summary.refused += 1;
-                                    let letter = DeadLetter {
-                                        source: format!("notify:{}:{}", channel.name(), recipient.id),
-                                        payload: serde_json::to_string(&alert).unwrap_or_default(),
-                                        reason,
-                                        at_ms: alert.at_ms,
-                                    };
+                                    let letter = letter(channel.name(), reason);
                                     if !publisher.send_until_delivered(&letter, &config.kafka.topics, &stop) {
                                         all = false;
                                         break;
@@ -242,12 +254,23 @@ impl Journal {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("delivered.log");
         let mut done = HashSet::new();
+        let mut torn = false;
         if let Ok(file) = std::fs::File::open(&path) {
-            for line in BufReader::new(file).lines() {
-                done.insert(line?);
+            let mut reader = BufReader::new(file);
+            let mut line = String::new();
+            while reader.read_line(&mut line)? > 0 {
+                // A line a crash cut short is not a delivery (it is made again).
+                torn = !line.ends_with('\n');
+                if !torn {
+                    done.insert(line.trim_end().to_owned());
+                }
+                line.clear();
             }
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        if torn {
+            writeln!(file)?;
+        }
         Ok(Journal { path, file, done })
     }
 

@@ -76,7 +76,7 @@ impl Ledger {
             || last.procedure.as_ref().map(|p| &p.procedure_id) != order.procedure.as_ref().map(|p| &p.procedure_id)
             || last.parts != parts
             || last.track_id != track.track_id
-            || last.other_views.len() != order.views.len()
+            || last.other_views.iter().map(|v| &v.track_id).ne(order.views.values().map(|v| &v.track_id))
     }
 
     /// Parts staged (or short) for a newly reserved procedure, and reorders of parts

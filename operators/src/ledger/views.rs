@@ -38,7 +38,8 @@ fn region_of<'a>(rois: &'a HashMap<String, Vec<Roi>>, track: &DefectTrack) -> Op
 }
 
 /// The open work order another camera made for the defect `track` shows, if the two
-/// cameras share the region it lies in and the boxes meet there.
+/// cameras share the region it lies in and the boxes meet there (a work order this
+/// camera already views too: its track lapsed, and this one takes the view over).
 pub(super) fn seen_by_another_camera(
     rois: &HashMap<String, Vec<Roi>>,
     orders: &BTreeMap<String, Order>,
@@ -55,7 +56,6 @@ pub(super) fn seen_by_another_camera(
         .values()
         .filter(|o| o.is_open() && o.scored.track.camera_id != track.camera_id)
         .filter(|o| o.scored.track.asset_id == track.asset_id && o.scored.track.class == track.class)
-        .filter(|o| !o.views.contains_key(&track.camera_id))
         .find(|o| {
             region_of(rois, &o.scored.track)
                 .is_some_and(|(theirs, there)| theirs == region && widen(there).iou(&widen(here)) > 0.0)

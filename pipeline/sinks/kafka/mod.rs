@@ -11,14 +11,15 @@
 //! sent after the record when the process died between sending and recording; it sends
 //! none of them again. (Materialize's Kafka sink keeps progress the same way.) Its own
 //! records keep the recovered offsets until their closed timestamp covers every message
-//! found after them (each carries its dataflow time in `defectflow-time`), or the run
-//! derived it again: a later restart still learns of them.
+//! of this sink found after them (each carries its dataflow time in `defectflow-time`;
+//! other senders' messages, such as the bridge's dead letters, are not waited for), or
+//! the run derived it again: a later restart still learns of them.
 //!
 //! The producer is always idempotent (no duplicates from its own retries). With
 //! `transactional = true`, each closed timestamp's messages and its progress record go
 //! in one transaction, for brokers whose consumers hide aborted transactions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -54,9 +55,12 @@ pub struct ProgressRecord {
 #[derive(Clone, Debug, Default)]
 pub struct Recovered {
     pub progress: Option<ProgressRecord>,
-    /// Idempotency keys of the messages found after the progress record, with the
-    /// dataflow time each was derived at (`None`: sent without one).
-    pub delivered_after: HashMap<String, Option<u64>>,
+    /// Idempotency keys of the messages found after the progress record.
+    pub delivered_after: HashSet<String>,
+    /// Of those, the ones this sink sent, with the dataflow time each was derived at
+    /// (messages of other senders on the topics, such as the bridge's dead letters,
+    /// and those sent without a time are not waited for).
+    pub ahead: HashMap<String, u64>,
     /// The next offset of every output partition, as read to its end.
     pub ends: BTreeMap<String, BTreeMap<i32, i64>>,
     /// The latest revision of every work order this sink sent to the topic.
@@ -100,10 +104,10 @@ pub struct KafkaSink {
     recovered: Recovered,
     /// The last progress written (or recovered).
     progress: ProgressRecord,
-    /// Messages found after the recovered record that no record of this run covers
-    /// yet (idempotency key → dataflow time): until none is left, records keep the
-    /// recovered offsets.
-    unsettled: HashMap<String, Option<u64>>,
+    /// This sink's messages found after the recovered record that no record of this
+    /// run covers yet (idempotency key → dataflow time): until none is left, records
+    /// keep the recovered offsets.
+    unsettled: HashMap<String, u64>,
     last_recorded: Instant,
     /// Messages sent by this process, for the run's report.
     pub sent: u64,
@@ -136,7 +140,7 @@ impl Sink for KafkaSink {
             (Some(outgoing), _) => self.delivered_before(time, &outgoing),
             (None, Emitted::Assignment(a)) => {
                 let closed = self.recovered.progress.as_ref().is_some_and(|p| time < p.closed_before);
-                closed || self.recovered.delivered_after.contains_key(&format!("{}:{}", a.work_order_id, a.revision))
+                closed || self.recovered.delivered_after.contains(&format!("{}:{}", a.work_order_id, a.revision))
             }
             (None, _) => false,
         })
@@ -187,7 +191,7 @@ impl KafkaSink {
         // Records start from the recovered one: what a crashed run sent after it may
         // be of times its closed timestamp does not cover yet.
         let progress = recovered.progress.clone().unwrap_or_default();
-        let unsettled = recovered.delivered_after.clone();
+        let unsettled = recovered.ahead.clone();
         if let Some(p) = &recovered.progress {
             tracing::info!(
                 closed_before = p.closed_before,
@@ -210,7 +214,7 @@ impl KafkaSink {
     /// Whether an earlier run delivered this message.
     fn delivered_before(&self, time: u64, message: &Outgoing) -> bool {
         let closed = self.recovered.progress.as_ref().is_some_and(|p| time < p.closed_before);
-        closed || self.recovered.delivered_after.contains_key(&message.idempotency_key)
+        closed || self.recovered.delivered_after.contains(&message.idempotency_key)
     }
 
     /// Delivers the messages of every dataflow time below `closed_before` (all of them
@@ -247,7 +251,7 @@ impl KafkaSink {
         if !outgoing.is_empty() {
             super::failpoint("after-send");
         }
-        self.unsettled.retain(|_, time| time.is_none_or(|t| t >= closed_before));
+        self.unsettled.retain(|_, time| *time >= closed_before);
         let mut progress = ProgressRecord { closed_before, offsets: self.progress.offsets.clone() };
         if self.unsettled.is_empty()
             && let Ok(next) = self.producer.context().next_offsets.lock()
@@ -392,7 +396,7 @@ fn recover(config: &KafkaConfig) -> Result<Recovered, BrokerError> {
             }
         }
     }
-    let mut delivered_after = HashMap::new();
+    let mut found = Found { sink_id: &config.sink_id, keys: HashSet::new(), ahead: HashMap::new() };
     let mut ends: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
     for topic in config.topics.outputs() {
         let metadata = consumer
@@ -410,12 +414,12 @@ fn recover(config: &KafkaConfig) -> Result<Recovered, BrokerError> {
                 .copied()
                 .unwrap_or(low)
                 .max(low);
-            let end = read_idempotency_keys(&consumer, (topic, partition), from, &mut delivered_after)?;
+            let end = read_idempotency_keys(&consumer, (topic, partition), from, &mut found)?;
             ends.entry(topic.to_owned()).or_default().insert(partition, end);
         }
     }
     let latest_orders = latest_work_orders(&consumer, &config.topics.work_orders, &config.sink_id)?;
-    Ok(Recovered { progress, delivered_after, ends, latest_orders })
+    Ok(Recovered { progress, delivered_after: found.keys, ahead: found.ahead, ends, latest_orders })
 }
 
 /// The latest revision of every work order this sink (`sink_id`) sent to `topic`, read
@@ -470,13 +474,20 @@ fn read_partition(
     Ok(out)
 }
 
-/// The idempotency key and dataflow time of every message of one partition from `from`
-/// to its end, into `keys`; returns the end.
+/// What recovery finds after the progress record: every message's idempotency key,
+/// and the dataflow times of those this sink (`sink_id`) sent.
+struct Found<'a> {
+    sink_id: &'a str,
+    keys: HashSet<String>,
+    ahead: HashMap<String, u64>,
+}
+
+/// Reads one partition from `from` to its end into `found`; returns the end.
 fn read_idempotency_keys(
     consumer: &BaseConsumer<Quiet>,
     (topic, partition): (&str, i32),
     from: i64,
-    keys: &mut HashMap<String, Option<u64>>,
+    found: &mut Found<'_>,
 ) -> Result<i64, BrokerError> {
     let mut end = from;
     read_messages(consumer, (topic, partition), from, None, |m| {
@@ -485,9 +496,12 @@ fn read_idempotency_keys(
             let value = m.headers().and_then(|h| h.iter().find(|h| h.key == name)).and_then(|h| h.value);
             value.map(|v| String::from_utf8_lossy(v).into_owned())
         };
-        if let Some(key) = header(headers::IDEMPOTENCY_KEY) {
-            keys.insert(key, header(headers::TIME).and_then(|t| t.parse().ok()));
+        let Some(key) = header(headers::IDEMPOTENCY_KEY) else { return };
+        let time = header(headers::TIME).and_then(|t| t.parse().ok());
+        if let Some(time) = time.filter(|_| header(headers::SINK_ID).as_deref() == Some(found.sink_id)) {
+            found.ahead.insert(key.clone(), time);
         }
+        found.keys.insert(key);
     })?;
     Ok(end)
 }

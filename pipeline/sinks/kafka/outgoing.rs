@@ -79,15 +79,19 @@ impl Outgoing {
             Emitted::Alert(a) => (
                 &topics.alerts,
                 a.recipient_id.clone().unwrap_or_else(|| a.work_order_id.clone()),
-                match (&a.recipient_id, a.kind) {
-                    (None, AlertKind::Raised) => format!("alert:{}:{}:{:?}", a.work_order_id, a.at_ms, a.priority),
-                    (recipient, kind) => format!(
-                        "alert:{}:{}:{:?}:{}:{}",
+                match (&a.recipient_id, a.kind, &a.rule) {
+                    (None, AlertKind::Raised, None) => {
+                        format!("alert:{}:{}:{:?}", a.work_order_id, a.at_ms, a.priority)
+                    }
+                    // Two rules may reach one person (or nobody) at once: each its own.
+                    (recipient, kind, rule) => format!(
+                        "alert:{}:{}:{:?}:{}:{}:{}",
                         a.work_order_id,
                         a.at_ms,
                         a.priority,
                         kind.as_str(),
-                        recipient.as_deref().unwrap_or("-")
+                        recipient.as_deref().unwrap_or("-"),
+                        rule.as_deref().unwrap_or("-")
                     ),
                 },
                 serde_json::to_vec(a),
