@@ -98,6 +98,13 @@ pub struct AlertSubject<'a> {
     pub zone: &'a str,
 }
 
+impl<'a> AlertSubject<'a> {
+    /// A work order at `priority`, of `class`, on `asset`.
+    pub fn of(priority: Priority, class: DefectClass, asset: &'a defectflow_schemas::Asset) -> AlertSubject<'a> {
+        AlertSubject { priority, class, criticality: asset.criticality, zone: &asset.zone }
+    }
+}
+
 impl AlertRule {
     fn matches(&self, s: &AlertSubject<'_>) -> bool {
         (self.priorities.is_empty() || self.priorities.contains(&s.priority))

@@ -157,25 +157,24 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 /// CMMS has not acknowledged stays uncommitted) and prints its summary as JSON.
 fn bridge(args: BridgeArgs) -> anyhow::Result<()> {
     let config = defectflow::bridge::BridgeConfig::load(&args.config)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
-        .context("cannot install the SIGINT/SIGTERM handler")?;
-    let summary = defectflow::bridge::run(&config, stop, args.until_caught_up)?;
-    println!("{}", serde_json::to_string(&summary)?);
-    Ok(())
+    until_signalled(|stop| defectflow::bridge::run(&config, stop, args.until_caught_up))
 }
 
 /// `defectflow notify`: runs until SIGINT/SIGTERM (an alert being delivered stays
 /// uncommitted) and prints its summary as JSON.
 fn notify(args: NotifyArgs) -> anyhow::Result<()> {
     let config = defectflow::notify::NotifyFile::load(&args.config)?;
+    until_signalled(|stop| defectflow::notify::run(&config, stop, args.until_caught_up))
+}
+
+/// A tool beside the run (bridge, notify): `run` until SIGINT/SIGTERM sets its stop
+/// flag, then its summary printed as JSON.
+fn until_signalled<S: serde::Serialize>(run: impl FnOnce(Arc<AtomicBool>) -> anyhow::Result<S>) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
         .context("cannot install the SIGINT/SIGTERM handler")?;
-    let summary = defectflow::notify::run(&config, stop, args.until_caught_up)?;
-    println!("{}", serde_json::to_string(&summary)?);
+    println!("{}", serde_json::to_string(&run(stop)?)?);
     Ok(())
 }
 

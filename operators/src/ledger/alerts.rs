@@ -24,12 +24,7 @@ impl Ledger {
             return (alerts, told);
         }
         let asset = &order.scored.asset;
-        let subject = AlertSubject {
-            priority,
-            class: order.scored.track.class,
-            criticality: asset.criticality,
-            zone: &asset.zone,
-        };
+        let subject = AlertSubject::of(priority, order.scored.track.class, asset);
         for reached in routing.route(self.config.clock(), time, &subject) {
             let rule = reached.rule.to_owned();
             if reached.recipients.is_empty() && !order.told.contains(&(rule.clone(), String::new())) {

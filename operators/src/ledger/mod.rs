@@ -635,12 +635,7 @@ impl Ledger {
         // reached then.
         order.alerted = wo.severity.priority == Priority::P1;
         let routing = &self.config.notify;
-        let subject = crate::notify::AlertSubject {
-            priority: wo.severity.priority,
-            class: wo.defect_class,
-            criticality: order.scored.asset.criticality,
-            zone: &order.scored.asset.zone,
-        };
+        let subject = crate::notify::AlertSubject::of(wo.severity.priority, wo.defect_class, &order.scored.asset);
         for reached in routing.route(self.config.clock(), wo.revised_at_ms, &subject) {
             order.told.insert((reached.rule.to_owned(), String::new()));
             order.told.extend(reached.recipients.iter().map(|r| (reached.rule.to_owned(), r.id.clone())));
