@@ -187,12 +187,15 @@ fn history(dir: &Path, days: u64, commits: u64) {
             technician_id: None,
             note: None,
             reason: None,
+            actual_hours: None,
+            downtime_hours: None,
         };
         let rows = AuditRows {
             detections: vec![detection],
             tracks: vec![(time, track)],
             inventory: vec![(time, stock)],
             wo_events: vec![(time, event)],
+            failures: Vec::new(),
         };
         let messages = [(time, Emitted::WorkOrder(Box::new(w))), (time, Emitted::Assignment(assignment))];
         stream.append(time + 1, &messages, rows).unwrap_or_else(|e| panic!("{e}"));

@@ -92,6 +92,10 @@ pub struct Metrics {
     pub audit_errors: AtomicU64,
     /// Set while a failing audit log holds as many rows as it may (the cameras wait).
     pub audit_overfull: AtomicBool,
+    /// Changes of the thresholds file put in force, and those refused (the thresholds
+    /// before stay).
+    pub threshold_reloads: AtomicU64,
+    pub threshold_reload_errors: AtomicU64,
     /// Each camera's normal (commissioning and gating), once the model is loaded.
     pub gates: Mutex<Option<defectflow_operators::gating::CameraGates>>,
     /// The work orders as they left: backlog, overdue, open hours, shortages, outcomes.
@@ -313,6 +317,18 @@ defectflow_ready {}
             u64::from(self.audit_failing.load(Ordering::Relaxed)),
         );
         counter(out, "defectflow_audit_write_errors_total", "Failed audit-log commits.", &self.audit_errors);
+        counter(
+            out,
+            "defectflow_threshold_reloads_total",
+            "Changes of the thresholds file ([plant] thresholds) put in force.",
+            &self.threshold_reloads,
+        );
+        counter(
+            out,
+            "defectflow_threshold_reload_errors_total",
+            "Changes of the thresholds file refused (the file does not parse or a value is out of range); the thresholds before stay in force.",
+            &self.threshold_reload_errors,
+        );
         gauge(
             out,
             "defectflow_evidence_frames_held",

@@ -324,6 +324,10 @@ fn collect_messages<'scope>(
                         sink.audit.push((time, AuditRow::Event(e)));
                         continue;
                     }
+                    LedgerOutput::Failure(f) => {
+                        sink.audit.push((time, AuditRow::Failure(f)));
+                        continue;
+                    }
                     _ => continue,
                 };
                 sink.pending.push((time, message.clone()));

@@ -132,6 +132,21 @@ fn the_demo_run_leaves_what_every_user_needs() {
     assert_eq!(events.len(), script_lines, "one row per scripted event: {events:?}");
     assert!(events.iter().all(|id| latest.contains_key(id)), "events name work orders of the run");
 
+    // The pulley crack's repair (corrective work) is a failure of the pulley, with the
+    // hours the script's completion reported; the gearbox wear's (predictive) is not.
+    let read = Command::new(python())
+        .args(["-c", "import json, sys, polars as pl; df = pl.read_parquet(sys.argv[1] + '/failures/**/*.parquet', hive_partitioning=True); print(json.dumps(df.select('asset_id', 'defect_class', 'actual_hours', 'downtime_hours', 'work_order_id').rows()))"])
+        .arg(&audit)
+        .output()
+        .expect("python");
+    assert!(read.status.success(), "failures: {}", String::from_utf8_lossy(&read.stderr));
+    let failures: Vec<(String, String, Option<f64>, f64, String)> = serde_json::from_slice(&read.stdout).expect("json");
+    assert!(!failures.is_empty(), "the pulley's repair is recorded");
+    for (asset, class, labour, downtime, order) in &failures {
+        assert_eq!((asset.as_str(), class.as_str(), *labour, *downtime), ("CV-101-PUL", "crack", Some(2.5), 1.5));
+        assert_eq!(latest[order]["status"], "completed", "{order}");
+    }
+
     // `defectflow report --json` equals the KPIs recomputed from the Parquet files.
     let report = Command::new(env!("CARGO_BIN_EXE_defectflow"))
         .args(["report", "--audit", audit.to_str().expect("utf-8"), "--json"])
@@ -146,6 +161,10 @@ fn the_demo_run_leaves_what_every_user_needs() {
     assert!(recompute.status.success(), "kpis.py: {}", String::from_utf8_lossy(&recompute.stderr));
     let recomputed: Value = serde_json::from_slice(&recompute.stdout).expect("kpis.py JSON");
     assert_same(&reported, &recomputed, "kpis");
+    let pulley = reported["assets"].as_array().expect("assets").iter().find(|a| a["asset_id"] == "CV-101-PUL");
+    let pulley = pulley.expect("the pulley's KPIs");
+    assert_eq!(pulley["mttr_h"].as_f64(), Some(1.5), "the downtime reported is the time to repair: {pulley}");
+    assert_eq!(pulley["downtime_h"].as_f64(), Some(1.5 * failures.len() as f64), "{pulley}");
     assert_eq!(reported["work_orders"]["total"].as_u64(), Some(latest.len() as u64));
     assert!(reported["work_orders"]["completed"].as_u64() > Some(0), "the demo completes some work orders");
     assert!(reported["work_orders"]["false_positive"].as_u64() > Some(0), "and rejects one");
@@ -218,6 +237,8 @@ fn the_deploy_guide_documents_the_config_the_code_reads() {
     std::os::unix::fs::symlink(root().join("examples/demo-plant/reference"), dir.path().join("reference"))
         .expect("reference");
     std::fs::write(dir.path().join("cmms-events.toml"), "").expect("script");
+    std::fs::write(dir.path().join("thresholds.toml"), "[[threshold]]\nclass = \"wear\"\nmin_confidence = 0.8\n")
+        .expect("thresholds");
     let check = Command::new(env!("CARGO_BIN_EXE_defectflow"))
         .args(["check-config", path.to_str().expect("utf-8")])
         .env("DEFECTFLOW_KAFKA_PASSWORD", "not-a-secret")

@@ -40,11 +40,21 @@ pub struct InferConfig {
     pub shadow: bool,
     /// Inference threads, each running the network on one core; 0: one per core.
     pub threads: usize,
+    /// `min_confidence` per camera and class, as the thresholds file says now
+    /// (`[plant] thresholds`): a detection under it does not count.
+    #[serde(skip)]
+    pub thresholds: crate::thresholds::LiveThresholds,
 }
 
 impl Default for InferConfig {
     fn default() -> Self {
-        InferConfig { batch_size: 8, max_wait_ms: 0, shadow: false, threads: 0 }
+        InferConfig {
+            batch_size: 8,
+            max_wait_ms: 0,
+            shadow: false,
+            threads: 0,
+            thresholds: crate::thresholds::LiveThresholds::default(),
+        }
     }
 }
 
@@ -115,7 +125,7 @@ impl InferencePool {
         let detectors_started = detectors.len();
         for (i, detector) in detectors.into_iter().enumerate() {
             let (queue, observe, backlog) = (queue.clone(), Arc::clone(&observe), Arc::clone(&backlog));
-            let gates = gates.clone();
+            let (gates, thresholds) = (gates.clone(), config.thresholds.clone());
             // The network's kernels are parallel; on this thread they run on one core,
             // and the threads together use them all.
             let one_core = rayon::ThreadPoolBuilder::new()
@@ -143,7 +153,8 @@ impl InferencePool {
                             Err(_) => break,
                         }
                     }
-                    one_core.install(|| run(&detector, gates.as_ref(), batch, shadow, &*observe));
+                    let setup = Setup { gates: gates.as_ref(), shadow, thresholds: &thresholds };
+                    one_core.install(|| run(&detector, &setup, batch, &*observe));
                     backlog.fetch_sub(frames, Ordering::Relaxed);
                 }
             })?;
@@ -164,14 +175,17 @@ impl InferencePool {
     }
 }
 
-/// Runs the jobs' frames through the network together and replies to each job.
-fn run<B: Backend>(
-    detector: &Detector<B>,
-    gates: Option<&CameraGates>,
-    jobs: Vec<Job>,
+/// What an inference thread runs each batch with.
+struct Setup<'a> {
+    gates: Option<&'a CameraGates>,
     shadow: bool,
-    observe: &impl Fn(usize, Duration),
-) {
+    thresholds: &'a crate::thresholds::LiveThresholds,
+}
+
+/// Runs the jobs' frames through the network together and replies to each job.
+fn run<B: Backend>(detector: &Detector<B>, setup: &Setup<'_>, jobs: Vec<Job>, observe: &impl Fn(usize, Duration)) {
+    let Setup { gates, shadow, .. } = *setup;
+    let thresholds = setup.thresholds.current();
     let started = Instant::now();
     let frames: Vec<&FrameTensor> = jobs.iter().flat_map(|job| &job.frames).collect();
     let views: Vec<FrameView<'_>> = frames
@@ -214,8 +228,12 @@ fn run<B: Backend>(
             .zip(found.by_ref())
             .map(|(frame, found)| {
                 let meta = &frame.meta;
+                let counts = |f: &Found| {
+                    thresholds.min_confidence(&meta.camera_id, f.class).is_none_or(|least| f.confidence >= least)
+                };
                 let detections = found
                     .into_iter()
+                    .filter(|(f, _)| counts(f))
                     .map(|(f, shadow)| Detection {
                         camera_id: meta.camera_id.clone(),
                         frame_index: meta.frame_index,

@@ -13,4 +13,5 @@ pub mod inventory;
 pub mod ledger;
 pub mod notify;
 pub mod severity;
+pub mod thresholds;
 pub mod track;

@@ -163,6 +163,9 @@ fn severity_rescores_when_a_failure_is_recorded_and_retracts_the_old_score() {
         failed_at_ms: T0 - 86_400_000,
         defect_class: None,
         downtime_hours: 2.0,
+        actual_hours: None,
+        work_order_id: None,
+        repaired_at_ms: None,
     };
     let out = timely::example(move |scope| {
         let tracks = vec![(("P-1".to_string(), scored(400.0, 1)), T0 + 1000, 1isize)].to_stream(scope).as_collection();
@@ -233,6 +236,8 @@ fn a_completed_work_order_leaves_the_workload_and_releases_its_parts() {
                     technician_id: None,
                     note: None,
                     reason: None,
+                    actual_hours: None,
+                    downtime_hours: None,
                 }]
             } else {
                 vec![]
@@ -422,7 +427,9 @@ fn a_restored_p1_work_order_is_not_alerted_again() {
 
 /// A restart knows the work orders completed before it: the defect coming back opens a
 /// work order that reopens the completed one, as without the restart, and a late CMMS
-/// event for the completed one is refused as for a closed work order.
+/// event for the completed one is refused as for a closed work order. The completion
+/// records the failure it repaired with the hours the CMMS reported (negative hours are
+/// refused, naming the field).
 #[test]
 fn a_work_order_completed_before_a_restart_is_reopened_by_its_defect_coming_back() {
     use defectflow_operators::derive::{Ledger, LedgerInput, RestoredOrder};
@@ -436,17 +443,39 @@ fn a_work_order_completed_before_a_restart_is_reopened_by_its_defect_coming_back
         technician_id: None,
         note: None,
         reason: None,
+        actual_hours: None,
+        downtime_hours: None,
     };
 
     let mut first = Ledger::new(WorkOrderConfig::default());
     first.step(0, reference());
     let [created] =
         revisions_of(&first.step(T0 + 1000, vec![scored_input(scored(400.0, 1), &asset)])).try_into().expect("one");
-    let [closed] =
-        revisions_of(&first.step(T0 + 2000, vec![LedgerInput::Event(completed(&created.work_order_id, T0 + 2000))]))
-            .try_into()
-            .expect("the closing revision");
+    let negative = WoEvent { downtime_hours: Some(-1.0), ..completed(&created.work_order_id, T0 + 1500) };
+    let refused = first.step(T0 + 1500, vec![LedgerInput::Event(negative)]);
+    let [LedgerOutput::DeadLetter(letter)] = refused.as_slice() else { panic!("{refused:?}") };
+    assert!(letter.reason.contains("downtime_hours must be a number of hours, 0 or more, got -1"), "{letter:?}");
+    let reported =
+        WoEvent { actual_hours: Some(2.5), downtime_hours: Some(1.25), ..completed(&created.work_order_id, T0 + 2000) };
+    let completion = first.step(T0 + 2000, vec![LedgerInput::Event(reported.clone())]);
+    let [closed] = revisions_of(&completion).try_into().expect("the closing revision");
     assert_eq!(closed.status, WorkOrderStatus::Completed);
+    let failures: Vec<&FailureRecord> =
+        completion.iter().filter_map(|o| if let LedgerOutput::Failure(f) = o { Some(f) } else { None }).collect();
+    assert_eq!(
+        failures,
+        vec![&FailureRecord {
+            asset_id: asset.asset_id.clone(),
+            failed_at_ms: created.detected_at_ms,
+            defect_class: Some(created.defect_class),
+            downtime_hours: 1.25,
+            actual_hours: Some(2.5),
+            work_order_id: Some(created.work_order_id.clone()),
+            repaired_at_ms: Some(T0 + 2000),
+        }],
+        "{completion:?}"
+    );
+    assert!(completion.contains(&LedgerOutput::Accepted(reported)), "the event is audited with its hours");
 
     let mut second = Ledger::new(WorkOrderConfig::default());
     let mut start = reference();
@@ -485,6 +514,8 @@ fn on_hold_frees_the_hours_but_keeps_the_parts_and_cancelled_releases_both() {
             technician_id: None,
             note: None,
             reason: reason.map(Into::into),
+            actual_hours: None,
+            downtime_hours: None,
         })
     };
     let mut config = WorkOrderConfig::default();
@@ -608,6 +639,8 @@ fn a_false_positive_suppresses_its_spot_across_tracks_and_a_restart_until_it_exp
             technician_id: None,
             note: None,
             reason: None,
+            actual_hours: None,
+            downtime_hours: None,
         })
     };
     let seen = |ledger: &mut Ledger, track_id: &str, at_s: u64, x: f32| {
@@ -659,4 +692,33 @@ fn a_false_positive_suppresses_its_spot_across_tracks_and_a_restart_until_it_exp
     // Without a suppression time, only the false positive's own track stays quiet.
     let mut untimed = restart(&WorkOrderConfig { suppress_false_positive_hours: 0.0, ..config });
     assert_eq!(seen(&mut untimed, "TR-6", 600, 0.0).len(), 1);
+}
+
+/// `open_score` per camera and class changes while the ledger runs: a confirmed track
+/// under the camera's raised score opens nothing, and opens its work order at its next
+/// sighting once the thresholds file lowers it again; other cameras keep the default.
+#[test]
+fn a_camera_s_open_score_changes_without_a_restart() {
+    use defectflow_operators::derive::{Ledger, LedgerInput};
+    use defectflow_operators::thresholds::{LiveThresholds, Thresholds};
+    let (asset, procedure, technician) = pump_plant();
+    let live = LiveThresholds::new(
+        Thresholds::parse("[[threshold]]\ncamera = \"cam\"\nclass = \"crack\"\nopen_score = 95\n", "t.toml", 0.5)
+            .expect("valid"),
+    );
+    let mut ledger = Ledger::new(WorkOrderConfig { thresholds: live.clone(), ..WorkOrderConfig::default() });
+    ledger.step(0, vec![LedgerInput::Technician(technician, 1), LedgerInput::Procedure(procedure, 1)]);
+    let quiet = ledger.step(T0 + 1000, vec![scored_input(scored(400.0, 1), &asset)]);
+    assert_eq!(revisions_of(&quiet), vec![], "under the camera's open score");
+    let mut elsewhere = scored(400.0, 1);
+    (elsewhere.track_id, elsewhere.camera_id) = ("TR-other".into(), "cam-2".into());
+    let other = revisions_of(&ledger.step(T0 + 1500, vec![scored_input(elsewhere, &asset)]));
+    assert_eq!(other.len(), 1, "another camera opens at the default score: {other:?}");
+
+    live.replace(
+        Thresholds::parse("[[threshold]]\ncamera = \"cam\"\nopen_score = 10\n", "t.toml", 0.5).expect("valid"),
+    );
+    let opened = revisions_of(&ledger.step(T0 + 2000, vec![scored_input(scored(400.0, 2), &asset)]));
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert_eq!((opened[0].camera_id.as_str(), opened[0].revision), ("cam", 1));
 }

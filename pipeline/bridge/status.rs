@@ -141,6 +141,8 @@ fn report(pusher: &Pusher, publisher: &Publisher, poll: &Poll, record: &Value, t
             technician_id: None,
             note: Some(format!("{} status {status}", mapping.name)),
             reason: event.reason.clone(),
+            actual_hours: None,
+            downtime_hours: None,
         };
         let outgoing = Outgoing {
             topic: topic.to_owned(),

@@ -154,6 +154,7 @@ impl ModelConfig {
             max_wait_ms: self.max_wait_ms,
             shadow: self.shadow,
             threads: self.threads,
+            thresholds: Default::default(),
         }
     }
 }
@@ -174,6 +175,10 @@ pub struct PlantConfig {
     /// hours, daylight saving included. Without it, `[work_orders] utc_offset_minutes`.
     #[serde(default)]
     pub time_zone: Option<String>,
+    /// `min_confidence` and `open_score` per camera and defect class, relative to the
+    /// config file; re-read when it changes (`operators/src/thresholds.rs`).
+    #[serde(default)]
+    pub thresholds: Option<PathBuf>,
 }
 
 impl PlantConfig {
@@ -362,6 +367,7 @@ impl RunConfig {
         }
         config.plant.reference = config.plant.reference.map(|d| base.join(d));
         config.plant.cmms_script = config.plant.cmms_script.map(|f| base.join(f));
+        config.plant.thresholds = config.plant.thresholds.map(|f| base.join(f));
         if let Some(kafka) = &mut config.kafka {
             kafka.secrets_from_file.values_mut().for_each(|f| *f = base.join(&*f));
         }
@@ -406,6 +412,16 @@ impl RunConfig {
             }
         }
         check(validate_anomaly(&self.anomaly));
+        if let Some(path) = &self.plant.thresholds {
+            // Against the model's own threshold too, once it is loaded (`run`).
+            let read = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()));
+            let parsed = read.and_then(|text| {
+                defectflow_operators::thresholds::Thresholds::parse(&text, &path.display().to_string(), 0.0)
+            });
+            if let Err(message) = parsed {
+                check(fault("plant.thresholds", message));
+            }
+        }
         if self.plant.cmms_script.is_some() && self.plant.reference.is_none() {
             check(fault("plant.cmms_script", "CMMS events need work orders: add `[plant] reference`".into()));
         }

@@ -7,6 +7,7 @@ mod dataflow;
 mod ingest;
 mod report;
 mod resume;
+mod thresholds;
 mod worker;
 
 use std::collections::HashMap;
@@ -194,7 +195,7 @@ impl Process {
         stop: StopWhen,
         hooks: Hooks,
     ) -> anyhow::Result<Process> {
-        let config = config.clone();
+        let mut config = config.clone();
         let shadow = config.model.as_ref().is_some_and(|m| m.shadow);
         let process = crate::cluster::process_index(timely_config);
         let mut reference = config.plant.reference.as_deref().map(PlantReference::load).transpose()?;
@@ -214,13 +215,19 @@ impl Process {
         };
         metrics.stage_times.enabled.store(hooks.time_stages, Ordering::Relaxed);
         let counters = Arc::new(StageCounters::default());
-        let (pool, model_version) = match &config.model {
+        // The thresholds per camera and class the model's threads and the ledger read.
+        let live = config.work_orders.thresholds.clone();
+        let (pool, model_version, floor) = match &config.model {
             Some(model) => {
-                let (pool, version) = start_model(&config, model, &metrics, &counters)?;
-                (Some(pool), Some(version))
+                let (pool, version, floor) = start_model(&config, model, &metrics, &counters)?;
+                (Some(pool), Some(version), floor)
             }
-            None => (None, None),
+            None => (None, None, 0.0),
         };
+        if let Some(path) = &config.plant.thresholds {
+            thresholds::watch(path, floor, &live, &metrics)?;
+        }
+        config.work_orders.thresholds = live;
         *metrics.model_version.lock().unwrap_or_else(|p| p.into_inner()) = model_version.clone();
         // Evidence needs frames (a model), tracks (reference data) and somewhere to write.
         let evidence = match (&config.output.dir, &reference, &config.model) {
@@ -270,14 +277,17 @@ impl Process {
 
 /// One model for the process, on its own threads, gated by each camera's baseline.
 /// Loaded before the cameras start, so that a bad model fails the start, naming the
-/// file. Returns the pool and the model's version.
+/// file. Returns the pool, the model's version and its detection threshold.
 fn start_model(
     config: &RunConfig,
     model: &ModelConfig,
     metrics: &Arc<Metrics>,
     counters: &Arc<StageCounters>,
-) -> anyhow::Result<(InferencePool, String)> {
-    let infer = model.infer_config();
+) -> anyhow::Result<(InferencePool, String, f32)> {
+    let infer = defectflow_operators::infer::InferConfig {
+        thresholds: config.work_orders.thresholds.clone(),
+        ..model.infer_config()
+    };
     let detectors = (0..infer.thread_count())
         .map(|_| {
             let mut detector = Detector::<CpuBackend>::load(&model.resolved_dir(), Default::default())?;
@@ -288,6 +298,7 @@ fn start_model(
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let version = detectors.first().map(|d| d.version().to_owned()).unwrap_or_default();
+    let floor = detectors.first().map_or(0.0, |d| d.min_confidence);
     let gates = open_gates(config, &version)?;
     if let Ok(mut slot) = metrics.gates.lock() {
         *slot = Some(gates.clone());
@@ -301,7 +312,7 @@ fn start_model(
         metrics.inference.observe(elapsed.as_secs_f64());
     })
     .map_err(|e| anyhow::anyhow!("cannot start the inference threads: {e}"))?;
-    Ok((pool, version))
+    Ok((pool, version, floor))
 }
 
 /// Each camera's normal: its stored baseline (`<output>/baselines/`), or commissioning.

@@ -43,6 +43,12 @@ pub struct ScriptLine {
     /// Why the work is on hold or cancelled (`on_hold`, `cancelled`).
     #[serde(default)]
     pub reason: Option<String>,
+    /// Labour hours booked (`completed`).
+    #[serde(default)]
+    pub actual_hours: Option<f64>,
+    /// Hours the asset was down for the repair (`completed`).
+    #[serde(default)]
+    pub downtime_hours: Option<f64>,
 }
 
 /// The lines of a script and how far each has got.
@@ -100,6 +106,8 @@ impl CmmsScript {
                     technician_id: line.technician_id.clone(),
                     note: line.note.clone(),
                     reason: line.reason.clone(),
+                    actual_hours: line.actual_hours,
+                    downtime_hours: line.downtime_hours,
                 });
                 *stage = Stage::Sent;
             }

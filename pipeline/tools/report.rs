@@ -3,15 +3,18 @@
 //! (`notebooks/`), so a data engineer gets them without Python:
 //!
 //! - work orders by status (from each one's latest revision) and open ones by priority;
-//! - per asset: work orders, MTTR (first detection to the completing revision, hours,
-//!   completed ones only) and MTBF (mean gap between the first detections of its
-//!   consecutive work orders, false positives left out, hours; needs two);
+//! - per asset: work orders, MTTR (mean hours to repair over its completed work orders:
+//!   the downtime the CMMS reported with the completion, else the labour hours it
+//!   reported, else first detection to the completing revision), the downtime reported,
+//!   and MTBF (mean gap between the first detections of its consecutive work orders,
+//!   false positives left out, hours; needs two);
 //! - defects by asset and class (false positives left out);
 //! - the false-positive rate per class (closed as false positive / all its work orders);
 //! - detection-to-work-order latency in event time (first detection to revision 1,
 //!   seconds): p50, p99 (nearest rank) and max;
 //! - per technician: work orders whose latest revision names them, open ones and their
-//!   estimated hours;
+//!   estimated hours, done ones and their hours (the labour hours the CMMS reported with
+//!   the completion, else the estimate) and the labour hours reported;
 //! - the backlog as of the latest revision in the log: open, and overdue (open past its
 //!   `due_at`, which the run set from `[work_orders.due_hours]`; rows written before
 //!   work orders had one use the default targets, P1 8 h, P2 72 h, P3 14 days, P4 30
@@ -62,6 +65,8 @@ pub struct AssetKpis {
     pub asset_id: String,
     pub work_orders: usize,
     pub mttr_h: Option<f64>,
+    /// Downtime the CMMS reported with its completions, hours.
+    pub downtime_h: f64,
     pub mtbf_h: Option<f64>,
 }
 
@@ -85,6 +90,10 @@ pub struct TechnicianKpis {
     pub work_orders: usize,
     pub open: usize,
     pub open_hours: f64,
+    /// Completed work orders' hours: the labour reported, else the estimate.
+    pub done_hours: f64,
+    /// Labour hours the CMMS reported with completions.
+    pub actual_hours: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -118,13 +127,21 @@ struct Revision {
     revised_ms: i64,
     /// `None` in rows written before work orders had a due date.
     due_ms: Option<i64>,
+    /// What the CMMS reported with the completion.
+    reported: Reported,
 }
 
 /// Reads the audit log under `audit` and computes the KPIs.
 pub fn kpis(audit: &Path) -> anyhow::Result<Kpis> {
     let orders = read_table(audit, "work_orders")?
         .with_context(|| format!("{}: no work_orders table (is this an audit folder?)", audit.display()))?;
-    let revisions = revisions(&orders)?;
+    let mut revisions = revisions(&orders)?;
+    if let Some(events) = read_table(audit, "wo_events")? {
+        let reported = completions(&events)?;
+        for r in &mut revisions {
+            r.reported = reported.get(&r.id).copied().unwrap_or_default();
+        }
+    }
     let inventory = read_table(audit, "inventory")?;
     let mut latest: BTreeMap<&str, &Revision> = BTreeMap::new();
     for r in &revisions {
@@ -209,10 +226,12 @@ fn asset_kpis(latest: &[&Revision]) -> Vec<AssetKpis> {
     }
     (by_asset.iter())
         .map(|(asset, orders)| {
-            let repairs: Vec<f64> = orders
-                .iter()
-                .filter(|r| r.status == "completed")
-                .map(|r| hours(r.revised_ms - r.detected_ms))
+            let completed = || orders.iter().filter(|r| r.status == "completed");
+            let repairs: Vec<f64> = completed()
+                .map(|r| {
+                    let (labour, downtime) = r.reported;
+                    downtime.or(labour).unwrap_or_else(|| hours(r.revised_ms - r.detected_ms))
+                })
                 .collect();
             let mut starts: Vec<i64> =
                 orders.iter().filter(|r| r.status != "false_positive").map(|r| r.detected_ms).collect();
@@ -222,6 +241,7 @@ fn asset_kpis(latest: &[&Revision]) -> Vec<AssetKpis> {
                 asset_id: (*asset).to_owned(),
                 work_orders: orders.len(),
                 mttr_h: mean(&repairs),
+                downtime_h: completed().filter_map(|r| r.reported.1).sum(),
                 mtbf_h: mean(&gaps),
             }
         })
@@ -265,11 +285,16 @@ fn technician_kpis(latest: &[&Revision]) -> Vec<TechnicianKpis> {
             work_orders: 0,
             open: 0,
             open_hours: 0.0,
+            done_hours: 0.0,
+            actual_hours: 0.0,
         });
         t.work_orders += 1;
         if !closed(&r.status) {
             t.open += 1;
             t.open_hours += r.hours.unwrap_or(0.0);
+        } else if r.status == "completed" {
+            t.done_hours += r.reported.0.or(r.hours).unwrap_or(0.0);
+            t.actual_hours += r.reported.0.unwrap_or(0.0);
         }
     }
     technicians.into_values().collect()
@@ -357,9 +382,37 @@ fn revisions(batches: &[RecordBatch]) -> anyhow::Result<Vec<Revision>> {
             detected_ms: detected.value(i),
             revised_ms: revised.value(i),
             due_ms: due.filter(|d| !d.is_null(i)).map(|d| d.value(i)),
+            reported: (None, None),
         }));
     }
     Ok(out)
+}
+
+/// What a `completed` wo-event reported: (labour hours, downtime hours).
+type Reported = (Option<f64>, Option<f64>);
+
+/// Per work order, the labour and downtime hours its (latest) `completed` event
+/// reported; nothing from files written before events carried them.
+fn completions(batches: &[RecordBatch]) -> anyhow::Result<BTreeMap<String, Reported>> {
+    let mut out = BTreeMap::new();
+    for batch in batches {
+        let (Some(_), Some(_)) = (batch.column_by_name("actual_hours"), batch.column_by_name("downtime_hours")) else {
+            continue;
+        };
+        let id = column::<StringArray>(batch, "work_order_id")?;
+        let event = column::<StringArray>(batch, "event")?;
+        let at = column::<TimestampMillisecondArray>(batch, "at")?;
+        let labour = column::<Float64Array>(batch, "actual_hours")?;
+        let downtime = column::<Float64Array>(batch, "downtime_hours")?;
+        let value = |array: &Float64Array, i: usize| (!array.is_null(i)).then(|| array.value(i));
+        for i in (0..batch.num_rows()).filter(|&i| event.value(i) == "completed") {
+            let entry = out.entry(text(id, i).unwrap_or_default()).or_insert((i64::MIN, (None, None)));
+            if at.value(i) >= entry.0 {
+                *entry = (at.value(i), (value(labour, i), value(downtime, i)));
+            }
+        }
+    }
+    Ok(out.into_iter().map(|(id, (_, reported))| (id, reported)).collect())
 }
 
 fn shortages(inventory: &[RecordBatch]) -> anyhow::Result<Vec<Shortage>> {
@@ -406,13 +459,17 @@ pub fn render(k: &Kpis) -> String {
         ));
     }
     let hours = |h: Option<f64>| h.map_or("-".to_owned(), |h| format!("{h:.3}"));
-    out.push_str(&format!("\n{:<16} {:>11} {:>9} {:>9}\n", "asset", "work orders", "MTTR h", "MTBF h"));
+    out.push_str(&format!(
+        "\n{:<16} {:>11} {:>9} {:>10} {:>9}\n",
+        "asset", "work orders", "MTTR h", "downtime h", "MTBF h"
+    ));
     for a in &k.assets {
         out.push_str(&format!(
-            "{:<16} {:>11} {:>9} {:>9}\n",
+            "{:<16} {:>11} {:>9} {:>10.1} {:>9}\n",
             a.asset_id,
             a.work_orders,
             hours(a.mttr_h),
+            a.downtime_h,
             hours(a.mtbf_h)
         ));
     }
@@ -424,9 +481,15 @@ pub fn render(k: &Kpis) -> String {
     for (class, rate) in &k.false_positive_rate {
         out.push_str(&format!("{class:<18} {:>19.1}%\n", rate * 100.0));
     }
-    out.push_str(&format!("\n{:<12} {:>11} {:>6} {:>11}\n", "technician", "work orders", "open", "open hours"));
+    out.push_str(&format!(
+        "\n{:<12} {:>11} {:>6} {:>11} {:>11} {:>13}\n",
+        "technician", "work orders", "open", "open hours", "done hours", "actual hours"
+    ));
     for t in &k.technicians {
-        out.push_str(&format!("{:<12} {:>11} {:>6} {:>11.1}\n", t.technician_id, t.work_orders, t.open, t.open_hours));
+        out.push_str(&format!(
+            "{:<12} {:>11} {:>6} {:>11.1} {:>11.1} {:>13.1}\n",
+            t.technician_id, t.work_orders, t.open, t.open_hours, t.done_hours, t.actual_hours
+        ));
     }
     if k.shortages.is_empty() {
         out.push_str("\nparts shortages: none\n");

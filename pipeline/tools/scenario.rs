@@ -118,6 +118,12 @@ pub struct ScenarioEvent {
     /// Why the work is on hold or cancelled.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Labour hours booked, with `completed`.
+    #[serde(default)]
+    pub actual_hours: Option<f64>,
+    /// Hours the asset was down for the repair, with `completed`.
+    #[serde(default)]
+    pub downtime_hours: Option<f64>,
 }
 
 /// Stock received or corrected.
@@ -168,6 +174,8 @@ impl Scenario {
                 technician_id: e.technician_id.clone(),
                 note: None,
                 reason: e.reason.clone(),
+                actual_hours: e.actual_hours,
+                downtime_hours: e.downtime_hours,
             })
             .collect()
     }

@@ -17,10 +17,12 @@ pub enum AuditTable {
     Inventory,
     WoEvents,
     Alerts,
+    /// The failures completed repairs closed (corrective and emergency work).
+    Failures,
 }
 
 impl AuditTable {
-    pub const ALL: [AuditTable; 7] = [
+    pub const ALL: [AuditTable; 8] = [
         AuditTable::Detections,
         AuditTable::Tracks,
         AuditTable::WorkOrders,
@@ -28,6 +30,7 @@ impl AuditTable {
         AuditTable::Inventory,
         AuditTable::WoEvents,
         AuditTable::Alerts,
+        AuditTable::Failures,
     ];
 
     /// Directory name under `audit/`.
@@ -40,6 +43,7 @@ impl AuditTable {
             AuditTable::Inventory => "inventory",
             AuditTable::WoEvents => "wo_events",
             AuditTable::Alerts => "alerts",
+            AuditTable::Failures => "failures",
         }
     }
 
@@ -128,6 +132,8 @@ impl AuditTable {
                 Field::new("technician_id", DataType::Utf8, true),
                 Field::new("note", DataType::Utf8, true),
                 Field::new("reason", DataType::Utf8, true),
+                Field::new("actual_hours", DataType::Float64, true),
+                Field::new("downtime_hours", DataType::Float64, true),
             ],
             AuditTable::Alerts => vec![
                 utf8("work_order_id"),
@@ -139,6 +145,15 @@ impl AuditTable {
                 utf8("kind"),
                 Field::new("recipient_id", DataType::Utf8, true),
                 Field::new("rule", DataType::Utf8, true),
+            ],
+            AuditTable::Failures => vec![
+                utf8("asset_id"),
+                time("failed_at"),
+                Field::new("defect_class", DataType::Utf8, true),
+                Field::new("downtime_hours", DataType::Float64, false),
+                Field::new("actual_hours", DataType::Float64, true),
+                Field::new("work_order_id", DataType::Utf8, true),
+                maybe_time("repaired_at"),
             ],
         };
         Arc::new(Schema::new(fields))

@@ -72,6 +72,15 @@ pub struct FailureRecord {
     /// Production downtime caused, in hours.
     #[serde(default)]
     pub downtime_hours: f64,
+    /// Labour hours the repair took, when known.
+    #[serde(default)]
+    pub actual_hours: Option<f64>,
+    /// The completed work order that repaired it, for failures defectflow recorded.
+    #[serde(default)]
+    pub work_order_id: Option<String>,
+    /// When the repair was completed, when known.
+    #[serde(default)]
+    pub repaired_at_ms: Option<EpochMillis>,
 }
 
 /// A part and the quantity a procedure consumes.
@@ -182,7 +191,10 @@ total_order_by_key!(FailureRecord, |f| (
     f.asset_id.clone(),
     f.failed_at_ms,
     f.defect_class,
-    f.downtime_hours.to_bits()
+    f.downtime_hours.to_bits(),
+    f.actual_hours.map(f64::to_bits),
+    f.work_order_id.clone(),
+    f.repaired_at_ms
 ));
 total_order_by_key!(Procedure, |p| (
     p.procedure_id.clone(),

@@ -72,7 +72,7 @@ pub const WORK_ORDER: Subject = Subject {
 /// CMMS status events (`defectflow.wo-events`, in; `defectflow bridge` writes them).
 pub const WO_EVENT: Subject = Subject {
     name: "wo-event",
-    versions: versions!("wo-event": "1.0.0", "1.1.0", "1.2.0"),
+    versions: versions!("wo-event": "1.0.0", "1.1.0", "1.2.0", "1.3.0"),
     event_type: Some("dev.defectflow.wo_event"),
 };
 /// Stock movements (`defectflow.inventory`, in; parts consumed are written there too).

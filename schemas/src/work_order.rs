@@ -211,7 +211,7 @@ pub enum WoEventKind {
 }
 
 /// A CMMS status event for a work order.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WoEvent {
     pub work_order_id: String,
@@ -227,7 +227,25 @@ pub struct WoEvent {
     /// field names to tell a left-out field by.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Labour hours booked on the work order, as the CMMS reports them with `completed`
+    /// (since 1.3.0 of the wo-event schema). Always written, as `reason` is.
+    #[serde(default)]
+    pub actual_hours: Option<f64>,
+    /// Hours the asset was out of production for the repair, reported with
+    /// `completed` (since 1.3.0).
+    #[serde(default)]
+    pub downtime_hours: Option<f64>,
 }
+
+crate::reference::total_order_by_key!(WoEvent, |e| (
+    e.work_order_id.clone(),
+    e.event,
+    e.at_ms,
+    e.technician_id.clone(),
+    e.note.clone(),
+    e.reason.clone(),
+    [e.actual_hours, e.downtime_hours].map(|h| h.map(f64::to_bits))
+));
 
 crate::reference::total_order_by_key!(SeverityComponents, |c| [c.size, c.growth, c.criticality, c.history]
     .map(f64::to_bits));

@@ -151,6 +151,8 @@ fn messages() -> Vec<(&'static Subject, Value)> {
                 technician_id: None,
                 note: Some("bearing on order".into()),
                 reason: Some("waiting_for_parts".into()),
+                actual_hours: None,
+                downtime_hours: None,
             }),
         ),
         (

@@ -12,6 +12,15 @@ latest = wo.sort("revision").group_by("work_order_id").last()
 ms = lambda a, b: (pl.col(a) - pl.col(b)).dt.total_milliseconds()
 is_closed = pl.col("status").is_in(["completed", "false_positive", "cancelled"])
 
+# What the CMMS reported with each work order's (latest) completion: labour and downtime hours.
+try:
+    ev = pl.scan_parquet(f"{audit}/wo_events/**/*.parquet", hive_partitioning=True, missing_columns="insert").collect()
+    done = (ev.filter(pl.col("event") == "completed").sort("at").group_by("work_order_id").last()
+            .select("work_order_id", pl.col("actual_hours").alias("labour_h"), "downtime_hours"))
+except FileNotFoundError:
+    done = pl.DataFrame(schema={"work_order_id": pl.Utf8, "labour_h": pl.Float64, "downtime_hours": pl.Float64})
+latest = latest.join(done, on="work_order_id", how="left")
+
 counts = {
     "total": latest.height,
     "open": latest.filter(~is_closed).height,
@@ -25,13 +34,15 @@ open_by_priority = dict(latest.filter(~is_closed).group_by("priority").len().ite
 assets = []
 for asset in sorted(latest["asset_id"].unique()):
     rows = latest.filter(pl.col("asset_id") == asset)
-    repairs = rows.filter(pl.col("status") == "completed").select(ms("revised_at", "detected_at") / 3.6e6).to_series()
+    completed = rows.filter(pl.col("status") == "completed")
+    repairs = completed.select(pl.coalesce("downtime_hours", "labour_h", ms("revised_at", "detected_at") / 3.6e6)).to_series()
     starts = sorted(rows.filter(pl.col("status") != "false_positive")["detected_at"].to_list())
     gaps = [(b - a).total_seconds() / 3600 for a, b in zip(starts, starts[1:])]
     assets.append({
         "asset_id": asset,
         "work_orders": rows.height,
         "mttr_h": repairs.mean() if repairs.len() else None,
+        "downtime_h": float(completed["downtime_hours"].fill_null(0).sum()),
         "mtbf_h": sum(gaps) / len(gaps) if gaps else None,
     })
 
@@ -51,11 +62,14 @@ held = latest.filter(pl.col("technician_id").is_not_null())
 for tech in sorted(held["technician_id"].unique()):
     rows = held.filter(pl.col("technician_id") == tech)
     still = rows.filter(~is_closed)
+    done_rows = rows.filter(pl.col("status") == "completed")
     technicians.append({
         "technician_id": tech,
         "work_orders": rows.height,
         "open": still.height,
         "open_hours": float(still["estimated_hours"].fill_null(0).sum()),
+        "done_hours": float(done_rows.select(pl.coalesce("labour_h", "estimated_hours").fill_null(0)).to_series().sum()),
+        "actual_hours": float(done_rows["labour_h"].fill_null(0).sum()),
     })
 
 # Overdue: open past the due date the run set from its [work_orders.due_hours].

@@ -19,6 +19,11 @@ impl Ledger {
                 at_ms: time,
             }));
         };
+        for (field, hours) in [("actual_hours", event.actual_hours), ("downtime_hours", event.downtime_hours)] {
+            if let Some(hours) = hours.filter(|h| !(*h >= 0.0 && h.is_finite())) {
+                return reject(format!("{field} must be a number of hours, 0 or more, got {hours}"), out);
+            }
+        }
         if event.event == WoEventKind::SuppressionLifted {
             let before = self.suppressions.len();
             self.suppressions.retain(|s| s.work_order_id != event.work_order_id);
@@ -76,7 +81,7 @@ impl Ledger {
                 return reject(format!("`reassigned` needs a known technician_id, got {:?}", event.technician_id), out);
             }
             WoEventKind::Completed | WoEventKind::FalsePositive | WoEventKind::Cancelled => {
-                self.close(time, &event.work_order_id, event.event, out);
+                self.close(time, &event, out);
             }
             // Handled above: an open work order suppresses nothing.
             WoEventKind::SuppressionLifted => return,
@@ -107,7 +112,9 @@ impl Ledger {
         self.count_hours(id, 1, out);
     }
 
-    pub(super) fn close(&mut self, time: EpochMillis, id: &str, kind: WoEventKind, out: &mut Vec<LedgerOutput>) {
+    /// Closes a work order as `event` says (completed, false positive or cancelled).
+    pub(super) fn close(&mut self, time: EpochMillis, event: &WoEvent, out: &mut Vec<LedgerOutput>) {
+        let (id, kind) = (event.work_order_id.as_str(), event.event);
         // The closed revision still names its technician and procedure; only the hours
         // and the reservations are released.
         self.count_hours(id, -1, out);
@@ -121,8 +128,19 @@ impl Ledger {
         if kind == WoEventKind::Completed {
             order.status = WorkOrderStatus::Completed;
             order.completed_at = Some(time);
-            // A repair: its asset's next scores count it as a failure (see `with_repairs`).
-            record_repair(&mut self.repairs, &self.config, &order.scored, track.first_seen_ms);
+            // A repair: its asset's next scores count it as a failure (see `with_repairs`),
+            // and the failure is recorded with the hours the CMMS reported.
+            if record_repair(&mut self.repairs, &self.config, &order.scored, track.first_seen_ms) {
+                out.push(LedgerOutput::Failure(FailureRecord {
+                    asset_id: track.asset_id.clone(),
+                    failed_at_ms: track.first_seen_ms,
+                    defect_class: Some(track.class),
+                    downtime_hours: event.downtime_hours.unwrap_or(0.0),
+                    actual_hours: event.actual_hours,
+                    work_order_id: Some(id.to_owned()),
+                    repaired_at_ms: Some(time),
+                }));
+            }
             self.last_completed.insert((track.asset_id.clone(), track.class), id.to_owned());
             for part in order.procedure.iter().flat_map(|p| &p.parts) {
                 let movement = StockMovement {

@@ -13,9 +13,9 @@ mod views;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use defectflow_schemas::{
-    Alert, Assignment, Camera, DeadLetter, DefectClass, EpochMillis, InventoryItem, PartLine, PartsStaging, Priority,
-    Procedure, ProcedureRef, RevisionKind, SCHEMA_VERSION, StagingKind, StockMovement, Technician, WoEvent,
-    WoEventKind, WorkOrder, WorkOrderStatus, WorkType,
+    Alert, Assignment, Camera, DeadLetter, DefectClass, EpochMillis, FailureRecord, InventoryItem, PartLine,
+    PartsStaging, Priority, Procedure, ProcedureRef, RevisionKind, SCHEMA_VERSION, StagingKind, StockMovement,
+    Technician, WoEvent, WoEventKind, WorkOrder, WorkOrderStatus, WorkType,
 };
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +57,10 @@ pub struct WorkOrderConfig {
     /// Who is told of what (`[notify]`); off: one unrouted alert per P1.
     #[serde(skip)]
     pub notify: crate::notify::Routing,
+    /// `open_score` per camera and class, as the thresholds file says now
+    /// (`[plant] thresholds`).
+    #[serde(skip)]
+    pub thresholds: crate::thresholds::LiveThresholds,
 }
 
 impl Default for WorkOrderConfig {
@@ -72,6 +76,7 @@ impl Default for WorkOrderConfig {
             suppress_false_positive_hours: 168.0,
             severity: crate::severity::SeverityConfig::default(),
             notify: crate::notify::Routing::off(),
+            thresholds: crate::thresholds::LiveThresholds::default(),
         }
     }
 }
@@ -247,6 +252,8 @@ pub enum LedgerOutput {
     Reservation(String, String, i64, isize),
     /// Parts consumed by a completed work order.
     Consumed(StockMovement),
+    /// The failure a completed corrective (or emergency) work order repaired.
+    Failure(FailureRecord),
     /// A CMMS event the ledger applied (one it rejected becomes a dead letter).
     Accepted(WoEvent),
 }
@@ -512,7 +519,9 @@ impl Ledger {
                 Some(order.work_order_id.clone())
             }
             None => {
-                if track.state != TrackState::Confirmed || scored.severity.score < self.config.open_score {
+                let thresholds = self.config.thresholds.current();
+                let open_score = thresholds.open_score(&track.camera_id, track.class).unwrap_or(self.config.open_score);
+                if track.state != TrackState::Confirmed || scored.severity.score < open_score {
                     return;
                 }
                 // The same defect seen again after its track lapsed (the camera looked
@@ -611,7 +620,7 @@ impl Ledger {
             let key = (order.scored.track.asset_id.clone(), order.scored.track.class);
             if completed_at.is_some() {
                 // Its repair counts in the asset's failure history again.
-                record_repair(&mut self.repairs, &self.config, &order.scored, order.opened_at);
+                let _ = record_repair(&mut self.repairs, &self.config, &order.scored, order.opened_at);
                 // The latest completion of the asset's defect class is the one reopened.
                 let later =
                     self.last_completed.get(&key).and_then(|other| self.orders.get(other)).is_none_or(|other| {
@@ -659,15 +668,18 @@ impl Ledger {
 }
 
 /// Counts a completed repair (corrective or emergency work; inspections and predictive
-/// work are not failures) in its asset's history, its defect first seen at `seen_ms`.
+/// work are not failures) in its asset's history, its defect first seen at `seen_ms`;
+/// whether it was a failure.
 fn record_repair(
     repairs: &mut HashMap<String, Vec<EpochMillis>>,
     config: &WorkOrderConfig,
     scored: &ScoredTrack,
     seen_ms: EpochMillis,
-) {
+) -> bool {
     let work_type = config.work_types.of(scored.track.class, scored.severity.priority);
-    if matches!(work_type, WorkType::Corrective | WorkType::Emergency) {
+    let failure = matches!(work_type, WorkType::Corrective | WorkType::Emergency);
+    if failure {
         repairs.entry(scored.track.asset_id.clone()).or_default().push(seen_ms);
     }
+    failure
 }

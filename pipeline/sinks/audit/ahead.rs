@@ -16,7 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use defectflow_schemas::{Alert, Assignment, DefectTrack, Detection, WoEvent, WorkOrder};
+use defectflow_schemas::{Alert, Assignment, DefectTrack, Detection, FailureRecord, WoEvent, WorkOrder};
 use serde::{Deserialize, Serialize};
 
 use super::{AuditError, StockRow};
@@ -37,6 +37,8 @@ pub struct AheadRows {
     pub tracks: Vec<(u64, DefectTrack)>,
     pub inventory: Vec<(u64, StockRow)>,
     pub wo_events: Vec<(u64, WoEvent)>,
+    #[serde(default)]
+    pub failures: Vec<(u64, FailureRecord)>,
 }
 
 impl AheadRows {
@@ -48,6 +50,7 @@ impl AheadRows {
             && self.tracks.is_empty()
             && self.inventory.is_empty()
             && self.wo_events.is_empty()
+            && self.failures.is_empty()
     }
 
     pub fn len(&self) -> usize {
@@ -58,6 +61,7 @@ impl AheadRows {
             + self.tracks.len()
             + self.inventory.len()
             + self.wo_events.len()
+            + self.failures.len()
     }
 
     /// Whether the CMMS may see some of these rows (work orders, assignments, alerts).
@@ -74,6 +78,7 @@ impl AheadRows {
         self.tracks.extend(more.tracks);
         self.inventory.extend(more.inventory);
         self.wo_events.extend(more.wo_events);
+        self.failures.extend(more.failures);
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow_array::{
     ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
 };
-use defectflow_schemas::{Alert, Assignment, DefectTrack, Detection, WoEvent, WoEventKind, WorkOrder};
+use defectflow_schemas::{Alert, Assignment, DefectTrack, Detection, FailureRecord, WoEvent, WoEventKind, WorkOrder};
 
 use super::StockRow;
 
@@ -125,6 +125,20 @@ pub(super) fn wo_events(rows: &[&WoEvent]) -> Vec<ArrayRef> {
         maybe_text(rows, |e| e.technician_id.as_deref()),
         maybe_text(rows, |e| e.note.as_deref()),
         maybe_text(rows, |e| e.reason.as_deref()),
+        maybe_float(rows, |e| e.actual_hours),
+        maybe_float(rows, |e| e.downtime_hours),
+    ]
+}
+
+pub(super) fn failures(rows: &[&FailureRecord]) -> Vec<ArrayRef> {
+    vec![
+        text(rows, |f| &f.asset_id),
+        time(rows, |f| f.failed_at_ms),
+        maybe_text(rows, |f| f.defect_class.map(|c| c.as_str())),
+        float(rows, |f| f.downtime_hours),
+        maybe_float(rows, |f| f.actual_hours),
+        maybe_text(rows, |f| f.work_order_id.as_deref()),
+        maybe_time(rows, |f| f.repaired_at_ms),
     ]
 }
 

@@ -304,6 +304,8 @@ mod tests {
                 technician_id: None,
                 note: None,
                 reason: reason.map(Into::into),
+                actual_hours: None,
+                downtime_hours: None,
             };
             let rows = AuditRows { wo_events: vec![(at, event)], ..AuditRows::default() };
             stream.append(closed_before, &[], rows).expect("committed");

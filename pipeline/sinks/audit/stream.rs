@@ -6,7 +6,9 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use defectflow_schemas::audit::AuditTable;
-use defectflow_schemas::{Alert, Assignment, DefectTrack, Detection, Emitted, EpochMillis, WoEvent, WorkOrder};
+use defectflow_schemas::{
+    Alert, Assignment, DefectTrack, Detection, Emitted, EpochMillis, FailureRecord, WoEvent, WorkOrder,
+};
 
 use arrow_array::ArrayRef;
 
@@ -39,6 +41,7 @@ pub struct AuditRows {
     pub tracks: Vec<(u64, DefectTrack)>,
     pub inventory: Vec<(u64, StockRow)>,
     pub wo_events: Vec<(u64, WoEvent)>,
+    pub failures: Vec<(u64, FailureRecord)>,
 }
 
 /// Every table written as the run goes; see the module documentation.
@@ -52,6 +55,7 @@ pub struct AuditStream {
     inventory: Buffer<StockRow>,
     wo_events: Buffer<WoEvent>,
     alerts: Buffer<Alert>,
+    failures: Buffer<FailureRecord>,
     /// The buffered rows' closed time.
     closed_before: u64,
     last_commit: std::time::Instant,
@@ -87,13 +91,14 @@ impl AuditStream {
             Buffer::open(&log, AuditTable::Inventory)?,
             Buffer::open(&log, AuditTable::WoEvents)?,
             Buffer::open(&log, AuditTable::Alerts)?,
+            Buffer::open(&log, AuditTable::Failures)?,
         );
         // What the start learnt beyond the manifest; a disk that refuses it only means
         // the same footers are read at the next start.
         if let Err(error) = log.write_manifest() {
             tracing::warn!(%error, "the audit log's manifest could not be written");
         }
-        let (detections, tracks, work_orders, assignments, inventory, wo_events, alerts) = buffers;
+        let (detections, tracks, work_orders, assignments, inventory, wo_events, alerts, failures) = buffers;
         Ok(AuditStream {
             detections,
             tracks,
@@ -102,6 +107,7 @@ impl AuditStream {
             inventory,
             wo_events,
             alerts,
+            failures,
             ahead,
             left: Some(left),
             recovering: false,
@@ -139,6 +145,7 @@ impl AuditStream {
         new.tracks = rows.tracks.into_iter().filter(|(t, _)| self.tracks.wants(*t)).collect();
         new.inventory = rows.inventory.into_iter().filter(|(t, _)| self.inventory.wants(*t)).collect();
         new.wo_events = rows.wo_events.into_iter().filter(|(t, _)| self.wo_events.wants(*t)).collect();
+        new.failures = rows.failures.into_iter().filter(|(t, _)| self.failures.wants(*t)).collect();
         let written = self.ahead.append(&new);
         self.take(new);
         let committed = self.commit_when_due();
@@ -155,6 +162,7 @@ impl AuditStream {
         self.tracks.rows.extend(rows.tracks.into_iter().map(|(_, t)| t));
         self.inventory.rows.extend(rows.inventory.into_iter().map(|(_, r)| r));
         self.wo_events.rows.extend(rows.wo_events.into_iter().map(|(_, e)| e));
+        self.failures.rows.extend(rows.failures.into_iter().map(|(_, f)| f));
     }
 
     /// At start, before the run's first batch: commits what an earlier run wrote ahead
@@ -186,6 +194,7 @@ impl AuditStream {
         left.tracks.retain(|(t, _)| self.tracks.wants(*t));
         left.inventory.retain(|(t, _)| self.inventory.wants(*t));
         left.wo_events.retain(|(t, _)| self.wo_events.wants(*t));
+        left.failures.retain(|(t, _)| self.failures.wants(*t));
         let recovered = left.len();
         if recovered > 0 {
             self.take(left);
@@ -231,6 +240,7 @@ impl AuditStream {
             + self.inventory.rows.len()
             + self.wo_events.rows.len()
             + self.alerts.rows.len()
+            + self.failures.rows.len()
     }
 
     /// Commits the buffered rows. A table whose files cannot be written keeps its rows
@@ -272,6 +282,14 @@ impl AuditStream {
         commit(log, &mut self.inventory, (closed, recovered), AuditTable::Inventory, |r| r.at_ms, columns::inventory)?;
         commit(log, &mut self.wo_events, (closed, recovered), AuditTable::WoEvents, |e| e.at_ms, columns::wo_events)?;
         commit(log, &mut self.alerts, (closed, recovered), AuditTable::Alerts, |a| a.at_ms, columns::alerts)?;
+        commit(
+            log,
+            &mut self.failures,
+            (closed, recovered),
+            AuditTable::Failures,
+            |f| f.repaired_at_ms.unwrap_or(f.failed_at_ms),
+            columns::failures,
+        )?;
         self.last_commit = std::time::Instant::now();
         // Every row written ahead is committed now.
         self.ahead.clear()
