@@ -98,6 +98,8 @@ pub struct Metrics {
     pub threshold_reload_errors: AtomicU64,
     /// Each camera's normal (commissioning and gating), once the model is loaded.
     pub gates: Mutex<Option<defectflow_operators::gating::CameraGates>>,
+    /// Each camera's last scored frame, with change gating on (`[model] change_threshold`).
+    pub changes: Mutex<Option<defectflow_operators::change::ChangeGates>>,
     /// The work orders as they left: backlog, overdue, open hours, shortages, outcomes.
     pub board: Mutex<crate::board::Board>,
 }
@@ -408,6 +410,12 @@ fn render_gates(metrics: &Metrics, out: &mut String) {
     out.push_str("# TYPE defectflow_baseline_drift gauge\n");
     for (camera, stats) in &gates {
         out.push_str(&format!("defectflow_baseline_drift{{camera=\"{camera}\"}} {}\n", stats.drift));
+    }
+    let unchanged = metrics.changes.lock().ok().and_then(|c| c.as_ref().map(|c| c.unchanged())).unwrap_or_default();
+    out.push_str("# HELP defectflow_frames_unchanged_total Frames like their camera's last scored one (change gating): the network skipped, that frame's detections repeated.\n");
+    out.push_str("# TYPE defectflow_frames_unchanged_total counter\n");
+    for (camera, frames) in &unchanged {
+        out.push_str(&format!("defectflow_frames_unchanged_total{{camera=\"{camera}\"}} {frames}\n"));
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod annotate;
 pub mod baseline;
 pub mod card;
+pub mod change;
 pub mod data;
 pub mod detector;
 pub mod gate;

@@ -163,6 +163,12 @@ impl CameraGates {
         self.cameras.get(camera_id).is_some_and(|gate| !matches!(lock(gate).normal, CameraNormal::Ungated))
     }
 
+    /// Whether `camera_id` is being commissioned (it learns from every frame).
+    pub fn commissioning(&self, camera_id: &str) -> bool {
+        (self.cameras.get(camera_id))
+            .is_some_and(|gate| matches!(lock(gate).normal, CameraNormal::Commissioning { .. }))
+    }
+
     /// What each camera's gate has done so far.
     pub fn stats(&self) -> Vec<(String, GateStats)> {
         let mut all: Vec<_> = self.cameras.iter().map(|(id, gate)| (id.clone(), lock(gate).stats.clone())).collect();

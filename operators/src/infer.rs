@@ -13,6 +13,8 @@ use burn::tensor::backend::Backend;
 use crossbeam_channel as channel;
 use defectflow_models::detector::Detector;
 use defectflow_models::inference::{Found, FrameView};
+
+use crate::change::{ChangeGates, Plan};
 use defectflow_schemas::{Detection, FrameObservation};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
@@ -44,6 +46,10 @@ pub struct InferConfig {
     /// (`[plant] thresholds`): a detection under it does not count.
     #[serde(skip)]
     pub thresholds: crate::thresholds::LiveThresholds,
+    /// Change gating (`[model] change_threshold`): frames like their camera's last
+    /// scored one skip the network; `None`: every frame is scored.
+    #[serde(skip)]
+    pub change: Option<crate::change::ChangeGates>,
 }
 
 impl Default for InferConfig {
@@ -54,6 +60,7 @@ impl Default for InferConfig {
             shadow: false,
             threads: 0,
             thresholds: crate::thresholds::LiveThresholds::default(),
+            change: None,
         }
     }
 }
@@ -125,7 +132,7 @@ impl InferencePool {
         let detectors_started = detectors.len();
         for (i, detector) in detectors.into_iter().enumerate() {
             let (queue, observe, backlog) = (queue.clone(), Arc::clone(&observe), Arc::clone(&backlog));
-            let (gates, thresholds) = (gates.clone(), config.thresholds.clone());
+            let (gates, thresholds, change) = (gates.clone(), config.thresholds.clone(), config.change.clone());
             // The network's kernels are parallel; on this thread they run on one core,
             // and the threads together use them all.
             let one_core = rayon::ThreadPoolBuilder::new()
@@ -153,7 +160,8 @@ impl InferencePool {
                             Err(_) => break,
                         }
                     }
-                    let setup = Setup { gates: gates.as_ref(), shadow, thresholds: &thresholds };
+                    let setup =
+                        Setup { gates: gates.as_ref(), shadow, thresholds: &thresholds, change: change.as_ref() };
                     one_core.install(|| run(&detector, &setup, batch, &*observe));
                     backlog.fetch_sub(frames, Ordering::Relaxed);
                 }
@@ -180,6 +188,7 @@ struct Setup<'a> {
     gates: Option<&'a CameraGates>,
     shadow: bool,
     thresholds: &'a crate::thresholds::LiveThresholds,
+    change: Option<&'a crate::change::ChangeGates>,
 }
 
 /// Runs the jobs' frames through the network together and replies to each job.
@@ -187,12 +196,20 @@ fn run<B: Backend>(detector: &Detector<B>, setup: &Setup<'_>, jobs: Vec<Job>, ob
     let Setup { gates, shadow, .. } = *setup;
     let thresholds = setup.thresholds.current();
     let started = Instant::now();
-    let frames: Vec<&FrameTensor> = jobs.iter().flat_map(|job| &job.frames).collect();
+    let all: Vec<&FrameTensor> = jobs.iter().flat_map(|job| &job.frames).collect();
+    // Commissioning learns from every frame: its cameras are never change-gated.
+    let plans: Vec<Plan> = match setup.change {
+        Some(change) => change.plan(&all, |camera| gates.is_some_and(|g| g.commissioning(camera))),
+        None => vec![Plan::Score; all.len()],
+    };
+    let frames: Vec<&FrameTensor> =
+        all.iter().zip(&plans).filter(|(_, plan)| matches!(plan, Plan::Score)).map(|(f, _)| *f).collect();
     let views: Vec<FrameView<'_>> = frames
         .iter()
         .map(|f| FrameView { width: f.meta.width as usize, height: f.meta.height as usize, pixels: f.bytes() })
         .collect();
     let found: Vec<Vec<(Found, bool)>> = match gates {
+        _ if frames.is_empty() => Vec::new(),
         Some(gates) if frames.iter().any(|f| gates.needs_appearance(&f.meta.camera_id)) => {
             // Gated cameras' frames at their commissioned brightness (a lighting step is
             // not a change of the asset).
@@ -218,9 +235,13 @@ fn run<B: Backend>(detector: &Detector<B>, setup: &Setup<'_>, jobs: Vec<Job>, ob
         _ => detector.detect(&views).into_iter().map(|f| f.into_iter().map(|f| (f, shadow)).collect()).collect(),
     };
     drop(views);
+    if !frames.is_empty() {
+        observe(frames.len(), started.elapsed());
+    }
     drop(frames);
+    let found = with_unchanged(setup.change, &all, &plans, found);
+    drop(all);
     let mut found = found.into_iter();
-    observe(found.len(), started.elapsed());
     for job in jobs {
         let observations = job
             .frames
@@ -260,6 +281,31 @@ fn run<B: Backend>(detector: &Detector<B>, setup: &Setup<'_>, jobs: Vec<Job>, ob
             let _ = job.wake.activate();
         }
     }
+}
+
+/// What every frame of a batch found: the scored frames' `found`, in order, and the
+/// unchanged frames' copies of what their last scored frame found; the change gates
+/// keep each camera's latest.
+fn with_unchanged(
+    change: Option<&ChangeGates>,
+    frames: &[&FrameTensor],
+    plans: &[Plan],
+    found: Vec<Vec<(Found, bool)>>,
+) -> Vec<Vec<(Found, bool)>> {
+    let Some(change) = change else { return found };
+    let mut scored = found.into_iter();
+    let all: Vec<Vec<(Found, bool)>> = (plans.iter())
+        .map(|plan| match plan {
+            Plan::Score => scored.next().unwrap_or_default(),
+            Plan::Same(found) => found.clone(),
+        })
+        .collect();
+    for ((frame, plan), found) in frames.iter().zip(plans).zip(&all) {
+        if matches!(plan, Plan::Score) {
+            change.scored(&frame.meta.camera_id, frame.meta.capture_ms, found);
+        }
+    }
+    all
 }
 
 /// Runs the defect model on frames.

@@ -1,6 +1,7 @@
 //! Timely and differential dataflow operators: decode, infer, track, severity, derive, assign, inventory.
 pub mod assign;
 pub mod at_time;
+pub mod change;
 pub mod decode;
 pub mod derive;
 pub mod evidence;

@@ -112,3 +112,49 @@ fn one_pool_scores_the_frames_of_every_worker_at_their_times() {
     assert_eq!(batches.iter().sum::<usize>(), 12);
     assert!(batches.iter().all(|b| (1..=4).contains(b)), "batches {batches:?}");
 }
+
+/// Change gating: a static camera's frames are scored only every `rescore_ms` (and the
+/// frame after the first, to know the answer is steady); a frame in which something
+/// appears is scored at once, and the frames like it after are not.
+#[test]
+fn change_gating_scores_a_static_camera_periodically_and_a_change_at_once() {
+    use defectflow_operators::change::{ChangeConfig, ChangeGates};
+    let scored = Arc::new(std::sync::Mutex::new(0usize));
+    let count = Arc::clone(&scored);
+    let change = ChangeGates::new(ChangeConfig { threshold: 6.0, rescore_ms: 1_000 });
+    let config = InferConfig { batch_size: 1, max_wait_ms: 0, change: Some(change.clone()), ..InferConfig::default() };
+    let pool = InferencePool::start(vec![untrained_detector()], &config, move |size, _| {
+        *count.lock().expect("lock") += size;
+    })
+    .expect("the inference thread starts");
+    let spotted = |index: u64| {
+        let mut frame = frame("cam-b", index, 1_000 + index * 100);
+        if index >= 15 {
+            let mut data = vec![100u8; 3 * 32 * 16];
+            for c in 0..3 {
+                for y in 0..8 {
+                    for x in 8..16 {
+                        data[c * 32 * 16 + y * 32 + x] = 230;
+                    }
+                }
+            }
+            frame.data = Arc::new(data);
+        }
+        frame
+    };
+    let frames: Vec<FrameTensor> = (0..30).flat_map(|i| [frame("cam-a", i, 1_000 + i * 100), spotted(i)]).collect();
+    let captured = timely::example(move |scope| frames.to_stream(scope).infer(&pool, config, |_, _| {}).capture());
+    let mut observations: Vec<_> = captured
+        .try_iter()
+        .flat_map(|event| if let Event::Messages(_, data) = event { data } else { Vec::new() })
+        .collect();
+    observations.sort_by(|a, b| (&a.camera_id, a.frame_index).cmp(&(&b.camera_id, b.frame_index)));
+    let expected: Vec<(String, u64)> =
+        ["cam-a", "cam-b"].iter().flat_map(|c| (0..30).map(move |i| (c.to_string(), i))).collect();
+    let seen: Vec<(String, u64)> = observations.iter().map(|o| (o.camera_id.clone(), o.frame_index)).collect();
+    assert_eq!(seen, expected, "every frame is observed, at its own index");
+    assert!(observations.iter().all(|o| o.capture_ms == 1_000 + o.frame_index * 100));
+    // cam-a: frames 0, 1, 10 and 20; cam-b: 0, 1, 10, 15 (the spot) and 25.
+    assert_eq!(*scored.lock().expect("lock"), 9, "frames through the network");
+    assert_eq!(change.unchanged(), vec![("cam-a".to_owned(), 26), ("cam-b".to_owned(), 25)]);
+}

@@ -183,6 +183,10 @@ pub struct BenchArgs {
     /// Which frames of --source are decoded: auto, keyframes or all.
     #[arg(long, default_value = "auto")]
     pub decode: String,
+    /// Change gating (`[model] change_threshold`): frames like their camera's last
+    /// scored one skip the network; 0: every frame is scored.
+    #[arg(long, default_value_t = 0.0)]
+    pub change_threshold: f32,
 }
 
 #[derive(Debug, Args)]

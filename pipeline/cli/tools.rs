@@ -30,6 +30,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         out: args.out,
         sample_s: args.sample_s,
         commission_s: args.commission_s,
+        change_threshold: args.change_threshold,
         source: args.source.map(|f| std::path::absolute(&f).unwrap_or(f)),
         decode: serde_json::from_value(serde_json::Value::from(args.decode.as_str()))
             .map_err(|_| anyhow::anyhow!("--decode {}: use auto, keyframes or all", args.decode))?,

@@ -112,6 +112,18 @@ pub struct ModelConfig {
     /// Inference threads, each running the network on one core; 0: one per core.
     #[serde(default)]
     pub threads: usize,
+    /// Change gating: a frame whose 8×8-pixel block means all lie within this much
+    /// (0–255) of its camera's last scored frame skips the network and repeats that
+    /// frame's detections; 0: every frame is scored.
+    #[serde(default)]
+    pub change_threshold: f32,
+    /// With change gating, each camera is scored at least this often (seconds).
+    #[serde(default = "default_rescore_s")]
+    pub rescore_s: f64,
+}
+
+fn default_rescore_s() -> f64 {
+    5.0
 }
 
 fn default_batch_size() -> usize {
@@ -131,6 +143,8 @@ impl Default for ModelConfig {
             shadow: false,
             min_confidence: None,
             threads: 0,
+            change_threshold: 0.0,
+            rescore_s: default_rescore_s(),
         }
     }
 }
@@ -155,6 +169,12 @@ impl ModelConfig {
             shadow: self.shadow,
             threads: self.threads,
             thresholds: Default::default(),
+            change: (self.change_threshold > 0.0).then(|| {
+                defectflow_operators::change::ChangeGates::new(defectflow_operators::change::ChangeConfig {
+                    threshold: self.change_threshold,
+                    rescore_ms: (self.rescore_s * 1000.0).round() as u64,
+                })
+            }),
         }
     }
 }
@@ -404,6 +424,14 @@ impl RunConfig {
         if let Some(model) = &self.model {
             if model.batch_size == 0 {
                 check(fault("model.batch_size", "must be at least 1".into()));
+            }
+            if !(model.change_threshold >= 0.0 && model.change_threshold <= 255.0) {
+                let t = model.change_threshold;
+                check(fault("model.change_threshold", format!("must be within [0, 255] (0: off), got {t}")));
+            }
+            if !(model.rescore_s > 0.0 && model.rescore_s.is_finite()) {
+                let s = model.rescore_s;
+                check(fault("model.rescore_s", format!("must be a positive number of seconds, got {s}")));
             }
             if let Some(c) = model.min_confidence
                 && !(0.0..=1.0).contains(&c)

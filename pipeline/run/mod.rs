@@ -303,6 +303,9 @@ fn start_model(
     if let Ok(mut slot) = metrics.gates.lock() {
         *slot = Some(gates.clone());
     }
+    if let Ok(mut slot) = metrics.changes.lock() {
+        slot.clone_from(&infer.change);
+    }
     let (timing, metrics) = (Arc::clone(counters), Arc::clone(metrics));
     let pool = InferencePool::start_gated(detectors, &infer, Some(gates), move |frames, elapsed| {
         timing.frames.fetch_add(frames as u64, Ordering::Relaxed);

@@ -44,6 +44,8 @@ pub struct BenchPlan {
     /// Seconds each camera is commissioned before it is gated (`[anomaly] commission_s`);
     /// 0: the classifier alone decides.
     pub commission_s: f64,
+    /// `[model] change_threshold`; 0: every frame scored.
+    pub change_threshold: f32,
     /// A recording every camera plays in real time instead of synthetic frames.
     pub source: Option<std::path::PathBuf>,
     /// Which frames of the recording are decoded.
@@ -238,7 +240,7 @@ pub fn prepare(plan: &BenchPlan, dir: &Path) -> anyhow::Result<RunConfig> {
     config.runtime.idle_timeout_ms = 2000;
     config.runtime.duration_s = Some(plan.seconds);
     config.anomaly.commission_s = plan.commission_s;
-    config.model = Some(ModelConfig::default());
+    config.model = Some(ModelConfig { change_threshold: plan.change_threshold, ..ModelConfig::default() });
     config.plant.reference = Some(reference);
     config.output.dir = plan.out.clone();
     config.kafka = plan.brokers.as_ref().map(|brokers| KafkaConfig {
