@@ -32,6 +32,9 @@ for table in ["work_orders", "assignments", "wo_events", "alerts"]:
             for s, a, b, c, d in zip(df["severity_score"], df["severity_size"], df["severity_growth"],
                                      df["severity_criticality"], df["severity_history"]))
         out[table]["revised_at_type"] = str(df.schema["revised_at"])
+        out[table]["views"] = sorted([i, r, v["camera_id"], v["track_id"]]
+                                     for i, r, s in zip(df["work_order_id"], df["revision"], df["other_views"])
+                                     if s is not None for v in json.loads(s))
     if table in ("work_orders", "assignments"):
         out[table]["revision_type"] = str(df.schema["revision"])
 print(json.dumps(out))
@@ -69,7 +72,7 @@ print(json.dumps(out))
 
 #[test]
 fn the_audit_log_reads_back_with_polars_and_matches_the_run() {
-    for name in ["repair_recurrence", "crack_grows"] {
+    for name in ["repair_recurrence", "crack_grows", "two_views"] {
         let dir = tempfile::tempdir().expect("temp dir");
         let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/scenarios/{name}.toml"));
         let jsonl = dir.path().join("out.jsonl");
@@ -88,6 +91,18 @@ fn the_audit_log_reads_back_with_polars_and_matches_the_run() {
             .collect();
         let assignments = lines.iter().filter(|l| l.get("assignment").is_some()).count();
         let alerts = lines.iter().filter(|l| l.get("alert").is_some()).count();
+        // Each revision's other views: (id, revision, camera, track).
+        let mut views: Vec<Value> = lines
+            .iter()
+            .filter_map(|l| l.get("work_order"))
+            .flat_map(|w| {
+                let views = w["other_views"].as_array().cloned().unwrap_or_default();
+                views
+                    .into_iter()
+                    .map(move |v| serde_json::json!([w["work_order_id"], w["revision"], v["camera_id"], v["track_id"]]))
+            })
+            .collect();
+        views.sort_by_key(|v| v.to_string());
         let events = std::fs::read_to_string(&scenario).expect("scenario").matches("[[events]]").count();
 
         let output = Command::new(analytics_python())
@@ -108,6 +123,10 @@ fn the_audit_log_reads_back_with_polars_and_matches_the_run() {
         assert_eq!(read["work_orders"]["score_is_sum"], Value::Bool(true), "{name}: components sum to the score");
         assert_eq!(read["work_orders"]["revised_at_type"], "Datetime(time_unit='ms', time_zone='UTC')");
         assert_eq!(read["work_orders"]["dates"], serde_json::json!(["2026-01-05"]), "{name}: date partition");
+        let mut read_views = read["work_orders"]["views"].as_array().cloned().unwrap_or_default();
+        read_views.sort_by_key(|v| v.to_string());
+        assert_eq!(read_views, views, "{name}: the other cameras' views of each revision");
+        assert_eq!(name == "two_views", !views.is_empty(), "{name}: {views:?}");
         assert_eq!(read["assignments"]["rows"].as_u64(), Some(assignments as u64), "{name}: assignments");
         assert_eq!(read["wo_events"]["rows"].as_u64(), Some(events as u64), "{name}: events");
         assert_eq!(read["alerts"]["rows"].as_u64(), Some(alerts as u64), "{name}: alerts");

@@ -158,3 +158,38 @@ fn change_gating_scores_a_static_camera_periodically_and_a_change_at_once() {
     assert_eq!(*scored.lock().expect("lock"), 9, "frames through the network");
     assert_eq!(change.unchanged(), vec![("cam-a".to_owned(), 26), ("cam-b".to_owned(), 25)]);
 }
+
+/// A camera's `min_confidence` from the thresholds file drops its detections under it;
+/// another camera's stay, and a change of the file is in force for the next frames.
+#[test]
+fn a_camera_s_min_confidence_drops_its_weaker_detections() {
+    use defectflow_operators::thresholds::{LiveThresholds, Thresholds};
+    let rule = |confidence: f32| {
+        let text = format!("[[threshold]]\ncamera = \"cam-a\"\nmin_confidence = {confidence}\n");
+        Thresholds::parse(&text, "t.toml", 0.0).expect("valid")
+    };
+    let live = LiveThresholds::new(rule(1.0));
+    let config = InferConfig { batch_size: 1, thresholds: live.clone(), ..InferConfig::default() };
+    // Untrained and with no threshold of its own: it finds something in any frame.
+    let mut detector = untrained_detector();
+    detector.min_confidence = 0.0;
+    let pool = InferencePool::start(vec![detector], &config, |_, _| {}).expect("the inference thread starts");
+    let run = |pool: &InferencePool, config: &InferConfig| {
+        let (pool, config) = (pool.clone(), config.clone());
+        let frames = vec![frame("cam-a", 0, 1_000), frame("cam-b", 0, 1_000)];
+        let captured = timely::example(move |scope| frames.to_stream(scope).infer(&pool, config, |_, _| {}).capture());
+        let mut found: Vec<(String, usize)> = captured
+            .try_iter()
+            .flat_map(|event| if let Event::Messages(_, data) = event { data } else { Vec::new() })
+            .map(|o| (o.camera_id, o.detections.len()))
+            .collect();
+        found.sort();
+        found
+    };
+    let before = run(&pool, &config);
+    assert_eq!(before[0], ("cam-a".to_owned(), 0), "nothing is that sure: {before:?}");
+    assert!(before[1].1 > 0, "cam-b keeps the model's threshold: {before:?}");
+    live.replace(rule(0.0));
+    let after = run(&pool, &config);
+    assert_eq!(after[0].1, after[1].1, "cam-a finds what cam-b finds once lowered: {after:?}");
+}

@@ -108,6 +108,9 @@ impl AuditTable {
                 Field::new("work_type", DataType::Utf8, true),
                 maybe_time("due_at"),
                 Field::new("hold_reason", DataType::Utf8, true),
+                // Since work-order 1.3.0: the other cameras' views of the defect, as the
+                // JSON array of the message (camera_id, track_id, evidence); null for none.
+                Field::new("other_views", DataType::Utf8, true),
             ],
             AuditTable::Assignments => vec![
                 utf8("work_order_id"),

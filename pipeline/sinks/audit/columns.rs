@@ -102,6 +102,11 @@ pub(super) fn work_orders(rows: &[&WorkOrder]) -> Vec<ArrayRef> {
         maybe_text(rows, |w| Some(w.work_type.as_str())),
         maybe_time(rows, |w| w.due_at_ms),
         maybe_text(rows, |w| w.hold_reason.as_deref()),
+        Arc::new(
+            (rows.iter())
+                .map(|w| (!w.other_views.is_empty()).then(|| serde_json::to_string(&w.other_views).unwrap_or_default()))
+                .collect::<StringArray>(),
+        ),
     ]
 }
 
