@@ -147,6 +147,46 @@ fn the_demo_run_leaves_what_every_user_needs() {
         assert_eq!(latest[order]["status"], "completed", "{order}");
     }
 
+    // The CMMS's answers as training data: the false positive's frames as negatives, the
+    // repaired crack's with its boxes; a YOLO folder `eval` reads.
+    let harvested = dir.path().join("harvest");
+    let harvest = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+        .args(["harvest", "--audit", audit.to_str().expect("utf-8"), "--json"])
+        .args(["--out", harvested.to_str().expect("utf-8")])
+        .output()
+        .expect("run harvest");
+    assert!(harvest.status.success(), "harvest: {}", String::from_utf8_lossy(&harvest.stderr));
+    let summary: Value = serde_json::from_slice(&harvest.stdout).expect("harvest JSON");
+    assert!(summary["negatives"].as_u64() > Some(0), "the oil splash's frames: {summary}");
+    assert!(summary["positives"].as_u64() > Some(0), "the pulley crack's frames: {summary}");
+    assert_eq!(summary["frames_missing"].as_u64(), Some(0), "every evidence frame was kept: {summary}");
+    let manifest = std::fs::read_to_string(harvested.join("harvest.jsonl")).expect("harvest.jsonl");
+    let crack_id = std::fs::read_to_string(harvested.join("classes.txt"))
+        .expect("classes.txt")
+        .lines()
+        .position(|c| c == "crack")
+        .expect("crack is a class");
+    for line in manifest.lines() {
+        let line: Value = serde_json::from_str(line).expect("json line");
+        let image = harvested.join(line["image"].as_str().expect("image"));
+        assert!(image.is_file(), "{line}");
+        let stem = image.file_stem().expect("stem").to_str().expect("utf-8");
+        let label = std::fs::read_to_string(harvested.join("labels").join(format!("{stem}.txt"))).expect("label");
+        assert_eq!(latest[line["work_order_id"].as_str().expect("id")]["asset_id"], line["asset_id"], "{line}");
+        match line["outcome"].as_str() {
+            Some("false_positive") => assert_eq!(label, "", "a negative: {line}"),
+            _ if line["defect_class"] == "crack" => {
+                assert!(label.lines().all(|l| l.starts_with(&format!("{crack_id} "))) && !label.is_empty(), "{label}")
+            }
+            _ => assert!(!label.is_empty(), "{line}"),
+        }
+    }
+    let eval = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+        .args(["eval", "--data", harvested.to_str().expect("utf-8")])
+        .output()
+        .expect("run eval");
+    assert!(eval.status.success(), "the harvest is a YOLO folder: {}", String::from_utf8_lossy(&eval.stderr));
+
     // `defectflow report --json` equals the KPIs recomputed from the Parquet files.
     let report = Command::new(env!("CARGO_BIN_EXE_defectflow"))
         .args(["report", "--audit", audit.to_str().expect("utf-8"), "--json"])

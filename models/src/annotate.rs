@@ -27,15 +27,7 @@ pub fn evidence_jpeg(
     bbox: &BoundingBox,
     label: &str,
 ) -> Result<Vec<u8>, AnnotateError> {
-    let plane = width * height;
-    if planar.len() != 3 * plane {
-        return Err(AnnotateError::Size { width, height, expected: 3 * plane, got: planar.len() });
-    }
-    let mut pixels = vec![0u8; 3 * plane];
-    for (i, rgb) in pixels.chunks_exact_mut(3).enumerate() {
-        rgb.copy_from_slice(&[planar[i], planar[plane + i], planar[2 * plane + i]]);
-    }
-    let mut canvas = Canvas { width: width as u32, height: height as u32, pixels };
+    let mut canvas = interleaved(planar, width, height)?;
     outline(&mut canvas, bbox);
     let scale = if height >= 480 { 2 } else { 1 };
     let (glyph_h, glyph_w) = (10 * scale, 8 * scale);
@@ -46,6 +38,36 @@ pub fn evidence_jpeg(
     let tw = label.chars().count() as i32 * glyph_w;
     canvas.fill_rect(x - 1, ty - 2, tw + 2, glyph_h + 2, BOX);
     text(&mut canvas, x + 1, ty, &label, scale, INK);
+    encode(&canvas)
+}
+
+/// The frame as the model saw it, nothing drawn, encoded as JPEG: what a model learns
+/// from (`defectflow harvest`). The same inputs give the same bytes.
+pub fn frame_jpeg(planar: &[u8], width: usize, height: usize) -> Result<Vec<u8>, AnnotateError> {
+    encode(&interleaved(planar, width, height)?)
+}
+
+/// The width and height of a JPEG image, from its header.
+pub fn jpeg_size(jpeg: &[u8]) -> Option<(u32, u32)> {
+    use image::ImageDecoder;
+    let decoder = image::codecs::jpeg::JpegDecoder::new(std::io::Cursor::new(jpeg)).ok()?;
+    Some(decoder.dimensions())
+}
+
+/// `[3, height, width]` planes as an RGB canvas.
+fn interleaved(planar: &[u8], width: usize, height: usize) -> Result<Canvas, AnnotateError> {
+    let plane = width * height;
+    if planar.len() != 3 * plane {
+        return Err(AnnotateError::Size { width, height, expected: 3 * plane, got: planar.len() });
+    }
+    let mut pixels = vec![0u8; 3 * plane];
+    for (i, rgb) in pixels.chunks_exact_mut(3).enumerate() {
+        rgb.copy_from_slice(&[planar[i], planar[plane + i], planar[2 * plane + i]]);
+    }
+    Ok(Canvas { width: width as u32, height: height as u32, pixels })
+}
+
+fn encode(canvas: &Canvas) -> Result<Vec<u8>, AnnotateError> {
     let mut jpeg = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, JPEG_QUALITY)
         .encode(&canvas.pixels, canvas.width, canvas.height, image::ExtendedColorType::Rgb8)

@@ -45,6 +45,9 @@ pub enum Command {
     Eval(EvalArgs),
     /// Prints the headline maintenance KPIs from a Parquet audit log.
     Report(ReportArgs),
+    /// Turns the frames behind work orders the CMMS closed as false positive or
+    /// completed into a YOLO folder: negatives and labelled defects to train on.
+    Harvest(HarvestArgs),
     /// Runs the whole graph on N synthetic cameras and reports what it sustained.
     Bench(BenchArgs),
     /// Looks after a Parquet audit log.
@@ -187,6 +190,22 @@ pub struct BenchArgs {
     /// scored one skip the network; 0: every frame is scored.
     #[arg(long, default_value_t = 0.0)]
     pub change_threshold: f32,
+}
+
+#[derive(Debug, Args)]
+pub struct HarvestArgs {
+    /// The audit folder (`<output>/audit`).
+    #[arg(long)]
+    pub audit: PathBuf,
+    /// The evidence folder; absent: `evidence` beside the audit folder.
+    #[arg(long)]
+    pub evidence: Option<PathBuf>,
+    /// The YOLO folder to write (images/, labels/, classes.txt, harvest.jsonl).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

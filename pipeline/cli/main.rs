@@ -81,6 +81,7 @@ fn run_cli() -> anyhow::Result<()> {
         Command::Train(args) => tools::train(args),
         Command::Eval(args) => tools::eval(args),
         Command::Report(args) => tools::report(args),
+        Command::Harvest(args) => tools::harvest(args),
         Command::Bench(args) => tools::bench(args),
         Command::Audit(command) => tools::audit(command),
         Command::Bridge(args) => bridge(args),

@@ -12,8 +12,8 @@ use defectflow_models::synth::PlantOptions;
 use defectflow_schemas::Emitted;
 
 use crate::args::{
-    AuditCommand, BenchArgs, CommissionArgs, DiscoverArgs, EvalArgs, ReplayArgs, ReportArgs, SynthArgs, SynthFormat,
-    TrainArgs,
+    AuditCommand, BenchArgs, CommissionArgs, DiscoverArgs, EvalArgs, HarvestArgs, ReplayArgs, ReportArgs, SynthArgs,
+    SynthFormat, TrainArgs,
 };
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -91,6 +91,26 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&kpis)?);
     } else {
         print!("{}", defectflow::tools::report::render(&kpis));
+    }
+    Ok(())
+}
+
+pub fn harvest(args: HarvestArgs) -> anyhow::Result<()> {
+    let evidence = args.evidence.clone().unwrap_or_else(|| args.audit.join("../evidence"));
+    let harvest = defectflow::tools::harvest::harvest(&args.audit, &evidence, &args.out)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&harvest)?);
+    } else {
+        println!(
+            "{}: {} work orders closed as false positive or completed: {} negative frames, {} labelled frames; \
+             {} frames not kept, {} without a box of their class",
+            args.out.display(),
+            harvest.work_orders,
+            harvest.negatives,
+            harvest.positives,
+            harvest.frames_missing,
+            harvest.unlabelled
+        );
     }
     Ok(())
 }

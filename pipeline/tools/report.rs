@@ -302,7 +302,7 @@ fn technician_kpis(latest: &[&Revision]) -> Vec<TechnicianKpis> {
 
 /// Every committed file of a table (`<audit>/<table>/date=*/part-*.parquet`) as record
 /// batches; `None` if the table has none.
-fn read_table(audit: &Path, table: &str) -> anyhow::Result<Option<Vec<RecordBatch>>> {
+pub(super) fn read_table(audit: &Path, table: &str) -> anyhow::Result<Option<Vec<RecordBatch>>> {
     let dir = audit.join(table);
     let mut files: Vec<PathBuf> = Vec::new();
     let Ok(partitions) = std::fs::read_dir(&dir) else { return Ok(None) };
@@ -335,7 +335,7 @@ fn read_table(audit: &Path, table: &str) -> anyhow::Result<Option<Vec<RecordBatc
 }
 
 /// A column of a batch as the array type the audit log writes it with.
-fn column<'a, T: Array + 'static>(batch: &'a RecordBatch, name: &str) -> anyhow::Result<&'a T> {
+pub(super) fn column<'a, T: Array + 'static>(batch: &'a RecordBatch, name: &str) -> anyhow::Result<&'a T> {
     let column = batch.column_by_name(name).with_context(|| format!("audit column `{name}` is missing"))?;
     column
         .as_any()
@@ -344,7 +344,7 @@ fn column<'a, T: Array + 'static>(batch: &'a RecordBatch, name: &str) -> anyhow:
 }
 
 /// Row `i` of a text column; `None` where null.
-fn text(array: &StringArray, i: usize) -> Option<String> {
+pub(super) fn text(array: &StringArray, i: usize) -> Option<String> {
     (!array.is_null(i)).then(|| array.value(i).to_owned())
 }
 

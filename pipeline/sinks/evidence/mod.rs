@@ -1,5 +1,8 @@
 //! Evidence images: `<output>/evidence/<track id>/<frame index>.jpg`, the frame with the
-//! defect's box and label drawn, referenced from the work order by URI and SHA-256.
+//! defect's box and label drawn, referenced from the work order by URI and SHA-256;
+//! beside it the frame as it was, `<frame index>.frame.jpg` (at most
+//! [`MAX_FRAMES_PER_TRACK`] a track), which `defectflow harvest` turns into training
+//! data once the CMMS has said what the defect was.
 //!
 //! The model's stage hands every frame with a detection to the [`EvidenceStore`]; the
 //! tracker asks it to draw a track's best frame when it emits the track and tells it
@@ -13,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use defectflow_models::annotate::evidence_jpeg;
+use defectflow_models::annotate::{evidence_jpeg, frame_jpeg};
 use defectflow_operators::decode::FrameTensor;
 use defectflow_operators::evidence::{EvidenceFrames, EvidenceRequest};
 use defectflow_schemas::{Evidence, FrameObservation};
@@ -24,6 +27,9 @@ use crate::metrics::Metrics;
 /// Frames held per camera at most; beyond it the oldest goes (and is counted), so a
 /// stalled tracker cannot exhaust memory.
 pub const MAX_HELD_PER_CAMERA: usize = 256;
+
+/// Unannotated frames kept per track, for training (the first ones drawn).
+pub const MAX_FRAMES_PER_TRACK: usize = 8;
 
 /// A frame with detections, as the model saw it.
 #[derive(Debug)]
@@ -106,6 +112,9 @@ impl EvidenceStore {
         std::fs::create_dir_all(&folder).map_err(|e| failed(e, &folder))?;
         std::fs::write(&aside, &jpeg).map_err(|e| failed(e, &aside))?;
         std::fs::rename(&aside, &path).map_err(|e| failed(e, &path))?;
+        if let Err(error) = keep_frame(&folder, request.frame_index, held) {
+            tracing::warn!(track = request.track_id, %error, "the frame behind the evidence was not kept");
+        }
         Ok(Evidence {
             uri: format!("{}{}/{name}", self.uri_prefix, request.track_id),
             sha256,
@@ -114,6 +123,24 @@ impl EvidenceStore {
             bbox: request.bbox,
         })
     }
+}
+
+/// Writes the frame as it was beside its evidence image, unless the track's folder holds
+/// [`MAX_FRAMES_PER_TRACK`] such frames already.
+fn keep_frame(folder: &Path, frame_index: u64, held: &Held) -> Result<(), String> {
+    let name = format!("{frame_index}.frame.jpg");
+    let path = folder.join(&name);
+    let kept = std::fs::read_dir(folder)
+        .map_err(|e| format!("{}: {e}", folder.display()))?
+        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".frame.jpg")))
+        .count();
+    if path.exists() || kept >= MAX_FRAMES_PER_TRACK {
+        return Ok(());
+    }
+    let jpeg = frame_jpeg(&held.pixels, held.width, held.height).map_err(|e| e.to_string())?;
+    let aside = folder.join(format!(".{name}.tmp"));
+    std::fs::write(&aside, &jpeg).map_err(|e| format!("{}: {e}", aside.display()))?;
+    std::fs::rename(&aside, &path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 impl EvidenceFrames for EvidenceStore {
