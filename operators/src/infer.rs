@@ -13,8 +13,6 @@ use burn::tensor::backend::Backend;
 use crossbeam_channel as channel;
 use defectflow_models::detector::Detector;
 use defectflow_models::inference::{Found, FrameView};
-
-use crate::change::{ChangeGates, Plan};
 use defectflow_schemas::{Detection, FrameObservation};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
@@ -23,6 +21,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::scheduling::SyncActivator;
 
+use crate::change::{ChangeGates, Plan};
 use crate::decode::FrameTensor;
 use crate::gating::CameraGates;
 
@@ -49,7 +48,7 @@ pub struct InferConfig {
     /// Change gating (`[model] change_threshold`): frames like their camera's last
     /// scored one skip the network; `None`: every frame is scored.
     #[serde(skip)]
-    pub change: Option<crate::change::ChangeGates>,
+    pub change: Option<ChangeGates>,
 }
 
 impl Default for InferConfig {
@@ -188,7 +187,7 @@ struct Setup<'a> {
     gates: Option<&'a CameraGates>,
     shadow: bool,
     thresholds: &'a crate::thresholds::LiveThresholds,
-    change: Option<&'a crate::change::ChangeGates>,
+    change: Option<&'a ChangeGates>,
 }
 
 /// Runs the jobs' frames through the network together and replies to each job.

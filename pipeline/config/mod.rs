@@ -162,6 +162,8 @@ impl ModelConfig {
         })
     }
 
+    /// The inference settings; with change gating on, each call makes new change gates
+    /// (one per process: the pool's are the ones that count).
     pub fn infer_config(&self) -> defectflow_operators::infer::InferConfig {
         defectflow_operators::infer::InferConfig {
             batch_size: self.batch_size,

@@ -195,7 +195,7 @@ impl Process {
         stop: StopWhen,
         hooks: Hooks,
     ) -> anyhow::Result<Process> {
-        let mut config = config.clone();
+        let config = config.clone();
         let shadow = config.model.as_ref().is_some_and(|m| m.shadow);
         let process = crate::cluster::process_index(timely_config);
         let mut reference = config.plant.reference.as_deref().map(PlantReference::load).transpose()?;
@@ -215,8 +215,6 @@ impl Process {
         };
         metrics.stage_times.enabled.store(hooks.time_stages, Ordering::Relaxed);
         let counters = Arc::new(StageCounters::default());
-        // The thresholds per camera and class the model's threads and the ledger read.
-        let live = config.work_orders.thresholds.clone();
         let (pool, model_version, floor) = match &config.model {
             Some(model) => {
                 let (pool, version, floor) = start_model(&config, model, &metrics, &counters)?;
@@ -224,10 +222,11 @@ impl Process {
             }
             None => (None, None, 0.0),
         };
+        // The thresholds per camera and class the model's threads and the ledger read
+        // (one handle, shared by every clone of the config).
         if let Some(path) = &config.plant.thresholds {
-            thresholds::watch(path, floor, &live, &metrics)?;
+            thresholds::watch(path, floor, &config.work_orders.thresholds, &metrics)?;
         }
-        config.work_orders.thresholds = live;
         *metrics.model_version.lock().unwrap_or_else(|p| p.into_inner()) = model_version.clone();
         // Evidence needs frames (a model), tracks (reference data) and somewhere to write.
         let evidence = match (&config.output.dir, &reference, &config.model) {
