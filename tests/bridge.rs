@@ -169,7 +169,9 @@ fn maximo_gets_every_revision_once_in_order_through_faults_an_outage_and_kills()
     wait_until("all 120 revisions applied", Duration::from_secs(90), || distinct(&cmms.applied()) >= 120);
     assert!(during < 120, "the outage came too late to matter");
 
-    // Statuses changed in Maximo come back as wo-events, each once.
+    // Statuses changed in Maximo come back as wo-events, each once; the labour booked
+    // comes with the completion.
+    cmms.set_field(&ids[0], "actlabhrs", serde_json::json!(2.5));
     cmms.set_status(&ids[0], "COMP");
     cmms.set_status(&ids[1], "WMATL");
     cmms.set_status(&ids[2], "INPRG");
@@ -183,6 +185,11 @@ fn maximo_gets_every_revision_once_in_order_through_faults_an_outage_and_kills()
     let applied = cmms.applied();
     once_and_in_order(&applied, &ids, 3);
     assert_eq!(applied.len(), 120, "a revision applied twice: {applied:?}");
+    let hours: Vec<(String, Value)> = (broker.messages("defectflow.wo-events").iter())
+        .map(|m| serde_json::from_str::<Value>(m["value"].as_str().expect("value")).expect("json"))
+        .map(|v| (v["event"].as_str().unwrap_or_default().to_owned(), v["actual_hours"].clone()))
+        .collect();
+    assert!(hours.iter().all(|(event, h)| (event == "completed") == (h == &serde_json::json!(2.5))), "{hours:?}");
     let mut events = wo_events(&broker);
     events.sort();
     let mut expected = vec![

@@ -136,6 +136,13 @@ pub struct Poll {
     pub status: String,
     #[serde(default)]
     pub changed_at: Option<String>,
+    /// JSON pointers, in a record, to the labour hours booked on it and the hours its
+    /// asset was down (numbers, or numbers as text), sent with a `completed` event as
+    /// its `actual_hours` and `downtime_hours`; absent: not sent.
+    #[serde(default)]
+    pub actual_hours: Option<String>,
+    #[serde(default)]
+    pub downtime_hours: Option<String>,
     /// JSON pointer to the next page's URL or cursor in the answer, appended to `path`
     /// as `next_param`; absent: one page.
     #[serde(default)]

@@ -134,6 +134,12 @@ fn report(pusher: &Pusher, publisher: &Publisher, poll: &Poll, record: &Value, t
     if let Some(event) = event {
         let at_ms = poll.changed_at.as_deref().and_then(|p| pick(p, record, &[])).and_then(|t| parse_time(&t));
         let at_ms = at_ms.unwrap_or_else(now_ms);
+        // What the repair took, where the CMMS's record says and the event completes it.
+        let hours = |pointer: &Option<String>| {
+            let value = record.pointer(pointer.as_deref()?)?;
+            let hours = value.as_f64().or_else(|| value.as_str()?.trim().parse().ok())?;
+            (hours >= 0.0 && hours.is_finite() && event.event == WoEventKind::Completed).then_some(hours)
+        };
         let message = WoEvent {
             work_order_id: entry.work_order_id.clone(),
             event: event.event,
@@ -141,8 +147,8 @@ fn report(pusher: &Pusher, publisher: &Publisher, poll: &Poll, record: &Value, t
             technician_id: None,
             note: Some(format!("{} status {status}", mapping.name)),
             reason: event.reason.clone(),
-            actual_hours: None,
-            downtime_hours: None,
+            actual_hours: hours(&poll.actual_hours),
+            downtime_hours: hours(&poll.downtime_hours),
         };
         let outgoing = Outgoing {
             topic: topic.to_owned(),

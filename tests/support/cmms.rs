@@ -116,6 +116,13 @@ impl FakeCmms {
         state.records.iter().find(|r| r.work_order_id.eq_ignore_ascii_case(work_order_id)).cloned()
     }
 
+    /// A person sets a field of the record in the CMMS (labour booked, ...).
+    pub fn set_field(&self, work_order_id: &str, field: &str, value: Value) {
+        let mut state = self.state.lock().expect("state");
+        let record = state.records.iter_mut().find(|r| r.work_order_id.eq_ignore_ascii_case(work_order_id));
+        record.expect("record to change").fields[field] = value;
+    }
+
     /// A person changes the record's status in the CMMS.
     pub fn set_status(&self, work_order_id: &str, status: &str) {
         let mut state = self.state.lock().expect("state");
@@ -373,7 +380,7 @@ fn maximo(state: &mut State, request: &Request, url: &str) -> Response {
             })
             .map(|r| {
                 json!({"href": format!("{url}{base}/{}", r.id), "externalrefid": r.work_order_id,
-                       "status": r.status, "changedate": rfc3339(r.changed_ms)})
+                       "status": r.status, "changedate": rfc3339(r.changed_ms), "actlabhrs": r.fields["actlabhrs"]})
             })
             .collect();
         return answer(200, json!({"member": members, "responseInfo": {}}));
