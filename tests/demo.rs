@@ -186,6 +186,28 @@ fn the_demo_run_leaves_what_every_user_needs() {
         .output()
         .expect("run eval");
     assert!(eval.status.success(), "the harvest is a YOLO folder: {}", String::from_utf8_lossy(&eval.stderr));
+    // Generated frames and harvested ones, trained on together (two steps: the loading
+    // and the card are what is checked here).
+    let generated = dir.path().join("generated");
+    let synth = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+        .args(["synth", "--format", "yolo", "--cameras", "1", "--seconds", "2", "--every", "15", "--out"])
+        .arg(&generated)
+        .output()
+        .expect("run synth");
+    assert!(synth.status.success(), "synth: {}", String::from_utf8_lossy(&synth.stderr));
+    let model = dir.path().join("tuned");
+    let data = format!("{},{}", generated.display(), harvested.display());
+    let train = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+        .args(["train", "--data", &data, "--steps", "2", "--batch-size", "2", "--crop-px", "64", "--out"])
+        .arg(&model)
+        .output()
+        .expect("run train");
+    assert!(train.status.success(), "train: {}", String::from_utf8_lossy(&train.stderr));
+    let card: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).expect("card")).expect("json");
+    let images = |d: &Path| std::fs::read_dir(d.join("images")).expect("images").count() as u64;
+    assert_eq!(card["training"]["images"].as_u64(), Some(images(&generated) + images(&harvested)), "{card}");
+    assert_eq!(card["training"]["data_digest"].as_str().map(|d| d.split('+').count()), Some(2), "{card}");
 
     // `defectflow report --json` equals the KPIs recomputed from the Parquet files.
     let report = Command::new(env!("CARGO_BIN_EXE_defectflow"))

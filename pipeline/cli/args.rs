@@ -220,9 +220,10 @@ pub struct ReportArgs {
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// YOLO folder: images/ (.png, .jpg), labels/ (same names, .txt), classes.txt.
-    #[arg(long)]
-    pub data: PathBuf,
+    /// YOLO folder: images/ (.png, .jpg), labels/ (same names, .txt), classes.txt;
+    /// several, comma-separated, train on all of them (generated and harvested frames).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub data: Vec<PathBuf>,
     /// Where to write weights.bin and model.json (a folder that holds a model is
     /// refused without --force: the shipped one is `models/weights`).
     #[arg(long)]

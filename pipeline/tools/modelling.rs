@@ -64,7 +64,8 @@ pub fn write_yolo_set(out: &Path, plant: &PlantOptions, every: u64) -> anyhow::R
 /// Options of `defectflow train`.
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
-    pub data: PathBuf,
+    /// YOLO folders, trained on together.
+    pub data: Vec<PathBuf>,
     pub out: PathBuf,
     pub config: TrainConfig,
     pub architecture: DefectNetConfig,
@@ -78,14 +79,19 @@ pub struct TrainOptions {
 
 /// Trains, saves weights and card, and evaluates on the held-out set when given.
 pub fn train_model(options: &TrainOptions) -> anyhow::Result<ModelCard> {
-    let folder = YoloFolder::open(&options.data)?;
-    let boxes = folder.check_labels()?;
     let started = Instant::now();
-    let samples = load_all(&folder)?;
+    let (mut samples, mut boxes, mut digests) = (Vec::new(), 0, Vec::new());
+    for dir in &options.data {
+        let folder = YoloFolder::open(dir)?;
+        boxes += folder.check_labels()?;
+        samples.extend(load_all(&folder)?);
+        digests.push(folder_digest(&folder)?);
+    }
+    let names: Vec<String> = options.data.iter().map(|d| d.display().to_string()).collect();
     eprintln!(
         "{} images, {boxes} labelled objects from {} ({:.1} s to load)",
         samples.len(),
-        options.data.display(),
+        names.join(", "),
         started.elapsed().as_secs_f64()
     );
     let (input_width, input_height) = most_common_size(&samples);
@@ -118,7 +124,8 @@ pub fn train_model(options: &TrainOptions) -> anyhow::Result<ModelCard> {
         min_confidence: DEFAULT_MIN_CONFIDENCE,
         training: TrainingRecord {
             command: options.command.clone(),
-            data_digest: folder_digest(&folder)?,
+            // One folder's digest, or each folder's joined by `+`.
+            data_digest: digests.join("+"),
             images: samples.len(),
             boxes,
             seed: options.config.seed,
