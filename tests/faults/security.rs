@@ -79,7 +79,10 @@ fn ids_that_look_like_paths_never_name_a_file() {
                 track.len() == 19
                     && track.starts_with("TR-")
                     && track[3..].chars().all(|c| c.is_ascii_hexdigit())
-                    && image.strip_suffix(".jpg").is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()))
+                    // The evidence image, and the frame as it was beside it.
+                    && image.strip_suffix(".jpg").map(|n| n.strip_suffix(".frame").unwrap_or(n)).is_some_and(|n| {
+                        !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())
+                    })
             }
             ["audit", ".locks", table, lock] => {
                 table.chars().all(|c| c.is_ascii_lowercase() || c == '_')
