@@ -19,7 +19,6 @@
 //! then differs by more than `threshold` (0–255).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use defectflow_models::change::Look;
@@ -62,7 +61,6 @@ pub struct ChangeGates {
     cameras: Arc<Mutex<HashMap<String, Scored>>>,
     /// Frames that skipped the network, per camera.
     unchanged: Arc<Mutex<HashMap<String, u64>>>,
-    total: Arc<AtomicU64>,
 }
 
 impl PartialEq for ChangeGates {
@@ -89,7 +87,7 @@ struct Scored {
 
 impl ChangeGates {
     pub fn new(config: ChangeConfig) -> ChangeGates {
-        ChangeGates { config, cameras: Arc::default(), unchanged: Arc::default(), total: Arc::default() }
+        ChangeGates { config, cameras: Arc::default(), unchanged: Arc::default() }
     }
 
     /// Which frames of a batch go through the network. `always` names cameras every
@@ -120,7 +118,6 @@ impl ChangeGates {
             if let Some(last) = cameras.get(camera).filter(|_| same) {
                 plans.push(Plan::Same(last.found.clone()));
                 *unchanged.entry(camera.to_owned()).or_default() += 1;
-                self.total.fetch_add(1, Ordering::Relaxed);
             } else {
                 let before = cameras.get(camera).filter(|last| last.settled).map(|last| classes(&last.found));
                 let (capture_ms, found) = (meta.capture_ms, Vec::new());
@@ -149,11 +146,6 @@ impl ChangeGates {
         let mut all: Vec<(String, u64)> = unchanged.iter().map(|(c, n)| (c.clone(), *n)).collect();
         all.sort();
         all
-    }
-
-    /// Frames that skipped the network, all cameras.
-    pub fn unchanged_total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
     }
 }
 
@@ -237,7 +229,7 @@ mod tests {
             })
             .collect();
         assert_eq!(plans, vec![same(), Plan::Score, same()]);
-        assert_eq!(gates.unchanged_total(), 5);
+        assert_eq!(gates.unchanged().iter().map(|(_, n)| n).sum::<u64>(), 5);
         assert_eq!(gates.unchanged(), vec![("cam".to_owned(), 5)]);
     }
 

@@ -170,9 +170,18 @@ fn a_camera_s_min_confidence_drops_its_weaker_detections() {
     };
     let live = LiveThresholds::new(rule(1.0));
     let config = InferConfig { batch_size: 1, thresholds: live.clone(), ..InferConfig::default() };
-    // Untrained and with no threshold of its own: it finds something in any frame.
-    let mut detector = untrained_detector();
-    detector.min_confidence = 0.0;
+    // Untrained and with no threshold of its own: one whose random weights find
+    // something in these frames.
+    let pixels = frame("cam-a", 0, 1_000);
+    let view = defectflow_models::inference::FrameView { width: 32, height: 16, pixels: pixels.bytes() };
+    let detector = (0..100)
+        .map(|_| {
+            let mut detector = untrained_detector();
+            detector.min_confidence = 0.0;
+            detector
+        })
+        .find(|d| d.detect(&[view]).iter().any(|found| !found.is_empty()))
+        .expect("an untrained network that finds something");
     let pool = InferencePool::start(vec![detector], &config, |_, _| {}).expect("the inference thread starts");
     let run = |pool: &InferencePool, config: &InferConfig| {
         let (pool, config) = (pool.clone(), config.clone());

@@ -181,8 +181,7 @@ fn track_and_frame(uri: &str) -> Option<(String, u64)> {
     let mut parts = uri.rsplit('/');
     let frame = parts.next()?.strip_suffix(".jpg")?.parse().ok()?;
     let track = parts.next()?;
-    (!track.is_empty() && track.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-        .then(|| (track.to_owned(), frame))
+    crate::sinks::evidence::is_safe_track_id(track).then(|| (track.to_owned(), frame))
 }
 
 fn boxes(batches: &[arrow_array::RecordBatch]) -> anyhow::Result<Boxes> {

@@ -97,7 +97,7 @@ impl EvidenceStore {
     fn write(&self, request: &EvidenceRequest<'_>, held: &Held) -> Result<Evidence, String> {
         // Track ids are made by the tracker ("TR-" and hex); anything else would be a bug,
         // and must not become a path.
-        if request.track_id.is_empty() || !request.track_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        if !is_safe_track_id(request.track_id) {
             return Err(format!("track id `{}` is not a safe file name", request.track_id));
         }
         let label = format!("{} {:.2}", request.class, request.confidence);
@@ -123,6 +123,12 @@ impl EvidenceStore {
             bbox: request.bbox,
         })
     }
+}
+
+/// Whether `track_id` may name a folder: what the tracker makes ("TR-" and hex),
+/// letters, digits and `-` only.
+pub fn is_safe_track_id(track_id: &str) -> bool {
+    !track_id.is_empty() && track_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
 /// Writes the frame as it was beside its evidence image, unless the track's folder holds
