@@ -22,15 +22,10 @@ fn two_processes(dir: &Path, config: &Path, out: &Path) -> Vec<std::process::Out
     let processes: Vec<_> = (0..2)
         .map(|p| {
             let cluster = ["-w", "1", "-n", "2", "-p", &p.to_string(), "-H", hostfile.to_str().expect("utf-8")];
-            defectflow(config, Some(out), None)
-                .args(cluster)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("start a process")
+            support::Drained::spawn(defectflow(config, Some(out), None).args(cluster))
         })
         .collect();
-    processes.into_iter().map(|p| p.wait_with_output().expect("wait")).collect()
+    processes.into_iter().map(|p| p.wait_with_output()).collect()
 }
 
 #[test]

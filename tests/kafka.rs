@@ -133,8 +133,7 @@ fn transactions_and_a_broker_outage_lose_and_duplicate_nothing() {
     let text = text.replacen("[[cameras]]", &format!("[metrics]\naddress = \"127.0.0.1:{port}\"\n[[cameras]]"), 1);
     std::fs::write(&config, text).expect("config");
     let out = dir.path().join("out");
-    let mut child =
-        defectflow(&config, Some(&out), None).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run");
+    let mut child = support::Drained::spawn(&mut defectflow(&config, Some(&out), None));
     // Once the first revisions are out, the broker stops answering for 30 s (SIGSTOP:
     // connections stay open, nothing is acknowledged), then comes back.
     assert!(wait_for_first_delivery(port, &mut child), "no revision reached the topic");
@@ -150,7 +149,7 @@ fn transactions_and_a_broker_outage_lose_and_duplicate_nothing() {
     }
     assert!(Command::new("kill").args(["-CONT", &pid]).status().expect("kill").success());
     assert!(stalled, "the metrics never showed the output stalled during the outage");
-    let output = child.wait_with_output().expect("run");
+    let output = child.wait_with_output();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "run failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     check_exactly_once(&broker.messages("defectflow.work-orders"), &out, &truth);

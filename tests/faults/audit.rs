@@ -48,12 +48,13 @@ fn an_audit_disk_that_refuses_writes_holds_the_rows_until_it_takes_them() {
     let config = dir.path().join("audit.toml");
     std::fs::write(&config, toml).expect("config");
     let out = dir.path().join("out");
-    let mut run = Command::new(env!("CARGO_BIN_EXE_defectflow"))
-        .args(["run", "--config", config.to_str().expect("utf-8"), "--out", out.to_str().expect("utf-8")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run");
+    let mut run = crate::support::Drained::spawn(Command::new(env!("CARGO_BIN_EXE_defectflow")).args([
+        "run",
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]));
     // Once the first rows are committed, the disk refuses every new file for 8 s.
     let audit = out.join("audit");
     wait_while_running(&mut run, "a first audit file", Duration::from_secs(60), || {
@@ -76,7 +77,7 @@ fn an_audit_disk_that_refuses_writes_holds_the_rows_until_it_takes_them() {
         metric(port, "defectflow_audit_failing") == Some(0.0)
             && http_get(port, "/healthz").is_some_and(|(status, _)| status == "HTTP/1.1 200 OK")
     });
-    let output = run.wait_with_output().expect("run");
+    let output = run.wait_with_output();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "run failed: {stderr}");
     assert!(

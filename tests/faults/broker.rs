@@ -1,7 +1,6 @@
 //! The broker away for 30 s, and the broker slow: nothing lost, nothing twice; not ready
 //! (`/readyz`) while the broker is away.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::checks;
@@ -43,8 +42,7 @@ fn the_broker_gone_for_30_s_loses_and_duplicates_nothing() {
     let text = std::fs::read_to_string(&plant.config).expect("config");
     std::fs::write(&plant.config, text.replacen("[runtime]\n", "[runtime]\nduration_s = 55\n", 1)).expect("config");
     let out = plant.dir.path().join("out");
-    let mut run =
-        defectflow(&plant.config, Some(&out), None).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run");
+    let mut run = crate::support::Drained::spawn(&mut defectflow(&plant.config, Some(&out), None));
     assert!(wait_for_first_delivery(metrics, &mut run), "no revision reached the topic");
     let ready = || http_get(metrics, "/readyz").map(|(status, body)| format!("{status} {body}"));
     assert!(ready().is_some_and(|r| r.starts_with("HTTP/1.1 200")), "ready once delivering: {:?}", ready());
@@ -78,7 +76,7 @@ fn the_broker_gone_for_30_s_loses_and_duplicates_nothing() {
         assert!(run.try_wait().expect("wait").is_none(), "the run ended before it was healthy again");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let output = run.wait_with_output().expect("run");
+    let output = run.wait_with_output();
     assert!(output.status.success(), "run failed: {}", String::from_utf8_lossy(&output.stderr));
     check_delivered_once(&plant, &out);
 }

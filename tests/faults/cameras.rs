@@ -3,14 +3,14 @@
 //! others go on, and each defect in view still ends as one work order.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use defectflow_models::synth::{AssetKind, planned_scene};
 use defectflow_schemas::DefectClass;
 
 use crate::checks;
-use crate::support::{self, RtspServer, kafka::http_get, kafka::sample, kafka::wait_while_running};
+use crate::support::{self, RtspServer, kafka::http_get, kafka::sample, kafka::wait_for};
 
 #[test]
 fn camera_faults_leave_one_work_order_per_defect_and_the_others_flowing() {
@@ -50,19 +50,14 @@ fn camera_faults_leave_one_work_order_per_defect_and_the_others_flowing() {
     let out = dir.path().join("out");
 
     let server = RtspServer::serving(rtsp, Some(&recording));
-    let run = Command::new(env!("CARGO_BIN_EXE_defectflow"))
-        .args([
-            "run",
-            "--json",
-            "--config",
-            config_path.to_str().expect("utf-8"),
-            "--out",
-            out.to_str().expect("utf-8"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run");
+    let run = crate::support::Drained::spawn(Command::new(env!("CARGO_BIN_EXE_defectflow")).args([
+        "run",
+        "--json",
+        "--config",
+        config_path.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]));
     // The server is killed and restarted twice while the crack is in view: each time
     // once the pulley has played 6 s more (90 frames), and started again once the camera
     // has counted the broken stream.
@@ -71,33 +66,35 @@ fn camera_faults_leave_one_work_order_per_defect_and_the_others_flowing() {
     };
     let frames = |camera: &str| series("defectflow_frames_in_total", camera).unwrap_or(0.0);
     let errors = |camera: &str| series("defectflow_camera_errors_total", camera).unwrap_or(0.0);
+    // A wait that fails tells each camera's counters and state, and the run's last log lines.
+    let wait = |run: &mut crate::support::Drained, what: &str, done: &dyn Fn() -> bool| {
+        if let Err(failed) = wait_for(run, what, Duration::from_secs(60), done) {
+            let body = http_get(metrics, "/metrics").map(|(_, body)| body).unwrap_or_default();
+            let cameras: Vec<&str> = body
+                .lines()
+                .filter(|l| l.starts_with("defectflow_camera") || l.starts_with("defectflow_frames_in"))
+                .collect();
+            panic!("{failed}\n{}\n{}", cameras.join("\n"), run.stderr_tail(30));
+        }
+    };
     let mut run = run;
     let mut server = Some(server);
     for _ in 0..2 {
         let played = frames("cam-pulley");
-        wait_while_running(&mut run, "the pulley 90 frames on", Duration::from_secs(60), || {
-            frames("cam-pulley") >= played + 90.0
-        });
+        wait(&mut run, "the pulley 90 frames on", &|| frames("cam-pulley") >= played + 90.0);
         let broken = errors("cam-pulley");
         if let Some(server) = server.take() {
             server.kill();
         }
-        wait_while_running(&mut run, "the pulley's broken stream counted", Duration::from_secs(60), || {
-            errors("cam-pulley") > broken
-        });
+        wait(&mut run, "the pulley's broken stream counted", &|| errors("cam-pulley") > broken);
         server = Some(RtspServer::serving(rtsp, Some(&recording)));
     }
     // Healthy once the pulley plays again, the broken cameras still retried or failed.
     let played = frames("cam-pulley");
-    wait_while_running(&mut run, "the pulley playing again", Duration::from_secs(60), || {
-        frames("cam-pulley") >= played + 90.0
+    wait(&mut run, "the pulley playing again", &|| frames("cam-pulley") >= played + 90.0);
+    wait(&mut run, "the motor's 300th frame and the flange's third failure", &|| {
+        frames("cam-motor") >= 300.0 && errors("cam-flange") >= 3.0
     });
-    wait_while_running(
-        &mut run,
-        "the motor's 300th frame and the flange's third failure",
-        Duration::from_secs(60),
-        || frames("cam-motor") >= 300.0 && errors("cam-flange") >= 3.0,
-    );
     let (status, _) = http_get(metrics, "/healthz").expect("healthz");
     assert_eq!(status, "HTTP/1.1 200 OK");
     let (_, body) = http_get(metrics, "/metrics").expect("metrics");
@@ -107,7 +104,7 @@ fn camera_faults_leave_one_work_order_per_defect_and_the_others_flowing() {
     let stopped = Command::new("kill").args(["-TERM", &run.id().to_string()]).status().expect("kill");
     assert!(stopped.success(), "SIGTERM sent");
 
-    let output = run.wait_with_output().expect("run");
+    let output = run.wait_with_output();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "run failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let reports = checks::camera_reports(&stdout);

@@ -307,14 +307,14 @@ fn a_stop_that_cannot_finish_exits_after_its_timeout_naming_what_was_left() {
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, text.replace("duration_s = 300", "duration_s = 300\nstop_timeout_s = 2")).expect("config");
     let (config, port) = with_metrics(&config);
-    let mut run = defectflow(&config, Some(&dir.path().join("out")), Some("stall:audit-flush"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run");
+    let mut run = crate::support::Drained::spawn(&mut defectflow(
+        &config,
+        Some(&dir.path().join("out")),
+        Some("stall:audit-flush"),
+    ));
     wait_until_ready(port, &mut run);
     sigterm(&run);
-    let output = run.wait_with_output().expect("reap");
+    let output = run.wait_with_output();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("the stop did not finish within runtime.stop_timeout_s = 2 s"), "{stderr}");

@@ -4,7 +4,6 @@
 //! changed, not from the reference files alone.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 
 use serde_json::{Value, json};
 
@@ -18,8 +17,7 @@ fn a_technician_removed_while_holding_work_and_a_reserved_part_counted_out() {
     let text = std::fs::read_to_string(&plant.config).expect("config");
     std::fs::write(&plant.config, text.replacen("[runtime]\n", "[runtime]\nduration_s = 30\n", 1)).expect("config");
     let out = plant.dir.path().join("out");
-    let mut run =
-        defectflow(&plant.config, Some(&out), None).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run");
+    let mut run = crate::support::Drained::spawn(&mut defectflow(&plant.config, Some(&out), None));
     // The pulley's crack reserves the one pulley shell in stock, and a technician.
     let mut pulley = None;
     while pulley.is_none() {
@@ -45,7 +43,7 @@ fn a_technician_removed_while_holding_work_and_a_reserved_part_counted_out() {
         "defectflow.inventory",
         &[json!({"value": json!({"part_id": "PUL-600-SHELL", "delta": -1, "at_ms": at, "reason": "count"}).to_string()})],
     );
-    let output = run.wait_with_output().expect("run");
+    let output = run.wait_with_output();
     assert!(output.status.success(), "run failed: {}", String::from_utf8_lossy(&output.stderr));
 
     let messages = plant.broker.messages("defectflow.work-orders");

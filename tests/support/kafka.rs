@@ -226,13 +226,31 @@ pub fn kill_live(run: &mut Child) {
 }
 
 /// Waits until `done`, within `within`, while `run` is still running.
-pub fn wait_while_running(run: &mut std::process::Child, what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+pub fn wait_while_running(run: &mut std::process::Child, what: &str, within: Duration, done: impl FnMut() -> bool) {
+    if let Err(failed) = wait_for(run, what, within, done) {
+        panic!("{failed}");
+    }
+}
+
+/// Waits until `done`, within `within`, while `run` is still running; what went wrong
+/// otherwise, for a caller that has more to tell about it.
+pub fn wait_for(
+    run: &mut std::process::Child,
+    what: &str,
+    within: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Result<(), String> {
     let deadline = Instant::now() + within;
     while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        assert!(run.try_wait().expect("wait").is_none(), "{what}: the run ended first");
+        if Instant::now() >= deadline {
+            return Err(format!("{what}: not within {within:?}"));
+        }
+        if run.try_wait().expect("wait").is_some() {
+            return Err(format!("{what}: the run ended first"));
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(())
 }
 
 pub fn run_to_end(config: &Path, out: Option<&Path>) -> String {

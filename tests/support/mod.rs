@@ -277,6 +277,67 @@ pub fn scenes_footage(dir: &Path, scenes: &[defectflow_models::synth::SceneSpec]
 }
 
 /// The RTSP server process; killed (by its own PID) when dropped.
+/// A started process whose stdout and stderr are read while it writes them. A pipe that
+/// nobody reads fills (64 KiB on Linux) and then blocks the process's next write: a long
+/// run that logs each reconnect would stall whichever thread logged.
+pub struct Drained {
+    child: Child,
+    streams: [Stream; 2],
+}
+
+/// What a process wrote to one of its pipes so far, and the thread reading it.
+struct Stream(Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<()>);
+
+impl Drained {
+    pub fn spawn(command: &mut Command) -> Drained {
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the process");
+        fn reader(mut pipe: impl std::io::Read + Send + 'static) -> Stream {
+            let bytes = Arc::new(Mutex::new(Vec::new()));
+            let written = Arc::clone(&bytes);
+            let thread = std::thread::spawn(move || {
+                let mut chunk = [0u8; 8192];
+                while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                    written.lock().expect("pipe buffer").extend_from_slice(&chunk[..n]);
+                }
+            });
+            Stream(bytes, thread)
+        }
+        let stdout = reader(child.stdout.take().expect("piped stdout"));
+        let stderr = reader(child.stderr.take().expect("piped stderr"));
+        Drained { child, streams: [stdout, stderr] }
+    }
+
+    /// The last `lines` lines the process wrote to stderr so far: what a failed wait shows.
+    pub fn stderr_tail(&self, lines: usize) -> String {
+        let text = String::from_utf8_lossy(&self.streams[1].0.lock().expect("pipe buffer")).into_owned();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Waits for the process to end; what it wrote to each stream.
+    pub fn wait_with_output(mut self) -> std::process::Output {
+        let status = self.child.wait().expect("wait for the process");
+        let [stdout, stderr] = self.streams.map(|Stream(bytes, thread)| {
+            thread.join().expect("pipe reader");
+            std::mem::take(&mut *bytes.lock().expect("pipe buffer"))
+        });
+        std::process::Output { status, stdout, stderr }
+    }
+}
+
+impl std::ops::Deref for Drained {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for Drained {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
 pub struct RtspServer(Child);
 
 impl RtspServer {
