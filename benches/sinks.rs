@@ -196,6 +196,7 @@ fn history(dir: &Path, days: u64, commits: u64) {
             inventory: vec![(time, stock)],
             wo_events: vec![(time, event)],
             failures: Vec::new(),
+            suppressed: Vec::new(),
         };
         let messages = [(time, Emitted::WorkOrder(Box::new(w))), (time, Emitted::Assignment(assignment))];
         stream.append(time + 1, &messages, rows).unwrap_or_else(|e| panic!("{e}"));

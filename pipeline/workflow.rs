@@ -328,6 +328,10 @@ fn collect_messages<'scope>(
                         sink.audit.push((time, AuditRow::Failure(f)));
                         continue;
                     }
+                    LedgerOutput::Suppressed(s) => {
+                        sink.audit.push((time, AuditRow::Suppressed(s)));
+                        continue;
+                    }
                     _ => continue,
                 };
                 sink.pending.push((time, message.clone()));

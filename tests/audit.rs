@@ -19,7 +19,7 @@ import glob, json, sys
 import polars as pl
 root = sys.argv[1]
 out = {}
-for table in ["work_orders", "assignments", "wo_events", "alerts"]:
+for table in ["work_orders", "assignments", "wo_events", "alerts", "suppressed"]:
     if not glob.glob(f"{root}/{table}/**/*.parquet", recursive=True):
         out[table] = {"rows": 0, "dates": []}
         continue
@@ -37,6 +37,9 @@ for table in ["work_orders", "assignments", "wo_events", "alerts"]:
                                      if s is not None for v in json.loads(s))
     if table in ("work_orders", "assignments"):
         out[table]["revision_type"] = str(df.schema["revision"])
+    if table == "suppressed":
+        out[table]["held_by"] = sorted(set(df["false_positive"]))
+        out[table]["after_closing"] = df.select((pl.col("at") >= pl.col("until") - pl.duration(hours=168)).all()).item()
 print(json.dumps(out))
 "#;
 
@@ -72,7 +75,7 @@ print(json.dumps(out))
 
 #[test]
 fn the_audit_log_reads_back_with_polars_and_matches_the_run() {
-    for name in ["repair_recurrence", "crack_grows", "two_views"] {
+    for name in ["repair_recurrence", "crack_grows", "two_views", "false_positive"] {
         let dir = tempfile::tempdir().expect("temp dir");
         let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/scenarios/{name}.toml"));
         let jsonl = dir.path().join("out.jsonl");
@@ -130,6 +133,20 @@ fn the_audit_log_reads_back_with_polars_and_matches_the_run() {
         assert_eq!(read["assignments"]["rows"].as_u64(), Some(assignments as u64), "{name}: assignments");
         assert_eq!(read["wo_events"]["rows"].as_u64(), Some(events as u64), "{name}: events");
         assert_eq!(read["alerts"]["rows"].as_u64(), Some(alerts as u64), "{name}: alerts");
+        // Sightings a false positive held back: audited, naming it, after it was closed.
+        let false_positives: BTreeSet<&str> = lines
+            .iter()
+            .filter_map(|l| l.get("work_order"))
+            .filter(|w| w["status"] == "false_positive")
+            .filter_map(|w| w["work_order_id"].as_str())
+            .collect();
+        let held_by: BTreeSet<&str> =
+            read["suppressed"]["held_by"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        assert_eq!(held_by, false_positives, "{name}: sightings held back: {}", read["suppressed"]);
+        assert_eq!(name == "false_positive", read["suppressed"]["rows"].as_u64() > Some(0), "{name}");
+        if name == "false_positive" {
+            assert_eq!(read["suppressed"]["after_closing"], true, "{name}: held back only once closed");
+        }
 
         // pyarrow and DuckDB read the same rows, partitions and keys.
         let output = Command::new(analytics_python())

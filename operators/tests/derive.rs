@@ -660,6 +660,21 @@ fn a_false_positive_suppresses_its_spot_across_tracks_and_a_restart_until_it_exp
     assert_eq!(closed.status, WorkOrderStatus::FalsePositive);
     assert_eq!(seen(&mut first, "TR-2", 60, 2.0), vec![], "the same spot, a new track: suppressed");
     assert_eq!(seen(&mut first, "TR-far", 61, 300.0).len(), 1, "another spot opens its work order");
+    // Each sighting held back is audited, naming the false positive, and never sent:
+    // the new track in the spot, and the false positive's own track going on.
+    for (track_id, at_s) in [("TR-2", 62), ("TR-1", 63)] {
+        let mut track = scored(400.0, at_s);
+        (track.track_id, track.bbox.x) = (track_id.into(), 1.0);
+        let out = first.step(T0 + at_s * 1000, vec![scored_input(track, &asset)]);
+        let held: Vec<_> =
+            out.iter().filter_map(|o| if let LedgerOutput::Suppressed(s) = o { Some(s) } else { None }).collect();
+        let [held] = held.as_slice() else { panic!("one row held back for {track_id}: {out:?}") };
+        assert_eq!(
+            (held.track_id.as_str(), held.false_positive.as_str(), held.at_ms, held.until_ms),
+            (track_id, id.as_str(), T0 + at_s * 1000, Some(T0 + 2000 + 3_600_000))
+        );
+        assert_eq!(revisions_of(&out), vec![]);
+    }
 
     // After a restart the closed work order, restored, still suppresses its spot.
     let restart = |config: &WorkOrderConfig| {

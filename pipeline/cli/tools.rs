@@ -258,7 +258,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     if let Some(dir) = &args.audit {
-        write_audit(dir, &replayed.messages, &scenario.wo_events())?;
+        write_audit(dir, &replayed, &scenario.wo_events())?;
     }
     let mut text = replayed.lines.join("\n");
     text.push('\n');
@@ -271,10 +271,11 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
 
 fn write_audit(
     dir: &std::path::Path,
-    messages: &[Emitted],
+    replayed: &defectflow::tools::scenario::Replayed,
     events: &[defectflow_schemas::WoEvent],
 ) -> anyhow::Result<()> {
     let audit = AuditLog::open(dir)?;
+    let messages = &replayed.messages;
     let work_orders: Vec<_> = messages
         .iter()
         .filter_map(|m| if let Emitted::WorkOrder(w) = m { Some((**w).clone()) } else { None })
@@ -287,6 +288,8 @@ fn write_audit(
     audit.write_assignments(&assignments)?;
     audit.write_wo_events(events)?;
     audit.write_alerts(&alerts)?;
+    audit.write_failures(&replayed.failures)?;
+    audit.write_suppressed(&replayed.suppressed)?;
     Ok(())
 }
 

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use defectflow_operators::inventory::{StockLevel, StockMeasure};
 
 use crate::reference::PlantReference;
+use crate::sinks::audit::AuditRow;
 use crate::workflow::{self, Collected, WorkflowConfig};
 
 /// A scenario file.
@@ -254,6 +255,9 @@ pub struct Replayed {
     pub lines: Vec<String>,
     /// The messages themselves.
     pub messages: Vec<Emitted>,
+    /// The audit log's rows that are no message: failures repaired, sightings held back.
+    pub failures: Vec<FailureRecord>,
+    pub suppressed: Vec<defectflow_schemas::SuppressedTrack>,
 }
 
 /// Replays the scenario on the given timely configuration. Returns what came out on the
@@ -332,7 +336,15 @@ pub fn replay(
         }
         (worker.index() == 0).then(|| {
             let collected = collected.borrow();
-            Replayed { lines: lines(&collected), messages: collected.messages.clone() }
+            let (mut failures, mut suppressed) = (Vec::new(), Vec::new());
+            for (_, row) in &collected.audit {
+                match row {
+                    AuditRow::Failure(failure) => failures.push(failure.clone()),
+                    AuditRow::Suppressed(held) => suppressed.push(held.clone()),
+                    _ => {}
+                }
+            }
+            Replayed { lines: lines(&collected), messages: collected.messages.clone(), failures, suppressed }
         })
     })
     .map_err(|error| anyhow::anyhow!("cannot start the dataflow: {error}"))?;

@@ -19,10 +19,12 @@ pub enum AuditTable {
     Alerts,
     /// The failures completed repairs closed (corrective and emergency work).
     Failures,
+    /// Sightings a false positive held back from opening a work order.
+    Suppressed,
 }
 
 impl AuditTable {
-    pub const ALL: [AuditTable; 8] = [
+    pub const ALL: [AuditTable; 9] = [
         AuditTable::Detections,
         AuditTable::Tracks,
         AuditTable::WorkOrders,
@@ -31,6 +33,7 @@ impl AuditTable {
         AuditTable::WoEvents,
         AuditTable::Alerts,
         AuditTable::Failures,
+        AuditTable::Suppressed,
     ];
 
     /// Directory name under `audit/`.
@@ -44,6 +47,7 @@ impl AuditTable {
             AuditTable::WoEvents => "wo_events",
             AuditTable::Alerts => "alerts",
             AuditTable::Failures => "failures",
+            AuditTable::Suppressed => "suppressed",
         }
     }
 
@@ -157,6 +161,16 @@ impl AuditTable {
                 Field::new("actual_hours", DataType::Float64, true),
                 Field::new("work_order_id", DataType::Utf8, true),
                 maybe_time("repaired_at"),
+            ],
+            AuditTable::Suppressed => vec![
+                utf8("track_id"),
+                utf8("camera_id"),
+                utf8("asset_id"),
+                utf8("defect_class"),
+                time("at"),
+                Field::new("severity_score", DataType::Float64, false),
+                utf8("false_positive"),
+                maybe_time("until"),
             ],
         };
         Arc::new(Schema::new(fields))

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{EpochMillis, Priority};
+use crate::{DefectClass, EpochMillis, Priority};
 
 /// A change of stock of one part: goods received, a count correction, parts consumed by
 /// a completed work order. Messages on `defectflow.inventory` carry these; the stock on
@@ -114,4 +114,23 @@ pub struct DeadLetter {
     pub payload: String,
     pub reason: String,
     pub at_ms: EpochMillis,
+}
+
+/// A sighting of a track that a false positive keeps from opening a work order: written
+/// to the audit log (table `suppressed`), never sent. One row per update of the track
+/// while it is suppressed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SuppressedTrack {
+    pub track_id: String,
+    pub camera_id: String,
+    pub asset_id: String,
+    pub defect_class: DefectClass,
+    /// The track's last sighting: when it was held back.
+    pub at_ms: EpochMillis,
+    pub severity_score: f64,
+    /// The work order closed as a false positive that holds it back.
+    pub false_positive: String,
+    /// When the suppression ends; none where it lasts as long as the track (the false
+    /// positive's own track, with suppression by spot turned off).
+    pub until_ms: Option<EpochMillis>,
 }

@@ -11,7 +11,7 @@ pub mod registry;
 pub mod work_order;
 
 pub use defect::{BoundingBox, DefectClass, DefectTrack, Detection, FrameObservation, TrackState};
-pub use events::{Alert, AlertKind, Assignment, DeadLetter, PartsStaging, StagingKind, StockMovement};
+pub use events::{Alert, AlertKind, Assignment, DeadLetter, PartsStaging, StagingKind, StockMovement, SuppressedTrack};
 pub use frame::FrameMeta;
 pub use message::Emitted;
 pub use reference::{Asset, Camera, FailureRecord, InventoryItem, PartRequirement, Procedure, Roi, Shift, Technician};

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use defectflow_schemas::{
     Alert, Assignment, Camera, DeadLetter, DefectClass, EpochMillis, FailureRecord, InventoryItem, PartLine,
     PartsStaging, Priority, Procedure, ProcedureRef, RevisionKind, SCHEMA_VERSION, StagingKind, StockMovement,
-    Technician, WoEvent, WoEventKind, WorkOrder, WorkOrderStatus, WorkType,
+    SuppressedTrack, Technician, WoEvent, WoEventKind, WorkOrder, WorkOrderStatus, WorkType,
 };
 use serde::{Deserialize, Serialize};
 
@@ -254,6 +254,8 @@ pub enum LedgerOutput {
     Consumed(StockMovement),
     /// The failure a completed corrective (or emergency) work order repaired.
     Failure(FailureRecord),
+    /// A sighting a false positive held back from opening a work order (audited only).
+    Suppressed(SuppressedTrack),
     /// A CMMS event the ledger applied (one it rejected becomes a dead letter).
     Accepted(WoEvent),
 }
@@ -324,6 +326,21 @@ impl Order {
         }
         self.procedure.as_ref().map_or(0, |p| centi_hours(p.estimated_hours))
     }
+}
+
+/// The audit row of a sighting the false positive `by` held back.
+fn held_back(scored: &ScoredTrack, by: &str, until_ms: Option<EpochMillis>) -> LedgerOutput {
+    let track = &scored.track;
+    LedgerOutput::Suppressed(SuppressedTrack {
+        track_id: track.track_id.clone(),
+        camera_id: track.camera_id.clone(),
+        asset_id: track.asset_id.clone(),
+        defect_class: track.class,
+        at_ms: track.last_seen_ms,
+        severity_score: scored.severity.score,
+        false_positive: by.to_owned(),
+        until_ms,
+    })
 }
 
 /// A spot a false positive keeps from opening work orders until `until_ms`.
@@ -429,7 +446,7 @@ impl Ledger {
                     self.restore(*order, &mut out);
                 }
                 LedgerInput::Event(event) => self.apply_event(time, event, &mut touched, &mut out),
-                LedgerInput::Track(scored) => self.apply_track(*scored, &mut touched),
+                LedgerInput::Track(scored) => self.apply_track(*scored, &mut touched, &mut out),
             }
         }
         if reconsider_all {
@@ -487,12 +504,18 @@ impl Ledger {
         scored
     }
 
-    fn apply_track(&mut self, scored: ScoredTrack, touched: &mut BTreeSet<String>) {
+    fn apply_track(&mut self, scored: ScoredTrack, touched: &mut BTreeSet<String>, out: &mut Vec<LedgerOutput>) {
         use defectflow_schemas::TrackState;
         let scored = self.with_repairs(scored);
         let track = &scored.track;
         let entry = self.tracks.entry(track.track_id.clone()).or_default();
         if entry.suppressed {
+            // The track of a work order closed as a false positive (or cancelled) goes on.
+            let closed = entry.work_order.as_ref().and_then(|id| self.orders.get(id));
+            if let Some(order) = closed.filter(|o| o.status == WorkOrderStatus::FalsePositive) {
+                let until = self.suppressions.iter().find(|s| s.work_order_id == order.work_order_id);
+                out.push(held_back(&scored, &order.work_order_id, until.map(|s| s.until_ms)));
+            }
             return;
         }
         let current = entry.work_order.as_ref().and_then(|id| self.orders.get_mut(id));
@@ -553,6 +576,7 @@ impl Ledger {
                 // A spot closed as a false positive opens nothing until it expires.
                 if let Some(s) = self.suppressions.iter().find(|s| s.covers(track)) {
                     tracing::debug!(track = %track.track_id, false_positive = %s.work_order_id, "suppressed");
+                    out.push(held_back(&scored, &s.work_order_id, Some(s.until_ms)));
                     return;
                 }
                 self.last_completed.get(&(track.asset_id.clone(), track.class)).cloned()

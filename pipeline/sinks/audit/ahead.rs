@@ -16,7 +16,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use defectflow_schemas::{Alert, Assignment, DefectTrack, Detection, FailureRecord, WoEvent, WorkOrder};
+use defectflow_schemas::{
+    Alert, Assignment, DefectTrack, Detection, FailureRecord, SuppressedTrack, WoEvent, WorkOrder,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{AuditError, StockRow};
@@ -39,6 +41,8 @@ pub struct AheadRows {
     pub wo_events: Vec<(u64, WoEvent)>,
     #[serde(default)]
     pub failures: Vec<(u64, FailureRecord)>,
+    #[serde(default)]
+    pub suppressed: Vec<(u64, SuppressedTrack)>,
 }
 
 impl AheadRows {
@@ -51,6 +55,7 @@ impl AheadRows {
             && self.inventory.is_empty()
             && self.wo_events.is_empty()
             && self.failures.is_empty()
+            && self.suppressed.is_empty()
     }
 
     pub fn len(&self) -> usize {
@@ -62,6 +67,7 @@ impl AheadRows {
             + self.inventory.len()
             + self.wo_events.len()
             + self.failures.len()
+            + self.suppressed.len()
     }
 
     /// Whether the CMMS may see some of these rows (work orders, assignments, alerts).
@@ -79,6 +85,7 @@ impl AheadRows {
         self.inventory.extend(more.inventory);
         self.wo_events.extend(more.wo_events);
         self.failures.extend(more.failures);
+        self.suppressed.extend(more.suppressed);
     }
 }
 

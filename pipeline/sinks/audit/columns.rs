@@ -6,7 +6,9 @@ use std::sync::Arc;
 use arrow_array::{
     ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
 };
-use defectflow_schemas::{Alert, Assignment, DefectTrack, Detection, FailureRecord, WoEvent, WoEventKind, WorkOrder};
+use defectflow_schemas::{
+    Alert, Assignment, DefectTrack, Detection, FailureRecord, SuppressedTrack, WoEvent, WoEventKind, WorkOrder,
+};
 
 use super::StockRow;
 
@@ -144,6 +146,19 @@ pub(super) fn failures(rows: &[&FailureRecord]) -> Vec<ArrayRef> {
         maybe_float(rows, |f| f.actual_hours),
         maybe_text(rows, |f| f.work_order_id.as_deref()),
         maybe_time(rows, |f| f.repaired_at_ms),
+    ]
+}
+
+pub(super) fn suppressed(rows: &[&SuppressedTrack]) -> Vec<ArrayRef> {
+    vec![
+        text(rows, |s| &s.track_id),
+        text(rows, |s| &s.camera_id),
+        text(rows, |s| &s.asset_id),
+        text(rows, |s| s.defect_class.as_str()),
+        time(rows, |s| s.at_ms),
+        float(rows, |s| s.severity_score),
+        text(rows, |s| &s.false_positive),
+        maybe_time(rows, |s| s.until_ms),
     ]
 }
 

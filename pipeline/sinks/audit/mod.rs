@@ -29,7 +29,9 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, RecordBatch};
 use defectflow_operators::derive::TrackMeasures;
 use defectflow_schemas::audit::AuditTable;
-use defectflow_schemas::{Alert, Assignment, Detection, EpochMillis, WoEvent, WorkOrder};
+use defectflow_schemas::{
+    Alert, Assignment, Detection, EpochMillis, FailureRecord, SuppressedTrack, WoEvent, WorkOrder,
+};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -100,6 +102,16 @@ impl AuditLog {
     /// Alerts as sent to supervisors.
     pub fn write_alerts(&self, rows: &[Alert]) -> Result<Vec<PathBuf>, AuditError> {
         self.write(AuditTable::Alerts, rows, |a| a.at_ms, columns::alerts)
+    }
+
+    /// The failures completed repairs closed.
+    pub fn write_failures(&self, rows: &[FailureRecord]) -> Result<Vec<PathBuf>, AuditError> {
+        self.write(AuditTable::Failures, rows, |f| f.repaired_at_ms.unwrap_or(f.failed_at_ms), columns::failures)
+    }
+
+    /// Sightings a false positive held back.
+    pub fn write_suppressed(&self, rows: &[SuppressedTrack]) -> Result<Vec<PathBuf>, AuditError> {
+        self.write(AuditTable::Suppressed, rows, |s| s.at_ms, columns::suppressed)
     }
 
     fn write<T>(

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use defectflow_operators::derive::TrackMeasures;
 use defectflow_operators::inventory::StockMeasure;
-use defectflow_schemas::{DefectTrack, Emitted, FailureRecord, WoEvent};
+use defectflow_schemas::{DefectTrack, Emitted, FailureRecord, SuppressedTrack, WoEvent};
 
 use super::{AuditError, AuditRows, AuditStream, StockRow};
 use crate::metrics::Metrics;
@@ -23,6 +23,8 @@ pub enum AuditRow {
     Event(WoEvent),
     /// The failure a completed repair closed.
     Failure(FailureRecord),
+    /// A sighting a false positive held back.
+    Suppressed(SuppressedTrack),
     /// An update of the stock view: (part, measure) has (+1) or no longer has (−1) a value.
     Stock(String, StockMeasure, i64, isize),
 }
@@ -55,6 +57,7 @@ impl AuditSink {
                     AuditRow::Track(track) => out.tracks.push((time, (**track).clone())),
                     AuditRow::Event(event) => out.wo_events.push((time, event.clone())),
                     AuditRow::Failure(failure) => out.failures.push((time, failure.clone())),
+                    AuditRow::Suppressed(held) => out.suppressed.push((time, held.clone())),
                     AuditRow::Stock(part, measure, value, diff) => {
                         *self.stock.entry((part.clone(), *measure)).or_default() += value * *diff as i64;
                         touched.insert(part.clone());

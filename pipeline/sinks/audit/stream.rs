@@ -7,7 +7,7 @@ use std::path::Path;
 
 use defectflow_schemas::audit::AuditTable;
 use defectflow_schemas::{
-    Alert, Assignment, DefectTrack, Detection, Emitted, EpochMillis, FailureRecord, WoEvent, WorkOrder,
+    Alert, Assignment, DefectTrack, Detection, Emitted, EpochMillis, FailureRecord, SuppressedTrack, WoEvent, WorkOrder,
 };
 
 use arrow_array::ArrayRef;
@@ -42,6 +42,7 @@ pub struct AuditRows {
     pub inventory: Vec<(u64, StockRow)>,
     pub wo_events: Vec<(u64, WoEvent)>,
     pub failures: Vec<(u64, FailureRecord)>,
+    pub suppressed: Vec<(u64, SuppressedTrack)>,
 }
 
 /// Every table written as the run goes; see the module documentation.
@@ -56,6 +57,7 @@ pub struct AuditStream {
     wo_events: Buffer<WoEvent>,
     alerts: Buffer<Alert>,
     failures: Buffer<FailureRecord>,
+    suppressed: Buffer<SuppressedTrack>,
     /// The buffered rows' closed time.
     closed_before: u64,
     last_commit: std::time::Instant,
@@ -92,13 +94,15 @@ impl AuditStream {
             Buffer::open(&log, AuditTable::WoEvents)?,
             Buffer::open(&log, AuditTable::Alerts)?,
             Buffer::open(&log, AuditTable::Failures)?,
+            Buffer::open(&log, AuditTable::Suppressed)?,
         );
         // What the start learnt beyond the manifest; a disk that refuses it only means
         // the same footers are read at the next start.
         if let Err(error) = log.write_manifest() {
             tracing::warn!(%error, "the audit log's manifest could not be written");
         }
-        let (detections, tracks, work_orders, assignments, inventory, wo_events, alerts, failures) = buffers;
+        let (detections, tracks, work_orders, assignments, inventory, wo_events, alerts, failures, suppressed) =
+            buffers;
         Ok(AuditStream {
             detections,
             tracks,
@@ -108,6 +112,7 @@ impl AuditStream {
             wo_events,
             alerts,
             failures,
+            suppressed,
             ahead,
             left: Some(left),
             recovering: false,
@@ -146,6 +151,7 @@ impl AuditStream {
         new.inventory = rows.inventory.into_iter().filter(|(t, _)| self.inventory.wants(*t)).collect();
         new.wo_events = rows.wo_events.into_iter().filter(|(t, _)| self.wo_events.wants(*t)).collect();
         new.failures = rows.failures.into_iter().filter(|(t, _)| self.failures.wants(*t)).collect();
+        new.suppressed = rows.suppressed.into_iter().filter(|(t, _)| self.suppressed.wants(*t)).collect();
         let written = self.ahead.append(&new);
         self.take(new);
         let committed = self.commit_when_due();
@@ -163,6 +169,7 @@ impl AuditStream {
         self.inventory.rows.extend(rows.inventory.into_iter().map(|(_, r)| r));
         self.wo_events.rows.extend(rows.wo_events.into_iter().map(|(_, e)| e));
         self.failures.rows.extend(rows.failures.into_iter().map(|(_, f)| f));
+        self.suppressed.rows.extend(rows.suppressed.into_iter().map(|(_, s)| s));
     }
 
     /// At start, before the run's first batch: commits what an earlier run wrote ahead
@@ -195,6 +202,7 @@ impl AuditStream {
         left.inventory.retain(|(t, _)| self.inventory.wants(*t));
         left.wo_events.retain(|(t, _)| self.wo_events.wants(*t));
         left.failures.retain(|(t, _)| self.failures.wants(*t));
+        left.suppressed.retain(|(t, _)| self.suppressed.wants(*t));
         let recovered = left.len();
         if recovered > 0 {
             self.take(left);
@@ -241,6 +249,7 @@ impl AuditStream {
             + self.wo_events.rows.len()
             + self.alerts.rows.len()
             + self.failures.rows.len()
+            + self.suppressed.rows.len()
     }
 
     /// Commits the buffered rows. A table whose files cannot be written keeps its rows
@@ -289,6 +298,14 @@ impl AuditStream {
             AuditTable::Failures,
             |f| f.repaired_at_ms.unwrap_or(f.failed_at_ms),
             columns::failures,
+        )?;
+        commit(
+            log,
+            &mut self.suppressed,
+            (closed, recovered),
+            AuditTable::Suppressed,
+            |s| s.at_ms,
+            columns::suppressed,
         )?;
         self.last_commit = std::time::Instant::now();
         // Every row written ahead is committed now.
