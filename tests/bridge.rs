@@ -233,34 +233,59 @@ fn maximo_gets_every_revision_once_in_order_through_faults_an_outage_and_kills()
     assert_eq!(cmms.applied().len(), 120, "applied twice");
 }
 
+/// SAP PM, MaintainX and a webhook, each through 503s and 429s: every revision once
+/// and in order, statuses changed in the CMMS back as wo-events (MaintainX's CANCELED
+/// among them), and for SAP PM, which keeps no idempotency key, a bridge that lost its
+/// journal and offsets finds each notification before creating it: none made twice.
 #[test]
 fn sap_pm_maintainx_and_a_webhook_each_get_their_own_requests() {
     let broker = Broker::start();
     broker.create_topics(&["wo-sap:3", "wo-mx:3", "wo-hook:3", "defectflow.wo-events:1", "defectflow.dead-letter:1"]);
     let dir = tempfile::tempdir().expect("tempdir");
-    for (flavor, mapping, topic, prefix, change) in [
-        (Flavor::SapPm, "sap-pm", "wo-sap", "b", Some(("4", "completed"))),
-        (Flavor::MaintainX, "maintainx", "wo-mx", "c", Some(("ON_HOLD", "on_hold"))),
-        (Flavor::Webhook, "webhook", "wo-hook", "d", None),
+    let sap_changes: &[(&str, &str)] = &[("4", "completed")];
+    let maintainx_changes: &[(&str, &str)] = &[("ON_HOLD", "on_hold"), ("CANCELED", "cancelled")];
+    for (flavor, mapping, topic, prefix, changes) in [
+        (Flavor::SapPm, "sap-pm", "wo-sap", "b", sap_changes),
+        (Flavor::MaintainX, "maintainx", "wo-mx", "c", maintainx_changes),
+        (Flavor::Webhook, "webhook", "wo-hook", "d", &[]),
     ] {
-        let cmms = FakeCmms::start(flavor, Faults { limited_every: Some(5), ..Faults::default() });
+        let faults = Faults { unavailable_every: Some(7), limited_every: Some(5), ..Faults::default() };
+        let cmms = FakeCmms::start(flavor, faults);
         let ids = produce_work_orders(&broker, topic, prefix, 6, 2);
         let config = bridge_config(dir.path(), &broker, &cmms, mapping, topic);
         let mut run = start_bridge(&config);
         wait_until(&format!("{mapping}: 12 revisions applied"), Duration::from_secs(60), || cmms.applied().len() >= 12);
         once_and_in_order(&cmms.applied(), &ids, 2);
-        if let Some((status, event)) = change {
+        for (n, (status, event)) in changes.iter().enumerate() {
+            let id = &ids[4 + n];
             let before = wo_events(&broker).len();
-            cmms.set_status(&ids[4], status);
+            cmms.set_status(id, status);
             wait_until(&format!("{mapping}: a wo-event"), Duration::from_secs(30), || {
                 wo_events(&broker).len() > before
             });
             let events = wo_events(&broker);
-            assert_eq!(events.last().map(|(id, e, _)| (id.as_str(), e.as_str())), Some((ids[4].as_str(), event)));
+            assert_eq!(events.last().map(|(id, e, _)| (id.as_str(), e.as_str())), Some((id.as_str(), *event)));
         }
         sigterm(&mut run);
         assert_eq!(cmms.applied().len(), 12, "{mapping}: {:?}", cmms.applied());
         assert!(broker.messages("defectflow.dead-letter").is_empty(), "{mapping}: dead letters");
+        if flavor == Flavor::SapPm {
+            let text = std::fs::read_to_string(&config).expect("config");
+            let lost = text
+                .replace("state_dir = \"state-sap-pm\"", "state_dir = \"lost-sap\"")
+                .replace("bridge-sap-pm", "bridge-lost-sap");
+            assert_ne!(lost, text, "the lost bridge has its own state and group");
+            let lost_config = dir.path().join("lost-sap.toml");
+            std::fs::write(&lost_config, lost).expect("config");
+            let output = bridge(&lost_config, true).output().expect("bridge");
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            let notifications = cmms.state.lock().expect("state").records.len();
+            assert_eq!(notifications, 6, "sap-pm: a notification made twice");
+            for id in &ids {
+                let record = cmms.record(id).expect("its notification");
+                assert!(record.fields.to_string().contains(" revision 2"), "sap-pm: {id} ends at its last revision");
+            }
+        }
     }
 }
 

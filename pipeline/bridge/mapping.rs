@@ -45,7 +45,8 @@ pub struct Mapping {
     /// Changes the record (`{ref}` is the CMMS's reference to it) for later revisions.
     pub update: Request,
     /// Finds the record of a work order (`{work_order_id}`): after a create the CMMS
-    /// refused as a duplicate, and before the first write after a restart.
+    /// refused as a duplicate, before an update whose reference the journal lacks, and
+    /// before each create where `before_create` says so.
     #[serde(default)]
     pub lookup: Option<Lookup>,
     /// Lists records changed since `{since}`, whose statuses come back as wo-events.
@@ -114,6 +115,11 @@ pub struct Lookup {
     /// JSON pointer, in the record, to the last defectflow revision written to it.
     #[serde(default)]
     pub revision: Option<String>,
+    /// Look before each create (one request per new work order): for a CMMS that keeps
+    /// no idempotency key, so a create in flight when a bridge died is found, not made
+    /// twice.
+    #[serde(default)]
+    pub before_create: bool,
 }
 
 /// Listing changed records.

@@ -8,6 +8,9 @@
 //! not say) is sent with the same idempotency key: a CMMS that keeps them (Maximo's
 //! `transactionid`, a webhook's `Idempotency-Key`) answers that it is a duplicate, which
 //! counts as applied; the record's reference is then found with the mapping's lookup.
+//! A CMMS that keeps no key but can be searched (SAP PM, by the external reference) is
+//! asked before each create (`[lookup] before_create`): a record made by a create in
+//! flight is found and updated instead.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,7 +72,8 @@ impl Pusher {
         let mut reference = entry.reference.clone();
         let needs_reference = mapping.update.path.contains("{ref");
         let mut create = entry.revision == 0;
-        if !create && needs_reference && reference.is_none() {
+        let look_first = create && mapping.lookup.as_ref().is_some_and(|l| l.before_create);
+        if look_first || (!create && needs_reference && reference.is_none()) {
             match self.lookup(id) {
                 Ok(found) => reference = found,
                 Err(outcome) => return outcome,

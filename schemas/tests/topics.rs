@@ -319,3 +319,16 @@ fn a_consumer_drops_fields_it_does_not_know() {
     let event: WoEvent = serde_json::from_value(event).expect("a wo-event");
     assert_eq!(event.event, WoEventKind::Started);
 }
+
+/// The topic guide's table names each subject's published versions, all of them.
+#[test]
+fn the_topic_guide_lists_every_published_version() {
+    let guide = include_str!("../../docs/work-order-topic.md");
+    for subject in registry::SUBJECTS {
+        let cell = format!("| `{}` |", subject.name);
+        let row = guide.lines().find(|l| l.contains(&cell)).unwrap_or_else(|| panic!("no row for {}", subject.name));
+        let listed = row.split(&cell).nth(1).and_then(|rest| rest.split('|').next()).unwrap_or_default().trim();
+        let published: Vec<&str> = subject.versions.iter().map(|(version, _)| *version).collect();
+        assert_eq!(listed, published.join(", "), "{}: docs/work-order-topic.md says {listed}", subject.name);
+    }
+}
