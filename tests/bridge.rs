@@ -38,7 +38,7 @@ fn revision(id: &str, revision: u32, asset: &str) -> Value {
 }
 
 /// `count` work orders of `revisions` revisions each on `topic` (ids `WO-<prefix>…`, the
-/// prefix a hex digit), a work order's revisions in one partition and in order.
+/// prefix a hex digit), a work order's revisions in one of 3 partitions and in order.
 fn produce_work_orders(broker: &Broker, topic: &str, prefix: &str, count: usize, revisions: u32) -> Vec<String> {
     let ids: Vec<String> = (0..count).map(|i| format!("WO-{prefix}{i:015x}")).collect();
     let mut messages = Vec::new();
@@ -287,6 +287,39 @@ fn sap_pm_maintainx_and_a_webhook_each_get_their_own_requests() {
             }
         }
     }
+}
+
+/// MaintainX keeps no idempotency key and cannot be searched by an external id. Its
+/// server carries out each create and answers 3 s later; the bridge is SIGKILLed after
+/// every create was carried out and before any answer came. The next bridge finds each
+/// among the work orders listed as changed since it journalled the create: none is made
+/// twice, and each record holds its work order's last revision.
+#[test]
+fn maintainx_creates_in_flight_at_a_sigkill_are_not_made_twice() {
+    let broker = Broker::start();
+    broker.create_topics(&["wo-mx-kill:3", "defectflow.wo-events:1", "defectflow.dead-letter:1"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cmms = FakeCmms::start(Flavor::MaintainX, Faults { answer_late_ms: 3000, ..Faults::default() });
+    let ids = produce_work_orders(&broker, "wo-mx-kill", "e", 4, 1);
+    let config = bridge_config(dir.path(), &broker, &cmms, "maintainx", "wo-mx-kill");
+    let records = || cmms.state.lock().expect("state").records.len();
+    let mut run = start_bridge(&config);
+    wait_until("4 creates carried out", Duration::from_secs(30), || records() >= 4);
+    run.kill().expect("SIGKILL");
+    run.wait().expect("reap");
+    assert_eq!(cmms.applied().len(), 4, "killed before any answer could be journalled");
+    cmms.state.lock().expect("state").faults.answer_late_ms = 0;
+
+    let output = bridge(&config, true).output().expect("bridge");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(records(), 4, "a work order made twice: {:?}", cmms.applied());
+    for id in &ids {
+        let record = cmms.record(id).expect("its work order");
+        assert!(record.fields["description"].as_str().is_some_and(|d| d.contains(&format!("work order {id} "))));
+    }
+    let summary: Value = serde_json::from_slice(&output.stdout).expect("summary");
+    assert_eq!(summary["applied"].as_u64(), Some(4), "each brought up to date once: {summary}");
+    assert!(summary["lookups"].as_u64() >= Some(4), "each looked for: {summary}");
 }
 
 /// The loop closed: a live run's work order reaches Maximo; completed there, it comes

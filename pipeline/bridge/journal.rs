@@ -30,6 +30,10 @@ pub struct Entry {
     /// The last CMMS status the bridge reported as a wo-event, or found on the record.
     #[serde(default)]
     pub cmms_status: Option<String>,
+    /// A create about to be sent since then (synced before it is), not yet acknowledged:
+    /// a bridge that died meanwhile may have made the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creating_since_ms: Option<u64>,
 }
 
 /// The journal; see the module documentation.

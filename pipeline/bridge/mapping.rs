@@ -149,6 +149,12 @@ pub struct Poll {
     pub actual_hours: Option<String>,
     #[serde(default)]
     pub downtime_hours: Option<String>,
+    /// JSON pointer, in a record, to text that holds the work-order id (the long text
+    /// defectflow wrote). With it, a create in flight when a bridge died is looked for
+    /// among the records changed since, before it is sent again: for a CMMS that keeps
+    /// no idempotency key and cannot be searched by an external id (MaintainX).
+    #[serde(default)]
+    pub text: Option<String>,
     /// JSON pointer to the next page's URL or cursor in the answer, appended to `path`
     /// as `next_param`; absent: one page.
     #[serde(default)]

@@ -21,8 +21,11 @@ use serde_json::{Value, json};
 
 use super::http::{Answer, Client};
 use super::journal::{Entry, Journal};
-use super::mapping::{Request, pick};
+use super::mapping::{Poll, Request, pick};
 use crate::clock::rfc3339;
+
+/// How far before a journalled create the listing looks (clocks apart).
+const LISTING_OVERLAP_MS: u64 = 5_000;
 
 /// What became of a revision.
 #[derive(Debug, PartialEq)]
@@ -79,6 +82,20 @@ impl Pusher {
                 Err(outcome) => return outcome,
             }
             create = reference.is_none();
+        }
+        // A CMMS that can only be listed: a create an earlier bridge had in flight is
+        // looked for among the records changed since; one about to go is journalled first.
+        if create && let Some(poll) = self.listing() {
+            if let Some(since) = entry.creating_since_ms {
+                match self.find_listed(poll, id, since) {
+                    Ok(found) => reference = found,
+                    Err(outcome) => return outcome,
+                }
+                create = reference.is_none();
+            }
+            if create && let Err(outcome) = self.intend(id) {
+                return outcome;
+            }
         }
         let mut backoff = Backoff::new(self.max_backoff);
         loop {
@@ -138,6 +155,7 @@ impl Pusher {
         counter.fetch_add(1, Ordering::Relaxed);
         let mut entry = self.entry(&order.work_order_id);
         entry.reference = reference.or(entry.reference);
+        entry.creating_since_ms = None;
         entry.revision = entry.revision.max(order.revision);
         entry.status = Some(order.status.as_str().to_owned());
         let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
@@ -154,6 +172,46 @@ impl Pusher {
         self.counters.refused.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%why, "revision refused by the CMMS; sent to the dead-letter topic");
         Outcome::Refused(why)
+    }
+
+    /// The mapping's listing, where it can find a create that was in flight.
+    fn listing(&self) -> Option<&Poll> {
+        self.client.mapping.poll.as_ref().filter(|p| p.text.is_some() && p.key_is == "reference")
+    }
+
+    /// Journals (synced) that a create of work order `id` is about to be sent.
+    fn intend(&self, id: &str) -> Result<(), Outcome> {
+        let mut entry = self.entry(id);
+        entry.creating_since_ms = Some(crate::clock::now_ms());
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        journal.record(entry).and_then(|()| journal.sync()).map_err(|error| {
+            tracing::error!(%error, path = %journal.path().display(), "bridge journal not written");
+            Outcome::Stopped
+        })
+    }
+
+    /// The reference of the record a create of work order `id` made, looked for among
+    /// those the CMMS lists as changed since `since_ms` (less the poll's overlap, for
+    /// clocks apart), by the work-order id in their text.
+    fn find_listed(&self, poll: &Poll, id: &str, since_ms: u64) -> Result<Option<String>, Outcome> {
+        let text = poll.text.as_deref().unwrap_or_default();
+        let marker = format!("work order {id} ");
+        let mut backoff = Backoff::new(self.max_backoff);
+        loop {
+            self.counters.lookups.fetch_add(1, Ordering::Relaxed);
+            let mut found = None;
+            let listed =
+                super::status::listed(self, poll, since_ms.saturating_sub(LISTING_OVERLAP_MS), &mut |record| {
+                    if found.is_none() && pick(text, record, &[]).is_some_and(|t| t.contains(&marker)) {
+                        found = pick(&poll.key, record, &[]);
+                    }
+                    Ok(())
+                });
+            match listed {
+                Ok(()) => return Ok(found),
+                Err(why) => self.wait(&mut backoff, None, &why)?,
+            }
+        }
     }
 
     /// The CMMS's reference to the record of work order `id`, if it has one.

@@ -83,13 +83,28 @@ fn save(state: &PathBuf, since_ms: u64) {
 
 /// One poll, every page; returns the wo-events sent.
 fn poll_once(pusher: &Pusher, publisher: &Publisher, poll: &Poll, since_ms: u64, topic: &str) -> Result<usize, String> {
-    let mapping = &pusher.client.mapping;
+    let mut sent = 0;
+    listed(pusher, poll, since_ms, &mut |record| {
+        sent += usize::from(report(pusher, publisher, poll, record, topic)?);
+        Ok(())
+    })?;
+    let mut journal = pusher.journal.lock().unwrap_or_else(|p| p.into_inner());
+    journal.sync().map_err(|e| e.to_string())?;
+    Ok(sent)
+}
+
+/// Visits every record the CMMS lists as changed since `since_ms`, page by page.
+pub(super) fn listed(
+    pusher: &Pusher,
+    poll: &Poll,
+    since_ms: u64,
+    visit: &mut dyn FnMut(&Value) -> Result<(), String>,
+) -> Result<(), String> {
     let since = match poll.since_format.as_str() {
         "epoch_ms" => since_ms.to_string(),
         _ => rfc3339(since_ms),
     };
-    let mut path = mapping.render(&poll.path, &json!({ "since": since, "values": pusher.values }));
-    let mut sent = 0;
+    let mut path = pusher.client.mapping.render(&poll.path, &json!({ "since": since, "values": pusher.values }));
     for _page in 0..1000 {
         let body = match pusher.client.send("GET", &path, &[], None, false, None) {
             Answer::Done { body, .. } => body,
@@ -99,7 +114,7 @@ fn poll_once(pusher: &Pusher, publisher: &Publisher, poll: &Poll, since_ms: u64,
         };
         let records = body.pointer(&poll.records).and_then(Value::as_array).cloned().unwrap_or_default();
         for record in &records {
-            sent += usize::from(report(pusher, publisher, poll, record, topic)?);
+            visit(record)?;
         }
         let next = poll.next.as_deref().and_then(|p| pick(p, &body, &[]));
         match (next, &poll.next_param) {
@@ -108,12 +123,10 @@ fn poll_once(pusher: &Pusher, publisher: &Publisher, poll: &Poll, since_ms: u64,
                 let base = path.split(&format!("&{param}=")).next().unwrap_or(&path).to_owned();
                 path = format!("{base}&{param}={}", percent_encode(&cursor));
             }
-            _ => break,
+            _ => return Ok(()),
         }
     }
-    let mut journal = pusher.journal.lock().unwrap_or_else(|p| p.into_inner());
-    journal.sync().map_err(|e| e.to_string())?;
-    Ok(sent)
+    Ok(())
 }
 
 /// One listed record: a wo-event if its status is news to defectflow.

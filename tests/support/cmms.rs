@@ -44,6 +44,9 @@ pub struct Faults {
     pub limited_every: Option<u64>,
     /// Writes for this asset are refused (400), as a CMMS refuses an unknown asset.
     pub unknown_asset: Option<String>,
+    /// Every write is carried out at once and answered this much later: a bridge killed
+    /// meanwhile never hears that it was.
+    pub answer_late_ms: u64,
 }
 
 /// One record in the CMMS.
@@ -175,6 +178,10 @@ fn serve(stream: TcpStream, flavor: Flavor, state: &Mutex<State>, down: &AtomicB
             std::thread::sleep(Duration::from_millis(delay));
         }
         let response = handle(flavor, state, &request, url);
+        let late = state.lock().expect("state").faults.answer_late_ms;
+        if late > 0 && request.method != "GET" {
+            std::thread::sleep(Duration::from_millis(late));
+        }
         let body = if response.body.is_null() { String::new() } else { response.body.to_string() };
         let mut head = format!("HTTP/1.1 {} X\r\nContent-Length: {}\r\n", response.status, body.len());
         if !body.is_empty() {
@@ -498,7 +505,10 @@ fn maintainx(state: &mut State, request: &Request) -> Response {
             .iter()
             .skip(from)
             .take(limit)
-            .map(|r| json!({"id": r.id.parse::<u64>().unwrap_or(0), "status": r.status, "updatedAt": rfc3339(r.changed_ms)}))
+            .map(|r| {
+                json!({"id": r.id.parse::<u64>().unwrap_or(0), "title": r.fields["title"], "description": r.fields["description"],
+                       "status": r.status, "updatedAt": rfc3339(r.changed_ms)})
+            })
             .collect();
         let next = (from + limit < all.len()).then(|| (from + limit).to_string());
         return answer(200, json!({"workOrders": page, "nextCursor": next}));
