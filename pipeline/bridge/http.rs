@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::mapping::{Mapping, TokenFetch};
+use super::mapping::{Mapping, Poll, TokenFetch, percent_encode, pick};
+use crate::clock::rfc3339;
 
 /// How the CMMS answered.
 #[derive(Debug)]
@@ -39,6 +40,43 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
+    /// Visits every record the CMMS lists as changed since `since_ms`, page by page.
+    pub fn listed(
+        &self,
+        poll: &Poll,
+        values: &Value,
+        since_ms: u64,
+        visit: &mut dyn FnMut(&Value) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let since = match poll.since_format.as_str() {
+            "epoch_ms" => since_ms.to_string(),
+            _ => rfc3339(since_ms),
+        };
+        let mut path = self.mapping.render(&poll.path, &serde_json::json!({ "since": since, "values": values }));
+        for _page in 0..1000 {
+            let body = match self.send("GET", &path, &[], None, false, None) {
+                Answer::Done { body, .. } => body,
+                Answer::Again { why, .. } => return Err(why),
+                Answer::Duplicate { status } => return Err(format!("HTTP {status}")),
+                Answer::Refused { status, body } => return Err(format!("HTTP {status}: {body}")),
+            };
+            let records = body.pointer(&poll.records).and_then(Value::as_array).cloned().unwrap_or_default();
+            for record in &records {
+                visit(record)?;
+            }
+            let next = poll.next.as_deref().and_then(|p| pick(p, &body, &[]));
+            match (next, &poll.next_param) {
+                (Some(url), _) if url.starts_with("http") => path = url,
+                (Some(cursor), Some(param)) if !records.is_empty() => {
+                    let base = path.split(&format!("&{param}=")).next().unwrap_or(&path).to_owned();
+                    path = format!("{base}&{param}={}", percent_encode(&cursor));
+                }
+                _ => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
     pub fn new(
         mapping: Mapping,
         base: &str,

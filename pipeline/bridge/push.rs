@@ -200,13 +200,13 @@ impl Pusher {
         loop {
             self.counters.lookups.fetch_add(1, Ordering::Relaxed);
             let mut found = None;
-            let listed =
-                super::status::listed(self, poll, since_ms.saturating_sub(LISTING_OVERLAP_MS), &mut |record| {
-                    if found.is_none() && pick(text, record, &[]).is_some_and(|t| t.contains(&marker)) {
-                        found = pick(&poll.key, record, &[]);
-                    }
-                    Ok(())
-                });
+            let since = since_ms.saturating_sub(LISTING_OVERLAP_MS);
+            let listed = self.client.listed(poll, &self.values, since, &mut |record| {
+                if found.is_none() && pick(text, record, &[]).is_some_and(|t| t.contains(&marker)) {
+                    found = pick(&poll.key, record, &[]);
+                }
+                Ok(())
+            });
             match listed {
                 Ok(()) => return Ok(found),
                 Err(why) => self.wait(&mut backoff, None, &why)?,

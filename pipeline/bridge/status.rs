@@ -16,12 +16,11 @@ use defectflow_schemas::{WoEvent, WoEventKind};
 use serde_json::{Value, json};
 
 use super::BridgeConfig;
-use super::http::Answer;
 use super::journal::Entry;
-use super::mapping::{Poll, percent_encode, pick};
+use super::mapping::{Poll, pick};
 use super::publish::Publisher;
 use super::push::Pusher;
-use crate::clock::{now_ms, rfc3339};
+use crate::clock::now_ms;
 use crate::sinks::kafka::Outgoing;
 
 /// Overlap of one poll with the one before.
@@ -84,49 +83,13 @@ fn save(state: &PathBuf, since_ms: u64) {
 /// One poll, every page; returns the wo-events sent.
 fn poll_once(pusher: &Pusher, publisher: &Publisher, poll: &Poll, since_ms: u64, topic: &str) -> Result<usize, String> {
     let mut sent = 0;
-    listed(pusher, poll, since_ms, &mut |record| {
+    pusher.client.listed(poll, &pusher.values, since_ms, &mut |record| {
         sent += usize::from(report(pusher, publisher, poll, record, topic)?);
         Ok(())
     })?;
     let mut journal = pusher.journal.lock().unwrap_or_else(|p| p.into_inner());
     journal.sync().map_err(|e| e.to_string())?;
     Ok(sent)
-}
-
-/// Visits every record the CMMS lists as changed since `since_ms`, page by page.
-pub(super) fn listed(
-    pusher: &Pusher,
-    poll: &Poll,
-    since_ms: u64,
-    visit: &mut dyn FnMut(&Value) -> Result<(), String>,
-) -> Result<(), String> {
-    let since = match poll.since_format.as_str() {
-        "epoch_ms" => since_ms.to_string(),
-        _ => rfc3339(since_ms),
-    };
-    let mut path = pusher.client.mapping.render(&poll.path, &json!({ "since": since, "values": pusher.values }));
-    for _page in 0..1000 {
-        let body = match pusher.client.send("GET", &path, &[], None, false, None) {
-            Answer::Done { body, .. } => body,
-            Answer::Again { why, .. } => return Err(why),
-            Answer::Duplicate { status } => return Err(format!("HTTP {status}")),
-            Answer::Refused { status, body } => return Err(format!("HTTP {status}: {body}")),
-        };
-        let records = body.pointer(&poll.records).and_then(Value::as_array).cloned().unwrap_or_default();
-        for record in &records {
-            visit(record)?;
-        }
-        let next = poll.next.as_deref().and_then(|p| pick(p, &body, &[]));
-        match (next, &poll.next_param) {
-            (Some(url), _) if url.starts_with("http") => path = url,
-            (Some(cursor), Some(param)) if !records.is_empty() => {
-                let base = path.split(&format!("&{param}=")).next().unwrap_or(&path).to_owned();
-                path = format!("{base}&{param}={}", percent_encode(&cursor));
-            }
-            _ => return Ok(()),
-        }
-    }
-    Ok(())
 }
 
 /// One listed record: a wo-event if its status is news to defectflow.
