@@ -96,6 +96,9 @@ pub struct Metrics {
     /// before stay).
     pub threshold_reloads: AtomicU64,
     pub threshold_reload_errors: AtomicU64,
+    /// Models swapped in while the run went on (`[model] watch`), and new models refused.
+    pub model_swaps: AtomicU64,
+    pub model_swap_errors: AtomicU64,
     /// Each camera's normal (commissioning and gating), once the model is loaded.
     pub gates: Mutex<Option<defectflow_operators::gating::CameraGates>>,
     /// Each camera's last scored frame, with change gating on (`[model] change_threshold`).
@@ -330,6 +333,18 @@ defectflow_ready {}
             "defectflow_threshold_reload_errors_total",
             "Changes of the thresholds file refused (the file does not parse or a value is out of range); the thresholds before stay in force.",
             &self.threshold_reload_errors,
+        );
+        counter(
+            out,
+            "defectflow_model_swaps_total",
+            "New models taken over by the running process ([model] watch); defectflow_build_info names the one running.",
+            &self.model_swaps,
+        );
+        counter(
+            out,
+            "defectflow_model_swap_errors_total",
+            "New models in the watched folder that did not load; the running one stays.",
+            &self.model_swap_errors,
         );
         gauge(
             out,

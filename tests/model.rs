@@ -424,3 +424,92 @@ fn commissioning_stores_a_baseline_that_another_camera_or_size_cannot_use() {
         assert!(stderr.contains("defectflow commission"), "says what to do: {stderr}");
     }
 }
+
+/// `[model] watch`: a new model written into the model folder while two cameras play in
+/// real time takes over without a restart. Every frame still gets its one observation
+/// (none dropped), each detection names the model that made it, and once a camera's
+/// frames name the new model none names the old one again.
+#[test]
+fn a_model_written_into_the_watched_folder_takes_over_without_a_frame_lost() {
+    use defectflow_models::card::load_model;
+    use defectflow_models::detector::CpuBackend;
+    use sha2::Digest;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/weights");
+    let watched = dir.path().join("model");
+    std::fs::create_dir_all(&watched).expect("model folder");
+    for file in ["weights.bin", "model.json"] {
+        std::fs::copy(shipped.join(file), watched.join(file)).expect("copy the shipped model");
+    }
+    // The candidate: the same network with a byte after its weights record (which
+    // loading ignores): other weights bytes, so another version, finding the same.
+    let device = Default::default();
+    let (_, mut card) = load_model::<CpuBackend>(&shipped, &device).expect("shipped model");
+    let old = card.version.clone();
+    let candidate = dir.path().join("candidate");
+    std::fs::create_dir_all(&candidate).expect("candidate folder");
+    let mut weights = std::fs::read(shipped.join("weights.bin")).expect("weights");
+    weights.push(0);
+    std::fs::write(candidate.join("weights.bin"), &weights).expect("weights");
+    card.weights_sha256 = defectflow_models::card::hex(&sha2::Sha256::digest(&weights));
+    card.version = card.weights_sha256[..12].to_owned();
+    card.save(&candidate).expect("card");
+    load_model::<CpuBackend>(&candidate, &device).expect("the candidate loads");
+    let new = card.version.clone();
+    assert_ne!(old, new);
+
+    let footage = support::mp4_footage();
+    let mut toml = format!(
+        "[anomaly]\ncommission_s = 0\n[model]\nbatch_size = 4\nwatch = true\ndir = \"{}\"\n",
+        watched.display()
+    );
+    for camera in 0..footage.truth.cameras.len() {
+        let url = support::file_url(&footage.video(camera));
+        toml.push_str(&support::camera_toml(&format!("cam-{camera}"), &url, "realtime = true"));
+    }
+    let config = RunConfig::parse(&toml, "watch test").expect("config");
+    let seen: Arc<Mutex<Vec<FrameObservation>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    let metrics = defectflow::metrics::Metrics::new();
+    let hooks = Hooks {
+        on_observation: Some(Arc::new(move |_, o| sink.lock().expect("lock").push(o.clone()))),
+        metrics: Some(Arc::clone(&metrics)),
+        ..Hooks::default()
+    };
+    // A quarter of the way in, the candidate is written over the running model: the
+    // weights first, then the card.
+    let writer = {
+        let (seen, watched) = (Arc::clone(&seen), watched.clone());
+        std::thread::spawn(move || {
+            while seen.lock().expect("lock").len() < 30 {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            for file in ["weights.bin", "model.json"] {
+                std::fs::copy(candidate.join(file), watched.join(file)).expect("write the candidate");
+            }
+        })
+    };
+    let (_, stages) = run::run_stages(&config, timely::Config::process(2), StopWhen::after(None), hooks).expect("run");
+    writer.join().expect("writer");
+    let frames = 60 * footage.truth.cameras.len();
+    assert_eq!(stages.frames_inferred, frames as u64, "every frame inferred once");
+    let observations = seen.lock().expect("lock").clone();
+    assert_eq!(observations.len(), frames, "one observation per frame");
+    assert_eq!(metrics.model_swaps.load(std::sync::atomic::Ordering::Relaxed), 1, "swapped once");
+    assert_eq!(metrics.model_version.lock().expect("lock").as_deref(), Some(new.as_str()));
+    let named =
+        |version: &str| observations.iter().flat_map(|o| &o.detections).filter(|d| d.model_version == version).count();
+    assert!(named(&old) > 0 && named(&new) > 0, "both models found something: {} and {}", named(&old), named(&new));
+    let mut by_camera: BTreeMap<&str, Vec<&FrameObservation>> = BTreeMap::new();
+    for o in &observations {
+        by_camera.entry(o.camera_id.as_str()).or_default().push(o);
+    }
+    for (camera, mut frames) in by_camera {
+        frames.sort_by_key(|o| o.frame_index);
+        let versions: Vec<&str> =
+            frames.iter().flat_map(|o| o.detections.iter().map(|d| d.model_version.as_str())).collect();
+        assert!(versions.iter().all(|v| *v == old || *v == new), "{camera}: {versions:?}");
+        let first_new = versions.iter().position(|v| *v == new).unwrap_or(versions.len());
+        assert!(versions[first_new..].iter().all(|v| *v == new), "{camera}: the old model after the new: {versions:?}");
+    }
+}

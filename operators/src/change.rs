@@ -90,6 +90,12 @@ impl ChangeGates {
         ChangeGates { config, cameras: Arc::default(), unchanged: Arc::default() }
     }
 
+    /// Forgets every camera's last scored frame: a new model scores each camera's next
+    /// frame, so no old model's answer is repeated under the new one's version.
+    pub fn forget(&self) {
+        self.cameras.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Which frames of a batch go through the network. `always` names cameras every
     /// frame of which must be scored (commissioning learns from each).
     pub fn plan(&self, frames: &[&FrameTensor], always: impl Fn(&str) -> bool) -> Vec<Plan> {

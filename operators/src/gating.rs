@@ -25,11 +25,14 @@ enum CameraNormal {
     /// No baseline and no commissioning: the classifier alone decides.
     Ungated,
     /// Learning from frames captured within `commission_s` of its first, at `from_ms`;
-    /// `last_ms` is the latest frame's capture time.
+    /// `last_ms` is the latest frame's capture time. `watching`: meanwhile the
+    /// classifier alone decides (a camera commissioned again for a new model keeps
+    /// reporting), rather than nothing.
     Commissioning {
         learning: Box<Commissioning>,
         from_ms: Option<u64>,
         last_ms: Option<u64>,
+        watching: bool,
     },
     Gated(Box<Gated>),
 }
@@ -133,6 +136,28 @@ impl CameraGates {
         cameras: &[GatedCamera],
         model_version: &str,
     ) -> Result<CameraGates, BaselineError> {
+        CameraGates::open_for(config, folder, cameras, model_version, false)
+    }
+
+    /// The gates for a model swapped in while the run goes on: a stored baseline of
+    /// another model (or none) means commissioning again, with the classifier alone
+    /// deciding meanwhile.
+    pub fn reopen(
+        config: &BaselineConfig,
+        folder: Option<&Path>,
+        cameras: &[GatedCamera],
+        model_version: &str,
+    ) -> Result<CameraGates, BaselineError> {
+        CameraGates::open_for(config, folder, cameras, model_version, true)
+    }
+
+    fn open_for(
+        config: &BaselineConfig,
+        folder: Option<&Path>,
+        cameras: &[GatedCamera],
+        model_version: &str,
+        swapped: bool,
+    ) -> Result<CameraGates, BaselineError> {
         let mut gates = HashMap::new();
         for camera in cameras {
             let key = BaselineKey {
@@ -142,12 +167,19 @@ impl CameraGates {
                 model_version: model_version.to_owned(),
             };
             let stored = folder.map(|f| baseline_path(f, &camera.camera_id)).filter(|p| p.is_file());
-            let normal = match stored {
-                Some(path) => CameraNormal::gated(CameraBaseline::load(&path, &key)?),
+            let baseline = match stored.map(|path| CameraBaseline::load(&path, &key)) {
+                Some(Ok(baseline)) => Some(baseline),
+                Some(Err(BaselineError::Mismatch { .. })) if swapped => None,
+                Some(Err(error)) => return Err(error),
+                None => None,
+            };
+            let normal = match baseline {
+                Some(baseline) => CameraNormal::gated(baseline),
                 None if config.commission_s > 0.0 => CameraNormal::Commissioning {
                     learning: Box::new(Commissioning::new(key, config.clone())),
                     from_ms: None,
                     last_ms: None,
+                    watching: swapped,
                 },
                 None => CameraNormal::Ungated,
             };
@@ -207,7 +239,12 @@ impl CameraGates {
         let CameraGate { normal, stats } = &mut *gate;
         match normal {
             CameraNormal::Ungated => GateOutcome { named: detector.found_in(scores, frame), ..GateOutcome::default() },
-            CameraNormal::Commissioning { learning, from_ms, last_ms } => {
+            CameraNormal::Commissioning { learning, from_ms, last_ms, watching } => {
+                let watching = *watching;
+                let meanwhile = || match watching {
+                    true => GateOutcome { named: detector.found_in(scores, frame), ..GateOutcome::default() },
+                    false => GateOutcome::default(),
+                };
                 let from = *from_ms.get_or_insert(capture_ms);
                 let interval = capture_ms.saturating_sub(last_ms.unwrap_or(capture_ms));
                 *last_ms = Some(capture_ms);
@@ -220,7 +257,7 @@ impl CameraGates {
                 }
                 // Done with the last frame of the span: the next would be past it.
                 if elapsed + interval < span_ms || !learning.can_finish() {
-                    return GateOutcome::default();
+                    return meanwhile();
                 }
                 let done = std::mem::replace(
                     learning,

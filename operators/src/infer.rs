@@ -90,6 +90,8 @@ pub struct InferencePool {
     backlog: Arc<AtomicUsize>,
     /// The backlog at which the pool is full: a batch per thread waiting.
     capacity: usize,
+    /// Held by every clone: what watches the pool from outside ends with it.
+    alive: Arc<()>,
 }
 
 impl std::fmt::Debug for Job {
@@ -124,14 +126,32 @@ impl InferencePool {
     where
         Detector<B>: Send + 'static,
     {
+        InferencePool::start_switchable(detectors, config, gates, observe).map(|(pool, _)| pool)
+    }
+
+    /// As [`InferencePool::start_gated`], with the means to swap the model while the
+    /// pool runs ([`ModelSwitch`]).
+    pub fn start_switchable<B: Backend>(
+        detectors: Vec<Detector<B>>,
+        config: &InferConfig,
+        gates: Option<CameraGates>,
+        observe: impl Fn(usize, Duration) + Send + Sync + 'static,
+    ) -> std::io::Result<(InferencePool, ModelSwitch<B>)>
+    where
+        Detector<B>: Send + 'static,
+    {
         let (jobs, queue) = channel::unbounded::<Job>();
+        let mut switch = ModelSwitch { threads: Vec::new() };
         let (batch_size, shadow) = (config.batch_size.max(1), config.shadow);
         let observe = Arc::new(observe);
         let backlog = Arc::new(AtomicUsize::new(0));
         let detectors_started = detectors.len();
         for (i, detector) in detectors.into_iter().enumerate() {
             let (queue, observe, backlog) = (queue.clone(), Arc::clone(&observe), Arc::clone(&backlog));
-            let (gates, thresholds, change) = (gates.clone(), config.thresholds.clone(), config.change.clone());
+            let (mut gates, thresholds, change) = (gates.clone(), config.thresholds.clone(), config.change.clone());
+            let (swap, swaps) = channel::unbounded::<(Detector<B>, Option<CameraGates>)>();
+            switch.threads.push(swap);
+            let mut detector = detector;
             // The network's kernels are parallel; on this thread they run on one core,
             // and the threads together use them all.
             let one_core = rayon::ThreadPoolBuilder::new()
@@ -159,6 +179,14 @@ impl InferencePool {
                             Err(_) => break,
                         }
                     }
+                    // A model swapped in takes over from this batch on; the one before
+                    // finished the batches it had begun.
+                    while let Ok((next, next_gates)) = swaps.try_recv() {
+                        (detector, gates) = (next, next_gates);
+                        if let Some(change) = &change {
+                            change.forget();
+                        }
+                    }
                     let setup =
                         Setup { gates: gates.as_ref(), shadow, thresholds: &thresholds, change: change.as_ref() };
                     one_core.install(|| run(&detector, &setup, batch, &*observe));
@@ -167,7 +195,12 @@ impl InferencePool {
             })?;
         }
         let capacity = batch_size * detectors_started;
-        Ok(InferencePool { jobs, backlog, capacity })
+        Ok((InferencePool { jobs, backlog, capacity, alive: Arc::new(()) }, switch))
+    }
+
+    /// Gone once the last clone of the pool is.
+    pub fn alive(&self) -> std::sync::Weak<()> {
+        Arc::downgrade(&self.alive)
     }
 
     /// Whether a batch per inference thread is already waiting: sources should hold
@@ -179,6 +212,39 @@ impl InferencePool {
     fn submit(&self, job: Job) {
         self.backlog.fetch_add(job.frames.len(), Ordering::Relaxed);
         self.jobs.send(job).unwrap_or_else(|_| panic!("the inference threads have stopped"));
+    }
+}
+
+/// Swaps the model of a running [`InferencePool`]: each inference thread takes its new
+/// detector (and the gates for the new model) before its next batch. No frame is lost: a
+/// batch begun is finished by the model that began it, and every detection names the
+/// version of the model that made it.
+pub struct ModelSwitch<B: Backend> {
+    threads: Vec<channel::Sender<(Detector<B>, Option<CameraGates>)>>,
+}
+
+impl<B: Backend> ModelSwitch<B> {
+    /// How many detectors a swap takes: one per inference thread.
+    pub fn threads(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Hands each thread its detector of the new model; fails, changing nothing, unless
+    /// there is one per thread.
+    pub fn swap(&self, detectors: Vec<Detector<B>>, gates: Option<CameraGates>) -> Result<(), String> {
+        if detectors.len() != self.threads.len() {
+            return Err(format!("{} detectors for {} inference threads", detectors.len(), self.threads.len()));
+        }
+        for (thread, detector) in self.threads.iter().zip(detectors) {
+            thread.send((detector, gates.clone())).map_err(|_| "the inference threads have stopped".to_owned())?;
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for ModelSwitch<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelSwitch").field("threads", &self.threads.len()).finish()
     }
 }
 

@@ -20,10 +20,14 @@ fn frame(camera: &str, index: u64, capture_ms: u64) -> FrameTensor {
 
 /// A tiny untrained network; a minimum confidence above 1 keeps it from reporting anything.
 fn untrained_detector() -> Detector<CpuBackend> {
+    untrained("m-test")
+}
+
+fn untrained(version: &str) -> Detector<CpuBackend> {
     let net = DefectNetConfig::new().with_stem_channels(2).with_mid_channels(2).with_cell_channels(2);
     let device = Default::default();
     let mut card = ModelCard::untrained(net.clone(), 32, 16);
-    card.version = "m-test".into();
+    card.version = version.into();
     let mut detector = Detector::<CpuBackend>::new(net.init(&device), card, device);
     detector.min_confidence = 1.1;
     detector
@@ -201,4 +205,47 @@ fn a_camera_s_min_confidence_drops_its_weaker_detections() {
     live.replace(rule(0.0));
     let after = run(&pool, &config);
     assert_eq!(after[0].1, after[1].1, "cam-a finds what cam-b finds once lowered: {after:?}");
+}
+
+/// A model swapped into a running pool takes over from the next batch: every frame gets
+/// its one observation, those before the swap from the old model and those after from
+/// the new one, each detection naming the version that made it.
+#[test]
+fn a_model_swapped_in_scores_the_next_frames_and_none_is_lost() {
+    let pixels = frame("cam-a", 0, 1_000);
+    let view = defectflow_models::inference::FrameView { width: 32, height: 16, pixels: pixels.bytes() };
+    // Untrained, with no threshold of their own: ones whose random weights find something.
+    let finding = |version: &str| {
+        (0..100)
+            .map(|_| {
+                let mut detector = untrained(version);
+                detector.min_confidence = 0.0;
+                detector
+            })
+            .find(|d| d.detect(&[view]).iter().any(|found| !found.is_empty()))
+            .expect("an untrained network that finds something")
+    };
+    let config = InferConfig { batch_size: 2, ..InferConfig::default() };
+    let (pool, switch) = InferencePool::start_switchable(vec![finding("m-a")], &config, None, |_, _| {})
+        .expect("the inference thread starts");
+    let run = |from: u64| {
+        let (pool, config) = (pool.clone(), config.clone());
+        let frames: Vec<FrameTensor> = (from..from + 5).map(|i| frame("cam-a", i, 1_000 + i * 100)).collect();
+        let captured = timely::example(move |scope| frames.to_stream(scope).infer(&pool, config, |_, _| {}).capture());
+        let mut seen: Vec<(u64, Vec<String>)> = captured
+            .try_iter()
+            .flat_map(|event| if let Event::Messages(_, data) = event { data } else { Vec::new() })
+            .map(|o| (o.frame_index, o.detections.iter().map(|d| d.model_version.clone()).collect()))
+            .collect();
+        seen.sort();
+        seen
+    };
+    let before = run(0);
+    assert_eq!(switch.swap(vec![], None), Err("0 detectors for 1 inference threads".into()));
+    switch.swap(vec![finding("m-b")], None).expect("swapped");
+    let after = run(5);
+    for (frames, version, seen) in [(0..5, "m-a", &before), (5..10, "m-b", &after)] {
+        assert_eq!(seen.iter().map(|(i, _)| *i).collect::<Vec<_>>(), frames.collect::<Vec<_>>(), "one each: {seen:?}");
+        assert!(seen.iter().all(|(_, v)| !v.is_empty() && v.iter().all(|v| v == version)), "{version}: {seen:?}");
+    }
 }

@@ -120,6 +120,10 @@ pub struct ModelConfig {
     /// With change gating, each camera is scored at least this often (seconds).
     #[serde(default = "default_rescore_s")]
     pub rescore_s: f64,
+    /// Looks at the model folder every second and swaps a new model in without a
+    /// restart (write `weights.bin`, then `model.json`).
+    #[serde(default)]
+    pub watch: bool,
 }
 
 fn default_rescore_s() -> f64 {
@@ -145,6 +149,7 @@ impl Default for ModelConfig {
             threads: 0,
             change_threshold: 0.0,
             rescore_s: default_rescore_s(),
+            watch: false,
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod dataflow;
 mod ingest;
+mod model_watch;
 mod report;
 mod resume;
 mod thresholds;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use defectflow_models::detector::{CpuBackend, Detector};
 use defectflow_operators::decode::FrameTensor;
-use defectflow_operators::gating::{CameraGates, GatedCamera};
+use defectflow_operators::gating::CameraGates;
 use defectflow_operators::infer::InferencePool;
 use defectflow_operators::track::CameraRoute;
 use defectflow_schemas::{FrameObservation, StockMovement};
@@ -298,30 +299,29 @@ fn start_model(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let version = detectors.first().map(|d| d.version().to_owned()).unwrap_or_default();
     let floor = detectors.first().map_or(0.0, |d| d.min_confidence);
-    let gates = open_gates(config, &version)?;
+    let (folder, cameras) = (model_watch::baseline_folder(config), model_watch::gated_cameras(config));
+    // A watched model may have been swapped while a camera was commissioned again: its
+    // stored baseline is then the earlier model's, and it is commissioned again.
+    let open = if model.watch { CameraGates::reopen } else { CameraGates::open };
+    let gates = open(&config.anomaly, folder.as_deref(), &cameras, &version)?;
     if let Ok(mut slot) = metrics.gates.lock() {
         *slot = Some(gates.clone());
     }
     if let Ok(mut slot) = metrics.changes.lock() {
         slot.clone_from(&infer.change);
     }
-    let (timing, metrics) = (Arc::clone(counters), Arc::clone(metrics));
-    let pool = InferencePool::start_gated(detectors, &infer, Some(gates), move |frames, elapsed| {
+    let (timing, observed) = (Arc::clone(counters), Arc::clone(metrics));
+    let (pool, switch) = InferencePool::start_switchable(detectors, &infer, Some(gates), move |frames, elapsed| {
         timing.frames.fetch_add(frames as u64, Ordering::Relaxed);
         timing.batches.fetch_add(1, Ordering::Relaxed);
         timing.inference_us.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-        metrics.frames_inferred.fetch_add(frames as u64, Ordering::Relaxed);
-        metrics.inference.observe(elapsed.as_secs_f64());
+        observed.frames_inferred.fetch_add(frames as u64, Ordering::Relaxed);
+        observed.inference.observe(elapsed.as_secs_f64());
     })
     .map_err(|e| anyhow::anyhow!("cannot start the inference threads: {e}"))?;
+    if model.watch {
+        model_watch::watch(config, model, &version, switch, metrics, pool.alive())
+            .map_err(|e| anyhow::anyhow!("cannot watch the model folder: {e}"))?;
+    }
     Ok((pool, version, floor))
-}
-
-/// Each camera's normal: its stored baseline (`<output>/baselines/`), or commissioning.
-fn open_gates(config: &RunConfig, model_version: &str) -> anyhow::Result<CameraGates> {
-    let cameras: Vec<GatedCamera> = (config.cameras.iter())
-        .map(|c| GatedCamera { camera_id: c.id.clone(), width: c.width, height: c.height })
-        .collect();
-    let folder = config.output.dir.as_ref().map(|dir| dir.join("baselines"));
-    Ok(CameraGates::open(&config.anomaly, folder.as_deref(), &cameras, model_version)?)
 }
