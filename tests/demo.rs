@@ -209,6 +209,52 @@ fn the_demo_run_leaves_what_every_user_needs() {
     assert_eq!(card["training"]["images"].as_u64(), Some(images(&generated) + images(&harvested)), "{card}");
     assert_eq!(card["training"]["data_digest"].as_str().map(|d| d.split('+').count()), Some(2), "{card}");
 
+    // The evaluation gate on the held-out frames and the harvest. A model that finds
+    // nothing (untrained, its threshold above any probability) against the shipped one
+    // is refused, the result recorded in its card and nothing installed; the shipped
+    // model against it is promoted and installed.
+    let (shipped, blind, live) = (dir.path().join("shipped"), dir.path().join("blind"), dir.path().join("live"));
+    {
+        use defectflow_models::card::{ModelCard, load_model, save_model};
+        use defectflow_models::detector::CpuBackend;
+        let device = Default::default();
+        let (_, card) = load_model::<CpuBackend>(&root().join("models/weights"), &device).expect("shipped model");
+        let mut untrained = ModelCard::untrained(card.architecture.clone(), card.input_width, card.input_height);
+        // (and no training loss, which JSON cannot hold as NaN)
+        (untrained.min_confidence, untrained.training.final_loss) = (2.0, 0.0);
+        save_model(&card.architecture.init::<CpuBackend>(&device), &mut untrained, &blind).expect("blind model");
+        std::fs::create_dir_all(&shipped).expect("shipped copy");
+        for file in ["weights.bin", "model.json"] {
+            std::fs::copy(root().join("models/weights").join(file), shipped.join(file)).expect("copy");
+        }
+    }
+    let promote = |candidate: &Path, current: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_defectflow"))
+            .args(["promote", "--candidate", candidate.to_str().expect("utf-8")])
+            .args(["--current", current.to_str().expect("utf-8")])
+            .args(["--heldout", generated.to_str().expect("utf-8")])
+            .args(["--harvest", harvested.to_str().expect("utf-8")])
+            .args(["--into", live.to_str().expect("utf-8")])
+            .output()
+            .expect("run promote")
+    };
+    let card_of = |model: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).expect("card")).expect("json")
+    };
+    let refused = promote(&blind, &shipped);
+    assert!(!refused.status.success(), "{}", String::from_utf8_lossy(&refused.stdout));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("not promoted"), "{why}");
+    let gate = &card_of(&blind)["promotion"];
+    assert_eq!((gate["passed"].as_bool(), &gate["against"]), (Some(false), &card_of(&shipped)["version"]), "{gate}");
+    let sets: Vec<&str> = gate["sets"].as_array().expect("sets").iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(sets, ["held-out", "harvest"]);
+    assert!(!live.exists(), "a refused candidate is not installed");
+    let accepted = promote(&shipped, &blind);
+    assert!(accepted.status.success(), "{}", String::from_utf8_lossy(&accepted.stderr));
+    assert_eq!(card_of(&shipped)["promotion"]["passed"], true);
+    assert_eq!(card_of(&live)["version"], card_of(&shipped)["version"], "installed");
+
     // `defectflow report --json` equals the KPIs recomputed from the Parquet files.
     let report = Command::new(env!("CARGO_BIN_EXE_defectflow"))
         .args(["report", "--audit", audit.to_str().expect("utf-8"), "--json"])

@@ -60,6 +60,55 @@ fn is_zero(share: &f64) -> bool {
     *share == 0.0
 }
 
+/// A candidate model against the current one on each evaluation set: promoted only
+/// where it is no worse on any set and better on one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Promotion {
+    /// The current model's version.
+    pub against: String,
+    pub passed: bool,
+    pub sets: Vec<GateSet>,
+}
+
+/// One evaluation set of a promotion: each model's object F1 on it
+/// ([`EvalReport::object_f1`]) and false detections per 1,000 defect-free frames.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GateSet {
+    /// What the set is (`held-out`, `harvest`), its folder and digest.
+    pub name: String,
+    pub data: String,
+    pub data_digest: String,
+    pub candidate_f1: f64,
+    pub current_f1: f64,
+    pub candidate_false_per_1000: f64,
+    pub current_false_per_1000: f64,
+}
+
+impl GateSet {
+    /// The two models' reports on one set.
+    pub fn of(name: &str, candidate: &EvalReport, current: &EvalReport) -> GateSet {
+        GateSet {
+            name: name.to_owned(),
+            data: candidate.data.clone(),
+            data_digest: candidate.data_digest.clone(),
+            candidate_f1: candidate.object_f1(),
+            current_f1: current.object_f1(),
+            candidate_false_per_1000: candidate.false_detections_per_1000_defect_free_frames,
+            current_false_per_1000: current.false_detections_per_1000_defect_free_frames,
+        }
+    }
+}
+
+impl Promotion {
+    /// Passed where the candidate's object F1 is at least the current model's on every
+    /// set and above it on one.
+    pub fn decide(against: &str, sets: Vec<GateSet>) -> Promotion {
+        let no_worse = sets.iter().all(|s| s.candidate_f1 >= s.current_f1);
+        let better = sets.iter().any(|s| s.candidate_f1 > s.current_f1);
+        Promotion { against: against.to_owned(), passed: no_worse && better, sets }
+    }
+}
+
 /// The model a training run started from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EarlierModel {
@@ -85,6 +134,10 @@ pub struct ModelCard {
     pub training: TrainingRecord,
     /// Evaluation on held-out data, when it has been run.
     pub evaluation: Option<EvalReport>,
+    /// The evaluation gate this model went through against the model it would replace
+    /// (`defectflow promote`), when it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<Promotion>,
     pub weights_file: String,
     pub weights_sha256: String,
 }
@@ -123,6 +176,7 @@ impl ModelCard {
                 continued_from: None,
             },
             evaluation: None,
+            promotion: None,
             weights_file: String::new(),
             weights_sha256: String::new(),
         }

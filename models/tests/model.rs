@@ -289,6 +289,7 @@ fn training_lowers_the_loss_and_a_saved_model_reloads_to_identical_outputs() {
             continued_from: None,
         },
         evaluation: None,
+        promotion: None,
         weights_file: String::new(),
         weights_sha256: String::new(),
     };

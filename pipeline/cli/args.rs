@@ -48,6 +48,9 @@ pub enum Command {
     /// Turns the frames behind work orders the CMMS closed as false positive or
     /// completed into a YOLO folder: negatives and labelled defects to train on.
     Harvest(HarvestArgs),
+    /// The evaluation gate: a candidate model against the current one on the held-out
+    /// set and the harvest; recorded in the candidate's card, installed if it passes.
+    Promote(PromoteArgs),
     /// Runs the whole graph on N synthetic cameras and reports what it sustained.
     Bench(BenchArgs),
     /// Looks after a Parquet audit log.
@@ -308,6 +311,29 @@ pub struct EvalArgs {
     /// its image: the frames to look at (or relabel) first.
     #[arg(long)]
     pub mistakes: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The candidate model's directory (its card records the gate's result).
+    #[arg(long)]
+    pub candidate: PathBuf,
+    /// The model it would replace.
+    #[arg(long, default_value = "models/weights")]
+    pub current: PathBuf,
+    /// Held-out YOLO folder, never trained on.
+    #[arg(long)]
+    pub heldout: PathBuf,
+    /// The harvested YOLO folder (`defectflow harvest`).
+    #[arg(long)]
+    pub harvest: PathBuf,
+    /// Once passed, copy the candidate here (the weights, then the card): the model folder
+    /// of a run with `[model] watch`, which then swaps it in.
+    #[arg(long)]
+    pub into: Option<PathBuf>,
+    /// Also write the gate's result as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

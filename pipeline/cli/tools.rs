@@ -12,8 +12,8 @@ use defectflow_models::synth::PlantOptions;
 use defectflow_schemas::Emitted;
 
 use crate::args::{
-    AuditCommand, BenchArgs, CommissionArgs, DiscoverArgs, EvalArgs, HarvestArgs, ReplayArgs, ReportArgs, SynthArgs,
-    SynthFormat, TrainArgs,
+    AuditCommand, BenchArgs, CommissionArgs, DiscoverArgs, EvalArgs, HarvestArgs, PromoteArgs, ReplayArgs, ReportArgs,
+    SynthArgs, SynthFormat, TrainArgs,
 };
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -202,6 +202,42 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         command: std::iter::once("defectflow".to_owned()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" "),
     };
     defectflow::tools::modelling::train_model(&options)?;
+    Ok(())
+}
+
+/// `defectflow promote`: fails (exit code 1) where the candidate does not pass.
+pub fn promote(args: PromoteArgs) -> anyhow::Result<()> {
+    use defectflow::tools::modelling;
+    let sets = [("held-out", args.heldout.as_path()), ("harvest", args.harvest.as_path())];
+    let promotion = modelling::promote(&args.candidate, &args.current, &sets)?;
+    for set in &promotion.sets {
+        println!(
+            "{:<9} object F1 {:.3} against {:.3}; false detections per 1,000 defect-free frames {:.1} against {:.1} ({})",
+            set.name,
+            set.candidate_f1,
+            set.current_f1,
+            set.candidate_false_per_1000,
+            set.current_false_per_1000,
+            set.data
+        );
+    }
+    if let Some(path) = &args.json {
+        modelling::write_json(path, &promotion)?;
+    }
+    let card = args.candidate.join("model.json");
+    anyhow::ensure!(
+        promotion.passed,
+        "not promoted: the candidate's object F1 is not at least {}'s on every set and above it on one (recorded in {})",
+        promotion.against,
+        card.display()
+    );
+    match &args.into {
+        Some(into) => {
+            modelling::install(&args.candidate, into)?;
+            println!("promoted: installed in {}", into.display());
+        }
+        None => println!("promoted (recorded in {})", card.display()),
+    }
     Ok(())
 }
 

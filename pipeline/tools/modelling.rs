@@ -9,7 +9,8 @@ use std::time::Instant;
 use anyhow::Context;
 use burn::backend::Autodiff;
 use defectflow_models::card::{
-    DEFAULT_MIN_CONFIDENCE, EarlierModel, ModelCard, TrainingRecord, digest_files, load_model, save_model,
+    DEFAULT_MIN_CONFIDENCE, EarlierModel, GateSet, ModelCard, Promotion, TrainingRecord, digest_files, load_model,
+    save_model,
 };
 use defectflow_models::data::{Sample, YoloFolder, cell_targets};
 use defectflow_models::detector::{CpuBackend, Detector};
@@ -139,6 +140,7 @@ pub fn train_model(options: &TrainOptions) -> anyhow::Result<ModelCard> {
             continued_from,
         },
         evaluation: None,
+        promotion: None,
         weights_file: String::new(),
         weights_sha256: String::new(),
     };
@@ -267,8 +269,41 @@ fn folder_digest(folder: &YoloFolder) -> anyhow::Result<String> {
     Ok(digest_files(&folder.dir, &files)?)
 }
 
-/// Writes the report as pretty JSON.
-pub fn write_json(path: &Path, report: &EvalReport) -> anyhow::Result<()> {
+/// The evaluation gate: the `candidate` and the `current` model evaluated on each
+/// `(name, folder)` set ([`Promotion::decide`]); the result is recorded in the
+/// candidate's card.
+pub fn promote(candidate: &Path, current: &Path, sets: &[(&str, &Path)]) -> anyhow::Result<Promotion> {
+    let load = |dir: &Path| {
+        Detector::<CpuBackend>::load(dir, Default::default()).with_context(|| format!("model {}", dir.display()))
+    };
+    let (new, old) = (load(candidate)?, load(current)?);
+    let mut results = Vec::new();
+    for (name, data) in sets {
+        results.push(GateSet::of(name, &evaluate(&new, data)?, &evaluate(&old, data)?));
+    }
+    let promotion = Promotion::decide(old.version(), results);
+    let mut card = new.card().clone();
+    card.promotion = Some(promotion.clone());
+    card.save(candidate)?;
+    Ok(promotion)
+}
+
+/// Copies the model in `from` into `into`, the weights before the card, each written
+/// aside and renamed into place: a run watching `into` sees the whole model change.
+pub fn install(from: &Path, into: &Path) -> anyhow::Result<()> {
+    let card = ModelCard::load(from)?;
+    fs::create_dir_all(into).with_context(|| format!("cannot create {}", into.display()))?;
+    for name in [card.weights_file.as_str(), "model.json"] {
+        let aside = into.join(format!("{name}.new"));
+        fs::copy(from.join(name), &aside).with_context(|| format!("cannot write {}", aside.display()))?;
+        fs::File::open(&aside)?.sync_all()?;
+        fs::rename(&aside, into.join(name)).with_context(|| format!("cannot replace {}", into.join(name).display()))?;
+    }
+    Ok(())
+}
+
+/// Writes `value` as pretty JSON.
+pub fn write_json(path: &Path, report: &impl serde::Serialize) -> anyhow::Result<()> {
     let mut file = fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
     serde_json::to_writer_pretty(&mut file, report)?;
     writeln!(file)?;
