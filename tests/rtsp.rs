@@ -77,14 +77,14 @@ fn rtsp_camera_reconnects_after_its_server_restarts_while_another_camera_keeps_f
 /// names the media service, GetProfiles two profiles, GetStreamUri their RTSP URIs),
 /// which refuses a request whose WS-Security UsernameToken digest does not check out.
 /// Its main profile streams from the real RTSP server on `rtsp_port`.
-fn onvif_camera(rtsp_port: u16, user: &'static str, password: &'static str) -> u16 {
+fn onvif_camera(rtsp_port: u16, user: &'static str, password: &'static str, http_digest: bool) -> u16 {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut length = 0;
+            let (mut length, mut authorization) = (0, String::new());
             loop {
                 let mut line = String::new();
                 if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
@@ -92,6 +92,9 @@ fn onvif_camera(rtsp_port: u16, user: &'static str, password: &'static str) -> u
                 }
                 if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
                     length = v.trim().parse().unwrap_or(0);
+                }
+                if line.to_ascii_lowercase().starts_with("authorization:") {
+                    authorization = line["authorization:".len()..].trim().to_owned();
                 }
             }
             let mut body = vec![0; length];
@@ -106,8 +109,20 @@ fn onvif_camera(rtsp_port: u16, user: &'static str, password: &'static str) -> u
             let created = between("<wsu:Created>", "</wsu:Created>");
             let sent = between("#PasswordDigest\">", "</wsse:Password>");
             let nonce = base64_decode(&nonce);
-            let authorised = between("<wsse:Username>", "</wsse:Username>") == user
-                && defectflow::tools::onvif::password_digest(&nonce, &created, password) == sent;
+            let authorised = if http_digest {
+                http_digest_valid(&authorization, user, password)
+            } else {
+                between("<wsse:Username>", "</wsse:Username>") == user
+                    && defectflow::tools::onvif::password_digest(&nonce, &created, password) == sent
+            };
+            if http_digest && !authorised {
+                let mut stream = stream;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Digest realm=\"onvif\", qop=\"auth\", nonce=\"{DIGEST_NONCE}\", opaque=\"op4\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                continue;
+            }
             let answer = if !authorised {
                 (400, "<s:Fault><s:Code><s:Value>s:Sender</s:Value><s:Subcode><s:Value>ter:NotAuthorized</s:Value></s:Subcode></s:Code><s:Reason><s:Text xml:lang=\"en\">Sender not Authorized</s:Text></s:Reason></s:Fault>".to_owned())
             } else if body.contains("GetCapabilities") {
@@ -157,6 +172,57 @@ fn onvif_camera(rtsp_port: u16, user: &'static str, password: &'static str) -> u
     port
 }
 
+const DIGEST_NONCE: &str = "5a1e7f0c9d";
+
+/// Whether an `Authorization: Digest` header answers the server's challenge (realm
+/// "onvif", qop auth, POST) for `user` and `password` (RFC 7616, MD5).
+fn http_digest_valid(header: &str, user: &str, password: &str) -> bool {
+    let Some(params) = header.strip_prefix("Digest ") else { return false };
+    let param = |name: &str| {
+        params.split(", ").find_map(|p| p.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v.trim_matches('"')))
+    };
+    let (Some(uri), Some(cnonce), Some(nc), Some(response)) =
+        (param("uri"), param("cnonce"), param("nc"), param("response"))
+    else {
+        return false;
+    };
+    let hex = |text: String| format!("{:x}", md5::compute(text));
+    let ha1 = hex(format!("{user}:onvif:{password}"));
+    let ha2 = hex(format!("POST:{uri}"));
+    param("username") == Some(user)
+        && param("nonce") == Some(DIGEST_NONCE)
+        && param("opaque") == Some("op4")
+        && uri.starts_with("/onvif/")
+        && response == hex(format!("{ha1}:{DIGEST_NONCE}:{nc}:{cnonce}:auth:{ha2}"))
+}
+
+/// A WS-Discovery responder on 127.0.0.1: answers a probe for network video
+/// transmitters with a `ProbeMatch` naming `device` (and ignores other probes).
+fn ws_discovery_responder(device: String) -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = socket.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 65_536];
+        while let Ok((n, from)) = socket.recv_from(&mut buffer) {
+            let probe = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            if !probe.contains("dn:NetworkVideoTransmitter") || !probe.contains("discovery/Probe") {
+                continue;
+            }
+            let id = probe.split("MessageID>").nth(1).and_then(|r| r.split("</").next()).unwrap_or_default();
+            let answer = format!(
+                "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\" xmlns:a=\"http://schemas.xmlsoap.org/ws/2004/08/addressing\" xmlns:d=\"http://schemas.xmlsoap.org/ws/2005/04/discovery\"><s:Header><a:Action>http://schemas.xmlsoap.org/ws/2005/04/discovery/ProbeMatches</a:Action><a:RelatesTo>{id}</a:RelatesTo></s:Header><s:Body><d:ProbeMatches><d:ProbeMatch><a:EndpointReference><a:Address>urn:uuid:cam-1</a:Address></a:EndpointReference><d:Types>dn:NetworkVideoTransmitter</d:Types><d:XAddrs>{device}</d:XAddrs><d:MetadataVersion>1</d:MetadataVersion></d:ProbeMatch></d:ProbeMatches></s:Body></s:Envelope>"
+            );
+            // A stray answer to another probe first: it must be ignored.
+            let _ = socket.send_to(
+                answer.replace(id, "urn:uuid:someone-else").replace(&device, "http://127.0.0.1:1/x").as_bytes(),
+                from,
+            );
+            let _ = socket.send_to(answer.as_bytes(), from);
+        }
+    });
+    port
+}
+
 fn base64_decode(text: &str) -> Vec<u8> {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let values: Vec<u32> = text
@@ -183,7 +249,7 @@ fn base64_decode(text: &str) -> Vec<u8> {
 fn onvif_discovery_prints_camera_entries_that_stream() {
     let rtsp = free_port();
     let _server = RtspServer::start(rtsp);
-    let onvif = onvif_camera(rtsp, "viewer", "s3cret");
+    let onvif = onvif_camera(rtsp, "viewer", "s3cret", false);
     let discover = |password: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_defectflow"))
             .args(["discover", "--onvif", &format!("http://127.0.0.1:{onvif}/onvif/device_service")])
@@ -226,4 +292,34 @@ fn onvif_discovery_prints_camera_entries_that_stream() {
     let report: serde_json::Value = serde_json::from_slice(&run.stdout).expect("the JSON report");
     assert_eq!(report["cameras"][0]["camera_id"], "cam-127.0.0.1-main");
     assert!(report["cameras"][0]["frames"].as_u64().is_some_and(|n| n >= 10), "{report}");
+}
+
+/// `defectflow discover --ws-discovery`: a probe finds the camera on the (loopback)
+/// segment, a stray answer to another probe is ignored, and the camera, which wants HTTP
+/// digest authentication rather than WS-Security, is asked for its profiles; with a
+/// wrong password it fails saying so.
+#[test]
+fn ws_discovery_finds_a_camera_that_wants_http_digest() {
+    let onvif = onvif_camera(8554, "viewer", "s3cret", true);
+    let responder = ws_discovery_responder(format!("http://127.0.0.1:{onvif}/onvif/device_service"));
+    let discover = |password: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_defectflow"))
+            .args(["discover", "--ws-discovery", "--probe-to", &format!("127.0.0.1:{responder}"), "--wait-s", "1"])
+            .env("ONVIF_USERNAME", "viewer")
+            .env("ONVIF_PASSWORD", password)
+            .output()
+            .expect("discover")
+    };
+    let found = discover("s3cret");
+    let entries = String::from_utf8_lossy(&found.stdout).into_owned();
+    assert!(found.status.success(), "{}", String::from_utf8_lossy(&found.stderr));
+    let config: toml::Value = toml::from_str(&entries).expect("the entries are TOML");
+    let cameras = config["cameras"].as_array().expect("cameras");
+    assert_eq!(cameras.len(), 2, "one camera found, two profiles: {entries}");
+    assert_eq!(cameras[0]["url"].as_str(), Some("rtsp://127.0.0.1:8554/cam"));
+
+    let refused = discover("wrong");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("refused the credentials") && stderr.contains("none of the 1 cameras"), "{stderr}");
 }

@@ -70,8 +70,17 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct DiscoverArgs {
     /// The camera's ONVIF device service (`http://10.1.4.20/onvif/device_service`).
+    #[arg(long, required_unless_present = "ws_discovery", conflicts_with = "ws_discovery")]
+    pub onvif: Option<String>,
+    /// Find the cameras on the local segment with a WS-Discovery probe, then ask each.
     #[arg(long)]
-    pub onvif: String,
+    pub ws_discovery: bool,
+    /// Where the probe goes: the WS-Discovery multicast group, or one address.
+    #[arg(long, default_value = "239.255.255.250:3702")]
+    pub probe_to: std::net::SocketAddr,
+    /// How long answers to the probe are awaited (seconds).
+    #[arg(long, default_value_t = 3.0)]
+    pub wait_s: f64,
     /// Environment variable holding the ONVIF user name (the entries name it for RTSP too).
     #[arg(long, default_value = "ONVIF_USERNAME")]
     pub username_env: String,

@@ -349,10 +349,43 @@ pub fn discover(args: DiscoverArgs) -> anyhow::Result<()> {
             anyhow::bail!("{} is set but {} is not: set both, or neither", args.password_env, args.username_env)
         }
     };
-    let profiles = onvif::discover(&args.onvif, login.as_ref())?;
-    anyhow::ensure!(!profiles.is_empty(), "the camera at {} has no media profiles", args.onvif);
-    let host = args.onvif.split("://").nth(1).unwrap_or(&args.onvif).split(['/', ':']).next().unwrap_or("camera");
-    let prefix = args.prefix.clone().unwrap_or_else(|| format!("cam-{host}"));
-    print!("{}", onvif::camera_entries(&prefix, &profiles, login.as_ref()));
+    let Some(device) = &args.onvif else {
+        anyhow::ensure!(args.wait_s.is_finite() && args.wait_s > 0.0, "--wait-s must be a number of seconds above 0");
+        let devices = onvif::probe(args.probe_to, std::time::Duration::from_secs_f64(args.wait_s))?;
+        anyhow::ensure!(
+            !devices.is_empty(),
+            "no ONVIF camera answered the WS-Discovery probe sent to {} within {} s",
+            args.probe_to,
+            args.wait_s
+        );
+        // Each camera found on its own: one that cannot be asked is named and skipped.
+        let mut asked = 0;
+        for device in &devices {
+            match onvif_entries(device, &args, login.as_ref()) {
+                Ok(entries) => {
+                    print!("{entries}");
+                    asked += 1;
+                }
+                Err(error) => eprintln!("{device}: {error:#}"),
+            }
+        }
+        anyhow::ensure!(asked > 0, "none of the {} cameras found could be asked for its profiles", devices.len());
+        return Ok(());
+    };
+    print!("{}", onvif_entries(device, &args, login.as_ref())?);
     Ok(())
+}
+
+/// The `[[cameras]]` entries of the ONVIF device service at `device`.
+fn onvif_entries(
+    device: &str,
+    args: &DiscoverArgs,
+    login: Option<&defectflow::tools::onvif::Login>,
+) -> anyhow::Result<String> {
+    use defectflow::tools::onvif;
+    let profiles = onvif::discover(device, login)?;
+    anyhow::ensure!(!profiles.is_empty(), "the camera at {device} has no media profiles");
+    let host = device.split("://").nth(1).unwrap_or(device).split(['/', ':']).next().unwrap_or("camera");
+    let prefix = args.prefix.clone().unwrap_or_else(|| format!("cam-{host}"));
+    Ok(onvif::camera_entries(&prefix, &profiles, login))
 }

@@ -6,9 +6,16 @@
 //! lists the profiles (token, name, video encoder and resolution) and `GetStreamUri`
 //! (RTP-Unicast over RTSP) gives each profile's URI. Every request carries a WS-Security
 //! `UsernameToken` with a password digest (Base64(SHA-1(nonce + created + password)),
-//! OASIS WSS UsernameToken Profile 1.0) when credentials are given. The credentials
-//! come from environment variables, and the entries name the same variables, so no
-//! secret is printed.
+//! OASIS WSS UsernameToken Profile 1.0) when credentials are given; a camera that
+//! answers 401 with an HTTP digest challenge gets the request again with its
+//! `Authorization: Digest` answer (RFC 7616, MD5, qop `auth`). The credentials come from
+//! environment variables, and the entries name the same variables, so no secret is
+//! printed.
+//!
+//! WS-Discovery (`defectflow discover --ws-discovery`): a SOAP-over-UDP `Probe` for
+//! `dn:NetworkVideoTransmitter` to the multicast group 239.255.255.250:3702 (WS-Discovery
+//! 2005/04, as ONVIF Core specifies) finds the cameras on the local segment; each
+//! `ProbeMatch` names the device service address(es) asked as above.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -141,7 +148,16 @@ fn call(
          <s:Body>{body}</s:Body></s:Envelope>"
     );
     let failed = |reason: String| DiscoverError::Request { operation, url: url.to_owned(), reason };
-    let response = agent.post(url).set("Content-Type", "application/soap+xml; charset=utf-8").send_string(&envelope);
+    let post = || agent.post(url).set("Content-Type", "application/soap+xml; charset=utf-8");
+    let mut response = post().send_string(&envelope);
+    // A camera that wants HTTP digest authentication says so with a 401 challenge.
+    if let (Err(ureq::Error::Status(401, answer)), Some(login)) = (&response, login)
+        && let Some(authorization) = answer
+            .header("WWW-Authenticate")
+            .and_then(|challenge| digest_authorization(login, challenge, "POST", request_target(url), &cnonce()))
+    {
+        response = post().set("Authorization", &authorization).send_string(&envelope);
+    }
     match response {
         Ok(r) => r.into_string().map_err(|e| failed(e.to_string())),
         Err(ureq::Error::Status(status, r)) => {
@@ -157,6 +173,92 @@ fn call(
         }
         Err(error) => Err(failed(error.to_string())),
     }
+}
+
+/// The path and query of `url`: the `uri` an HTTP digest answer covers.
+fn request_target(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.find('/').map_or("/", |at| &rest[at..])
+}
+
+/// The `Authorization` header answering an HTTP `Digest` challenge (RFC 7616 with MD5,
+/// RFC 2617's form where the challenge names no qop); `None` for another scheme or
+/// algorithm.
+pub fn digest_authorization(login: &Login, challenge: &str, method: &str, uri: &str, cnonce: &str) -> Option<String> {
+    let params = challenge.trim().strip_prefix("Digest")?;
+    let param = |name: &str| {
+        params.split(',').find_map(|p| {
+            let (key, value) = p.trim().split_once('=')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim().trim_matches('"').to_owned())
+        })
+    };
+    if param("algorithm").is_some_and(|a| !a.eq_ignore_ascii_case("MD5")) {
+        return None;
+    }
+    let (realm, nonce) = (param("realm")?, param("nonce")?);
+    let hex = |text: String| format!("{:x}", md5::compute(text));
+    let ha1 = hex(format!("{}:{realm}:{}", login.username, login.password));
+    let ha2 = hex(format!("{method}:{uri}"));
+    let auth = param("qop").is_some_and(|q| q.split(',').any(|q| q.trim() == "auth"));
+    let mut header =
+        format!("Digest username=\"{}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\"", login.username);
+    if auth {
+        let response = hex(format!("{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}"));
+        header.push_str(&format!(", qop=auth, nc=00000001, cnonce=\"{cnonce}\", response=\"{response}\""));
+    } else {
+        header.push_str(&format!(", response=\"{}\"", hex(format!("{ha1}:{nonce}:{ha2}"))));
+    }
+    if let Some(opaque) = param("opaque") {
+        header.push_str(&format!(", opaque=\"{opaque}\""));
+    }
+    Some(header + ", algorithm=MD5")
+}
+
+fn cnonce() -> String {
+    nonce().iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The device service addresses of the ONVIF cameras that answer a WS-Discovery probe
+/// sent to `to` (the multicast group, or one address) within `wait`.
+pub fn probe(to: std::net::SocketAddr, wait: Duration) -> Result<Vec<String>, DiscoverError> {
+    let failed = |reason: String| DiscoverError::Request { operation: "Probe", url: to.to_string(), reason };
+    let bind = if to.ip().is_loopback() { "127.0.0.1:0" } else { "0.0.0.0:0" };
+    let socket = std::net::UdpSocket::bind(bind).map_err(|e| failed(e.to_string()))?;
+    let id: String = nonce().iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let message_id = format!("urn:uuid:{}-{}-{}-{}-{}", &id[..8], &id[8..12], &id[12..16], &id[16..20], &id[20..32]);
+    let probe = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+         <s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\" \
+         xmlns:a=\"http://schemas.xmlsoap.org/ws/2004/08/addressing\" \
+         xmlns:d=\"http://schemas.xmlsoap.org/ws/2005/04/discovery\" \
+         xmlns:dn=\"http://www.onvif.org/ver10/network/wsdl\"><s:Header>\
+         <a:Action s:mustUnderstand=\"1\">http://schemas.xmlsoap.org/ws/2005/04/discovery/Probe</a:Action>\
+         <a:MessageID>{message_id}</a:MessageID>\
+         <a:To s:mustUnderstand=\"1\">urn:schemas-xmlsoap-org:ws:2005:04:discovery</a:To></s:Header>\
+         <s:Body><d:Probe><d:Types>dn:NetworkVideoTransmitter</d:Types></d:Probe></s:Body></s:Envelope>"
+    );
+    socket.send_to(probe.as_bytes(), to).map_err(|e| failed(e.to_string()))?;
+    let deadline = std::time::Instant::now() + wait;
+    let mut found: Vec<String> = Vec::new();
+    let mut buffer = vec![0u8; 65_536];
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero()) {
+        socket.set_read_timeout(Some(left)).map_err(|e| failed(e.to_string()))?;
+        let Ok((n, _)) = socket.recv_from(&mut buffer) else { break };
+        let answer = String::from_utf8_lossy(&buffer[..n]);
+        // Only answers to this probe.
+        if element(&answer, "RelatesTo").is_none_or(|r| r.trim() != message_id) {
+            continue;
+        }
+        for (_, matched) in elements(&answer, "ProbeMatch") {
+            let addresses = element(matched, "XAddrs").unwrap_or_default();
+            for address in addresses.split_whitespace().map(unescape) {
+                if !found.contains(&address) {
+                    found.push(address);
+                }
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// The WS-Security header with a `UsernameToken` and its password digest.
@@ -258,6 +360,28 @@ mod tests {
         let nonce = [0x2c, 0xaa, 0x88, 0xe8, 0x6f, 0xc0, 0x8a, 0x42, 0x82, 0x42, 0xb3, 0x74, 0xce, 0xa6, 0x45, 0x96];
         assert_eq!(base64(&nonce), "LKqI6G/AikKCQrN0zqZFlg==");
         assert_eq!(password_digest(&nonce, "2003-07-16T01:24:32Z", "taadtaadpstcsm"), "vjwUgK9DkI4e3lonFkyGHvQPKlE=");
+    }
+
+    /// RFC 2617's worked example (section 3.5), and its form without qop.
+    #[test]
+    fn the_http_digest_answer_is_the_rfcs() {
+        let login = Login {
+            username: "Mufasa".into(),
+            password: "Circle Of Life".into(),
+            username_env: String::new(),
+            password_env: String::new(),
+        };
+        let challenge = "Digest realm=\"testrealm@host.com\", qop=\"auth,auth-int\", \
+                         nonce=\"dcd98b7102dd2f0e8b11d0f600bfb0c093\", opaque=\"5ccc069c403ebaf9f0171e9517f40e41\"";
+        let header = digest_authorization(&login, challenge, "GET", "/dir/index.html", "0a4f113b").expect("digest");
+        assert!(header.contains("response=\"6629fae49393a05397450978507c4ef1\""), "{header}");
+        assert!(header.contains("opaque=\"5ccc069c403ebaf9f0171e9517f40e41\"") && header.contains("nc=00000001"));
+        assert!(digest_authorization(&login, "Basic realm=\"x\"", "GET", "/", "c").is_none());
+        assert!(
+            digest_authorization(&login, "Digest realm=\"x\", nonce=\"n\", algorithm=SHA-256", "GET", "/", "c")
+                .is_none()
+        );
+        assert_eq!(request_target("http://10.1.4.20:8080/onvif/device_service"), "/onvif/device_service");
     }
 
     #[test]
