@@ -77,7 +77,7 @@ fn rtsp_camera_reconnects_after_its_server_restarts_while_another_camera_keeps_f
 /// names the media service, GetProfiles two profiles, GetStreamUri their RTSP URIs),
 /// which refuses a request whose WS-Security UsernameToken digest does not check out.
 /// Its main profile streams from the real RTSP server on `rtsp_port`.
-fn onvif_camera(rtsp_port: u16, user: &'static str, password: &'static str, http_digest: bool) -> u16 {
+fn onvif_camera(rtsp_port: u16, user: &'static str, password: &'static str, profile_t: bool) -> u16 {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
@@ -109,13 +109,13 @@ fn onvif_camera(rtsp_port: u16, user: &'static str, password: &'static str, http
             let created = between("<wsu:Created>", "</wsu:Created>");
             let sent = between("#PasswordDigest\">", "</wsse:Password>");
             let nonce = base64_decode(&nonce);
-            let authorised = if http_digest {
+            let authorised = if profile_t {
                 http_digest_valid(&authorization, user, password)
             } else {
                 between("<wsse:Username>", "</wsse:Username>") == user
                     && defectflow::tools::onvif::password_digest(&nonce, &created, password) == sent
             };
-            if http_digest && !authorised {
+            if profile_t && !authorised {
                 let mut stream = stream;
                 let _ = write!(
                     stream,
@@ -126,38 +126,62 @@ fn onvif_camera(rtsp_port: u16, user: &'static str, password: &'static str, http
             let answer = if !authorised {
                 (400, "<s:Fault><s:Code><s:Value>s:Sender</s:Value><s:Subcode><s:Value>ter:NotAuthorized</s:Value></s:Subcode></s:Code><s:Reason><s:Text xml:lang=\"en\">Sender not Authorized</s:Text></s:Reason></s:Fault>".to_owned())
             } else if body.contains("GetCapabilities") {
-                (
-                    200,
-                    format!(
-                        "<tds:GetCapabilitiesResponse><tds:Capabilities><tt:Media><tt:XAddr>http://127.0.0.1:{port}/onvif/media_service</tt:XAddr></tt:Media></tds:Capabilities></tds:GetCapabilitiesResponse>"
-                    ),
-                )
-            } else if body.contains("GetProfiles") {
-                let profile = |token: &str, name: &str, w: u32, h: u32| {
-                    format!(
-                        "<trt:Profiles token=\"{token}\" fixed=\"true\"><tt:Name>{name}</tt:Name><tt:VideoEncoderConfiguration token=\"enc-{token}\"><tt:Encoding>H264</tt:Encoding><tt:Resolution><tt:Width>{w}</tt:Width><tt:Height>{h}</tt:Height></tt:Resolution></tt:VideoEncoderConfiguration></trt:Profiles>"
-                    )
+                // A Profile T camera's media service is Media2, found through GetServices.
+                let media = if profile_t {
+                    String::new()
+                } else {
+                    format!("<tt:Media><tt:XAddr>http://127.0.0.1:{port}/onvif/media_service</tt:XAddr></tt:Media>")
                 };
                 (
                     200,
                     format!(
-                        "<trt:GetProfilesResponse>{}{}</trt:GetProfilesResponse>",
-                        profile("main", "Main stream", 1920, 1080),
-                        profile("sub", "Sub stream", 640, 360)
+                        "<tds:GetCapabilitiesResponse><tds:Capabilities>{media}</tds:Capabilities></tds:GetCapabilitiesResponse>"
                     ),
                 )
-            } else if body.contains("<trt:ProfileToken>main</trt:ProfileToken>") {
+            } else if body.contains("GetServices") && profile_t {
                 (
                     200,
                     format!(
-                        "<trt:GetStreamUriResponse><trt:MediaUri><tt:Uri>rtsp://127.0.0.1:{rtsp_port}/cam</tt:Uri><tt:Timeout>PT0S</tt:Timeout></trt:MediaUri></trt:GetStreamUriResponse>"
+                        "<tds:GetServicesResponse><tds:Service><tds:Namespace>http://www.onvif.org/ver10/device/wsdl</tds:Namespace><tds:XAddr>http://127.0.0.1:{port}/onvif/device_service</tds:XAddr></tds:Service><tds:Service><tds:Namespace>http://www.onvif.org/ver20/media/wsdl</tds:Namespace><tds:XAddr>http://127.0.0.1:{port}/onvif/media2_service</tds:XAddr></tds:Service></tds:GetServicesResponse>"
                     ),
                 )
+            } else if profile_t != body.contains("http://www.onvif.org/ver20/media/wsdl") {
+                (400, "<s:Fault><s:Code><s:Value>s:Sender</s:Value><s:Subcode><s:Value>ter:ActionNotSupported</s:Value></s:Subcode></s:Code><s:Reason><s:Text xml:lang=\"en\">not this media service</s:Text></s:Reason></s:Fault>".to_owned())
+            } else if body.contains("GetProfiles") {
+                let profile = |token: &str, name: &str, w: u32, h: u32| {
+                    let resolution = format!(
+                        "<tt:Encoding>H264</tt:Encoding><tt:Resolution><tt:Width>{w}</tt:Width><tt:Height>{h}</tt:Height></tt:Resolution>"
+                    );
+                    if profile_t {
+                        format!(
+                            "<tr2:Profiles token=\"{token}\" fixed=\"true\"><tr2:Name>{name}</tr2:Name><tr2:Configurations><tr2:VideoEncoder token=\"enc-{token}\">{resolution}</tr2:VideoEncoder></tr2:Configurations></tr2:Profiles>"
+                        )
+                    } else {
+                        format!(
+                            "<trt:Profiles token=\"{token}\" fixed=\"true\"><tt:Name>{name}</tt:Name><tt:VideoEncoderConfiguration token=\"enc-{token}\">{resolution}</tt:VideoEncoderConfiguration></trt:Profiles>"
+                        )
+                    }
+                };
+                let profiles =
+                    [profile("main", "Main stream", 1920, 1080), profile("sub", "Sub stream", 640, 360)].concat();
+                (200, format!("<trt:GetProfilesResponse>{profiles}</trt:GetProfilesResponse>"))
+            } else if body.contains(":ProfileToken>main</") {
+                let uri = format!("rtsp://127.0.0.1:{rtsp_port}/cam");
+                if profile_t {
+                    (200, format!("<tr2:GetStreamUriResponse><tr2:Uri>{uri}</tr2:Uri></tr2:GetStreamUriResponse>"))
+                } else {
+                    (
+                        200,
+                        format!(
+                            "<trt:GetStreamUriResponse><trt:MediaUri><tt:Uri>{uri}</tt:Uri><tt:Timeout>PT0S</tt:Timeout></trt:MediaUri></trt:GetStreamUriResponse>"
+                        ),
+                    )
+                }
             } else {
                 (200, "<trt:GetStreamUriResponse><trt:MediaUri><tt:Uri>rtsp://127.0.0.1:1/sub?a=1&amp;b=2</tt:Uri></trt:MediaUri></trt:GetStreamUriResponse>".to_owned())
             };
             let envelope = format!(
-                "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\" xmlns:tt=\"http://www.onvif.org/ver10/schema\" xmlns:tds=\"http://www.onvif.org/ver10/device/wsdl\" xmlns:trt=\"http://www.onvif.org/ver10/media/wsdl\"><s:Body>{}</s:Body></s:Envelope>",
+                "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\" xmlns:tt=\"http://www.onvif.org/ver10/schema\" xmlns:tds=\"http://www.onvif.org/ver10/device/wsdl\" xmlns:trt=\"http://www.onvif.org/ver10/media/wsdl\" xmlns:tr2=\"http://www.onvif.org/ver20/media/wsdl\"><s:Body>{}</s:Body></s:Envelope>",
                 answer.1
             );
             let mut stream = stream;
@@ -295,9 +319,9 @@ fn onvif_discovery_prints_camera_entries_that_stream() {
 }
 
 /// `defectflow discover --ws-discovery`: a probe finds the camera on the (loopback)
-/// segment, a stray answer to another probe is ignored, and the camera, which wants HTTP
-/// digest authentication rather than WS-Security, is asked for its profiles; with a
-/// wrong password it fails saying so.
+/// segment, a stray answer to another probe is ignored, and the camera, a Profile T one
+/// that wants HTTP digest authentication rather than WS-Security and offers Media2 only,
+/// is asked for its profiles; with a wrong password it fails saying so.
 #[test]
 fn ws_discovery_finds_a_camera_that_wants_http_digest() {
     let onvif = onvif_camera(8554, "viewer", "s3cret", true);
@@ -317,6 +341,7 @@ fn ws_discovery_finds_a_camera_that_wants_http_digest() {
     let cameras = config["cameras"].as_array().expect("cameras");
     assert_eq!(cameras.len(), 2, "one camera found, two profiles: {entries}");
     assert_eq!(cameras[0]["url"].as_str(), Some("rtsp://127.0.0.1:8554/cam"));
+    assert!(entries.contains("# Main stream (H264, 1920x1080)"), "Media2's encoder read: {entries}");
 
     let refused = discover("wrong");
     assert!(!refused.status.success());

@@ -4,7 +4,9 @@
 //! The requests are SOAP 1.2 over HTTP, as the ONVIF Core and Media specifications give
 //! them: `GetCapabilities` on the device service names the media service, `GetProfiles`
 //! lists the profiles (token, name, video encoder and resolution) and `GetStreamUri`
-//! (RTP-Unicast over RTSP) gives each profile's URI. Every request carries a WS-Security
+//! (RTP-Unicast over RTSP) gives each profile's URI. A camera whose capabilities name no
+//! Media service is asked `GetServices` for Media2 (ver20, Profile T), and then its
+//! `GetProfiles` and `GetStreamUri` (`RtspUnicast`). Every request carries a WS-Security
 //! `UsernameToken` with a password digest (Base64(SHA-1(nonce + created + password)),
 //! OASIS WSS UsernameToken Profile 1.0) when credentials are given; a camera that
 //! answers 401 with an HTTP digest challenge gets the request again with its
@@ -26,6 +28,7 @@ use crate::bridge::mapping::base64;
 
 const DEVICE_NS: &str = "http://www.onvif.org/ver10/device/wsdl";
 const MEDIA_NS: &str = "http://www.onvif.org/ver10/media/wsdl";
+const MEDIA2_NS: &str = "http://www.onvif.org/ver20/media/wsdl";
 
 /// Credentials for the camera, and the environment variables they came from.
 #[derive(Clone, Debug)]
@@ -68,24 +71,41 @@ pub fn discover(device_url: &str, login: Option<&Login>) -> Result<Vec<Profile>,
         ),
         login,
     )?;
-    let media_url = element(&capabilities, "Media")
-        .and_then(|media| element(media, "XAddr"))
-        .map(|x| x.trim().to_owned())
-        .unwrap_or_else(|| device_url.to_owned());
-    let profiles =
-        call(&agent, &media_url, "GetProfiles", &format!("<trt:GetProfiles xmlns:trt=\"{MEDIA_NS}\"/>"), login)?;
+    let media = element(&capabilities, "Media").and_then(|media| element(media, "XAddr")).map(|x| x.trim().to_owned());
+    let (media_url, media2) = match media {
+        Some(url) => (url, false),
+        None => match media2_address(&agent, device_url, login)? {
+            Some(url) => (url, true),
+            None => (device_url.to_owned(), false),
+        },
+    };
+    let request = if media2 {
+        format!("<tr2:GetProfiles xmlns:tr2=\"{MEDIA2_NS}\"><tr2:Type>All</tr2:Type></tr2:GetProfiles>")
+    } else {
+        format!("<trt:GetProfiles xmlns:trt=\"{MEDIA_NS}\"/>")
+    };
+    let profiles = call(&agent, &media_url, "GetProfiles", &request, login)?;
     let mut out = Vec::new();
     for (attributes, profile) in elements(&profiles, "Profiles") {
         let Some(token) = attribute(attributes, "token") else { continue };
-        let encoder = element(profile, "VideoEncoderConfiguration");
+        // Media's VideoEncoderConfiguration; Media2's Configurations/VideoEncoder.
+        let encoder = element(profile, "VideoEncoderConfiguration").or_else(|| element(profile, "VideoEncoder"));
         let resolution = encoder.and_then(|e| element(e, "Resolution"));
         let number = |name: &str| resolution.and_then(|r| element(r, name)).and_then(|v| v.trim().parse().ok());
-        let request = format!(
-            "<trt:GetStreamUri xmlns:trt=\"{MEDIA_NS}\" xmlns:tt=\"http://www.onvif.org/ver10/schema\">\
-             <trt:StreamSetup><tt:Stream>RTP-Unicast</tt:Stream><tt:Transport><tt:Protocol>RTSP</tt:Protocol>\
-             </tt:Transport></trt:StreamSetup><trt:ProfileToken>{}</trt:ProfileToken></trt:GetStreamUri>",
-            escape(&token)
-        );
+        let request = if media2 {
+            format!(
+                "<tr2:GetStreamUri xmlns:tr2=\"{MEDIA2_NS}\"><tr2:Protocol>RtspUnicast</tr2:Protocol>\
+                 <tr2:ProfileToken>{}</tr2:ProfileToken></tr2:GetStreamUri>",
+                escape(&token)
+            )
+        } else {
+            format!(
+                "<trt:GetStreamUri xmlns:trt=\"{MEDIA_NS}\" xmlns:tt=\"http://www.onvif.org/ver10/schema\">\
+                 <trt:StreamSetup><tt:Stream>RTP-Unicast</tt:Stream><tt:Transport><tt:Protocol>RTSP</tt:Protocol>\
+                 </tt:Transport></trt:StreamSetup><trt:ProfileToken>{}</trt:ProfileToken></trt:GetStreamUri>",
+                escape(&token)
+            )
+        };
         let answer = call(&agent, &media_url, "GetStreamUri", &request, login)?;
         let Some(uri) = element(&answer, "Uri") else {
             return Err(DiscoverError::Request {
@@ -104,6 +124,22 @@ pub fn discover(device_url: &str, login: Option<&Login>) -> Result<Vec<Profile>,
         });
     }
     Ok(out)
+}
+
+/// The Media2 service's address, from the device's `GetServices`; `None` where it has none.
+fn media2_address(
+    agent: &ureq::Agent,
+    device_url: &str,
+    login: Option<&Login>,
+) -> Result<Option<String>, DiscoverError> {
+    let request = format!(
+        "<tds:GetServices xmlns:tds=\"{DEVICE_NS}\"><tds:IncludeCapability>false</tds:IncludeCapability></tds:GetServices>"
+    );
+    let services = call(agent, device_url, "GetServices", &request, login)?;
+    let media2 = elements(&services, "Service")
+        .into_iter()
+        .find(|(_, service)| element(service, "Namespace").is_some_and(|ns| ns.trim() == MEDIA2_NS));
+    Ok(media2.and_then(|(_, service)| element(service, "XAddr")).map(|x| x.trim().to_owned()))
 }
 
 /// `[[cameras]]` entries for the profiles, ids from `prefix` and the profile token.
