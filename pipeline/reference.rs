@@ -83,6 +83,9 @@ impl PlantReference {
                         format!("[{i}].rois[{j}].asset_id: `{}` is not in assets.json", roi.asset_id),
                     ));
                 }
+                if let Some(problem) = roi.homography_problem() {
+                    return Err(invalid("cameras.json", format!("[{i}].rois[{j}].homography: {problem}")));
+                }
             }
         }
         for (i, technician) in self.technicians.iter().enumerate() {
@@ -172,6 +175,19 @@ mod tests {
         let mut cases: Vec<Case> = vec![
             ("assets.json", Box::new(|a| a["criticality"] = json!(9)), "[0].criticality"),
             ("cameras.json", Box::new(|c| c["rois"][0]["asset_id"] = json!("NO-SUCH-ASSET")), "[0].rois[0].asset_id"),
+            (
+                "cameras.json",
+                Box::new(|c| {
+                    c["rois"][0]["region"] = json!("shell");
+                    c["rois"][0]["homography"] = json!([1.0, 2.0, 0.0, 2.0, 4.0, 0.0, 0.0, 0.0, 1.0]);
+                }),
+                "[0].rois[0].homography: it is singular",
+            ),
+            (
+                "cameras.json",
+                Box::new(|c| c["rois"][0]["homography"] = json!([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])),
+                "[0].rois[0].homography: it needs a `region`",
+            ),
             ("technicians.json", Box::new(|t| t["shift"]["start_hour"] = json!(25)), "[0].shift"),
             ("procedures.json", Box::new(|p| p["estimated_hours"] = json!(-1.0)), "[0].estimated_hours"),
             ("failures.json", Box::new(|f| f["failed_at_ms"] = json!("yesterday")), "yesterday"),

@@ -225,7 +225,7 @@ pub fn build_on<'scope>(
     let (inventory_handle, inventory) = scope.new_collection::<InventoryItem, isize>();
     let (movements_handle, movements) = scope.new_collection::<StockMovement, isize>();
 
-    let restored_tracks = restored.clone().flat_map(|order| order.is_open().then(|| order.track()));
+    let restored_tracks = restored.clone().flat_map(|order| if order.is_open() { order.tracks() } else { Vec::new() });
     let tracks = observations.track_with_evidence(cameras.clone(), restored_tracks, config.track, evidence, route);
     let notify = config.notify.unwrap_or_else(Routing::off);
     // The ledger scores a track again once a repair it saw completed counts as a failure.

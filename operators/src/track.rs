@@ -111,7 +111,7 @@ pub trait Track<'scope> {
     /// use timely::dataflow::operators::{Capture, capture::Extract, vec::ToStream};
     ///
     /// let camera = Camera { camera_id: "cam".into(), rois: vec![Roi {
-    ///     asset_id: "PUMP-1".into(), x: 0, y: 0, width: 100, height: 100, mm_per_px: Some(0.5), region: None }] };
+    ///     asset_id: "PUMP-1".into(), x: 0, y: 0, width: 100, height: 100, mm_per_px: Some(0.5), region: None, homography: None }] };
     /// let frames: Vec<FrameObservation> = (0..3).map(|i| FrameObservation {
     ///     camera_id: "cam".into(), frame_index: i, capture_ms: 1000 + i * 100,
     ///     detections: vec![Detection { camera_id: "cam".into(), frame_index: i, capture_ms: 1000 + i * 100,
@@ -653,7 +653,16 @@ mod tests {
             resolve_after_ms: 1_000,
             ..TrackConfig::default()
         };
-        let roi = Roi { asset_id: "A".into(), x: 0, y: 0, width: 100, height: 100, mm_per_px: Some(0.5), region: None };
+        let roi = Roi {
+            asset_id: "A".into(),
+            x: 0,
+            y: 0,
+            width: 100,
+            height: 100,
+            mm_per_px: Some(0.5),
+            region: None,
+            homography: None,
+        };
         // Left open by an earlier run that last saw it at 500 ms, growing 30 px²/min.
         let mut earlier = frame(0, DefectClass::Crack).detections[0].clone();
         earlier.capture_ms = 500;
@@ -701,7 +710,16 @@ mod tests {
     /// A camera with one asset over its whole view, whose tracks confirm on 2 of 3 frames.
     fn quickly_confirmed() -> (TrackConfig, CameraTracks) {
         let config = TrackConfig { confirm_hits: 2, confirm_window_frames: 3, ..TrackConfig::default() };
-        let roi = Roi { asset_id: "A".into(), x: 0, y: 0, width: 100, height: 100, mm_per_px: None, region: None };
+        let roi = Roi {
+            asset_id: "A".into(),
+            x: 0,
+            y: 0,
+            width: 100,
+            height: 100,
+            mm_per_px: None,
+            region: None,
+            homography: None,
+        };
         (config, CameraTracks { rois: vec![roi], ..CameraTracks::default() })
     }
 

@@ -16,7 +16,16 @@ const T0: u64 = 1_767_600_000_000; // 2026-01-05T08:00:00Z
 fn camera() -> Camera {
     Camera {
         camera_id: "cam".into(),
-        rois: vec![Roi { asset_id: "P-1".into(), x: 0, y: 0, width: 200, height: 200, mm_per_px: None, region: None }],
+        rois: vec![Roi {
+            asset_id: "P-1".into(),
+            x: 0,
+            y: 0,
+            width: 200,
+            height: 200,
+            mm_per_px: None,
+            region: None,
+            homography: None,
+        }],
     }
 }
 
@@ -736,4 +745,25 @@ fn a_camera_s_open_score_changes_without_a_restart() {
     let opened = revisions_of(&ledger.step(T0 + 2000, vec![scored_input(scored(400.0, 2), &asset)]));
     assert_eq!(opened.len(), 1, "{opened:?}");
     assert_eq!((opened[0].camera_id.as_str(), opened[0].revision), ("cam", 1));
+}
+
+/// A restored work order that other cameras view gives their trackers their tracks
+/// back: its own track, and one per view with the view's camera and track id.
+#[test]
+fn a_restored_work_order_gives_back_its_views_tracks() {
+    use defectflow_operators::derive::{Ledger, LedgerInput, RestoredOrder};
+    use defectflow_schemas::View;
+    let (asset, procedure, technician) = pump_plant();
+    let mut ledger = Ledger::new(WorkOrderConfig::default());
+    ledger.step(0, vec![LedgerInput::Technician(technician, 1), LedgerInput::Procedure(procedure, 1)]);
+    let [mut work_order] = revisions_of(&ledger.step(T0 + 1000, vec![scored_input(scored(400.0, 1), &asset)]))
+        .try_into()
+        .expect("one work order");
+    work_order.other_views = vec![View { camera_id: "cam-west".into(), track_id: "TR-west".into(), evidence: None }];
+    let restored = RestoredOrder { work_order: work_order.clone(), asset, measures: None };
+    let tracks = restored.tracks();
+    let named: Vec<(&str, &str)> = tracks.iter().map(|t| (t.camera_id.as_str(), t.track_id.as_str())).collect();
+    assert_eq!(named, [("cam", work_order.track_id.as_str()), ("cam-west", "TR-west")]);
+    assert!(tracks.iter().all(|t| t.state == TrackState::Confirmed && t.class == work_order.defect_class));
+    assert_eq!(tracks[0], restored.track());
 }

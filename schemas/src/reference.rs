@@ -40,9 +40,43 @@ pub struct Roi {
     /// at the same place in the region is one defect, one work order.
     #[serde(default)]
     pub region: Option<String>,
+    /// With `region`: the plane homography (row-major 3×3) from this camera's frame
+    /// pixels to the region's coordinates (0 to 1 across the surface), for a camera that
+    /// sees the surface at an angle or from the other side; absent: the rectangle spans
+    /// the region edge to edge.
+    #[serde(default)]
+    pub homography: Option<[f64; 9]>,
 }
 
 impl Roi {
+    /// Where the frame pixel (`px`, `py`) lies in the region's coordinates, through the
+    /// homography; `None` without one, or at the homography's horizon.
+    pub fn to_region(&self, px: f32, py: f32) -> Option<(f32, f32)> {
+        let h = self.homography?;
+        let (x, y) = (f64::from(px), f64::from(py));
+        let w = h[6] * x + h[7] * y + h[8];
+        if w.abs() < 1e-12 {
+            return None;
+        }
+        Some((((h[0] * x + h[1] * y + h[2]) / w) as f32, ((h[3] * x + h[4] * y + h[5]) / w) as f32))
+    }
+
+    /// Why the homography cannot be used (not finite, or singular), if it cannot.
+    pub fn homography_problem(&self) -> Option<String> {
+        let h = self.homography?;
+        if h.iter().any(|v| !v.is_finite()) {
+            return Some("every entry must be a finite number".into());
+        }
+        let det = h[0] * (h[4] * h[8] - h[5] * h[7]) - h[1] * (h[3] * h[8] - h[5] * h[6])
+            + h[2] * (h[3] * h[7] - h[4] * h[6]);
+        if det.abs() < 1e-15 {
+            return Some("it is singular (its determinant is 0): it maps the frame onto a line".into());
+        }
+        if self.region.is_none() {
+            return Some("it needs a `region` to map into".into());
+        }
+        None
+    }
     /// Whether the point lies inside the region.
     pub fn contains(&self, px: f32, py: f32) -> bool {
         px >= self.x as f32
@@ -185,7 +219,8 @@ total_order_by_key!(Roi, |r| (
     r.asset_id.clone(),
     [r.x, r.y, r.width, r.height],
     r.mm_per_px.map(f64::to_bits),
-    r.region.clone()
+    r.region.clone(),
+    r.homography.map(|h| h.map(f64::to_bits))
 ));
 total_order_by_key!(FailureRecord, |f| (
     f.asset_id.clone(),

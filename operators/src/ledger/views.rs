@@ -1,5 +1,6 @@
 //! One defect, one work order, across cameras: where two cameras' ROIs share a region of
-//! an asset (`region` in cameras.json), a confirmed track of one camera at the place in
+//! an asset (`region` in cameras.json, each ROI spanning it edge to edge or mapped into it
+//! by its `homography`), a confirmed track of one camera at the place in
 //! the region where another camera's open work order of the same class is becomes a view
 //! of that work order (`other_views`) instead of opening another.
 
@@ -19,20 +20,32 @@ impl Ledger {
 }
 
 /// The shared region a track's box lies in, and the box in the region's coordinates
-/// (0 to 1 across the ROI), where its camera's ROI names one.
+/// (0 to 1 across the surface), where its camera's ROI names one: through the ROI's
+/// homography (the box around its four corners' images), or across its rectangle.
 fn region_of<'a>(rois: &'a HashMap<String, Vec<Roi>>, track: &DefectTrack) -> Option<(&'a str, BoundingBox)> {
     let (cx, cy) = track.bbox.center();
     let roi = rois
         .get(&track.camera_id)?
         .iter()
         .find(|roi| roi.asset_id == track.asset_id && roi.region.is_some() && roi.contains(cx, cy))?;
-    let (w, h) = (roi.width.max(1) as f32, roi.height.max(1) as f32);
     let b = &track.bbox;
-    let normal = BoundingBox {
-        x: (b.x - roi.x as f32) / w,
-        y: (b.y - roi.y as f32) / h,
-        width: b.width / w,
-        height: b.height / h,
+    let normal = if roi.homography.is_some() {
+        let corners = [(b.x, b.y), (b.x + b.width, b.y), (b.x, b.y + b.height), (b.x + b.width, b.y + b.height)];
+        let mapped: Vec<(f32, f32)> = corners.iter().map(|&(x, y)| roi.to_region(x, y)).collect::<Option<_>>()?;
+        let (mut left, mut top) = (f32::INFINITY, f32::INFINITY);
+        let (mut right, mut bottom) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+        for (u, v) in mapped {
+            (left, top, right, bottom) = (left.min(u), top.min(v), right.max(u), bottom.max(v));
+        }
+        BoundingBox { x: left, y: top, width: right - left, height: bottom - top }
+    } else {
+        let (w, h) = (roi.width.max(1) as f32, roi.height.max(1) as f32);
+        BoundingBox {
+            x: (b.x - roi.x as f32) / w,
+            y: (b.y - roi.y as f32) / h,
+            width: b.width / w,
+            height: b.height / h,
+        }
     };
     Some((roi.region.as_deref()?, normal))
 }
