@@ -188,6 +188,14 @@ mod tests {
                 Box::new(|c| c["rois"][0]["homography"] = json!([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])),
                 "[0].rois[0].homography: it needs a `region`",
             ),
+            (
+                "cameras.json",
+                Box::new(|c| {
+                    c["rois"][0]["region"] = json!("shell");
+                    c["rois"][0]["homography"] = json!([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.01, 0.0, -1.0]);
+                }),
+                "[0].rois[0].homography: the ROI crosses its horizon",
+            ),
             ("technicians.json", Box::new(|t| t["shift"]["start_hour"] = json!(25)), "[0].shift"),
             ("procedures.json", Box::new(|p| p["estimated_hours"] = json!(-1.0)), "[0].estimated_hours"),
             ("failures.json", Box::new(|f| f["failed_at_ms"] = json!("yesterday")), "yesterday"),

@@ -43,6 +43,12 @@ fn each_revision_reaches_the_topic_once_across_crashes_and_replays() {
     assert_eq!(messages.len(), first.len(), "the replay added messages");
 
     check_exactly_once(&messages, &out, &truth);
+    // The other outputs are CloudEvents too, each valid against its subject's schema.
+    let staged = delivered(&broker.messages("defectflow.parts-staging"));
+    assert!(!staged.is_empty(), "the plant's work orders reserve parts");
+    for topic in ["defectflow.alerts", "defectflow.dead-letter"] {
+        delivered(&broker.messages(topic));
+    }
     // The audit log, written through all those runs, has every revision once.
     let audited = audited_revisions(&out.join("audit"));
     let distinct: BTreeSet<&String> = audited.iter().collect();

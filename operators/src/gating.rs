@@ -141,7 +141,7 @@ impl CameraGates {
 
     /// The gates for a model swapped in while the run goes on: a stored baseline of
     /// another model (or none) means commissioning again, with the classifier alone
-    /// deciding meanwhile.
+    /// deciding meanwhile. Any other mismatch (camera, frame size) still fails.
     pub fn reopen(
         config: &BaselineConfig,
         folder: Option<&Path>,
@@ -169,7 +169,7 @@ impl CameraGates {
             let stored = folder.map(|f| baseline_path(f, &camera.camera_id)).filter(|p| p.is_file());
             let baseline = match stored.map(|path| CameraBaseline::load(&path, &key)) {
                 Some(Ok(baseline)) => Some(baseline),
-                Some(Err(BaselineError::Mismatch { .. })) if swapped => None,
+                Some(Err(BaselineError::Mismatch { field: "model version", .. })) if swapped => None,
                 Some(Err(error)) => return Err(error),
                 None => None,
             };
@@ -275,7 +275,7 @@ impl CameraGates {
                         stats.state = "ungated";
                     }
                 }
-                GateOutcome::default()
+                meanwhile()
             }
             CameraNormal::Gated(gated) => self.gated(detector, gated, capture_ms, stats, scores, frame),
         }

@@ -748,22 +748,34 @@ fn a_camera_s_open_score_changes_without_a_restart() {
 }
 
 /// A restored work order that other cameras view gives their trackers their tracks
-/// back: its own track, and one per view with the view's camera and track id.
+/// back: its own track, and one per view with evidence (the view's camera, track id and
+/// box); a view without evidence has no box in its camera and is left out.
 #[test]
 fn a_restored_work_order_gives_back_its_views_tracks() {
     use defectflow_operators::derive::{Ledger, LedgerInput, RestoredOrder};
-    use defectflow_schemas::View;
+    use defectflow_schemas::{Evidence, View};
     let (asset, procedure, technician) = pump_plant();
     let mut ledger = Ledger::new(WorkOrderConfig::default());
     ledger.step(0, vec![LedgerInput::Technician(technician, 1), LedgerInput::Procedure(procedure, 1)]);
     let [mut work_order] = revisions_of(&ledger.step(T0 + 1000, vec![scored_input(scored(400.0, 1), &asset)]))
         .try_into()
         .expect("one work order");
-    work_order.other_views = vec![View { camera_id: "cam-west".into(), track_id: "TR-west".into(), evidence: None }];
+    let evidence = Evidence {
+        uri: "evidence/TR-west/12.jpg".into(),
+        sha256: "00".repeat(32),
+        frame_index: 12,
+        capture_ms: T0 + 900,
+        bbox: BoundingBox { x: 500.0, y: 40.0, width: 30.0, height: 6.0 },
+    };
+    work_order.other_views = vec![
+        View { camera_id: "cam-west".into(), track_id: "TR-west".into(), evidence: Some(evidence) },
+        View { camera_id: "cam-north".into(), track_id: "TR-north".into(), evidence: None },
+    ];
     let restored = RestoredOrder { work_order: work_order.clone(), asset, measures: None };
     let tracks = restored.tracks();
     let named: Vec<(&str, &str)> = tracks.iter().map(|t| (t.camera_id.as_str(), t.track_id.as_str())).collect();
     assert_eq!(named, [("cam", work_order.track_id.as_str()), ("cam-west", "TR-west")]);
     assert!(tracks.iter().all(|t| t.state == TrackState::Confirmed && t.class == work_order.defect_class));
+    assert_eq!((tracks[1].bbox.x, tracks[1].best_frame_index), (500.0, 12), "the view's own box");
     assert_eq!(tracks[0], restored.track());
 }

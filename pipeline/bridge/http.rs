@@ -39,6 +39,30 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// How far back of the time it asks for a listing reaches: one poll overlaps the one
+/// before, and a search for a create reaches before it, by this much (clocks apart).
+pub const LISTING_OVERLAP_MS: u64 = 5_000;
+
+/// Why a listing stopped.
+#[derive(Debug)]
+pub enum ListFailure {
+    /// The CMMS did not answer, or asked to wait (`after`, from its `Retry-After`).
+    Again { after: Option<Duration>, why: String },
+    /// The CMMS refused the listing.
+    Refused(String),
+    /// The visitor failed on a record.
+    Visit(String),
+}
+
+impl std::fmt::Display for ListFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListFailure::Again { why, .. } => f.write_str(why),
+            ListFailure::Refused(why) | ListFailure::Visit(why) => f.write_str(why),
+        }
+    }
+}
+
 impl Client {
     /// Visits every record the CMMS lists as changed since `since_ms`, page by page.
     pub fn listed(
@@ -47,7 +71,7 @@ impl Client {
         values: &Value,
         since_ms: u64,
         visit: &mut dyn FnMut(&Value) -> Result<(), String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ListFailure> {
         let since = match poll.since_format.as_str() {
             "epoch_ms" => since_ms.to_string(),
             _ => rfc3339(since_ms),
@@ -56,13 +80,13 @@ impl Client {
         for _page in 0..1000 {
             let body = match self.send("GET", &path, &[], None, false, None) {
                 Answer::Done { body, .. } => body,
-                Answer::Again { why, .. } => return Err(why),
-                Answer::Duplicate { status } => return Err(format!("HTTP {status}")),
-                Answer::Refused { status, body } => return Err(format!("HTTP {status}: {body}")),
+                Answer::Again { after, why } => return Err(ListFailure::Again { after, why }),
+                Answer::Duplicate { status } => return Err(ListFailure::Refused(format!("HTTP {status}"))),
+                Answer::Refused { status, body } => return Err(ListFailure::Refused(format!("HTTP {status}: {body}"))),
             };
             let records = body.pointer(&poll.records).and_then(Value::as_array).cloned().unwrap_or_default();
             for record in &records {
-                visit(record)?;
+                visit(record).map_err(ListFailure::Visit)?;
             }
             let next = poll.next.as_deref().and_then(|p| pick(p, &body, &[]));
             match (next, &poll.next_param) {

@@ -19,13 +19,10 @@ use std::time::Duration;
 use defectflow_schemas::WorkOrder;
 use serde_json::{Value, json};
 
-use super::http::{Answer, Client};
+use super::http::{Answer, Client, ListFailure};
 use super::journal::{Entry, Journal};
 use super::mapping::{Poll, Request, pick};
 use crate::clock::rfc3339;
-
-/// How far before a journalled create the listing looks (clocks apart).
-const LISTING_OVERLAP_MS: u64 = 5_000;
 
 /// What became of a revision.
 #[derive(Debug, PartialEq)]
@@ -75,26 +72,27 @@ impl Pusher {
         let mut reference = entry.reference.clone();
         let needs_reference = mapping.update.path.contains("{ref");
         let mut create = entry.revision == 0;
-        let look_first = create && mapping.lookup.as_ref().is_some_and(|l| l.before_create);
-        if look_first || (!create && needs_reference && reference.is_none()) {
+        if !create && needs_reference && reference.is_none() {
             match self.lookup(id) {
                 Ok(found) => reference = found,
                 Err(outcome) => return outcome,
             }
             create = reference.is_none();
         }
-        // A CMMS that can only be listed: a create an earlier bridge had in flight is
-        // looked for among the records changed since; one about to go is journalled first.
-        if create && let Some(poll) = self.listing() {
-            if let Some(since) = entry.creating_since_ms {
-                match self.find_listed(poll, id, since) {
-                    Ok(found) => reference = found,
-                    Err(outcome) => return outcome,
-                }
-                create = reference.is_none();
+        // A CMMS that keeps no idempotency key: a record an earlier attempt made is
+        // looked for before each create.
+        let mut attempted = entry.creating_since_ms;
+        if create {
+            match self.made_before(id, attempted) {
+                Ok(found) => reference = found,
+                Err(outcome) => return outcome,
             }
-            if create && let Err(outcome) = self.intend(id) {
-                return outcome;
+            create = reference.is_none();
+        }
+        if create && self.listing().is_some() {
+            match self.intend(id) {
+                Ok(at) => attempted = Some(at),
+                Err(outcome) => return outcome,
             }
         }
         let mut backoff = Backoff::new(self.max_backoff);
@@ -133,8 +131,25 @@ impl Pusher {
                     if let Err(outcome) = self.wait(&mut backoff, after, &why) {
                         return outcome;
                     }
+                    // A create that timed out or failed may have been made all the same.
+                    if create {
+                        match self.made_before(id, attempted) {
+                            Ok(found) => reference = found,
+                            Err(outcome) => return outcome,
+                        }
+                        create = reference.is_none();
+                    }
                 }
                 Answer::Refused { status, body } => {
+                    if create && attempted.is_some() {
+                        // Refused: nothing was made, and nothing is to be looked for.
+                        let mut entry = self.entry(id);
+                        entry.creating_since_ms = None;
+                        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Err(error) = journal.record(entry) {
+                            tracing::error!(%error, path = %journal.path().display(), "bridge journal not written");
+                        }
+                    }
                     let verb = if create { "create" } else { "update" };
                     return self.refused(format!(
                         "{} refused to {verb} work order {id} revision {} (HTTP {status}): {body}",
@@ -179,15 +194,31 @@ impl Pusher {
         self.client.mapping.poll.as_ref().filter(|p| p.text.is_some() && p.key_is == "reference")
     }
 
-    /// Journals (synced) that a create of work order `id` is about to be sent.
-    fn intend(&self, id: &str) -> Result<(), Outcome> {
+    /// For a CMMS that keeps no idempotency key, before a create: the record an earlier
+    /// attempt made, if it made one (the mapping's lookup where it asks before each
+    /// create, else the records listed as changed since the attempt journalled at
+    /// `attempted`). Nothing for a CMMS that keeps keys.
+    fn made_before(&self, id: &str, attempted: Option<u64>) -> Result<Option<String>, Outcome> {
+        if self.client.mapping.lookup.as_ref().is_some_and(|l| l.before_create) {
+            return self.lookup(id);
+        }
+        match (self.listing(), attempted) {
+            (Some(poll), Some(since)) => self.find_listed(poll, id, since),
+            _ => Ok(None),
+        }
+    }
+
+    /// Journals (synced) that a create of work order `id` is about to be sent; when.
+    fn intend(&self, id: &str) -> Result<u64, Outcome> {
         let mut entry = self.entry(id);
-        entry.creating_since_ms = Some(crate::clock::now_ms());
+        let at = crate::clock::now_ms();
+        entry.creating_since_ms = Some(at);
         let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         journal.record(entry).and_then(|()| journal.sync()).map_err(|error| {
             tracing::error!(%error, path = %journal.path().display(), "bridge journal not written");
             Outcome::Stopped
-        })
+        })?;
+        Ok(at)
     }
 
     /// The reference of the record a create of work order `id` made, looked for among
@@ -200,7 +231,7 @@ impl Pusher {
         loop {
             self.counters.lookups.fetch_add(1, Ordering::Relaxed);
             let mut found = None;
-            let since = since_ms.saturating_sub(LISTING_OVERLAP_MS);
+            let since = since_ms.saturating_sub(super::http::LISTING_OVERLAP_MS);
             let listed = self.client.listed(poll, &self.values, since, &mut |record| {
                 if found.is_none() && pick(text, record, &[]).is_some_and(|t| t.contains(&marker)) {
                     found = pick(&poll.key, record, &[]);
@@ -209,7 +240,14 @@ impl Pusher {
             });
             match listed {
                 Ok(()) => return Ok(found),
-                Err(why) => self.wait(&mut backoff, None, &why)?,
+                Err(ListFailure::Again { after, why }) => self.wait(&mut backoff, after, &why)?,
+                Err(failure) => {
+                    let why = format!(
+                        "{} refused the listing that looks for work order {id}: {failure}",
+                        self.client.mapping.name
+                    );
+                    return Err(self.refused(why));
+                }
             }
         }
     }

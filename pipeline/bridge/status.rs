@@ -16,15 +16,13 @@ use defectflow_schemas::{WoEvent, WoEventKind};
 use serde_json::{Value, json};
 
 use super::BridgeConfig;
+use super::http::LISTING_OVERLAP_MS;
 use super::journal::Entry;
 use super::mapping::{Poll, pick};
 use super::publish::Publisher;
 use super::push::Pusher;
 use crate::clock::now_ms;
 use crate::sinks::kafka::Outgoing;
-
-/// Overlap of one poll with the one before.
-const OVERLAP_MS: u64 = 5_000;
 
 /// The polling thread, if the mapping polls.
 #[derive(Debug)]
@@ -50,7 +48,7 @@ impl Poller {
                 let began = now_ms();
                 match poll_once(&pusher, &publisher, &poll, since, &topic) {
                     Ok(_) => {
-                        since = began.saturating_sub(OVERLAP_MS);
+                        since = began.saturating_sub(LISTING_OVERLAP_MS);
                         save(&state, since);
                     }
                     Err(error) => tracing::warn!(%error, "polling the CMMS's statuses"),
@@ -83,10 +81,13 @@ fn save(state: &PathBuf, since_ms: u64) {
 /// One poll, every page; returns the wo-events sent.
 fn poll_once(pusher: &Pusher, publisher: &Publisher, poll: &Poll, since_ms: u64, topic: &str) -> Result<usize, String> {
     let mut sent = 0;
-    pusher.client.listed(poll, &pusher.values, since_ms, &mut |record| {
-        sent += usize::from(report(pusher, publisher, poll, record, topic)?);
-        Ok(())
-    })?;
+    pusher
+        .client
+        .listed(poll, &pusher.values, since_ms, &mut |record| {
+            sent += usize::from(report(pusher, publisher, poll, record, topic)?);
+            Ok(())
+        })
+        .map_err(|failure| failure.to_string())?;
     let mut journal = pusher.journal.lock().unwrap_or_else(|p| p.into_inner());
     journal.sync().map_err(|e| e.to_string())?;
     Ok(sent)

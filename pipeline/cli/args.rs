@@ -327,9 +327,9 @@ pub struct PromoteArgs {
     /// The candidate model's directory (its card records the gate's result).
     #[arg(long)]
     pub candidate: PathBuf,
-    /// The model it would replace.
-    #[arg(long, default_value = "models/weights")]
-    pub current: PathBuf,
+    /// The model it would replace; absent: the one in `--into`, else the shipped weights.
+    #[arg(long)]
+    pub current: Option<PathBuf>,
     /// Held-out YOLO folder, never trained on.
     #[arg(long)]
     pub heldout: PathBuf,

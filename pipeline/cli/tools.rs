@@ -209,7 +209,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
 pub fn promote(args: PromoteArgs) -> anyhow::Result<()> {
     use defectflow::tools::modelling;
     let sets = [("held-out", args.heldout.as_path()), ("harvest", args.harvest.as_path())];
-    let promotion = modelling::promote(&args.candidate, &args.current, &sets)?;
+    let current = args.current.clone().or_else(|| args.into.clone()).unwrap_or_else(|| PathBuf::from("models/weights"));
+    let promotion = modelling::promote(&args.candidate, &current, &sets)?;
     for set in &promotion.sets {
         println!(
             "{:<9} object F1 {:.3} against {:.3}; false detections per 1,000 defect-free frames {:.1} against {:.1} ({})",
@@ -360,8 +361,11 @@ pub fn discover(args: DiscoverArgs) -> anyhow::Result<()> {
         );
         // Each camera found on its own: one that cannot be asked is named and skipped.
         let mut asked = 0;
-        for device in &devices {
-            match onvif_entries(device, &args, login.as_ref()) {
+        for (n, device) in devices.iter().enumerate() {
+            // A prefix given for several cameras is numbered, so that ids stay apart.
+            let prefix =
+                args.prefix.as_ref().map(|p| if devices.len() > 1 { format!("{p}-{}", n + 1) } else { p.clone() });
+            match onvif_entries(device, prefix, login.as_ref()) {
                 Ok(entries) => {
                     print!("{entries}");
                     asked += 1;
@@ -372,20 +376,25 @@ pub fn discover(args: DiscoverArgs) -> anyhow::Result<()> {
         anyhow::ensure!(asked > 0, "none of the {} cameras found could be asked for its profiles", devices.len());
         return Ok(());
     };
-    print!("{}", onvif_entries(device, &args, login.as_ref())?);
+    print!("{}", onvif_entries(device, args.prefix.clone(), login.as_ref())?);
     Ok(())
 }
 
 /// The `[[cameras]]` entries of the ONVIF device service at `device`.
 fn onvif_entries(
     device: &str,
-    args: &DiscoverArgs,
+    prefix: Option<String>,
     login: Option<&defectflow::tools::onvif::Login>,
 ) -> anyhow::Result<String> {
     use defectflow::tools::onvif;
     let profiles = onvif::discover(device, login)?;
     anyhow::ensure!(!profiles.is_empty(), "the camera at {device} has no media profiles");
-    let host = device.split("://").nth(1).unwrap_or(device).split(['/', ':']).next().unwrap_or("camera");
-    let prefix = args.prefix.clone().unwrap_or_else(|| format!("cam-{host}"));
+    // The host: a name, an IPv4 address, or an IPv6 one in brackets.
+    let authority = device.split("://").nth(1).unwrap_or(device).split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    let prefix = prefix.unwrap_or_else(|| format!("cam-{}", if host.is_empty() { "camera" } else { host }));
     Ok(onvif::camera_entries(&prefix, &profiles, login))
 }

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use defectflow_models::detector::{CpuBackend, Detector};
 use defectflow_operators::decode::FrameTensor;
 use defectflow_operators::gating::CameraGates;
 use defectflow_operators::infer::InferencePool;
@@ -288,15 +287,7 @@ fn start_model(
         thresholds: config.work_orders.thresholds.clone(),
         ..model.infer_config()
     };
-    let detectors = (0..infer.thread_count())
-        .map(|_| {
-            let mut detector = Detector::<CpuBackend>::load(&model.resolved_dir(), Default::default())?;
-            if let Some(c) = model.min_confidence {
-                detector.min_confidence = c;
-            }
-            Ok(detector)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let detectors = model_watch::load_detectors(&model.resolved_dir(), infer.thread_count(), model.min_confidence)?;
     let version = detectors.first().map(|d| d.version().to_owned()).unwrap_or_default();
     let floor = detectors.first().map_or(0.0, |d| d.min_confidence);
     let (folder, cameras) = (model_watch::baseline_folder(config), model_watch::gated_cameras(config));

@@ -53,6 +53,27 @@ pub fn watch(
     Ok(())
 }
 
+/// One detector per inference thread of the model in `dir`, all of one version (the
+/// folder changing while they are read fails), `min_confidence` over the card's.
+pub fn load_detectors(
+    dir: &Path,
+    threads: usize,
+    min_confidence: Option<f32>,
+) -> anyhow::Result<Vec<Detector<CpuBackend>>> {
+    let detectors = (0..threads)
+        .map(|_| {
+            let mut detector = Detector::<CpuBackend>::load(dir, Default::default())?;
+            if let Some(c) = min_confidence {
+                detector.min_confidence = c;
+            }
+            Ok(detector)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let versions: std::collections::BTreeSet<&str> = detectors.iter().map(|d| d.version()).collect();
+    anyhow::ensure!(versions.len() <= 1, "{}: the model changed while it was read ({versions:?})", dir.display());
+    Ok(detectors)
+}
+
 /// The cameras as the gates know them.
 pub fn gated_cameras(config: &RunConfig) -> Vec<GatedCamera> {
     (config.cameras.iter()).map(|c| GatedCamera { camera_id: c.id.clone(), width: c.width, height: c.height }).collect()
@@ -87,6 +108,7 @@ impl Watcher {
         }
         // Once per change: a half-written model is refused now and read again once its
         // writer's last write changes the stamp.
+        let card_changed = now[0] != self.stamp[0];
         self.stamp = now;
         match self.load() {
             Ok(None) => {}
@@ -95,6 +117,11 @@ impl Watcher {
                 *self.metrics.model_version.lock().unwrap_or_else(|p| p.into_inner()) = Some(version.clone());
                 self.metrics.model_swaps.fetch_add(1, Ordering::Relaxed);
                 self.version = version;
+            }
+            // New weights before their card (an install writes the card last): not
+            // refused yet, taken once the card comes.
+            Err(error) if !card_changed => {
+                tracing::warn!(%error, dir = %self.dir.display(), "weights.bin changed and model.json not yet; waiting for it");
             }
             Err(error) => {
                 tracing::error!(%error, dir = %self.dir.display(), "the new model was not taken; the running one stays");
@@ -106,15 +133,7 @@ impl Watcher {
     /// Loads the folder's model and hands it over; its version, or `None` where it is
     /// the running one.
     fn load(&self) -> anyhow::Result<Option<String>> {
-        let detectors = (0..self.switch.threads())
-            .map(|_| {
-                let mut detector = Detector::<CpuBackend>::load(&self.dir, Default::default())?;
-                if let Some(c) = self.min_confidence {
-                    detector.min_confidence = c;
-                }
-                Ok(detector)
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let detectors = load_detectors(&self.dir, self.switch.threads(), self.min_confidence)?;
         let version = detectors.first().map(|d| d.version().to_owned()).unwrap_or_default();
         if version == self.version {
             return Ok(None);

@@ -74,9 +74,11 @@ pub fn discover(device_url: &str, login: Option<&Login>) -> Result<Vec<Profile>,
     let media = element(&capabilities, "Media").and_then(|media| element(media, "XAddr")).map(|x| x.trim().to_owned());
     let (media_url, media2) = match media {
         Some(url) => (url, false),
-        None => match media2_address(&agent, device_url, login)? {
-            Some(url) => (url, true),
-            None => (device_url.to_owned(), false),
+        // A device without GetServices (or Media2) is asked at its own address.
+        None => match media2_address(&agent, device_url, login) {
+            Ok(Some(url)) => (url, true),
+            Ok(None) | Err(DiscoverError::Request { .. }) => (device_url.to_owned(), false),
+            Err(unauthorized) => return Err(unauthorized),
         },
     };
     let request = if media2 {
@@ -186,11 +188,13 @@ fn call(
     let failed = |reason: String| DiscoverError::Request { operation, url: url.to_owned(), reason };
     let post = || agent.post(url).set("Content-Type", "application/soap+xml; charset=utf-8");
     let mut response = post().send_string(&envelope);
-    // A camera that wants HTTP digest authentication says so with a 401 challenge.
+    // A camera that wants HTTP digest authentication says so with a 401 challenge
+    // (among others, perhaps: Basic first).
     if let (Err(ureq::Error::Status(401, answer)), Some(login)) = (&response, login)
         && let Some(authorization) = answer
-            .header("WWW-Authenticate")
-            .and_then(|challenge| digest_authorization(login, challenge, "POST", request_target(url), &cnonce()))
+            .all("WWW-Authenticate")
+            .into_iter()
+            .find_map(|challenge| digest_authorization(login, challenge, "POST", request_target(url), &cnonce()))
     {
         response = post().set("Authorization", &authorization).send_string(&envelope);
     }
@@ -221,13 +225,8 @@ fn request_target(url: &str) -> &str {
 /// RFC 2617's form where the challenge names no qop); `None` for another scheme or
 /// algorithm.
 pub fn digest_authorization(login: &Login, challenge: &str, method: &str, uri: &str, cnonce: &str) -> Option<String> {
-    let params = challenge.trim().strip_prefix("Digest")?;
-    let param = |name: &str| {
-        params.split(',').find_map(|p| {
-            let (key, value) = p.trim().split_once('=')?;
-            key.trim().eq_ignore_ascii_case(name).then(|| value.trim().trim_matches('"').to_owned())
-        })
-    };
+    let params = challenge_params(challenge.trim().strip_prefix("Digest")?);
+    let param = |name: &str| params.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
     if param("algorithm").is_some_and(|a| !a.eq_ignore_ascii_case("MD5")) {
         return None;
     }
@@ -248,6 +247,33 @@ pub fn digest_authorization(login: &Login, challenge: &str, method: &str, uri: &
         header.push_str(&format!(", opaque=\"{opaque}\""));
     }
     Some(header + ", algorithm=MD5")
+}
+
+/// A challenge's `name=value` parameters, values unquoted (a quoted one may hold commas
+/// and `\"`).
+fn challenge_params(text: &str) -> Vec<(String, String)> {
+    let mut params = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace() || *c == ',').is_some() {}
+        let name: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ',')).collect();
+        if chars.next_if_eq(&'=').is_none() {
+            return params;
+        }
+        let mut value = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            value = std::iter::from_fn(|| chars.next_if(|c| *c != ',')).collect::<String>().trim().to_owned();
+        }
+        params.push((name.trim().to_owned(), value));
+    }
 }
 
 fn cnonce() -> String {
@@ -285,12 +311,12 @@ pub fn probe(to: std::net::SocketAddr, wait: Duration) -> Result<Vec<String>, Di
         if element(&answer, "RelatesTo").is_none_or(|r| r.trim() != message_id) {
             continue;
         }
+        // One device per match: the first of its addresses (a camera may give IPv4 and
+        // IPv6 ones).
         for (_, matched) in elements(&answer, "ProbeMatch") {
-            let addresses = element(matched, "XAddrs").unwrap_or_default();
-            for address in addresses.split_whitespace().map(unescape) {
-                if !found.contains(&address) {
-                    found.push(address);
-                }
+            let address = element(matched, "XAddrs").and_then(|a| a.split_whitespace().next()).map(unescape);
+            if let Some(address) = address.filter(|a| !found.contains(a)) {
+                found.push(address);
             }
         }
     }
@@ -413,6 +439,17 @@ mod tests {
         assert!(header.contains("response=\"6629fae49393a05397450978507c4ef1\""), "{header}");
         assert!(header.contains("opaque=\"5ccc069c403ebaf9f0171e9517f40e41\"") && header.contains("nc=00000001"));
         assert!(digest_authorization(&login, "Basic realm=\"x\"", "GET", "/", "c").is_none());
+        // Commas inside a quoted value, the qop list in another order.
+        let quoted = challenge.replace("testrealm@host.com", "test, realm").replace("auth,auth-int", "auth-int,auth");
+        let header = digest_authorization(&login, &quoted, "GET", "/dir/index.html", "0a4f113b").expect("digest");
+        assert!(header.contains("realm=\"test, realm\"") && header.contains("qop=auth,"), "{header}");
+        // Without qop, RFC 2069's form: MD5(HA1:nonce:HA2), HA1 and HA2 as above.
+        let ha1 = format!("{:x}", md5::compute("Mufasa:testrealm@host.com:Circle Of Life"));
+        let ha2 = format!("{:x}", md5::compute("GET:/dir/index.html"));
+        let plain = format!("{:x}", md5::compute(format!("{ha1}:dcd98b7102dd2f0e8b11d0f600bfb0c093:{ha2}")));
+        let bare = "Digest realm=\"testrealm@host.com\", nonce=\"dcd98b7102dd2f0e8b11d0f600bfb0c093\"";
+        let header = digest_authorization(&login, bare, "GET", "/dir/index.html", "c").expect("digest");
+        assert!(header.contains(&format!("response=\"{plain}\"")) && !header.contains("qop"), "{header}");
         assert!(
             digest_authorization(&login, "Digest realm=\"x\", nonce=\"n\", algorithm=SHA-256", "GET", "/", "c")
                 .is_none()

@@ -75,6 +75,14 @@ impl Roi {
         if self.region.is_none() {
             return Some("it needs a `region` to map into".into());
         }
+        // The ROI must lie on one side of the homography's horizon (w = 0).
+        let (x0, y0) = (f64::from(self.x), f64::from(self.y));
+        let (x1, y1) = (x0 + f64::from(self.width), y0 + f64::from(self.height));
+        let w = |x: f64, y: f64| h[6] * x + h[7] * y + h[8];
+        let sides = [w(x0, y0), w(x1, y0), w(x0, y1), w(x1, y1)];
+        if !(sides.iter().all(|w| *w > 0.0) || sides.iter().all(|w| *w < 0.0)) {
+            return Some("the ROI crosses its horizon (the third row maps a corner to 0 or to the other side)".into());
+        }
         None
     }
     /// Whether the point lies inside the region.

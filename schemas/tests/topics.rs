@@ -332,3 +332,31 @@ fn the_topic_guide_lists_every_published_version() {
         assert_eq!(listed, published.join(", "), "{}: docs/work-order-topic.md says {listed}", subject.name);
     }
 }
+
+/// A published version never changes: each file's SHA-256 is recorded in
+/// `schemas/json/published.sha256` (`sha256sum` format) when it is published, and a file
+/// that differs, or one published without its line, fails here. A change is a new version.
+#[test]
+fn published_schema_files_never_change() {
+    use sha2::{Digest, Sha256};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("json");
+    let recorded: std::collections::BTreeMap<String, String> = std::fs::read_to_string(root.join("published.sha256"))
+        .expect("schemas/json/published.sha256")
+        .lines()
+        .filter_map(|line| line.split_once("  ").map(|(hash, path)| (path.to_owned(), hash.to_owned())))
+        .collect();
+    let mut published = 0;
+    for subject in registry::SUBJECTS {
+        for (version, text) in subject.versions {
+            let path = format!("{}/{version}.json", subject.name);
+            let digest: String = Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(
+                recorded.get(&path),
+                Some(&digest),
+                "{path} differs from the published file (or is not recorded)"
+            );
+            published += 1;
+        }
+    }
+    assert_eq!(recorded.len(), published, "a recorded file is no longer published: {recorded:?}");
+}

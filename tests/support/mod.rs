@@ -276,7 +276,6 @@ pub fn scenes_footage(dir: &Path, scenes: &[defectflow_models::synth::SceneSpec]
     write_scenes(dir, scenes, &options).expect("footage")
 }
 
-/// The RTSP server process; killed (by its own PID) when dropped.
 /// A started process whose stdout and stderr are read while it writes them. A pipe that
 /// nobody reads fills (64 KiB on Linux) and then blocks the process's next write: a long
 /// run that logs each reconnect would stall whichever thread logged.
@@ -296,8 +295,13 @@ impl Drained {
             let written = Arc::clone(&bytes);
             let thread = std::thread::spawn(move || {
                 let mut chunk = [0u8; 8192];
-                while let Ok(n @ 1..) = pipe.read(&mut chunk) {
-                    written.lock().expect("pipe buffer").extend_from_slice(&chunk[..n]);
+                loop {
+                    match pipe.read(&mut chunk) {
+                        Ok(0) => break,
+                        Ok(n) => written.lock().expect("pipe buffer").extend_from_slice(&chunk[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(_) => break,
+                    }
                 }
             });
             Stream(bytes, thread)
@@ -338,6 +342,7 @@ impl std::ops::DerefMut for Drained {
     }
 }
 
+/// The RTSP server process; killed (by its own PID) when dropped.
 pub struct RtspServer(Child);
 
 impl RtspServer {

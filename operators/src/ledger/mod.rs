@@ -219,28 +219,29 @@ impl RestoredOrder {
 
 impl RestoredOrder {
     /// The defect's tracks as the earlier run left them: its own ([`RestoredOrder::track`])
-    /// and one per other camera's view (confirmed, with the view's track id and its
-    /// evidence's box), so each camera's tracker takes its track up again rather than
-    /// starting another.
+    /// and one per other camera's view that has evidence (the view's track id, and its
+    /// evidence's box, in that camera's pixels), so each camera's tracker takes its track
+    /// up again rather than starting another. A view without evidence has no box there:
+    /// its camera starts a new track, which takes the view over.
     pub fn tracks(&self) -> Vec<defectflow_schemas::DefectTrack> {
         let main = self.track();
-        let views = self.work_order.other_views.iter().map(|view| {
-            let bbox = view.evidence.as_ref().map_or(main.bbox, |e| e.bbox);
-            defectflow_schemas::DefectTrack {
+        let views = self.work_order.other_views.iter().filter_map(|view| {
+            let evidence = view.evidence.as_ref()?;
+            let bbox = evidence.bbox;
+            Some(defectflow_schemas::DefectTrack {
                 track_id: view.track_id.clone(),
                 camera_id: view.camera_id.clone(),
-                state: defectflow_schemas::TrackState::Confirmed,
                 hits: 0,
                 area_px: bbox.width * bbox.height,
                 size_mm: None,
                 growth_px_per_min: 0.0,
-                best_frame_index: view.evidence.as_ref().map_or(0, |e| e.frame_index),
-                best_capture_ms: view.evidence.as_ref().map_or(0, |e| e.capture_ms),
-                evidence: view.evidence.clone(),
+                best_frame_index: evidence.frame_index,
+                best_capture_ms: evidence.capture_ms,
+                evidence: Some(evidence.clone()),
                 bbox,
                 best_bbox: bbox,
                 ..main.clone()
-            }
+            })
         });
         let views: Vec<_> = views.collect();
         std::iter::once(main).chain(views).collect()
