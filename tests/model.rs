@@ -323,6 +323,10 @@ fn eval_footage(dir: &Path) -> serde_json::Value {
 
 #[test]
 fn a_commissioned_camera_on_an_unseen_surface_opens_one_work_order_for_a_defect_and_none_for_nuisances() {
+    // Whole runs of recordings: one at a time, so that another run on the same two
+    // cores does not change how they keep up (the unseen-surface test once missed its
+    // defect in CI beside the model-swap run, and passes alone).
+    let _serial = support::kafka::serial();
     let dir = tempfile::tempdir().expect("tempdir");
     // Commissioned on each clip's first 30 s (the default), then: nuisances (a vehicle,
     // a shadow, a lighting step) and no defect; rust appearing at 50 s among shadows and
@@ -338,6 +342,10 @@ fn a_commissioned_camera_on_an_unseen_surface_opens_one_work_order_for_a_defect_
 
 #[test]
 fn a_defect_present_while_a_camera_is_commissioned_still_opens_its_work_order() {
+    // Whole runs of recordings: one at a time, so that another run on the same two
+    // cores does not change how they keep up (the unseen-surface test once missed its
+    // defect in CI beside the model-swap run, and passes alone).
+    let _serial = support::kafka::serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let scene = planned_scene(
         "cam-pulley",
@@ -431,6 +439,10 @@ fn commissioning_stores_a_baseline_that_another_camera_or_size_cannot_use() {
 /// frames name the new model none names the old one again.
 #[test]
 fn a_model_written_into_the_watched_folder_takes_over_without_a_frame_lost() {
+    // Whole runs of recordings: one at a time, so that another run on the same two
+    // cores does not change how they keep up (the unseen-surface test once missed its
+    // defect in CI beside the model-swap run, and passes alone).
+    let _serial = support::kafka::serial();
     use defectflow_models::card::load_model;
     use defectflow_models::detector::CpuBackend;
     use sha2::Digest;
