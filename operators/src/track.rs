@@ -653,16 +653,7 @@ mod tests {
             resolve_after_ms: 1_000,
             ..TrackConfig::default()
         };
-        let roi = Roi {
-            asset_id: "A".into(),
-            x: 0,
-            y: 0,
-            width: 100,
-            height: 100,
-            mm_per_px: Some(0.5),
-            region: None,
-            homography: None,
-        };
+        let roi = whole_view(Some(0.5));
         // Left open by an earlier run that last saw it at 500 ms, growing 30 px²/min.
         let mut earlier = frame(0, DefectClass::Crack).detections[0].clone();
         earlier.capture_ms = 500;
@@ -707,19 +698,15 @@ mod tests {
         );
     }
 
+    /// Asset A's ROI over a whole 100×100 view.
+    fn whole_view(mm_per_px: Option<f64>) -> Roi {
+        Roi { asset_id: "A".into(), x: 0, y: 0, width: 100, height: 100, mm_per_px, region: None, homography: None }
+    }
+
     /// A camera with one asset over its whole view, whose tracks confirm on 2 of 3 frames.
     fn quickly_confirmed() -> (TrackConfig, CameraTracks) {
         let config = TrackConfig { confirm_hits: 2, confirm_window_frames: 3, ..TrackConfig::default() };
-        let roi = Roi {
-            asset_id: "A".into(),
-            x: 0,
-            y: 0,
-            width: 100,
-            height: 100,
-            mm_per_px: None,
-            region: None,
-            homography: None,
-        };
+        let roi = whole_view(None);
         (config, CameraTracks { rois: vec![roi], ..CameraTracks::default() })
     }
 
