@@ -181,6 +181,39 @@ fn the_demo_run_leaves_what_every_user_needs() {
             _ => assert!(!label.is_empty(), "{line}"),
         }
     }
+    // What the CMMS said that the run never heard, given beside the audit log: here every
+    // work order of the run called a false positive afterwards, the repaired crack too.
+    let events = dir.path().join("verdicts.jsonl");
+    let lines: String = (latest.keys())
+        .map(|id| format!("{{\"work_order_id\":{id:?},\"event\":\"false_positive\",\"at_ms\":1}}\n"))
+        .collect();
+    std::fs::write(&events, lines + "\n").expect("events");
+    let rejudged = dir.path().join("rejudged");
+    let harvest = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+        .args(["harvest", "--audit", audit.to_str().expect("utf-8"), "--json", "--events"])
+        .arg(&events)
+        .arg("--out")
+        .arg(&rejudged)
+        .output()
+        .expect("run harvest");
+    assert!(harvest.status.success(), "harvest --events: {}", String::from_utf8_lossy(&harvest.stderr));
+    let rejudged_summary: Value = serde_json::from_slice(&harvest.stdout).expect("harvest JSON");
+    assert_eq!(rejudged_summary["positives"].as_u64(), Some(0), "{rejudged_summary}");
+    assert!(
+        rejudged_summary["negatives"].as_u64().expect("negatives")
+            >= summary["negatives"].as_u64().expect("negatives") + summary["positives"].as_u64().expect("positives"),
+        "the crack's frames are negatives now: {rejudged_summary} against {summary}"
+    );
+    std::fs::write(&events, "{\"work_order_id\":\"WO-1\",\"event\":\"fixed\",\"at_ms\":1}\n").expect("events");
+    let harvest = Command::new(env!("CARGO_BIN_EXE_defectflow"))
+        .args(["harvest", "--audit", audit.to_str().expect("utf-8"), "--events"])
+        .arg(&events)
+        .arg("--out")
+        .arg(&rejudged)
+        .output()
+        .expect("run harvest");
+    let error = String::from_utf8_lossy(&harvest.stderr);
+    assert!(!harvest.status.success() && error.contains("verdicts.jsonl:1: not a wo-event"), "{error}");
     let eval = Command::new(env!("CARGO_BIN_EXE_defectflow"))
         .args(["eval", "--data", harvested.to_str().expect("utf-8")])
         .output()

@@ -12,7 +12,7 @@ It is the evaluation set of `defectflow eval --footage`: never trained on and ne
 used to choose thresholds.
 
     python render.py --out DIR [--seed N] [--defect-clips 8] [--clean-clips 24]
-                     [--defect-seconds 90] [--clean-seconds 300] [--fps 10]
+                     [--defect-seconds 90] [--clean-seconds 300] [--fps 10] [--scene S]
 
 Writes DIR/clips/<camera>.mp4 and DIR/footage.json (the ground truth).
 """
@@ -382,12 +382,15 @@ def crossing(img, k, kind, param):
 STYLES = ["brushed_steel", "painted_plate", "galvanised", "concrete", "rubber_belt", "cast_iron"]
 
 
-def render_clip(path, rng, seconds, fps, defects_wanted, onset=None):
-    style = str(rng.choice(STYLES))
-    base, bolts = furniture(rng, surface(rng, style))
+def render_clip(path, rng, seconds, fps, defects_wanted, onset=None, scene=None):
+    """One clip. With `scene` (a seed) the view is that camera's: the same surface,
+    fittings, gain and tint in every clip, the nuisances, defects and noise the clip's own."""
+    view = rng if scene is None else np.random.default_rng(scene)
+    style = str(view.choice(STYLES))
+    base, bolts = furniture(view, surface(view, style))
     nuisances = Nuisances(rng, seconds)
-    gain = rng.uniform(0.8, 1.15)
-    tint = rng.uniform(0.9, 1.1, 3).astype(np.float32)
+    gain = view.uniform(0.8, 1.15)
+    tint = view.uniform(0.9, 1.1, 3).astype(np.float32)
     defects = []
     for klass in defects_wanted:
         # After the camera's commissioning (30 s by default), with time left to find it.
@@ -443,6 +446,8 @@ def main():
     parser.add_argument("--clean-fps", type=int, default=5, help="frames per second of the clean clips")
     parser.add_argument("--clip", action="append", default=[],
                         help="CAMERA:SECONDS:FPS:CLASS:ONSET_S (CLASS none for a clean clip); replaces the default plan")
+    parser.add_argument("--scene", type=int, default=None,
+                        help="every clip shows one camera's view, drawn from this seed (its days, not other cameras)")
     args = parser.parse_args()
     os.makedirs(os.path.join(args.out, "clips"), exist_ok=True)
     rng = np.random.default_rng(args.seed)
@@ -459,13 +464,14 @@ def main():
     for camera, seconds, fps, klass, onset in plan:
         wanted = [klass] if klass else []
         path = os.path.join(args.out, "clips", camera + ".mp4")
-        style, truth, events, dirt = render_clip(path, np.random.default_rng(rng.integers(1 << 30)), seconds, fps, wanted, onset)
+        style, truth, events, dirt = render_clip(path, np.random.default_rng(rng.integers(1 << 30)), seconds, fps, wanted, onset,
+                                                  args.scene)
         clips.append({"camera_id": camera, "file": f"clips/{camera}.mp4", "fps": fps, "seconds": seconds,
                       "width": W, "height": H, "style": style, "clean": not truth, "defects": truth,
                       "nuisances": events, "lens_dirt": dirt})
         print(f"{camera}: {style}, {len(truth)} defects, {len(events)} nuisances", flush=True)
     with open(os.path.join(args.out, "footage.json"), "w") as f:
-        json.dump({"renderer": "benches/unseen/render.py", "seed": args.seed, "clips": clips}, f, indent=1)
+        json.dump({"renderer": "benches/unseen/render.py", "seed": args.seed, "scene": args.scene, "clips": clips}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -215,6 +215,10 @@ pub struct HarvestArgs {
     /// The YOLO folder to write (images/, labels/, classes.txt, harvest.jsonl).
     #[arg(long)]
     pub out: PathBuf,
+    /// Wo-events as JSON lines (the wo-events topic's values, one a line), applied over
+    /// the statuses in the audit log: what the CMMS said that the run never heard.
+    #[arg(long)]
+    pub events: Option<PathBuf>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -300,6 +304,11 @@ pub struct EvalArgs {
     /// With --footage: keep the run's outputs (work orders, audit log, evidence) here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// With --footage: write what a reviewer who knows the ground truth would tell the
+    /// CMMS here, as wo-event JSON lines (false work orders closed as false positives,
+    /// found defects completed): `harvest --events` reads them.
+    #[arg(long, requires = "footage")]
+    pub verdicts: Option<PathBuf>,
     /// Model directory (model.json + weights.bin).
     #[arg(long, default_value = "models/weights")]
     pub model: PathBuf,

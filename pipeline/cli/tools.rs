@@ -45,28 +45,35 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn eval_footage(
-    footage: PathBuf,
-    model: PathBuf,
-    max_fps: f64,
-    deadline_s: f64,
-    settings: Option<PathBuf>,
-    out: Option<PathBuf>,
-    json: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    let settings = match &settings {
+fn eval_footage(footage: PathBuf, args: EvalArgs) -> anyhow::Result<()> {
+    use defectflow::tools::footage_eval::{self, FootagePlan};
+    let settings = match &args.settings {
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
         None => String::new(),
     };
-    anyhow::ensure!(max_fps > 0.0, "--max-fps must be above 0");
+    anyhow::ensure!(args.max_fps > 0.0, "--max-fps must be above 0");
     // The run's config lives in a temporary folder: the model is named by its full path
     // (absent here: the shipped weights).
-    let model = std::fs::canonicalize(&model).ok();
-    let plan = defectflow::tools::footage_eval::FootagePlan { footage, model, max_fps, deadline_s, settings, out };
-    let report = defectflow::tools::footage_eval::evaluate(&plan)?;
-    print!("{}", defectflow::tools::footage_eval::render(&report));
-    if let Some(path) = json {
+    let model = std::fs::canonicalize(&args.model).ok();
+    let plan = FootagePlan {
+        footage,
+        model,
+        max_fps: args.max_fps,
+        deadline_s: args.deadline_s,
+        settings,
+        out: args.out,
+    };
+    let report = footage_eval::evaluate(&plan)?;
+    print!("{}", footage_eval::render(&report));
+    if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = args.verdicts {
+        let truth = footage_eval::read_truth(&plan.footage)?;
+        let lines: Vec<String> =
+            footage_eval::verdicts(&truth, &report).iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+        std::fs::write(&path, lines.iter().map(|l| format!("{l}\n")).collect::<String>())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
@@ -97,7 +104,11 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
 
 pub fn harvest(args: HarvestArgs) -> anyhow::Result<()> {
     let evidence = args.evidence.clone().unwrap_or_else(|| args.audit.join("../evidence"));
-    let harvest = defectflow::tools::harvest::harvest(&args.audit, &evidence, &args.out)?;
+    let events = match &args.events {
+        Some(path) => defectflow::tools::harvest::read_events(path)?,
+        None => Vec::new(),
+    };
+    let harvest = defectflow::tools::harvest::harvest(&args.audit, &evidence, &events, &args.out)?;
     if args.json {
         println!("{}", serde_json::to_string(&harvest)?);
     } else {
@@ -244,8 +255,8 @@ pub fn promote(args: PromoteArgs) -> anyhow::Result<()> {
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     use defectflow_models::detector::{CpuBackend, Detector};
-    if let Some(footage) = args.footage {
-        return eval_footage(footage, args.model, args.max_fps, args.deadline_s, args.settings, args.out, args.json);
+    if let Some(footage) = args.footage.clone() {
+        return eval_footage(footage, args);
     }
     let data = args.data.context("--data or --footage is needed")?;
     let mut detector = Detector::<CpuBackend>::load(&args.model, Default::default())?;

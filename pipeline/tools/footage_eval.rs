@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use defectflow_schemas::{WoEvent, WoEventKind};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
@@ -70,6 +71,18 @@ pub struct DefectOutcome {
     pub work_orders: usize,
     /// Classes of those work orders.
     pub classes: Vec<String>,
+    /// Their ids.
+    pub work_order_ids: Vec<String>,
+}
+
+/// A work order on no defect.
+#[derive(Clone, Debug, Serialize)]
+pub struct FalseOrder {
+    pub work_order_id: String,
+    pub camera_id: String,
+    pub class: String,
+    /// Seconds into the clip of its first revision.
+    pub created_s: f64,
 }
 
 /// The whole evaluation.
@@ -85,8 +98,8 @@ pub struct FootageReport {
     pub clean_false_work_orders: usize,
     pub clean_camera_hours: f64,
     pub false_per_100_clean_camera_hours: f64,
-    /// The false work orders: camera, class, seconds into the clip.
-    pub false_orders: Vec<(String, String, f64)>,
+    /// The false work orders.
+    pub false_orders: Vec<FalseOrder>,
 }
 
 /// The clips' timeline starts here (2027-01-15), so the audit log has real dates.
@@ -94,13 +107,7 @@ const CLIP_EPOCH_MS: u64 = 1_800_000_000_000;
 
 /// Runs every clip of the footage folder through the pipeline and scores the work orders.
 pub fn evaluate(plan: &FootagePlan) -> anyhow::Result<FootageReport> {
-    let truth_path = plan.footage.join("footage.json");
-    let text = std::fs::read_to_string(&truth_path).with_context(|| format!("cannot read {}", truth_path.display()))?;
-    let truth: FootageTruth =
-        serde_json::from_str(&text).with_context(|| format!("{}: not a footage ground truth", truth_path.display()))?;
-    if truth.clips.is_empty() {
-        bail!("{}: no clips", truth_path.display());
-    }
+    let truth = read_truth(&plan.footage)?;
     let scratch = tempfile::tempdir().context("a temporary folder for the evaluation run")?;
     let out = plan.out.clone().unwrap_or_else(|| scratch.path().join("out"));
     let config = prepare(plan, &truth, scratch.path(), &out)?;
@@ -180,6 +187,7 @@ fn with_settings(config: &str, settings: &str) -> anyhow::Result<String> {
 /// A work order as the evaluation reads it: its first revision's fields.
 #[derive(Clone, Debug)]
 struct Order {
+    id: String,
     camera_id: String,
     class: String,
     created_s: f64,
@@ -189,7 +197,7 @@ struct Order {
 
 fn read_orders(path: &Path) -> anyhow::Result<Vec<Order>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut orders: Vec<(String, Order)> = Vec::new();
+    let mut orders: Vec<Order> = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let line: serde_json::Value =
             serde_json::from_str(line).with_context(|| format!("{}: {line}", path.display()))?;
@@ -199,21 +207,19 @@ fn read_orders(path: &Path) -> anyhow::Result<Vec<Order>> {
         let bbox = value["evidence"]["bbox"].as_object().map(|b| {
             ["x", "y", "width", "height"].map(|k| b.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0) as f32)
         });
-        match orders.iter_mut().find(|(known, _)| known == id) {
-            Some((_, order)) => order.bbox = bbox.or(order.bbox),
-            None => orders.push((
-                id.to_owned(),
-                Order {
-                    camera_id: value["camera_id"].as_str().unwrap_or_default().to_owned(),
-                    class: value["defect_class"].as_str().unwrap_or_default().to_owned(),
-                    created_s: (value["revised_at_ms"].as_u64().unwrap_or(0).saturating_sub(CLIP_EPOCH_MS)) as f64
-                        / 1000.0,
-                    bbox,
-                },
-            )),
+        match orders.iter_mut().find(|known| known.id == id) {
+            Some(order) => order.bbox = bbox.or(order.bbox),
+            None => orders.push(Order {
+                id: id.to_owned(),
+                camera_id: value["camera_id"].as_str().unwrap_or_default().to_owned(),
+                class: value["defect_class"].as_str().unwrap_or_default().to_owned(),
+                created_s: (value["revised_at_ms"].as_u64().unwrap_or(0).saturating_sub(CLIP_EPOCH_MS)) as f64
+                    / 1000.0,
+                bbox,
+            }),
         }
     }
-    Ok(orders.into_iter().map(|(_, order)| order).collect())
+    Ok(orders)
 }
 
 /// Whether a work order's box touches a defect's box grown by a margin: the model's box
@@ -250,17 +256,23 @@ fn score(truth: &FootageTruth, orders: &[Order], deadline_s: f64) -> FootageRepo
                 seconds_to_work_order: seconds,
                 work_orders: on.len(),
                 classes: on.iter().map(|&i| orders[i].class.clone()).collect(),
+                work_order_ids: on.iter().map(|&i| orders[i].id.clone()).collect(),
             });
         }
     }
     let clean: Vec<&ClipTruth> = truth.clips.iter().filter(|c| c.defects.is_empty()).collect();
     // Folded from +0: an empty float sum is -0, which would print as "-0.00".
     let clean_camera_hours = clean.iter().fold(0.0, |hours, c| hours + c.seconds) / 3600.0;
-    let false_orders: Vec<(String, String, f64)> = (0..orders.len())
+    let false_orders: Vec<FalseOrder> = (0..orders.len())
         .filter(|&i| !matched[i])
-        .map(|i| (orders[i].camera_id.clone(), orders[i].class.clone(), orders[i].created_s))
+        .map(|i| FalseOrder {
+            work_order_id: orders[i].id.clone(),
+            camera_id: orders[i].camera_id.clone(),
+            class: orders[i].class.clone(),
+            created_s: orders[i].created_s,
+        })
         .collect();
-    let clean_false = false_orders.iter().filter(|(camera, ..)| clean.iter().any(|c| &c.camera_id == camera)).count();
+    let clean_false = false_orders.iter().filter(|o| clean.iter().any(|c| c.camera_id == o.camera_id)).count();
     FootageReport {
         clips: truth.clips.len(),
         found: defects.iter().filter(|d| d.found).count(),
@@ -307,10 +319,53 @@ pub fn render(report: &FootageReport) -> String {
         report.clean_camera_hours,
         report.false_per_100_clean_camera_hours
     ));
-    for (camera, class, at) in &report.false_orders {
-        out.push_str(&format!("  false: {camera} {class} at {at:.1} s\n"));
+    for order in &report.false_orders {
+        out.push_str(&format!("  false: {} {} at {:.1} s\n", order.camera_id, order.class, order.created_s));
     }
     out
+}
+
+/// What a reviewer who knows the ground truth tells the CMMS about the footage's work
+/// orders, an hour after the clips end: each false one closed as `false_positive`, each
+/// on a defect and of its class (or `unknown`) `completed`. Work orders on a defect but
+/// of another class are left open: a technician would repair the defect, but the class
+/// the work order names is not the one to learn. These are what `harvest --events`
+/// reads, for a rehearsal of a harvest-and-retrain round on footage.
+pub fn verdicts(truth: &FootageTruth, report: &FootageReport) -> Vec<WoEvent> {
+    let end_s = truth.clips.iter().map(|c| c.seconds).fold(0.0, f64::max);
+    let at_ms = CLIP_EPOCH_MS + ((end_s + 3600.0) * 1000.0) as u64;
+    let event = |id: &str, event| WoEvent {
+        work_order_id: id.to_owned(),
+        event,
+        at_ms,
+        technician_id: None,
+        note: Some("reviewed against the footage's ground truth".into()),
+        reason: None,
+        actual_hours: None,
+        downtime_hours: None,
+    };
+    let mut out: Vec<WoEvent> =
+        report.false_orders.iter().map(|o| event(&o.work_order_id, WoEventKind::FalsePositive)).collect();
+    for defect in &report.defects {
+        for (id, class) in defect.work_order_ids.iter().zip(&defect.classes) {
+            if *class == defect.class || class == "unknown" {
+                out.push(event(id, WoEventKind::Completed));
+            }
+        }
+    }
+    out
+}
+
+/// Reads `footage.json` of a footage folder.
+pub fn read_truth(footage: &Path) -> anyhow::Result<FootageTruth> {
+    let path = footage.join("footage.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let truth: FootageTruth =
+        serde_json::from_str(&text).with_context(|| format!("{}: not a footage ground truth", path.display()))?;
+    if truth.clips.is_empty() {
+        bail!("{}: no clips", path.display());
+    }
+    Ok(truth)
 }
 
 #[cfg(test)]
@@ -329,5 +384,46 @@ mod tests {
         assert_eq!(merged["cameras"][0]["id"].as_str(), Some("a"));
         let error = with_settings(config, "[anomaly\n").expect_err("bad TOML");
         assert!(format!("{error:#}").contains("--settings"), "{error:#}");
+    }
+    #[test]
+    fn the_reviewer_closes_false_work_orders_and_completes_found_defects_of_their_class() {
+        let clip = |id: &str, defects| ClipTruth {
+            camera_id: id.into(),
+            file: "x.mp4".into(),
+            seconds: 120.0,
+            width: 640,
+            height: 360,
+            defects,
+        };
+        let crack = DefectTruth { class: "crack".into(), onset_s: 40.0, bbox: [100.0, 100.0, 40.0, 20.0] };
+        let truth = FootageTruth { clips: vec![clip("defect", vec![crack]), clip("clean", vec![])] };
+        let order = |id: &str, camera: &str, class: &str, created_s, x| Order {
+            id: id.into(),
+            camera_id: camera.into(),
+            class: class.into(),
+            created_s,
+            bbox: Some([x, 100.0, 30.0, 20.0]),
+        };
+        let orders = [
+            order("WO-on", "defect", "crack", 55.0, 110.0),
+            order("WO-split", "defect", "corrosion", 57.0, 120.0),
+            order("WO-before", "defect", "crack", 10.0, 110.0),
+            order("WO-clean", "clean", "wear", 30.0, 110.0),
+        ];
+        let report = score(&truth, &orders, 60.0);
+        assert_eq!(report.defects[0].work_order_ids, ["WO-on", "WO-split"]);
+        let false_ids: Vec<&str> = report.false_orders.iter().map(|o| o.work_order_id.as_str()).collect();
+        assert_eq!(false_ids, ["WO-before", "WO-clean"], "before its onset, on a clean clip");
+        let said: Vec<(String, WoEventKind)> =
+            verdicts(&truth, &report).into_iter().map(|e| (e.work_order_id, e.event)).collect();
+        assert_eq!(
+            said,
+            [
+                ("WO-before".into(), WoEventKind::FalsePositive),
+                ("WO-clean".into(), WoEventKind::FalsePositive),
+                ("WO-on".into(), WoEventKind::Completed),
+            ],
+            "the corrosion work order on the crack is left open"
+        );
     }
 }

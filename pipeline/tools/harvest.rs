@@ -5,7 +5,9 @@
 //! (`images/`, `labels/`, `classes.txt`): a false positive's frames as negatives (an
 //! empty label file), a repaired defect's with the boxes the model found of its class in
 //! that frame (the `detections` table). `harvest.jsonl` names each image's work order,
-//! outcome, camera, asset, class and capture time.
+//! outcome, camera, asset, class and capture time. Wo-events the run never heard (a
+//! CMMS's export, a reviewer's verdicts) can be given too, and go over the audit log's
+//! statuses.
 //!
 //! What is left out, and counted: frames not kept (runs before frames were kept, or
 //! evidence off), `unknown` defects (no class to learn), and repaired defects whose
@@ -16,7 +18,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use arrow_array::{Float32Array, Int64Array, StringArray, TimestampMillisecondArray};
-use defectflow_schemas::DefectClass;
+use defectflow_schemas::{DefectClass, WoEvent, WoEventKind};
 use serde::Serialize;
 
 use super::report::{column, read_table, text};
@@ -49,9 +51,9 @@ struct Line<'a> {
     capture_ms: Option<i64>,
 }
 
-/// A closed work order as its revisions tell it.
+/// A work order as its revisions tell it.
 #[derive(Debug, Default)]
-struct Closed {
+struct Order {
     revision: i32,
     status: String,
     camera: String,
@@ -64,11 +66,19 @@ struct Closed {
 /// A detection's box and class, by (camera, frame index).
 type Boxes = BTreeMap<(String, u64), Vec<(String, [f32; 4], i64)>>;
 
-/// Writes the harvest of the audit log `audit` (frames under `evidence`) to `out`.
-pub fn harvest(audit: &Path, evidence: &Path, out: &Path) -> anyhow::Result<Harvest> {
+/// Writes the harvest of the audit log `audit` (frames under `evidence`) to `out`, with
+/// `events` (what the CMMS said that the run never heard, in order) over the statuses
+/// the audit log holds.
+pub fn harvest(audit: &Path, evidence: &Path, events: &[WoEvent], out: &Path) -> anyhow::Result<Harvest> {
     let orders = read_table(audit, "work_orders")?
         .with_context(|| format!("{}: no work_orders table (is this an audit folder?)", audit.display()))?;
-    let closed = closed_orders(&orders)?;
+    let mut closed = orders_of(&orders)?;
+    for event in events {
+        if let Some(order) = closed.get_mut(&event.work_order_id) {
+            order.status = status_after(event.event).to_owned();
+        }
+    }
+    closed.retain(|_, o| matches!(o.status.as_str(), "false_positive" | "completed"));
     let boxes = match read_table(audit, "detections")? {
         Some(batches) => boxes(&batches)?,
         None => Boxes::new(),
@@ -146,10 +156,31 @@ fn labels(
     (!lines.is_empty()).then(|| lines.concat())
 }
 
-/// The work orders whose latest revision closed them as false positive or completed,
-/// with the evidence frames of all their revisions.
-fn closed_orders(batches: &[arrow_array::RecordBatch]) -> anyhow::Result<BTreeMap<String, Closed>> {
-    let mut orders: BTreeMap<String, Closed> = BTreeMap::new();
+/// Wo-events as JSON lines; a line that is not one is an error naming it.
+pub fn read_events(path: &Path) -> anyhow::Result<Vec<WoEvent>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    (text.lines().enumerate())
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line).with_context(|| format!("{}:{}: not a wo-event", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// The status a work order is left in by an event, as far as a harvest cares: closed as
+/// a false positive, completed, or anything else (not harvested).
+fn status_after(event: WoEventKind) -> &'static str {
+    match event {
+        WoEventKind::FalsePositive => "false_positive",
+        WoEventKind::Completed => "completed",
+        _ => "open",
+    }
+}
+
+/// Every work order with its latest revision's status and the evidence frames of all its
+/// revisions.
+fn orders_of(batches: &[arrow_array::RecordBatch]) -> anyhow::Result<BTreeMap<String, Order>> {
+    let mut orders: BTreeMap<String, Order> = BTreeMap::new();
     for batch in batches {
         let id = column::<StringArray>(batch, "work_order_id")?;
         let revision = column::<arrow_array::Int32Array>(batch, "revision")?;
@@ -172,7 +203,6 @@ fn closed_orders(batches: &[arrow_array::RecordBatch]) -> anyhow::Result<BTreeMa
             }
         }
     }
-    orders.retain(|_, o| matches!(o.status.as_str(), "false_positive" | "completed"));
     Ok(orders)
 }
 
