@@ -509,6 +509,7 @@ fn a_model_written_into_the_watched_folder_takes_over_without_a_frame_lost() {
     assert_eq!(observations.len(), frames, "one observation per frame");
     assert_eq!(metrics.model_swaps.load(std::sync::atomic::Ordering::Relaxed), 1, "swapped once");
     assert_eq!(metrics.model_version.lock().expect("lock").as_deref(), Some(new.as_str()));
+    assert_eq!(stages.model_version.as_deref(), Some(new.as_str()), "the run's summary names the model it ended with");
     let named =
         |version: &str| observations.iter().flat_map(|o| &o.detections).filter(|d| d.model_version == version).count();
     assert!(named(&old) > 0 && named(&new) > 0, "both models found something: {} and {}", named(&old), named(&new));

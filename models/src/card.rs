@@ -47,13 +47,20 @@ pub struct TrainingRecord {
     /// Share of crops domain-randomised (`train --randomise`); absent: none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub randomise: f64,
-    /// Mean loss over the last 5% of the steps.
+    /// Mean loss over the last 5% of the steps; NaN (written as null) for a model
+    /// never trained.
+    #[serde(deserialize_with = "loss_or_nan")]
     pub final_loss: f32,
     pub seconds: f64,
     /// When training went on from an earlier model (`train --init`): that model's version
     /// and its own training record, so the whole chain can be reproduced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continued_from: Option<Box<EarlierModel>>,
+}
+
+/// A loss written as null (NaN, which JSON cannot hold) reads back as NaN.
+fn loss_or_nan<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f32, D::Error> {
+    Ok(Option::<f32>::deserialize(deserializer)?.unwrap_or(f32::NAN))
 }
 
 fn is_zero(share: &f64) -> bool {
@@ -299,5 +306,20 @@ impl DefectNetConfig {
             self.wide_dilation,
             self.classes
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_card_of_an_untrained_model_reads_back_with_its_loss_unknown() {
+        let card = ModelCard::untrained(DefectNetConfig::new(), 640, 360);
+        let json = serde_json::to_string(&card).expect("json");
+        assert!(json.contains("\"final_loss\":null"), "{json}");
+        let back: ModelCard = serde_json::from_str(&json).expect("reads back");
+        assert!(back.training.final_loss.is_nan());
+        assert_eq!(back.version, card.version);
     }
 }

@@ -63,6 +63,9 @@ impl std::fmt::Display for ListFailure {
     }
 }
 
+/// Pages one listing may run to.
+const MAX_PAGES: usize = 1000;
+
 impl Client {
     /// Visits every record the CMMS lists as changed since `since_ms`, page by page.
     pub fn listed(
@@ -77,7 +80,7 @@ impl Client {
             _ => rfc3339(since_ms),
         };
         let mut path = self.mapping.render(&poll.path, &serde_json::json!({ "since": since, "values": values }));
-        for _page in 0..1000 {
+        for _page in 0..MAX_PAGES {
             let body = match self.send("GET", &path, &[], None, false, None) {
                 Answer::Done { body, .. } => body,
                 Answer::Again { after, why } => return Err(ListFailure::Again { after, why }),
@@ -98,7 +101,9 @@ impl Client {
                 _ => return Ok(()),
             }
         }
-        Ok(())
+        // A cursor that never ends, or a backlog past any poll's reach: said, not cut short
+        // in silence (the changes after the last page would otherwise never be read).
+        Err(ListFailure::Refused(format!("the listing ran past {MAX_PAGES} pages (the next was {path})")))
     }
 
     pub fn new(

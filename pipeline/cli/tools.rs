@@ -55,14 +55,8 @@ fn eval_footage(footage: PathBuf, args: EvalArgs) -> anyhow::Result<()> {
     // The run's config lives in a temporary folder: the model is named by its full path
     // (absent here: the shipped weights).
     let model = std::fs::canonicalize(&args.model).ok();
-    let plan = FootagePlan {
-        footage,
-        model,
-        max_fps: args.max_fps,
-        deadline_s: args.deadline_s,
-        settings,
-        out: args.out,
-    };
+    let plan =
+        FootagePlan { footage, model, max_fps: args.max_fps, deadline_s: args.deadline_s, settings, out: args.out };
     let report = footage_eval::evaluate(&plan)?;
     print!("{}", footage_eval::render(&report));
     if let Some(path) = args.json {

@@ -150,7 +150,9 @@ pub fn run_stages(
         std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()))
     };
     let stages = StageReport {
-        model_version: process.model_version.clone(),
+        // The model running at the end: under `[model] watch`, the last one swapped in.
+        model_version: (metrics.model_version.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .or_else(|| process.model_version.clone()),
         frames_inferred: counters.frames.load(Ordering::Relaxed),
         batches: counters.batches.load(Ordering::Relaxed),
         inference_us: counters.inference_us.load(Ordering::Relaxed),

@@ -65,7 +65,8 @@ impl CameraReport {
 /// What the stages after decode did in a run.
 #[derive(Debug, Default)]
 pub struct StageReport {
-    /// Version of the model that ran (`None`: no `[model]`).
+    /// Version of the model running at the end: the last one swapped in under `[model]
+    /// watch`, else the one it started with (`None`: no `[model]`).
     pub model_version: Option<String>,
     pub frames_inferred: u64,
     pub batches: u64,

@@ -213,8 +213,7 @@ fn read_orders(path: &Path) -> anyhow::Result<Vec<Order>> {
                 id: id.to_owned(),
                 camera_id: value["camera_id"].as_str().unwrap_or_default().to_owned(),
                 class: value["defect_class"].as_str().unwrap_or_default().to_owned(),
-                created_s: (value["revised_at_ms"].as_u64().unwrap_or(0).saturating_sub(CLIP_EPOCH_MS)) as f64
-                    / 1000.0,
+                created_s: (value["revised_at_ms"].as_u64().unwrap_or(0).saturating_sub(CLIP_EPOCH_MS)) as f64 / 1000.0,
                 bbox,
             }),
         }

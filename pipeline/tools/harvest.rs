@@ -21,7 +21,7 @@ use arrow_array::{Float32Array, Int64Array, StringArray, TimestampMillisecondArr
 use defectflow_schemas::{DefectClass, WoEvent, WoEventKind};
 use serde::Serialize;
 
-use super::report::{column, read_table, text};
+use super::report::{column, read_table, revision_numbers, text};
 
 /// What a harvest wrote and left out.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -54,7 +54,7 @@ struct Line<'a> {
 /// A work order as its revisions tell it.
 #[derive(Debug, Default)]
 struct Order {
-    revision: i32,
+    revision: u32,
     status: String,
     camera: String,
     asset: String,
@@ -183,7 +183,7 @@ fn orders_of(batches: &[arrow_array::RecordBatch]) -> anyhow::Result<BTreeMap<St
     let mut orders: BTreeMap<String, Order> = BTreeMap::new();
     for batch in batches {
         let id = column::<StringArray>(batch, "work_order_id")?;
-        let revision = column::<arrow_array::Int32Array>(batch, "revision")?;
+        let revision = revision_numbers(batch)?;
         let status = column::<StringArray>(batch, "status")?;
         let camera = column::<StringArray>(batch, "camera_id")?;
         let asset = column::<StringArray>(batch, "asset_id")?;
@@ -194,8 +194,8 @@ fn orders_of(batches: &[arrow_array::RecordBatch]) -> anyhow::Result<BTreeMap<St
             if let Some(frame) = text(uri, i).as_deref().and_then(track_and_frame) {
                 order.frames.insert(frame);
             }
-            if revision.value(i) >= order.revision {
-                order.revision = revision.value(i);
+            if revision[i] >= order.revision {
+                order.revision = revision[i];
                 order.status = text(status, i).unwrap_or_default();
                 order.camera = text(camera, i).unwrap_or_default();
                 order.asset = text(asset, i).unwrap_or_default();

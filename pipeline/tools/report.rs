@@ -343,6 +343,15 @@ pub(super) fn column<'a, T: Array + 'static>(batch: &'a RecordBatch, name: &str)
         .with_context(|| format!("audit column `{name}`: {} is not the type written", column.data_type()))
 }
 
+/// A batch's `revision` column: signed now, unsigned in audit logs written by earlier
+/// versions.
+pub(super) fn revision_numbers(batch: &RecordBatch) -> anyhow::Result<Vec<u32>> {
+    Ok(match batch.column_by_name("revision").map(|c| c.data_type()) {
+        Some(arrow_schema::DataType::UInt32) => column::<UInt32Array>(batch, "revision")?.values().to_vec(),
+        _ => column::<Int32Array>(batch, "revision")?.values().iter().map(|v| (*v).max(0) as u32).collect(),
+    })
+}
+
 /// Row `i` of a text column; `None` where null.
 pub(super) fn text(array: &StringArray, i: usize) -> Option<String> {
     (!array.is_null(i)).then(|| array.value(i).to_owned())
@@ -352,11 +361,7 @@ fn revisions(batches: &[RecordBatch]) -> anyhow::Result<Vec<Revision>> {
     let mut out = Vec::new();
     for batch in batches {
         let id = column::<StringArray>(batch, "work_order_id")?;
-        // Signed now; unsigned in audit logs written by earlier versions.
-        let revision: Vec<u32> = match batch.column_by_name("revision").map(|c| c.data_type()) {
-            Some(arrow_schema::DataType::UInt32) => column::<UInt32Array>(batch, "revision")?.values().to_vec(),
-            _ => column::<Int32Array>(batch, "revision")?.values().iter().map(|v| (*v).max(0) as u32).collect(),
-        };
+        let revision = revision_numbers(batch)?;
         let status = column::<StringArray>(batch, "status")?;
         let asset = column::<StringArray>(batch, "asset_id")?;
         let class = column::<StringArray>(batch, "defect_class")?;
