@@ -18,8 +18,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::{IGNORE, Sample, cell_targets_with_boxes};
-use crate::inference::{FrameView, score_batch};
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+
+use crate::detector::CpuBackend;
+use crate::inference::FrameView;
 use crate::model::{BOX_OUTPUTS, CELL_PX, DefectNet, DefectNetConfig};
+use crate::packed::PackedNet;
 use crate::randomise::randomise;
 
 /// Training hyperparameters, recorded in the model card.
@@ -130,7 +134,7 @@ pub fn train<B: AutodiffBackend>(
     for step in 0..config.steps {
         // A network trained before already knows enough to have its mistakes mined at once.
         if mine_every > 0 && step % mine_every == 0 && (step > 0 || continuing) {
-            hard = mine_hard_cells(&net.valid(), &prepared, device);
+            hard = mine_hard_cells(&packed_copy(&net.valid(), architecture), &prepared);
             since = Instant::now();
         }
         let mut pixels = Vec::with_capacity(config.batch_size * 3 * crop_cells * crop_cells * CELL_PX * CELL_PX);
@@ -205,13 +209,22 @@ fn learning_rate(config: &TrainConfig, step: usize) -> f64 {
     config.learning_rate * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
 }
 
+/// The network as it is now, copied to the CPU backend and packed as inference runs it:
+/// scoring every training frame through the tensor path costs far more than the steps
+/// between two minings where the backend is not optimised (a debug build), and the
+/// packed path's scores equal it to rounding.
+fn packed_copy<B: burn::tensor::backend::Backend>(net: &DefectNet<B>, architecture: &DefectNetConfig) -> PackedNet {
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+    let bytes = recorder.record(net.clone().into_record(), ()).expect("a network's record serialises");
+    let device = Default::default();
+    let record = recorder.load(bytes, &device).expect("a record just written loads");
+    let shape = DefectNetConfig { box_head: net.has_box_head(), ..architecture.clone() };
+    PackedNet::new(&shape.init::<CpuBackend>(&device).load_record(record))
+}
+
 /// Scores every training frame and returns the cells whose predicted class is wrong
 /// (a defect where there is none, or the wrong defect), grazed cells left out.
-fn mine_hard_cells<B: burn::tensor::backend::Backend>(
-    net: &DefectNet<B>,
-    prepared: &[Prepared<'_>],
-    device: &B::Device,
-) -> Vec<(usize, usize, usize)> {
+fn mine_hard_cells(net: &PackedNet, prepared: &[Prepared<'_>]) -> Vec<(usize, usize, usize)> {
     let mut hard = Vec::new();
     for start in (0..prepared.len()).step_by(8) {
         let end = (start + 8).min(prepared.len());
@@ -223,7 +236,7 @@ fn mine_hard_cells<B: burn::tensor::backend::Backend>(
             .iter()
             .map(|p| FrameView { width: p.sample.width, height: p.sample.height, pixels: &p.sample.pixels })
             .collect();
-        for (offset, scores) in score_batch(net, &views, device).iter().enumerate() {
+        for (offset, scores) in net.score(&views).iter().enumerate() {
             let item = &prepared[start + offset];
             for (i, (&predicted, &target)) in scores.argmax().iter().zip(&item.targets).enumerate() {
                 if target != IGNORE && predicted != target && (predicted != 0 || target != 0) {
