@@ -281,6 +281,12 @@ pub struct TrainArgs {
     /// defect rather than the look of the frames it trains on.
     #[arg(long, default_value_t = 0.0)]
     pub randomise: f64,
+    /// Every this many steps the network scores all training frames and remembers the
+    /// cells it gets wrong, a quarter of the crops then going to them (0: never). Going on
+    /// from a model on new frames, mining often brings back what the new frames make it
+    /// forget.
+    #[arg(long, default_value_t = 1000)]
+    pub mine_every: usize,
 }
 
 #[derive(Debug, Args)]

@@ -185,7 +185,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         .with_crop_px(args.crop_px)
         .with_learning_rate(args.learning_rate)
         .with_box_head_only(args.box_head_only)
-        .with_randomise(args.randomise);
+        .with_randomise(args.randomise)
+        .with_mine_every(args.mine_every);
     anyhow::ensure!((0.0..=1.0).contains(&args.randomise), "--randomise must be a share from 0 to 1");
     anyhow::ensure!(
         args.crop_px >= 16 && args.crop_px.is_multiple_of(8),
