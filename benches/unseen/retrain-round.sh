@@ -58,7 +58,7 @@ combine "$work/heldout" "${heldout_dirs[@]}"
 "$bin" synth --format yolo --out "$work/generated" --seed 101 --cameras 80 --defect-free 10 --every 10 > /dev/null
 "$bin" synth --format yolo --out "$work/generated-holdout" --seed 2024 --cameras 12 --defect-free 3 --every 6 > /dev/null
 "$bin" train --init models/weights --data "$work/generated,$work/harvested" --out "$work/candidate" --force \
-    --steps 800 --learning-rate 5e-4
+    --steps 800 --learning-rate 5e-4 --mine-every 200
 # The gate's verdict is recorded either way; the round goes on to measure both models.
 "$bin" promote --candidate "$work/candidate" --current models/weights --heldout "$work/generated-holdout" \
     --harvest "$work/harvested" --json "$work/promotion.json" || true
