@@ -189,13 +189,13 @@ fn orders_of(batches: &[arrow_array::RecordBatch]) -> anyhow::Result<BTreeMap<St
         let asset = column::<StringArray>(batch, "asset_id")?;
         let class = column::<StringArray>(batch, "defect_class")?;
         let uri = column::<StringArray>(batch, "evidence_uri")?;
-        for i in 0..batch.num_rows() {
+        for (i, revision) in revision.into_iter().enumerate() {
             let order = orders.entry(text(id, i).unwrap_or_default()).or_default();
             if let Some(frame) = text(uri, i).as_deref().and_then(track_and_frame) {
                 order.frames.insert(frame);
             }
-            if revision[i] >= order.revision {
-                order.revision = revision[i];
+            if revision >= order.revision {
+                order.revision = revision;
                 order.status = text(status, i).unwrap_or_default();
                 order.camera = text(camera, i).unwrap_or_default();
                 order.asset = text(asset, i).unwrap_or_default();
