@@ -184,7 +184,7 @@ fn the_demo_run_leaves_what_every_user_needs() {
     // What the CMMS said that the run never heard, given beside the audit log: here every
     // work order of the run called a false positive afterwards, the repaired crack too.
     let events = dir.path().join("verdicts.jsonl");
-    let lines: String = (latest.keys())
+    let lines: String = (latest.keys().map(String::as_str).chain(["WO-of-another-run"]))
         .map(|id| format!("{{\"work_order_id\":{id:?},\"event\":\"false_positive\",\"at_ms\":1}}\n"))
         .collect();
     std::fs::write(&events, lines + "\n").expect("events");
@@ -199,6 +199,7 @@ fn the_demo_run_leaves_what_every_user_needs() {
     assert!(harvest.status.success(), "harvest --events: {}", String::from_utf8_lossy(&harvest.stderr));
     let rejudged_summary: Value = serde_json::from_slice(&harvest.stdout).expect("harvest JSON");
     assert_eq!(rejudged_summary["positives"].as_u64(), Some(0), "{rejudged_summary}");
+    assert_eq!(rejudged_summary["events_unknown"].as_u64(), Some(1), "{rejudged_summary}");
     assert!(
         rejudged_summary["negatives"].as_u64().expect("negatives")
             >= summary["negatives"].as_u64().expect("negatives") + summary["positives"].as_u64().expect("positives"),

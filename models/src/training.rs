@@ -11,6 +11,7 @@ use std::time::Instant;
 use burn::config::Config;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
@@ -18,8 +19,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::{IGNORE, Sample, cell_targets_with_boxes};
-use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
-
 use crate::detector::CpuBackend;
 use crate::inference::FrameView;
 use crate::model::{BOX_OUTPUTS, CELL_PX, DefectNet, DefectNetConfig};

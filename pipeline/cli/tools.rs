@@ -108,13 +108,14 @@ pub fn harvest(args: HarvestArgs) -> anyhow::Result<()> {
     } else {
         println!(
             "{}: {} work orders closed as false positive or completed: {} negative frames, {} labelled frames; \
-             {} frames not kept, {} without a box of their class",
+             {} frames not kept, {} without a box of their class; {} events for work orders not in the audit log",
             args.out.display(),
             harvest.work_orders,
             harvest.negatives,
             harvest.positives,
             harvest.frames_missing,
-            harvest.unlabelled
+            harvest.unlabelled,
+            harvest.events_unknown
         );
     }
     Ok(())

@@ -36,6 +36,9 @@ pub struct Harvest {
     pub frames_missing: usize,
     /// Frames of `unknown` defects, or of repaired ones with no box of their class.
     pub unlabelled: usize,
+    /// Given events for work orders the audit log does not hold (another plant's or
+    /// another run's): left out.
+    pub events_unknown: usize,
 }
 
 /// One line of `harvest.jsonl`.
@@ -73,9 +76,11 @@ pub fn harvest(audit: &Path, evidence: &Path, events: &[WoEvent], out: &Path) ->
     let orders = read_table(audit, "work_orders")?
         .with_context(|| format!("{}: no work_orders table (is this an audit folder?)", audit.display()))?;
     let mut closed = orders_of(&orders)?;
+    let mut summary = Harvest::default();
     for event in events {
-        if let Some(order) = closed.get_mut(&event.work_order_id) {
-            order.status = status_after(event.event).to_owned();
+        match closed.get_mut(&event.work_order_id) {
+            Some(order) => order.status = status_after(event.event).to_owned(),
+            None => summary.events_unknown += 1,
         }
     }
     closed.retain(|_, o| matches!(o.status.as_str(), "false_positive" | "completed"));
@@ -88,7 +93,6 @@ pub fn harvest(audit: &Path, evidence: &Path, events: &[WoEvent], out: &Path) ->
     }
     let classes: Vec<&str> = DefectClass::ALL.iter().map(|c| c.as_str()).collect();
     std::fs::write(out.join("classes.txt"), classes.join("\n") + "\n")?;
-    let mut summary = Harvest::default();
     let mut manifest = String::new();
     for (id, order) in &closed {
         let outcome = if order.status == "false_positive" { "false_positive" } else { "repaired" };
