@@ -149,14 +149,17 @@ fn the_demo_run_leaves_what_every_user_needs() {
 
     // The CMMS's answers as training data: the false positive's frames as negatives, the
     // repaired crack's with its boxes; a YOLO folder `eval` reads.
+    let harvest = |out: &Path, more: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_defectflow"))
+            .args(["harvest", "--audit", audit.to_str().expect("utf-8"), "--out", out.to_str().expect("utf-8")])
+            .args(more)
+            .output()
+            .expect("run harvest")
+    };
     let harvested = dir.path().join("harvest");
-    let harvest = Command::new(env!("CARGO_BIN_EXE_defectflow"))
-        .args(["harvest", "--audit", audit.to_str().expect("utf-8"), "--json"])
-        .args(["--out", harvested.to_str().expect("utf-8")])
-        .output()
-        .expect("run harvest");
-    assert!(harvest.status.success(), "harvest: {}", String::from_utf8_lossy(&harvest.stderr));
-    let summary: Value = serde_json::from_slice(&harvest.stdout).expect("harvest JSON");
+    let harvest_run = harvest(&harvested, &["--json".as_ref()]);
+    assert!(harvest_run.status.success(), "harvest: {}", String::from_utf8_lossy(&harvest_run.stderr));
+    let summary: Value = serde_json::from_slice(&harvest_run.stdout).expect("harvest JSON");
     assert!(summary["negatives"].as_u64() > Some(0), "the oil splash's frames: {summary}");
     assert!(summary["positives"].as_u64() > Some(0), "the pulley crack's frames: {summary}");
     assert_eq!(summary["frames_missing"].as_u64(), Some(0), "every evidence frame was kept: {summary}");
@@ -189,15 +192,9 @@ fn the_demo_run_leaves_what_every_user_needs() {
         .collect();
     std::fs::write(&events, lines + "\n").expect("events");
     let rejudged = dir.path().join("rejudged");
-    let harvest = Command::new(env!("CARGO_BIN_EXE_defectflow"))
-        .args(["harvest", "--audit", audit.to_str().expect("utf-8"), "--json", "--events"])
-        .arg(&events)
-        .arg("--out")
-        .arg(&rejudged)
-        .output()
-        .expect("run harvest");
-    assert!(harvest.status.success(), "harvest --events: {}", String::from_utf8_lossy(&harvest.stderr));
-    let rejudged_summary: Value = serde_json::from_slice(&harvest.stdout).expect("harvest JSON");
+    let harvest_run = harvest(&rejudged, &["--json".as_ref(), "--events".as_ref(), events.as_os_str()]);
+    assert!(harvest_run.status.success(), "harvest --events: {}", String::from_utf8_lossy(&harvest_run.stderr));
+    let rejudged_summary: Value = serde_json::from_slice(&harvest_run.stdout).expect("harvest JSON");
     assert_eq!(rejudged_summary["positives"].as_u64(), Some(0), "{rejudged_summary}");
     assert_eq!(rejudged_summary["events_unknown"].as_u64(), Some(1), "{rejudged_summary}");
     assert!(
@@ -206,15 +203,9 @@ fn the_demo_run_leaves_what_every_user_needs() {
         "the crack's frames are negatives now: {rejudged_summary} against {summary}"
     );
     std::fs::write(&events, "{\"work_order_id\":\"WO-1\",\"event\":\"fixed\",\"at_ms\":1}\n").expect("events");
-    let harvest = Command::new(env!("CARGO_BIN_EXE_defectflow"))
-        .args(["harvest", "--audit", audit.to_str().expect("utf-8"), "--events"])
-        .arg(&events)
-        .arg("--out")
-        .arg(&rejudged)
-        .output()
-        .expect("run harvest");
-    let error = String::from_utf8_lossy(&harvest.stderr);
-    assert!(!harvest.status.success() && error.contains("verdicts.jsonl:1: not a wo-event"), "{error}");
+    let harvest_run = harvest(&rejudged, &["--events".as_ref(), events.as_os_str()]);
+    let error = String::from_utf8_lossy(&harvest_run.stderr);
+    assert!(!harvest_run.status.success() && error.contains("verdicts.jsonl:1: not a wo-event"), "{error}");
     let eval = Command::new(env!("CARGO_BIN_EXE_defectflow"))
         .args(["eval", "--data", harvested.to_str().expect("utf-8")])
         .output()

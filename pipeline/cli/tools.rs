@@ -57,14 +57,14 @@ fn eval_footage(footage: PathBuf, args: EvalArgs) -> anyhow::Result<()> {
     let model = std::fs::canonicalize(&args.model).ok();
     let plan =
         FootagePlan { footage, model, max_fps: args.max_fps, deadline_s: args.deadline_s, settings, out: args.out };
-    let report = footage_eval::evaluate(&plan)?;
+    let truth = footage_eval::read_truth(&plan.footage)?;
+    let report = footage_eval::evaluate(&plan, &truth)?;
     print!("{}", footage_eval::render(&report));
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = args.verdicts {
-        let truth = footage_eval::read_truth(&plan.footage)?;
         let lines: Vec<String> =
             footage_eval::verdicts(&truth, &report).iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
         std::fs::write(&path, lines.iter().map(|l| format!("{l}\n")).collect::<String>())

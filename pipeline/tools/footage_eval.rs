@@ -105,16 +105,16 @@ pub struct FootageReport {
 /// The clips' timeline starts here (2027-01-15), so the audit log has real dates.
 const CLIP_EPOCH_MS: u64 = 1_800_000_000_000;
 
-/// Runs every clip of the footage folder through the pipeline and scores the work orders.
-pub fn evaluate(plan: &FootagePlan) -> anyhow::Result<FootageReport> {
-    let truth = read_truth(&plan.footage)?;
+/// Runs every clip of the footage folder (`truth`: its [`read_truth`]) through the
+/// pipeline and scores the work orders.
+pub fn evaluate(plan: &FootagePlan, truth: &FootageTruth) -> anyhow::Result<FootageReport> {
     let scratch = tempfile::tempdir().context("a temporary folder for the evaluation run")?;
     let out = plan.out.clone().unwrap_or_else(|| scratch.path().join("out"));
-    let config = prepare(plan, &truth, scratch.path(), &out)?;
+    let config = prepare(plan, truth, scratch.path(), &out)?;
     let stop = StopWhen::after(None);
     run::run(&config, timely::Config::process(config.runtime.workers), stop, Hooks::default())?;
     let orders = read_orders(&out.join("work-orders.jsonl"))?;
-    Ok(score(&truth, &orders, plan.deadline_s))
+    Ok(score(truth, &orders, plan.deadline_s))
 }
 
 /// The reference data (one asset a clip, its whole frame the region of interest) and the
