@@ -215,7 +215,7 @@ fn the_demo_run_leaves_what_every_user_needs() {
     // and the card are what is checked here).
     let generated = dir.path().join("generated");
     let synth = Command::new(env!("CARGO_BIN_EXE_defectflow"))
-        .args(["synth", "--format", "yolo", "--cameras", "1", "--seconds", "2", "--every", "15", "--out"])
+        .args(["synth", "--format", "yolo", "--cameras", "2", "--seconds", "2", "--every", "3", "--out"])
         .arg(&generated)
         .output()
         .expect("run synth");
@@ -236,8 +236,10 @@ fn the_demo_run_leaves_what_every_user_needs() {
 
     // The evaluation gate on the held-out frames and the harvest. A model that finds
     // nothing (untrained, its threshold above any probability) against the shipped one
-    // is refused, the result recorded in its card and nothing installed; the shipped
-    // model against it is promoted and installed.
+    // is refused, the result recorded in its card and nothing installed. The shipped
+    // model against it is refused too where the harvest is the shipped model's own false
+    // positives (the blind model gets those frames right), and promoted and installed
+    // where it is better on both sets (the generated frames given as both).
     let (shipped, blind, live) = (dir.path().join("shipped"), dir.path().join("blind"), dir.path().join("live"));
     {
         use defectflow_models::card::{ModelCard, load_model, save_model};
@@ -252,12 +254,12 @@ fn the_demo_run_leaves_what_every_user_needs() {
             std::fs::copy(root().join("models/weights").join(file), shipped.join(file)).expect("copy");
         }
     }
-    let promote = |candidate: &Path, current: &Path| {
+    let promote_on = |candidate: &Path, current: &Path, harvest: &Path| {
         Command::new(env!("CARGO_BIN_EXE_defectflow"))
             .args(["promote", "--candidate", candidate.to_str().expect("utf-8")])
             .args(["--current", current.to_str().expect("utf-8")])
             .args(["--heldout", generated.to_str().expect("utf-8")])
-            .args(["--harvest", harvested.to_str().expect("utf-8")])
+            .args(["--harvest", harvest.to_str().expect("utf-8")])
             .args(["--into", live.to_str().expect("utf-8")])
             .output()
             .expect("run promote")
@@ -265,6 +267,7 @@ fn the_demo_run_leaves_what_every_user_needs() {
     let card_of = |model: &Path| -> Value {
         serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).expect("card")).expect("json")
     };
+    let promote = |candidate: &Path, current: &Path| promote_on(candidate, current, &harvested);
     let refused = promote(&blind, &shipped);
     assert!(!refused.status.success(), "{}", String::from_utf8_lossy(&refused.stdout));
     let why = String::from_utf8_lossy(&refused.stderr);
@@ -273,9 +276,25 @@ fn the_demo_run_leaves_what_every_user_needs() {
     assert_eq!((gate["passed"].as_bool(), &gate["against"]), (Some(false), &card_of(&shipped)["version"]), "{gate}");
     let sets: Vec<&str> = gate["sets"].as_array().expect("sets").iter().filter_map(|s| s["name"].as_str()).collect();
     assert_eq!(sets, ["held-out", "harvest"]);
+    assert_eq!(gate["margin"].as_f64(), Some(0.01), "the default margin is recorded: {gate}");
+    for set in gate["sets"].as_array().expect("sets") {
+        let (low, high, difference) =
+            (set["interval"][0].as_f64(), set["interval"][1].as_f64(), set["difference"].as_f64());
+        let (Some(low), Some(high), Some(difference)) = (low, high, difference) else { panic!("no interval: {set}") };
+        assert!(low <= difference && difference <= high, "the interval holds the difference: {set}");
+    }
     assert!(!live.exists(), "a refused candidate is not installed");
-    let accepted = promote(&shipped, &blind);
-    assert!(accepted.status.success(), "{}", String::from_utf8_lossy(&accepted.stderr));
+    let refused = promote(&shipped, &blind);
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && why.contains("on harvest"), "{why}");
+    assert!(!live.exists(), "a refused candidate is not installed");
+    let accepted = promote_on(&shipped, &blind, &generated);
+    assert!(
+        accepted.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&accepted.stdout),
+        String::from_utf8_lossy(&accepted.stderr)
+    );
     assert_eq!(card_of(&shipped)["promotion"]["passed"], true);
     assert_eq!(card_of(&live)["version"], card_of(&shipped)["version"], "installed");
 

@@ -67,72 +67,6 @@ fn is_zero(share: &f64) -> bool {
     *share == 0.0
 }
 
-/// A candidate model against the current one on each evaluation set: promoted only
-/// where it is no worse on any set and better on one ([`GateSet::compare`]).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Promotion {
-    /// The current model's version.
-    pub against: String,
-    pub passed: bool,
-    pub sets: Vec<GateSet>,
-}
-
-/// One evaluation set of a promotion: each model's object F1 on it
-/// ([`EvalReport::object_f1`]) and false detections per 1,000 defect-free frames.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GateSet {
-    /// What the set is (`held-out`, `harvest`), its folder and digest.
-    pub name: String,
-    pub data: String,
-    pub data_digest: String,
-    /// Labelled objects in the set: none (negatives only), and the false detections
-    /// decide instead of F1.
-    pub objects: u64,
-    pub candidate_f1: f64,
-    pub current_f1: f64,
-    pub candidate_false_per_1000: f64,
-    pub current_false_per_1000: f64,
-}
-
-impl GateSet {
-    /// The two models' reports on one set.
-    pub fn of(name: &str, candidate: &EvalReport, current: &EvalReport) -> GateSet {
-        GateSet {
-            name: name.to_owned(),
-            data: candidate.data.clone(),
-            data_digest: candidate.data_digest.clone(),
-            objects: candidate.objects,
-            candidate_f1: candidate.object_f1(),
-            current_f1: current.object_f1(),
-            candidate_false_per_1000: candidate.false_detections_per_1000_defect_free_frames,
-            current_false_per_1000: current.false_detections_per_1000_defect_free_frames,
-        }
-    }
-}
-
-impl GateSet {
-    /// The candidate against the current model on this set: by object F1, or, on a set
-    /// of negatives only (no labelled object, where F1 cannot tell a model that finds
-    /// nothing from a good one), by false detections per 1,000 frames, fewer first.
-    pub fn compare(&self) -> std::cmp::Ordering {
-        if self.objects == 0 {
-            self.current_false_per_1000.total_cmp(&self.candidate_false_per_1000)
-        } else {
-            self.candidate_f1.total_cmp(&self.current_f1)
-        }
-    }
-}
-
-impl Promotion {
-    /// Passed where the candidate is at least as good as the current model on every set
-    /// and better on one.
-    pub fn decide(against: &str, sets: Vec<GateSet>) -> Promotion {
-        let no_worse = sets.iter().all(|s| s.compare().is_ge());
-        let better = sets.iter().any(|s| s.compare().is_gt());
-        Promotion { against: against.to_owned(), passed: no_worse && better, sets }
-    }
-}
-
 /// The model a training run started from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EarlierModel {
@@ -161,7 +95,7 @@ pub struct ModelCard {
     /// The evaluation gate this model went through against the model it would replace
     /// (`defectflow promote`), when it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub promotion: Option<Promotion>,
+    pub promotion: Option<crate::promotion::Promotion>,
     pub weights_file: String,
     pub weights_sha256: String,
 }

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod model;
 pub mod packed;
 pub mod plot;
+pub mod promotion;
 pub mod randomise;
 pub mod synth;
 pub mod training;

@@ -77,6 +77,16 @@ impl EvalReport {
     }
 }
 
+/// One frame's objects over every class, kept for resampling the evaluation
+/// ([`crate::promotion`]): labelled objects matched, detections matching none, and
+/// labelled objects no detection matched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameTally {
+    pub true_positives: u32,
+    pub false_positives: u32,
+    pub false_negatives: u32,
+}
+
 /// Accumulates frames into an [`EvalReport`].
 #[derive(Clone, Debug)]
 pub struct Evaluator {
@@ -88,6 +98,7 @@ pub struct Evaluator {
     labelled: u64,
     defect_free: u64,
     false_on_free: u64,
+    tallies: Vec<FrameTally>,
 }
 
 impl Evaluator {
@@ -101,6 +112,7 @@ impl Evaluator {
             labelled: 0,
             defect_free: 0,
             false_on_free: 0,
+            tallies: Vec::new(),
         }
     }
 
@@ -117,14 +129,20 @@ impl Evaluator {
             self.defect_free += 1;
             self.false_on_free += found.len() as u64;
         }
+        let mut tally = FrameTally::default();
         for class in DefectClass::ALL {
             let k = class.yolo_id();
             let (truth, mine, matched) = match_class(labels, found, class, self.iou_threshold);
-            let hits = matched.iter().filter(|m| m.is_some()).count() as u64;
-            self.objects[k].true_positives += hits;
-            self.objects[k].false_positives += mine.len() as u64 - hits;
-            self.objects[k].false_negatives += truth.len() as u64 - hits;
+            let hits = matched.iter().filter(|m| m.is_some()).count();
+            let (tp, fp, fn_) = (hits, mine.len() - hits, truth.len() - hits);
+            self.objects[k].true_positives += tp as u64;
+            self.objects[k].false_positives += fp as u64;
+            self.objects[k].false_negatives += fn_ as u64;
+            tally.true_positives += tp as u32;
+            tally.false_positives += fp as u32;
+            tally.false_negatives += fn_ as u32;
         }
+        self.tallies.push(tally);
         let truth: Vec<&BoundingBox> = labels.iter().map(|l| &l.bbox).collect();
         let mut all: Vec<&Found> = found.iter().collect();
         all.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
@@ -160,6 +178,11 @@ impl Evaluator {
                 }
             }
         }
+    }
+
+    /// Each frame's objects, in the order the frames were added.
+    pub fn tallies(&self) -> &[FrameTally] {
+        &self.tallies
     }
 
     pub fn report(&self, data: String, data_digest: String) -> EvalReport {

@@ -355,6 +355,11 @@ pub struct PromoteArgs {
     /// of a run with `[model] watch`, which then swaps it in.
     #[arg(long)]
     pub into: Option<PathBuf>,
+    /// How much worse than the current model the candidate may be on a set, at the lower
+    /// end of the 95% bootstrap interval of the difference (object F1 on the held-out
+    /// set, the share of frames right on the harvest), while better beyond noise on one.
+    #[arg(long, default_value_t = defectflow_models::promotion::DEFAULT_MARGIN)]
+    pub margin: f64,
     /// Also write the gate's result as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,

@@ -215,17 +215,27 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
 /// `defectflow promote`: fails (exit code 1) where the candidate does not pass.
 pub fn promote(args: PromoteArgs) -> anyhow::Result<()> {
     use defectflow::tools::modelling;
-    let sets = [("held-out", args.heldout.as_path()), ("harvest", args.harvest.as_path())];
+    use defectflow_models::promotion::Measure;
+    let sets = [
+        ("held-out", args.heldout.as_path(), Measure::ObjectF1),
+        ("harvest", args.harvest.as_path(), Measure::FramesRight),
+    ];
     let current = args.current.clone().or_else(|| args.into.clone()).unwrap_or_else(|| PathBuf::from("models/weights"));
-    let promotion = modelling::promote(&args.candidate, &current, &sets)?;
+    anyhow::ensure!((0.0..1.0).contains(&args.margin), "--margin must be within [0, 1), not {}", args.margin);
+    let promotion = modelling::promote(&args.candidate, &current, &sets, args.margin)?;
     for set in &promotion.sets {
         println!(
-            "{:<9} object F1 {:.3} against {:.3}; false detections per 1,000 defect-free frames {:.1} against {:.1} ({})",
+            "{:<9} object F1 {:.4} against {:.4}; false detections per 1,000 defect-free frames {:.1} against {:.1}; \
+             {} {:+.4} (95% interval {:+.4} to {:+.4}) ({})",
             set.name,
             set.candidate_f1,
             set.current_f1,
             set.candidate_false_per_1000,
             set.current_false_per_1000,
+            set.measure.as_str(),
+            set.difference,
+            set.interval[0],
+            set.interval[1],
             set.data
         );
     }
@@ -233,12 +243,9 @@ pub fn promote(args: PromoteArgs) -> anyhow::Result<()> {
         modelling::write_json(path, &promotion)?;
     }
     let card = args.candidate.join("model.json");
-    anyhow::ensure!(
-        promotion.passed,
-        "not promoted: the candidate's object F1 is not at least {}'s on every set and above it on one (recorded in {})",
-        promotion.against,
-        card.display()
-    );
+    if let Some(why) = promotion.refusal() {
+        anyhow::bail!("not promoted: {why} (recorded in {})", card.display());
+    }
     match &args.into {
         Some(into) => {
             modelling::install(&args.candidate, into)?;
@@ -266,7 +273,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let report = defectflow::tools::modelling::evaluate_with(&detector, &data, |image, wrong| {
+    let (report, _) = defectflow::tools::modelling::evaluate_with(&detector, &data, |image, wrong| {
         if let Some(out) = &mut mistakes {
             for m in wrong {
                 let line = serde_json::json!({ "image": image, "mistake": m });

@@ -9,14 +9,14 @@ use std::time::Instant;
 use anyhow::Context;
 use burn::backend::Autodiff;
 use defectflow_models::card::{
-    DEFAULT_MIN_CONFIDENCE, EarlierModel, GateSet, ModelCard, Promotion, TrainingRecord, digest_files, load_model,
-    save_model,
+    DEFAULT_MIN_CONFIDENCE, EarlierModel, ModelCard, TrainingRecord, digest_files, load_model, save_model,
 };
 use defectflow_models::data::{Sample, YoloFolder, cell_targets};
 use defectflow_models::detector::{CpuBackend, Detector};
 use defectflow_models::inference::FrameView;
-use defectflow_models::metrics::{EvalReport, Evaluator, Mistake, mistakes};
+use defectflow_models::metrics::{EvalReport, Evaluator, FrameTally, Mistake, mistakes};
 use defectflow_models::model::DefectNetConfig;
+use defectflow_models::promotion::{GateSet, Measure, Promotion};
 use defectflow_models::synth::{CameraTruth, GroundTruth, PlantOptions, Scene, random_plant};
 use defectflow_models::training::{TrainConfig, final_loss, train};
 use defectflow_schemas::DefectClass;
@@ -159,16 +159,17 @@ pub fn train_model(options: &TrainOptions) -> anyhow::Result<ModelCard> {
 
 /// Evaluates a detector on a YOLO folder, a batch of frames at a time.
 pub fn evaluate<B: burn::tensor::backend::Backend>(detector: &Detector<B>, data: &Path) -> anyhow::Result<EvalReport> {
-    evaluate_with(detector, data, |_, _| Ok(()))
+    Ok(evaluate_with(detector, data, |_, _| Ok(()))?.0)
 }
 
 /// [`evaluate`], also handing each frame's mistakes (missed objects, false detections)
-/// with its image path to `review`.
+/// with its image path to `review`, and returning each frame's tally (in the folder's
+/// order) beside the report.
 pub fn evaluate_with<B: burn::tensor::backend::Backend>(
     detector: &Detector<B>,
     data: &Path,
     mut review: impl FnMut(&Path, Vec<Mistake>) -> anyhow::Result<()>,
-) -> anyhow::Result<EvalReport> {
+) -> anyhow::Result<(EvalReport, Vec<FrameTally>)> {
     let folder = YoloFolder::open(data)?;
     folder.check_labels()?;
     let mut evaluator = Evaluator::new(0.3);
@@ -204,7 +205,7 @@ pub fn evaluate_with<B: burn::tensor::backend::Backend>(
         }
     }
     progress.finish();
-    Ok(evaluator.report(data.display().to_string(), folder_digest(&folder)?))
+    Ok((evaluator.report(data.display().to_string(), folder_digest(&folder)?), evaluator.tallies().to_vec()))
 }
 
 /// Prints the per-class table and the confusion matrix.
@@ -270,18 +271,25 @@ fn folder_digest(folder: &YoloFolder) -> anyhow::Result<String> {
 }
 
 /// The evaluation gate: the `candidate` and the `current` model evaluated on each
-/// `(name, folder)` set ([`Promotion::decide`]); the result is recorded in the
-/// candidate's card.
-pub fn promote(candidate: &Path, current: &Path, sets: &[(&str, &Path)]) -> anyhow::Result<Promotion> {
+/// `(name, folder, measure)` set and compared with a non-inferiority `margin`
+/// ([`Promotion::decide`]); the result is recorded in the candidate's card.
+pub fn promote(
+    candidate: &Path,
+    current: &Path,
+    sets: &[(&str, &Path, Measure)],
+    margin: f64,
+) -> anyhow::Result<Promotion> {
     let load = |dir: &Path| {
         Detector::<CpuBackend>::load(dir, Default::default()).with_context(|| format!("model {}", dir.display()))
     };
     let (new, old) = (load(candidate)?, load(current)?);
     let mut results = Vec::new();
-    for (name, data) in sets {
-        results.push(GateSet::of(name, &evaluate(&new, data)?, &evaluate(&old, data)?));
+    for &(name, data, measure) in sets {
+        let (new_report, new_frames) = evaluate_with(&new, data, |_, _| Ok(()))?;
+        let (old_report, old_frames) = evaluate_with(&old, data, |_, _| Ok(()))?;
+        results.push(GateSet::of(name, measure, (&new_report, &new_frames), (&old_report, &old_frames)));
     }
-    let promotion = Promotion::decide(old.version(), results);
+    let promotion = Promotion::decide(old.version(), results, margin);
     let mut card = new.card().clone();
     card.promotion = Some(promotion.clone());
     card.save(candidate)?;
