@@ -24,10 +24,10 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# Plant footage at 1080p, re-encoded at 4 Mbit/s with a keyframe every 15 frames.
+# Plant footage at 1080p, re-encoded as cameras encode (4:2:0, 4 Mbit/s, a keyframe every 15 frames).
 "$DEFECTFLOW" synth --out "$work/synth" --cameras 1 --seconds "$clip_s" --width 1920 --height 1080 > /dev/null
 gst-launch-1.0 -q filesrc location="$work/synth/cam-01.mp4" ! qtdemux ! h264parse ! avdec_h264 ! videoconvert \
-  ! x264enc speed-preset=veryfast key-int-max=15 bframes=0 bitrate=4000 ! h264parse ! mp4mux \
+  ! video/x-raw,format=I420 ! x264enc speed-preset=veryfast key-int-max=15 bframes=0 bitrate=4000 ! h264parse ! mp4mux \
   ! filesink location="$work/cam1080.mp4"
 
 measure() { # label, cameras, command...

@@ -382,7 +382,7 @@ def crossing(img, k, kind, param):
 STYLES = ["brushed_steel", "painted_plate", "galvanised", "concrete", "rubber_belt", "cast_iron"]
 
 
-def render_clip(path, rng, seconds, fps, defects_wanted, onset=None, scene=None):
+def render_clip(path, rng, seconds, fps, defects_wanted, onset=None, scene=None, chroma="I420"):
     """One clip. With `scene` (a seed) the view is that camera's: the same surface,
     fittings, gain and tint in every clip, the nuisances, defects and noise the clip's own."""
     view = rng if scene is None else np.random.default_rng(scene)
@@ -405,7 +405,7 @@ def render_clip(path, rng, seconds, fps, defects_wanted, onset=None, scene=None)
     encoder = subprocess.Popen(
         ["gst-launch-1.0", "-q", "fdsrc", "fd=0", "!",
          f"rawvideoparse", "format=rgb", f"width={W}", f"height={H}", f"framerate={fps}/1", "!",
-         "videoconvert", "!", "x264enc", "speed-preset=veryfast", "tune=zerolatency", "bitrate=900", "key-int-max=30", "!",
+         "videoconvert", "!", f"video/x-raw,format={chroma}", "!", "x264enc", "speed-preset=veryfast", "tune=zerolatency", "bitrate=900", "key-int-max=30", "!",
          "h264parse", "!", "mp4mux", "!", "filesink", f"location={path}"],
         stdin=subprocess.PIPE)
     noise_rng = np.random.default_rng(rng.integers(1 << 30))
@@ -448,6 +448,9 @@ def main():
                         help="CAMERA:SECONDS:FPS:CLASS:ONSET_S (CLASS none for a clean clip); replaces the default plan")
     parser.add_argument("--scene", type=int, default=None,
                         help="every clip shows one camera's view, drawn from this seed (its days, not other cameras)")
+    parser.add_argument("--chroma", choices=["I420", "Y444"], default="I420",
+                        help="what the encoder is given: 4:2:0 as cameras encode, or full-resolution colour "
+                             "(how clips were rendered before; the draws are the same either way)")
     args = parser.parse_args()
     os.makedirs(os.path.join(args.out, "clips"), exist_ok=True)
     rng = np.random.default_rng(args.seed)
@@ -465,13 +468,13 @@ def main():
         wanted = [klass] if klass else []
         path = os.path.join(args.out, "clips", camera + ".mp4")
         style, truth, events, dirt = render_clip(path, np.random.default_rng(rng.integers(1 << 30)), seconds, fps, wanted, onset,
-                                                  args.scene)
+                                                  args.scene, args.chroma)
         clips.append({"camera_id": camera, "file": f"clips/{camera}.mp4", "fps": fps, "seconds": seconds,
                       "width": W, "height": H, "style": style, "clean": not truth, "defects": truth,
                       "nuisances": events, "lens_dirt": dirt})
         print(f"{camera}: {style}, {len(truth)} defects, {len(events)} nuisances", flush=True)
     with open(os.path.join(args.out, "footage.json"), "w") as f:
-        json.dump({"renderer": "benches/unseen/render.py", "seed": args.seed, "scene": args.scene, "clips": clips}, f, indent=1)
+        json.dump({"renderer": "benches/unseen/render.py", "seed": args.seed, "scene": args.scene, "chroma": args.chroma, "clips": clips}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 //! worker go to whichever core is free and the workers go on taking frames meanwhile.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,8 @@ use timely::scheduling::SyncActivator;
 use crate::change::{ChangeGates, Plan};
 use crate::decode::FrameTensor;
 use crate::gating::CameraGates;
+pub use crate::swap::ModelSwitch;
+use crate::swap::{Model, Models};
 
 /// How frames are batched for the model. `[model]` in the config.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -76,6 +78,9 @@ impl InferConfig {
 
 /// A batch handed to the pool, and where its observations go.
 struct Job {
+    /// Batches handed to the pool before this one: which model scores it
+    /// ([`crate::swap`]).
+    seq: u64,
     frames: Vec<FrameTensor>,
     reply: Sender<Vec<(FrameTensor, FrameObservation)>>,
     wake: SyncActivator,
@@ -88,6 +93,8 @@ pub struct InferencePool {
     jobs: channel::Sender<Job>,
     /// Frames handed over and not yet scored.
     backlog: Arc<AtomicUsize>,
+    /// Batches handed over so far.
+    handed_over: Arc<AtomicU64>,
     /// The backlog at which the pool is full: a batch per thread waiting.
     capacity: usize,
     /// Held by every clone: what watches the pool from outside ends with it.
@@ -141,17 +148,18 @@ impl InferencePool {
         Detector<B>: Send + 'static,
     {
         let (jobs, queue) = channel::unbounded::<Job>();
-        let mut switch = ModelSwitch { threads: Vec::new() };
+        let handed_over = Arc::new(AtomicU64::new(0));
+        let mut switch = ModelSwitch { threads: Vec::new(), handed_over: Arc::clone(&handed_over) };
         let (batch_size, shadow) = (config.batch_size.max(1), config.shadow);
         let observe = Arc::new(observe);
         let backlog = Arc::new(AtomicUsize::new(0));
         let detectors_started = detectors.len();
         for (i, detector) in detectors.into_iter().enumerate() {
             let (queue, observe, backlog) = (queue.clone(), Arc::clone(&observe), Arc::clone(&backlog));
-            let (mut gates, thresholds, change) = (gates.clone(), config.thresholds.clone(), config.change.clone());
-            let (swap, swaps) = channel::unbounded::<(Detector<B>, Option<CameraGates>)>();
+            let (gates, thresholds, change) = (gates.clone(), config.thresholds.clone(), config.change.clone());
+            let (swap, swaps) = channel::unbounded::<Model<B>>();
             switch.threads.push(swap);
-            let mut detector = detector;
+            let mut models = Models::new(detector, gates);
             // The network's kernels are parallel; on this thread they run on one core,
             // and the threads together use them all.
             let one_core = rayon::ThreadPoolBuilder::new()
@@ -179,23 +187,27 @@ impl InferencePool {
                             Err(_) => break,
                         }
                     }
-                    // A model swapped in takes over from this batch on; the one before
-                    // finished the batches it had begun.
-                    while let Ok((next, next_gates)) = swaps.try_recv() {
-                        (detector, gates) = (next, next_gates);
-                        if let Some(change) = &change {
+                    // Each job is scored by the model current when it was handed over.
+                    models.take(&swaps);
+                    for (index, jobs) in models.group(batch, |job| job.seq) {
+                        let (model, newer) = models.use_model(index);
+                        if let (true, Some(change)) = (newer, &change) {
                             change.forget();
                         }
+                        let setup = Setup {
+                            gates: model.gates.as_ref(),
+                            shadow,
+                            thresholds: &thresholds,
+                            change: change.as_ref(),
+                        };
+                        one_core.install(|| run(&model.detector, &setup, jobs, &*observe));
                     }
-                    let setup =
-                        Setup { gates: gates.as_ref(), shadow, thresholds: &thresholds, change: change.as_ref() };
-                    one_core.install(|| run(&detector, &setup, batch, &*observe));
                     backlog.fetch_sub(frames, Ordering::Relaxed);
                 }
             })?;
         }
         let capacity = batch_size * detectors_started;
-        Ok((InferencePool { jobs, backlog, capacity, alive: Arc::new(()) }, switch))
+        Ok((InferencePool { jobs, backlog, handed_over, capacity, alive: Arc::new(()) }, switch))
     }
 
     /// Gone once the last clone of the pool is.
@@ -209,42 +221,10 @@ impl InferencePool {
         self.backlog.load(Ordering::Relaxed) >= self.capacity
     }
 
-    fn submit(&self, job: Job) {
+    fn submit(&self, mut job: Job) {
+        job.seq = self.handed_over.fetch_add(1, Ordering::SeqCst);
         self.backlog.fetch_add(job.frames.len(), Ordering::Relaxed);
         self.jobs.send(job).unwrap_or_else(|_| panic!("the inference threads have stopped"));
-    }
-}
-
-/// Swaps the model of a running [`InferencePool`]: each inference thread takes its new
-/// detector (and the gates for the new model) before its next batch. No frame is lost: a
-/// batch begun is finished by the model that began it, and every detection names the
-/// version of the model that made it.
-pub struct ModelSwitch<B: Backend> {
-    threads: Vec<channel::Sender<(Detector<B>, Option<CameraGates>)>>,
-}
-
-impl<B: Backend> ModelSwitch<B> {
-    /// How many detectors a swap takes: one per inference thread.
-    pub fn threads(&self) -> usize {
-        self.threads.len()
-    }
-
-    /// Hands each thread its detector of the new model; fails, changing nothing, unless
-    /// there is one per thread.
-    pub fn swap(&self, detectors: Vec<Detector<B>>, gates: Option<CameraGates>) -> Result<(), String> {
-        if detectors.len() != self.threads.len() {
-            return Err(format!("{} detectors for {} inference threads", detectors.len(), self.threads.len()));
-        }
-        for (thread, detector) in self.threads.iter().zip(detectors) {
-            thread.send((detector, gates.clone())).map_err(|_| "the inference threads have stopped".to_owned())?;
-        }
-        Ok(())
-    }
-}
-
-impl<B: Backend> std::fmt::Debug for ModelSwitch<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelSwitch").field("threads", &self.threads.len()).finish()
     }
 }
 
@@ -434,7 +414,7 @@ impl<'scope> Infer<'scope> for StreamVec<'scope, u64, FrameTensor> {
                     let (capabilities, frames): (Vec<_>, Vec<_>) =
                         pending.drain(..batch_size.min(pending.len())).map(|(c, f, _)| (c, f)).unzip();
                     let (reply, replies) = mpsc::channel();
-                    pool.submit(Job { frames, reply, wake: wake.clone() });
+                    pool.submit(Job { seq: 0, frames, reply, wake: wake.clone() });
                     in_flight.push((replies, capabilities));
                 }
                 // Batches come back in any order (several threads).

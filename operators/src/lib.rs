@@ -14,5 +14,6 @@ pub mod inventory;
 pub mod ledger;
 pub mod notify;
 pub mod severity;
+mod swap;
 pub mod thresholds;
 pub mod track;

@@ -92,7 +92,7 @@ pub(super) fn write_truth(out: &Path, plant: &PlantOptions, cameras: Vec<CameraT
     Ok(truth)
 }
 
-/// `appsrc ! videoconvert ! x264enc|x265enc ! h264parse|h265parse ! mp4mux|matroskamux ! filesink`
+/// `appsrc ! videoconvert ! video/x-raw,format=I420 ! x264enc|x265enc ! h264parse|h265parse ! mp4mux|matroskamux ! filesink`
 fn encode(scene: &Scene, frames: u64, path: &PathBuf, options: &FootageOptions) -> anyhow::Result<()> {
     let spec = scene.spec();
     let caps = crate::sources::synth::rendered_frame_caps(spec.width, spec.height, spec.fps);
@@ -103,6 +103,11 @@ fn encode(scene: &Scene, frames: u64, path: &PathBuf, options: &FootageOptions) 
             .with_context(|| format!("GStreamer element `{factory}` missing ({package})"))
     };
     let convert = make("videoconvert", "gstreamer1.0-plugins-base")?;
+    // 4:2:0, as cameras encode: from RGB the encoders would otherwise pick 4:4:4, a
+    // profile few decoders in the field meet and twice the frame memory to decode.
+    let subsampled = gst::ElementFactory::make("capsfilter")
+        .property("caps", gst::Caps::builder("video/x-raw").field("format", "I420").build())
+        .build()?;
     let (encoder, parser) = match options.codec {
         Codec::H264 => {
             let enc = make("x264enc", "gstreamer1.0-plugins-ugly")?;
@@ -127,8 +132,9 @@ fn encode(scene: &Scene, frames: u64, path: &PathBuf, options: &FootageOptions) 
     };
     let sink = gst::ElementFactory::make("filesink").property("location", path.to_string_lossy().as_ref()).build()?;
     let pipeline = gst::Pipeline::new();
-    pipeline.add_many([src.upcast_ref(), &convert, &encoder, &parser, &muxer, &sink])?;
-    gst::Element::link_many([src.upcast_ref(), &convert, &encoder, &parser, &muxer, &sink])?;
+    let chain = [src.upcast_ref(), &convert, &subsampled, &encoder, &parser, &muxer, &sink];
+    pipeline.add_many(chain)?;
+    gst::Element::link_many(chain)?;
     pipeline.set_state(gst::State::Playing)?;
     let frame_ns = 1_000_000_000 / spec.fps as u64;
     for index in 0..frames {
