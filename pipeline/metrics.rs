@@ -202,6 +202,11 @@ impl Metrics {
         }
     }
 
+    /// Whether `expected` cameras have been added and every one has finished.
+    pub fn cameras_finished(&self, expected: usize) -> bool {
+        self.cameras.lock().is_ok_and(|cameras| cameras.len() >= expected && cameras.iter().all(|c| c.finished()))
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -449,6 +454,24 @@ mod tests {
         assert!(out.contains("x_bucket{le=\"0.1\"} 1\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"5\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 2\nx_sum 3.07\nx_count 2\n"), "{out}");
+    }
+
+    /// A worker without cameras goes on until the process's cameras are done: not
+    /// before the others have registered theirs, nor while one still plays.
+    #[test]
+    fn the_cameras_are_finished_once_every_expected_one_has() {
+        use crate::sources::camera::{self, CameraState};
+        let metrics = Metrics::new();
+        assert!(!metrics.cameras_finished(2), "none registered yet");
+        let [(_a_tx, a), (_b_tx, b)] = ["a", "b"].map(|id| camera::detached(id, 1));
+        metrics.add_camera(Arc::clone(&a.stats));
+        a.stats.set_state(CameraState::Ended);
+        assert!(!metrics.cameras_finished(2), "one of two registered");
+        metrics.add_camera(Arc::clone(&b.stats));
+        assert!(!metrics.cameras_finished(2), "one still plays");
+        b.stats.set_state(CameraState::Failed);
+        assert!(metrics.cameras_finished(2));
+        assert!(Metrics::new().cameras_finished(0), "a process without cameras");
     }
 
     #[test]

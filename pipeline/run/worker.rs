@@ -41,6 +41,8 @@ pub(super) struct Worker<'p> {
     collected: Rc<RefCell<Collected>>,
     kept: KeptCounts,
     cameras: Vec<CameraHandle>,
+    /// The cameras of this process's workers together.
+    cameras_here: usize,
     ingest: Ingest,
     /// Worker 0: the sinks.
     outputs: Option<Outputs>,
@@ -83,6 +85,8 @@ impl<'p> Worker<'p> {
         let main_dataflow = worker.next_dataflow_index();
         let mine: Vec<_> =
             config.cameras.iter().enumerate().filter(|(i, _)| i % peers == index).map(|(_, c)| c.clone()).collect();
+        let here = peers_here(worker, config) as usize;
+        let cameras_here = (0..config.cameras.len()).filter(|i| (i % peers) / here == index / here).count();
         let kept = KeptCounts::default();
         let collected =
             Rc::new(RefCell::new(Collected { metrics: Some(Arc::clone(&process.metrics)), ..Collected::default() }));
@@ -96,6 +100,7 @@ impl<'p> Worker<'p> {
             collected,
             kept,
             cameras: Vec::new(),
+            cameras_here,
             ingest: Ingest::new(&mine),
             outputs,
             inputs,
@@ -171,7 +176,14 @@ impl<'p> Worker<'p> {
         let stop = &process.stop;
         let interrupted = stop.interrupted.load(Ordering::Relaxed);
         let timed_out = stop.after.is_some_and(|d| self.started.elapsed() >= d);
-        let all_done = stop.after.is_none() && self.cameras.iter().all(|c| c.stats.finished() && c.frames.is_empty());
+        // A worker without cameras (fewer cameras than workers) goes on, polling its share
+        // of the input topics, until the process's cameras are done.
+        let all_done = stop.after.is_none()
+            && if self.cameras.is_empty() {
+                process.metrics.cameras_finished(self.cameras_here)
+            } else {
+                self.cameras.iter().all(|c| c.stats.finished() && c.frames.is_empty())
+            };
         if interrupted || timed_out || all_done {
             return false;
         }
@@ -250,9 +262,10 @@ impl<'p> Worker<'p> {
         let Dataflow { input, capability, plant, probe, .. } = self.dataflow;
         drop((capability, input, plant));
         progress.at(self.index, "processing the frames already decoded");
-        // Until the frames' dataflow is complete (the delivery dataflow is still open).
+        // Until the frames' dataflow is complete (the delivery dataflow is still open). The
+        // other workers' progress wakes this one; the timeout only bounds a missed wake.
         while !probe.done() || worker.installed_dataflows().contains(&self.main_dataflow) {
-            worker.step();
+            worker.step_or_park(Some(Duration::from_millis(2)));
         }
         let delivered = self.outputs.take().map(|mut outputs| {
             progress.at(self.index, "delivering to the sinks and flushing them");
