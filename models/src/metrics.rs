@@ -65,8 +65,7 @@ impl EvalReport {
     /// one figure a promotion compares. 1 where there is nothing to find and nothing found.
     pub fn object_f1(&self) -> f64 {
         let sum = |f: fn(&Rates) -> u64| self.classes.iter().map(|c| f(&c.objects)).sum::<u64>() as f64;
-        let (tp, fp, fn_) = (sum(|r| r.true_positives), sum(|r| r.false_positives), sum(|r| r.false_negatives));
-        if tp + fp + fn_ == 0.0 { 1.0 } else { 2.0 * tp / (2.0 * tp + fp + fn_) }
+        micro_f1(sum(|r| r.true_positives), sum(|r| r.false_positives), sum(|r| r.false_negatives))
     }
 
     /// The goal of the shipped weights: recall ≥ 0.97 and precision ≥ 0.95 for every
@@ -85,6 +84,13 @@ pub struct FrameTally {
     pub true_positives: u32,
     pub false_positives: u32,
     pub false_negatives: u32,
+}
+
+/// F1 of counts added up over classes (or frames): 1 where there is nothing to find and
+/// nothing found.
+pub fn micro_f1(true_positives: f64, false_positives: f64, false_negatives: f64) -> f64 {
+    let (tp, fp, fn_) = (true_positives, false_positives, false_negatives);
+    if tp + fp + fn_ == 0.0 { 1.0 } else { 2.0 * tp / (2.0 * tp + fp + fn_) }
 }
 
 /// Accumulates frames into an [`EvalReport`].

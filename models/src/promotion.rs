@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{EvalReport, FrameTally};
+use crate::metrics::{EvalReport, FrameTally, micro_f1};
 
 /// Bootstrap resamples per set.
 pub const RESAMPLES: u32 = 2_000;
@@ -98,8 +98,7 @@ impl Measure {
     fn of(self, sum: &Sum) -> f64 {
         match self {
             Measure::ObjectF1 => {
-                let (tp, fp, fn_) = (sum.true_positives as f64, sum.false_positives as f64, sum.false_negatives as f64);
-                if tp + fp + fn_ == 0.0 { 1.0 } else { 2.0 * tp / (2.0 * tp + fp + fn_) }
+                micro_f1(sum.true_positives as f64, sum.false_positives as f64, sum.false_negatives as f64)
             }
             Measure::FramesRight => {
                 if sum.frames == 0 {
