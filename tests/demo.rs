@@ -237,9 +237,10 @@ fn the_demo_run_leaves_what_every_user_needs() {
     // The evaluation gate on the held-out frames and the harvest. A model that finds
     // nothing (untrained, its threshold above any probability) against the shipped one
     // is refused, the result recorded in its card and nothing installed. The shipped
-    // model against it is refused too where the harvest is the shipped model's own false
-    // positives (the blind model gets those frames right), and promoted and installed
-    // where it is better on both sets (the generated frames given as both).
+    // model against it is refused too on a harvest of frames where the shipped model
+    // finds something and people said there is nothing (every work order closed as a
+    // false positive: the blind model gets those frames right), and promoted and
+    // installed where it is better on both sets (the generated frames given as both).
     let (shipped, blind, live) = (dir.path().join("shipped"), dir.path().join("blind"), dir.path().join("live"));
     {
         use defectflow_models::card::{ModelCard, load_model, save_model};
@@ -284,7 +285,7 @@ fn the_demo_run_leaves_what_every_user_needs() {
         assert!(low <= difference && difference <= high, "the interval holds the difference: {set}");
     }
     assert!(!live.exists(), "a refused candidate is not installed");
-    let refused = promote(&shipped, &blind);
+    let refused = promote_on(&shipped, &blind, &rejudged);
     let why = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && why.contains("on harvest"), "{why}");
     assert!(!live.exists(), "a refused candidate is not installed");
