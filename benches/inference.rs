@@ -1,7 +1,8 @@
 //! Defect network inference: frames per second at batch 1 and 8 on a 640x360 frame on
 //! the CPU, with random weights (the shipped architecture, box head included), as the
 //! detector runs it (`burn_packed`, see `defectflow_models::packed`) and on burn's
-//! tensor ops (`burn_flex`);
+//! tensor ops (`burn_flex`), and on the int8 path (`burn_int8_<kernel>`, see
+//! `defectflow_models::quantized`);
 //! the peer, `benches/torch_defectnet.py`, builds the same network in PyTorch, and
 //! `benches/model_vs_torch.sh` runs both and prints the ratio. With `--features cuda`
 //! also the GPU backend at batch 1, 8 and 64. `gating_640x360` is what a commissioned
@@ -16,6 +17,7 @@ use defectflow_models::gate::{Persistence, UnknownDefects, gate};
 use defectflow_models::inference::{CellScores, FrameView, group_cells, score_batch};
 use defectflow_models::model::DefectNetConfig;
 use defectflow_models::packed::PackedNet;
+use defectflow_models::quantized::{Int8Calibration, Int8Kernel, QuantNet, calibrate};
 
 /// As the `defectflow` binary runs when built with it.
 #[cfg(feature = "mimalloc")]
@@ -53,6 +55,26 @@ fn bench_packed(c: &mut Criterion, batches: &[usize]) {
     let net = DefectNetConfig::new().with_box_head(true).init::<CpuBackend>(&Default::default());
     let packed = PackedNet::new(&net);
     bench_scores(c, "burn_packed", batches, |frames| packed.score(frames));
+}
+
+/// The same network on the int8 path, on each integer kernel this CPU has, calibrated
+/// on the benchmark's frame (`burn_int8_<kernel>`).
+fn bench_int8(c: &mut Criterion, batches: &[usize]) {
+    let net = DefectNetConfig::new().with_box_head(true).init::<CpuBackend>(&Default::default());
+    let pixels: Vec<u8> = (0..3 * WIDTH * HEIGHT).map(|i| (i * 7919 % 251) as u8).collect();
+    let frame = FrameView { width: WIDTH, height: HEIGHT, pixels: &pixels };
+    let calibration = Int8Calibration {
+        activation_scales: calibrate(&PackedNet::new(&net), &[frame]),
+        frames: 1,
+        data: "benchmark frame".into(),
+        data_digest: String::new(),
+        evaluation: None,
+    };
+    for kernel in [Int8Kernel::Vnni512, Int8Kernel::Avx2, Int8Kernel::Portable] {
+        let Ok(quantised) = QuantNet::new(&net, &calibration).and_then(|q| q.with_kernel(kernel)) else { continue };
+        let name = format!("burn_int8_{}", kernel.name().replace('-', "_"));
+        bench_scores(c, &name, batches, |frames| quantised.score(frames));
+    }
 }
 
 /// What commissioning adds to a frame on the CPU: `ungated` scores a frame and groups
@@ -113,6 +135,7 @@ fn inference(c: &mut Criterion) {
     let macs = DefectNetConfig::new().with_box_head(true).macs(WIDTH, HEIGHT);
     eprintln!("defect network: {} MACs = {:.3} GFLOP per {WIDTH}x{HEIGHT} frame", macs, 2.0 * macs as f64 / 1e9);
     bench_packed(c, &[1, 8]);
+    bench_int8(c, &[1]);
     bench_gating(c);
     bench_backend::<CpuBackend>(c, "burn_flex", &[1, 8]);
     #[cfg(feature = "cuda")]

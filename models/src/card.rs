@@ -28,6 +28,8 @@ pub enum ModelError {
     Digest { path: PathBuf, expected: String, actual: String },
     #[error("{path}: weights do not fit the card's architecture: {reason}")]
     Weights { path: PathBuf, reason: String },
+    #[error("{reason}")]
+    Precision { reason: String },
 }
 
 /// How the weights were trained.
@@ -96,6 +98,9 @@ pub struct ModelCard {
     /// (`defectflow promote`), when it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promotion: Option<crate::promotion::Promotion>,
+    /// The int8 path's activation scales (`defectflow quantize`), when calibrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<crate::quantized::Int8Calibration>,
     pub weights_file: String,
     pub weights_sha256: String,
 }
@@ -135,6 +140,7 @@ impl ModelCard {
             },
             evaluation: None,
             promotion: None,
+            int8: None,
             weights_file: String::new(),
             weights_sha256: String::new(),
         }

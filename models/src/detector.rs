@@ -10,6 +10,7 @@ use crate::gate::{GatedFrame, Persistence, gate};
 use crate::inference::{CellScores, Found, FrameView, group_cells, resize, score_batch, score_batch_with_appearance};
 use crate::model::DefectNet;
 use crate::packed::PackedNet;
+use crate::quantized::{Int8Kernel, QuantNet};
 
 /// The CPU backend defectflow runs on by default.
 pub type CpuBackend = burn::backend::Flex;
@@ -17,12 +18,30 @@ pub type CpuBackend = burn::backend::Flex;
 #[cfg(feature = "cuda")]
 pub type GpuBackend = burn::backend::Cuda;
 
+/// The arithmetic the network runs in on the CPU (`[model] precision`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats, as the network was trained ([`PackedNet`]).
+    #[default]
+    Fp32,
+    /// 8-bit integers with the card's calibration ([`QuantNet`]).
+    Int8,
+}
+
+/// The network laid out for the CPU backend, in one precision.
+#[derive(Debug)]
+enum CpuNet {
+    Fp32(PackedNet),
+    Int8(QuantNet),
+}
+
 /// Finds defects in frames with a trained model.
 #[derive(Debug)]
 pub struct Detector<B: Backend> {
     net: DefectNet<B>,
-    /// On the CPU backend, the network packed for inference ([`PackedNet`]).
-    packed: Option<PackedNet>,
+    /// On the CPU backend, the network laid out for inference.
+    packed: Option<CpuNet>,
     card: ModelCard,
     device: B::Device,
     /// Lowest cell probability that counts as a defect; from the card unless overridden.
@@ -39,8 +58,35 @@ impl<B: Backend> Detector<B> {
     pub fn new(net: DefectNet<B>, card: ModelCard, device: B::Device) -> Detector<B> {
         let min_confidence = card.min_confidence;
         let on_cpu = std::any::TypeId::of::<B>() == std::any::TypeId::of::<CpuBackend>();
-        let packed = on_cpu.then(|| PackedNet::new(&net));
+        let packed = on_cpu.then(|| CpuNet::Fp32(PackedNet::new(&net)));
         Detector { net, packed, card, device, min_confidence }
+    }
+
+    /// The detector running in `precision` on the CPU. Int8 needs the card's
+    /// calibration (`defectflow quantize`); fails naming what is missing. Another
+    /// backend than the CPU runs fp32 whatever is asked.
+    pub fn with_precision(mut self, precision: Precision) -> Result<Detector<B>, ModelError> {
+        if precision == Precision::Int8 && self.packed.is_some() {
+            let calibration = self.card.int8.as_ref().ok_or_else(|| ModelError::Precision {
+                reason: format!(
+                    "model {} has no int8 calibration (`int8` in model.json): run `defectflow quantize --model DIR --data TRAINING_DIR`",
+                    self.card.version
+                ),
+            })?;
+            let net = QuantNet::new(&self.net, calibration).map_err(|reason| ModelError::Precision { reason })?;
+            self.packed = Some(CpuNet::Int8(net));
+        } else if precision == Precision::Fp32 && self.packed.is_some() {
+            self.packed = Some(CpuNet::Fp32(PackedNet::new(&self.net)));
+        }
+        Ok(self)
+    }
+
+    /// The precision frames are scored in, and on int8 the kernel.
+    pub fn precision(&self) -> (Precision, Option<Int8Kernel>) {
+        match &self.packed {
+            Some(CpuNet::Int8(net)) => (Precision::Int8, Some(net.kernel())),
+            _ => (Precision::Fp32, None),
+        }
     }
 
     pub fn card(&self) -> &ModelCard {
@@ -79,8 +125,10 @@ impl<B: Backend> Detector<B> {
 
     fn score_at_input_size(&self, frames: &[FrameView<'_>], appearance: bool) -> Vec<CellScores> {
         match (&self.packed, appearance) {
-            (Some(packed), false) => packed.score(frames),
-            (Some(packed), true) => packed.score_with_appearance(frames),
+            (Some(CpuNet::Fp32(packed)), false) => packed.score(frames),
+            (Some(CpuNet::Fp32(packed)), true) => packed.score_with_appearance(frames),
+            (Some(CpuNet::Int8(net)), false) => net.score(frames),
+            (Some(CpuNet::Int8(net)), true) => net.score_with_appearance(frames),
             (None, false) => score_batch(&self.net, frames, &self.device),
             (None, true) => score_batch_with_appearance(&self.net, frames, &self.device),
         }

@@ -13,6 +13,7 @@ pub mod model;
 pub mod packed;
 pub mod plot;
 pub mod promotion;
+pub mod quantized;
 pub mod randomise;
 pub mod synth;
 pub mod training;

@@ -43,12 +43,12 @@ pub struct PackedNet {
 /// the next frame; the allocator would otherwise hand them back to the kernel and
 /// fault them in again, which costs about as much as the work done in them.
 #[derive(Debug, Default)]
-struct Buffers(Vec<Vec<f32>>);
+pub(crate) struct Buffers(Vec<Vec<f32>>);
 
 impl Buffers {
     /// A buffer of `len` values whose contents are unspecified: its user writes all of
     /// them. The smallest kept buffer that holds `len` values without growing, if any.
-    fn take(&mut self, len: usize) -> Vec<f32> {
+    pub(crate) fn take(&mut self, len: usize) -> Vec<f32> {
         let fitting = (self.0.iter().enumerate())
             .filter(|(_, b)| b.capacity() >= len)
             .min_by_key(|(_, b)| b.capacity())
@@ -60,7 +60,7 @@ impl Buffers {
         buffer
     }
 
-    fn give(&mut self, buffer: Vec<f32>) {
+    pub(crate) fn give(&mut self, buffer: Vec<f32>) {
         // A frame uses a handful; more would only be kept for nothing.
         if self.0.len() < 8 {
             self.0.push(buffer);
@@ -71,7 +71,7 @@ impl Buffers {
 /// The first convolution's weights as [`stem_direct`] reads them: groups of
 /// [`LANES`] output channels, each `[TAPS]` vectors of [`LANES`] weights.
 #[derive(Debug)]
-struct Stem {
+pub(crate) struct Stem {
     weight: Vec<[f32; LANES]>,
     bias: Vec<[f32; LANES]>,
     channels: usize,
@@ -94,11 +94,11 @@ struct PackedConv {
 
 /// Activations of one frame, channels-last: `[height, width, channels]`.
 #[derive(Debug)]
-struct Activations {
-    values: Vec<f32>,
-    height: usize,
-    width: usize,
-    channels: usize,
+pub(crate) struct Activations {
+    pub(crate) values: Vec<f32>,
+    pub(crate) height: usize,
+    pub(crate) width: usize,
+    pub(crate) channels: usize,
 }
 
 impl PackedConv {
@@ -180,7 +180,7 @@ impl PackedConv {
 }
 
 /// The buffers, even after a panic elsewhere poisoned the lock (they hold no invariant).
-fn lock(buffers: &Mutex<Buffers>) -> std::sync::MutexGuard<'_, Buffers> {
+pub(crate) fn lock(buffers: &Mutex<Buffers>) -> std::sync::MutexGuard<'_, Buffers> {
     buffers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -238,37 +238,60 @@ impl PackedNet {
         let logits = self.head.forward(&x, device, buffers);
         let boxes =
             self.boxes.as_ref().map(|(hidden, out)| out.forward(&hidden.forward(&x, device, buffers), device, buffers));
-        let (rows, cols, classes) = (x.height, x.width, logits.channels);
-        let plane = rows * cols;
-        let mut probabilities = vec![0f32; classes * plane];
-        for (p, cell) in logits.values.chunks(classes).enumerate() {
-            let max = cell.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f32 = cell.iter().map(|v| (v - max).exp()).sum();
+        cell_scores(&logits, boxes.as_ref(), &appearance)
+    }
+
+    /// Each ReLU layer's output for one frame, in the order the network computes them
+    /// (stem, mid, cell, local, context, wide, then the box head's hidden layer): what
+    /// the int8 path's calibration measures ([`crate::quantized::calibrate`]).
+    pub(crate) fn relu_outputs(&self, frame: &FrameView<'_>) -> Vec<Vec<f32>> {
+        let (device, buffers) = (&self.device, &self.buffers);
+        let mut x = stem_direct(frame, &self.stem, buffers);
+        let mut outputs = vec![x.values.clone()];
+        for conv in &self.body {
+            x = conv.forward(&x, device, buffers);
+            outputs.push(x.values.clone());
+        }
+        if let Some((hidden, _)) = &self.boxes {
+            outputs.push(hidden.forward(&x, device, buffers).values);
+        }
+        outputs
+    }
+}
+
+/// A frame's scores from the head's logits and the box head's outputs (channels-last,
+/// at cell resolution), with the appearance layers' activations when there are two.
+pub(crate) fn cell_scores(logits: &Activations, boxes: Option<&Activations>, appearance: &[Vec<f32>]) -> CellScores {
+    let (rows, cols, classes) = (logits.height, logits.width, logits.channels);
+    let plane = rows * cols;
+    let mut probabilities = vec![0f32; classes * plane];
+    for (p, cell) in logits.values.chunks(classes).enumerate() {
+        let max = cell.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = cell.iter().map(|v| (v - max).exp()).sum();
+        for (k, v) in cell.iter().enumerate() {
+            probabilities[k * plane + p] = (v - max).exp() / sum;
+        }
+    }
+    let boxes = boxes.map(|boxes| {
+        let mut planar = vec![0f32; BOX_OUTPUTS * plane];
+        for (p, cell) in boxes.values.chunks(BOX_OUTPUTS).enumerate() {
             for (k, v) in cell.iter().enumerate() {
-                probabilities[k * plane + p] = (v - max).exp() / sum;
+                planar[k * plane + p] = *v;
             }
         }
-        let boxes = boxes.map(|boxes| {
-            let mut planar = vec![0f32; BOX_OUTPUTS * plane];
-            for (p, cell) in boxes.values.chunks(BOX_OUTPUTS).enumerate() {
-                for (k, v) in cell.iter().enumerate() {
-                    planar[k * plane + p] = *v;
-                }
-            }
-            planar
-        });
-        let appearance = (appearance.len() == 2).then(|| {
-            let (a, b) = (&appearance[0], &appearance[1]);
-            let (da, db) = (a.len() / plane, b.len() / plane);
-            let mut values = Vec::with_capacity(a.len() + b.len());
-            for p in 0..plane {
-                values.extend_from_slice(&a[p * da..(p + 1) * da]);
-                values.extend_from_slice(&b[p * db..(p + 1) * db]);
-            }
-            Appearance { dims: da + db, values }
-        });
-        CellScores { classes, rows, cols, probabilities, boxes, appearance }
-    }
+        planar
+    });
+    let appearance = (appearance.len() == 2).then(|| {
+        let (a, b) = (&appearance[0], &appearance[1]);
+        let (da, db) = (a.len() / plane, b.len() / plane);
+        let mut values = Vec::with_capacity(a.len() + b.len());
+        for p in 0..plane {
+            values.extend_from_slice(&a[p * da..(p + 1) * da]);
+            values.extend_from_slice(&b[p * db..(p + 1) * db]);
+        }
+        Appearance { dims: da + db, values }
+    });
+    CellScores { classes, rows, cols, probabilities, boxes, appearance }
 }
 
 /// Output channels the stem computes together: one 256-bit vector.
@@ -279,7 +302,7 @@ const PIXELS: usize = 4;
 const TAPS: usize = 27;
 
 impl Stem {
-    fn new<B: Backend>(conv: &Conv2d<B>) -> Stem {
+    pub(crate) fn new<B: Backend>(conv: &Conv2d<B>) -> Stem {
         let weight = values(conv.weight.val());
         let channels = conv.weight.dims()[0];
         let bias = conv.bias.as_ref().map(|b| values(b.val())).unwrap_or_else(|| vec![0.0; channels]);
@@ -305,7 +328,7 @@ impl Stem {
 /// front), so output column `x` reads `even[x]`, `odd[x]`, `even[x + 1]`. Four output
 /// pixels × eight channels accumulate in registers over the 27 taps, with AVX2 and FMA
 /// where the CPU has them (checked at run time).
-fn stem_direct(frame: &FrameView<'_>, stem: &Stem, buffers: &Mutex<Buffers>) -> Activations {
+pub(crate) fn stem_direct(frame: &FrameView<'_>, stem: &Stem, buffers: &Mutex<Buffers>) -> Activations {
     stem_direct_on(frame, stem, buffers, true)
 }
 

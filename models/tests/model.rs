@@ -1,6 +1,6 @@
 //! The defect model's own tests: YOLO folders (and their errors), cell targets,
-//! grouping cells into detections, training lowering the loss, and a saved model
-//! reloading to the same outputs.
+//! grouping cells into detections, training lowering the loss, a saved model reloading
+//! to the same outputs, and the int8 path against fp32.
 
 use std::fs;
 use std::path::Path;
@@ -8,11 +8,12 @@ use std::path::Path;
 use burn::backend::Autodiff;
 use defectflow_models::card::{ModelCard, TrainingRecord, load_model, save_model};
 use defectflow_models::data::{DataError, IGNORE, LabelBox, Sample, YoloFolder, cell_targets};
-use defectflow_models::detector::CpuBackend;
+use defectflow_models::detector::{CpuBackend, Detector, Precision};
 use defectflow_models::inference::{CellScores, FrameView, group_cells, score_batch};
 use defectflow_models::metrics::{Evaluator, iou};
 use defectflow_models::model::DefectNetConfig;
 use defectflow_models::packed::PackedNet;
+use defectflow_models::quantized::{Int8Calibration, Int8Kernel, QuantNet, calibrate};
 use defectflow_models::synth::{PlantOptions, Scene, random_plant};
 use defectflow_models::training::{TrainConfig, train};
 use defectflow_schemas::{BoundingBox, DefectClass};
@@ -290,6 +291,7 @@ fn training_lowers_the_loss_and_a_saved_model_reloads_to_identical_outputs() {
         },
         evaluation: None,
         promotion: None,
+        int8: None,
         weights_file: String::new(),
         weights_sha256: String::new(),
     };
@@ -323,4 +325,110 @@ fn training_is_deterministic_for_a_seed() {
     let (_, a) = train::<Autodiff<CpuBackend>>(&samples, &architecture, None, &config, &device, |_| {});
     let (_, b) = train::<Autodiff<CpuBackend>>(&samples, &architecture, None, &config, &device, |_| {});
     assert_eq!(a, b);
+}
+
+/// Frames of a random plant at 640x360 (the shipped model's input size), late enough
+/// that its defects have grown.
+fn plant_frames(seed: u64, cameras: usize, frames: &[u64]) -> Vec<Sample> {
+    let plant =
+        PlantOptions { seed, cameras, defect_free_cameras: 0, duration_s: 20.0, fps: 15, width: 640, height: 360 };
+    let mut samples = Vec::new();
+    for spec in random_plant(&plant) {
+        let scene = Scene::new(spec.clone());
+        for &index in frames {
+            let rendered = scene.render(index);
+            let (w, h) = (spec.width as usize, spec.height as usize);
+            let mut planar = vec![0u8; 3 * w * h];
+            for (i, px) in rendered.image.pixels.chunks_exact(3).enumerate() {
+                for ch in 0..3 {
+                    planar[ch * w * h + i] = px[ch];
+                }
+            }
+            let labels = rendered.labels.iter().map(|l| LabelBox { class: l.class, bbox: l.bbox }).collect();
+            samples.push(Sample {
+                name: format!("{}_{index}", spec.camera_id),
+                width: w,
+                height: h,
+                pixels: planar,
+                labels,
+            });
+        }
+    }
+    samples
+}
+
+fn views(samples: &[Sample]) -> Vec<FrameView<'_>> {
+    samples.iter().map(|s| FrameView { width: s.width, height: s.height, pixels: &s.pixels }).collect()
+}
+
+#[test]
+fn the_int8_network_finds_what_fp32_finds() {
+    let device = Default::default();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
+    let (net, mut card) = load_model::<CpuBackend>(&dir, &device).expect("the shipped model");
+    // A card without a calibration cannot run int8, and says what to do.
+    let without = Detector::new(net.clone(), ModelCard { int8: None, ..card.clone() }, device);
+    let error = without.with_precision(Precision::Int8).expect_err("no calibration").to_string();
+    assert!(error.contains("defectflow quantize"), "{error}");
+    // Calibrated on one plant, compared on another.
+    let calibration_frames = plant_frames(11, 4, &[150, 290]);
+    card.int8 = Some(Int8Calibration {
+        activation_scales: calibrate(&PackedNet::new(&net), &views(&calibration_frames)),
+        frames: calibration_frames.len(),
+        data: "generated".into(),
+        data_digest: String::new(),
+        evaluation: None,
+    });
+    let held_out = plant_frames(2024, 6, &[200, 299]);
+    let fp32 = Detector::new(net.clone(), card.clone(), device);
+    let int8 = Detector::new(net, card, device).with_precision(Precision::Int8).expect("calibrated");
+    assert_eq!(int8.precision().0, Precision::Int8);
+    let frames = views(&held_out);
+    let (expected, found) = (fp32.detect(&frames), int8.detect(&frames));
+    let labelled: usize = held_out.iter().map(|s| s.labels.len()).sum();
+    let detected: usize = expected.iter().map(Vec::len).sum();
+    assert!(labelled >= 6 && detected * 4 >= labelled * 3, "{detected} found of {labelled} labelled");
+    for ((expected, found), sample) in expected.iter().zip(&found).zip(&held_out) {
+        assert_eq!(expected.len(), found.len(), "{}: {expected:?} vs {found:?}", sample.name);
+        for e in expected {
+            let best = (found.iter().filter(|f| f.class == e.class)).map(|f| iou(&f.bbox, &e.bbox)).fold(0.0, f32::max);
+            assert!(best >= 0.8, "{}: {e:?} has no int8 match (best IoU {best}) in {found:?}", sample.name);
+        }
+    }
+}
+
+#[test]
+fn every_int8_kernel_scores_a_frame_identically() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let net = DefectNetConfig::new().with_box_head(true).init::<CpuBackend>(&Default::default());
+    // Odd sizes exercise the padding and a last tile of one pixel.
+    let (width, height) = (45, 29);
+    let pixels: Vec<u8> = (0..3 * width * height).map(|i| (i * 7919 % 251) as u8).collect();
+    let frame = [FrameView { width, height, pixels: &pixels }];
+    let calibration = Int8Calibration {
+        activation_scales: calibrate(&PackedNet::new(&net), &frame),
+        frames: 1,
+        data: String::new(),
+        data_digest: String::new(),
+        evaluation: None,
+    };
+    let scores = |kernel| {
+        let net = QuantNet::new(&net, &calibration).expect("quantised").with_kernel(kernel).ok()?;
+        Some(net.score_with_appearance(&frame).remove(0))
+    };
+    let portable = scores(Int8Kernel::Portable).expect("every CPU");
+    let fp32 = PackedNet::new(&net).score(&frame).remove(0);
+    assert_eq!((portable.rows, portable.cols, portable.classes), (4, 6, 7));
+    // Close to fp32 (random weights, so not the last digit) ...
+    let largest =
+        (portable.probabilities.iter().zip(&fp32.probabilities)).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(largest < 0.05, "{largest}");
+    // ... and the same to the bit on every kernel this CPU has.
+    for kernel in [Int8Kernel::Vnni512, Int8Kernel::Avx2] {
+        if let Some(other) = scores(kernel) {
+            assert_eq!(other.probabilities, portable.probabilities, "{}", kernel.name());
+            assert_eq!(other.boxes, portable.boxes, "{}", kernel.name());
+            assert_eq!(other.appearance, portable.appearance, "{}", kernel.name());
+        }
+    }
 }

@@ -51,6 +51,9 @@ pub enum Command {
     /// The evaluation gate: a candidate model against the current one on the held-out
     /// set and the harvest; recorded in the candidate's card, installed if it passes.
     Promote(PromoteArgs),
+    /// Calibrates a model's int8 path on frames of its training data and, with
+    /// --holdout, checks it against fp32 class by class; recorded in the model card.
+    Quantize(QuantizeArgs),
     /// Runs the whole graph on N synthetic cameras and reports what it sustained.
     Bench(BenchArgs),
     /// Looks after a Parquet audit log.
@@ -327,6 +330,10 @@ pub struct EvalArgs {
     /// Lowest cell probability that counts as a defect (default: the model card's).
     #[arg(long)]
     pub min_confidence: Option<f32>,
+    /// The arithmetic the network runs in: fp32, or int8 with the card's calibration
+    /// (`defectflow quantize`).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: PrecisionArg,
     /// Write this evaluation (and `--min-confidence`, if given) into the model card: how a
     /// threshold chosen on a validation set is recorded with its held-out result.
     #[arg(long)]
@@ -335,6 +342,43 @@ pub struct EvalArgs {
     /// its image: the frames to look at (or relabel) first.
     #[arg(long)]
     pub mistakes: Option<PathBuf>,
+}
+
+/// `--precision` (see `defectflow_models::detector::Precision`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    Fp32,
+    Int8,
+}
+
+impl From<PrecisionArg> for defectflow_models::detector::Precision {
+    fn from(arg: PrecisionArg) -> Self {
+        match arg {
+            PrecisionArg::Fp32 => Self::Fp32,
+            PrecisionArg::Int8 => Self::Int8,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// Model directory (model.json + weights.bin); its card gains the calibration.
+    #[arg(long, default_value = "models/weights")]
+    pub model: PathBuf,
+    /// YOLO folder of the training data to measure the activations on.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Frames of --data measured, evenly spaced over the folder.
+    #[arg(long, default_value_t = 64)]
+    pub frames: usize,
+    /// Held-out YOLO folder, never trained on: both paths are evaluated on it and the
+    /// calibration recorded only if they agree within --tolerance.
+    #[arg(long)]
+    pub holdout: Option<PathBuf>,
+    /// Largest difference of any class's object precision, recall or F1 between int8
+    /// and fp32 on --holdout, in points (hundredths).
+    #[arg(long, default_value_t = 0.5)]
+    pub tolerance: f64,
 }
 
 #[derive(Debug, Args)]

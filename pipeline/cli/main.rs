@@ -83,6 +83,7 @@ fn run_cli() -> anyhow::Result<()> {
         Command::Report(args) => tools::report(args),
         Command::Harvest(args) => tools::harvest(args),
         Command::Promote(args) => tools::promote(args),
+        Command::Quantize(args) => tools::quantize(args),
         Command::Bench(args) => tools::bench(args),
         Command::Audit(command) => tools::audit(command),
         Command::Bridge(args) => bridge(args),

@@ -12,8 +12,8 @@ use defectflow_models::synth::PlantOptions;
 use defectflow_schemas::Emitted;
 
 use crate::args::{
-    AuditCommand, BenchArgs, CommissionArgs, DiscoverArgs, EvalArgs, HarvestArgs, PromoteArgs, ReplayArgs, ReportArgs,
-    SynthArgs, SynthFormat, TrainArgs,
+    AuditCommand, BenchArgs, CommissionArgs, DiscoverArgs, EvalArgs, HarvestArgs, PromoteArgs, QuantizeArgs,
+    ReplayArgs, ReportArgs, SynthArgs, SynthFormat, TrainArgs,
 };
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -256,13 +256,46 @@ pub fn promote(args: PromoteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn quantize(args: QuantizeArgs) -> anyhow::Result<()> {
+    use defectflow::tools::quantize::{QuantizeOptions, quantize};
+    let options = QuantizeOptions {
+        model: args.model,
+        data: args.data,
+        frames: args.frames,
+        holdout: args.holdout,
+        tolerance_points: args.tolerance,
+    };
+    let calibration = quantize(&options)?;
+    println!(
+        "activation scales {:?} from {} frames of {}",
+        calibration.activation_scales, calibration.frames, calibration.data
+    );
+    if let Some(compared) = &calibration.evaluation {
+        println!(
+            "{:<18} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "class", "fp32 prec", "int8 prec", "fp32 rec", "int8 rec", "fp32 f1", "int8 f1"
+        );
+        for (a, b) in compared.fp32.classes.iter().zip(&compared.int8.classes) {
+            let (a_o, b_o) = (&a.objects, &b.objects);
+            println!(
+                "{:<18} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9.4}",
+                a.class, a_o.precision, b_o.precision, a_o.recall, b_o.recall, a_o.f1, b_o.f1
+            );
+        }
+        println!("largest difference: {:.2} points ({})", compared.largest_gap_points, compared.largest_gap_at);
+    }
+    println!("recorded in {}", options.model.join("model.json").display());
+    Ok(())
+}
+
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     use defectflow_models::detector::{CpuBackend, Detector};
     if let Some(footage) = args.footage.clone() {
         return eval_footage(footage, args);
     }
     let data = args.data.context("--data or --footage is needed")?;
-    let mut detector = Detector::<CpuBackend>::load(&args.model, Default::default())?;
+    let mut detector =
+        Detector::<CpuBackend>::load(&args.model, Default::default())?.with_precision(args.precision.into())?;
     if let Some(c) = args.min_confidence {
         anyhow::ensure!((0.0..=1.0).contains(&c), "--min-confidence must be within [0, 1]");
         detector.min_confidence = c;

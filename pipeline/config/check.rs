@@ -42,6 +42,18 @@ impl RunConfig {
                     "model.dir".into(),
                     format!("{}: the card names {}, which is not there", dir.display(), card.weights_file),
                 )),
+                Ok(card)
+                    if model.precision == defectflow_models::detector::Precision::Int8 && card.int8.is_none() =>
+                {
+                    problems.push((
+                        "model.precision".into(),
+                        format!(
+                            "\"int8\" needs the model's int8 calibration, which {} lacks: run `defectflow quantize --model {} --data TRAINING_DIR`",
+                            dir.join("model.json").display(),
+                            dir.display()
+                        ),
+                    ))
+                }
                 Ok(_) => {}
                 Err(error) => problems.push(("model.dir".into(), error.to_string())),
             }

@@ -109,6 +109,11 @@ pub struct ModelConfig {
     /// Lowest cell probability that counts as a defect; absent: the model card's.
     #[serde(default)]
     pub min_confidence: Option<f32>,
+    /// The arithmetic the network runs in on the CPU: `"fp32"`, or `"int8"` with the
+    /// card's calibration (`defectflow quantize`), faster by the figures in README →
+    /// Benchmarks. Camera baselines are kept per precision.
+    #[serde(default)]
+    pub precision: defectflow_models::detector::Precision,
     /// Inference threads, each running the network on one core; 0: one per core.
     #[serde(default)]
     pub threads: usize,
@@ -146,6 +151,7 @@ impl Default for ModelConfig {
             max_wait_ms: default_max_wait_ms(),
             shadow: false,
             min_confidence: None,
+            precision: Default::default(),
             threads: 0,
             change_threshold: 0.0,
             rescore_s: default_rescore_s(),

@@ -289,14 +289,20 @@ fn start_model(
         thresholds: config.work_orders.thresholds.clone(),
         ..model.infer_config()
     };
-    let detectors = model_watch::load_detectors(&model.resolved_dir(), infer.thread_count(), model.min_confidence)?;
+    let detectors = model_watch::load_detectors(
+        &model.resolved_dir(),
+        infer.thread_count(),
+        model.min_confidence,
+        model.precision,
+    )?;
     let version = detectors.first().map(|d| d.version().to_owned()).unwrap_or_default();
     let floor = detectors.first().map_or(0.0, |d| d.min_confidence);
     let (folder, cameras) = (model_watch::baseline_folder(config), model_watch::gated_cameras(config));
     // A watched model may have been swapped while a camera was commissioned again: its
     // stored baseline is then the earlier model's, and it is commissioned again.
     let open = if model.watch { CameraGates::reopen } else { CameraGates::open };
-    let gates = open(&config.anomaly, folder.as_deref(), &cameras, &version)?;
+    let baselines_version = model_watch::baselines_version(&version, model.precision);
+    let gates = open(&config.anomaly, folder.as_deref(), &cameras, &baselines_version)?;
     if let Ok(mut slot) = metrics.gates.lock() {
         *slot = Some(gates.clone());
     }

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use defectflow_models::detector::{CpuBackend, Detector};
+use defectflow_models::detector::{CpuBackend, Detector, Precision};
 use defectflow_operators::gating::{CameraGates, GatedCamera};
 use defectflow_operators::infer::ModelSwitch;
 
@@ -37,6 +37,7 @@ pub fn watch(
         stamp: stamp(&dir),
         dir,
         min_confidence: model.min_confidence,
+        precision: model.precision,
         version: version.to_owned(),
         cameras: gated_cameras(config),
         anomaly: config.anomaly.clone(),
@@ -54,15 +55,17 @@ pub fn watch(
 }
 
 /// One detector per inference thread of the model in `dir`, all of one version (the
-/// folder changing while they are read fails), `min_confidence` over the card's.
+/// folder changing while they are read fails), `min_confidence` over the card's, in
+/// `precision`.
 pub fn load_detectors(
     dir: &Path,
     threads: usize,
     min_confidence: Option<f32>,
+    precision: Precision,
 ) -> anyhow::Result<Vec<Detector<CpuBackend>>> {
     let detectors = (0..threads)
         .map(|_| {
-            let mut detector = Detector::<CpuBackend>::load(dir, Default::default())?;
+            let mut detector = Detector::<CpuBackend>::load(dir, Default::default())?.with_precision(precision)?;
             if let Some(c) = min_confidence {
                 detector.min_confidence = c;
             }
@@ -72,6 +75,15 @@ pub fn load_detectors(
     let versions: std::collections::BTreeSet<&str> = detectors.iter().map(|d| d.version()).collect();
     anyhow::ensure!(versions.len() <= 1, "{}: the model changed while it was read ({versions:?})", dir.display());
     Ok(detectors)
+}
+
+/// The model version camera baselines are stored under: int8 computes the cells'
+/// appearance a little differently, so its baselines are its own.
+pub fn baselines_version(version: &str, precision: Precision) -> String {
+    match precision {
+        Precision::Fp32 => version.to_owned(),
+        Precision::Int8 => format!("{version}+int8"),
+    }
 }
 
 /// The cameras as the gates know them.
@@ -87,6 +99,7 @@ pub fn baseline_folder(config: &RunConfig) -> Option<PathBuf> {
 struct Watcher {
     dir: PathBuf,
     min_confidence: Option<f32>,
+    precision: Precision,
     /// The stamps of the card and the weights last looked at.
     stamp: Stamp,
     /// The running model's version.
@@ -133,12 +146,13 @@ impl Watcher {
     /// Loads the folder's model and hands it over; its version, or `None` where it is
     /// the running one.
     fn load(&self) -> anyhow::Result<Option<String>> {
-        let detectors = load_detectors(&self.dir, self.switch.threads(), self.min_confidence)?;
+        let detectors = load_detectors(&self.dir, self.switch.threads(), self.min_confidence, self.precision)?;
         let version = detectors.first().map(|d| d.version().to_owned()).unwrap_or_default();
         if version == self.version {
             return Ok(None);
         }
-        let gates = CameraGates::reopen(&self.anomaly, self.baselines.as_deref(), &self.cameras, &version)?;
+        let baselines_version = baselines_version(&version, self.precision);
+        let gates = CameraGates::reopen(&self.anomaly, self.baselines.as_deref(), &self.cameras, &baselines_version)?;
         self.switch.swap(detectors, Some(gates.clone())).map_err(anyhow::Error::msg)?;
         *self.metrics.gates.lock().unwrap_or_else(|p| p.into_inner()) = Some(gates);
         Ok(Some(version))

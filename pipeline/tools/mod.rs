@@ -12,6 +12,7 @@ pub mod harvest;
 pub mod modelling;
 pub mod onvif;
 pub mod progress;
+pub mod quantize;
 pub mod report;
 pub mod scenario;
 pub mod stats;

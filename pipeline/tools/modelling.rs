@@ -141,6 +141,7 @@ pub fn train_model(options: &TrainOptions) -> anyhow::Result<ModelCard> {
         },
         evaluation: None,
         promotion: None,
+        int8: None,
         weights_file: String::new(),
         weights_sha256: String::new(),
     };
@@ -261,7 +262,7 @@ fn most_common_size(samples: &[Sample]) -> (usize, usize) {
     counts.into_iter().max_by_key(|(_, n)| *n).map(|(size, _)| size).unwrap_or((640, 360))
 }
 
-fn folder_digest(folder: &YoloFolder) -> anyhow::Result<String> {
+pub(crate) fn folder_digest(folder: &YoloFolder) -> anyhow::Result<String> {
     let mut files: Vec<&Path> = Vec::with_capacity(folder.items.len() * 2);
     for (image, labels) in &folder.items {
         files.push(image);
