@@ -17,7 +17,7 @@ use defectflow_models::gate::{Persistence, UnknownDefects, gate};
 use defectflow_models::inference::{CellScores, FrameView, group_cells, score_batch};
 use defectflow_models::model::DefectNetConfig;
 use defectflow_models::packed::PackedNet;
-use defectflow_models::quantized::{Int8Calibration, Int8Kernel, QuantNet, calibrate};
+use defectflow_models::quantized::{Granularity, Int8Kernel, QuantNet, calibrate};
 
 /// As the `defectflow` binary runs when built with it.
 #[cfg(feature = "mimalloc")]
@@ -63,13 +63,7 @@ fn bench_int8(c: &mut Criterion, batches: &[usize]) {
     let net = DefectNetConfig::new().with_box_head(true).init::<CpuBackend>(&Default::default());
     let pixels: Vec<u8> = (0..3 * WIDTH * HEIGHT).map(|i| (i * 7919 % 251) as u8).collect();
     let frame = FrameView { width: WIDTH, height: HEIGHT, pixels: &pixels };
-    let calibration = Int8Calibration {
-        activation_scales: calibrate(&PackedNet::new(&net), &[frame]),
-        frames: 1,
-        data: "benchmark frame".into(),
-        data_digest: String::new(),
-        evaluation: None,
-    };
+    let calibration = calibrate(&PackedNet::new(&net), &[frame], Granularity::default());
     for kernel in [Int8Kernel::Vnni512, Int8Kernel::Avx2, Int8Kernel::Portable] {
         let Ok(quantised) = QuantNet::new(&net, &calibration).and_then(|q| q.with_kernel(kernel)) else { continue };
         let name = format!("burn_int8_{}", kernel.name().replace('-', "_"));

@@ -244,16 +244,18 @@ impl PackedNet {
     /// Each ReLU layer's output for one frame, in the order the network computes them
     /// (stem, mid, cell, local, context, wide, then the box head's hidden layer): what
     /// the int8 path's calibration measures ([`crate::quantized::calibrate`]).
-    pub(crate) fn relu_outputs(&self, frame: &FrameView<'_>) -> Vec<Vec<f32>> {
+    /// Each comes with its number of channels (the values are channels-last).
+    pub(crate) fn relu_outputs(&self, frame: &FrameView<'_>) -> Vec<(Vec<f32>, usize)> {
         let (device, buffers) = (&self.device, &self.buffers);
         let mut x = stem_direct(frame, &self.stem, buffers);
-        let mut outputs = vec![x.values.clone()];
+        let mut outputs = vec![(x.values.clone(), x.channels)];
         for conv in &self.body {
             x = conv.forward(&x, device, buffers);
-            outputs.push(x.values.clone());
+            outputs.push((x.values.clone(), x.channels));
         }
         if let Some((hidden, _)) = &self.boxes {
-            outputs.push(hidden.forward(&x, device, buffers).values);
+            let hidden = hidden.forward(&x, device, buffers);
+            outputs.push((hidden.values, hidden.channels));
         }
         outputs
     }

@@ -13,7 +13,7 @@ use defectflow_models::inference::{CellScores, FrameView, group_cells, score_bat
 use defectflow_models::metrics::{Evaluator, iou};
 use defectflow_models::model::DefectNetConfig;
 use defectflow_models::packed::PackedNet;
-use defectflow_models::quantized::{Int8Calibration, Int8Kernel, QuantNet, calibrate};
+use defectflow_models::quantized::{Granularity, Int8Kernel, QuantNet, calibrate};
 use defectflow_models::synth::{PlantOptions, Scene, random_plant};
 use defectflow_models::training::{TrainConfig, train};
 use defectflow_schemas::{BoundingBox, DefectClass};
@@ -372,13 +372,7 @@ fn the_int8_network_finds_what_fp32_finds() {
     assert!(error.contains("defectflow quantize"), "{error}");
     // Calibrated on one plant, compared on another.
     let calibration_frames = plant_frames(11, 4, &[150, 290]);
-    card.int8 = Some(Int8Calibration {
-        activation_scales: calibrate(&PackedNet::new(&net), &views(&calibration_frames)),
-        frames: calibration_frames.len(),
-        data: "generated".into(),
-        data_digest: String::new(),
-        evaluation: None,
-    });
+    card.int8 = Some(calibrate(&PackedNet::new(&net), &views(&calibration_frames), Granularity::Layer));
     let held_out = plant_frames(2024, 6, &[200, 299]);
     let fp32 = Detector::new(net.clone(), card.clone(), device);
     let int8 = Detector::new(net, card, device).with_precision(Precision::Int8).expect("calibrated");
@@ -405,13 +399,8 @@ fn every_int8_kernel_scores_a_frame_identically() {
     let (width, height) = (45, 29);
     let pixels: Vec<u8> = (0..3 * width * height).map(|i| (i * 7919 % 251) as u8).collect();
     let frame = [FrameView { width, height, pixels: &pixels }];
-    let calibration = Int8Calibration {
-        activation_scales: calibrate(&PackedNet::new(&net), &frame),
-        frames: 1,
-        data: String::new(),
-        data_digest: String::new(),
-        evaluation: None,
-    };
+    // Steps per channel, so that the scales folded into the weights differ.
+    let calibration = calibrate(&PackedNet::new(&net), &frame, Granularity::Channel);
     let scores = |kernel| {
         let net = QuantNet::new(&net, &calibration).expect("quantised").with_kernel(kernel).ok()?;
         Some(net.score_with_appearance(&frame).remove(0))

@@ -205,6 +205,9 @@ pub struct BenchArgs {
     /// scored one skip the network; 0: every frame is scored.
     #[arg(long, default_value_t = 0.0)]
     pub change_threshold: f32,
+    /// `[model] precision`: fp32, or int8 with the shipped card's calibration.
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: PrecisionArg,
 }
 
 #[derive(Debug, Args)]
@@ -375,6 +378,9 @@ pub struct QuantizeArgs {
     /// calibration recorded only if they agree within --tolerance.
     #[arg(long)]
     pub holdout: Option<PathBuf>,
+    /// Activation steps: one per layer (default) or one per channel.
+    #[arg(long, default_value = "layer")]
+    pub granularity: String,
     /// Largest difference of any class's object precision, recall or F1 between int8
     /// and fp32 on --holdout, in points (hundredths).
     #[arg(long, default_value_t = 0.5)]

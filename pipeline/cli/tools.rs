@@ -31,6 +31,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         sample_s: args.sample_s,
         commission_s: args.commission_s,
         change_threshold: args.change_threshold,
+        precision: args.precision.into(),
         source: args.source.map(|f| std::path::absolute(&f).unwrap_or(f)),
         decode: serde_json::from_value(serde_json::Value::from(args.decode.as_str()))
             .map_err(|_| anyhow::anyhow!("--decode {}: use auto, keyframes or all", args.decode))?,
@@ -257,15 +258,17 @@ pub fn promote(args: PromoteArgs) -> anyhow::Result<()> {
 }
 
 pub fn quantize(args: QuantizeArgs) -> anyhow::Result<()> {
-    use defectflow::tools::quantize::{QuantizeOptions, quantize};
+    use defectflow::tools::quantize::{QuantizeOptions, calibrate_and_compare, record};
     let options = QuantizeOptions {
         model: args.model,
         data: args.data,
         frames: args.frames,
+        granularity: serde_json::from_value(serde_json::Value::from(args.granularity.as_str()))
+            .map_err(|_| anyhow::anyhow!("--granularity {}: use layer or channel", args.granularity))?,
         holdout: args.holdout,
         tolerance_points: args.tolerance,
     };
-    let calibration = quantize(&options)?;
+    let calibration = calibrate_and_compare(&options)?;
     println!(
         "activation scales {:?} from {} frames of {}",
         calibration.activation_scales, calibration.frames, calibration.data
@@ -284,6 +287,7 @@ pub fn quantize(args: QuantizeArgs) -> anyhow::Result<()> {
         }
         println!("largest difference: {:.2} points ({})", compared.largest_gap_points, compared.largest_gap_at);
     }
+    record(&options, &calibration)?;
     println!("recorded in {}", options.model.join("model.json").display());
     Ok(())
 }

@@ -46,6 +46,8 @@ pub struct BenchPlan {
     pub commission_s: f64,
     /// `[model] change_threshold`; 0: every frame scored.
     pub change_threshold: f32,
+    /// `[model] precision`.
+    pub precision: defectflow_models::detector::Precision,
     /// A recording every camera plays in real time instead of synthetic frames.
     pub source: Option<std::path::PathBuf>,
     /// Which frames of the recording are decoded.
@@ -240,7 +242,11 @@ pub fn prepare(plan: &BenchPlan, dir: &Path) -> anyhow::Result<RunConfig> {
     config.runtime.idle_timeout_ms = 2000;
     config.runtime.duration_s = Some(plan.seconds);
     config.anomaly.commission_s = plan.commission_s;
-    config.model = Some(ModelConfig { change_threshold: plan.change_threshold, ..ModelConfig::default() });
+    config.model = Some(ModelConfig {
+        change_threshold: plan.change_threshold,
+        precision: plan.precision,
+        ..ModelConfig::default()
+    });
     config.plant.reference = Some(reference);
     config.output.dir = plan.out.clone();
     config.kafka = plan.brokers.as_ref().map(|brokers| KafkaConfig {

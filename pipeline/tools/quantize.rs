@@ -1,17 +1,17 @@
 //! `defectflow quantize`: calibrates a model's int8 path on frames of its training data
-//! and, given a held-out folder, evaluates both paths of the same weights on it. The
-//! calibration goes into the model card only where int8 stays within the tolerance of
-//! fp32 on every class.
+//! and, given a held-out folder, evaluates both paths of the same weights on it
+//! ([`calibrate_and_compare`]). The calibration goes into the model card ([`record`])
+//! only where int8 stays within the tolerance of fp32 on every class.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use defectflow_models::card::load_model;
+use defectflow_models::card::{ModelCard, load_model};
 use defectflow_models::data::YoloFolder;
 use defectflow_models::detector::{CpuBackend, Detector, Precision};
 use defectflow_models::inference::{FrameView, resize};
 use defectflow_models::packed::PackedNet;
-use defectflow_models::quantized::{Int8Calibration, Int8Evaluation, calibrate};
+use defectflow_models::quantized::{Granularity, Int8Calibration, Int8Evaluation, calibrate};
 
 use super::modelling::{evaluate, folder_digest};
 
@@ -24,6 +24,8 @@ pub struct QuantizeOptions {
     pub data: PathBuf,
     /// Frames measured, evenly spaced over the folder.
     pub frames: usize,
+    /// Activation steps per layer or per channel.
+    pub granularity: Granularity,
     /// A held-out YOLO folder, never trained on, both paths are evaluated on.
     pub holdout: Option<PathBuf>,
     /// Largest difference of a class's object precision, recall or F1 between the paths,
@@ -31,10 +33,10 @@ pub struct QuantizeOptions {
     pub tolerance_points: f64,
 }
 
-/// Calibrates, evaluates and records; see the module documentation.
-pub fn quantize(options: &QuantizeOptions) -> anyhow::Result<Int8Calibration> {
+/// Calibrates and, with a held-out folder, evaluates both paths; records nothing.
+pub fn calibrate_and_compare(options: &QuantizeOptions) -> anyhow::Result<Int8Calibration> {
     let device = Default::default();
-    let (net, mut card) = load_model::<CpuBackend>(&options.model, &device)
+    let (net, card) = load_model::<CpuBackend>(&options.model, &device)
         .with_context(|| format!("model {}", options.model.display()))?;
     let folder = YoloFolder::open(&options.data)?;
     anyhow::ensure!(!folder.items.is_empty(), "--data {}: no images to calibrate on", options.data.display());
@@ -52,18 +54,24 @@ pub fn quantize(options: &QuantizeOptions) -> anyhow::Result<Int8Calibration> {
         .collect();
     let views: Vec<FrameView<'_>> = pixels.iter().map(|p| FrameView { width: w, height: h, pixels: p }).collect();
     let mut calibration = Int8Calibration {
-        activation_scales: calibrate(&PackedNet::new(&net), &views),
-        frames: count,
         data: options.data.display().to_string(),
         data_digest: folder_digest(&folder)?,
-        evaluation: None,
+        ..calibrate(&PackedNet::new(&net), &views, options.granularity)
     };
     if let Some(holdout) = &options.holdout {
         let fp32 = Detector::new(net.clone(), card.clone(), device);
         let mut with_scales = card.clone();
         with_scales.int8 = Some(calibration.clone());
         let int8 = Detector::new(net.clone(), with_scales, device).with_precision(Precision::Int8)?;
-        let compared = Int8Evaluation::new(evaluate(&fp32, holdout)?, evaluate(&int8, holdout)?);
+        calibration.evaluation = Some(Int8Evaluation::new(evaluate(&fp32, holdout)?, evaluate(&int8, holdout)?));
+    }
+    Ok(calibration)
+}
+
+/// Writes `calibration` into the card of the model in `options.model`, where its
+/// evaluation (if any) is within the tolerance; otherwise fails saying where it is not.
+pub fn record(options: &QuantizeOptions, calibration: &Int8Calibration) -> anyhow::Result<()> {
+    if let (Some(compared), Some(holdout)) = (&calibration.evaluation, &options.holdout) {
         anyhow::ensure!(
             compared.largest_gap_points <= options.tolerance_points,
             "int8 differs from fp32 by {:.2} points ({}) on {}, more than --tolerance {}: the card is left as it was",
@@ -72,9 +80,9 @@ pub fn quantize(options: &QuantizeOptions) -> anyhow::Result<Int8Calibration> {
             holdout.display(),
             options.tolerance_points
         );
-        calibration.evaluation = Some(compared);
     }
+    let mut card = ModelCard::load(&options.model)?;
     card.int8 = Some(calibration.clone());
     card.save(&options.model)?;
-    Ok(calibration)
+    Ok(())
 }
