@@ -552,46 +552,57 @@ impl QConv {
         let padded = (x.width + 2 * self.padding) * c;
         let mut out = vec![T::default(); out_h * out_w * outputs];
         out.par_chunks_mut(out_w * outputs).enumerate().for_each_init(Vec::new, |buffer: &mut Vec<u8>, (oy, row)| {
-            buffer.clear();
-            buffer.resize(k * padded, 0);
-            for (ky, to) in buffer.chunks_exact_mut(padded).enumerate() {
-                let iy = (oy * self.stride + ky * self.dilation).checked_sub(self.padding).filter(|&y| y < x.height);
-                if let Some(iy) = iy {
-                    to[self.padding * c..][..x.width * c].copy_from_slice(&x.values[iy * x.width * c..][..x.width * c]);
+            // Compiled again for AVX2 (chosen at run time): the epilogue and the bytes'
+            // conversion then vectorise 8 wide.
+            let mut body = || {
+                buffer.clear();
+                buffer.resize(k * padded, 0);
+                for (ky, to) in buffer.chunks_exact_mut(padded).enumerate() {
+                    let iy =
+                        (oy * self.stride + ky * self.dilation).checked_sub(self.padding).filter(|&y| y < x.height);
+                    if let Some(iy) = iy {
+                        to[self.padding * c..][..x.width * c]
+                            .copy_from_slice(&x.values[iy * x.width * c..][..x.width * c]);
+                    }
                 }
-            }
-            let mut rows = [&buffer[..0]; 3];
-            for (row, from) in rows.iter_mut().zip(buffer.chunks_exact(padded)) {
-                *row = from;
-            }
-            let mut sources = Sources { rows, at: [0; TILE], kernel: k, step: self.dilation * c };
-            let mut sums: Sums = [[0; MAX_OUTPUTS]; TILE];
-            let mut extra = [0f32; MAX_OUTPUTS];
-            for x0 in (0..out_w).step_by(TILE) {
-                let pixels = TILE.min(out_w - x0);
-                for (p, at) in sources.at.iter_mut().enumerate() {
-                    // Pixels past the row's end read its last pixel's taps, and are not kept.
-                    *at = (x0 + p.min(pixels - 1)) * self.stride * c;
+                let mut rows = [&buffer[..0]; 3];
+                for (row, from) in rows.iter_mut().zip(buffer.chunks_exact(padded)) {
+                    *row = from;
                 }
-                kernel.tile(&sources, &self.weights, &mut sums);
-                for (p, sums) in sums.iter().enumerate().take(pixels) {
-                    let extra = match &self.outside {
-                        Some(gains) => match self.outside_taps(oy, x0 + p, x.height, x.width) {
-                            0 => &no_extra,
-                            outside => {
-                                extra.fill(0.0);
-                                for t in (0..taps).filter(|t| outside & 1 << t != 0) {
-                                    let gains = &gains[t * outputs..(t + 1) * outputs];
-                                    extra.iter_mut().zip(gains).for_each(|(e, g)| *e += g);
+                let mut sources = Sources { rows, at: [0; TILE], kernel: k, step: self.dilation * c };
+                let mut sums: Sums = [[0; MAX_OUTPUTS]; TILE];
+                let mut extra = [0f32; MAX_OUTPUTS];
+                for x0 in (0..out_w).step_by(TILE) {
+                    let pixels = TILE.min(out_w - x0);
+                    for (p, at) in sources.at.iter_mut().enumerate() {
+                        // Pixels past the row's end read its last pixel's taps, and are not kept.
+                        *at = (x0 + p.min(pixels - 1)) * self.stride * c;
+                    }
+                    kernel.tile(&sources, &self.weights, &mut sums);
+                    for (p, sums) in sums.iter().enumerate().take(pixels) {
+                        let extra = match &self.outside {
+                            Some(gains) => match self.outside_taps(oy, x0 + p, x.height, x.width) {
+                                0 => &no_extra,
+                                outside => {
+                                    extra.fill(0.0);
+                                    for t in (0..taps).filter(|t| outside & 1 << t != 0) {
+                                        let gains = &gains[t * outputs..(t + 1) * outputs];
+                                        extra.iter_mut().zip(gains).for_each(|(e, g)| *e += g);
+                                    }
+                                    &extra[..outputs]
                                 }
-                                &extra[..outputs]
-                            }
-                        },
-                        None => &no_extra,
-                    };
-                    finish(&sums[..outputs], extra, &mut row[(x0 + p) * outputs..][..outputs]);
+                            },
+                            None => &no_extra,
+                        };
+                        finish(&sums[..outputs], extra, &mut row[(x0 + p) * outputs..][..outputs]);
+                    }
                 }
+            };
+            #[cfg(target_arch = "x86_64")]
+            if let Some(simd) = pulp::x86::V3::try_new() {
+                return simd.vectorize(body);
             }
+            body()
         });
         (out, out_h, out_w)
     }
