@@ -269,9 +269,13 @@ pub fn quantize(args: QuantizeArgs) -> anyhow::Result<()> {
         tolerance_points: args.tolerance,
     };
     let calibration = calibrate_and_compare(&options)?;
+    let channels: usize = calibration.activation_scales.iter().map(Vec::len).sum();
     println!(
-        "activation scales {:?} from {} frames of {}",
-        calibration.activation_scales, calibration.frames, calibration.data
+        "activation scales of {} layers ({channels} channels, {:?} steps) from {} frames of {}",
+        calibration.activation_scales.len(),
+        calibration.granularity,
+        calibration.frames,
+        calibration.data
     );
     if let Some(compared) = &calibration.evaluation {
         println!(
