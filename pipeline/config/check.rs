@@ -126,4 +126,27 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn int8_without_a_calibration_is_named_with_what_to_run() {
+        use defectflow_models::detector::Precision;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/weights");
+        let mut card = ModelCard::load(&shipped).expect("the shipped card");
+        assert!(card.int8.is_some(), "the shipped card is calibrated");
+        card.int8 = None;
+        card.save(dir.path()).expect("card");
+        std::fs::copy(shipped.join(&card.weights_file), dir.path().join(&card.weights_file)).expect("weights");
+        let problems = |model_dir: &std::path::Path| {
+            let mut config = RunConfig::with_cameras(Vec::new());
+            let model = super::super::ModelConfig { dir: Some(model_dir.to_owned()), ..Default::default() };
+            config.model = Some(super::super::ModelConfig { precision: Precision::Int8, ..model });
+            config.environment_problems()
+        };
+        let found = problems(dir.path());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "model.precision");
+        assert!(found[0].1.contains("defectflow quantize"), "{}", found[0].1);
+        assert!(problems(&shipped).is_empty());
+    }
 }
