@@ -609,7 +609,12 @@ impl QConv {
 
     /// The taps of output pixel `(oy, ox)` outside a `height`×`width` input, one bit each.
     fn outside_taps(&self, oy: usize, ox: usize, height: usize, width: usize) -> u16 {
-        let k = self.kernel;
+        let (k, span) = (self.kernel, self.dilation * (self.kernel - 1));
+        let within =
+            |o: usize, size: usize| o * self.stride >= self.padding && o * self.stride + span < size + self.padding;
+        if within(oy, height) && within(ox, width) {
+            return 0;
+        }
         let inside = |o: usize, d: usize, size: usize| {
             (o * self.stride + d * self.dilation).checked_sub(self.padding).is_some_and(|v| v < size)
         };
