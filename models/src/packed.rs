@@ -104,12 +104,7 @@ pub(crate) struct Activations {
 impl PackedConv {
     fn new<B: Backend>(conv: &Conv2d<B>, relu: bool, device: &CpuDevice) -> PackedConv {
         let [outputs, inputs, kernel, _] = conv.weight.dims();
-        let dilation = conv.dilation[0];
-        let padding = match conv.padding {
-            PaddingConfig2d::Explicit(top, ..) => top,
-            PaddingConfig2d::Valid => 0,
-            PaddingConfig2d::Same => dilation * (kernel - 1) / 2,
-        };
+        let (dilation, padding) = (conv.dilation[0], padding_of(conv));
         let weight = values(conv.weight.val());
         let bias = conv.bias.as_ref().map(|b| values(b.val())).unwrap_or_else(|| vec![0.0; outputs]);
         let rows = kernel * kernel * inputs + 1;
@@ -176,6 +171,16 @@ impl PackedConv {
             out.par_chunks_mut(1 << 14).for_each(|chunk| chunk.iter_mut().for_each(|v| *v = v.max(0.0)));
         }
         Activations { values: out, height: out_h, width: out_w, channels: self.outputs }
+    }
+}
+
+/// The zero padding on each side of `conv`'s input (the same on every side).
+pub(crate) fn padding_of<B: Backend>(conv: &Conv2d<B>) -> usize {
+    let (kernel, dilation) = (conv.weight.dims()[2], conv.dilation[0]);
+    match conv.padding {
+        PaddingConfig2d::Explicit(top, ..) => top,
+        PaddingConfig2d::Valid => 0,
+        PaddingConfig2d::Same => dilation * (kernel - 1) / 2,
     }
 }
 

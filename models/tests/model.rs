@@ -225,8 +225,13 @@ static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn generated_samples(seed: u64, frames: &[u64]) -> Vec<Sample> {
     let plant =
         PlantOptions { seed, cameras: 3, defect_free_cameras: 0, duration_s: 10.0, fps: 10, width: 128, height: 96 };
+    rendered_samples(&plant, frames)
+}
+
+/// Frames `frames` of every camera of `plant`, rendered in memory, as samples.
+fn rendered_samples(plant: &PlantOptions, frames: &[u64]) -> Vec<Sample> {
     let mut samples = Vec::new();
-    for spec in random_plant(&plant) {
+    for spec in random_plant(plant) {
         let scene = Scene::new(spec.clone());
         for &index in frames {
             let rendered = scene.render(index);
@@ -332,29 +337,7 @@ fn training_is_deterministic_for_a_seed() {
 fn plant_frames(seed: u64, cameras: usize, frames: &[u64]) -> Vec<Sample> {
     let plant =
         PlantOptions { seed, cameras, defect_free_cameras: 0, duration_s: 20.0, fps: 15, width: 640, height: 360 };
-    let mut samples = Vec::new();
-    for spec in random_plant(&plant) {
-        let scene = Scene::new(spec.clone());
-        for &index in frames {
-            let rendered = scene.render(index);
-            let (w, h) = (spec.width as usize, spec.height as usize);
-            let mut planar = vec![0u8; 3 * w * h];
-            for (i, px) in rendered.image.pixels.chunks_exact(3).enumerate() {
-                for ch in 0..3 {
-                    planar[ch * w * h + i] = px[ch];
-                }
-            }
-            let labels = rendered.labels.iter().map(|l| LabelBox { class: l.class, bbox: l.bbox }).collect();
-            samples.push(Sample {
-                name: format!("{}_{index}", spec.camera_id),
-                width: w,
-                height: h,
-                pixels: planar,
-                labels,
-            });
-        }
-    }
-    samples
+    rendered_samples(&plant, frames)
 }
 
 fn views(samples: &[Sample]) -> Vec<FrameView<'_>> {

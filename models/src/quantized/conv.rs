@@ -1,7 +1,6 @@
 //! One convolution of the int8 path: its weights quantised, the frame's bytes or an
 //! earlier layer's as its input, its outputs as bytes for the next layer or as reals.
 
-use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::backend::Backend;
 use rayon::prelude::*;
@@ -10,7 +9,7 @@ use super::kernels::MAX_TAPS;
 use super::kernels::{Int8Kernel, Sources, Sums, Weights};
 use super::{MAX_OUTPUTS, TILE};
 use crate::inference::{FrameView, values};
-use crate::packed::Activations;
+use crate::packed::{Activations, padding_of};
 
 /// Activations of one frame as bytes, channels-last: `[height, width, channels]`,
 /// channel `i` worth `scales[i]` a step.
@@ -81,13 +80,8 @@ impl Layer {
     /// `conv`'s geometry with these weights, of `inputs` input channels.
     fn of<B: Backend>(conv: &Conv2d<B>, weight: Vec<f32>, bias: Vec<f32>, inputs: usize) -> Layer {
         let [outputs, _, kernel, _] = conv.weight.dims();
-        let dilation = conv.dilation[0];
-        let padding = match conv.padding {
-            PaddingConfig2d::Explicit(top, ..) => top,
-            PaddingConfig2d::Valid => 0,
-            PaddingConfig2d::Same => dilation * (kernel - 1) / 2,
-        };
-        Layer { weight, bias, inputs, outputs, kernel, stride: conv.stride[0], dilation, padding }
+        let (stride, dilation, padding) = (conv.stride[0], conv.dilation[0], padding_of(conv));
+        Layer { weight, bias, inputs, outputs, kernel, stride, dilation, padding }
     }
 }
 
