@@ -75,7 +75,7 @@ impl<B: Backend> Detector<B> {
             })?;
             let net = QuantNet::new(&self.net, calibration).map_err(|reason| ModelError::Precision { reason })?;
             self.packed = Some(CpuNet::Int8(net));
-        } else if precision == Precision::Fp32 && self.packed.is_some() {
+        } else if precision == Precision::Fp32 && matches!(self.packed, Some(CpuNet::Int8(_))) {
             self.packed = Some(CpuNet::Fp32(PackedNet::new(&self.net)));
         }
         Ok(self)

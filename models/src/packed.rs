@@ -43,12 +43,12 @@ pub struct PackedNet {
 /// the next frame; the allocator would otherwise hand them back to the kernel and
 /// fault them in again, which costs about as much as the work done in them.
 #[derive(Debug, Default)]
-pub(crate) struct Buffers(Vec<Vec<f32>>);
+struct Buffers(Vec<Vec<f32>>);
 
 impl Buffers {
     /// A buffer of `len` values whose contents are unspecified: its user writes all of
     /// them. The smallest kept buffer that holds `len` values without growing, if any.
-    pub(crate) fn take(&mut self, len: usize) -> Vec<f32> {
+    fn take(&mut self, len: usize) -> Vec<f32> {
         let fitting = (self.0.iter().enumerate())
             .filter(|(_, b)| b.capacity() >= len)
             .min_by_key(|(_, b)| b.capacity())
@@ -60,7 +60,7 @@ impl Buffers {
         buffer
     }
 
-    pub(crate) fn give(&mut self, buffer: Vec<f32>) {
+    fn give(&mut self, buffer: Vec<f32>) {
         // A frame uses a handful; more would only be kept for nothing.
         if self.0.len() < 8 {
             self.0.push(buffer);
@@ -71,7 +71,7 @@ impl Buffers {
 /// The first convolution's weights as [`stem_direct`] reads them: groups of
 /// [`LANES`] output channels, each `[TAPS]` vectors of [`LANES`] weights.
 #[derive(Debug)]
-pub(crate) struct Stem {
+struct Stem {
     weight: Vec<[f32; LANES]>,
     bias: Vec<[f32; LANES]>,
     channels: usize,
@@ -185,7 +185,7 @@ pub(crate) fn padding_of<B: Backend>(conv: &Conv2d<B>) -> usize {
 }
 
 /// The buffers, even after a panic elsewhere poisoned the lock (they hold no invariant).
-pub(crate) fn lock(buffers: &Mutex<Buffers>) -> std::sync::MutexGuard<'_, Buffers> {
+fn lock(buffers: &Mutex<Buffers>) -> std::sync::MutexGuard<'_, Buffers> {
     buffers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -309,7 +309,7 @@ const PIXELS: usize = 4;
 const TAPS: usize = 27;
 
 impl Stem {
-    pub(crate) fn new<B: Backend>(conv: &Conv2d<B>) -> Stem {
+    fn new<B: Backend>(conv: &Conv2d<B>) -> Stem {
         let weight = values(conv.weight.val());
         let channels = conv.weight.dims()[0];
         let bias = conv.bias.as_ref().map(|b| values(b.val())).unwrap_or_else(|| vec![0.0; channels]);
@@ -335,7 +335,7 @@ impl Stem {
 /// front), so output column `x` reads `even[x]`, `odd[x]`, `even[x + 1]`. Four output
 /// pixels × eight channels accumulate in registers over the 27 taps, with AVX2 and FMA
 /// where the CPU has them (checked at run time).
-pub(crate) fn stem_direct(frame: &FrameView<'_>, stem: &Stem, buffers: &Mutex<Buffers>) -> Activations {
+fn stem_direct(frame: &FrameView<'_>, stem: &Stem, buffers: &Mutex<Buffers>) -> Activations {
     stem_direct_on(frame, stem, buffers, true)
 }
 

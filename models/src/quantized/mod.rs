@@ -47,9 +47,10 @@ pub const MAX_OUTPUTS: usize = 4 * VECTOR;
 /// model card (`int8`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Int8Calibration {
-    /// What one step of each quantised activation is worth, per layer and channel, the
-    /// layers in the order the network computes them: stem, mid, cell, local, context,
-    /// wide, then the box head's hidden layer.
+    /// What one step of each quantised activation is worth, per layer and channel (one
+    /// value where the layer's channels share it), the layers in the order the network
+    /// computes them: stem, mid, cell, local, context, wide, then the box head's hidden
+    /// layer.
     pub activation_scales: Vec<Vec<f32>>,
     /// Each activation channel's mean over the calibration frames, laid out as the
     /// scales: with them each integer layer's bias is corrected for the mean error its
@@ -117,36 +118,39 @@ impl QuantNet {
     /// `net` quantised with `calibration`'s activation scales, on the fastest kernel
     /// this CPU has. Fails, saying why, where the calibration does not fit the network.
     pub fn new<B: Backend>(net: &DefectNet<B>, calibration: &Int8Calibration) -> Result<QuantNet, String> {
-        let scales = &calibration.activation_scales;
-        let expected = 6 + usize::from(net.boxes.is_some());
-        let positive = scales.iter().flatten().all(|s| s.is_finite() && *s > 0.0);
-        if scales.len() != expected || !positive {
+        // Output channels of each ReLU layer, in the calibration's order.
+        let mut widths: Vec<usize> =
+            [&net.stem, &net.mid, &net.cell, &net.local, &net.context, &net.wide].map(|c| c.weight.dims()[0]).to_vec();
+        widths.extend(net.boxes.as_ref().map(|b| b.hidden.weight.dims()[0]));
+        let given = &calibration.activation_scales;
+        let positive = given.iter().flatten().all(|s| s.is_finite() && *s > 0.0);
+        if given.len() != widths.len() || !positive {
             return Err(format!(
-                "int8.activation_scales: {expected} layers of positive scales expected (one per ReLU layer), found {} ({})",
-                scales.len(),
+                "int8.activation_scales: {} layers of positive scales expected (one per ReLU layer), found {} ({})",
+                widths.len(),
+                given.len(),
                 if positive { "all positive" } else { "not all positive" }
             ));
         }
-        let bytes = |i: usize| Output::Bytes { scales: scales[i].clone() };
-        let means = &calibration.activation_means;
-        if !(means.is_empty() || means.iter().map(Vec::len).eq(scales.iter().map(Vec::len))) {
-            return Err("int8.activation_means: not laid out as int8.activation_scales".into());
+        // One scale stands for every channel of its layer.
+        let mut scales = Vec::with_capacity(widths.len());
+        for (i, (layer, &width)) in given.iter().zip(&widths).enumerate() {
+            match layer.len() {
+                1 => scales.push(vec![layer[0]; width]),
+                n if n == width => scales.push(layer.clone()),
+                n => return Err(format!("int8.activation_scales[{i}]: {n} scales for {width} channels")),
+            }
         }
+        let means = &calibration.activation_means;
+        if !(means.is_empty() || means.iter().map(Vec::len).eq(widths.iter().copied())) {
+            return Err("int8.activation_means: not one mean per channel of each ReLU layer".into());
+        }
+        let bytes = |i: usize| Output::Bytes { scales: scales[i].clone() };
         let input = |i: usize| Input { scales: &scales[i], means: means.get(i).map(Vec::as_slice) };
         let layers = [&net.mid, &net.cell, &net.local, &net.context, &net.wide];
         let body = (layers.iter().enumerate())
             .map(|(i, conv)| QConv::new(conv, input(i), bytes(i + 1)))
             .collect::<Result<Vec<_>, _>>()?;
-        for (i, conv) in body.iter().enumerate() {
-            if scales[i + 1].len() != conv.outputs {
-                return Err(format!(
-                    "int8.activation_scales[{}]: {} channels, not {}",
-                    i + 1,
-                    scales[i + 1].len(),
-                    conv.outputs
-                ));
-            }
-        }
         let head = QConv::new(&net.head, input(5), Output::Reals)?;
         let boxes = match &net.boxes {
             Some(b) => Some((QConv::new(&b.hidden, input(5), bytes(6))?, QConv::new(&b.out, input(6), Output::Reals)?)),
@@ -238,7 +242,7 @@ pub fn calibrate(net: &PackedNet, frames: &[FrameView<'_>], granularity: Granula
         .map(|channels| {
             let scales: Vec<Option<f32>> = match granularity {
                 Granularity::Channel => channels.par_iter().map(|values| best_scale(values)).collect(),
-                Granularity::Layer => vec![best_scale(&channels.concat()); channels.len()],
+                Granularity::Layer => vec![best_scale(&channels.concat())],
             };
             // A channel never above zero on these frames gets the layer's mean step, so
             // that what it may carry on other frames is neither lost nor dominant.
