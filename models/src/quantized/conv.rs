@@ -28,13 +28,19 @@ impl Bytes {
     pub(super) fn pixels(frame: &FrameView<'_>) -> Bytes {
         let (width, height) = (frame.width, frame.height);
         let plane = width * height;
+        // A short frame reads as black where it has no bytes.
+        let mut planar = std::borrow::Cow::Borrowed(frame.pixels);
+        if planar.len() < 3 * plane {
+            planar.to_mut().resize(3 * plane, 0);
+        }
+        let (r, rest) = planar.split_at(plane);
+        let (g, b) = rest.split_at(plane);
         let mut values = vec![0u8; 4 * plane];
         values.par_chunks_mut(4 * width).enumerate().for_each(|(y, row)| {
-            for (x, pixel) in row.chunks_exact_mut(4).enumerate() {
-                let at = y * width + x;
-                for (c, value) in pixel[..3].iter_mut().enumerate() {
-                    *value = frame.pixels.get(c * plane + at).copied().unwrap_or(0);
-                }
+            let at = y * width..(y + 1) * width;
+            let channels = r[at.clone()].iter().zip(&g[at.clone()]).zip(&b[at]);
+            for (pixel, ((&r, &g), &b)) in row.chunks_exact_mut(4).zip(channels) {
+                pixel[..3].copy_from_slice(&[r, g, b]);
             }
         });
         Bytes { values, height, width, channels: 4, scales: vec![1.0; 4] }
@@ -212,75 +218,80 @@ impl QConv {
 
     /// The layer on `x`: each output pixel's sums, with its real values' steps and biases,
     /// written by `finish` into its place in the output.
-    fn run<T: Copy + Default + Send>(
+    fn run<T: Copy + Default + Send, F: Finish<T>>(
         &self,
         x: &Bytes,
         kernel: Int8Kernel,
-        finish: impl Fn(&[i32], &[f32], &mut [T]) + Sync,
+        finish: &F,
     ) -> (Vec<T>, usize, usize) {
         assert_eq!(x.channels, self.inputs);
         let span = self.dilation * (self.kernel - 1) + 1;
         let out_h = (x.height + 2 * self.padding - span) / self.stride + 1;
         let out_w = (x.width + 2 * self.padding - span) / self.stride + 1;
-        let (c, k, taps, outputs) = (x.channels, self.kernel, self.kernel * self.kernel, self.outputs);
-        let no_extra = vec![0f32; outputs];
-        // Input rows padded with zeros on both sides, as the taps read them.
-        let padded = (x.width + 2 * self.padding) * c;
-        let mut out = vec![T::default(); out_h * out_w * outputs];
-        out.par_chunks_mut(out_w * outputs).enumerate().for_each_init(Vec::new, |buffer: &mut Vec<u8>, (oy, row)| {
-            // Compiled again for AVX2 (chosen at run time): the epilogue and the bytes'
-            // conversion then vectorise 8 wide.
-            let mut body = || {
-                buffer.clear();
-                buffer.resize(k * padded, 0);
-                for (ky, to) in buffer.chunks_exact_mut(padded).enumerate() {
-                    let iy =
-                        (oy * self.stride + ky * self.dilation).checked_sub(self.padding).filter(|&y| y < x.height);
-                    if let Some(iy) = iy {
-                        to[self.padding * c..][..x.width * c]
-                            .copy_from_slice(&x.values[iy * x.width * c..][..x.width * c]);
-                    }
+        let mut out = vec![T::default(); out_h * out_w * self.outputs];
+        out.par_chunks_mut(out_w * self.outputs).enumerate().for_each_init(
+            Vec::new,
+            |buffer: &mut Vec<u8>, (oy, row)| {
+                let row = Row { x, kernel, oy, out: row, buffer };
+                // Compiled again for AVX2 (chosen at run time): the epilogue and the bytes'
+                // conversion then vectorise 8 wide.
+                #[cfg(target_arch = "x86_64")]
+                if let Some(simd) = pulp::x86::V3::try_new() {
+                    return simd.vectorize(|| self.row(row, finish));
                 }
-                let mut rows = [&buffer[..0]; 3];
-                for (row, from) in rows.iter_mut().zip(buffer.chunks_exact(padded)) {
-                    *row = from;
-                }
-                let mut sources = Sources { rows, at: [0; TILE], kernel: k, step: self.dilation * c };
-                let mut sums: Sums = [[0; MAX_OUTPUTS]; TILE];
-                let mut extra = [0f32; MAX_OUTPUTS];
-                for x0 in (0..out_w).step_by(TILE) {
-                    let pixels = TILE.min(out_w - x0);
-                    for (p, at) in sources.at.iter_mut().enumerate() {
-                        // Pixels past the row's end read its last pixel's taps, and are not kept.
-                        *at = (x0 + p.min(pixels - 1)) * self.stride * c;
-                    }
-                    kernel.tile(&sources, &self.weights, &mut sums);
-                    for (p, sums) in sums.iter().enumerate().take(pixels) {
-                        let extra = match &self.outside {
-                            Some(gains) => match self.outside_taps(oy, x0 + p, x.height, x.width) {
-                                0 => &no_extra,
-                                outside => {
-                                    extra.fill(0.0);
-                                    for t in (0..taps).filter(|t| outside & 1 << t != 0) {
-                                        let gains = &gains[t * outputs..(t + 1) * outputs];
-                                        extra.iter_mut().zip(gains).for_each(|(e, g)| *e += g);
-                                    }
-                                    &extra[..outputs]
-                                }
-                            },
-                            None => &no_extra,
-                        };
-                        finish(&sums[..outputs], extra, &mut row[(x0 + p) * outputs..][..outputs]);
-                    }
-                }
-            };
-            #[cfg(target_arch = "x86_64")]
-            if let Some(simd) = pulp::x86::V3::try_new() {
-                return simd.vectorize(body);
-            }
-            body()
-        });
+                self.row(row, finish);
+            },
+        );
         (out, out_h, out_w)
+    }
+
+    /// One output row: its input rows copied with zero padding, then tile by tile the
+    /// kernel's sums, finished into the output.
+    #[inline(always)]
+    fn row<T: Copy, F: Finish<T>>(&self, row: Row<'_, T>, finish: &F) {
+        let Row { x, kernel, oy, out, buffer } = row;
+        let (c, k, outputs) = (x.channels, self.kernel, self.outputs);
+        let out_w = out.len() / outputs;
+        let padded = (x.width + 2 * self.padding) * c;
+        buffer.clear();
+        buffer.resize(k * padded, 0);
+        for (ky, to) in buffer.chunks_exact_mut(padded).enumerate() {
+            let iy = (oy * self.stride + ky * self.dilation).checked_sub(self.padding).filter(|&y| y < x.height);
+            if let Some(iy) = iy {
+                to[self.padding * c..][..x.width * c].copy_from_slice(&x.values[iy * x.width * c..][..x.width * c]);
+            }
+        }
+        let mut rows = [&buffer[..0]; 3];
+        for (row, from) in rows.iter_mut().zip(buffer.chunks_exact(padded)) {
+            *row = from;
+        }
+        let mut sources = Sources { rows, at: [0; TILE], kernel: k, step: self.dilation * c };
+        let mut sums: Sums = [[0; MAX_OUTPUTS]; TILE];
+        let no_extra = [0f32; MAX_OUTPUTS];
+        let mut extra = [0f32; MAX_OUTPUTS];
+        for x0 in (0..out_w).step_by(TILE) {
+            let pixels = TILE.min(out_w - x0);
+            for (p, at) in sources.at.iter_mut().enumerate() {
+                // Pixels past the row's end read its last pixel's taps, and are not kept.
+                *at = (x0 + p.min(pixels - 1)) * self.stride * c;
+            }
+            kernel.tile(&sources, &self.weights, &mut sums);
+            for (p, sums) in sums.iter().enumerate().take(pixels) {
+                let outside = self.outside.as_ref().map_or(0, |_| self.outside_taps(oy, x0 + p, x.height, x.width));
+                let extra = match (&self.outside, outside) {
+                    (Some(gains), 1..) => {
+                        extra.fill(0.0);
+                        for t in (0..k * k).filter(|t| outside & 1 << t != 0) {
+                            let gains = &gains[t * outputs..(t + 1) * outputs];
+                            extra.iter_mut().zip(gains).for_each(|(e, g)| *e += g);
+                        }
+                        &extra
+                    }
+                    _ => &no_extra,
+                };
+                finish.pixel(&sums[..outputs], &extra[..outputs], &mut out[(x0 + p) * outputs..][..outputs]);
+            }
+        }
     }
 
     /// The taps of output pixel `(oy, ox)` outside a `height`×`width` input, one bit each.
@@ -300,22 +311,63 @@ impl QConv {
     pub(super) fn to_bytes(&self, x: &Bytes, kernel: Int8Kernel) -> Bytes {
         let Output::Bytes { scales } = &self.output else { unreachable!("a layer of reals feeds no integer layer") };
         let inverses: Vec<f32> = scales.iter().map(|s| 1.0 / s).collect();
-        let (values, height, width) = self.run(x, kernel, |sums, extra, out| {
-            let real = (sums.iter().zip(extra))
-                .zip(self.step.iter().zip(&self.bias))
-                .map(|((&s, extra), (step, bias))| s as f32 * step + bias + extra);
-            out.iter_mut().zip(real).zip(&inverses).for_each(|((q, v), inverse)| *q = to_byte(v, *inverse));
-        });
+        let finish = ToBytes { step: &self.step, bias: &self.bias, inverses: &inverses };
+        let (values, height, width) = self.run(x, kernel, &finish);
         Bytes { values, height, width, channels: self.outputs, scales: scales.clone() }
     }
 
     pub(super) fn to_reals(&self, x: &Bytes, kernel: Int8Kernel) -> Activations {
-        let (values, height, width) = self.run(x, kernel, |sums, extra, out| {
-            let real = (sums.iter().zip(extra))
-                .zip(self.step.iter().zip(&self.bias))
-                .map(|((&s, extra), (step, bias))| s as f32 * step + bias + extra);
-            out.iter_mut().zip(real).for_each(|(v, real)| *v = real);
-        });
+        let (values, height, width) = self.run(x, kernel, &ToReals { step: &self.step, bias: &self.bias });
         Activations { values, height, width, channels: self.outputs }
+    }
+}
+
+/// One output row of [`QConv::run`] and what it needs.
+struct Row<'a, T> {
+    x: &'a Bytes,
+    kernel: Int8Kernel,
+    oy: usize,
+    out: &'a mut [T],
+    buffer: &'a mut Vec<u8>,
+}
+
+/// How a layer's sums become its outputs, one pixel at a time: `sums`, and `extra` (what
+/// its taps outside the frame add), of each output channel. Every slice is cut to the
+/// output's length first, so that the loop vectorises.
+trait Finish<T>: Sync {
+    fn pixel(&self, sums: &[i32], extra: &[f32], out: &mut [T]);
+}
+
+/// Real values, ReLU and bytes for the next layer.
+struct ToBytes<'a> {
+    step: &'a [f32],
+    bias: &'a [f32],
+    inverses: &'a [f32],
+}
+
+impl Finish<u8> for ToBytes<'_> {
+    #[inline(always)]
+    fn pixel(&self, sums: &[i32], extra: &[f32], out: &mut [u8]) {
+        let n = out.len();
+        let (sums, extra, step, bias, inverses) =
+            (&sums[..n], &extra[..n], &self.step[..n], &self.bias[..n], &self.inverses[..n]);
+        let real = (sums.iter().zip(extra)).zip(step.iter().zip(bias)).map(|((&s, e), (st, b))| s as f32 * st + b + e);
+        out.iter_mut().zip(real).zip(inverses).for_each(|((q, v), inverse)| *q = to_byte(v, *inverse));
+    }
+}
+
+/// Real values, as the heads give them.
+struct ToReals<'a> {
+    step: &'a [f32],
+    bias: &'a [f32],
+}
+
+impl Finish<f32> for ToReals<'_> {
+    #[inline(always)]
+    fn pixel(&self, sums: &[i32], extra: &[f32], out: &mut [f32]) {
+        let n = out.len();
+        let (sums, extra, step, bias) = (&sums[..n], &extra[..n], &self.step[..n], &self.bias[..n]);
+        let real = (sums.iter().zip(extra)).zip(step.iter().zip(bias)).map(|((&s, e), (st, b))| s as f32 * st + b + e);
+        out.iter_mut().zip(real).for_each(|(v, real)| *v = real);
     }
 }
