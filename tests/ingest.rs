@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use defectflow::config::RunConfig;
-use defectflow::sources::camera::spawn;
+use defectflow::sources::camera::{CameraState, spawn};
 
 use support::{camera_toml, file_url, free_port, mkv_h265_footage, mp4_footage, run};
 
@@ -199,7 +199,7 @@ fn a_recording_held_back_past_its_stall_timeout_goes_on_where_it_was() {
     )
     .replace("width = 320\nheight = 180", "width = 1280\nheight = 720");
     let config = RunConfig::parse(&text, "test config").expect("config is valid");
-    let camera = spawn(config.cameras[0].clone(), std::thread::current());
+    let camera = spawn(config.cameras[0].clone(), std::thread::current(), Duration::ZERO);
     let mut pts = Vec::new();
     while !(camera.stats.finished() && camera.frames.is_empty()) {
         // Held back for twice the stall timeout: the queue fills, the pipeline waits.
@@ -218,6 +218,27 @@ fn a_recording_held_back_past_its_stall_timeout_goes_on_where_it_was() {
     assert_eq!((reconnects, errors, stats.last_error()), (0, 0, None), "the held-back recording was taken for stalled");
     assert_eq!(pts.len() as u64, footage.frames(0), "every frame once");
     assert!(pts.windows(2).all(|w| w[0] < w[1]), "the recording went on in order: {pts:?}");
+}
+
+/// A camera whose start is put off (the bench spreads replayed cameras' starts) sends
+/// nothing before its delay, then plays; one stopped while it waits ends at once.
+#[test]
+fn a_delayed_camera_starts_late_and_stops_while_it_waits() {
+    let footage = mp4_footage();
+    let config = RunConfig::parse(&camera_toml("cam-late", &file_url(&footage.video(0)), ""), "test config")
+        .expect("config is valid");
+    let started = Instant::now();
+    let camera = spawn(config.cameras[0].clone(), std::thread::current(), Duration::from_millis(700));
+    let first = camera.frames.recv_timeout(Duration::from_secs(20)).expect("the camera plays after its delay");
+    assert!(started.elapsed() >= Duration::from_millis(700), "a frame came {:?} after the start", started.elapsed());
+    assert_eq!(first.frame_index, 0);
+
+    let mut waiting = spawn(config.cameras[0].clone(), std::thread::current(), Duration::from_secs(600));
+    let asked = Instant::now();
+    waiting.stop();
+    assert!(asked.elapsed() < Duration::from_secs(5), "stopping a waiting camera took {:?}", asked.elapsed());
+    assert!(waiting.frames.is_empty());
+    assert_eq!(waiting.stats.state(), CameraState::Stopped);
 }
 
 #[test]

@@ -92,6 +92,10 @@ pub struct Hooks {
     pub time_stages: bool,
     /// The run's metrics, for a caller that samples them while it goes; absent: new ones.
     pub metrics: Option<Arc<Metrics>>,
+    /// Spread the cameras' starts evenly over this long. Cameras replaying one recording
+    /// from the same instant decode its keyframes at the same instants, which cameras
+    /// of a plant do not.
+    pub stagger_cameras: Option<Duration>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -102,6 +106,7 @@ impl std::fmt::Debug for Hooks {
             .field("on_observation", &self.on_observation.is_some())
             .field("time_stages", &self.time_stages)
             .field("metrics", &self.metrics.is_some())
+            .field("stagger_cameras", &self.stagger_cameras)
             .finish()
     }
 }

@@ -121,7 +121,13 @@ impl<'p> Worker<'p> {
         }
         if built.failure.is_none() {
             let thread = std::thread::current();
-            built.cameras = mine.into_iter().map(|c| camera::spawn(c, thread.clone())).collect();
+            // Camera `i` of the config waits its share of the spread before it starts.
+            let spread = process.hooks.stagger_cameras.unwrap_or_default();
+            let count = config.cameras.len().max(1) as u32;
+            let positions = (0..config.cameras.len()).filter(|i| i % peers == index);
+            built.cameras = (mine.into_iter().zip(positions))
+                .map(|(c, i)| camera::spawn(c, thread.clone(), spread * i as u32 / count))
+                .collect();
             built.cameras.iter().for_each(|c| process.metrics.add_camera(Arc::clone(&c.stats)));
             // Ready (`/readyz`) once every worker of the process is up.
             let up = process.metrics.workers_up.fetch_add(1, Ordering::Relaxed) + 1;

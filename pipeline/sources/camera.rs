@@ -269,18 +269,23 @@ impl Drop for CameraHandle {
     }
 }
 
-/// Starts a camera on its own supervisor thread; `consumer` is unparked whenever a
-/// frame is queued, so the dataflow worker can sleep between frames.
-pub fn spawn(camera: CameraConfig, consumer: std::thread::Thread) -> CameraHandle {
+/// Starts a camera on its own supervisor thread, which connects after `delay`;
+/// `consumer` is unparked whenever a frame is queued, so the dataflow worker can sleep
+/// between frames.
+pub fn spawn(camera: CameraConfig, consumer: std::thread::Thread, delay: Duration) -> CameraHandle {
     let (tx, frames) = bounded(camera.queue_frames);
     let sender = FrameQueue { tx, rx: frames.clone() };
     let stats = Arc::new(CameraStats::new(&camera.id));
     let stop = Arc::new(AtomicBool::new(false));
     let thread = {
         let (stats, stop) = (Arc::clone(&stats), Arc::clone(&stop));
-        std::thread::Builder::new()
-            .name(format!("camera-{}", camera.id))
-            .spawn(move || supervise(&camera, &sender, &stats, &stop, &consumer))
+        std::thread::Builder::new().name(format!("camera-{}", camera.id)).spawn(move || {
+            if !wait(delay, &stop) {
+                supervise(&camera, &sender, &stats, &stop, &consumer);
+            } else {
+                stats.set_state(CameraState::Stopped);
+            }
+        })
     };
     let thread = match thread {
         Ok(thread) => Some(thread),
@@ -388,16 +393,24 @@ fn supervise(
         }
         stats.set_state(CameraState::Backoff);
         tracing::info!(camera = %camera.id, attempt = failures, backoff_ms = backoff.as_millis() as u64, "reconnecting");
-        let wake = Instant::now() + backoff;
-        while Instant::now() < wake {
-            if stop.load(Ordering::Relaxed) {
-                stats.set_state(CameraState::Stopped);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if wait(backoff, stop) {
+            stats.set_state(CameraState::Stopped);
+            return;
         }
         backoff = (backoff * 2).min(Duration::from_millis(retry.max_backoff_ms));
     }
+}
+
+/// Sleeps `how_long` unless stopped first; whether it was stopped.
+fn wait(how_long: Duration, stop: &AtomicBool) -> bool {
+    let wake = Instant::now() + how_long;
+    while Instant::now() < wake {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20).min(wake.saturating_duration_since(Instant::now())));
+    }
+    stop.load(Ordering::Relaxed)
 }
 
 /// Plays one connection of the camera until it ends, breaks, stalls or is stopped.

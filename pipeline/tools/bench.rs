@@ -86,8 +86,9 @@ pub struct BenchResult {
     /// CPU time over wall time (2.0 = both cores busy).
     pub cpu_cores: f64,
     pub peak_rss_mib: f64,
-    /// Share of the CPU time spent in the network; the rest is sources, decode, the
-    /// dataflow and the sinks.
+    /// The network's wall time over the run's CPU time: at most its share of the CPU
+    /// (its wall time counts moments it waited for a core); the rest is sources, decode,
+    /// the dataflow and the sinks.
     pub inference_cpu_share: f64,
     pub inference_ms_per_frame: f64,
     /// Where the time goes: capture to each stage in turn (frames to `inferred`, then
@@ -270,7 +271,10 @@ pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
         let (metrics, done) = (Arc::clone(&metrics), Arc::clone(&done));
         std::thread::spawn(move || sample(&metrics, Duration::from_secs_f64(every.max(0.1)), &done))
     });
-    let hooks = Hooks { time_stages: true, metrics: Some(metrics), ..Hooks::default() };
+    // Cameras replaying one recording would otherwise all start at its first keyframe:
+    // their starts are spread over a second, as a plant's cameras' keyframes are.
+    let stagger_cameras = plan.source.as_ref().map(|_| Duration::from_secs(1));
+    let hooks = Hooks { time_stages: true, metrics: Some(metrics), stagger_cameras, ..Hooks::default() };
     let ran = run::run_stages(&config, timely::Config::process(plan.workers), stop, hooks);
     done.store(true, Ordering::Relaxed);
     let samples = sampler.map(|s| s.join().unwrap_or_default()).unwrap_or_default();
@@ -380,7 +384,7 @@ pub fn render(r: &BenchResult) -> String {
          frames in: {:.1}/s (and {:.1}/s skipped at the source); through the model: {:.1}/s of {:.1}/s asked; dropped {}, late {}\n\
          work orders: {} for {} defects; first detection to work order {}: {latency}\n{}\
          frame capture to its revision out ({} revisions): {revision}\n\
-         CPU: {:.2} cores; peak memory {:.0} MiB; the network {:.1} ms a frame, at least {:.0}% of the CPU\n\
+         CPU: {:.2} cores; peak memory {:.0} MiB; the network {:.1} ms a frame of wall time, at most {:.0}% of the CPU\n\
          where the time goes:\n{stages}",
         r.cameras,
         r.resolution,

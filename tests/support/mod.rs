@@ -205,6 +205,7 @@ fn run_seen(config: &RunConfig, workers: usize, stop: StopWhen, seen: Arc<Mutex<
         on_observation: None,
         time_stages: false,
         metrics: None,
+        stagger_cameras: None,
     };
     let reports = run::run(config, timely::Config::process(workers), stop, hooks).expect("run completes");
     let seen = seen.lock().expect("lock").clone();
