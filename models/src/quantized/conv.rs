@@ -311,7 +311,7 @@ impl QConv {
     pub(super) fn to_bytes(&self, x: &Bytes, kernel: Int8Kernel) -> Bytes {
         let Output::Bytes { scales } = &self.output else { unreachable!("a layer of reals feeds no integer layer") };
         let inverses: Vec<f32> = scales.iter().map(|s| 1.0 / s).collect();
-        let finish = ToBytes { step: &self.step, bias: &self.bias, inverses: &inverses };
+        let finish = ToBytes { reals: ToReals { step: &self.step, bias: &self.bias }, inverses: &inverses };
         let (values, height, width) = self.run(x, kernel, &finish);
         Bytes { values, height, width, channels: self.outputs, scales: scales.clone() }
     }
@@ -338,10 +338,33 @@ trait Finish<T>: Sync {
     fn pixel(&self, sums: &[i32], extra: &[f32], out: &mut [T]);
 }
 
-/// Real values, ReLU and bytes for the next layer.
-struct ToBytes<'a> {
+/// Real values, as the heads give them.
+#[derive(Clone, Copy)]
+struct ToReals<'a> {
     step: &'a [f32],
     bias: &'a [f32],
+}
+
+impl ToReals<'_> {
+    /// The first `n` channels' real values: `sum × step + bias + extra`.
+    #[inline(always)]
+    fn reals<'s>(&'s self, n: usize, sums: &'s [i32], extra: &'s [f32]) -> impl Iterator<Item = f32> + 's {
+        let (sums, extra, step, bias) = (&sums[..n], &extra[..n], &self.step[..n], &self.bias[..n]);
+        (sums.iter().zip(extra)).zip(step.iter().zip(bias)).map(|((&s, e), (st, b))| s as f32 * st + b + e)
+    }
+}
+
+impl Finish<f32> for ToReals<'_> {
+    #[inline(always)]
+    fn pixel(&self, sums: &[i32], extra: &[f32], out: &mut [f32]) {
+        let reals = self.reals(out.len(), sums, extra);
+        out.iter_mut().zip(reals).for_each(|(v, real)| *v = real);
+    }
+}
+
+/// Real values, ReLU and bytes for the next layer.
+struct ToBytes<'a> {
+    reals: ToReals<'a>,
     inverses: &'a [f32],
 }
 
@@ -349,25 +372,7 @@ impl Finish<u8> for ToBytes<'_> {
     #[inline(always)]
     fn pixel(&self, sums: &[i32], extra: &[f32], out: &mut [u8]) {
         let n = out.len();
-        let (sums, extra, step, bias, inverses) =
-            (&sums[..n], &extra[..n], &self.step[..n], &self.bias[..n], &self.inverses[..n]);
-        let real = (sums.iter().zip(extra)).zip(step.iter().zip(bias)).map(|((&s, e), (st, b))| s as f32 * st + b + e);
-        out.iter_mut().zip(real).zip(inverses).for_each(|((q, v), inverse)| *q = to_byte(v, *inverse));
-    }
-}
-
-/// Real values, as the heads give them.
-struct ToReals<'a> {
-    step: &'a [f32],
-    bias: &'a [f32],
-}
-
-impl Finish<f32> for ToReals<'_> {
-    #[inline(always)]
-    fn pixel(&self, sums: &[i32], extra: &[f32], out: &mut [f32]) {
-        let n = out.len();
-        let (sums, extra, step, bias) = (&sums[..n], &extra[..n], &self.step[..n], &self.bias[..n]);
-        let real = (sums.iter().zip(extra)).zip(step.iter().zip(bias)).map(|((&s, e), (st, b))| s as f32 * st + b + e);
-        out.iter_mut().zip(real).for_each(|(v, real)| *v = real);
+        let reals = self.reals.reals(n, sums, extra);
+        out.iter_mut().zip(reals).zip(&self.inverses[..n]).for_each(|((q, v), inverse)| *q = to_byte(v, *inverse));
     }
 }
