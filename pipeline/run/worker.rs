@@ -83,8 +83,9 @@ impl<'p> Worker<'p> {
         };
         let delivery = Delivered::build(worker);
         let main_dataflow = worker.next_dataflow_index();
-        let mine: Vec<_> =
-            config.cameras.iter().enumerate().filter(|(i, _)| i % peers == index).map(|(_, c)| c.clone()).collect();
+        // This worker's cameras, and where each stands in the config.
+        let (positions, mine): (Vec<usize>, Vec<_>) =
+            config.cameras.iter().enumerate().filter(|(i, _)| i % peers == index).map(|(i, c)| (i, c.clone())).unzip();
         let here = peers_here(worker, config) as usize;
         let cameras_here = (0..config.cameras.len()).filter(|i| (i % peers) / here == index / here).count();
         let kept = KeptCounts::default();
@@ -124,7 +125,6 @@ impl<'p> Worker<'p> {
             // Camera `i` of the config waits its share of the spread before it starts.
             let spread = process.hooks.stagger_cameras.unwrap_or_default();
             let count = config.cameras.len().max(1) as u32;
-            let positions = (0..config.cameras.len()).filter(|i| i % peers == index);
             built.cameras = (mine.into_iter().zip(positions))
                 .map(|(c, i)| camera::spawn(c, thread.clone(), spread * i as u32 / count))
                 .collect();

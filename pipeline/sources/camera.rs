@@ -280,10 +280,10 @@ pub fn spawn(camera: CameraConfig, consumer: std::thread::Thread, delay: Duratio
     let thread = {
         let (stats, stop) = (Arc::clone(&stats), Arc::clone(&stop));
         std::thread::Builder::new().name(format!("camera-{}", camera.id)).spawn(move || {
-            if !wait(delay, &stop) {
-                supervise(&camera, &sender, &stats, &stop, &consumer);
-            } else {
+            if wait(delay, &stop) {
                 stats.set_state(CameraState::Stopped);
+            } else {
+                supervise(&camera, &sender, &stats, &stop, &consumer);
             }
         })
     };

@@ -267,8 +267,7 @@ impl QConv {
         }
         let mut sources = Sources { rows, at: [0; TILE], kernel: k, step: self.dilation * c };
         let mut sums: Sums = [[0; MAX_OUTPUTS]; TILE];
-        let no_extra = [0f32; MAX_OUTPUTS];
-        let mut extra = [0f32; MAX_OUTPUTS];
+        let (no_extra, mut extra) = ([0f32; MAX_OUTPUTS], [0f32; MAX_OUTPUTS]);
         for x0 in (0..out_w).step_by(TILE) {
             let pixels = TILE.min(out_w - x0);
             for (p, at) in sources.at.iter_mut().enumerate() {
@@ -277,21 +276,33 @@ impl QConv {
             }
             kernel.tile(&sources, &self.weights, &mut sums);
             for (p, sums) in sums.iter().enumerate().take(pixels) {
-                let outside = self.outside.as_ref().map_or(0, |_| self.outside_taps(oy, x0 + p, x.height, x.width));
-                let extra = match (&self.outside, outside) {
-                    (Some(gains), 1..) => {
-                        extra.fill(0.0);
-                        for t in (0..k * k).filter(|t| outside & 1 << t != 0) {
-                            let gains = &gains[t * outputs..(t + 1) * outputs];
-                            extra.iter_mut().zip(gains).for_each(|(e, g)| *e += g);
-                        }
-                        &extra
-                    }
-                    _ => &no_extra,
-                };
+                let extra = self.outside_gains(oy, x0 + p, x, &mut extra).unwrap_or(&no_extra);
                 finish.pixel(&sums[..outputs], &extra[..outputs], &mut out[(x0 + p) * outputs..][..outputs]);
             }
         }
+    }
+
+    /// What output pixel `(oy, ox)` gains from its taps outside `x`, written into `extra`;
+    /// none where it has no such taps (or the layer gives them nothing: all but the stem).
+    #[inline(always)]
+    fn outside_gains<'e>(
+        &self,
+        oy: usize,
+        ox: usize,
+        x: &Bytes,
+        extra: &'e mut [f32; MAX_OUTPUTS],
+    ) -> Option<&'e [f32; MAX_OUTPUTS]> {
+        let gains = self.outside.as_ref()?;
+        let outside = self.outside_taps(oy, ox, x.height, x.width);
+        if outside == 0 {
+            return None;
+        }
+        extra.fill(0.0);
+        for t in (0..self.kernel * self.kernel).filter(|t| outside & 1 << t != 0) {
+            let gains = &gains[t * self.outputs..(t + 1) * self.outputs];
+            extra.iter_mut().zip(gains).for_each(|(e, g)| *e += g);
+        }
+        Some(extra)
     }
 
     /// The taps of output pixel `(oy, ox)` outside a `height`×`width` input, one bit each.
