@@ -27,6 +27,12 @@ pub struct TrackConfig {
     pub confirm_hits: u32,
     /// Frames (of the camera) over which `confirm_hits` are counted; at most 64.
     pub confirm_window_frames: u32,
+    /// A track seen in each of its camera's last 3 frames is confirmed as soon as those
+    /// frames span this long, before `confirm_hits`: at a low frame rate the count of
+    /// frames would otherwise take seconds (5 frames at 1 a second: 4 s; this rule, 2 s).
+    /// Above 1.5 frames a second, 3 frames never span the default 2 s, and `confirm_hits`
+    /// decides alone. 0: off.
+    pub confirm_span_ms: u64,
     /// Least intersection-over-union for a detection to continue a track.
     pub min_iou: f32,
     /// A confirmed track not seen for this long while its camera sends frames is resolved.
@@ -54,6 +60,7 @@ impl Default for TrackConfig {
         TrackConfig {
             confirm_hits: 5,
             confirm_window_frames: 8,
+            confirm_span_ms: 2_000,
             min_iou: 0.1,
             resolve_after_ms: 30_000,
             growth_window_ms: 300_000,
@@ -384,7 +391,14 @@ impl CameraTracks {
             let track = &mut live.track;
             let lasted = track.class != DefectClass::Unknown
                 || frame.capture_ms.saturating_sub(track.first_seen_ms) >= config.unknown_confirm_ms;
-            if track.state == TrackState::Tentative && live.seen.count_ones() >= config.confirm_hits && lasted {
+            let recent = live.history.len().checked_sub(3).map(|i| live.history[i].0);
+            let spanned = config.confirm_span_ms > 0
+                && live.seen & 0b111 == 0b111
+                && recent.is_some_and(|t| frame.capture_ms.saturating_sub(t) >= config.confirm_span_ms);
+            if track.state == TrackState::Tentative
+                && (live.seen.count_ones() >= config.confirm_hits || spanned)
+                && lasted
+            {
                 track.state = TrackState::Confirmed;
             }
             let watched_from = *live.watched_from.get_or_insert(frame.capture_ms);
@@ -729,6 +743,40 @@ mod tests {
         }
         assert_eq!(tracks.tracks.len(), 1);
         assert_eq!(tracks.tracks[0].track.class, DefectClass::MissingComponent);
+    }
+
+    #[test]
+    fn at_a_frame_a_second_three_frames_in_a_row_confirm_and_at_five_they_do_not() {
+        let config = TrackConfig::default();
+        let confirmed_after = |every_ms: u64| {
+            let mut tracks = CameraTracks { rois: vec![whole_view(None)], ..CameraTracks::default() };
+            (0..8u64)
+                .find(|&i| {
+                    let mut seen = frame(i, DefectClass::Crack);
+                    seen.capture_ms = 1_000 + i * every_ms;
+                    seen.detections[0].capture_ms = seen.capture_ms;
+                    tracks.observe(&seen, &config, config.confirm_window_frames, None);
+                    tracks.tracks[0].track.state == TrackState::Confirmed
+                })
+                .map(|i| i + 1)
+        };
+        // One frame a second: the third frame, 2 s after the first, confirms.
+        assert_eq!(confirmed_after(1_000), Some(3));
+        // Five frames a second: `confirm_hits` (5) decides, as before.
+        assert_eq!(confirmed_after(200), Some(5));
+        // A gap breaks the run of three: seen, missed, seen, seen at 1 s is not confirmed
+        // by the span (3 of the last 4 frames), only later by the count.
+        let mut tracks = CameraTracks { rois: vec![whole_view(None)], ..CameraTracks::default() };
+        for (i, seen) in [true, false, true, true].into_iter().enumerate() {
+            let mut f = frame(i as u64, DefectClass::Crack);
+            f.capture_ms = 1_000 + i as u64 * 1_000;
+            f.detections[0].capture_ms = f.capture_ms;
+            if !seen {
+                f.detections.clear();
+            }
+            tracks.observe(&f, &config, config.confirm_window_frames, None);
+        }
+        assert_eq!(tracks.tracks[0].track.state, TrackState::Tentative);
     }
 
     #[test]

@@ -204,7 +204,11 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         data: args.data,
         out: args.out,
         config,
-        architecture: defectflow_models::model::DefectNetConfig::new().with_box_head(!args.no_box_head),
+        architecture: defectflow_models::model::DefectNetConfig::new()
+            .with_stem_channels(args.channels[0])
+            .with_mid_channels(args.channels[1])
+            .with_cell_channels(args.channels[2])
+            .with_box_head(!args.no_box_head),
         holdout: args.holdout,
         init: args.init,
         command: std::iter::once("defectflow".to_owned()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" "),

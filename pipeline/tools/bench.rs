@@ -77,7 +77,8 @@ pub struct BenchResult {
     pub unexpected: Vec<String>,
     pub revisions: usize,
     /// First detection (capture time) to the work order leaving (Kafka acknowledged):
-    /// includes the tracker's confirmation window (`[track] confirm_hits` frames).
+    /// includes the tracker's confirmation (`[track] confirm_hits` frames, or
+    /// `confirm_span_ms` at a low frame rate).
     pub latency_ms: Option<Percentiles>,
     /// Capture of the frame that made a revision to the revision leaving (Kafka
     /// acknowledged): the pipeline's own delay.
