@@ -282,9 +282,15 @@ pub struct TrainArgs {
     /// leave the cells' scores exactly as they were.
     #[arg(long, requires = "init", conflicts_with = "no_box_head")]
     pub box_head_only: bool,
-    /// Channels of a new network at half, quarter and cell resolution (with `--init`, the
-    /// model's own are kept).
-    #[arg(long, value_name = "HALF,QUARTER,CELL", default_value = "16,24,40", value_parser = parse_channels)]
+    /// Channels of a new network at half, quarter and cell resolution (a model trained
+    /// on with `--init` keeps its own).
+    #[arg(
+        long,
+        value_name = "HALF,QUARTER,CELL",
+        default_value = "16,24,40",
+        value_parser = parse_channels,
+        conflicts_with = "init"
+    )]
     pub channels: [usize; 3],
     /// Share of training crops (0–1) given another surface texture, light, colour,
     /// blur, noise and codec artefacts (domain randomisation), so the model learns the
@@ -499,6 +505,18 @@ pub enum SynthFormat {
     Yolo,
 }
 
+/// `--channels`: three widths, each from 1 to the int8 path's largest.
+fn parse_channels(text: &str) -> Result<[usize; 3], String> {
+    let widths: Vec<usize> = (text.split(','))
+        .map(|w| w.trim().parse().map_err(|_| format!("{w:?} is not a channel count")))
+        .collect::<Result<_, _>>()?;
+    let largest = defectflow_models::quantized::MAX_OUTPUTS;
+    match widths[..] {
+        [a, b, c] if [a, b, c].iter().all(|w| (1..=largest).contains(w)) => Ok([a, b, c]),
+        _ => Err(format!("three channel counts from 1 to {largest} expected, as in 16,24,40")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -509,16 +527,13 @@ mod tests {
     fn every_command_and_flag_has_help() {
         Cli::command().debug_assert();
     }
-}
 
-/// `--channels`: three widths, each from 1 to the int8 path's largest.
-fn parse_channels(text: &str) -> Result<[usize; 3], String> {
-    let widths: Vec<usize> = (text.split(','))
-        .map(|w| w.trim().parse().map_err(|_| format!("{w:?} is not a channel count")))
-        .collect::<Result<_, _>>()?;
-    let largest = defectflow_models::quantized::MAX_OUTPUTS;
-    match widths[..] {
-        [a, b, c] if [a, b, c].iter().all(|w| (1..=largest).contains(w)) => Ok([a, b, c]),
-        _ => Err(format!("three channel counts from 1 to {largest} expected, as in 16,24,40")),
+    #[test]
+    fn channels_are_three_widths_the_int8_path_can_run() {
+        assert_eq!(parse_channels("16, 32,48"), Ok([16, 32, 48]));
+        for bad in ["16,24", "16,24,40,40", "16,24,65", "16,0,40", "16,x,40"] {
+            assert!(parse_channels(bad).is_err(), "{bad}");
+        }
+        assert!(parse_channels("16,x,40").expect_err("not a number").contains("\"x\""));
     }
 }
