@@ -745,38 +745,37 @@ mod tests {
         assert_eq!(tracks.tracks[0].track.class, DefectClass::MissingComponent);
     }
 
+    /// Frame `index` captured at `capture_ms`, with the crack of [`frame`] or nothing.
+    fn frame_at(index: u64, capture_ms: u64, seen: bool) -> FrameObservation {
+        let mut observed = frame(index, DefectClass::Crack);
+        observed.capture_ms = capture_ms;
+        observed.detections.iter_mut().for_each(|d| d.capture_ms = capture_ms);
+        observed.detections.retain(|_| seen);
+        observed
+    }
+
     #[test]
     fn at_a_frame_a_second_three_frames_in_a_row_confirm_and_at_five_they_do_not() {
         let config = TrackConfig::default();
-        let confirmed_after = |every_ms: u64| {
+        // The frame whose sighting confirms the track, counted from 1, each `every_ms`.
+        let confirmed_at = |every_ms: u64, seen: &[bool]| {
             let mut tracks = CameraTracks { rois: vec![whole_view(None)], ..CameraTracks::default() };
-            (0..8u64)
+            (0..seen.len())
                 .find(|&i| {
-                    let mut seen = frame(i, DefectClass::Crack);
-                    seen.capture_ms = 1_000 + i * every_ms;
-                    seen.detections[0].capture_ms = seen.capture_ms;
-                    tracks.observe(&seen, &config, config.confirm_window_frames, None);
+                    let observed = frame_at(i as u64, 1_000 + i as u64 * every_ms, seen[i]);
+                    tracks.observe(&observed, &config, config.confirm_window_frames, None);
                     tracks.tracks[0].track.state == TrackState::Confirmed
                 })
                 .map(|i| i + 1)
         };
         // One frame a second: the third frame, 2 s after the first, confirms.
-        assert_eq!(confirmed_after(1_000), Some(3));
+        assert_eq!(confirmed_at(1_000, &[true; 8]), Some(3));
         // Five frames a second: `confirm_hits` (5) decides, as before.
-        assert_eq!(confirmed_after(200), Some(5));
+        assert_eq!(confirmed_at(200, &[true; 8]), Some(5));
         // A gap breaks the run of three: seen, missed, seen, seen at 1 s is not confirmed
         // by the span (3 of the last 4 frames), only later by the count.
-        let mut tracks = CameraTracks { rois: vec![whole_view(None)], ..CameraTracks::default() };
-        for (i, seen) in [true, false, true, true].into_iter().enumerate() {
-            let mut f = frame(i as u64, DefectClass::Crack);
-            f.capture_ms = 1_000 + i as u64 * 1_000;
-            f.detections[0].capture_ms = f.capture_ms;
-            if !seen {
-                f.detections.clear();
-            }
-            tracks.observe(&f, &config, config.confirm_window_frames, None);
-        }
-        assert_eq!(tracks.tracks[0].track.state, TrackState::Tentative);
+        assert_eq!(confirmed_at(1_000, &[true, false, true, true]), None);
+        assert_eq!(confirmed_at(1_000, &[true, false, true, true, true, true]), Some(5));
     }
 
     #[test]
