@@ -388,17 +388,13 @@ impl CameraTracks {
     ) -> Vec<(DefectTrack, isize)> {
         let mut changes = Vec::new();
         for live in &mut self.tracks {
+            let seen_enough = live.track.state == TrackState::Tentative
+                && (live.seen.count_ones() >= config.confirm_hits
+                    || live.seen_in_a_row_over(frame.capture_ms, config.confirm_span_ms));
             let track = &mut live.track;
             let lasted = track.class != DefectClass::Unknown
                 || frame.capture_ms.saturating_sub(track.first_seen_ms) >= config.unknown_confirm_ms;
-            let recent = live.history.len().checked_sub(3).map(|i| live.history[i].0);
-            let spanned = config.confirm_span_ms > 0
-                && live.seen & 0b111 == 0b111
-                && recent.is_some_and(|t| frame.capture_ms.saturating_sub(t) >= config.confirm_span_ms);
-            if track.state == TrackState::Tentative
-                && (live.seen.count_ones() >= config.confirm_hits || spanned)
-                && lasted
-            {
+            if seen_enough && lasted {
                 track.state = TrackState::Confirmed;
             }
             let watched_from = *live.watched_from.get_or_insert(frame.capture_ms);
@@ -600,6 +596,13 @@ impl LiveTrack {
             self.carried_growth = None;
         }
         track.growth_px_per_min = measured.or(self.carried_growth).unwrap_or(0.0);
+    }
+
+    /// Whether the track was seen in each of its camera's last 3 frames, the first of
+    /// them at least `span_ms` before `now` (`TrackConfig::confirm_span_ms`; 0: never).
+    fn seen_in_a_row_over(&self, now: u64, span_ms: u64) -> bool {
+        let third_last = self.history.len().checked_sub(3).map(|i| self.history[i].0);
+        span_ms > 0 && self.seen & 0b111 == 0b111 && third_last.is_some_and(|t| now.saturating_sub(t) >= span_ms)
     }
 }
 

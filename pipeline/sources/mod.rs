@@ -5,6 +5,7 @@
 pub mod camera;
 pub mod cmms_script;
 pub mod file;
+pub mod frame;
 pub mod gate;
 pub mod kafka;
 pub mod rtsp;
