@@ -497,6 +497,11 @@ pub struct SynthArgs {
     /// With `--format yolo`: keep every n-th frame.
     #[arg(long, default_value_t = 1)]
     pub every: u64,
+    /// With `--format yolo`: draw each crack and stain at its own darkness and tint,
+    /// both from one range, so that only their shapes tell them apart (training data
+    /// for a network that must not rely on the generator's tones).
+    #[arg(long)]
+    pub varied_defect_tones: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -8,7 +8,7 @@ use defectflow::config::RunConfig;
 use defectflow::sinks::audit::AuditLog;
 use defectflow::tools::footage::{FootageOptions, write_plant};
 use defectflow::tools::scenario::Scenario;
-use defectflow_models::synth::PlantOptions;
+use defectflow_models::synth::{DefectTones, PlantOptions};
 use defectflow_schemas::Emitted;
 
 use crate::args::{
@@ -156,9 +156,15 @@ pub fn synth(args: SynthArgs) -> anyhow::Result<()> {
         codec: args.codec,
         container: args.container,
     };
+    let tones = if args.varied_defect_tones { DefectTones::Varied } else { DefectTones::Fixed };
     let truth = match args.format {
-        SynthFormat::Video => write_plant(&args.out, &options)?,
-        SynthFormat::Yolo => defectflow::tools::modelling::write_yolo_set(&args.out, &options.plant, args.every)?,
+        SynthFormat::Video => {
+            anyhow::ensure!(tones == DefectTones::Fixed, "--varied-defect-tones: only with --format yolo");
+            write_plant(&args.out, &options)?
+        }
+        SynthFormat::Yolo => {
+            defectflow::tools::modelling::write_yolo_set(&args.out, &options.plant, args.every, tones)?
+        }
     };
     for camera in &truth.cameras {
         let defects: Vec<String> = camera

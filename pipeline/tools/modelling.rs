@@ -17,7 +17,7 @@ use defectflow_models::inference::FrameView;
 use defectflow_models::metrics::{EvalReport, Evaluator, FrameTally, Mistake, mistakes};
 use defectflow_models::model::DefectNetConfig;
 use defectflow_models::promotion::{GateSet, Measure, Promotion};
-use defectflow_models::synth::{CameraTruth, GroundTruth, PlantOptions, Scene, random_plant};
+use defectflow_models::synth::{CameraTruth, DefectTones, GroundTruth, PlantOptions, Scene, random_plant};
 use defectflow_models::training::{TrainConfig, final_loss, train};
 use defectflow_schemas::DefectClass;
 use image::codecs::jpeg::JpegEncoder;
@@ -26,8 +26,13 @@ use super::progress::Progress;
 
 /// Renders every `every`-th frame of a random plant as JPEG with its YOLO labels:
 /// `images/<camera>_<frame>.jpg`, `labels/<camera>_<frame>.txt`, `classes.txt`,
-/// `ground_truth.json`.
-pub fn write_yolo_set(out: &Path, plant: &PlantOptions, every: u64) -> anyhow::Result<GroundTruth> {
+/// `ground_truth.json`; cracks and stains drawn at `tones`.
+pub fn write_yolo_set(
+    out: &Path,
+    plant: &PlantOptions,
+    every: u64,
+    tones: DefectTones,
+) -> anyhow::Result<GroundTruth> {
     let (images_dir, labels_dir) = (out.join("images"), out.join("labels"));
     for dir in [&images_dir, &labels_dir] {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -39,7 +44,7 @@ pub fn write_yolo_set(out: &Path, plant: &PlantOptions, every: u64) -> anyhow::R
     let specs = random_plant(plant);
     let mut progress = Progress::new("cameras", specs.len() as u64);
     for spec in specs {
-        let scene = Scene::new(spec.clone());
+        let scene = Scene::new(spec.clone()).with_defect_tones(tones);
         for index in (0..frames).step_by(every.max(1) as usize) {
             let rendered = scene.render(index);
             let name = format!("{}_{index:06}", spec.camera_id);

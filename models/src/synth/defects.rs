@@ -35,21 +35,58 @@ impl DefectSpec {
     }
 }
 
+/// How dark cracks and stains are drawn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DefectTones {
+    /// The generator's own: a crack near black (RGB 12, 10, 10), a stain ten grey
+    /// levels lighter (22, 18, 14).
+    #[default]
+    Fixed,
+    /// Each crack and each stain at its own darkness and tint, both drawn from one
+    /// range: only their shapes tell them apart, as on footage from anywhere else.
+    Varied,
+}
+
+impl DefectTones {
+    /// The dark colour of a crack or stain of shape seed `seed`.
+    fn dark(self, seed: u64, fixed: [u8; 3]) -> [u8; 3] {
+        match self {
+            DefectTones::Fixed => fixed,
+            DefectTones::Varied => {
+                let level = 6.0 + (hash(seed ^ 0xDA4C) % 43) as f32;
+                std::array::from_fn(|ch| {
+                    let tint = 0.75 + 0.25 * ((hash(seed ^ (0x71A7 + ch as u64)) % 101) as f32 / 100.0);
+                    (level * tint).round() as u8
+                })
+            }
+        }
+    }
+}
+
 /// Draws the defect at size `size` offset by `(dx, dy)`; returns its bounding box.
-pub fn draw_defect(canvas: &mut Canvas, spec: &DefectSpec, size: f32, dx: f32, dy: f32) -> BoundingBox {
+pub fn draw_defect(
+    canvas: &mut Canvas,
+    spec: &DefectSpec,
+    size: f32,
+    (dx, dy): (f32, f32),
+    tones: DefectTones,
+) -> BoundingBox {
     let (cx, cy) = (spec.center[0] + dx, spec.center[1] + dy);
     let seed = spec.shape_seed;
     match spec.class {
-        DefectClass::Crack => draw_crack(canvas, cx, cy, size, seed),
+        DefectClass::Crack => draw_crack(canvas, cx, cy, size, seed, tones.dark(seed, [12, 10, 10])),
         DefectClass::Corrosion => draw_blob(canvas, cx, cy, size, seed, |x, y, n| {
             let speck = lattice(seed, x, y) > 0.85;
             let base = if speck { [92, 40, 14] } else { [176, 86, 30] };
             (shade(base, 0.75 + 0.5 * n), 0.95)
         }),
-        DefectClass::Contamination => draw_blob(canvas, cx, cy, size, seed ^ 0x0111, |_, _, n| {
-            let sheen = n > 0.72;
-            (if sheen { [96, 92, 104] } else { [22, 18, 14] }, 0.9)
-        }),
+        DefectClass::Contamination => {
+            let stain = tones.dark(seed ^ 0x0111, [22, 18, 14]);
+            draw_blob(canvas, cx, cy, size, seed ^ 0x0111, |_, _, n| {
+                let sheen = n > 0.72;
+                (if sheen { [96, 92, 104] } else { stain }, 0.9)
+            })
+        }
         DefectClass::Wear => draw_blob(canvas, cx, cy, size, seed ^ 0x3EA2, |_, y, n| {
             let streak = (y as u64).wrapping_mul(2_654_435_761).is_multiple_of(5);
             (if streak { [255, 250, 236] } else { shade([222, 216, 200], 0.9 + 0.15 * n) }, 0.85)
@@ -61,7 +98,7 @@ pub fn draw_defect(canvas: &mut Canvas, spec: &DefectSpec, size: f32, dx: f32, d
     }
 }
 
-fn draw_crack(canvas: &mut Canvas, cx: f32, cy: f32, length: f32, seed: u64) -> BoundingBox {
+fn draw_crack(canvas: &mut Canvas, cx: f32, cy: f32, length: f32, seed: u64, color: [u8; 3]) -> BoundingBox {
     // A jagged polyline that grows from its centre outwards in both directions.
     let angle = (hash(seed) % 628) as f32 / 100.0;
     let (ux, uy) = (angle.cos(), angle.sin());
@@ -74,7 +111,7 @@ fn draw_crack(canvas: &mut Canvas, cx: f32, cy: f32, length: f32, seed: u64) -> 
     }
     let thickness = (2.0 + length / 40.0).min(4.0);
     for pair in points.windows(2) {
-        canvas.line(pair[0], pair[1], thickness, [12, 10, 10]);
+        canvas.line(pair[0], pair[1], thickness, color);
     }
     bounds(&points, thickness / 2.0 + 1.0)
 }
@@ -144,4 +181,30 @@ fn box_of((x0, y0, x1, y1): (f32, f32, f32, f32)) -> BoundingBox {
         return BoundingBox { x: 0.0, y: 0.0, width: 0.0, height: 0.0 };
     }
     BoundingBox { x: x0, y: y0, width: x1 - x0, height: y1 - y0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn luminance(c: [u8; 3]) -> f32 {
+        c.iter().map(|&v| f32::from(v)).sum::<f32>() / 3.0
+    }
+
+    #[test]
+    fn varied_tones_draw_cracks_and_stains_over_one_range_of_darkness() {
+        let seeds = 0..200u64;
+        let tones = |t: DefectTones, fixed| seeds.clone().map(move |s| luminance(t.dark(s * 7919, fixed)));
+        let (crack, stain) = ([12, 10, 10], [22, 18, 14]);
+        assert!(tones(DefectTones::Fixed, crack).all(|l| l == luminance(crack)));
+        // Varied: a crack is as likely to be the darker of a crack and a stain as not.
+        let cracks: Vec<f32> = tones(DefectTones::Varied, crack).collect();
+        let stains: Vec<f32> = tones(DefectTones::Varied, stain).collect();
+        let pairs = cracks.iter().flat_map(|c| stains.iter().map(move |s| (c, s)));
+        let darker = pairs.filter(|(c, s)| c < s).count() as f32 / (cracks.len() * stains.len()) as f32;
+        assert!((0.4..0.6).contains(&darker), "cracks darker in {darker} of pairs");
+        let spread = |v: &[f32]| v.iter().cloned().fold(f32::MIN, f32::max) - v.iter().cloned().fold(f32::MAX, f32::min);
+        assert!(spread(&cracks) > 25.0 && spread(&stains) > 25.0);
+        assert!(cracks.iter().all(|&l| l < 50.0), "a crack stays dark");
+    }
 }

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 pub use assets::{AssetKind, AssetRegion, UnknownAssetKind};
-pub use defects::DefectSpec;
+pub use defects::{DefectSpec, DefectTones};
 use raster::{Canvas, hash};
 
 /// Everything needed to render one synthetic camera, deterministically.
@@ -64,6 +64,7 @@ pub struct Scene {
     spec: SceneSpec,
     base: Canvas,
     region: AssetRegion,
+    tones: DefectTones,
 }
 
 /// Largest camera shake, in pixels, in each direction.
@@ -72,7 +73,12 @@ const JITTER_PX: i32 = 2;
 impl Scene {
     pub fn new(spec: SceneSpec) -> Scene {
         let (base, region) = assets::draw_scene(spec.asset_kind, spec.width, spec.height, spec.seed);
-        Scene { spec, base, region }
+        Scene { spec, base, region, tones: DefectTones::Fixed }
+    }
+
+    /// The same scene with its cracks and stains drawn at `tones`.
+    pub fn with_defect_tones(self, tones: DefectTones) -> Scene {
+        Scene { tones, ..self }
     }
 
     pub fn spec(&self) -> &SceneSpec {
@@ -96,7 +102,7 @@ impl Scene {
         for defect in &spec.defects {
             match defect.size_at(t_s) {
                 Some(size) => {
-                    let bbox = defects::draw_defect(&mut image, defect, size, jx as f32, jy as f32);
+                    let bbox = defects::draw_defect(&mut image, defect, size, (jx as f32, jy as f32), self.tones);
                     if let Some(bbox) = clip(bbox, spec.width, spec.height) {
                         labels.push(Label { defect_id: defect.defect_id.clone(), class: defect.class, bbox });
                     }
