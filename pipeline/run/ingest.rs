@@ -4,7 +4,8 @@
 //! Frames enter at their capture time; the worker's input frontier is the least capture
 //! time any of its cameras may still send, where a camera that has been silent for
 //! `idle_timeout_ms` (or has ended) no longer counts and the frontier follows the wall
-//! clock instead.
+//! clock instead. A camera decoding keyframes only counts from the latest delta unit it
+//! dropped, when that is later than its latest frame: it sends nothing earlier.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -83,7 +84,7 @@ impl Ingest {
             // frontier moving on without it would re-time its next frames, and a replay
             // would then differ from the run. One that stalls fails (`stall_timeout_ms`).
             .filter(|((cam, _), replays)| cam.holds_frontier(if **replays { Duration::MAX } else { idle }))
-            .map(|((_, sent), _)| sent.unwrap_or(self.frontier))
+            .map(|((cam, sent), _)| cam.sends_nothing_before(sent.unwrap_or(self.frontier)))
             .min()
             .unwrap_or(quiet)
             .max(self.frontier);
@@ -151,6 +152,35 @@ mod tests {
         // Silent for longer than the idle time, it no longer holds the other back.
         held.backdate_progress(Duration::from_secs(60));
         assert_eq!(ingest.advance(&cameras, idle), Some(10_000));
+    }
+
+    /// A camera decoding keyframes only counts from the latest delta unit it dropped,
+    /// not from its latest frame, which is up to a keyframe interval old; a frame still
+    /// in its queue holds the frontier where it was.
+    #[test]
+    fn a_keyframe_camera_counts_from_the_latest_delta_unit_it_dropped() {
+        let ([fast_tx, key_tx], cameras, mut ingest) = two_cameras(["fast", "key"], true);
+        let idle = Duration::from_secs(2);
+        fast_tx.send(RawFrame::blank(0, 10_000)).expect("queued");
+        key_tx.send(RawFrame::blank(0, 1_000)).expect("queued");
+        ingest.drain(&cameras, |_, _| {});
+        assert_eq!(ingest.advance(&cameras, idle), Some(1_000));
+        let lull = &cameras[1].stats.lull;
+        // Its keyframe at 1 s out, the delta units after it dropped.
+        lull.admitted(1_000);
+        lull.emerged(1_000);
+        lull.skipped(1_933);
+        assert_eq!(ingest.advance(&cameras, idle), Some(1_933));
+        // The next keyframe queued, and the delta units after it dropped, before the
+        // ingest reads the queue.
+        lull.admitted(2_000);
+        key_tx.send(RawFrame::blank(1, 2_000)).expect("queued");
+        lull.emerged(2_000);
+        lull.skipped(2_933);
+        assert_eq!(ingest.advance(&cameras, idle), None, "a queued frame holds the frontier");
+        ingest.drain(&cameras, |_, _| {});
+        assert_eq!(ingest.advance(&cameras, idle), Some(2_933));
+        assert_eq!(cameras[1].stats.late.load(Ordering::Relaxed), 0, "no frame re-timed");
     }
 
     /// A recording replayed at its own capture times is never idle: however long its

@@ -73,6 +73,8 @@ pub struct CameraStats {
     pub last_capture_ms: AtomicU64,
     /// Frames the source did not decode or convert (keyframe mode, `max_fps`).
     pub skipped: Arc<super::gate::Skipped>,
+    /// How far the camera is known to send nothing (keyframe mode).
+    pub lull: Arc<super::gate::Lull>,
 }
 
 impl CameraStats {
@@ -91,6 +93,7 @@ impl CameraStats {
             first_capture_ms: AtomicU64::new(0),
             last_capture_ms: AtomicU64::new(0),
             skipped: Arc::default(),
+            lull: Arc::default(),
         }
     }
 
@@ -178,6 +181,15 @@ impl CameraHandle {
     /// send and has not been silent for longer than `idle`.
     pub fn holds_frontier(&self, idle: Duration) -> bool {
         !self.frames.is_empty() || (!self.stats.finished() && self.stats.silent_for() <= idle)
+    }
+
+    /// The least capture time this camera may still send, given the latest it sent:
+    /// later, between keyframes, when its keyframe gate knows it sends nothing before a
+    /// delta unit it dropped ([`super::gate::Lull`]) and no frame waits in its queue.
+    pub fn sends_nothing_before(&self, sent: u64) -> u64 {
+        // Read before the queue: a frame queued before the lull moved on is then seen.
+        let quiet = self.stats.lull.until_ms();
+        if self.frames.is_empty() { sent.max(quiet) } else { sent }
     }
 
     /// Whether the supervisor thread has finished (after a stop, an end or a failure).
@@ -271,7 +283,7 @@ fn supervise(
     loop {
         stats.set_state(CameraState::Connecting);
         let received_before = stats.received.load(Ordering::Relaxed);
-        let outcome = match super::build(camera, &stats.skipped) {
+        let outcome = match super::build(camera, (&stats.skipped, &stats.lull)) {
             Ok(pipeline) => run_once(camera, pipeline, sender, stats, stop, (&next_index, &spare), consumer),
             Err(e @ SourceError::MissingElement { .. }) => {
                 stats.record_error(format!("camera {}: {e}", camera.id));
@@ -377,7 +389,9 @@ fn run_once(
                         Ordering::Relaxed,
                     );
                     stats.last_capture_ms.store(frame.capture_ms, Ordering::Relaxed);
+                    let capture_ms = frame.capture_ms;
                     let delivered = deliver(frame, &sender, live, &stats, &halted);
+                    stats.lull.emerged(capture_ms);
                     stats.frame_handed_over();
                     consumer.unpark();
                     delivered

@@ -13,6 +13,10 @@
 //! thus bounds the model's frame rate, which is why `all` exists. Whatever is skipped is
 //! counted, and a keyframe-only stream, silent between keyframes, is not taken for
 //! stalled before two keyframe intervals have passed.
+//!
+//! A delta unit dropped before the decoder still tells something: the camera will send
+//! no frame captured before it (a [`Lull`]), so the event-time frontier need not wait a
+//! whole keyframe interval for the camera's next frame.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,6 +44,7 @@ pub struct Gate {
     /// Slot of the last frame let through to conversion (`u64::MAX`: none yet).
     last_slot: AtomicU64,
     skipped: Arc<Skipped>,
+    lull: Arc<Lull>,
 }
 
 /// Frames a camera's source left out, over all its connections.
@@ -51,10 +56,57 @@ pub struct Skipped {
     pub decoded: AtomicU64,
 }
 
+/// How far a keyframe-only camera is known to be quiet, over all its connections.
+///
+/// A delta unit dropped before the decoder, once every frame let through to the
+/// decoder has come out of the pipeline, means the camera sends no frame captured
+/// before that unit: the frames still to come are later keyframes. Nothing in flight is
+/// judged by capture time (the latest frame out is no earlier than the latest let in),
+/// so a frame the decoder holds back or loses only delays the lull until the next one
+/// comes out.
+#[derive(Debug, Default)]
+pub struct Lull {
+    /// Capture time of the latest buffer let through to the decoder, ms.
+    admitted_ms: AtomicU64,
+    /// Capture time of the latest frame out of the pipeline (queued, or dropped before
+    /// conversion), ms.
+    emerged_ms: AtomicU64,
+    /// No frame captured before this will come (0: nothing known).
+    until_ms: AtomicU64,
+}
+
+impl Lull {
+    /// The camera sends no frame captured before this (0: nothing known).
+    pub fn until_ms(&self) -> u64 {
+        self.until_ms.load(Ordering::Acquire)
+    }
+
+    /// A frame captured at `capture_ms` left the pipeline; called after it is queued.
+    pub fn emerged(&self, capture_ms: u64) {
+        self.emerged_ms.fetch_max(capture_ms, Ordering::AcqRel);
+    }
+
+    /// A buffer captured at `capture_ms` was let through to the decoder.
+    pub(crate) fn admitted(&self, capture_ms: u64) {
+        self.admitted_ms.fetch_max(capture_ms, Ordering::AcqRel);
+    }
+
+    /// A delta unit captured at `capture_ms` was dropped before the decoder.
+    pub(crate) fn skipped(&self, capture_ms: u64) {
+        if self.emerged_ms.load(Ordering::Acquire) >= self.admitted_ms.load(Ordering::Acquire) {
+            self.until_ms.fetch_max(capture_ms, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The camera's counters a gate writes to: what it skipped, and how far the camera is
+/// quiet.
+pub type GateRecord<'a> = (&'a Arc<Skipped>, &'a Arc<Lull>);
+
 const UNKNOWN: u64 = u64::MAX;
 
 impl Gate {
-    pub fn new(camera: &CameraConfig, time_base: TimeBase, skipped: &Arc<Skipped>) -> Arc<Gate> {
+    pub fn new(camera: &CameraConfig, time_base: TimeBase, (skipped, lull): GateRecord) -> Arc<Gate> {
         Arc::new(Gate {
             mode: camera.decode,
             max_fps: camera.max_fps,
@@ -65,6 +117,7 @@ impl Gate {
             gop_ns: AtomicU64::new(0),
             last_slot: AtomicU64::new(UNKNOWN),
             skipped: Arc::clone(skipped),
+            lull: Arc::clone(lull),
         })
     }
 
@@ -91,9 +144,26 @@ impl Gate {
         if self.keyframes_only() { stall.max(gop * 2) } else { stall }
     }
 
+    /// The capture time of `buffer` on this connection (`None`: a file's buffer without
+    /// a timestamp).
+    fn capture_ms(&self, buffer: &gst::BufferRef) -> Option<u64> {
+        match self.time_base {
+            TimeBase::Pts => buffer.pts().map(|pts| self.base_ms.load(Ordering::Relaxed) + pts.mseconds()),
+            TimeBase::Arrival => Some(now_ms()),
+        }
+    }
+
     /// Before the decoder: measures the keyframe interval and lets a delta unit through
     /// unless only keyframes are decoded.
     fn admit_parsed(&self, buffer: &gst::BufferRef) -> bool {
+        let admitted = self.decide_parsed(buffer);
+        if let Some(capture_ms) = self.capture_ms(buffer) {
+            if admitted { self.lull.admitted(capture_ms) } else { self.lull.skipped(capture_ms) }
+        }
+        admitted
+    }
+
+    fn decide_parsed(&self, buffer: &gst::BufferRef) -> bool {
         if !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
             if let Some(pts) = buffer.pts().map(|t| t.nseconds()) {
                 let last = self.last_keyframe_pts.swap(pts, Ordering::Relaxed);
@@ -117,14 +187,12 @@ impl Gate {
     /// After the decoder: the first frame of each `1 / max_fps` slot of capture time.
     fn admit_decoded(&self, buffer: &gst::BufferRef) -> bool {
         let Some(max_fps) = self.max_fps.filter(|f| *f > 0.0) else { return true };
-        let capture_ms = match (self.time_base, buffer.pts()) {
-            (TimeBase::Pts, Some(pts)) => self.base_ms.load(Ordering::Relaxed) + pts.mseconds(),
-            _ => now_ms(),
-        };
+        let capture_ms = self.capture_ms(buffer).unwrap_or_else(now_ms);
         let slot = (capture_ms as f64 * max_fps / 1000.0).floor() as u64;
         let last = self.last_slot.load(Ordering::Relaxed);
         if last != UNKNOWN && slot <= last {
             self.skipped.decoded.fetch_add(1, Ordering::Relaxed);
+            self.lull.emerged(capture_ms);
             return false;
         }
         self.last_slot.store(slot, Ordering::Relaxed);
@@ -185,7 +253,7 @@ mod tests {
         gst::init().expect("gstreamer");
         let camera = CameraConfig { max_fps: Some(5.0), ..CameraConfig::new("c", "file:///a.mp4") };
         let skipped = Arc::default();
-        let gate = Gate::new(&camera, TimeBase::Pts, &skipped);
+        let gate = Gate::new(&camera, TimeBase::Pts, (&skipped, &Arc::default()));
         gate.start(1_000_000);
         // 15 fps for 1 s: frames at 0, 66, 133, ... ms; slots of 200 ms.
         let kept: Vec<u64> = (0..15u64)
@@ -197,5 +265,45 @@ mod tests {
             .collect();
         assert_eq!(kept, vec![0, 3, 6, 9, 12]);
         assert_eq!(skipped.decoded.load(Ordering::Relaxed), 10);
+    }
+
+    /// Keyframe mode, 15 fps with a keyframe a second, the model at a frame every two
+    /// seconds: a dropped delta unit tells that the camera is quiet up
+    /// to its capture time, but only once the keyframe before it has come out.
+    #[test]
+    fn a_dropped_delta_unit_tells_how_far_the_camera_is_quiet_once_its_keyframe_is_out() {
+        gst::init().expect("gstreamer");
+        let camera = CameraConfig {
+            decode: DecodeMode::Keyframes,
+            max_fps: Some(0.5),
+            ..CameraConfig::new("c", "file:///a.mp4")
+        };
+        let (skipped, lull) = (Arc::default(), Arc::<Lull>::default());
+        let gate = Gate::new(&camera, TimeBase::Pts, (&skipped, &lull));
+        gate.start(1_000_000);
+        let unit = |ms: u64, delta: bool| {
+            let mut buffer = gst::Buffer::new();
+            let b = buffer.get_mut().expect("fresh");
+            b.set_pts(gst::ClockTime::from_mseconds(ms));
+            if delta {
+                b.set_flags(gst::BufferFlags::DELTA_UNIT);
+            }
+            buffer
+        };
+        assert!(gate.admit_parsed(&unit(0, false)), "a keyframe goes to the decoder");
+        assert!(!gate.admit_parsed(&unit(66, true)));
+        assert_eq!(lull.until_ms(), 0, "the keyframe may still come out: nothing known");
+        assert!(gate.admit_decoded(&unit(0, false)));
+        lull.emerged(1_000_000); // queued, as the appsink does
+        assert!(!gate.admit_parsed(&unit(133, true)));
+        assert_eq!(lull.until_ms(), 1_000_133);
+        assert!(gate.admit_parsed(&unit(1_000, false)));
+        assert!(!gate.admit_parsed(&unit(1_066, true)));
+        assert_eq!(lull.until_ms(), 1_000_133, "the next keyframe is in flight");
+        // Out of the decoder but dropped before conversion (beyond max_fps) is out too.
+        assert!(!gate.admit_decoded(&unit(1_000, false)), "its two seconds already had their frame");
+        assert!(!gate.admit_parsed(&unit(1_133, true)));
+        assert_eq!(lull.until_ms(), 1_001_133);
+        assert_eq!(skipped.undecoded.load(Ordering::Relaxed), 4);
     }
 }

@@ -52,12 +52,12 @@ pub struct CameraPipeline {
 }
 
 /// Builds the pipeline for a camera. Every source kind is registered here; what an
-/// encoded source leaves out is counted in `skipped`.
-pub fn build(camera: &CameraConfig, skipped: &std::sync::Arc<gate::Skipped>) -> Result<CameraPipeline, SourceError> {
+/// encoded source leaves out, and how far it is quiet, goes to `record`.
+pub fn build(camera: &CameraConfig, record: gate::GateRecord) -> Result<CameraPipeline, SourceError> {
     let url = camera.source_url().map_err(SourceError::Stream)?;
     match url {
-        SourceUrl::File(path) => file::pipeline(camera, &path, skipped),
-        SourceUrl::Rtsp(location) => rtsp::pipeline(camera, &location, skipped),
+        SourceUrl::File(path) => file::pipeline(camera, &path, record),
+        SourceUrl::Rtsp(location) => rtsp::pipeline(camera, &location, record),
         SourceUrl::Synth(params) => synth::pipeline(camera, &params),
     }
 }

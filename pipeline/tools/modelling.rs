@@ -27,12 +27,7 @@ use super::progress::Progress;
 /// Renders every `every`-th frame of a random plant as JPEG with its YOLO labels:
 /// `images/<camera>_<frame>.jpg`, `labels/<camera>_<frame>.txt`, `classes.txt`,
 /// `ground_truth.json`; cracks and stains drawn at `tones`.
-pub fn write_yolo_set(
-    out: &Path,
-    plant: &PlantOptions,
-    every: u64,
-    tones: DefectTones,
-) -> anyhow::Result<GroundTruth> {
+pub fn write_yolo_set(out: &Path, plant: &PlantOptions, every: u64, tones: DefectTones) -> anyhow::Result<GroundTruth> {
     let (images_dir, labels_dir) = (out.join("images"), out.join("labels"));
     for dir in [&images_dir, &labels_dir] {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

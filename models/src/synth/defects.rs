@@ -203,7 +203,8 @@ mod tests {
         let pairs = cracks.iter().flat_map(|c| stains.iter().map(move |s| (c, s)));
         let darker = pairs.filter(|(c, s)| c < s).count() as f32 / (cracks.len() * stains.len()) as f32;
         assert!((0.4..0.6).contains(&darker), "cracks darker in {darker} of pairs");
-        let spread = |v: &[f32]| v.iter().cloned().fold(f32::MIN, f32::max) - v.iter().cloned().fold(f32::MAX, f32::min);
+        let spread =
+            |v: &[f32]| v.iter().cloned().fold(f32::MIN, f32::max) - v.iter().cloned().fold(f32::MAX, f32::min);
         assert!(spread(&cracks) > 25.0 && spread(&stains) > 25.0);
         assert!(cracks.iter().all(|&l| l < 50.0), "a crack stays dark");
     }

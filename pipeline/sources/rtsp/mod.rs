@@ -3,9 +3,7 @@
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use std::sync::Arc;
-
-use super::gate::{Gate, Skipped};
+use super::gate::{Gate, GateRecord};
 use super::{CameraPipeline, SourceError, TimeBase, add_gated_decoder, add_raw_tail, element};
 use crate::config::CameraConfig;
 
@@ -16,7 +14,7 @@ const JITTER_LATENCY_MS: u32 = 200;
 /// (max_fps gate) ! videoscale ! videoconvert ! RGBP caps ! appsink`
 ///
 /// TCP is used so a server that goes away is noticed at once, not after a UDP timeout.
-pub fn pipeline(camera: &CameraConfig, location: &str, skipped: &Arc<Skipped>) -> Result<CameraPipeline, SourceError> {
+pub fn pipeline(camera: &CameraConfig, location: &str, record: GateRecord) -> Result<CameraPipeline, SourceError> {
     let pipeline = gst::Pipeline::with_name(&format!("camera-{}", camera.id));
     let src = element("rtspsrc", "gstreamer1.0-plugins-good")?;
     src.set_property("location", location);
@@ -32,7 +30,7 @@ pub fn pipeline(camera: &CameraConfig, location: &str, skipped: &Arc<Skipped>) -
     }
     pipeline.add(&src).map_err(|e| SourceError::Stream(e.to_string()))?;
     let (scale, sink) = add_raw_tail(&pipeline, camera, false)?;
-    let gate = Gate::new(camera, TimeBase::Arrival, skipped);
+    let gate = Gate::new(camera, TimeBase::Arrival, record);
     add_gated_decoder(&pipeline, &src, &scale, &gate)?;
     Ok(CameraPipeline { pipeline, sink, live: true, time_base: TimeBase::Arrival, feeder: None, gate: Some(gate) })
 }
