@@ -498,8 +498,9 @@ pub struct SynthArgs {
     #[arg(long, default_value_t = 1)]
     pub every: u64,
     /// With `--format yolo`: draw each crack and stain at its own darkness and tint,
-    /// both from one range, so that only their shapes tell them apart (training data
-    /// for a network that must not rely on the generator's tones).
+    /// both from one range, and dark lines that are not defects (grooves, seams,
+    /// cables) into every scene, so that only their shapes tell them apart (training
+    /// data for a network that must not rely on the generator's tones).
     #[arg(long)]
     pub varied_defect_tones: bool,
 }

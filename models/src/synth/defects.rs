@@ -98,6 +98,36 @@ pub fn draw_defect(
     }
 }
 
+/// Dark lines that are not defects, drawn into a scene whose defects are drawn at
+/// [`DefectTones::Varied`]: straight grooves, seams and rails, and smoothly curving
+/// cables, at a crack's darkness and width. Without tone, only a crack's shape (jagged,
+/// kinked at every segment) tells it from them.
+pub fn draw_lookalikes(canvas: &mut Canvas, seed: u64) {
+    let (w, h) = (canvas.width as f32, canvas.height as f32);
+    let unit = |k: u64| (hash(seed ^ k) % 10_000) as f32 / 10_000.0;
+    let count = 3 + hash(seed ^ 0x10C4) % 6;
+    for n in 0..count {
+        let k = n * 16 + 0x5EED;
+        let color = DefectTones::Varied.dark(seed ^ k, [0; 3]);
+        let thickness = 1.5 + 2.5 * unit(k + 1);
+        let length = 30.0 + 270.0 * unit(k + 2);
+        let angle = unit(k + 3) * std::f32::consts::TAU;
+        let (ux, uy) = (angle.cos(), angle.sin());
+        let (ax, ay) = (unit(k + 4) * w, unit(k + 5) * h);
+        // A cable sags: its middle is pushed sideways, smoothly.
+        let sag = if unit(k + 6) < 0.4 { (unit(k + 7) - 0.5) * 0.4 * length } else { 0.0 };
+        let segments = 16;
+        let at = |i: usize| {
+            let t = i as f32 / segments as f32;
+            let bow = sag * 4.0 * t * (1.0 - t);
+            (ax + ux * t * length - uy * bow, ay + uy * t * length + ux * bow)
+        };
+        for i in 0..segments {
+            canvas.line(at(i), at(i + 1), thickness, color);
+        }
+    }
+}
+
 fn draw_crack(canvas: &mut Canvas, cx: f32, cy: f32, length: f32, seed: u64, color: [u8; 3]) -> BoundingBox {
     // A jagged polyline that grows from its centre outwards in both directions.
     let angle = (hash(seed) % 628) as f32 / 100.0;
@@ -207,5 +237,17 @@ mod tests {
             |v: &[f32]| v.iter().cloned().fold(f32::MIN, f32::max) - v.iter().cloned().fold(f32::MAX, f32::min);
         assert!(spread(&cracks) > 25.0 && spread(&stains) > 25.0);
         assert!(cracks.iter().all(|&l| l < 50.0), "a crack stays dark");
+    }
+
+    #[test]
+    fn lookalike_lines_darken_the_scene_without_a_label() {
+        let mut canvas = Canvas { width: 320, height: 180, pixels: vec![200; 320 * 180 * 3] };
+        draw_lookalikes(&mut canvas, 42);
+        let dark = canvas.pixels.chunks(3).filter(|p| p.iter().all(|&c| c < 60)).count();
+        // At least three lines of 30 px or more, 1.5 px wide or more, mostly in view.
+        assert!(dark > 60, "{dark} dark pixels");
+        let mut again = Canvas { width: 320, height: 180, pixels: vec![200; 320 * 180 * 3] };
+        draw_lookalikes(&mut again, 42);
+        assert_eq!(canvas, again, "the same seed draws the same lines");
     }
 }

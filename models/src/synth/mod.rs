@@ -76,8 +76,13 @@ impl Scene {
         Scene { spec, base, region, tones: DefectTones::Fixed }
     }
 
-    /// The same scene with its cracks and stains drawn at `tones`.
-    pub fn with_defect_tones(self, tones: DefectTones) -> Scene {
+    /// The same scene with its cracks and stains drawn at `tones`; at
+    /// [`DefectTones::Varied`], with dark lines that are not defects in its background
+    /// too (grooves, seams, cables), as dark as its cracks.
+    pub fn with_defect_tones(mut self, tones: DefectTones) -> Scene {
+        if tones == DefectTones::Varied {
+            defects::draw_lookalikes(&mut self.base, self.spec.seed);
+        }
         Scene { tones, ..self }
     }
 
