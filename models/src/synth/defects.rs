@@ -52,15 +52,18 @@ impl DefectTones {
     fn dark(self, seed: u64, fixed: [u8; 3]) -> [u8; 3] {
         match self {
             DefectTones::Fixed => fixed,
-            DefectTones::Varied => {
-                let level = 6.0 + (hash(seed ^ 0xDA4C) % 43) as f32;
-                std::array::from_fn(|ch| {
-                    let tint = 0.75 + 0.25 * ((hash(seed ^ (0x71A7 + ch as u64)) % 101) as f32 / 100.0);
-                    (level * tint).round() as u8
-                })
-            }
+            DefectTones::Varied => varied_dark(seed),
         }
     }
+}
+
+/// A dark colour of its own for shape seed `seed`: 6 to 48 grey levels, tinted.
+fn varied_dark(seed: u64) -> [u8; 3] {
+    let level = 6.0 + (hash(seed ^ 0xDA4C) % 43) as f32;
+    std::array::from_fn(|ch| {
+        let tint = 0.75 + 0.25 * ((hash(seed ^ (0x71A7 + ch as u64)) % 101) as f32 / 100.0);
+        (level * tint).round() as u8
+    })
 }
 
 /// Draws the defect at size `size` offset by `(dx, dy)`; returns its bounding box.
@@ -108,7 +111,7 @@ pub fn draw_lookalikes(canvas: &mut Canvas, seed: u64) {
     let count = 3 + hash(seed ^ 0x10C4) % 6;
     for n in 0..count {
         let k = n * 16 + 0x5EED;
-        let color = DefectTones::Varied.dark(seed ^ k, [0; 3]);
+        let color = varied_dark(seed ^ k);
         let thickness = 1.5 + 2.5 * unit(k + 1);
         let length = 30.0 + 270.0 * unit(k + 2);
         let angle = unit(k + 3) * std::f32::consts::TAU;
