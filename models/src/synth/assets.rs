@@ -75,11 +75,12 @@ pub struct AssetRegion {
 pub fn draw_scene(kind: AssetKind, width: u32, height: u32, seed: u64) -> (Canvas, AssetRegion) {
     let mut canvas = Canvas::new(width, height, [0, 0, 0]);
     let (w, h) = (width as f32, height as f32);
+    let u = canvas.unit();
     // Concrete wall above a darker floor, both with low-frequency blotches.
     let floor_y = (h * 0.78) as i32;
     canvas.paint(0, 0, width as i32, height as i32, |x, y| {
         let n =
-            value_noise(seed, x as f32, y as f32, 23.0) * 0.6 + value_noise(seed ^ 0xA5, x as f32, y as f32, 5.0) * 0.4;
+            value_noise(seed, x as f32, y as f32, 23.0 * u) * 0.6 + value_noise(seed ^ 0xA5, x as f32, y as f32, 5.0 * u) * 0.4;
         let base: Rgb = if y < floor_y { [128, 126, 120] } else { [88, 90, 92] };
         Some((shade(base, 0.8 + 0.35 * n), 1.0))
     });
@@ -95,7 +96,7 @@ pub fn draw_scene(kind: AssetKind, width: u32, height: u32, seed: u64) -> (Canva
                     return None;
                 }
                 // Diamond lagging pattern on a steel drum.
-                let diamond = ((dx + dy).rem_euclid(14.0) < 1.5) || ((dx - dy).rem_euclid(14.0) < 1.5);
+                let diamond = ((dx + dy).rem_euclid(14.0 * u) < 1.5 * u) || ((dx - dy).rem_euclid(14.0 * u) < 1.5 * u);
                 let k = 1.05 - 0.35 * (d / r);
                 let base: Rgb = if diamond { [70, 72, 76] } else { [150, 152, 156] };
                 Some((shade(base, k), 1.0))
@@ -108,7 +109,7 @@ pub fn draw_scene(kind: AssetKind, width: u32, height: u32, seed: u64) -> (Canva
             let (x0, y0, mw, mh) = (w * 0.22, h * 0.2, w * 0.56, h * 0.5);
             let body: Rgb = [46, 84, 140];
             canvas.paint(x0 as i32, y0 as i32, (x0 + mw) as i32, (y0 + mh) as i32, |_, y| {
-                let fin = ((y as f32 - y0) % 10.0) < 3.0;
+                let fin = ((y as f32 - y0) % (10.0 * u)) < 3.0 * u;
                 let k = 0.8 + 0.4 * ((y as f32 - y0) / mh - 0.5).abs().mul_add(-1.0, 1.0);
                 Some((shade(if fin { shade(body, 0.7) } else { body }, k), 1.0))
             });
@@ -145,7 +146,7 @@ pub fn draw_scene(kind: AssetKind, width: u32, height: u32, seed: u64) -> (Canva
             canvas.paint(0, y0 as i32, width as i32, (y0 + ph) as i32, |x, y| {
                 let t = (y as f32 - y0) / ph;
                 let k = 0.55 + 0.7 * (1.0 - (2.0 * t - 1.0).powi(2));
-                let weld = (x as f32 % (w * 0.33)) < 4.0;
+                let weld = (x as f32 % (w * 0.33)) < 4.0 * u;
                 Some((shade(if weld { [150, 140, 120] } else { [60, 118, 82] }, k), 1.0))
             });
             AssetRegion { x: 0.0, y: y0, width: w, height: ph }
@@ -153,7 +154,7 @@ pub fn draw_scene(kind: AssetKind, width: u32, height: u32, seed: u64) -> (Canva
         AssetKind::Gearbox => {
             let (x0, y0, gw, gh) = (w * 0.25, h * 0.18, w * 0.5, h * 0.56);
             canvas.paint(x0 as i32, y0 as i32, (x0 + gw) as i32, (y0 + gh) as i32, |x, _| {
-                let rib = ((x as f32 - x0) % 24.0) < 4.0;
+                let rib = ((x as f32 - x0) % (24.0 * u)) < 4.0 * u;
                 Some((if rib { [170, 140, 30] } else { [214, 176, 44] }, 1.0))
             });
             canvas.fill_rect(
@@ -175,8 +176,8 @@ pub fn draw_scene(kind: AssetKind, width: u32, height: u32, seed: u64) -> (Canva
         AssetKind::Belt => {
             let (y0, bh) = (h * 0.32, h * 0.3);
             canvas.paint(0, y0 as i32, width as i32, (y0 + bh) as i32, |x, y| {
-                let n = value_noise(seed ^ 0xBE17, x as f32, y as f32, 3.0);
-                let groove = ((y as f32 - y0) % 16.0) < 2.0;
+                let n = value_noise(seed ^ 0xBE17, x as f32, y as f32, 3.0 * u);
+                let groove = ((y as f32 - y0) % (16.0 * u)) < 2.0 * u;
                 Some((shade([44, 44, 46], if groove { 0.7 } else { 0.9 + 0.3 * n }), 1.0))
             });
             for i in 0..5 {

@@ -13,7 +13,8 @@ pub struct DefectSpec {
     pub class: DefectClass,
     /// Seconds after the start of the stream at which the defect appears.
     pub onset_s: f64,
-    /// Characteristic size (crack length, blob diameter, ...) at onset, in pixels.
+    /// Characteristic size (crack length, blob diameter, ...) at onset, in pixels of
+    /// the camera's frame.
     pub initial_size_px: f32,
     /// Growth of the characteristic size, pixels per second.
     pub growth_px_per_s: f32,
@@ -108,12 +109,13 @@ pub fn draw_defect(
 pub fn draw_lookalikes(canvas: &mut Canvas, seed: u64) {
     let (w, h) = (canvas.width as f32, canvas.height as f32);
     let unit = |k: u64| (hash(seed ^ k) % 10_000) as f32 / 10_000.0;
+    let u = canvas.unit();
     let count = 3 + hash(seed ^ 0x10C4) % 6;
     for n in 0..count {
         let k = n * 16 + 0x5EED;
         let color = varied_dark(seed ^ k);
-        let thickness = 1.5 + 2.5 * unit(k + 1);
-        let length = 30.0 + 270.0 * unit(k + 2);
+        let thickness = (1.5 + 2.5 * unit(k + 1)) * u;
+        let length = (30.0 + 270.0 * unit(k + 2)) * u;
         let angle = unit(k + 3) * std::f32::consts::TAU;
         let (ux, uy) = (angle.cos(), angle.sin());
         let (ax, ay) = (unit(k + 4) * w, unit(k + 5) * h);
@@ -142,7 +144,8 @@ fn draw_crack(canvas: &mut Canvas, cx: f32, cy: f32, length: f32, seed: u64, col
         let jitter = (lattice(seed, i as i32, 7) - 0.5) * length * 0.18;
         points.push((cx + ux * t * length - uy * jitter, cy + uy * t * length + ux * jitter));
     }
-    let thickness = (2.0 + length / 40.0).min(4.0);
+    let u = canvas.unit();
+    let thickness = (2.0 + length / (40.0 * u)).min(4.0) * u;
     for pair in points.windows(2) {
         canvas.line(pair[0], pair[1], thickness, color);
     }
@@ -158,6 +161,7 @@ fn draw_blob(
     color: impl Fn(i32, i32, f32) -> ([u8; 3], f32),
 ) -> BoundingBox {
     let r = diameter / 2.0;
+    let canvas_unit = canvas.unit();
     let mut hit = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
     canvas.paint((cx - r - 2.0) as i32, (cy - r - 2.0) as i32, (cx + r + 3.0) as i32, (cy + r + 3.0) as i32, |x, y| {
         let (dx, dy) = (x as f32 - cx, y as f32 - cy);
@@ -168,7 +172,7 @@ fn draw_blob(
             return None;
         }
         hit = (hit.0.min(x as f32), hit.1.min(y as f32), hit.2.max(x as f32 + 1.0), hit.3.max(y as f32 + 1.0));
-        let (c, alpha) = color(x, y, value_noise(seed, x as f32, y as f32, 4.0));
+        let (c, alpha) = color(x, y, value_noise(seed, x as f32, y as f32, 4.0 * canvas_unit));
         Some((c, alpha))
     });
     box_of(hit)
@@ -176,19 +180,20 @@ fn draw_blob(
 
 fn draw_misalignment(canvas: &mut Canvas, cx: f32, cy: f32, offset: f32) -> BoundingBox {
     // Two coupling halves whose faces no longer line up: the step grows with `offset`.
-    let (bw, bh) = (26.0, 30.0);
+    let u = canvas.unit();
+    let (bw, bh) = (26.0 * u, 30.0 * u);
     let step = offset.min(bh * 0.9);
     let left = (cx - bw, cy - bh / 2.0);
-    let right = (cx + 3.0, cy - bh / 2.0 + step);
+    let right = (cx + 3.0 * u, cy - bh / 2.0 + step);
     canvas.fill_rect(left.0 as i32, left.1 as i32, bw as i32, bh as i32, [196, 198, 202]);
     canvas.fill_rect(right.0 as i32, right.1 as i32, bw as i32, bh as i32, [196, 198, 202]);
-    canvas.fill_rect(cx as i32, (cy - bh / 2.0) as i32, 3, (bh + step) as i32, [10, 10, 12]);
+    canvas.fill_rect(cx as i32, (cy - bh / 2.0) as i32, (3.0 * u) as i32, (bh + step) as i32, [10, 10, 12]);
     box_of((left.0, left.1, right.0 + bw, right.1 + bh))
 }
 
 fn draw_missing_bolt(canvas: &mut Canvas, cx: f32, cy: f32, size: f32) -> BoundingBox {
     // An empty threaded hole with a bright seat ring where a bolt head used to be.
-    let r = (size / 2.0).max(4.0);
+    let r = (size / 2.0).max(4.0 * canvas.unit());
     canvas.fill_circle(cx, cy, r, [214, 210, 200]);
     canvas.fill_circle(cx, cy, r * 0.7, [8, 8, 8]);
     box_of((cx - r, cy - r, cx + r, cy + r))
@@ -196,7 +201,7 @@ fn draw_missing_bolt(canvas: &mut Canvas, cx: f32, cy: f32, size: f32) -> Boundi
 
 /// Draws the bolt that is present before a missing-component defect's onset.
 pub fn draw_bolt(canvas: &mut Canvas, cx: f32, cy: f32, size: f32) {
-    let r = (size / 2.0).max(4.0);
+    let r = (size / 2.0).max(4.0 * canvas.unit());
     canvas.fill_circle(cx, cy, r, shade([120, 120, 126], 0.9));
     canvas.fill_circle(cx, cy, r * 0.45, [150, 150, 156]);
 }

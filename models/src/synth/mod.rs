@@ -67,7 +67,7 @@ pub struct Scene {
     tones: DefectTones,
 }
 
-/// Largest camera shake, in pixels, in each direction.
+/// Largest camera shake, in pixels of the reference view, in each direction.
 const JITTER_PX: i32 = 2;
 
 impl Scene {
@@ -100,8 +100,9 @@ impl Scene {
         let spec = &self.spec;
         let t_s = frame_index as f64 / spec.fps.max(1) as f64;
         let shake = hash(spec.seed ^ frame_index.wrapping_mul(0x51_7CC1_B727_220A));
-        let jx = (shake % (2 * JITTER_PX as u64 + 1)) as i32 - JITTER_PX;
-        let jy = ((shake >> 8) % (2 * JITTER_PX as u64 + 1)) as i32 - JITTER_PX;
+        let reach = (JITTER_PX as f32 * self.base.unit()).round() as i32;
+        let jx = (shake % (2 * reach as u64 + 1)) as i32 - reach;
+        let jy = ((shake >> 8) % (2 * reach as u64 + 1)) as i32 - reach;
         let mut image = self.shifted_base(jx, jy);
         let mut labels = Vec::new();
         for defect in &spec.defects {
@@ -227,13 +228,15 @@ fn random_defect(
         DefectClass::Misalignment => (6.0, rng.random_range(0.3..1.0), 24.0),
         _ => (rng.random_range(10.0..16.0), rng.random_range(0.5..2.0), rng.random_range(36.0..70.0)),
     };
+    // Sizes are drawn for the reference view; a wider camera sees them larger.
+    let u = raster::unit(options.width);
     DefectSpec {
         defect_id: format!("{camera_id}-d{index}"),
         class,
         onset_s: (options.duration_s * rng.random_range(0.1..0.45) * 10.0).round() / 10.0,
-        initial_size_px: initial,
-        growth_px_per_s: growth,
-        max_size_px: max,
+        initial_size_px: initial * u,
+        growth_px_per_s: growth * u,
+        max_size_px: max * u,
         center: [x.round(), y.round()],
         shape_seed: rng.random(),
     }
@@ -348,6 +351,32 @@ mod tests {
         let early = labelled(onset).expect("visible at onset");
         let late = labelled(onset + 5 * spec.fps as u64).expect("still visible");
         assert!(late.bbox.area() > early.bbox.area(), "{early:?} did not grow into {late:?}");
+    }
+
+    #[test]
+    fn a_wider_view_of_the_same_plant_sees_its_defects_in_proportion() {
+        // One plant at the reference width and at 1080p: the same defects, three times
+        // as many pixels across (a crack as long, a bolt as wide, relative to the view).
+        let at = |width, height| random_plant(&PlantOptions { width, height, ..options() });
+        let (reference, wide) = (at(640, 360), at(1920, 1080));
+        let mut compared = 0;
+        for (a, b) in reference.iter().zip(&wide) {
+            let (sa, sb) = (Scene::new(a.clone()), Scene::new(b.clone()));
+            for (da, db) in a.defects.iter().zip(&b.defects) {
+                assert_eq!((da.class, da.initial_size_px * 3.0), (db.class, db.initial_size_px));
+                let frame = GroundTruth::onset_frame(da, a.fps) + 5 * a.fps as u64;
+                let label = |scene: &Scene, id: &str| {
+                    scene.render(frame).labels.into_iter().find(|l| l.defect_id == id).map(|l| l.bbox)
+                };
+                let (Some(la), Some(lb)) = (label(&sa, &da.defect_id), label(&sb, &db.defect_id)) else {
+                    continue;
+                };
+                let ratio = (lb.width * lb.height / (la.width * la.height)).sqrt();
+                assert!((2.5..3.5).contains(&ratio), "{:?} is {ratio}x as large at 1080p", da.class);
+                compared += 1;
+            }
+        }
+        assert!(compared >= 6, "{compared} defects compared");
     }
 
     #[test]

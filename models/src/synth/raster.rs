@@ -10,6 +10,15 @@ pub struct Canvas {
 
 pub type Rgb = [u8; 3];
 
+/// Width of the view the generator's sizes are set for.
+pub const REFERENCE_WIDTH: u32 = 640;
+
+/// See [`Canvas::unit`]: exactly 1 at the reference width, so that view is drawn
+/// the same to the bit.
+pub fn unit(width: u32) -> f32 {
+    width as f32 / REFERENCE_WIDTH as f32
+}
+
 impl Canvas {
     pub fn new(width: u32, height: u32, fill: Rgb) -> Canvas {
         let mut pixels = Vec::with_capacity(width as usize * height as usize * 3);
@@ -17,6 +26,14 @@ impl Canvas {
             pixels.extend_from_slice(&fill);
         }
         Canvas { width, height, pixels }
+    }
+
+    /// How many of this canvas's pixels stand for one pixel of the generator's
+    /// 640-pixel-wide reference view. The generator's sizes (a crack's length, a bolt,
+    /// a texture's grain) are set for that view; a wider view of the same scene draws
+    /// them in proportion, as a camera of higher resolution sees the same plant.
+    pub fn unit(&self) -> f32 {
+        unit(self.width)
     }
 
     fn index(&self, x: i32, y: i32) -> Option<usize> {
