@@ -12,6 +12,7 @@ use defectflow_models::card::ModelCard;
 use defectflow_operators::gating::baseline_path;
 
 use crate::config::RunConfig;
+use crate::run::model_watch::baselines_version;
 use crate::run::{self, Hooks, StopWhen};
 
 /// What to commission.
@@ -81,7 +82,7 @@ pub fn commission(config: &RunConfig, plan: &CommissionPlan) -> anyhow::Result<V
             camera_id: camera.id.clone(),
             frame_width: camera.width,
             frame_height: camera.height,
-            model_version: card.version.clone(),
+            model_version: baselines_version(&card, model.precision),
         };
         let from = baseline_path(&learnt, &camera.id);
         if !from.is_file() {

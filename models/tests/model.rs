@@ -13,7 +13,7 @@ use defectflow_models::inference::{CellScores, FrameView, group_cells, score_bat
 use defectflow_models::metrics::{Evaluator, iou};
 use defectflow_models::model::DefectNetConfig;
 use defectflow_models::packed::PackedNet;
-use defectflow_models::quantized::{Granularity, Int8Kernel, QuantNet, calibrate};
+use defectflow_models::quantized::{Granularity, Int8Kernel, QuantNet, STEP_FACTORS, calibrate, refine};
 use defectflow_models::synth::{PlantOptions, Scene, random_plant};
 use defectflow_models::training::{TrainConfig, train};
 use defectflow_schemas::{BoundingBox, DefectClass};
@@ -372,6 +372,33 @@ fn the_int8_network_finds_what_fp32_finds() {
             assert!(best >= 0.8, "{}: {e:?} has no int8 match (best IoU {best}) in {found:?}", sample.name);
         }
     }
+}
+
+#[test]
+fn refined_steps_bring_the_int8_scores_closer_to_fp32() {
+    let device = Default::default();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
+    let (net, _) = load_model::<CpuBackend>(&dir, &device).expect("the shipped model");
+    let samples = plant_frames(11, 3, &[150, 290]);
+    let frames = views(&samples);
+    let packed = PackedNet::new(&net);
+    let plain = calibrate(&packed, &frames, Granularity::Layer);
+    let (refined, factors) = refine(&net, &packed, &frames, plain.clone()).expect("the calibration fits");
+    assert_eq!(factors.len(), plain.activation_scales.len());
+    for ((factor, a), b) in factors.iter().zip(&plain.activation_scales).zip(&refined.activation_scales) {
+        assert!(STEP_FACTORS.contains(factor), "{factor}");
+        assert_eq!(b, &a.iter().map(|s| s * factor).collect::<Vec<_>>());
+    }
+    // The box head's hidden layer changes no class score: its step stays.
+    assert_eq!(factors.last(), Some(&1.0));
+    let reference = packed.score(&frames);
+    let distance = |calibration| -> f64 {
+        let scores = QuantNet::new(&net, calibration).expect("quantised").score(&frames);
+        let cells = scores.iter().zip(&reference).flat_map(|(a, b)| a.probabilities.iter().zip(&b.probabilities));
+        cells.map(|(x, y)| f64::from(x - y).powi(2)).sum()
+    };
+    let (before, after) = (distance(&plain), distance(&refined));
+    assert!(after <= before, "refined {after} against {before}");
 }
 
 #[test]

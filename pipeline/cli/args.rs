@@ -391,6 +391,10 @@ pub struct QuantizeArgs {
     /// Activation steps: one per layer (default) or one per channel.
     #[arg(long, default_value = "layer")]
     pub granularity: String,
+    /// Keep each layer's least-squared-error step: do not refine the steps by the
+    /// network's scores on the same frames.
+    #[arg(long)]
+    pub no_refine: bool,
     /// Largest difference of any class's object precision, recall or F1 between int8
     /// and fp32 on --holdout, in points (hundredths).
     #[arg(long, default_value_t = 0.5)]

@@ -275,6 +275,7 @@ pub fn quantize(args: QuantizeArgs) -> anyhow::Result<()> {
         frames: args.frames,
         granularity: serde_json::from_value(serde_json::Value::from(args.granularity.as_str()))
             .map_err(|_| anyhow::anyhow!("--granularity {}: use layer or channel", args.granularity))?,
+        refine: !args.no_refine,
         holdout: args.holdout,
         tolerance_points: args.tolerance,
     };
@@ -287,6 +288,12 @@ pub fn quantize(args: QuantizeArgs) -> anyhow::Result<()> {
         calibration.frames,
         calibration.data
     );
+    if !calibration.step_factors.is_empty() {
+        println!(
+            "steps refined by the network's scores: {:?} of the least-squared-error step",
+            calibration.step_factors
+        );
+    }
     if let Some(compared) = &calibration.evaluation {
         println!(
             "{:<18} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",

@@ -5,7 +5,7 @@
 
 mod dataflow;
 mod ingest;
-mod model_watch;
+pub(crate) mod model_watch;
 mod report;
 mod resume;
 mod thresholds;
@@ -306,7 +306,7 @@ fn start_model(
     // A watched model may have been swapped while a camera was commissioned again: its
     // stored baseline is then the earlier model's, and it is commissioned again.
     let open = if model.watch { CameraGates::reopen } else { CameraGates::open };
-    let baselines_version = model_watch::baselines_version(&version, model.precision);
+    let baselines_version = model_watch::detectors_baselines_version(&detectors);
     let gates = open(&config.anomaly, folder.as_deref(), &cameras, &baselines_version)?;
     if let Ok(mut slot) = metrics.gates.lock() {
         *slot = Some(gates.clone());

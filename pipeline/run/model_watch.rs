@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
+use defectflow_models::card::ModelCard;
 use defectflow_models::detector::{CpuBackend, Detector, Precision};
 use defectflow_operators::gating::{CameraGates, GatedCamera};
 use defectflow_operators::infer::ModelSwitch;
@@ -78,12 +79,18 @@ pub fn load_detectors(
 }
 
 /// The model version camera baselines are stored under: int8 computes the cells'
-/// appearance a little differently, so its baselines are its own.
-pub fn baselines_version(version: &str, precision: Precision) -> String {
-    match precision {
-        Precision::Fp32 => version.to_owned(),
-        Precision::Int8 => format!("{version}+int8"),
+/// appearance a little differently, and differently again for another calibration, so
+/// its baselines are its own, named by the calibration's steps.
+pub fn baselines_version(card: &ModelCard, precision: Precision) -> String {
+    match (precision, &card.int8) {
+        (Precision::Int8, Some(calibration)) => format!("{}+int8-{}", card.version, calibration.steps_digest()),
+        _ => card.version.clone(),
     }
+}
+
+/// [`baselines_version`] of the model the detectors run.
+pub fn detectors_baselines_version(detectors: &[Detector<CpuBackend>]) -> String {
+    detectors.first().map(|d| baselines_version(d.card(), d.precision().0)).unwrap_or_default()
 }
 
 /// The cameras as the gates know them.
@@ -151,7 +158,7 @@ impl Watcher {
         if version == self.version {
             return Ok(None);
         }
-        let baselines_version = baselines_version(&version, self.precision);
+        let baselines_version = detectors_baselines_version(&detectors);
         let gates = CameraGates::reopen(&self.anomaly, self.baselines.as_deref(), &self.cameras, &baselines_version)?;
         self.switch.swap(detectors, Some(gates.clone())).map_err(anyhow::Error::msg)?;
         *self.metrics.gates.lock().unwrap_or_else(|p| p.into_inner()) = Some(gates);

@@ -11,7 +11,7 @@ use defectflow_models::data::YoloFolder;
 use defectflow_models::detector::{CpuBackend, Detector, Precision};
 use defectflow_models::inference::{FrameView, resize};
 use defectflow_models::packed::PackedNet;
-use defectflow_models::quantized::{Granularity, Int8Calibration, Int8Evaluation, calibrate};
+use defectflow_models::quantized::{Granularity, Int8Calibration, Int8Evaluation, calibrate, refine};
 
 use super::modelling::{evaluate, folder_digest};
 
@@ -26,6 +26,8 @@ pub struct QuantizeOptions {
     pub frames: usize,
     /// Activation steps per layer or per channel.
     pub granularity: Granularity,
+    /// Refine the steps by the network's scores ([`refine`]).
+    pub refine: bool,
     /// A held-out YOLO folder, never trained on, both paths are evaluated on.
     pub holdout: Option<PathBuf>,
     /// Largest difference of a class's object precision, recall or F1 between the paths,
@@ -53,11 +55,16 @@ pub fn calibrate_and_compare(options: &QuantizeOptions) -> anyhow::Result<Int8Ca
         })
         .collect();
     let views: Vec<FrameView<'_>> = pixels.iter().map(|p| FrameView { width: w, height: h, pixels: p }).collect();
+    let packed = PackedNet::new(&net);
     let mut calibration = Int8Calibration {
         data: options.data.display().to_string(),
         data_digest: folder_digest(&folder)?,
-        ..calibrate(&PackedNet::new(&net), &views, options.granularity)
+        ..calibrate(&packed, &views, options.granularity)
     };
+    if options.refine {
+        let (refined, factors) = refine(&net, &packed, &views, calibration).map_err(anyhow::Error::msg)?;
+        calibration = Int8Calibration { step_factors: factors, ..refined };
+    }
     if let Some(holdout) = &options.holdout {
         let fp32 = Detector::new(net.clone(), card.clone(), device);
         let mut with_scales = card.clone();

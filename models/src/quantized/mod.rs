@@ -24,10 +24,12 @@
 
 mod conv;
 mod kernels;
+mod refine;
 
 use burn::tensor::backend::Backend;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::inference::{CellScores, FrameView};
 use crate::metrics::EvalReport;
@@ -35,6 +37,7 @@ use crate::model::DefectNet;
 use crate::packed::{PackedNet, cell_scores};
 use conv::{Bytes, Input, Output, QConv, to_byte};
 pub use kernels::Int8Kernel;
+pub use refine::{STEP_FACTORS, refine};
 
 /// Output pixels one tile of the product computes together.
 const TILE: usize = 8;
@@ -62,6 +65,10 @@ pub struct Int8Calibration {
     /// Whether the scales are per layer or per channel.
     #[serde(default)]
     pub granularity: Granularity,
+    /// Where the steps were refined by the network's scores ([`refine`]): each layer's
+    /// multiple of its least-squared-error step. Empty: not refined.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_factors: Vec<f32>,
     /// Frames of the training data the scales were measured on.
     pub frames: usize,
     /// The folder they came from, and its digest.
@@ -71,6 +78,21 @@ pub struct Int8Calibration {
     /// --holdout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluation: Option<Int8Evaluation>,
+}
+
+impl Int8Calibration {
+    /// The first 8 hex digits of the SHA-256 of the steps and means: what the int8
+    /// path computes depends on them, a camera baseline learnt on it included.
+    pub fn steps_digest(&self) -> String {
+        let mut hash = Sha256::new();
+        for layer in self.activation_scales.iter().chain(&self.activation_means) {
+            hash.update((layer.len() as u64).to_le_bytes());
+            for value in layer {
+                hash.update(value.to_le_bytes());
+            }
+        }
+        hash.finalize().iter().take(4).map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 /// One held-out evaluation of both paths of the same weights.
@@ -258,6 +280,7 @@ pub fn calibrate(net: &PackedNet, frames: &[FrameView<'_>], granularity: Granula
         activation_scales: scales,
         activation_means: means,
         granularity,
+        step_factors: Vec::new(),
         frames: frames.len(),
         data: String::new(),
         data_digest: String::new(),

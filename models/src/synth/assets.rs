@@ -79,8 +79,8 @@ pub fn draw_scene(kind: AssetKind, width: u32, height: u32, seed: u64) -> (Canva
     // Concrete wall above a darker floor, both with low-frequency blotches.
     let floor_y = (h * 0.78) as i32;
     canvas.paint(0, 0, width as i32, height as i32, |x, y| {
-        let n =
-            value_noise(seed, x as f32, y as f32, 23.0 * u) * 0.6 + value_noise(seed ^ 0xA5, x as f32, y as f32, 5.0 * u) * 0.4;
+        let n = value_noise(seed, x as f32, y as f32, 23.0 * u) * 0.6
+            + value_noise(seed ^ 0xA5, x as f32, y as f32, 5.0 * u) * 0.4;
         let base: Rgb = if y < floor_y { [128, 126, 120] } else { [88, 90, 92] };
         Some((shade(base, 0.8 + 0.35 * n), 1.0))
     });
