@@ -1,8 +1,11 @@
 //! `defectflow eval --footage DIR`: whole clips through the real pipeline (decode,
 //! commissioning, gating, tracking, work orders) against their ground truth: per defect,
 //! whether it was found, how long after its onset its work order came and how many work
-//! orders it opened; false work orders per camera-hour on clips without defects.
+//! orders it opened; false work orders per camera-hour on clips without defects, and
+//! which of them are spots left out of a camera's baseline at commissioning.
 
+use std::collections::HashMap;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -83,6 +86,9 @@ pub struct FalseOrder {
     pub class: String,
     /// Seconds into the clip of its first revision.
     pub created_s: f64,
+    /// On cells left out of its camera's baseline at commissioning: a spot the model
+    /// called a defect all through commissioning, opened once commissioning ended.
+    pub at_commissioning: bool,
 }
 
 /// The whole evaluation.
@@ -98,6 +104,11 @@ pub struct FootageReport {
     pub clean_false_work_orders: usize,
     pub clean_camera_hours: f64,
     pub false_per_100_clean_camera_hours: f64,
+    /// Of the clean clips' false work orders, those on spots left out at commissioning:
+    /// once per commissioning of a camera, not per hour it runs.
+    pub clean_false_at_commissioning: usize,
+    /// The clean clips' other false work orders, per 100 camera-hours.
+    pub running_false_per_100_clean_camera_hours: f64,
     /// The false work orders.
     pub false_orders: Vec<FalseOrder>,
 }
@@ -114,7 +125,35 @@ pub fn evaluate(plan: &FootagePlan, truth: &FootageTruth) -> anyhow::Result<Foot
     let stop = StopWhen::after(None);
     run::run(&config, timely::Config::process(config.runtime.workers), stop, Hooks::default())?;
     let orders = read_orders(&out.join("work-orders.jsonl"))?;
-    Ok(score(truth, &orders, plan.deadline_s))
+    let spots = commissioning_spots(&out.join("baselines"), truth)?;
+    Ok(score(truth, &orders, &spots, plan.deadline_s))
+}
+
+/// Per camera, the boxes (x, y, width, height in the clip's pixels) of the cells its
+/// baseline left out at commissioning, from the baselines' headers; none for a camera
+/// without a baseline.
+fn commissioning_spots(dir: &Path, truth: &FootageTruth) -> anyhow::Result<HashMap<String, Vec<[f32; 4]>>> {
+    let mut spots = HashMap::new();
+    for clip in &truth.clips {
+        let path = defectflow_operators::gating::baseline_path(dir, &clip.camera_id);
+        let Ok(file) = std::fs::File::open(&path) else { continue };
+        let mut line = String::new();
+        std::io::BufReader::new(file).read_line(&mut line).with_context(|| format!("{}", path.display()))?;
+        let header: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("{}: header does not parse", path.display()))?;
+        let (rows, cols) = (header["rows"].as_u64().unwrap_or(0), header["cols"].as_u64().unwrap_or(0));
+        if rows == 0 || cols == 0 {
+            bail!("{}: no grid in its header", path.display());
+        }
+        let (w, h) = (clip.width as f32 / cols as f32, clip.height as f32 / rows as f32);
+        let cells = header["excluded"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let boxes = cells.iter().map(|c| {
+            let (row, col) = (c["row"].as_u64().unwrap_or(0) as f32, c["col"].as_u64().unwrap_or(0) as f32);
+            [col * w, row * h, w, h]
+        });
+        spots.insert(clip.camera_id.clone(), boxes.collect());
+    }
+    Ok(spots)
 }
 
 /// The reference data (one asset a clip, its whole frame the region of interest) and the
@@ -230,7 +269,12 @@ fn on_defect(order: &Order, defect: &DefectTruth) -> bool {
     x < dx + dw + margin && dx - margin < x + w && y < dy + dh + margin && dy - margin < y + h
 }
 
-fn score(truth: &FootageTruth, orders: &[Order], deadline_s: f64) -> FootageReport {
+fn score(
+    truth: &FootageTruth,
+    orders: &[Order],
+    spots: &HashMap<String, Vec<[f32; 4]>>,
+    deadline_s: f64,
+) -> FootageReport {
     let mut defects = Vec::new();
     let mut matched = vec![false; orders.len()];
     for clip in &truth.clips {
@@ -269,9 +313,17 @@ fn score(truth: &FootageTruth, orders: &[Order], deadline_s: f64) -> FootageRepo
             camera_id: orders[i].camera_id.clone(),
             class: orders[i].class.clone(),
             created_s: orders[i].created_s,
+            at_commissioning: (spots.get(&orders[i].camera_id).into_iter().flatten()).any(|&[x, y, w, h]| {
+                orders[i].bbox.is_some_and(|[bx, by, bw, bh]| bx < x + w && x < bx + bw && by < y + h && y < by + bh)
+            }),
         })
         .collect();
-    let clean_false = false_orders.iter().filter(|o| clean.iter().any(|c| c.camera_id == o.camera_id)).count();
+    let on_clean: Vec<&FalseOrder> =
+        false_orders.iter().filter(|o| clean.iter().any(|c| c.camera_id == o.camera_id)).collect();
+    let clean_false = on_clean.len();
+    let clean_false_at_commissioning = on_clean.iter().filter(|o| o.at_commissioning).count();
+    let per_100_hours =
+        |count: usize| if clean_camera_hours > 0.0 { 100.0 * count as f64 / clean_camera_hours } else { 0.0 };
     FootageReport {
         clips: truth.clips.len(),
         found: defects.iter().filter(|d| d.found).count(),
@@ -280,11 +332,9 @@ fn score(truth: &FootageTruth, orders: &[Order], deadline_s: f64) -> FootageRepo
         false_work_orders: false_orders.len(),
         clean_false_work_orders: clean_false,
         clean_camera_hours,
-        false_per_100_clean_camera_hours: if clean_camera_hours > 0.0 {
-            100.0 * clean_false as f64 / clean_camera_hours
-        } else {
-            0.0
-        },
+        false_per_100_clean_camera_hours: per_100_hours(clean_false),
+        clean_false_at_commissioning,
+        running_false_per_100_clean_camera_hours: per_100_hours(clean_false - clean_false_at_commissioning),
         false_orders,
     }
 }
@@ -309,17 +359,21 @@ pub fn render(report: &FootageReport) -> String {
     }
     out.push_str(&format!(
         "defects found: {} of {} ({} with exactly one work order)\n\
-         false work orders: {} ({} on {:.2} clean camera-hours: {:.1} per 100 camera-hours)\n",
+         false work orders: {} ({} on {:.2} clean camera-hours: {:.1} per 100 camera-hours)\n\
+         of those on the clean clips, on spots left out at commissioning: {}; the rest: {:.1} per 100 camera-hours\n",
         report.found,
         report.defects.len(),
         report.exactly_once,
         report.false_work_orders,
         report.clean_false_work_orders,
         report.clean_camera_hours,
-        report.false_per_100_clean_camera_hours
+        report.false_per_100_clean_camera_hours,
+        report.clean_false_at_commissioning,
+        report.running_false_per_100_clean_camera_hours
     ));
     for order in &report.false_orders {
-        out.push_str(&format!("  false: {} {} at {:.1} s\n", order.camera_id, order.class, order.created_s));
+        let when = if order.at_commissioning { " (a spot left out at commissioning)" } else { "" };
+        out.push_str(&format!("  false: {} {} at {:.1} s{when}\n", order.camera_id, order.class, order.created_s));
     }
     out
 }
@@ -408,11 +462,20 @@ mod tests {
             order("WO-split", "defect", "corrosion", 57.0, 120.0),
             order("WO-before", "defect", "crack", 10.0, 110.0),
             order("WO-clean", "clean", "wear", 30.0, 110.0),
+            order("WO-spot", "clean", "crack", 31.0, 300.0),
         ];
-        let report = score(&truth, &orders, 60.0);
+        // One cell of the clean camera's baseline left out at commissioning, under
+        // WO-spot only.
+        let spots = HashMap::from([("clean".to_owned(), vec![[320.0, 104.0, 8.0, 8.0]])]);
+        let report = score(&truth, &orders, &spots, 60.0);
         assert_eq!(report.defects[0].work_order_ids, ["WO-on", "WO-split"]);
         let false_ids: Vec<&str> = report.false_orders.iter().map(|o| o.work_order_id.as_str()).collect();
-        assert_eq!(false_ids, ["WO-before", "WO-clean"], "before its onset, on a clean clip");
+        assert_eq!(false_ids, ["WO-before", "WO-clean", "WO-spot"], "before its onset, on a clean clip");
+        let at_commissioning: Vec<bool> = report.false_orders.iter().map(|o| o.at_commissioning).collect();
+        assert_eq!(at_commissioning, [false, false, true]);
+        assert_eq!((report.clean_false_work_orders, report.clean_false_at_commissioning), (2, 1));
+        // 120 clean camera-seconds: one false work order while running is 3,000 per 100 hours.
+        assert!((report.running_false_per_100_clean_camera_hours - 3000.0).abs() < 1e-6);
         let said: Vec<(String, WoEventKind)> =
             verdicts(&truth, &report).into_iter().map(|e| (e.work_order_id, e.event)).collect();
         assert_eq!(
@@ -420,6 +483,7 @@ mod tests {
             [
                 ("WO-before".into(), WoEventKind::FalsePositive),
                 ("WO-clean".into(), WoEventKind::FalsePositive),
+                ("WO-spot".into(), WoEventKind::FalsePositive),
                 ("WO-on".into(), WoEventKind::Completed),
             ],
             "the corrosion work order on the crack is left open"
