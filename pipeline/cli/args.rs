@@ -201,6 +201,10 @@ pub struct BenchArgs {
     /// Which frames of --source are decoded: auto, keyframes or all.
     #[arg(long, default_value = "auto")]
     pub decode: String,
+    /// `ground_truth.json` of --source as `defectflow synth` wrote it: each drawn
+    /// defect's work orders across the cameras, their classes and onset to work order.
+    #[arg(long, requires = "source")]
+    pub ground_truth: Option<PathBuf>,
     /// Change gating (`[model] change_threshold`): frames like their camera's last
     /// scored one skip the network; 0: every frame is scored.
     #[arg(long, default_value_t = 0.0)]

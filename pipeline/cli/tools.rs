@@ -35,6 +35,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         source: args.source.map(|f| std::path::absolute(&f).unwrap_or(f)),
         decode: serde_json::from_value(serde_json::Value::from(args.decode.as_str()))
             .map_err(|_| anyhow::anyhow!("--decode {}: use auto, keyframes or all", args.decode))?,
+        ground_truth: args.ground_truth,
     };
     let dir = tempfile::tempdir().context("a temporary folder for the bench's config")?;
     let result = defectflow::tools::bench::run(&plan, dir.path())?;

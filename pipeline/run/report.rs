@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use defectflow_schemas::{DefectClass, Detection, Emitted, Priority, StagingKind};
+use defectflow_schemas::{BoundingBox, DefectClass, Detection, Emitted, Priority, StagingKind};
 
 use crate::metrics::Stage;
 use crate::sinks::{SinkCount, SinkKind};
@@ -33,6 +33,8 @@ pub struct CameraReport {
     pub fps: f64,
     pub state: String,
     pub last_error: Option<String>,
+    /// Capture time of the stream's position 0, for a recording (ms since the epoch).
+    pub stream_start_ms: Option<u64>,
 }
 
 impl CameraReport {
@@ -58,6 +60,7 @@ impl CameraReport {
             fps,
             state: stats.state().name().to_owned(),
             last_error: stats.last_error(),
+            stream_start_ms: Some(stats.stream_start_ms.load(Ordering::Relaxed)).filter(|&ms| ms > 0),
         }
     }
 }
@@ -120,6 +123,10 @@ pub struct OrderSummary {
     pub priority: Priority,
     /// Its revision 1 was in this run (it was not taken up from an earlier one).
     pub opened: bool,
+    /// When revision 1 was made (capture time of the frame that made it) and its
+    /// evidence box, where it was in this run.
+    pub opened_at_ms: Option<u64>,
+    pub opened_bbox: Option<BoundingBox>,
 }
 
 impl MessageSummary {
@@ -133,9 +140,15 @@ impl MessageSummary {
                     track_id: w.track_id.clone(),
                     priority: w.severity.priority,
                     opened: false,
+                    opened_at_ms: None,
+                    opened_bbox: None,
                 });
                 order.priority = w.severity.priority;
-                order.opened |= w.revision == 1;
+                if w.revision == 1 {
+                    order.opened = true;
+                    order.opened_at_ms = Some(w.revised_at_ms);
+                    order.opened_bbox = w.evidence.as_ref().map(|e| e.bbox);
+                }
             }
             Emitted::Assignment(_) => self.assignments += 1,
             Emitted::Alert(_) => self.alerts += 1,

@@ -14,7 +14,7 @@ use gstreamer_video as gst_video;
 
 pub use super::frame::{FramePixels, RawFrame};
 use super::frame::{Spare, raw_frame};
-use super::{CameraPipeline, SourceError};
+use super::{CameraPipeline, SourceError, TimeBase};
 use crate::clock::now_ms;
 use crate::config::CameraConfig;
 
@@ -71,6 +71,10 @@ pub struct CameraStats {
     /// Capture time of the first frame, ms since the epoch (0: none yet).
     pub first_capture_ms: AtomicU64,
     pub last_capture_ms: AtomicU64,
+    /// Capture time of the stream's position 0 (a recording's start), from its first
+    /// frame: ms since the epoch (0: not known; a live stream's frames are timed by the
+    /// clock, not by their position).
+    pub stream_start_ms: AtomicU64,
     /// Frames the source did not decode or convert (keyframe mode, `max_fps`).
     pub skipped: Arc<super::gate::Skipped>,
     /// How far the camera is known to send nothing (keyframe mode).
@@ -92,6 +96,7 @@ impl CameraStats {
             holding: AtomicBool::new(false),
             first_capture_ms: AtomicU64::new(0),
             last_capture_ms: AtomicU64::new(0),
+            stream_start_ms: AtomicU64::new(0),
             skipped: Arc::default(),
             lull: Arc::default(),
         }
@@ -389,6 +394,10 @@ fn run_once(
                         Ordering::Relaxed,
                     );
                     stats.last_capture_ms.store(frame.capture_ms, Ordering::Relaxed);
+                    if let (TimeBase::Pts, Some(pts_ns)) = (time_base, frame.pts_ns) {
+                        let start = frame.capture_ms.saturating_sub(pts_ns / 1_000_000);
+                        let _ = stats.stream_start_ms.compare_exchange(0, start, Ordering::Relaxed, Ordering::Relaxed);
+                    }
                     let capture_ms = frame.capture_ms;
                     let delivered = deliver(frame, &sender, live, &stats, &halted);
                     stats.lull.emerged(capture_ms);

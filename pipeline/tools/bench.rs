@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::onset::{DefectOnset, OpenedOrder, Truth, render_onsets};
 use super::stats::{Percentiles, percentiles_ms};
 use crate::config::{CameraConfig, DecodeMode, ModelConfig, RunConfig};
 use crate::kafka::{InputsConfig, KafkaConfig};
@@ -52,6 +53,9 @@ pub struct BenchPlan {
     pub source: Option<std::path::PathBuf>,
     /// Which frames of the recording are decoded.
     pub decode: DecodeMode,
+    /// `defectflow synth`'s `ground_truth.json` of the recording: the work orders are
+    /// matched to its defects ([`super::onset`]).
+    pub ground_truth: Option<std::path::PathBuf>,
 }
 
 /// What it sustained.
@@ -97,6 +101,10 @@ pub struct BenchResult {
     pub stages_ms: Vec<StageLatency>,
     /// Taken every `sample_s` while the run went.
     pub samples: Vec<Sample>,
+    /// With a ground truth: each drawn defect's work orders across the cameras, and the
+    /// work orders on nothing drawn.
+    pub onsets: Vec<DefectOnset>,
+    pub orders_elsewhere: usize,
 }
 
 /// One interval of a sampled run.
@@ -263,6 +271,7 @@ pub fn prepare(plan: &BenchPlan, dir: &Path) -> anyhow::Result<RunConfig> {
 /// Runs the plan and measures it.
 pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
     let config = prepare(plan, dir)?;
+    let truth = plan.ground_truth.as_deref().map(|path| Truth::read(path, plan.width)).transpose()?;
     let cpu_before = cpu_seconds();
     let started = Instant::now();
     let stop = StopWhen::after(Some(Duration::from_secs_f64(plan.seconds)));
@@ -300,6 +309,20 @@ pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
             (orders.len() != 1).then(|| format!("{camera}: {} work orders [{}]", orders.len(), orders.join("; ")))
         })
         .collect();
+    let (onsets, orders_elsewhere) = truth.map_or_else(Default::default, |truth| {
+        let starts = cameras.iter().filter_map(|c| Some((c.camera_id.clone(), c.stream_start_ms?))).collect();
+        let orders: Vec<OpenedOrder> = (opened.iter())
+            .filter_map(|(_, o)| {
+                Some(OpenedOrder {
+                    camera_id: o.camera_id.clone(),
+                    defect_class: o.defect_class.as_str().to_owned(),
+                    opened_at_ms: o.opened_at_ms?,
+                    bbox: o.opened_bbox?,
+                })
+            })
+            .collect();
+        truth.match_orders(&orders, &starts)
+    });
     let inference_s = stages.inference_us as f64 / 1e6;
     let acked = (if plan.brokers.is_some() { "acked" } else { "handed over" }, stages.revision_latencies_s.clone());
     let stages_ms = stages
@@ -338,6 +361,8 @@ pub fn run(plan: &BenchPlan, dir: &Path) -> anyhow::Result<BenchResult> {
         inference_ms_per_frame: inference_s * 1000.0 / stages.frames_inferred.max(1) as f64,
         stages_ms,
         samples,
+        onsets,
+        orders_elsewhere,
     })
 }
 
@@ -380,13 +405,15 @@ pub fn render(r: &BenchResult) -> String {
         .iter()
         .map(|s| format!("  capture → {:<11} p50 {:>6.0} ms, p99 {:>6.0} ms ({})\n", s.stage, s.p50, s.p99, s.count))
         .collect();
+    let onsets =
+        if r.onsets.is_empty() { String::new() } else { render_onsets(&r.onsets, r.orders_elsewhere, r.cameras) };
     format!(
         "{} cameras {} at {} fps for {:.0} s{}\n\
          frames in: {:.1}/s (and {:.1}/s skipped at the source); through the model: {:.1}/s of {:.1}/s asked; dropped {}, late {}\n\
          work orders: {} for {} defects; first detection to work order {}: {latency}\n{}\
          frame capture to its revision out ({} revisions): {revision}\n\
          CPU: {:.2} cores; peak memory {:.0} MiB; the network {:.1} ms a frame of wall time, at most {:.0}% of the CPU\n\
-         where the time goes:\n{stages}",
+         where the time goes:\n{stages}{onsets}",
         r.cameras,
         r.resolution,
         r.fps_per_camera,

@@ -10,6 +10,7 @@ pub mod footage_eval;
 pub mod fuzzing;
 pub mod harvest;
 pub mod modelling;
+pub mod onset;
 pub mod onvif;
 pub mod progress;
 pub mod quantize;
