@@ -5,10 +5,10 @@
 //! which of them are spots left out of a camera's baseline at commissioning.
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use defectflow_models::baseline::BaselineHeader;
 use defectflow_schemas::{WoEvent, WoEventKind};
 use serde::{Deserialize, Serialize};
 
@@ -136,21 +136,15 @@ fn commissioning_spots(dir: &Path, truth: &FootageTruth) -> anyhow::Result<HashM
     let mut spots = HashMap::new();
     for clip in &truth.clips {
         let path = defectflow_operators::gating::baseline_path(dir, &clip.camera_id);
-        let Ok(file) = std::fs::File::open(&path) else { continue };
-        let mut line = String::new();
-        std::io::BufReader::new(file).read_line(&mut line).with_context(|| format!("{}", path.display()))?;
-        let header: serde_json::Value =
-            serde_json::from_str(&line).with_context(|| format!("{}: header does not parse", path.display()))?;
-        let (rows, cols) = (header["rows"].as_u64().unwrap_or(0), header["cols"].as_u64().unwrap_or(0));
-        if rows == 0 || cols == 0 {
+        if !path.is_file() {
+            continue;
+        }
+        let header = BaselineHeader::read(&path)?;
+        if header.rows == 0 || header.cols == 0 {
             bail!("{}: no grid in its header", path.display());
         }
-        let (w, h) = (clip.width as f32 / cols as f32, clip.height as f32 / rows as f32);
-        let cells = header["excluded"].as_array().map(Vec::as_slice).unwrap_or_default();
-        let boxes = cells.iter().map(|c| {
-            let (row, col) = (c["row"].as_u64().unwrap_or(0) as f32, c["col"].as_u64().unwrap_or(0) as f32);
-            [col * w, row * h, w, h]
-        });
+        let (w, h) = (clip.width as f32 / header.cols as f32, clip.height as f32 / header.rows as f32);
+        let boxes = header.excluded.iter().map(|c| [c.col as f32 * w, c.row as f32 * h, w, h]);
         spots.insert(clip.camera_id.clone(), boxes.collect());
     }
     Ok(spots)

@@ -42,10 +42,19 @@ pub struct DefectOnset {
 /// What the recording shows and where: its defects, centres scaled to the bench's frame.
 #[derive(Debug)]
 pub struct Truth {
-    defects: Vec<(String, String, f64, [f32; 2])>,
-    /// How far from a defect's centre a work order's box centre may be and still be on
-    /// it: the largest drawn size, at the bench's scale, and at least 48 pixels.
-    reach: Vec<f32>,
+    defects: Vec<Drawn>,
+}
+
+/// One drawn defect, at the bench's scale.
+#[derive(Debug)]
+struct Drawn {
+    id: String,
+    class: String,
+    onset_s: f64,
+    centre: [f32; 2],
+    /// How far from the centre a work order's box centre may be and still be on it:
+    /// the largest drawn size, and at least 48 pixels.
+    reach: f32,
 }
 
 impl Truth {
@@ -58,14 +67,16 @@ impl Truth {
         let camera =
             (truth.cameras.first()).with_context(|| format!("--ground-truth {}: no camera in it", path.display()))?;
         let scale = width as f32 / truth.width.max(1) as f32;
-        let defects: Vec<_> = (camera.scene.defects.iter())
-            .map(|d| {
-                let centre = [d.center[0] * scale, d.center[1] * scale];
-                (d.defect_id.clone(), d.class.as_str().to_owned(), d.onset_s, centre)
+        let defects = (camera.scene.defects.iter())
+            .map(|d| Drawn {
+                id: d.defect_id.clone(),
+                class: d.class.as_str().to_owned(),
+                onset_s: d.onset_s,
+                centre: [d.center[0] * scale, d.center[1] * scale],
+                reach: (d.max_size_px * scale).max(48.0),
             })
             .collect();
-        let reach = camera.scene.defects.iter().map(|d| (d.max_size_px * scale).max(48.0)).collect();
-        Ok(Truth { defects, reach })
+        Ok(Truth { defects })
     }
 
     /// Each defect's figures over the work orders, each camera's recording starting at
@@ -77,20 +88,22 @@ impl Truth {
         let mut elsewhere = 0;
         for order in orders {
             let centre = [order.bbox.x + order.bbox.width / 2.0, order.bbox.y + order.bbox.height / 2.0];
-            let distance = |c: &[f32; 2]| (c[0] - centre[0]).hypot(c[1] - centre[1]);
-            let nearest = (0..self.defects.len())
-                .min_by(|&a, &b| distance(&self.defects[a].3).total_cmp(&distance(&self.defects[b].3)));
+            let distance = |i: usize| {
+                let c = self.defects[i].centre;
+                (c[0] - centre[0]).hypot(c[1] - centre[1])
+            };
+            let nearest = (0..self.defects.len()).min_by(|&a, &b| distance(a).total_cmp(&distance(b)));
             let start = starts.get(&order.camera_id);
             match (nearest, start) {
-                (Some(i), Some(&start)) if distance(&self.defects[i].3) <= self.reach[i] => {
-                    let seconds = order.opened_at_ms.saturating_sub(start) as f64 / 1000.0 - self.defects[i].2;
+                (Some(i), Some(&start)) if distance(i) <= self.defects[i].reach => {
+                    let seconds = order.opened_at_ms.saturating_sub(start) as f64 / 1000.0 - self.defects[i].onset_s;
                     on[i].entry(&order.camera_id).or_default().push((seconds, &order.defect_class));
                 }
                 _ => elsewhere += 1,
             }
         }
         let onsets = (self.defects.iter().zip(on))
-            .map(|((id, class, onset_s, _), cameras)| {
+            .map(|(drawn, cameras)| {
                 let mut firsts: Vec<f64> =
                     cameras.values().map(|v| v.iter().map(|(s, _)| *s).fold(f64::INFINITY, f64::min)).collect();
                 firsts.sort_by(f64::total_cmp);
@@ -99,9 +112,9 @@ impl Truth {
                     *named.entry((*class).to_owned()).or_default() += 1;
                 }
                 DefectOnset {
-                    defect_id: id.clone(),
-                    class: class.clone(),
-                    onset_s: *onset_s,
+                    defect_id: drawn.id.clone(),
+                    class: drawn.class.clone(),
+                    onset_s: drawn.onset_s,
                     cameras_with_work_order: cameras.len(),
                     named,
                     seconds: (!firsts.is_empty())
@@ -140,12 +153,15 @@ mod tests {
 
     #[test]
     fn each_work_order_goes_to_the_nearest_drawn_defect_timed_from_its_cameras_start() {
+        let drawn = |id: &str, class: &str, onset_s, centre| Drawn {
+            id: id.into(),
+            class: class.into(),
+            onset_s,
+            centre,
+            reach: 48.0,
+        };
         let truth = Truth {
-            defects: vec![
-                ("d0".into(), "crack".into(), 10.0, [100.0, 100.0]),
-                ("d1".into(), "corrosion".into(), 20.0, [400.0, 200.0]),
-            ],
-            reach: vec![48.0, 48.0],
+            defects: vec![drawn("d0", "crack", 10.0, [100.0, 100.0]), drawn("d1", "corrosion", 20.0, [400.0, 200.0])],
         };
         let order = |camera: &str, class: &str, at_ms, x: f32, y: f32| OpenedOrder {
             camera_id: camera.into(),

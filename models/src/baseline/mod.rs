@@ -167,6 +167,28 @@ pub struct BaselineHeader {
     pub sha256: String,
 }
 
+impl BaselineHeader {
+    /// The header of the baseline stored at `path`, its arrays neither read nor checked
+    /// (what a report needs: the grid, the cells left out).
+    pub fn read(path: &Path) -> Result<BaselineHeader, BaselineError> {
+        BaselineHeader::read_from(path).map(|(header, _)| header)
+    }
+
+    /// The header, and the reader left at the arrays.
+    fn read_from(path: &Path) -> Result<(BaselineHeader, std::io::BufReader<std::fs::File>), BaselineError> {
+        let shown = path.display().to_string();
+        let io = |source| BaselineError::Io { path: shown.clone(), source };
+        let mut reader = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+        let mut line = String::new();
+        reader.read_line(&mut line).map_err(io)?;
+        let header = serde_json::from_str(&line).map_err(|e| BaselineError::Invalid {
+            path: shown.clone(),
+            reason: format!("header does not parse: {e}"),
+        })?;
+        Ok((header, reader))
+    }
+}
+
 /// A camera's learnt normal; see the module documentation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CameraBaseline {
@@ -319,11 +341,7 @@ impl CameraBaseline {
         let shown = path.display().to_string();
         let io = |source| BaselineError::Io { path: shown.clone(), source };
         let invalid = |reason: String| BaselineError::Invalid { path: shown.clone(), reason };
-        let mut reader = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
-        let mut line = String::new();
-        reader.read_line(&mut line).map_err(io)?;
-        let header: BaselineHeader =
-            serde_json::from_str(&line).map_err(|e| invalid(format!("header does not parse: {e}")))?;
+        let (header, mut reader) = BaselineHeader::read_from(path)?;
         let mut payload = Vec::new();
         reader.read_to_end(&mut payload).map_err(io)?;
         let digest = hex(&Sha256::digest(&payload));
