@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use defectflow_models::baseline::{BaselineHeader, BaselineKey, CameraBaseline};
+use defectflow_models::baseline::{BaselineHeader, BaselineKey, CameraBaseline, MAX_COMMISSIONING_STRETCH};
 use defectflow_models::card::ModelCard;
 use defectflow_operators::gating::baseline_path;
 
@@ -67,11 +67,13 @@ pub fn commission(config: &RunConfig, plan: &CommissionPlan) -> anyhow::Result<V
     run.metrics = None;
     run.output.dir = Some(scratch.path().to_path_buf());
     run.output.evidence = false;
-    run.runtime.duration_s = plan.from.is_none().then_some(seconds + 15.0);
+    // Commissioning may wait for undisturbed frames past `seconds`.
+    let most = seconds * f64::from(MAX_COMMISSIONING_STRETCH);
+    run.runtime.duration_s = plan.from.is_none().then_some(most + 15.0);
     let model = run.model.get_or_insert_with(Default::default).clone();
     let card = ModelCard::load(&model.resolved_dir()).context("the model to commission with")?;
     let interrupted = Arc::new(AtomicBool::new(false));
-    let hooks = stop_once_learnt(&run, seconds, &interrupted);
+    let hooks = stop_once_learnt(&run, &scratch.path().join("baselines"), most, &interrupted);
     let stop = StopWhen { interrupted, ..StopWhen::after(run.runtime.duration_s.map(Duration::from_secs_f64)) };
     let timely = timely::Config::process(run.runtime.workers);
     run::run(&run, timely, stop, hooks)?;
@@ -99,18 +101,20 @@ pub fn commission(config: &RunConfig, plan: &CommissionPlan) -> anyhow::Result<V
     Ok(stored)
 }
 
-/// Stops the run once every camera has sent frames past its commissioning time (a
-/// margin of two seconds lets the last ones through).
-fn stop_once_learnt(run: &RunConfig, seconds: f64, interrupted: &Arc<AtomicBool>) -> Hooks {
+/// Stops the run once every camera has stored its baseline in `learnt` or sent frames
+/// past the longest commissioning may take (`most` seconds; a margin of two seconds lets
+/// the last ones through).
+fn stop_once_learnt(run: &RunConfig, learnt: &Path, most: f64, interrupted: &Arc<AtomicBool>) -> Hooks {
     let cameras: Vec<String> = run.cameras.iter().map(|c| c.id.clone()).collect();
+    let stored: Vec<PathBuf> = cameras.iter().map(|id| baseline_path(learnt, id)).collect();
     let first: Arc<Vec<AtomicU64>> = Arc::new(cameras.iter().map(|_| AtomicU64::new(u64::MAX)).collect());
     let done: Arc<Vec<AtomicBool>> = Arc::new(cameras.iter().map(|_| AtomicBool::new(false)).collect());
-    let span_ms = (seconds * 1000.0) as u64 + 2_000;
+    let span_ms = (most * 1000.0) as u64 + 2_000;
     let interrupted = Arc::clone(interrupted);
     let on_observation: run::ObservationObserver = Arc::new(move |_, observation| {
         let Some(i) = cameras.iter().position(|c| *c == observation.camera_id) else { return };
         let _ = first[i].compare_exchange(u64::MAX, observation.capture_ms, Ordering::Relaxed, Ordering::Relaxed);
-        if observation.capture_ms >= first[i].load(Ordering::Relaxed).saturating_add(span_ms) {
+        if observation.capture_ms >= first[i].load(Ordering::Relaxed).saturating_add(span_ms) || stored[i].is_file() {
             done[i].store(true, Ordering::Relaxed);
         }
         if done.iter().all(|d| d.load(Ordering::Relaxed)) {

@@ -340,3 +340,57 @@ fn commissioning_needs_enough_frames() {
     let error = learning.finish().expect_err("too few frames").to_string();
     assert!(error.contains("more seconds"), "{error}");
 }
+
+#[test]
+fn something_passing_while_calibrating_does_not_blind_its_cells() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let mut learning = Commissioning::new(key(), BaselineConfig::default());
+    // 40 frames: the first 24 fit, the last 16 calibrate; a person stands over the patch
+    // in 4 of those (a quarter).
+    for i in 0..40 {
+        let passing = (26..30).contains(&i);
+        let shifted = if passing { patch() } else { Vec::new() };
+        learning.observe(&frame(&mut rng, &shifted, 2.0, &[]), i as f32 / 40.0).expect("a frame");
+    }
+    let baseline = learning.finish().expect("a baseline");
+    assert!(baseline.header.threshold < 10.0, "threshold {}", baseline.header.threshold);
+    // The same change lasting is a departure there.
+    let config = BaselineConfig::default();
+    let changed = baseline.departure(&frame(&mut rng, &patch(), 2.0, &[]), &config).expect("departure");
+    let departing: Vec<usize> = (0..ROWS * COLS).filter(|&i| changed.departs[i]).collect();
+    assert_eq!(departing, patch(), "the cells passed over while calibrating still depart");
+}
+
+#[test]
+fn commissioning_through_steam_waits_for_undisturbed_frames() {
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let steam: Vec<usize> = (0..ROWS * COLS).filter(|c| c % 3 == 0).collect();
+    let mut learning = Commissioning::new(key(), BaselineConfig::default());
+    // Steam over a third of the view through the whole calibration (progress 0.6–1).
+    for i in 0..40 {
+        let shifted = if i >= 24 { steam.clone() } else { Vec::new() };
+        learning.observe(&frame(&mut rng, &shifted, 1.5, &[]), i as f32 / 40.0).expect("a frame");
+    }
+    assert!(learning.can_finish(), "enough frames to finish");
+    assert!(!learning.settled(), "every calibration frame was disturbed: it waits");
+    // The steam clears: four undisturbed frames settle it.
+    for i in 40..44 {
+        learning.observe(&frame(&mut rng, &[], 0.0, &[]), i as f32 / 40.0).expect("a frame");
+    }
+    assert!(learning.settled());
+    let baseline = learning.finish().expect("a baseline");
+    assert!(baseline.header.threshold < 10.0, "threshold {}", baseline.header.threshold);
+    let config = BaselineConfig::default();
+    let changed = baseline.departure(&frame(&mut rng, &patch(), 2.0, &[]), &config).expect("departure");
+    assert_eq!((0..ROWS * COLS).filter(|&i| changed.departs[i]).collect::<Vec<_>>(), patch());
+
+    // Steam that never clears: it stops waiting at twice the commissioning time and
+    // calibrates on what it has.
+    let mut learning = Commissioning::new(key(), BaselineConfig::default());
+    for i in 0..81 {
+        let shifted = if i >= 24 { steam.clone() } else { Vec::new() };
+        learning.observe(&frame(&mut rng, &shifted, 1.5, &[]), i as f32 / 40.0).expect("a frame");
+        assert_eq!(learning.settled(), i >= 80, "frame {i}");
+    }
+    learning.finish().expect("a baseline from the disturbed frames");
+}

@@ -251,12 +251,13 @@ impl CameraGates {
                 let span_ms = (self.config.commission_s * 1000.0) as u64;
                 let elapsed = capture_ms.saturating_sub(from);
                 let progress = elapsed as f32 / span_ms.max(1) as f32;
-                match learning.observe(scores, progress.min(0.999)) {
+                match learning.observe(scores, progress) {
                     Ok(()) => stats.commissioning_frames += 1,
                     Err(error) => tracing::warn!(%error, "commissioning frame left out"),
                 }
-                // Done with the last frame of the span: the next would be past it.
-                if elapsed + interval < span_ms || !learning.can_finish() {
+                // Done with the last frame of the span (the next would be past it), or
+                // later while commissioning waits for undisturbed frames.
+                if elapsed + interval < span_ms || !learning.settled() {
                     return meanwhile();
                 }
                 let done = std::mem::replace(

@@ -29,8 +29,14 @@ pub struct Commissioning {
     confident: Vec<u32>,
     /// Once fitted: the baseline under calibration and what calibration has seen.
     fitted: Option<CameraBaseline>,
-    frame_peaks: Vec<f32>,
-    cell_peaks: Vec<f32>,
+    calibration: Vec<CalibrationFrame>,
+    /// Calibration frames are kept one in this many (doubled whenever the kept ones
+    /// fill [`MAX_KEPT_CALIBRATION_FRAMES`]), so a long calibration stays bounded.
+    keep_every: u32,
+    /// Calibration frames seen undisturbed (see [`BaselineConfig::disturbed_fraction`]).
+    undisturbed: u32,
+    /// How far through commissioning the latest frame was (1: `commission_s`).
+    progress: f32,
     /// The first frame's mean pixel value, once seen (see [`Commissioning::brightness`]).
     brightness: (f64, u32),
 }
@@ -42,6 +48,29 @@ pub const MAX_DEFECTS_AT_COMMISSIONING: usize = 2;
 /// Fewest frames a baseline is fitted on, and calibrated on.
 pub const MIN_FIT_FRAMES: u32 = 8;
 pub const MIN_CALIBRATION_FRAMES: u32 = 4;
+
+/// Commissioning waits for undisturbed calibration frames (steam, a shadow or a light
+/// step over the whole calibration) up to this many times `commission_s`, then
+/// calibrates on the frames it has.
+pub const MAX_COMMISSIONING_STRETCH: f32 = 2.0;
+
+/// Most calibration frames kept (about 1.8 MB for a 640x360 view's 3,600 cells).
+const MAX_KEPT_CALIBRATION_FRAMES: usize = 128;
+
+/// A cell's own threshold is at least the margin over the relative distance it stays
+/// under in this share of the calibration frames: a person, vehicle or shadow passing
+/// over it for a quarter of them does not raise it (with the largest, such a cell was
+/// blind afterwards), while a cell that is always livelier than the view keeps its own.
+const CELL_QUANTILE: f32 = 0.75;
+
+/// One calibration frame: per cell, its distance relative to the view's typical cell
+/// (NaN where the cell is not learnt or the classifier called it a defect).
+#[derive(Debug)]
+struct CalibrationFrame {
+    disturbed: bool,
+    peak: f32,
+    cells: Vec<f32>,
+}
 
 impl Commissioning {
     pub fn new(key: BaselineKey, config: BaselineConfig) -> Commissioning {
@@ -58,8 +87,10 @@ impl Commissioning {
             learnt: Vec::new(),
             confident: Vec::new(),
             fitted: None,
-            frame_peaks: Vec::new(),
-            cell_peaks: Vec::new(),
+            calibration: Vec::new(),
+            keep_every: 1,
+            undisturbed: 0,
+            progress: 0.0,
             brightness: (0.0, 0),
         }
     }
@@ -68,10 +99,12 @@ impl Commissioning {
         &self.key
     }
 
-    /// Learns from one frame scored with appearance, `progress` (0..1) of the way
-    /// through commissioning: frames before [`BaselineConfig::fit_share`] fit the
-    /// Gaussians, later ones calibrate the thresholds.
+    /// Learns from one frame scored with appearance, `progress` of the way through
+    /// commissioning (1: `commission_s`; more while it waits for undisturbed frames):
+    /// frames before [`BaselineConfig::fit_share`] fit the Gaussians, later ones
+    /// calibrate the thresholds.
     pub fn observe(&mut self, scores: &CellScores, progress: f32) -> Result<(), BaselineError> {
+        self.progress = progress;
         let fail = |reason: String| BaselineError::Commissioning { camera: self.key.camera_id.clone(), reason };
         let appearance = scores.appearance.as_ref().ok_or_else(|| fail("frame scored without appearance".into()))?;
         let grid = (scores.rows, scores.cols, appearance.dims);
@@ -84,7 +117,6 @@ impl Commissioning {
                 self.sum_all = vec![0.0; cells * dims];
                 self.sum_sq_all = vec![0.0; cells * dims];
                 (self.learnt, self.confident) = (vec![0; cells], vec![0; cells]);
-                self.cell_peaks = vec![0.0; cells];
             }
             Some(known) if known != grid => {
                 return Err(fail(format!("frames changed size: {known:?} cells and features, then {grid:?}")));
@@ -118,6 +150,14 @@ impl Commissioning {
     /// Whether enough frames have been seen to [`Commissioning::finish`].
     pub fn can_finish(&self) -> bool {
         self.fitted.is_some() && self.calibration_frames >= MIN_CALIBRATION_FRAMES
+    }
+
+    /// Whether commissioning, at its time, has what it waits for: enough undisturbed
+    /// calibration frames, or no more time to wait for them
+    /// ([`MAX_COMMISSIONING_STRETCH`]).
+    pub fn settled(&self) -> bool {
+        self.can_finish()
+            && (self.undisturbed >= MIN_CALIBRATION_FRAMES || self.progress >= MAX_COMMISSIONING_STRETCH)
     }
 
     fn fit(&mut self, scores: &CellScores, appearance: &Appearance) {
@@ -243,21 +283,31 @@ impl Commissioning {
         let confident = |cell: usize| {
             (1..scores.classes).any(|k| scores.probabilities[k * plane + cell] >= self.config.exclude_confidence)
         };
-        let mut peak = 0f32;
-        let cells = departure.relative.iter().zip(&mut self.cell_peaks).zip(&fitted.cell_threshold).enumerate();
-        for (cell, ((r, cell_peak), t)) in cells {
-            if t.is_finite() && !confident(cell) {
-                *cell_peak = cell_peak.max(*r);
-                peak = peak.max(*r);
+        let cells: Vec<f32> = (departure.relative.iter().zip(&fitted.cell_threshold).enumerate())
+            .map(|(cell, (r, t))| if t.is_finite() && !confident(cell) { *r } else { f32::NAN })
+            .collect();
+        self.undisturbed += u32::from(!departure.disturbed);
+        if (self.calibration_frames - 1) % self.keep_every == 0 {
+            let peak = cells.iter().copied().filter(|r| !r.is_nan()).fold(0.0, f32::max);
+            self.calibration.push(CalibrationFrame { disturbed: departure.disturbed, peak, cells });
+            if self.calibration.len() >= MAX_KEPT_CALIBRATION_FRAMES {
+                let mut i = 0;
+                self.calibration.retain(|_| {
+                    i += 1;
+                    i % 2 == 1
+                });
+                self.keep_every *= 2;
             }
         }
-        self.frame_peaks.push(peak);
         Ok(())
     }
 
     /// The baseline, its thresholds from calibration: frame-wide, the margin over the
-    /// typical frame's largest relative distance; per cell, at least the margin over its
-    /// own largest.
+    /// typical frame's largest relative distance; per cell, at least the margin over what
+    /// it stays under in most frames ([`CELL_QUANTILE`]). Disturbed frames (steam, a
+    /// shadow across the view) are left out while enough others remain: with them, a
+    /// camera commissioned through a plume of steam had a threshold hundreds of times
+    /// its normal one, and found nothing afterwards.
     pub fn finish(mut self) -> Result<CameraBaseline, BaselineError> {
         if !self.can_finish() {
             return Err(BaselineError::Commissioning {
@@ -272,11 +322,18 @@ impl Commissioning {
             camera: self.key.camera_id.clone(),
             reason: "finished before the Gaussians were fitted".into(),
         })?;
+        let undisturbed: Vec<&CalibrationFrame> = self.calibration.iter().filter(|f| !f.disturbed).collect();
+        let frames = match undisturbed.len() >= MIN_CALIBRATION_FRAMES as usize {
+            true => undisturbed,
+            false => self.calibration.iter().collect(),
+        };
         let margin = self.config.threshold_margin;
-        let threshold = (margin * median(&self.frame_peaks)).max(self.config.min_threshold);
-        for (t, peak) in baseline.cell_threshold.iter_mut().zip(&self.cell_peaks) {
+        let peaks: Vec<f32> = frames.iter().map(|f| f.peak).collect();
+        let threshold = (margin * median(&peaks)).max(self.config.min_threshold);
+        for (cell, t) in baseline.cell_threshold.iter_mut().enumerate() {
             if t.is_finite() {
-                *t = threshold.max(margin * peak);
+                let seen: Vec<f32> = frames.iter().map(|f| f.cells[cell]).filter(|r| !r.is_nan()).collect();
+                *t = threshold.max(margin * quantile(seen, CELL_QUANTILE));
             }
         }
         baseline.header.threshold = threshold;
@@ -284,6 +341,15 @@ impl Commissioning {
         baseline.header.sha256 = hex(&Sha256::digest(baseline.payload()));
         Ok(baseline)
     }
+}
+
+/// The value `share` of the way up `values` (0 when there are none).
+fn quantile(mut values: Vec<f32>, share: f32) -> f32 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let at = ((values.len() - 1) as f32 * share).round() as usize;
+    *values.select_nth_unstable_by(at, f32::total_cmp).1
 }
 
 /// How unlike the rest of its view a region is: the distance from each of its cells to

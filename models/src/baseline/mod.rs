@@ -32,7 +32,9 @@ use crate::inference::{Appearance, CellScores, FrameView};
 
 mod commissioning;
 
-pub use commissioning::{Commissioning, MAX_DEFECTS_AT_COMMISSIONING, MIN_CALIBRATION_FRAMES, MIN_FIT_FRAMES};
+pub use commissioning::{
+    Commissioning, MAX_COMMISSIONING_STRETCH, MAX_DEFECTS_AT_COMMISSIONING, MIN_CALIBRATION_FRAMES, MIN_FIT_FRAMES,
+};
 
 /// What a baseline was learnt for; a baseline is used only where all of it matches.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,8 +52,10 @@ pub struct BaselineKey {
 #[serde(deny_unknown_fields, default)]
 pub struct BaselineConfig {
     /// A camera without a stored baseline learns one from its first this many seconds
-    /// of frames (by capture time) and finds nothing meanwhile; then it is gated. 0:
-    /// cameras without a baseline are not gated (the classifier alone decides).
+    /// of frames (by capture time) and finds nothing meanwhile; then it is gated. When
+    /// its calibration frames were disturbed (steam, a shadow across the view), it waits
+    /// for undisturbed ones, up to twice this long. 0: cameras without a baseline are not
+    /// gated (the classifier alone decides).
     pub commission_s: f64,
     /// What becomes of lasting departures the classifier cannot name: `on` (detections
     /// of class `unknown`, low-priority inspections), `shadow` (audited, never sent),
