@@ -57,12 +57,6 @@ pub const MAX_COMMISSIONING_STRETCH: f32 = 2.0;
 /// Most calibration frames kept (about 1.8 MB for a 640x360 view's 3,600 cells).
 const MAX_KEPT_CALIBRATION_FRAMES: usize = 128;
 
-/// A cell's own threshold is at least the margin over the relative distance it stays
-/// under in this share of the calibration frames: a person, vehicle or shadow passing
-/// over it for a quarter of them does not raise it (with the largest, such a cell was
-/// blind afterwards), while a cell that is always livelier than the view keeps its own.
-const CELL_QUANTILE: f32 = 0.75;
-
 /// One calibration frame: per cell, its distance relative to the view's typical cell
 /// (NaN where the cell is not learnt or the classifier called it a defect).
 #[derive(Debug)]
@@ -303,8 +297,9 @@ impl Commissioning {
     }
 
     /// The baseline, its thresholds from calibration: frame-wide, the margin over the
-    /// typical frame's largest relative distance; per cell, at least the margin over what
-    /// it stays under in most frames ([`CELL_QUANTILE`]). Disturbed frames (steam, a
+    /// typical frame's largest relative distance; per cell, at least the margin over its
+    /// own largest that is not an outlier ([`usual_largest`]: with the largest itself, a
+    /// cell a person crossed while calibrating stayed blind). Disturbed frames (steam, a
     /// shadow across the view) are left out while enough others remain: with them, a
     /// camera commissioned through a plume of steam had a threshold hundreds of times
     /// its normal one, and found nothing afterwards.
@@ -333,7 +328,7 @@ impl Commissioning {
         for (cell, t) in baseline.cell_threshold.iter_mut().enumerate() {
             if t.is_finite() {
                 let seen: Vec<f32> = frames.iter().map(|f| f.cells[cell]).filter(|r| !r.is_nan()).collect();
-                *t = threshold.max(margin * quantile(seen, CELL_QUANTILE));
+                *t = threshold.max(margin * usual_largest(seen));
             }
         }
         baseline.header.threshold = threshold;
@@ -343,13 +338,19 @@ impl Commissioning {
     }
 }
 
-/// The value `share` of the way up `values` (0 when there are none).
-fn quantile(mut values: Vec<f32>, share: f32) -> f32 {
+/// The largest of a cell's calibration distances that is not an outlier: the median
+/// plus three standard deviations estimated from the median absolute deviation (the
+/// Hampel identifier; Leys et al., "Detecting outliers: Do not use standard deviation
+/// around the mean, use absolute deviation around the median", J. Exp. Soc. Psychol.,
+/// 2013). Over a minute of normal frames it is near the largest; a person or a shadow
+/// over the cell for under half of them hardly moves it.
+fn usual_largest(values: Vec<f32>) -> f32 {
     if values.is_empty() {
         return 0.0;
     }
-    let at = ((values.len() - 1) as f32 * share).round() as usize;
-    *values.select_nth_unstable_by(at, f32::total_cmp).1
+    let m = median(&values);
+    let deviations: Vec<f32> = values.iter().map(|v| (v - m).abs()).collect();
+    m + 3.0 * 1.4826 * median(&deviations)
 }
 
 /// How unlike the rest of its view a region is: the distance from each of its cells to
