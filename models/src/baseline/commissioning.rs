@@ -57,6 +57,14 @@ pub const MAX_COMMISSIONING_STRETCH: f32 = 2.0;
 /// Most calibration frames kept (about 1.8 MB for a 640x360 view's 3,600 cells).
 const MAX_KEPT_CALIBRATION_FRAMES: usize = 128;
 
+/// A cell's own threshold is at least the margin over the median, across this many
+/// consecutive stretches of the calibration frames (2 s each at the default 30 s), of
+/// its largest distance in each. Something that moves on its own in the view (a belt,
+/// a gauge, a flickering lamp) does so in most stretches and keeps its cells'
+/// thresholds above it; a person, vehicle or shadow passing covers a few stretches and
+/// does not make the cells it crossed blind afterwards.
+const CALIBRATION_STRETCHES: usize = 6;
+
 /// One calibration frame: per cell, its distance relative to the view's typical cell
 /// (NaN where the cell is not learnt or the classifier called it a defect).
 #[derive(Debug)]
@@ -298,8 +306,9 @@ impl Commissioning {
 
     /// The baseline, its thresholds from calibration: frame-wide, the margin over the
     /// typical frame's largest relative distance; per cell, at least the margin over its
-    /// own largest that is not an outlier ([`usual_largest`]: with the largest itself, a
-    /// cell a person crossed while calibrating stayed blind). Disturbed frames (steam, a
+    /// typical largest in a stretch of calibration ([`CALIBRATION_STRETCHES`]: with its
+    /// largest over all of it, a cell a person crossed while calibrating stayed blind).
+    /// Disturbed frames (steam, a
     /// shadow across the view) are left out while enough others remain: with them, a
     /// camera commissioned through a plume of steam had a threshold hundreds of times
     /// its normal one, and found nothing afterwards.
@@ -325,10 +334,13 @@ impl Commissioning {
         let margin = self.config.threshold_margin;
         let peaks: Vec<f32> = frames.iter().map(|f| f.peak).collect();
         let threshold = (margin * median(&peaks)).max(self.config.min_threshold);
+        let stretch = frames.len().div_ceil(CALIBRATION_STRETCHES).max(1);
         for (cell, t) in baseline.cell_threshold.iter_mut().enumerate() {
             if t.is_finite() {
-                let seen: Vec<f32> = frames.iter().map(|f| f.cells[cell]).filter(|r| !r.is_nan()).collect();
-                *t = threshold.max(margin * usual_largest(seen));
+                let largest: Vec<f32> = (frames.chunks(stretch))
+                    .map(|part| part.iter().map(|f| f.cells[cell]).filter(|r| !r.is_nan()).fold(0.0, f32::max))
+                    .collect();
+                *t = threshold.max(margin * median(&largest));
             }
         }
         baseline.header.threshold = threshold;
@@ -336,21 +348,6 @@ impl Commissioning {
         baseline.header.sha256 = hex(&Sha256::digest(baseline.payload()));
         Ok(baseline)
     }
-}
-
-/// The largest of a cell's calibration distances that is not an outlier: the median
-/// plus three standard deviations estimated from the median absolute deviation (the
-/// Hampel identifier; Leys et al., "Detecting outliers: Do not use standard deviation
-/// around the mean, use absolute deviation around the median", J. Exp. Soc. Psychol.,
-/// 2013). Over a minute of normal frames it is near the largest; a person or a shadow
-/// over the cell for under half of them hardly moves it.
-fn usual_largest(values: Vec<f32>) -> f32 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    let m = median(&values);
-    let deviations: Vec<f32> = values.iter().map(|v| (v - m).abs()).collect();
-    m + 3.0 * 1.4826 * median(&deviations)
 }
 
 /// How unlike the rest of its view a region is: the distance from each of its cells to
