@@ -114,7 +114,8 @@ fn stop_once_learnt(run: &RunConfig, learnt: &Path, most: f64, interrupted: &Arc
     let on_observation: run::ObservationObserver = Arc::new(move |_, observation| {
         let Some(i) = cameras.iter().position(|c| *c == observation.camera_id) else { return };
         let _ = first[i].compare_exchange(u64::MAX, observation.capture_ms, Ordering::Relaxed, Ordering::Relaxed);
-        if observation.capture_ms >= first[i].load(Ordering::Relaxed).saturating_add(span_ms) || stored[i].is_file() {
+        let past = observation.capture_ms >= first[i].load(Ordering::Relaxed).saturating_add(span_ms);
+        if !done[i].load(Ordering::Relaxed) && (past || stored[i].is_file()) {
             done[i].store(true, Ordering::Relaxed);
         }
         if done.iter().all(|d| d.load(Ordering::Relaxed)) {

@@ -158,8 +158,7 @@ impl Commissioning {
     /// calibration frames, or no more time to wait for them
     /// ([`MAX_COMMISSIONING_STRETCH`]).
     pub fn settled(&self) -> bool {
-        self.can_finish()
-            && (self.undisturbed >= MIN_CALIBRATION_FRAMES || self.progress >= MAX_COMMISSIONING_STRETCH)
+        self.can_finish() && (self.undisturbed >= MIN_CALIBRATION_FRAMES || self.progress >= MAX_COMMISSIONING_STRETCH)
     }
 
     fn fit(&mut self, scores: &CellScores, appearance: &Appearance) {
@@ -308,10 +307,9 @@ impl Commissioning {
     /// typical frame's largest relative distance; per cell, at least the margin over its
     /// typical largest in a stretch of calibration ([`CALIBRATION_STRETCHES`]: with its
     /// largest over all of it, a cell a person crossed while calibrating stayed blind).
-    /// Disturbed frames (steam, a
-    /// shadow across the view) are left out while enough others remain: with them, a
-    /// camera commissioned through a plume of steam had a threshold hundreds of times
-    /// its normal one, and found nothing afterwards.
+    /// Disturbed frames (steam, a shadow across the view) are left out while enough
+    /// others remain: with them, a camera commissioned through a plume of steam had a
+    /// threshold hundreds of times its normal one, and found nothing afterwards.
     pub fn finish(mut self) -> Result<CameraBaseline, BaselineError> {
         if !self.can_finish() {
             return Err(BaselineError::Commissioning {
