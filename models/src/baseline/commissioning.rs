@@ -288,14 +288,14 @@ impl Commissioning {
             .map(|(cell, (r, t))| if t.is_finite() && !confident(cell) { *r } else { f32::NAN })
             .collect();
         self.undisturbed += u32::from(!departure.disturbed);
-        if (self.calibration_frames - 1) % self.keep_every == 0 {
+        if (self.calibration_frames - 1).is_multiple_of(self.keep_every) {
             let peak = cells.iter().copied().filter(|r| !r.is_nan()).fold(0.0, f32::max);
             self.calibration.push(CalibrationFrame { disturbed: departure.disturbed, peak, cells });
             if self.calibration.len() >= MAX_KEPT_CALIBRATION_FRAMES {
-                let mut i = 0;
+                let mut i = 0u32;
                 self.calibration.retain(|_| {
                     i += 1;
-                    i % 2 == 1
+                    !i.is_multiple_of(2)
                 });
                 self.keep_every *= 2;
             }
