@@ -76,7 +76,8 @@ pub struct BaselineConfig {
     /// surface the model never saw, misread, has. 0: every such region is left out.
     pub exclude_uniqueness: f32,
     /// The calibrated threshold is this many times the largest relative distance seen
-    /// on the camera's own normal frames (the typical frame's largest, and each cell's own).
+    /// on the camera's own normal frames (the typical frame's largest, and each cell's
+    /// typical largest in a stretch of calibration).
     pub threshold_margin: f32,
     /// The threshold is never below this relative distance.
     pub min_threshold: f32,
