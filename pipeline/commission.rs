@@ -89,7 +89,7 @@ pub fn commission(config: &RunConfig, plan: &CommissionPlan) -> anyhow::Result<V
         let from = baseline_path(&learnt, &camera.id);
         if !from.is_file() {
             bail!(
-                "camera {}: no baseline learnt; it sent too few frames in {seconds} s (see the log, and give it more --seconds)",
+                "camera {}: no baseline learnt; it sent too few frames in {seconds} s, or too few undisturbed ones (no steam, shadow or shake over a fifth of the view) in {most} s (see the log, and give it more --seconds or a clip with quiet seconds)",
                 camera.id
             );
         }
