@@ -3,6 +3,7 @@
 
 use sha2::{Digest, Sha256};
 
+use super::lookalikes::Lookalikes;
 use super::{
     BaselineConfig, BaselineError, BaselineHeader, BaselineKey, CameraBaseline, ExcludedCell, frame_brightness, median,
 };
@@ -33,8 +34,6 @@ pub struct Commissioning {
     /// Calibration frames are kept one in this many (doubled whenever the kept ones
     /// fill [`MAX_KEPT_CALIBRATION_FRAMES`]), so a long calibration stays bounded.
     keep_every: u32,
-    /// Calibration frames seen undisturbed (see [`BaselineConfig::disturbed_fraction`]).
-    undisturbed: u32,
     /// How far through commissioning the latest frame was (1: `commission_s`).
     progress: f32,
     /// The first frame's mean pixel value, once seen (see [`Commissioning::brightness`]).
@@ -70,8 +69,14 @@ const CALIBRATION_STRETCHES: usize = 6;
 #[derive(Debug)]
 struct CalibrationFrame {
     disturbed: bool,
-    peak: f32,
     cells: Vec<f32>,
+}
+
+impl CalibrationFrame {
+    /// The frame's largest distance over the cells calibrated.
+    fn peak(&self) -> f32 {
+        self.cells.iter().copied().filter(|r| !r.is_nan()).fold(0.0, f32::max)
+    }
 }
 
 impl Commissioning {
@@ -91,7 +96,6 @@ impl Commissioning {
             fitted: None,
             calibration: Vec::new(),
             keep_every: 1,
-            undisturbed: 0,
             progress: 0.0,
             brightness: (0.0, 0),
         }
@@ -158,7 +162,14 @@ impl Commissioning {
     /// calibration frames, or no more time to wait for them
     /// ([`MAX_COMMISSIONING_STRETCH`]).
     pub fn settled(&self) -> bool {
-        self.can_finish() && (self.undisturbed >= MIN_CALIBRATION_FRAMES || self.progress >= MAX_COMMISSIONING_STRETCH)
+        let quiet = self.calibration.iter().filter(|f| !f.disturbed).count();
+        self.can_finish() && (quiet >= MIN_CALIBRATION_FRAMES as usize || self.progress >= MAX_COMMISSIONING_STRETCH)
+    }
+
+    /// The calibration frames kept that were not disturbed (see
+    /// [`BaselineConfig::disturbed_fraction`]).
+    fn undisturbed(&self) -> Vec<&CalibrationFrame> {
+        self.calibration.iter().filter(|f| !f.disturbed).collect()
     }
 
     fn fit(&mut self, scores: &CellScores, appearance: &Appearance) {
@@ -287,10 +298,8 @@ impl Commissioning {
         let cells: Vec<f32> = (departure.relative.iter().zip(&fitted.cell_threshold).enumerate())
             .map(|(cell, (r, t))| if t.is_finite() && !confident(cell) { *r } else { f32::NAN })
             .collect();
-        self.undisturbed += u32::from(!departure.disturbed);
         if (self.calibration_frames - 1).is_multiple_of(self.keep_every) {
-            let peak = cells.iter().copied().filter(|r| !r.is_nan()).fold(0.0, f32::max);
-            self.calibration.push(CalibrationFrame { disturbed: departure.disturbed, peak, cells });
+            self.calibration.push(CalibrationFrame { disturbed: departure.disturbed, cells });
             if self.calibration.len() >= MAX_KEPT_CALIBRATION_FRAMES {
                 let mut i = 0u32;
                 self.calibration.retain(|_| {
@@ -324,13 +333,13 @@ impl Commissioning {
             camera: self.key.camera_id.clone(),
             reason: "finished before the Gaussians were fitted".into(),
         })?;
-        let undisturbed: Vec<&CalibrationFrame> = self.calibration.iter().filter(|f| !f.disturbed).collect();
+        let undisturbed = self.undisturbed();
         let frames = match undisturbed.len() >= MIN_CALIBRATION_FRAMES as usize {
             true => undisturbed,
             false => self.calibration.iter().collect(),
         };
         let margin = self.config.threshold_margin;
-        let peaks: Vec<f32> = frames.iter().map(|f| f.peak).collect();
+        let peaks: Vec<f32> = frames.iter().map(|f| f.peak()).collect();
         let threshold = (margin * median(&peaks)).max(self.config.min_threshold);
         let stretch = frames.len().div_ceil(CALIBRATION_STRETCHES).max(1);
         for (cell, t) in baseline.cell_threshold.iter_mut().enumerate() {
@@ -345,71 +354,5 @@ impl Commissioning {
         baseline.header.calibration_frames = self.calibration_frames;
         baseline.header.sha256 = hex(&Sha256::digest(baseline.payload()));
         Ok(baseline)
-    }
-}
-
-/// How unlike the rest of its view a region is: the distance from each of its cells to
-/// the nearest lookalike cell elsewhere in the view, in units of how far an ordinary
-/// cell is from its own nearest lookalike.
-///
-/// It is the mutual scoring of MuSc (Li et al., "MuSc: Zero-Shot Industrial Anomaly
-/// Classification and Segmentation with Mutual Scoring of the Unlabeled Images", ICLR
-/// 2024, arXiv:2401.16753) within one view instead of across a batch of images: a
-/// patch of normal surface has close lookalikes among the other patches, a defect has
-/// none. Commissioning asks it of what the classifier already calls a defect, so a
-/// surface the model never trained on, misread in one spot, is learnt as normal.
-struct Lookalikes {
-    /// Per cell, its mean features standardised over the view.
-    z: Vec<f32>,
-    cols: usize,
-    dims: usize,
-    /// How far an ordinary cell is from its nearest lookalike: the 99th percentile.
-    ordinary: f32,
-}
-
-/// Cells within this many rows and columns of a region are its own neighbourhood, not
-/// lookalikes elsewhere.
-const LOOKALIKE_REACH: usize = 2;
-
-/// An ordinary cell's distance is sampled at every this-many cells (commissioning
-/// stays well under a second for a 640×360 view).
-const LOOKALIKE_SAMPLE: usize = 5;
-
-impl Lookalikes {
-    fn new(mut z: Vec<f32>, rows: usize, cols: usize, dims: usize) -> Lookalikes {
-        let cells = rows * cols;
-        for k in 0..dims {
-            let mean = (0..cells).map(|c| z[c * dims + k]).sum::<f32>() / cells as f32;
-            let var = (0..cells).map(|c| (z[c * dims + k] - mean).powi(2)).sum::<f32>() / cells as f32;
-            let std = var.sqrt().max(1e-6);
-            (0..cells).for_each(|c| z[c * dims + k] = (z[c * dims + k] - mean) / std);
-        }
-        let mut view = Lookalikes { z, cols, dims, ordinary: 0.0 };
-        let mut nearest: Vec<f32> = (0..cells).step_by(LOOKALIKE_SAMPLE).map(|c| view.nearest(c, &[c])).collect();
-        nearest.sort_by(f32::total_cmp);
-        view.ordinary = nearest.get((nearest.len().saturating_sub(1)) * 99 / 100).copied().unwrap_or(0.0).max(1e-6);
-        view
-    }
-
-    fn near(&self, a: usize, b: usize) -> bool {
-        (a / self.cols).abs_diff(b / self.cols) <= LOOKALIKE_REACH
-            && (a % self.cols).abs_diff(b % self.cols) <= LOOKALIKE_REACH
-    }
-
-    /// Distance from `cell` to the closest cell outside the neighbourhood of `region`.
-    fn nearest(&self, cell: usize, region: &[usize]) -> f32 {
-        let d = self.dims;
-        let features = &self.z[cell * d..(cell + 1) * d];
-        (0..self.z.len() / d)
-            .filter(|&other| !region.iter().any(|&r| self.near(r, other)))
-            .map(|other| features.iter().zip(&self.z[other * d..(other + 1) * d]).map(|(a, b)| (a - b) * (a - b)).sum())
-            .fold(f32::INFINITY, f32::min)
-            .sqrt()
-    }
-
-    /// The region's least typical cell's distance to its nearest lookalike, over an
-    /// ordinary cell's.
-    fn uniqueness(&self, region: &[usize]) -> f32 {
-        region.iter().map(|&c| self.nearest(c, region)).fold(0.0, f32::max) / self.ordinary
     }
 }

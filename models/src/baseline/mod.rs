@@ -31,6 +31,7 @@ use crate::gate::UnknownDefects;
 use crate::inference::{Appearance, CellScores, FrameView};
 
 mod commissioning;
+mod lookalikes;
 
 pub use commissioning::{
     Commissioning, MAX_COMMISSIONING_STRETCH, MAX_DEFECTS_AT_COMMISSIONING, MIN_CALIBRATION_FRAMES, MIN_FIT_FRAMES,
