@@ -1,6 +1,8 @@
 //! Evidence for tracks. The tracker asks for the image of a track's best frame when it
-//! emits a snapshot whose best frame changed, and tells the keeper of frames which of a
-//! camera's frames it will never ask for again. Frames are held by the run (they are
+//! emits a snapshot whose best frame changed, asks for a few more of the frames a
+//! confirmed track is seen in to be kept as they were (training data once the CMMS has
+//! said what the defect was), and tells the keeper of frames which of a camera's frames
+//! it will never ask for again. Frames are held by the run (they are
 //! not dataflow data); the tracker only names them.
 
 use defectflow_schemas::{BoundingBox, DefectClass, EpochMillis, Evidence};
@@ -27,4 +29,9 @@ pub trait EvidenceFrames: Send + Sync {
     /// and may still ask for those in `keep` (frame indices); the others may go. By
     /// index, not capture time: frames late to the dataflow share their time.
     fn release(&self, camera_id: &str, through: u64, keep: &[u64]);
+
+    /// Keeps frame `frame_index` of `camera_id` as it was, as training data of
+    /// `track_id` (a frame in which the track was seen; bounded per track by the
+    /// keeper). Nothing where the frame is no longer held.
+    fn keep(&self, track_id: &str, camera_id: &str, frame_index: u64);
 }

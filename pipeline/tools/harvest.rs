@@ -1,7 +1,8 @@
 //! `defectflow harvest`: what the CMMS said about the work orders, as training data. For
 //! every work order whose latest revision is `false_positive` or `completed`, the frames
-//! behind its track (the unannotated frames the run kept beside its evidence images,
-//! `<evidence>/<track>/<frame>.frame.jpg`, at most eight a track) become a YOLO folder
+//! behind its track (the unannotated frames the run kept in its evidence folder: those of
+//! its evidence images and those the tracker sampled over the track's life,
+//! `<evidence>/<track>/<frame>.frame.jpg`, at most sixteen a track) become a YOLO folder
 //! (`images/`, `labels/`, `classes.txt`): a false positive's frames as negatives (an
 //! empty label file), a repaired defect's with the boxes the model found of its class in
 //! that frame (the `detections` table). `harvest.jsonl` names each image's work order,
@@ -97,7 +98,12 @@ pub fn harvest(audit: &Path, evidence: &Path, events: &[WoEvent], out: &Path) ->
     for (id, order) in &closed {
         let outcome = if order.status == "false_positive" { "false_positive" } else { "repaired" };
         summary.work_orders += 1;
-        for (track, frame_index) in &order.frames {
+        let mut frames = order.frames.clone();
+        let tracks: BTreeSet<&String> = order.frames.iter().map(|(track, _)| track).collect();
+        for track in tracks {
+            frames.extend(kept_frames(&evidence.join(track)).into_iter().map(|frame| (track.clone(), frame)));
+        }
+        for (track, frame_index) in &frames {
             let frame = evidence.join(track).join(format!("{frame_index}.frame.jpg"));
             let Ok(jpeg) = std::fs::read(&frame) else {
                 summary.frames_missing += 1;
@@ -136,6 +142,18 @@ pub fn harvest(audit: &Path, evidence: &Path, events: &[WoEvent], out: &Path) ->
     }
     std::fs::write(out.join("harvest.jsonl"), manifest)?;
     Ok(summary)
+}
+
+/// Frame indices of the unannotated frames kept in a track's evidence folder (none where
+/// the folder is missing).
+fn kept_frames(folder: &Path) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(folder) else { return Vec::new() };
+    entries
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name();
+            name.to_str()?.strip_suffix(".frame.jpg")?.parse().ok()
+        })
+        .collect()
 }
 
 /// YOLO label lines for the boxes of `class` in a frame; `None` where there is none (or
@@ -262,5 +280,19 @@ mod tests {
         );
         assert_eq!(labels("corrosion", Some(&found), &jpeg, &classes), None, "no box of its class");
         assert_eq!(labels("unknown", Some(&found), &jpeg, &classes), None, "not a class the model learns");
+    }
+
+    #[test]
+    fn a_track_s_kept_frames_are_its_unannotated_ones() {
+        let folder = std::env::temp_dir().join(format!("defectflow-kept-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).expect("folder");
+        for name in ["12.jpg", "12.frame.jpg", "40.frame.jpg", ".41.frame.jpg.tmp", "x.frame.jpg"] {
+            std::fs::write(folder.join(name), b"").expect("file");
+        }
+        let mut kept = kept_frames(&folder);
+        kept.sort_unstable();
+        assert_eq!(kept, vec![12, 40]);
+        assert_eq!(kept_frames(&folder.join("missing")), Vec::<u64>::new());
+        std::fs::remove_dir_all(&folder).expect("cleaned");
     }
 }

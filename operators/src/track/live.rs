@@ -150,6 +150,15 @@ impl CameraTracks {
             if track.state == TrackState::Tentative {
                 continue;
             }
+            // Training data beside the evidence: frames the confirmed track is seen in,
+            // spread over its life (its 4th, 8th, 16th… sighting).
+            if let Some(frames) = evidence
+                && live.seen & 1 == 1
+                && track.hits >= 4
+                && track.hits.is_power_of_two()
+            {
+                frames.keep(&track.track_id, &track.camera_id, frame.frame_index);
+            }
             let emit = match &live.emitted {
                 None => !live.awaiting_sighting || track.state == TrackState::Resolved,
                 Some(last) => {
@@ -535,5 +544,39 @@ mod tests {
         }
         assert_eq!(tracks.tracks.len(), 1);
         assert_eq!(tracks.tracks[0].track.class, DefectClass::Unknown);
+    }
+
+    /// Keeps nothing; remembers what the tracker asked for.
+    #[derive(Default)]
+    struct Asked {
+        drawn: std::sync::Mutex<Vec<u64>>,
+        kept: std::sync::Mutex<Vec<u64>>,
+    }
+
+    impl EvidenceFrames for Asked {
+        fn draw(&self, request: &EvidenceRequest<'_>) -> Option<defectflow_schemas::Evidence> {
+            self.drawn.lock().expect("drawn").push(request.frame_index);
+            None
+        }
+
+        fn release(&self, _: &str, _: u64, _: &[u64]) {}
+
+        fn keep(&self, _: &str, _: &str, frame_index: u64) {
+            self.kept.lock().expect("kept").push(frame_index);
+        }
+    }
+
+    #[test]
+    fn a_confirmed_track_keeps_frames_spread_over_its_life_beside_its_evidence() {
+        let (config, mut tracks) = quickly_confirmed();
+        let asked = Asked::default();
+        // Seen in 40 frames, missed in frames 20–24 (which keep nothing).
+        for i in 0..45 {
+            let observed = frame_at(i, 1_000 + i * 200, !(20..25).contains(&i));
+            tracks.observe(&observed, &config, 3, Some(&asked));
+        }
+        // Sightings 4, 8, 16 and 32: frames 3, 7, 15 and 36 (five frames missed).
+        assert_eq!(*asked.kept.lock().expect("kept"), vec![3, 7, 15, 36]);
+        assert!(!asked.drawn.lock().expect("drawn").is_empty(), "the evidence is drawn as before");
     }
 }

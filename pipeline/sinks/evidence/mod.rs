@@ -1,6 +1,7 @@
 //! Evidence images: `<output>/evidence/<track id>/<frame index>.jpg`, the frame with the
 //! defect's box and label drawn, referenced from the work order by URI and SHA-256;
-//! beside it the frame as it was, `<frame index>.frame.jpg` (at most
+//! beside it the frame as it was, `<frame index>.frame.jpg`, and so a few more of the
+//! frames the track was seen in, as the tracker samples them (at most
 //! [`MAX_FRAMES_PER_TRACK`] a track), which `defectflow harvest` turns into training
 //! data once the CMMS has said what the defect was.
 //!
@@ -28,8 +29,8 @@ use crate::metrics::Metrics;
 /// stalled tracker cannot exhaust memory.
 pub const MAX_HELD_PER_CAMERA: usize = 256;
 
-/// Unannotated frames kept per track, for training (the first ones drawn).
-pub const MAX_FRAMES_PER_TRACK: usize = 8;
+/// Unannotated frames kept per track, for training (the first ones drawn or sampled).
+pub const MAX_FRAMES_PER_TRACK: usize = 16;
 
 /// A frame with detections, as the model saw it.
 #[derive(Debug)]
@@ -174,6 +175,28 @@ impl EvidenceFrames for EvidenceStore {
                 tracing::error!(track = request.track_id, %error, "evidence image not written");
                 None
             }
+        }
+    }
+
+    fn keep(&self, track_id: &str, camera_id: &str, frame_index: u64) {
+        if !is_safe_track_id(track_id) {
+            tracing::error!(track = track_id, "track id is not a safe file name: frame not kept");
+            return;
+        }
+        let held = {
+            let frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(held) = frames.get(camera_id).and_then(|c| c.iter().find(|h| h.frame_index == frame_index))
+            else {
+                return;
+            };
+            Held { pixels: Arc::clone(&held.pixels), ..*held }
+        };
+        let folder = self.dir.join(track_id);
+        let kept = std::fs::create_dir_all(&folder)
+            .map_err(|e| format!("{}: {e}", folder.display()))
+            .and_then(|()| keep_frame(&folder, frame_index, &held));
+        if let Err(error) = kept {
+            tracing::warn!(track = track_id, %error, "a frame of the track was not kept");
         }
     }
 
