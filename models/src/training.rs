@@ -63,6 +63,12 @@ pub struct TrainConfig {
     /// ([`crate::randomise`]); 0: crops as the frames show them.
     #[config(default = 0.0)]
     pub randomise: f64,
+    /// Going on from a model: weight of a loss that keeps the network's class
+    /// probabilities near the starting model's on the cells that model gets right
+    /// (distillation, as in Li and Hoiem's "Learning without Forgetting"), so new frames
+    /// teach their lesson without the old ones being forgotten; 0: none.
+    #[config(default = 0.0)]
+    pub distill: f32,
 }
 
 /// Reported every few steps.
@@ -115,6 +121,8 @@ pub fn train<B: AutodiffBackend>(
     let with_defects: Vec<usize> = (0..prepared.len()).filter(|&i| !prepared[i].defect_cells.is_empty()).collect();
     let crop_cells = (config.crop_px / CELL_PX).max(1);
     let continuing = start.is_some();
+    // The starting model, as it was, for distillation.
+    let teacher = start.as_ref().filter(|_| config.distill > 0.0).map(|net| net.valid());
     let mut net = match start {
         Some(net) if architecture.box_head && !net.has_box_head() => net.with_box_head(device),
         Some(net) => net,
@@ -167,9 +175,14 @@ pub fn train<B: AutodiffBackend>(
         let target =
             Tensor::<B, 4, Int>::from_data(TensorData::new(targets, [batch, 1, crop_cells, crop_cells]), device);
         let weight = Tensor::<B, 4>::from_data(TensorData::new(weights, [batch, 1, crop_cells, crop_cells]), device);
+        let taught = teacher.as_ref().map(|teacher| teacher.forward(input.clone().inner()));
         let (logits, boxes) = net.forward_with_boxes(input); // [batch, classes | 4, cells, cells]
-        let picked = log_softmax(logits, 1).gather(1, target); // [batch, 1, cells, cells]
+        let log_probs = log_softmax(logits, 1);
+        let picked = log_probs.clone().gather(1, target.clone()); // [batch, 1, cells, cells]
         let mut loss = picked.mul(weight.clone()).sum().neg().div(weight.sum().clamp_min(1.0));
+        if let Some(taught) = taught {
+            loss = loss.add(distillation(taught, log_probs, target).mul_scalar(config.distill));
+        }
         if let Some(boxes) = boxes {
             let shape = [batch, BOX_OUTPUTS, crop_cells, crop_cells];
             let wanted = Tensor::<B, 4>::from_data(TensorData::new(box_targets, shape), device);
@@ -196,6 +209,23 @@ pub fn train<B: AutodiffBackend>(
         }
     }
     (net.valid(), losses)
+}
+
+/// Mean over the cells the teacher classes right (its most likely class the label) of
+/// the Kullback–Leibler divergence of the student's class probabilities from the
+/// teacher's: where the teacher is wrong (a harvested false positive, a defect it
+/// missed) the labels alone teach.
+fn distillation<B: AutodiffBackend>(
+    teacher_logits: Tensor<B::InnerBackend, 4>,
+    student_log_probs: Tensor<B, 4>,
+    target: Tensor<B, 4, Int>,
+) -> Tensor<B, 1> {
+    let teacher_log_probs = log_softmax(teacher_logits, 1);
+    let right = teacher_log_probs.clone().argmax(1).equal(target.inner()).float();
+    let teacher_log_probs = Tensor::<B, 4>::from_inner(teacher_log_probs);
+    let right = Tensor::<B, 4>::from_inner(right);
+    let divergence = teacher_log_probs.clone().exp().mul(teacher_log_probs.sub(student_log_probs)).sum_dim(1); // [batch, 1, cells, cells]
+    divergence.mul(right.clone()).sum().div(right.sum().clamp_min(1.0))
 }
 
 /// Warm-up over the first 5% of steps, then cosine decay to 5% of the rate.
@@ -341,4 +371,38 @@ pub fn final_loss(losses: &[f32]) -> f32 {
 /// Makes `Module` visible to callers that only import this module.
 pub fn parameter_count<B: burn::tensor::backend::Backend>(net: &DefectNet<B>) -> usize {
     net.num_params()
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Autodiff;
+
+    use super::*;
+
+    type Trained = Autodiff<CpuBackend>;
+
+    /// Logits of two classes over one row of two cells, `[class][cell]`.
+    fn logits<B: burn::tensor::backend::Backend>(values: [[f32; 2]; 2]) -> Tensor<B, 4> {
+        let flat: Vec<f32> = values.iter().flatten().copied().collect();
+        Tensor::from_data(TensorData::new(flat, [1, 2, 1, 2]), &Default::default())
+    }
+
+    #[test]
+    fn distillation_holds_the_student_to_the_teacher_only_where_the_teacher_is_right() {
+        // The teacher says class 0 in both cells; the labels say 0 and 1.
+        let teacher = [[2.0, 2.0], [0.0, 0.0]];
+        let target =
+            || Tensor::<Trained, 4, Int>::from_data(TensorData::new(vec![0i64, 1], [1, 1, 1, 2]), &Default::default());
+        let kd = |student: [[f32; 2]; 2]| -> f32 {
+            let log_probs = log_softmax(logits::<Trained>(student), 1);
+            distillation::<Trained>(logits(teacher), log_probs, target()).into_scalar().elem()
+        };
+        // As the teacher where it is right, anything where it is wrong: nothing to pay.
+        assert!(kd([[2.0, -3.0], [0.0, 3.0]]).abs() < 1e-6);
+        // Away from the teacher where it is right: the divergence, over the one cell.
+        let away = kd([[0.0, 2.0], [2.0, 0.0]]);
+        let (p, q) = (1.0 / (1.0 + (-2.0f32).exp()), 1.0 / (1.0 + 2.0f32.exp()));
+        let expected = p * (p / q).ln() + (1.0 - p) * ((1.0 - p) / (1.0 - q)).ln();
+        assert!((away - expected).abs() < 1e-4, "{away} against {expected}");
+    }
 }

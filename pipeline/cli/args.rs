@@ -307,6 +307,11 @@ pub struct TrainArgs {
     /// forget.
     #[arg(long, default_value_t = 1000)]
     pub mine_every: usize,
+    /// Going on with `--init`: weight of a loss keeping the class probabilities near the
+    /// starting model's on the cells it gets right, so fine-tuning on new frames (a
+    /// harvest) does not forget the old ones (0: none).
+    #[arg(long, default_value_t = 0.0, requires = "init")]
+    pub distill: f32,
 }
 
 #[derive(Debug, Args)]

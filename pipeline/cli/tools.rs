@@ -195,8 +195,10 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         .with_learning_rate(args.learning_rate)
         .with_box_head_only(args.box_head_only)
         .with_randomise(args.randomise)
-        .with_mine_every(args.mine_every);
+        .with_mine_every(args.mine_every)
+        .with_distill(args.distill);
     anyhow::ensure!((0.0..=1.0).contains(&args.randomise), "--randomise must be a share from 0 to 1");
+    anyhow::ensure!(args.distill >= 0.0 && args.distill.is_finite(), "--distill must be a weight of 0 or more");
     anyhow::ensure!(
         args.crop_px >= 16 && args.crop_px.is_multiple_of(8),
         "--crop-px must be a multiple of 8, at least 16"

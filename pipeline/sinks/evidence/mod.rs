@@ -185,8 +185,7 @@ impl EvidenceFrames for EvidenceStore {
         }
         let held = {
             let frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(held) = frames.get(camera_id).and_then(|c| c.iter().find(|h| h.frame_index == frame_index))
-            else {
+            let Some(held) = frames.get(camera_id).and_then(|c| c.iter().find(|h| h.frame_index == frame_index)) else {
                 return;
             };
             Held { pixels: Arc::clone(&held.pixels), ..*held }
