@@ -211,8 +211,9 @@ fn the_demo_run_leaves_what_every_user_needs() {
         .output()
         .expect("run eval");
     assert!(eval.status.success(), "the harvest is a YOLO folder: {}", String::from_utf8_lossy(&eval.stderr));
-    // Generated frames and harvested ones, trained on together (two steps: the loading
-    // and the card are what is checked here).
+    // Generated frames and harvested ones, trained on together going on from the shipped
+    // model without forgetting it (two steps: the loading, the distillation's teacher and
+    // the card are what is checked here).
     let generated = dir.path().join("generated");
     let synth = Command::new(env!("CARGO_BIN_EXE_defectflow"))
         .args(["synth", "--format", "yolo", "--cameras", "2", "--seconds", "2", "--every", "3", "--out"])
@@ -223,7 +224,8 @@ fn the_demo_run_leaves_what_every_user_needs() {
     let model = dir.path().join("tuned");
     let data = format!("{},{}", generated.display(), harvested.display());
     let train = Command::new(env!("CARGO_BIN_EXE_defectflow"))
-        .args(["train", "--data", &data, "--steps", "2", "--batch-size", "2", "--crop-px", "64", "--out"])
+        .args(["train", "--data", &data, "--steps", "2", "--batch-size", "2", "--crop-px", "64", "--distill", "1"])
+        .args(["--init", root().join("models/weights").to_str().expect("utf-8"), "--out"])
         .arg(&model)
         .output()
         .expect("run train");
@@ -233,6 +235,10 @@ fn the_demo_run_leaves_what_every_user_needs() {
     let images = |d: &Path| std::fs::read_dir(d.join("images")).expect("images").count() as u64;
     assert_eq!(card["training"]["images"].as_u64(), Some(images(&generated) + images(&harvested)), "{card}");
     assert_eq!(card["training"]["data_digest"].as_str().map(|d| d.split('+').count()), Some(2), "{card}");
+    let shipped_card: Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("models/weights/model.json")).expect("card"))
+            .expect("json");
+    assert_eq!(card["training"]["continued_from"]["version"], shipped_card["version"], "{card}");
 
     // The evaluation gate on the held-out frames and the harvest. A model that finds
     // nothing (untrained, its threshold above any probability) against the shipped one
