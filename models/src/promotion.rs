@@ -169,6 +169,13 @@ impl GateSet {
     pub fn better(&self) -> bool {
         self.interval[0] > 0.0
     }
+
+    /// The interval is wider than twice `margin`: the set is too small for the margin, a
+    /// candidate as good as the current model may be refused on it, and a loss of the
+    /// margin may go unseen.
+    pub fn too_small_for(&self, margin: f64) -> bool {
+        self.interval[1] - self.interval[0] > 2.0 * margin
+    }
 }
 
 impl Promotion {
@@ -185,8 +192,16 @@ impl Promotion {
             return None;
         }
         if let Some(worse) = self.sets.iter().find(|s| !s.no_worse(self.margin)) {
+            let hint = if worse.too_small_for(self.margin) {
+                format!(
+                    "; the interval is wider than twice the margin: {} is too small to tell, give it more frames",
+                    worse.name
+                )
+            } else {
+                String::new()
+            };
             return Some(format!(
-                "on {} the candidate's {} may be worse than {}'s by {:.4} (95% interval {:+.4} to {:+.4}), more than the margin {}",
+                "on {} the candidate's {} may be worse than {}'s by {:.4} (95% interval {:+.4} to {:+.4}), more than the margin {}{hint}",
                 worse.name,
                 worse.measure.as_str(),
                 self.against,
@@ -317,6 +332,18 @@ mod tests {
         assert!(refused.refusal().expect("why").contains("more than the margin"), "{:?}", refused.refusal());
         let flat = Promotion::decide("v", vec![even.clone(), even], DEFAULT_MARGIN);
         assert!(flat.refusal().expect("why").contains("beyond noise"));
+    }
+
+    #[test]
+    fn a_refusal_on_a_set_too_small_for_the_margin_says_so() {
+        let gain = set(Measure::FramesRight, 0.3, [0.2, 0.4]);
+        // Better by a little, on a set whose interval is three margins wide.
+        let vague = set(Measure::ObjectF1, 0.0014, [-0.013, 0.0167]);
+        let why = Promotion::decide("v", vec![vague, gain.clone()], DEFAULT_MARGIN).refusal().expect("why");
+        assert!(why.contains("held-out is too small to tell"), "{why}");
+        let loss = set(Measure::ObjectF1, -0.0077, [-0.0138, -0.0018]);
+        let why = Promotion::decide("v", vec![loss, gain], DEFAULT_MARGIN).refusal().expect("why");
+        assert!(why.contains("more than the margin") && !why.contains("too small"), "{why}");
     }
 
     #[test]
