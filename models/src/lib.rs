@@ -6,6 +6,7 @@ pub mod card;
 pub mod change;
 pub mod data;
 pub mod detector;
+mod distillation;
 pub mod gate;
 pub mod inference;
 pub mod metrics;
