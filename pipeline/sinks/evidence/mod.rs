@@ -95,22 +95,35 @@ impl EvidenceStore {
         self.frames.lock().map(|f| f.values().map(Vec::len).sum()).unwrap_or(0)
     }
 
-    fn write(&self, request: &EvidenceRequest<'_>, held: &Held) -> Result<Evidence, String> {
+    /// Frame `frame_index` of `camera_id`, where it is still held.
+    fn held_frame(&self, camera_id: &str, frame_index: u64) -> Option<Held> {
+        let frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
+        let held = frames.get(camera_id)?.iter().find(|h| h.frame_index == frame_index)?;
+        Some(Held { pixels: Arc::clone(&held.pixels), ..*held })
+    }
+
+    /// The folder of a track's images, created if missing.
+    fn track_folder(&self, track_id: &str) -> Result<PathBuf, String> {
         // Track ids are made by the tracker ("TR-" and hex); anything else would be a bug,
         // and must not become a path.
-        if !is_safe_track_id(request.track_id) {
-            return Err(format!("track id `{}` is not a safe file name", request.track_id));
+        if !is_safe_track_id(track_id) {
+            return Err(format!("track id `{track_id}` is not a safe file name"));
         }
+        let folder = self.dir.join(track_id);
+        std::fs::create_dir_all(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+        Ok(folder)
+    }
+
+    fn write(&self, request: &EvidenceRequest<'_>, held: &Held) -> Result<Evidence, String> {
+        let folder = self.track_folder(request.track_id)?;
         let label = format!("{} {:.2}", request.class, request.confidence);
         let jpeg =
             evidence_jpeg(&held.pixels, held.width, held.height, &request.bbox, &label).map_err(|e| e.to_string())?;
         let sha256: String = Sha256::digest(&jpeg).iter().map(|b| format!("{b:02x}")).collect();
-        let folder = self.dir.join(request.track_id);
         let name = format!("{}.jpg", request.frame_index);
         let path = folder.join(&name);
         let aside = folder.join(format!(".{name}.tmp"));
         let failed = |e: std::io::Error, p: &Path| format!("{}: {e}", p.display());
-        std::fs::create_dir_all(&folder).map_err(|e| failed(e, &folder))?;
         std::fs::write(&aside, &jpeg).map_err(|e| failed(e, &aside))?;
         std::fs::rename(&aside, &path).map_err(|e| failed(e, &path))?;
         if let Err(error) = keep_frame(&folder, request.frame_index, held) {
@@ -152,15 +165,7 @@ fn keep_frame(folder: &Path, frame_index: u64, held: &Held) -> Result<(), String
 
 impl EvidenceFrames for EvidenceStore {
     fn draw(&self, request: &EvidenceRequest<'_>) -> Option<Evidence> {
-        let held = {
-            let frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
-            frames
-                .get(request.camera_id)?
-                .iter()
-                .find(|h| h.frame_index == request.frame_index)
-                .map(|h| Held { pixels: Arc::clone(&h.pixels), ..*h })
-        };
-        let Some(held) = held else {
+        let Some(held) = self.held_frame(request.camera_id, request.frame_index) else {
             self.metrics.evidence_missing.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(track = request.track_id, frame = request.frame_index, "evidence frame no longer held");
             return None;
@@ -179,21 +184,8 @@ impl EvidenceFrames for EvidenceStore {
     }
 
     fn keep(&self, track_id: &str, camera_id: &str, frame_index: u64) {
-        if !is_safe_track_id(track_id) {
-            tracing::error!(track = track_id, "track id is not a safe file name: frame not kept");
-            return;
-        }
-        let held = {
-            let frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(held) = frames.get(camera_id).and_then(|c| c.iter().find(|h| h.frame_index == frame_index)) else {
-                return;
-            };
-            Held { pixels: Arc::clone(&held.pixels), ..*held }
-        };
-        let folder = self.dir.join(track_id);
-        let kept = std::fs::create_dir_all(&folder)
-            .map_err(|e| format!("{}: {e}", folder.display()))
-            .and_then(|()| keep_frame(&folder, frame_index, &held));
+        let Some(held) = self.held_frame(camera_id, frame_index) else { return };
+        let kept = self.track_folder(track_id).and_then(|folder| keep_frame(&folder, frame_index, &held));
         if let Err(error) = kept {
             tracing::warn!(track = track_id, %error, "a frame of the track was not kept");
         }
