@@ -269,16 +269,22 @@ pub fn gate(
     let departs: Vec<bool> = (settled.iter().enumerate())
         .map(|(i, s)| (*s && !persistence.scene_changed(i)) || !baseline.is_learnt(i))
         .collect();
-    let classified = defect_cells(scores, min_confidence);
+    let classified = match config.name_defects {
+        true => defect_cells(scores, min_confidence),
+        false => vec![false; departs.len()],
+    };
     let named_cells: Vec<bool> = classified.iter().zip(&departs).map(|(c, d)| *c && *d).collect();
     let named = group_defect_cells(scores, &named_cells, scale, frame);
     let unknown = match unknown {
         UnknownDefects::Off => Vec::new(),
         UnknownDefects::On | UnknownDefects::Shadow => {
             // Departures the classifier leaves as background, in cells that were learnt
-            // (a cell left out at commissioning departs by definition).
-            let unnamed: Vec<bool> =
-                (0..departs.len()).map(|i| departs[i] && !classified[i] && baseline.is_learnt(i)).collect();
+            // (a cell left out at commissioning departs by definition, and is named when
+            // the classifier names defects; when it does not, such a cell is a departure
+            // like any other, so a defect present at commissioning is still found).
+            let unnamed: Vec<bool> = (0..departs.len())
+                .map(|i| departs[i] && !classified[i] && (baseline.is_learnt(i) || !config.name_defects))
+                .collect();
             connected_cells(&unnamed, scores.rows, scores.cols)
                 .into_iter()
                 .filter(|members| members.len() >= MIN_UNKNOWN_CELLS)

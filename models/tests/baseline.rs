@@ -131,6 +131,30 @@ fn a_departure_the_classifier_names_is_a_defect_and_one_it_cannot_is_unknown() {
 }
 
 #[test]
+fn a_camera_whose_classes_are_not_trusted_reports_every_lasting_departure_as_unknown() {
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let small: Vec<usize> = [2 * COLS + 2, 2 * COLS + 3, 3 * COLS + 2, 3 * COLS + 3].into();
+    let baseline = commissioned_with(&mut rng, &small, 2.0);
+    let config = BaselineConfig { name_defects: false, ..instant() };
+    let gated = |scores: &CellScores| {
+        let persistence = &mut Persistence::default();
+        gate(scores, &baseline, &config, 0.5, UnknownDefects::On, ((1.0, 1.0), (128.0, 96.0)), persistence, 0)
+            .expect("gated")
+    };
+    // A departure the classifier calls a crack is an unknown defect, not a crack, and
+    // so is the defect present at commissioning (its cells not learnt).
+    let named = gated(&frame(&mut rng, &patch(), 2.0, &patch()));
+    assert!(named.named.is_empty(), "{named:?}");
+    let mut corners: Vec<(f32, f32)> = named.unknown.iter().map(|f| (f.bbox.x, f.bbox.y)).collect();
+    corners.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert_eq!(corners, vec![(16.0, 16.0), (56.0, 40.0)], "the spot at commissioning, then the patch");
+    assert!(named.unknown.iter().all(|f| f.class == DefectClass::Unknown));
+    // Where nothing departs, the classifier's crack is nothing.
+    let classifier_only = gated(&frame(&mut rng, &[], 0.0, &patch()));
+    assert!(classifier_only.named.is_empty() && classifier_only.unknown.len() == 1, "only the spot at commissioning");
+}
+
+#[test]
 fn a_defect_present_while_commissioning_is_not_learnt_and_still_found() {
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     let small: Vec<usize> = [5 * COLS + 7, 5 * COLS + 8, 6 * COLS + 7, 6 * COLS + 8].into();

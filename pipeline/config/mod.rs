@@ -556,6 +556,12 @@ fn validate_anomaly(anomaly: &defectflow_models::baseline::BaselineConfig) -> Re
             return field(name, format!("must be between 0 and 1, got {value}"));
         }
     }
+    if !anomaly.name_defects && anomaly.unknown == defectflow_models::gate::UnknownDefects::Off {
+        return field(
+            "name_defects",
+            "false with `unknown = \"off\"` would find nothing: set unknown to on or shadow".into(),
+        );
+    }
     if !(anomaly.exclude_uniqueness >= 0.0 && anomaly.exclude_uniqueness.is_finite()) {
         return field("exclude_uniqueness", format!("must be 0 (off) or more, got {}", anomaly.exclude_uniqueness));
     }

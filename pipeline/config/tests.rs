@@ -69,6 +69,7 @@ fn every_validated_field_is_named_when_it_is_wrong() {
         ("[anomaly]\nfit_share = 1.5\n", "anomaly.fit_share"),
         ("[anomaly]\nexclude_uniqueness = -1.0\n", "anomaly.exclude_uniqueness"),
         ("[anomaly]\nthreshold_margin = 0.5\n", "anomaly.threshold_margin"),
+        ("[anomaly]\nname_defects = false\nunknown = \"off\"\n", "anomaly.name_defects"),
         ("[anomaly]\nmin_threshold = 0.5\n", "anomaly.min_threshold"),
         ("[plant]\ncmms_script = \"events.toml\"\n", "plant.cmms_script"),
         ("[plant]\nreference = \"ref\"\n", "plant.reference"),

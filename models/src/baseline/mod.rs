@@ -62,6 +62,14 @@ pub struct BaselineConfig {
     /// of class `unknown`, low-priority inspections), `shadow` (audited, never sent),
     /// `off`.
     pub unknown: UnknownDefects,
+    /// Whether the classifier's classes are trusted on these cameras. `false`: every
+    /// lasting departure from a camera's normal is an `unknown` inspection, whatever the
+    /// classifier calls it. A model that never saw a plant's surfaces names their
+    /// defects wrong with full confidence (a crack as contamination, a fallen-out bolt
+    /// as a crack), and a wrong class sends the wrong procedure, skill and parts; until
+    /// the model is fine-tuned on the plant's own frames, an inspection of the spot is
+    /// the better work order. Needs `unknown` on or shadow.
+    pub name_defects: bool,
     /// A cell whose most likely class is a defect with at least this probability, in
     /// two frames in three or more while commissioning, is not learnt as normal: a defect
     /// present on the day of commissioning still becomes a work order.
@@ -108,6 +116,7 @@ impl Default for BaselineConfig {
         BaselineConfig {
             commission_s: 30.0,
             unknown: UnknownDefects::On,
+            name_defects: true,
             exclude_confidence: 0.9,
             max_defect_share: 0.02,
             exclude_uniqueness: 2.0,

@@ -26,7 +26,9 @@ use sha2::{Digest, Sha256};
 use crate::metrics::Metrics;
 
 /// Frames held per camera at most; beyond it the oldest goes (and is counted), so a
-/// stalled tracker cannot exhaust memory.
+/// stalled tracker cannot exhaust memory. The best frame of a live track never goes
+/// this way: a track confirmed long after its best sighting (an `unknown` one lasts
+/// 15 s first) still gets its image while the tracker lags its camera's inference.
 pub const MAX_HELD_PER_CAMERA: usize = 256;
 
 /// Unannotated frames kept per track, for training (the first ones drawn or sampled).
@@ -47,8 +49,16 @@ struct Held {
 pub struct EvidenceStore {
     dir: PathBuf,
     uri_prefix: String,
-    frames: Mutex<HashMap<String, Vec<Held>>>,
+    frames: Mutex<HashMap<String, CameraFrames>>,
     metrics: Arc<Metrics>,
+}
+
+/// One camera's frames held, and which of them its live tracks need.
+#[derive(Debug, Default)]
+struct CameraFrames {
+    held: Vec<Held>,
+    /// The best frames of the camera's live tracks, as the tracker last said.
+    pinned: Vec<u64>,
 }
 
 impl EvidenceStore {
@@ -77,28 +87,29 @@ impl EvidenceStore {
         };
         let mut frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
         let camera = frames.entry(frame.meta.camera_id.clone()).or_default();
-        camera.push(held);
-        if camera.len() > MAX_HELD_PER_CAMERA {
-            camera.remove(0);
+        camera.held.push(held);
+        if camera.held.len() > MAX_HELD_PER_CAMERA {
+            let oldest = camera.held.iter().position(|h| !camera.pinned.contains(&h.frame_index)).unwrap_or(0);
+            camera.held.remove(oldest);
             self.metrics.evidence_frames_dropped.fetch_add(1, Ordering::Relaxed);
         }
         self.count_held(&frames);
     }
 
-    fn count_held(&self, frames: &HashMap<String, Vec<Held>>) {
-        let held = frames.values().map(Vec::len).sum::<usize>();
+    fn count_held(&self, frames: &HashMap<String, CameraFrames>) {
+        let held = frames.values().map(|c| c.held.len()).sum::<usize>();
         self.metrics.evidence_frames_held.store(held as u64, Ordering::Relaxed);
     }
 
     /// Frames held now, over all cameras.
     pub fn held(&self) -> usize {
-        self.frames.lock().map(|f| f.values().map(Vec::len).sum()).unwrap_or(0)
+        self.frames.lock().map(|f| f.values().map(|c| c.held.len()).sum()).unwrap_or(0)
     }
 
     /// Frame `frame_index` of `camera_id`, where it is still held.
     fn held_frame(&self, camera_id: &str, frame_index: u64) -> Option<Held> {
         let frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
-        let held = frames.get(camera_id)?.iter().find(|h| h.frame_index == frame_index)?;
+        let held = frames.get(camera_id)?.held.iter().find(|h| h.frame_index == frame_index)?;
         Some(Held { pixels: Arc::clone(&held.pixels), ..*held })
     }
 
@@ -194,8 +205,74 @@ impl EvidenceFrames for EvidenceStore {
     fn release(&self, camera_id: &str, through: u64, keep: &[u64]) {
         let mut frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(camera) = frames.get_mut(camera_id) {
-            camera.retain(|h| h.frame_index > through || keep.contains(&h.frame_index));
+            camera.held.retain(|h| h.frame_index > through || keep.contains(&h.frame_index));
+            camera.pinned = keep.to_vec();
         }
         self.count_held(&frames);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use defectflow_schemas::{BoundingBox, DefectClass, Detection, FrameMeta};
+
+    use super::*;
+
+    /// Frame `index` of camera `cam`, 16×8 pixels, with one detection.
+    fn frame(index: u64) -> (FrameTensor, FrameObservation) {
+        let meta = FrameMeta {
+            camera_id: "cam".into(),
+            frame_index: index,
+            capture_ms: index * 200,
+            pts_ns: None,
+            width: 16,
+            height: 8,
+        };
+        let detection = Detection {
+            camera_id: "cam".into(),
+            frame_index: index,
+            capture_ms: index * 200,
+            class: DefectClass::Unknown,
+            confidence: 0.5,
+            bbox: BoundingBox { x: 0.0, y: 0.0, width: 8.0, height: 8.0 },
+            area_px: 64.0,
+            model_version: "m".into(),
+            shadow: false,
+        };
+        let observation = FrameObservation {
+            camera_id: "cam".into(),
+            frame_index: index,
+            capture_ms: index * 200,
+            detections: vec![detection],
+        };
+        (FrameTensor { meta, data: Arc::new(vec![index as u8; 3 * 16 * 8]) }, observation)
+    }
+
+    #[test]
+    fn the_cap_drops_the_oldest_frames_but_never_a_live_track_s_best_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = EvidenceStore::open(dir.path(), "evidence/", Metrics::new()).expect("store");
+        for index in 0..10 {
+            let (tensor, observation) = frame(index);
+            store.hold(&tensor, &observation);
+        }
+        // The tracker has reached frame 4; frame 2 is the best of a track still live.
+        store.release("cam", 4, &[2]);
+        assert_eq!(store.held(), 6, "frames 5 to 9, and frame 2");
+        // The tracker stalls while inference goes on: far more frames than the cap.
+        for index in 10..(10 + 2 * MAX_HELD_PER_CAMERA as u64) {
+            let (tensor, observation) = frame(index);
+            store.hold(&tensor, &observation);
+        }
+        assert_eq!(store.held(), MAX_HELD_PER_CAMERA, "the cap holds");
+        assert!(store.held_frame("cam", 2).is_some(), "the live track's best frame is still held");
+        assert!(store.held_frame("cam", 5).is_none(), "the oldest others went");
+        let newest = 9 + 2 * MAX_HELD_PER_CAMERA as u64;
+        assert!(store.held_frame("cam", newest).is_some(), "the newest frame is held");
+        // Once the track is gone the frame may go too.
+        store.release("cam", 4, &[]);
+        let (tensor, observation) = frame(newest + 1);
+        store.hold(&tensor, &observation);
+        assert!(store.held_frame("cam", 2).is_none(), "no longer pinned, it was the oldest");
     }
 }
