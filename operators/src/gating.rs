@@ -106,6 +106,9 @@ pub struct GateStats {
 struct CameraGate {
     normal: CameraNormal,
     stats: GateStats,
+    /// Whether the classifier's classes are trusted on this camera (see
+    /// [`BaselineConfig::name_defects`]).
+    name_defects: bool,
 }
 
 /// Every camera's normal, shared by the inference threads. Cheap to clone.
@@ -123,6 +126,9 @@ pub struct GatedCamera {
     pub camera_id: String,
     pub width: u32,
     pub height: u32,
+    /// Whether the classifier's classes are trusted on this camera; `None`: as
+    /// [`BaselineConfig::name_defects`] says for every camera.
+    pub name_defects: Option<bool>,
 }
 
 impl CameraGates {
@@ -184,7 +190,11 @@ impl CameraGates {
                 None => CameraNormal::Ungated,
             };
             let state = state_name(&normal);
-            let gate = CameraGate { normal, stats: GateStats { state, ..GateStats::default() } };
+            let gate = CameraGate {
+                normal,
+                stats: GateStats { state, ..GateStats::default() },
+                name_defects: camera.name_defects.unwrap_or(config.name_defects),
+            };
             gates.insert(camera.camera_id.clone(), Mutex::new(gate));
         }
         Ok(CameraGates { config: config.clone(), folder: folder.map(Path::to_path_buf), cameras: Arc::new(gates) })
@@ -236,7 +246,8 @@ impl CameraGates {
             return GateOutcome { named: detector.found_in(scores, frame), ..GateOutcome::default() };
         };
         let mut gate = lock(gate);
-        let CameraGate { normal, stats } = &mut *gate;
+        let CameraGate { normal, stats, name_defects } = &mut *gate;
+        let name_defects = *name_defects;
         match normal {
             CameraNormal::Ungated => GateOutcome { named: detector.found_in(scores, frame), ..GateOutcome::default() },
             CameraNormal::Commissioning { learning, from_ms, last_ms, watching } => {
@@ -278,21 +289,22 @@ impl CameraGates {
                 }
                 meanwhile()
             }
-            CameraNormal::Gated(gated) => self.gated(detector, gated, capture_ms, stats, scores, frame),
+            CameraNormal::Gated(gated) => self.gated(detector, (gated, name_defects), capture_ms, stats, scores, frame),
         }
     }
 
     fn gated<B: Backend>(
         &self,
         detector: &Detector<B>,
-        camera: &mut Gated,
+        (camera, name_defects): (&mut Gated, bool),
         capture_ms: u64,
         stats: &mut GateStats,
         scores: &CellScores,
         frame: &FrameView<'_>,
     ) -> GateOutcome {
         let Gated { baseline, persistence, followed_ms, scene_ms } = camera;
-        match detector.found_gated(scores, frame, baseline, &self.config, (persistence, capture_ms)) {
+        let config = BaselineConfig { name_defects, ..self.config.clone() };
+        match detector.found_gated(scores, frame, baseline, &config, (persistence, capture_ms)) {
             Ok(gated) => {
                 stats.departing_share = gated.departing_share;
                 stats.disturbed_frames += u64::from(gated.disturbed);
@@ -383,4 +395,22 @@ fn state_name(normal: &CameraNormal) -> &'static str {
 /// A camera's gate, even after a panic elsewhere poisoned its lock.
 fn lock(gate: &Mutex<CameraGate>) -> MutexGuard<'_, CameraGate> {
     gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_camera_s_own_name_defects_wins_over_the_anomaly_table_s() {
+        let camera = |id: &str, name_defects| GatedCamera { camera_id: id.into(), width: 64, height: 48, name_defects };
+        let cameras = [camera("told", Some(false)), camera("default", None), camera("trusted", Some(true))];
+        let trusting = BaselineConfig::default();
+        let gates = CameraGates::open(&trusting, None, &cameras, "m1").expect("gates");
+        let named = |gates: &CameraGates, id: &str| lock(&gates.cameras[id]).name_defects;
+        assert!(!named(&gates, "told") && named(&gates, "default") && named(&gates, "trusted"));
+        let distrusting = BaselineConfig { name_defects: false, ..BaselineConfig::default() };
+        let gates = CameraGates::open(&distrusting, None, &cameras, "m1").expect("gates");
+        assert!(!named(&gates, "told") && !named(&gates, "default") && named(&gates, "trusted"));
+    }
 }

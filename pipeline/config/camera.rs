@@ -48,6 +48,11 @@ pub struct CameraConfig {
     /// How a camera that fails or goes silent is reconnected.
     #[serde(default)]
     pub reconnect: ReconnectConfig,
+    /// Whether the model's classes are trusted on this camera once it is commissioned;
+    /// absent: `[anomaly] name_defects`. `false`: its lasting departures are `unknown`
+    /// inspections, for a camera whose surfaces the model never trained on.
+    #[serde(default)]
+    pub name_defects: Option<bool>,
 }
 
 impl CameraConfig {
@@ -65,6 +70,7 @@ impl CameraConfig {
             start_ms: None,
             credentials: None,
             reconnect: ReconnectConfig::default(),
+            name_defects: None,
         }
     }
 }

@@ -529,6 +529,14 @@ impl RunConfig {
             if !seen.insert(camera.id.as_str()) {
                 check(fault(&format!("cameras[{i}].id"), format!("`{}` is used by an earlier camera", camera.id)));
             }
+            if camera.name_defects == Some(false)
+                && self.anomaly.unknown == defectflow_models::gate::UnknownDefects::Off
+            {
+                check(fault(
+                    &format!("cameras[{i}].name_defects"),
+                    "false with `[anomaly] unknown = \"off\"` would find nothing on this camera".into(),
+                ));
+            }
         }
         problems
     }

@@ -48,6 +48,8 @@ fn semantic_errors_name_the_field() {
     assert_eq!(field_of("[[cameras]]\nid = \"c 1\"\nurl = \"file:///a.mp4\"\n"), "cameras[0].id");
     assert_eq!(field_of("[runtime]\nworkers = 0\n[[cameras]]\nid = \"c\"\nurl = \"file:///a\"\n"), "runtime.workers");
     assert_eq!(field_of("[[cameras]]\nid = \"c1\"\nurl = \"rtsp://admin:hunter2@10.0.0.5/s\"\n"), "cameras[0].url");
+    let untrusted = format!("[anomaly]\nunknown = \"off\"\n{camera}name_defects = false\n");
+    assert_eq!(field_of(&untrusted), "cameras[0].name_defects");
 }
 
 /// Every check of `validate`, each with a config wrong in that one field only, and

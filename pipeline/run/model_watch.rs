@@ -95,7 +95,14 @@ pub fn detectors_baselines_version(detectors: &[Detector<CpuBackend>]) -> String
 
 /// The cameras as the gates know them.
 pub fn gated_cameras(config: &RunConfig) -> Vec<GatedCamera> {
-    (config.cameras.iter()).map(|c| GatedCamera { camera_id: c.id.clone(), width: c.width, height: c.height }).collect()
+    (config.cameras.iter())
+        .map(|c| GatedCamera {
+            camera_id: c.id.clone(),
+            width: c.width,
+            height: c.height,
+            name_defects: c.name_defects,
+        })
+        .collect()
 }
 
 /// Where learnt baselines are kept (`<output>/baselines`), if anywhere.
