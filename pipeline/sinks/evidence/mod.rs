@@ -206,7 +206,8 @@ impl EvidenceFrames for EvidenceStore {
         let mut frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(camera) = frames.get_mut(camera_id) {
             camera.held.retain(|h| h.frame_index > through || keep.contains(&h.frame_index));
-            camera.pinned = keep.to_vec();
+            camera.pinned.clear();
+            camera.pinned.extend_from_slice(keep);
         }
         self.count_held(&frames);
     }
